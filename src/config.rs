@@ -1,0 +1,493 @@
+//! Configuration: YAML parsed into a tree, `${VAR}` expanded inside scalars, then validated
+//! whole into the types the relay runs on. Every problem is reported at once, with its path.
+
+pub mod env;
+pub mod reader;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+use serde_yaml::Value;
+
+use crate::subscription::{Secret, Subscription};
+use reader::{Issue, Issues, Section, as_list, as_string, index};
+
+/// Top-level keys.
+const KEYS: &[&str] = &[
+    "listen",
+    "log",
+    "limits",
+    "ingest",
+    "delivery",
+    "shutdown",
+    "storage",
+    "subscriptions",
+];
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses to bind.
+    pub listen: Listen,
+    /// Logging.
+    pub log: Log,
+    /// Inbound request limits.
+    pub limits: Limits,
+    /// Ingest authentication.
+    pub ingest: Ingest,
+    /// Outbound settings shared by all subscriptions.
+    pub delivery: Delivery,
+    /// How long in-flight attempts may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Where the queue lives.
+    pub storage: Storage,
+    /// Declared subscriptions.
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// Listener addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    /// Event ingest (the app's side).
+    pub app: SocketAddr,
+    /// Management API.
+    pub api: SocketAddr,
+    /// Metrics and probes.
+    pub ops: SocketAddr,
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    /// An `EnvFilter` directive such as `info` or `hookrelay=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Inbound limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body: usize,
+    /// Bound on every inbound request.
+    pub request_timeout: Duration,
+    /// Requests served at once per listener; more are answered 503.
+    pub max_concurrent_requests: usize,
+}
+
+/// Ingest authentication.
+#[derive(Debug, Clone, Default)]
+pub struct Ingest {
+    /// When set, `POST /v1/events` needs `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+}
+
+/// Outbound settings shared by all subscriptions.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Attempts in flight across all subscriptions.
+    pub max_in_flight_total: usize,
+    /// Proxy for outbound requests; never taken implicitly from the environment.
+    pub proxy: Option<Url>,
+}
+
+/// Queue storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory: lost on exit. For ephemeral use and tests.
+    Memory {
+        /// Undelivered deliveries held at most; beyond it ingest answers 503.
+        capacity: usize,
+    },
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// YAML syntax error.
+    #[error("{origin}:{line}:{column}: {message}")]
+    Syntax {
+        /// File name.
+        origin: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// serde_yaml's message.
+        message: String,
+    },
+    /// Structurally valid YAML with invalid content: every issue found.
+    #[error("{origin}: {} problem(s):\n{}", .issues.len(), .issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// File name.
+        origin: String,
+        /// Every problem, each with its path.
+        issues: Vec<Issue>,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file, expanding variables from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_yaml(&text, &path.display().to_string(), &|name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Validates a configuration document; `origin` names it in messages.
+    pub fn from_yaml(
+        text: &str,
+        origin: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree: Value = serde_yaml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            ConfigError::Syntax {
+                origin: origin.to_string(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })?;
+        let mut issues = Issues::default();
+        if matches!(tree, Value::Null) {
+            tree = Value::Mapping(Default::default());
+        }
+        env::expand_tree(&mut tree, "", lookup, &mut issues);
+        let config = Config::validate(&tree, &mut issues);
+        match config {
+            Some(c) if issues.is_empty() => Ok(c),
+            _ => Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                issues: issues.0,
+            }),
+        }
+    }
+
+    fn validate(tree: &Value, issues: &mut Issues) -> Option<Config> {
+        let root = Section::new(Some(tree), "", KEYS, issues);
+        if !matches!(tree, Value::Mapping(_)) {
+            return None;
+        }
+
+        let l = root.section("listen", &["app", "api", "ops"], issues);
+        let addr = |key: &str, default: &str, issues: &mut Issues| -> SocketAddr {
+            let text = l.string(key, issues).unwrap_or_else(|| default.to_string());
+            text.parse().unwrap_or_else(|_| {
+                issues.push(
+                    &l.at(key),
+                    format!("{text:?} is not an IP:port address such as 127.0.0.1:8787"),
+                );
+                default.parse().expect("valid default")
+            })
+        };
+        let listen = Listen {
+            app: addr("app", "127.0.0.1:8787", issues),
+            api: addr("api", "127.0.0.1:8788", issues),
+            ops: addr("ops", "0.0.0.0:9464", issues),
+        };
+        let ports: Vec<u16> = [listen.app, listen.api, listen.ops]
+            .iter()
+            .map(SocketAddr::port)
+            .filter(|p| *p != 0)
+            .collect();
+        if ports.iter().collect::<HashSet<_>>().len() != ports.len() {
+            issues.push("listen", "app, api and ops must use different ports");
+        }
+
+        let lg = root.section("log", &["level", "format"], issues);
+        let level = lg
+            .string("level", issues)
+            .unwrap_or_else(|| "info".to_string());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            issues.push(
+                &lg.at("level"),
+                format!("{level:?} is not a log level or filter directive"),
+            );
+        }
+        let format = match lg.string("format", issues).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                issues.push(&lg.at("format"), format!("{other:?} is not text or json"));
+                LogFormat::Text
+            }
+        };
+
+        let lim = root.section(
+            "limits",
+            &["max_body", "request_timeout", "max_concurrent_requests"],
+            issues,
+        );
+        let limits = Limits {
+            max_body: lim.size("max_body", 1024..=64 * 1024 * 1024, 1024 * 1024, issues) as usize,
+            request_timeout: lim.duration(
+                "request_timeout",
+                Duration::from_millis(100)..=Duration::from_secs(300),
+                Duration::from_secs(10),
+                issues,
+            ),
+            max_concurrent_requests: lim.integer(
+                "max_concurrent_requests",
+                1..=100_000,
+                1024,
+                issues,
+            ) as usize,
+        };
+
+        let ing = root.section("ingest", &["token"], issues);
+        let ingest = Ingest {
+            token: ing.string("token", issues).map(Secret::new),
+        };
+        if ingest.token.as_ref().is_some_and(|t| t.expose().is_empty()) {
+            issues.push(
+                &ing.at("token"),
+                "must not be empty (omit it to disable ingest auth)",
+            );
+        }
+
+        let d = root.section("delivery", &["max_in_flight_total", "proxy"], issues);
+        let delivery = Delivery {
+            max_in_flight_total: d.integer("max_in_flight_total", 1..=65_536, 512, issues) as usize,
+            proxy: d
+                .string("proxy", issues)
+                .and_then(|p| match Url::parse(&p) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h") => {
+                        Some(u)
+                    }
+                    _ => {
+                        issues.push(&d.at("proxy"), "is not an http(s) or socks5 proxy URL");
+                        None
+                    }
+                }),
+        };
+
+        let sh = root.section("shutdown", &["grace"], issues);
+        let shutdown_grace = sh.duration(
+            "grace",
+            Duration::ZERO..=Duration::from_secs(3600),
+            Duration::from_secs(25),
+            issues,
+        );
+
+        let st = root.section("storage", &["memory", "capacity"], issues);
+        let memory = st.boolean("memory", true, issues);
+        if !memory {
+            issues.push(
+                &st.at("memory"),
+                "only the in-memory store is available in this build",
+            );
+        }
+        let storage = Storage::Memory {
+            capacity: st.integer("capacity", 1..=10_000_000, 100_000, issues) as usize,
+        };
+
+        let mut subscriptions = Vec::new();
+        if let Some(v) = root.get("subscriptions")
+            && let Some(items) = as_list(v, "subscriptions", issues)
+        {
+            let mut seen = HashSet::new();
+            for (i, item) in items.iter().enumerate() {
+                let path = index("subscriptions", i);
+                let name = item
+                    .get("name")
+                    .and_then(|n| as_string(n, "", &mut Issues::default()));
+                if let Some(n) = &name
+                    && !seen.insert(n.clone())
+                {
+                    issues.push(
+                        &format!("{path}.name"),
+                        format!("{n:?} is used by an earlier subscription"),
+                    );
+                }
+                if let Some(sub) = Subscription::parse(item, &path, issues) {
+                    if targets_listener(&sub.url, &listen) {
+                        issues.push(
+                            &format!("{path}.url"),
+                            "points at one of the relay's own listeners (a delivery loop)",
+                        );
+                    }
+                    subscriptions.push(sub);
+                }
+            }
+        }
+
+        Some(Config {
+            listen,
+            log: Log { level, format },
+            limits,
+            ingest,
+            delivery,
+            shutdown_grace,
+            storage,
+            subscriptions,
+        })
+    }
+}
+
+/// True when `url` would reach one of the relay's own listeners.
+pub fn targets_listener(url: &Url, listen: &Listen) -> bool {
+    let Some(port) = url.port_or_known_default() else {
+        return false;
+    };
+    let host_ip: Option<IpAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(ip.into()),
+        Some(url::Host::Ipv6(ip)) => Some(ip.into()),
+        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
+            Some(IpAddr::from([127, 0, 0, 1]))
+        }
+        _ => None,
+    };
+    let Some(host_ip) = host_ip else {
+        return false;
+    };
+    [listen.app, listen.api, listen.ops].iter().any(|l| {
+        l.port() == port
+            && (l.ip() == host_ip
+                || (host_ip.is_loopback() && (l.ip().is_loopback() || l.ip().is_unspecified()))
+                || host_ip.is_unspecified()
+                || l.ip().is_unspecified())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(yaml, "test.yaml", &|name| {
+            (name == "SECRET").then(|| "s3cret".to_string())
+        })
+    }
+
+    fn issues(yaml: &str) -> Vec<String> {
+        match load(yaml) {
+            Err(ConfigError::Invalid { issues, .. }) => {
+                issues.iter().map(|i| i.to_string()).collect()
+            }
+            other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_config_has_defaults() {
+        let c = load("").unwrap();
+        assert_eq!(c.listen.app, "127.0.0.1:8787".parse().unwrap());
+        assert_eq!(c.listen.ops, "0.0.0.0:9464".parse().unwrap());
+        assert_eq!(c.limits.max_body, 1024 * 1024);
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(10));
+        assert_eq!(c.delivery.max_in_flight_total, 512);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+        assert!(c.subscriptions.is_empty());
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let err = load("listen:\n  app: [unclosed\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("test.yaml:"), "{text}");
+        match err {
+            ConfigError::Syntax { line, column, .. } => assert!(line >= 2 && column > 0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn all_problems_reported_at_once() {
+        let found = issues(
+            "
+listen: {app: 'nonsense', extra: 1}
+log: {format: xml}
+limits: {max_body: 10GiB}
+shutdown: {grace: forever}
+subscriptions:
+  - {name: a, url: 'http://127.0.0.1:9000/', events: [x]}
+  - {name: a, url: 'http://127.0.0.1:9000/', events: [x]}
+  - {name: c, url: 'http://127.0.0.1:9000/', events: [x], retries: 42}
+  - {name: d, url: '${MISSING}', events: [x]}
+unknown_top: 1
+",
+        );
+        let expected = [
+            "unknown_top: unknown field",
+            "listen.extra: unknown field",
+            "listen.app: \"nonsense\" is not an IP:port address",
+            "log.format: \"xml\" is not text or json",
+            "limits.max_body: 10737418240 bytes is out of range",
+            "shutdown.grace: expected a duration",
+            "subscriptions[1].name: \"a\" is used by an earlier subscription",
+            "subscriptions[2].retries: 42 is out of range 0..=20",
+            "subscriptions[3].url: environment variable MISSING is not set",
+        ];
+        for e in expected {
+            assert!(
+                found.iter().any(|f| f.starts_with(e)),
+                "missing {e:?} in {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment() {
+        let c = load(
+            "subscriptions:\n  - {name: a, url: 'http://10.0.0.1/', events: [x], auth: {bearer: '${SECRET}'}}\n",
+        )
+        .unwrap();
+        match &c.subscriptions[0].auth {
+            Some(crate::subscription::Auth::Bearer(t)) => assert_eq!(t.expose(), "s3cret"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn delivery_loops_are_refused() {
+        let found = issues(
+            "listen: {app: '127.0.0.1:8787'}\nsubscriptions:\n  - {name: a, url: 'http://localhost:8787/v1/events', events: [x]}\n  - {name: b, url: 'http://127.0.0.1:9464/metrics', events: [x]}\n",
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0]
+                .starts_with("subscriptions[0].url: points at one of the relay's own listeners")
+        );
+        assert!(
+            load("subscriptions:\n  - {name: a, url: 'http://127.0.0.1:9000/', events: [x]}\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../config.example.yaml");
+        let c = Config::from_yaml(text, "config.example.yaml", &|_| None).unwrap();
+        assert!(!c.subscriptions.is_empty());
+    }
+}

@@ -1,0 +1,353 @@
+//! Dispatch: one pump per subscription claims due deliveries from the store, sends each
+//! through the subscription's attempt stack, and writes the outcome back (delivered, retry at
+//! a time, or failed). Each pump only waits on its own subscriber, so a slow or dead
+//! receiver never delays another's deliveries.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::{Service, ServiceExt};
+
+use crate::config::Delivery as DeliveryConfig;
+use crate::deliver::{self, Attempt, AttemptService, DeliverError};
+use crate::event::now_ms;
+use crate::metrics::Metrics;
+use crate::store::{Completion, Delivery, Store};
+use crate::subscription::{Subscription, SuccessCodes};
+
+/// Longest a pump sleeps without re-checking the store (a safety net; wake-ups do the work).
+const IDLE_RECHECK: Duration = Duration::from_secs(5);
+/// Pause after a store error before trying again.
+const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Handle to the running pumps.
+#[derive(Clone)]
+pub struct Dispatcher {
+    wakers: Arc<HashMap<String, Arc<Notify>>>,
+}
+
+impl Dispatcher {
+    /// Starts one pump per subscription; they stop when `shutdown` is cancelled, leaving
+    /// attempts already sent to finish on `attempts`.
+    pub fn start(
+        subs: &[Arc<Subscription>],
+        store: Arc<dyn Store>,
+        metrics: &Metrics,
+        config: &DeliveryConfig,
+        shutdown: CancellationToken,
+        attempts: TaskTracker,
+    ) -> Result<Dispatcher, DeliverError> {
+        let client = deliver::client(config)?;
+        let global = Arc::new(Semaphore::new(config.max_in_flight_total));
+        let mut wakers = HashMap::new();
+        for sub in subs {
+            let wake = Arc::new(Notify::new());
+            wakers.insert(sub.name.clone(), wake.clone());
+            let pump = Pump {
+                sub: sub.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                wake,
+                shutdown: shutdown.clone(),
+                attempts: attempts.clone(),
+            };
+            let service = deliver::stack(sub, client.clone(), global.clone(), metrics);
+            tokio::spawn(pump.run(service));
+        }
+        Ok(Dispatcher {
+            wakers: Arc::new(wakers),
+        })
+    }
+
+    /// Tells a subscription's pump that new deliveries are waiting.
+    pub fn wake(&self, subscription: &str) {
+        if let Some(w) = self.wakers.get(subscription) {
+            w.notify_one();
+        }
+    }
+}
+
+struct Pump {
+    sub: Arc<Subscription>,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+    attempts: TaskTracker,
+}
+
+impl Pump {
+    /// `service` is kept out of `self`: it is `Send` but not `Sync`, and `self` is borrowed
+    /// across awaits.
+    async fn run(self, service: AttemptService) {
+        let name = self.sub.name.as_str();
+        // Claimed deliveries waiting for a slot; at most `max_in_flight` of them.
+        let mut claimed: VecDeque<Delivery> = VecDeque::new();
+        while !self.shutdown.is_cancelled() {
+            if claimed.is_empty() {
+                match self
+                    .store
+                    .claim_due(name, now_ms(), self.sub.max_in_flight)
+                    .await
+                {
+                    Ok(batch) if !batch.is_empty() => claimed.extend(batch),
+                    Ok(_) => {
+                        self.idle().await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(subscription = name, error = %e, "cannot claim deliveries");
+                        self.pause(STORE_ERROR_PAUSE).await;
+                        continue;
+                    }
+                }
+            }
+            // Wait for a rate-limit token and a concurrency slot before taking the next one.
+            let mut service = service.clone();
+            let ready = tokio::select! {
+                r = service.ready() => r.map(|_| ()),
+                _ = self.shutdown.cancelled() => break,
+            };
+            let Some(delivery) = claimed.pop_front() else {
+                continue;
+            };
+            let number = delivery.attempts + 1;
+            let req = deliver::request(&self.sub, &delivery, number);
+            let outcome = self.outcome_task(delivery);
+            match ready {
+                Ok(()) => {
+                    let call = service.call(req);
+                    self.attempts.spawn(async move {
+                        let attempt = match call.await {
+                            Ok(a) => a,
+                            Err(e) => {
+                                deliver::classify(Err(e), &SuccessCodes::default(), Duration::ZERO)
+                            }
+                        };
+                        outcome.finish(attempt).await;
+                    });
+                }
+                Err(e) => {
+                    let attempt =
+                        deliver::classify(Err(e), &SuccessCodes::default(), Duration::ZERO);
+                    outcome.finish(attempt).await;
+                }
+            }
+        }
+        // Deliveries claimed but never sent go back to the queue.
+        let ids: Vec<_> = claimed.iter().map(|d| d.id).collect();
+        if !ids.is_empty()
+            && let Err(e) = self.store.unclaim(ids).await
+        {
+            tracing::warn!(subscription = name, error = %e, "cannot return unsent deliveries");
+        }
+    }
+
+    fn outcome_task(&self, delivery: Delivery) -> Outcome {
+        Outcome {
+            sub: self.sub.clone(),
+            delivery,
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+
+    /// Sleeps until new work is signalled, the next retry is due, or shutdown.
+    async fn idle(&self) {
+        let next_due = self.store.next_due_ms(&self.sub.name).await.ok().flatten();
+        let wait = match next_due {
+            Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64).min(IDLE_RECHECK),
+            None => IDLE_RECHECK,
+        };
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+
+    async fn pause(&self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// Turns one classified attempt into the store's next step for the delivery.
+struct Outcome {
+    sub: Arc<Subscription>,
+    delivery: Delivery,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    wake: Arc<Notify>,
+}
+
+impl Outcome {
+    async fn finish(self, attempt: Attempt) {
+        let number = self.delivery.attempts + 1;
+        let completion = decide(&self.sub, number, &attempt, now_ms(), fastrand::f64());
+        let name = self.sub.name.as_str();
+        let event_id = &*self.delivery.event_id;
+        match &completion {
+            Completion::Delivered { status } => {
+                self.metrics
+                    .deliveries
+                    .with_label_values(&[name, "delivered"])
+                    .inc();
+                tracing::debug!(
+                    subscription = name,
+                    event_id,
+                    attempt = number,
+                    status,
+                    "delivered"
+                );
+            }
+            Completion::Retry { at_ms, error, .. } => {
+                tracing::info!(
+                    subscription = name,
+                    event_id,
+                    attempt = number,
+                    error = error.as_str(),
+                    retry_in_ms = at_ms - now_ms(),
+                    "attempt failed; retry scheduled"
+                );
+            }
+            Completion::Failed { error, .. } => {
+                self.metrics
+                    .deliveries
+                    .with_label_values(&[name, "failed"])
+                    .inc();
+                tracing::warn!(
+                    subscription = name,
+                    event_id,
+                    attempts = number,
+                    error = error.as_str(),
+                    "delivery failed; kept as a dead letter"
+                );
+            }
+        }
+        if let Err(e) = self.store.complete(self.delivery.id, completion).await {
+            // The delivery stays in flight in the store; a durable store retries it on restart.
+            tracing::error!(subscription = name, event_id, error = %e, "cannot record attempt outcome");
+        }
+        self.wake.notify_one();
+    }
+}
+
+/// The store's next step after attempt `number` (1-based); `unit` is a random draw for jitter.
+pub fn decide(
+    sub: &Subscription,
+    number: u32,
+    attempt: &Attempt,
+    now_ms: i64,
+    unit: f64,
+) -> Completion {
+    match attempt {
+        Attempt::Delivered(status) => Completion::Delivered {
+            status: status.as_u16(),
+        },
+        Attempt::Permanent { status, error } => Completion::Failed {
+            status: Some(status.as_u16()),
+            error: error.clone(),
+        },
+        Attempt::Retryable { .. } if number > sub.retries => Completion::Failed {
+            status: attempt.status(),
+            error: match attempt {
+                Attempt::Retryable { error, .. } => format!("{error} (after {number} attempts)"),
+                _ => unreachable!(),
+            },
+        },
+        Attempt::Retryable {
+            status,
+            pressure,
+            retry_after,
+            error,
+            ..
+        } => {
+            let delay = sub.backoff.delay(number, *pressure, *retry_after, unit);
+            Completion::Retry {
+                at_ms: now_ms + delay.as_millis() as i64,
+                status: status.map(|s| s.as_u16()),
+                error: error.clone(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::Pressure;
+    use http::StatusCode;
+
+    fn sub(retries: u32) -> Subscription {
+        let yaml = format!(
+            "{{name: a, url: 'http://h/', events: [x], retries: {retries}, backoff: {{schedule: [1s, 10s]}}}}"
+        );
+        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        Subscription::parse(&v, "", &mut Default::default()).unwrap()
+    }
+
+    fn failed_attempt() -> Attempt {
+        Attempt::Retryable {
+            result: "http_error",
+            status: Some(StatusCode::INTERNAL_SERVER_ERROR),
+            pressure: Pressure::Normal,
+            retry_after: None,
+            error: "HTTP 500".into(),
+        }
+    }
+
+    #[test]
+    fn retries_follow_the_schedule_until_spent() {
+        let s = sub(2);
+        assert_eq!(
+            decide(&s, 1, &failed_attempt(), 0, 0.5),
+            Completion::Retry {
+                at_ms: 1000,
+                status: Some(500),
+                error: "HTTP 500".into()
+            }
+        );
+        assert!(matches!(
+            decide(&s, 2, &failed_attempt(), 0, 0.5),
+            Completion::Retry { at_ms: 10_000, .. }
+        ));
+        assert!(matches!(
+            decide(&s, 3, &failed_attempt(), 0, 0.5),
+            Completion::Failed {
+                status: Some(500),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn zero_retries_means_one_attempt() {
+        assert!(matches!(
+            decide(&sub(0), 1, &failed_attempt(), 0, 0.5),
+            Completion::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn gone_fails_at_once() {
+        let gone = Attempt::Permanent {
+            status: StatusCode::GONE,
+            error: "gone".into(),
+        };
+        assert!(matches!(
+            decide(&sub(5), 1, &gone, 0, 0.5),
+            Completion::Failed {
+                status: Some(410),
+                ..
+            }
+        ));
+    }
+}

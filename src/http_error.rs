@@ -1,0 +1,116 @@
+//! The one error shape of every listener: `{"error": {"code", "message", "fields"}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An HTTP error response.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpError {
+    #[serde(skip)]
+    status: StatusCode,
+    #[serde(skip)]
+    retry_after: Option<u64>,
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    fields: Vec<FieldError>,
+}
+
+/// One invalid field.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `type` or `retries`.
+    pub field: String,
+    /// Why it is invalid.
+    pub reason: String,
+}
+
+impl HttpError {
+    /// An error with a status, a stable machine code and a human message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        HttpError {
+            status,
+            retry_after: None,
+            code,
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// Adds an invalid field.
+    pub fn field(mut self, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        self.fields.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+        self
+    }
+
+    /// Asks the client to retry after `secs` seconds.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// The status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": &self });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// Rewrites error responses made by middleware (timeouts, body limits, load shedding, unknown
+/// routes) into the JSON error shape, so clients parse one format whatever answered.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such endpoint"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "method not allowed on this endpoint")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("too_large", "request body is larger than limits.max_body")
+        }
+        StatusCode::REQUEST_TIMEOUT => {
+            ("timeout", "request took longer than limits.request_timeout")
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            ("unavailable", "the relay is overloaded; retry shortly")
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "expected application/json")
+        }
+        _ => ("error", status.canonical_reason().unwrap_or("error")),
+    };
+    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+    let mut rewritten = HttpError::new(status, code, message).into_response();
+    if let Some(v) = retry_after {
+        rewritten.headers_mut().insert(header::RETRY_AFTER, v);
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
+        rewritten
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    rewritten
+}

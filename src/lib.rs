@@ -1,0 +1,31 @@
+//! hookrelay: a webhook relay that runs as a sidecar next to an application.
+//!
+//! A tour along the data path:
+//! - [`config`] reads the YAML, expands `${VAR}` inside scalars and validates it whole;
+//!   [`subscription`] and [`filter`] hold the validated subscription and its compiled filter.
+//! - [`ingest`] serves `POST /v1/events` on the app listener: [`event`] parses the envelope,
+//!   the [`subscription::Registry`] matches it through its type index, and the [`store`]
+//!   keeps it before the app gets `202`.
+//! - [`dispatch`] runs one pump per subscription that claims due deliveries from the store;
+//!   [`deliver`] sends each attempt through the subscription's tower stack (rate limit,
+//!   concurrency, classification and metrics, timeout, auth) and [`backoff`] spaces retries,
+//!   which the store schedules.
+//! - [`metrics`] and [`ops`] serve Prometheus metrics and the probes; [`server`] wires it all
+//!   to bound listeners and a shutdown future.
+
+pub mod backoff;
+pub mod config;
+pub mod deliver;
+pub mod dispatch;
+pub mod event;
+pub mod filter;
+pub mod http_error;
+pub mod ingest;
+pub mod metrics;
+pub mod ops;
+pub mod server;
+pub mod store;
+pub mod subscription;
+
+pub use config::Config;
+pub use server::Relay;

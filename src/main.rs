@@ -1,0 +1,147 @@
+//! The `hookrelay` binary: `hookrelay --config PATH` runs the relay, `hookrelay check` validates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hookrelay::config::{Config, LogFormat};
+use hookrelay::subscription::{Auth, EventPattern, Subscription};
+use hookrelay::{Relay, config::reader::fmt_duration};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A webhook relay sidecar: events in from the app, delivered durably to subscribers."
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short, env = "HOOKRELAY_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (the default).
+    Run,
+    /// Validate the configuration, print a summary per subscription, and exit.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(path) = cli.config else {
+        eprintln!("error: no configuration: pass --config PATH or set HOOKRELAY_CONFIG");
+        return ExitCode::from(2);
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid configuration\n{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            for sub in &config.subscriptions {
+                println!("{}", summary(sub));
+            }
+            println!(
+                "{}: OK, {} subscription(s)",
+                path.display(),
+                config.subscriptions.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Run => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let relay = Relay::bind(config).await?;
+        relay.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves on SIGTERM (the kubelet) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// One line describing a subscription, secrets left out.
+fn summary(sub: &Subscription) -> String {
+    let events: Vec<String> = sub
+        .events
+        .iter()
+        .map(|e| match e {
+            EventPattern::Any => "*".to_string(),
+            EventPattern::Exact(t) => t.clone(),
+            EventPattern::Prefix(p) => format!("{p}*"),
+        })
+        .collect();
+    let rate = sub
+        .rate_limit
+        .map(|r| format!(" rate={}/s burst={}", r.per_second, r.burst))
+        .unwrap_or_default();
+    let auth = match &sub.auth {
+        Some(Auth::Basic { username, .. }) => format!(" auth=basic({username})"),
+        Some(Auth::Bearer(_)) => " auth=bearer".to_string(),
+        None => String::new(),
+    };
+    let filter = if sub.filter.is_everything() {
+        ""
+    } else {
+        " filtered"
+    };
+    format!(
+        "{}: {} -> {} retries={} timeout={} max_in_flight={}{rate}{auth}{filter}",
+        sub.name,
+        events.join(","),
+        sub.url,
+        sub.retries,
+        fmt_duration(sub.timeout),
+        sub.max_in_flight,
+    )
+}

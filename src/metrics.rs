@@ -1,0 +1,247 @@
+//! Every Prometheus metric the relay exports, registered in one place. Label values come from
+//! bounded sets: subscription names and fixed outcome words, never event ids.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::store::QueueStats;
+
+/// Results of one attempt (`hookrelay_delivery_attempts_total{result}`).
+pub const ATTEMPT_RESULTS: [&str; 4] = ["success", "http_error", "timeout", "connect_error"];
+/// Final outcomes of a delivery (`hookrelay_deliveries_total{outcome}`).
+pub const DELIVERY_OUTCOMES: [&str; 2] = ["delivered", "failed"];
+/// Outcomes of an ingest request (`hookrelay_events_received_total{outcome}`).
+pub const RECEIVE_OUTCOMES: [&str; 2] = ["accepted", "rejected"];
+/// Reasons an event was refused (`hookrelay_events_rejected_total{reason}`).
+pub const REJECT_REASONS: [&str; 4] = ["busy", "invalid", "too_large", "unauthorized"];
+
+/// The relay's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Ingest requests by outcome.
+    pub events_received: IntCounterVec,
+    /// Refused events by reason.
+    pub events_rejected: IntCounterVec,
+    /// Events matched, per subscription.
+    pub events_matched: IntCounterVec,
+    /// Attempts, per subscription and result.
+    pub attempts: IntCounterVec,
+    /// Deliveries reaching a final outcome, per subscription.
+    pub deliveries: IntCounterVec,
+    /// Attempt duration, per subscription.
+    pub attempt_duration: HistogramVec,
+    /// Undelivered deliveries, per subscription.
+    pub queue_depth: IntGaugeVec,
+    /// Acceptance time of the oldest undelivered delivery (0 when none), per subscription.
+    pub oldest_pending: GaugeVec,
+    /// Dead letters kept, per subscription.
+    pub dead_letters: IntGaugeVec,
+    /// Attempts that had to wait for the rate limiter, per subscription.
+    pub rate_limited: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric, plus process metrics and build info.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let events_received = counter(
+            "hookrelay_events_received_total",
+            "Events posted to the ingest endpoint, by outcome.",
+            &["outcome"],
+        );
+        let events_rejected = counter(
+            "hookrelay_events_rejected_total",
+            "Events refused at ingest, by reason.",
+            &["reason"],
+        );
+        let events_matched = counter(
+            "hookrelay_events_matched_total",
+            "Accepted events matched by a subscription.",
+            &["subscription"],
+        );
+        let attempts = counter(
+            "hookrelay_delivery_attempts_total",
+            "Delivery attempts, by subscription and result.",
+            &["subscription", "result"],
+        );
+        let deliveries = counter(
+            "hookrelay_deliveries_total",
+            "Deliveries that reached a final outcome, by subscription.",
+            &["subscription", "outcome"],
+        );
+        let rate_limited = counter(
+            "hookrelay_rate_limited_total",
+            "Attempts delayed by the subscription's rate limit.",
+            &["subscription"],
+        );
+        let attempt_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "hookrelay_delivery_duration_seconds",
+                "Duration of one delivery attempt, by subscription.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["subscription"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(attempt_duration.clone()))
+            .expect("unique metric");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "hookrelay_queue_depth",
+                "Deliveries not yet delivered (pending or in flight), by subscription.",
+            ),
+            &["subscription"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(queue_depth.clone()))
+            .expect("unique metric");
+        let oldest_pending = GaugeVec::new(
+            Opts::new(
+                "hookrelay_oldest_pending_timestamp_seconds",
+                "Unix time the oldest undelivered delivery was accepted; 0 when the queue is empty.",
+            ),
+            &["subscription"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(oldest_pending.clone()))
+            .expect("unique metric");
+        let dead_letters = IntGaugeVec::new(
+            Opts::new(
+                "hookrelay_dead_letters",
+                "Failed deliveries kept as dead letters, by subscription.",
+            ),
+            &["subscription"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(dead_letters.clone()))
+            .expect("unique metric");
+
+        let build_info = IntGaugeVec::new(
+            Opts::new("hookrelay_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("unique metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Process metrics (CPU, RSS, open fds) where the platform supports them.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        let _ = registry.register(Box::new(process));
+
+        for outcome in RECEIVE_OUTCOMES {
+            events_received.with_label_values(&[outcome]);
+        }
+        for reason in REJECT_REASONS {
+            events_rejected.with_label_values(&[reason]);
+        }
+
+        Metrics {
+            registry,
+            events_received,
+            events_rejected,
+            events_matched,
+            attempts,
+            deliveries,
+            attempt_duration,
+            queue_depth,
+            oldest_pending,
+            dead_letters,
+            rate_limited,
+        }
+    }
+
+    /// Creates every per-subscription series at zero, so dashboards show zeros, not gaps.
+    pub fn init_subscription(&self, name: &str) {
+        self.events_matched.with_label_values(&[name]);
+        for result in ATTEMPT_RESULTS {
+            self.attempts.with_label_values(&[name, result]);
+        }
+        for outcome in DELIVERY_OUTCOMES {
+            self.deliveries.with_label_values(&[name, outcome]);
+        }
+        self.attempt_duration.with_label_values(&[name]);
+        self.queue_depth.with_label_values(&[name]);
+        self.oldest_pending.with_label_values(&[name]);
+        self.dead_letters.with_label_values(&[name]);
+        self.rate_limited.with_label_values(&[name]);
+    }
+
+    /// Sets the queue gauges of the given subscriptions from store figures.
+    pub fn set_queue_stats<'a>(
+        &self,
+        names: impl Iterator<Item = &'a str>,
+        stats: &std::collections::HashMap<String, QueueStats>,
+    ) {
+        for name in names {
+            let s = stats.get(name).copied().unwrap_or_default();
+            self.queue_depth
+                .with_label_values(&[name])
+                .set(s.depth as i64);
+            self.dead_letters
+                .with_label_values(&[name])
+                .set(s.dead_letters as i64);
+            self.oldest_pending
+                .with_label_values(&[name])
+                .set(s.oldest_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
+        }
+    }
+
+    /// The exposition in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_series_exist_from_start() {
+        let m = Metrics::new();
+        m.init_subscription("billing");
+        let text = m.render();
+        for line in [
+            "hookrelay_events_matched_total{subscription=\"billing\"} 0",
+            "hookrelay_delivery_attempts_total{result=\"timeout\",subscription=\"billing\"} 0",
+            "hookrelay_deliveries_total{outcome=\"failed\",subscription=\"billing\"} 0",
+            "hookrelay_queue_depth{subscription=\"billing\"} 0",
+            "hookrelay_rate_limited_total{subscription=\"billing\"} 0",
+            "hookrelay_oldest_pending_timestamp_seconds{subscription=\"billing\"} 0",
+            "hookrelay_delivery_duration_seconds_count{subscription=\"billing\"} 0",
+            "hookrelay_events_received_total{outcome=\"accepted\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        assert!(text.contains("hookrelay_build_info{version=\""));
+    }
+}

@@ -1,0 +1,84 @@
+//! The ops listener: `/healthz` (alive), `/readyz` (serving), `/metrics` (Prometheus).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::subscription::Registry;
+
+/// Readiness latch: set once config is loaded, the store open and listeners up; cleared when
+/// shutdown starts so the kubelet stops routing before the relay stops.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks the relay ready or not.
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    /// True when ready.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What the ops endpoints read.
+#[derive(Clone)]
+pub struct OpsState {
+    /// Metrics to render.
+    pub metrics: Metrics,
+    /// Store, for queue gauges at scrape time.
+    pub store: Arc<dyn Store>,
+    /// Subscriptions whose gauges are refreshed.
+    pub registry: Arc<Registry>,
+    /// The readiness latch.
+    pub readiness: Readiness,
+}
+
+/// Routes of the ops listener.
+pub fn router(state: OpsState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    if state.readiness.get() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    // Queue gauges are read from the store at scrape time, so they are never stale.
+    match state.store.stats().await {
+        Ok(stats) => state
+            .metrics
+            .set_queue_stats(state.registry.all().iter().map(|s| s.name.as_str()), &stats),
+        Err(e) => tracing::warn!(error = %e, "cannot read queue figures for /metrics"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

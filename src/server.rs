@@ -1,0 +1,213 @@
+//! Wiring: binds the three listeners, builds the store, registry, dispatcher and routers,
+//! serves until the shutdown future resolves, then drains within the grace period.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::http::StatusCode;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::{BoxError, ServiceBuilder};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::{Config, Limits, Listen, Storage};
+use crate::deliver::DeliverError;
+use crate::dispatch::Dispatcher;
+use crate::http_error::{HttpError, json_errors};
+use crate::ingest::{self, IngestState};
+use crate::metrics::Metrics;
+use crate::ops::{self, OpsState, Readiness};
+use crate::store::Store;
+use crate::store::memory::MemoryStore;
+use crate::subscription::Registry;
+
+/// Why the relay could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({which}): {source}")]
+    Bind {
+        /// Which listener.
+        which: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The outbound client could not be built.
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
+    /// A listener failed while serving.
+    #[error("listener failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A relay with its listeners bound, ready to run.
+pub struct Relay {
+    config: Config,
+    app: TcpListener,
+    api: TcpListener,
+    ops: TcpListener,
+}
+
+impl Relay {
+    /// Binds the listeners named in the config (port 0 picks a free port).
+    pub async fn bind(config: Config) -> Result<Relay, ServerError> {
+        let bind = |which: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    which,
+                    addr,
+                    source,
+                })
+        };
+        let app = bind("listen.app", config.listen.app).await?;
+        let api = bind("listen.api", config.listen.api).await?;
+        let ops = bind("listen.ops", config.listen.ops).await?;
+        Ok(Relay {
+            config,
+            app,
+            api,
+            ops,
+        })
+    }
+
+    /// The addresses actually bound.
+    pub fn local_addrs(&self) -> Listen {
+        let addr = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
+        Listen {
+            app: addr(&self.app),
+            api: addr(&self.api),
+            ops: addr(&self.ops),
+        }
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, lets attempts in flight finish
+    /// within `shutdown.grace`, and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let addrs = self.local_addrs();
+        let config = self.config;
+        let metrics = Metrics::new();
+        let store: Arc<dyn Store> = match config.storage {
+            Storage::Memory { capacity } => Arc::new(MemoryStore::new(capacity)),
+        };
+        let registry = Arc::new(Registry::new(config.subscriptions.clone()));
+        for sub in registry.all() {
+            metrics.init_subscription(&sub.name);
+        }
+
+        let stop = CancellationToken::new();
+        let attempts = TaskTracker::new();
+        let dispatcher = Dispatcher::start(
+            registry.all(),
+            store.clone(),
+            &metrics,
+            &config.delivery,
+            stop.clone(),
+            attempts.clone(),
+        )?;
+        let readiness = Readiness::default();
+
+        let app = ingest::router(
+            IngestState {
+                registry: registry.clone(),
+                store: store.clone(),
+                dispatcher,
+                metrics: metrics.clone(),
+                max_body: config.limits.max_body,
+            },
+            config.ingest.token.clone(),
+        );
+        let api = Router::new();
+        let ops = ops::router(OpsState {
+            metrics: metrics.clone(),
+            store: store.clone(),
+            registry: registry.clone(),
+            readiness: readiness.clone(),
+        });
+
+        let mut servers = Vec::new();
+        for (listener, router) in [(self.app, app), (self.api, api), (self.ops, ops)] {
+            let router = harden(router, &config.limits);
+            let stopped = stop.clone().cancelled_owned();
+            servers.push(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }));
+        }
+
+        readiness.set(true);
+        tracing::info!(
+            app = %addrs.app,
+            api = %addrs.api,
+            ops = %addrs.ops,
+            subscriptions = registry.all().len(),
+            "hookrelay listening"
+        );
+
+        shutdown.await;
+        tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new events; finishing attempts in flight");
+        readiness.set(false);
+        stop.cancel();
+        attempts.close();
+        if tokio::time::timeout(config.shutdown_grace, attempts.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                abandoned = attempts.len(),
+                "grace period over; attempts still in flight are abandoned and stay queued"
+            );
+        }
+        let mut result = Ok(());
+        for server in servers {
+            match tokio::time::timeout(config.limits.request_timeout, server).await {
+                Ok(Ok(Err(e))) => result = Err(ServerError::Serve(e)),
+                Ok(_) => {}
+                Err(_) => tracing::warn!("a listener did not drain in time"),
+            }
+        }
+        tracing::info!("hookrelay stopped");
+        result
+    }
+}
+
+/// The inbound middleware every listener gets. Layers listed first see the request first.
+fn harden(router: Router, limits: &Limits) -> Router {
+    router
+        .fallback(|| async {
+            HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(
+            ServiceBuilder::new()
+                // Spans and timings for every request, including refused ones.
+                .layer(TraceLayer::new_for_http())
+                // Turns load shedding into a 503 answer.
+                .layer(HandleErrorLayer::new(|_: BoxError| async {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }))
+                // Refuse at once when saturated instead of queueing without bound.
+                .load_shed()
+                .concurrency_limit(limits.max_concurrent_requests)
+                // Bounds every request, so a stuck client or store cannot hold a slot forever.
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    limits.request_timeout,
+                ))
+                // Refuses oversize bodies by Content-Length before reading them.
+                .layer(RequestBodyLimitLayer::new(limits.max_body)),
+        )
+        // Outermost, so errors made by any layer above leave in the JSON error shape.
+        .layer(axum::middleware::map_response(json_errors))
+}

@@ -1,0 +1,811 @@
+//! Subscriptions: their validated form, and the registry that matches events to them through
+//! an index by event type, so matching never scans subscriptions whose types cannot match.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use reqwest::Url;
+use serde_json::Value as Json;
+use serde_json::value::RawValue;
+use serde_yaml::Value;
+
+use crate::backoff::{Backoff, Curve};
+use crate::config::reader::{
+    Issues, Section, as_duration, as_float, as_integer, as_list, as_string, describe, index, kind,
+};
+use crate::filter::Filter;
+
+/// Keys a subscription entry may have.
+const KEYS: &[&str] = &[
+    "name",
+    "url",
+    "events",
+    "filter",
+    "retries",
+    "timeout",
+    "success_code",
+    "backoff",
+    "rate_limit",
+    "max_in_flight",
+    "auth",
+    "headers",
+];
+
+/// Headers the relay sets itself; a subscription may not override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+];
+const RESERVED_PREFIXES: &[&str] = &["webhook-", "hookrelay-"];
+
+/// A validated subscription, as the relay runs it.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Unique name, `[a-z0-9_-]{1,64}`; used in metric labels.
+    pub name: String,
+    /// Where deliveries are POSTed.
+    pub url: Url,
+    /// Event types it selects.
+    pub events: Vec<EventPattern>,
+    /// Condition on the event's data.
+    pub filter: Filter,
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// Statuses that count as delivered.
+    pub success: SuccessCodes,
+    /// Spacing of retries.
+    pub backoff: Backoff,
+    /// Optional outbound rate limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Concurrent attempts at most.
+    pub max_in_flight: usize,
+    /// Credentials sent with every attempt.
+    pub auth: Option<Auth>,
+    /// Extra headers sent with every attempt.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// An event type selector: exact, prefix glob (`a.*`), or everything (`*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventPattern {
+    /// Exactly this type.
+    Exact(String),
+    /// Types starting with this text (the glob without its `*`).
+    Prefix(String),
+    /// Every type.
+    Any,
+}
+
+/// Outbound rate limit: a steady rate with a burst allowance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Sustained attempts per second (fractions allowed).
+    pub per_second: f64,
+    /// Attempts that may go at once after a quiet period.
+    pub burst: u32,
+}
+
+/// Statuses counted as success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuccessCodes(Vec<(u16, u16)>);
+
+/// Credentials for a subscriber.
+#[derive(Clone)]
+pub enum Auth {
+    /// HTTP basic authentication.
+    Basic {
+        /// User name (not secret).
+        username: String,
+        /// Password.
+        password: Secret,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+/// A secret string whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+
+    /// The secret itself; call only where it is sent.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Default for SuccessCodes {
+    fn default() -> Self {
+        SuccessCodes::default_2xx()
+    }
+}
+
+impl SuccessCodes {
+    /// Any 2xx.
+    pub fn default_2xx() -> Self {
+        SuccessCodes(vec![(200, 299)])
+    }
+
+    /// True when `status` counts as delivered.
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+}
+
+impl EventPattern {
+    fn parse(text: &str, path: &str, issues: &mut Issues) -> Option<EventPattern> {
+        if text == "*" {
+            return Some(EventPattern::Any);
+        }
+        let (body, glob) = match text.strip_suffix('*') {
+            Some(prefix) => (prefix, true),
+            None => (text, false),
+        };
+        let valid_chars = body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+        if body.is_empty() || !valid_chars || body.len() > 128 {
+            issues.push(
+                path,
+                format!("{text:?} is not an event type pattern (an exact type, a prefix glob such as \"envelope.*\", or \"*\")"),
+            );
+            return None;
+        }
+        Some(if glob {
+            EventPattern::Prefix(body.to_string())
+        } else {
+            EventPattern::Exact(body.to_string())
+        })
+    }
+
+    /// True when `event_type` is selected by this pattern.
+    pub fn matches(&self, event_type: &str) -> bool {
+        match self {
+            EventPattern::Any => true,
+            EventPattern::Exact(t) => t == event_type,
+            EventPattern::Prefix(p) => event_type.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// True when `name` is a valid subscription name.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+impl Subscription {
+    /// Validates one subscription entry, recording every problem under `path`.
+    pub fn parse(v: &Value, path: &str, issues: &mut Issues) -> Option<Subscription> {
+        let before = issues.0.len();
+        let s = Section::new(Some(v), path, KEYS, issues);
+        if !matches!(v, Value::Mapping(_)) {
+            return None;
+        }
+
+        let name = s
+            .required("name", issues)
+            .and_then(|v| as_string(v, &s.at("name"), issues));
+        if let Some(n) = &name
+            && !valid_name(n)
+        {
+            issues.push(
+                &s.at("name"),
+                format!("{n:?} must match [a-z0-9_-]{{1,64}}"),
+            );
+        }
+
+        let url = s
+            .required("url", issues)
+            .and_then(|v| as_string(v, &s.at("url"), issues))
+            .and_then(|u| parse_url(&u, &s.at("url"), issues));
+
+        let events = s.required("events", issues).and_then(|v| {
+            let at = s.at("events");
+            let items = as_list(v, &at, issues)?;
+            if items.is_empty() {
+                issues.push(&at, "must list at least one event type (\"*\" for all)");
+                return None;
+            }
+            let patterns: Vec<EventPattern> = items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    let p = index(&at, i);
+                    as_string(item, &p, issues).and_then(|t| EventPattern::parse(&t, &p, issues))
+                })
+                .collect();
+            (patterns.len() == items.len()).then_some(patterns)
+        });
+
+        let filter = match s.get("filter") {
+            None => Some(Filter::everything()),
+            Some(f) => Filter::compile(f, &s.at("filter"), issues),
+        };
+
+        let backoff = parse_backoff(&s, issues);
+        let default_retries = match &backoff.curve {
+            Curve::Schedule(steps) => steps.len() as u64,
+            Curve::Exponential { .. } => 6,
+        };
+        let retries = s.integer("retries", 0..=20, default_retries.min(20), issues) as u32;
+        let timeout = s.duration(
+            "timeout",
+            Duration::from_millis(100)..=Duration::from_secs(60),
+            Duration::from_secs(10),
+            issues,
+        );
+        let success = match s.get("success_code") {
+            None => SuccessCodes::default_2xx(),
+            Some(v) => parse_success(v, &s.at("success_code"), issues)
+                .unwrap_or_else(SuccessCodes::default_2xx),
+        };
+        let rate_limit = parse_rate_limit(&s, issues);
+        let max_in_flight = s.integer("max_in_flight", 1..=1024, 8, issues) as usize;
+        let auth = parse_auth(&s, issues);
+        let headers = parse_headers(&s, auth.is_some(), issues);
+
+        if issues.0.len() != before {
+            return None;
+        }
+        Some(Subscription {
+            name: name?,
+            url: url?,
+            events: events?,
+            filter: filter?,
+            retries,
+            timeout,
+            success,
+            backoff,
+            rate_limit,
+            max_in_flight,
+            auth,
+            headers,
+        })
+    }
+}
+
+fn parse_url(text: &str, path: &str, issues: &mut Issues) -> Option<Url> {
+    let url = match Url::parse(text) {
+        Ok(u) => u,
+        Err(e) => {
+            issues.push(path, format!("{text:?} is not a URL: {e}"));
+            return None;
+        }
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        issues.push(
+            path,
+            format!("scheme {:?} is not http or https", url.scheme()),
+        );
+        return None;
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // Credentials in a URL end up in logs; auth keeps them secret.
+        issues.push(path, "must not carry credentials; use auth.basic instead");
+        return None;
+    }
+    if url.host().is_none() {
+        issues.push(path, "has no host");
+        return None;
+    }
+    Some(url)
+}
+
+fn parse_success(v: &Value, path: &str, issues: &mut Issues) -> Option<SuccessCodes> {
+    let one = |v: &Value, path: &str, issues: &mut Issues| -> Option<(u16, u16)> {
+        if let Value::String(s) = v {
+            let class = s.strip_suffix("xx").and_then(|d| d.parse::<u16>().ok());
+            if let Some(c @ 1..=5) = class
+                && s.len() == 3
+            {
+                return Some((c * 100, c * 100 + 99));
+            }
+            if s.parse::<u64>().is_err() {
+                issues.push(
+                    path,
+                    format!("{s:?} is not a status code or a class such as \"2xx\""),
+                );
+                return None;
+            }
+        }
+        as_integer(v, path, &(100..=599), issues).map(|c| (c as u16, c as u16))
+    };
+    match v {
+        Value::Sequence(items) if items.is_empty() => {
+            issues.push(path, "must list at least one status");
+            None
+        }
+        Value::Sequence(items) => {
+            let codes: Vec<(u16, u16)> = items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| one(item, &index(path, i), issues))
+                .collect();
+            (codes.len() == items.len()).then_some(SuccessCodes(codes))
+        }
+        other => one(other, path, issues).map(|c| SuccessCodes(vec![c])),
+    }
+}
+
+fn parse_backoff(s: &Section<'_>, issues: &mut Issues) -> Backoff {
+    let b = s.section(
+        "backoff",
+        &["initial", "max", "multiplier", "schedule", "overload_floor"],
+        issues,
+    );
+    let day = Duration::from_secs(86_400);
+    let mut backoff = Backoff::default();
+    backoff.overload_floor = b.duration(
+        "overload_floor",
+        Duration::ZERO..=day,
+        backoff.overload_floor,
+        issues,
+    );
+    let exponential = ["initial", "max", "multiplier"].iter().any(|k| b.has(k));
+    if let Some(schedule) = b.get("schedule") {
+        if exponential {
+            issues.push(
+                b.path(),
+                "use either schedule or initial/max/multiplier, not both",
+            );
+        }
+        let at = b.at("schedule");
+        if let Some(items) = as_list(schedule, &at, issues) {
+            if items.is_empty() || items.len() > 20 {
+                issues.push(
+                    &at,
+                    format!("must list 1..=20 delays, found {}", items.len()),
+                );
+            }
+            let range = Duration::ZERO..=day;
+            let steps: Vec<Duration> = items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| as_duration(item, &index(&at, i), &range, issues))
+                .collect();
+            if !steps.is_empty() {
+                backoff.curve = Curve::Schedule(steps);
+            }
+        }
+    } else if exponential {
+        let initial = b.duration(
+            "initial",
+            Duration::from_millis(1)..=day,
+            Duration::from_secs(5),
+            issues,
+        );
+        let max = b.duration(
+            "max",
+            Duration::from_millis(1)..=day * 7,
+            Duration::from_secs(3600),
+            issues,
+        );
+        let multiplier = match b.get("multiplier") {
+            None => 2.0,
+            Some(v) => match as_float(v, &b.at("multiplier"), issues) {
+                Some(m) if (1.0..=100.0).contains(&m) => m,
+                Some(m) => {
+                    issues.push(&b.at("multiplier"), format!("{m} is out of range 1..=100"));
+                    2.0
+                }
+                None => 2.0,
+            },
+        };
+        if max < initial {
+            issues.push(&b.at("max"), "must not be below initial");
+        }
+        backoff.curve = Curve::Exponential {
+            initial,
+            max,
+            multiplier,
+        };
+    }
+    backoff
+}
+
+fn parse_rate_limit(s: &Section<'_>, issues: &mut Issues) -> Option<RateLimit> {
+    if !s.has("rate_limit") {
+        return None;
+    }
+    let r = s.section("rate_limit", &["per_second", "burst"], issues);
+    let per_second = r.required("per_second", issues).and_then(|v| {
+        let at = r.at("per_second");
+        match as_float(v, &at, issues)? {
+            p if p > 0.0 && p <= 1_000_000.0 => Some(p),
+            p => {
+                issues.push(&at, format!("{p} must be above 0 and at most 1000000"));
+                None
+            }
+        }
+    });
+    let burst = r.integer("burst", 1..=100_000, 1, issues) as u32;
+    per_second.map(|per_second| RateLimit { per_second, burst })
+}
+
+fn parse_auth(s: &Section<'_>, issues: &mut Issues) -> Option<Auth> {
+    if !s.has("auth") {
+        return None;
+    }
+    let a = s.section("auth", &["basic", "bearer"], issues);
+    match (a.get("basic"), a.get("bearer")) {
+        (Some(_), Some(_)) => {
+            issues.push(a.path(), "use either basic or bearer, not both");
+            None
+        }
+        (Some(_), None) => {
+            let b = a.section("basic", &["username", "password"], issues);
+            let username = b
+                .required("username", issues)
+                .and_then(|v| as_string(v, &b.at("username"), issues));
+            let password = b
+                .required("password", issues)
+                .and_then(|v| as_string(v, &b.at("password"), issues));
+            if let Some(u) = &username
+                && u.contains(':')
+            {
+                issues.push(&b.at("username"), "must not contain ':'");
+                return None;
+            }
+            Some(Auth::Basic {
+                username: username?,
+                password: Secret::new(password?),
+            })
+        }
+        (None, Some(v)) => {
+            let token = as_string(v, &a.at("bearer"), issues)?;
+            if token.is_empty() || HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+                issues.push(
+                    &a.at("bearer"),
+                    "must be a non-empty token of visible ASCII characters",
+                );
+                return None;
+            }
+            Some(Auth::Bearer(Secret::new(token)))
+        }
+        (None, None) => {
+            issues.push(a.path(), "needs basic or bearer");
+            None
+        }
+    }
+}
+
+fn parse_headers(
+    s: &Section<'_>,
+    has_auth: bool,
+    issues: &mut Issues,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let Some(v) = s.get("headers") else {
+        return Vec::new();
+    };
+    let at = s.at("headers");
+    let Value::Mapping(map) = v else {
+        issues.push(
+            &at,
+            format!(
+                "expected a mapping of header names to values, found {}",
+                kind(v)
+            ),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in map {
+        let key = describe(k).trim_matches('"').to_string();
+        let path = format!("{at}.{key}");
+        let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
+            issues.push(&path, "is not a valid header name");
+            continue;
+        };
+        let lower = name.as_str();
+        if RESERVED_HEADERS.contains(&lower)
+            || RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p))
+        {
+            issues.push(&path, "is set by the relay and cannot be overridden");
+            continue;
+        }
+        if lower == "authorization" && has_auth {
+            issues.push(&path, "conflicts with auth; set one or the other");
+            continue;
+        }
+        let Some(text) = as_string(v, &path, issues) else {
+            continue;
+        };
+        match HeaderValue::from_str(&text) {
+            Ok(mut value) => {
+                if lower == "authorization" {
+                    value.set_sensitive(true);
+                }
+                out.push((name, value));
+            }
+            Err(_) => issues.push(&path, "is not a valid header value"),
+        }
+    }
+    out
+}
+
+/// The subscriptions in force, indexed by event type for matching.
+#[derive(Debug, Default)]
+pub struct Registry {
+    subs: Vec<Arc<Subscription>>,
+    exact: HashMap<String, Vec<usize>>,
+    prefixes: HashMap<String, Vec<usize>>,
+    /// Distinct prefix lengths, so a lookup probes only lengths that exist.
+    prefix_lens: Vec<usize>,
+    wildcard: Vec<usize>,
+}
+
+impl Registry {
+    /// Builds the index.
+    pub fn new(subs: Vec<Subscription>) -> Self {
+        let mut r = Registry {
+            subs: subs.into_iter().map(Arc::new).collect(),
+            ..Registry::default()
+        };
+        for (i, sub) in r.subs.iter().enumerate() {
+            for pattern in &sub.events {
+                match pattern {
+                    EventPattern::Any => r.wildcard.push(i),
+                    EventPattern::Exact(t) => r.exact.entry(t.clone()).or_default().push(i),
+                    EventPattern::Prefix(p) => {
+                        r.prefixes.entry(p.clone()).or_default().push(i);
+                        if !r.prefix_lens.contains(&p.len()) {
+                            r.prefix_lens.push(p.len());
+                        }
+                    }
+                }
+            }
+        }
+        r.prefix_lens.sort_unstable();
+        r
+    }
+
+    /// All subscriptions, in configuration order.
+    pub fn all(&self) -> &[Arc<Subscription>] {
+        &self.subs
+    }
+
+    /// Indices of the subscriptions whose event patterns select `event_type`, ascending.
+    pub fn candidates(&self, event_type: &str) -> Vec<usize> {
+        let mut out: Vec<usize> = self.wildcard.clone();
+        if let Some(ids) = self.exact.get(event_type) {
+            out.extend_from_slice(ids);
+        }
+        for &len in &self.prefix_lens {
+            if len > event_type.len() {
+                break;
+            }
+            if let Some(ids) = event_type.get(..len).and_then(|p| self.prefixes.get(p)) {
+                out.extend_from_slice(ids);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The subscriptions an event goes to; `data` is parsed only if a candidate has a filter.
+    pub fn matching(&self, event_type: &str, data: &RawValue) -> Vec<Arc<Subscription>> {
+        let candidates = self.candidates(event_type);
+        let mut parsed: Option<Option<Json>> = None;
+        candidates
+            .into_iter()
+            .map(|i| &self.subs[i])
+            .filter(|sub| {
+                if sub.filter.is_everything() {
+                    return true;
+                }
+                let data = parsed.get_or_insert_with(|| serde_json::from_str(data.get()).ok());
+                data.as_ref().is_some_and(|d| sub.filter.matches(d))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Subscription, Vec<String>> {
+        let v: Value = serde_yaml::from_str(yaml).unwrap();
+        let mut issues = Issues::default();
+        let s = Subscription::parse(&v, "subscriptions[0]", &mut issues);
+        if issues.is_empty() {
+            Ok(s.unwrap())
+        } else {
+            Err(issues.0.iter().map(|i| i.to_string()).collect())
+        }
+    }
+
+    fn sub(name: &str, events: &[&str]) -> Subscription {
+        let list = events
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        parse(&format!(
+            "{{name: {name}, url: 'http://127.0.0.1:1/', events: [{list}]}}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let s = sub("a", &["x"]);
+        assert_eq!(s.retries, 6);
+        assert_eq!(s.timeout, Duration::from_secs(10));
+        assert_eq!(s.max_in_flight, 8);
+        assert!(s.success.contains(204) && !s.success.contains(300));
+        assert!(s.rate_limit.is_none());
+        assert_eq!(s.backoff, Backoff::default());
+    }
+
+    #[test]
+    fn schedule_length_sets_default_retries() {
+        let s = parse("{name: a, url: 'http://h/', events: [x], backoff: {schedule: [1s, 2s]}}")
+            .unwrap();
+        assert_eq!(s.retries, 2);
+    }
+
+    #[test]
+    fn success_code_forms() {
+        let s = parse("{name: a, url: 'http://h/', events: [x], success_code: 200}").unwrap();
+        assert!(s.success.contains(200) && !s.success.contains(204));
+        let s =
+            parse("{name: a, url: 'http://h/', events: [x], success_code: [200, '3xx']}").unwrap();
+        assert!(s.success.contains(200) && s.success.contains(302) && !s.success.contains(201));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let errors = parse(
+            "{name: Bad Name, url: 'ftp://h/', events: [], retries: 42, timeout: 50ms,
+              success_code: 700, max_in_flight: 0, rate_limit: {per_second: 0},
+              auth: {basic: {username: u}}, headers: {webhook-id: x}, colour: red}",
+        )
+        .unwrap_err();
+        let expected = [
+            "subscriptions[0].colour: unknown field",
+            "subscriptions[0].name: \"Bad Name\" must match [a-z0-9_-]{1,64}",
+            "subscriptions[0].url: scheme \"ftp\" is not http or https",
+            "subscriptions[0].events: must list at least one event type",
+            "subscriptions[0].retries: 42 is out of range 0..=20",
+            "subscriptions[0].timeout: 50ms is out of range 100ms..=1m",
+            "subscriptions[0].success_code: 700 is out of range 100..=599",
+            "subscriptions[0].rate_limit.per_second: 0 must be above 0",
+            "subscriptions[0].max_in_flight: 0 is out of range 1..=1024",
+            "subscriptions[0].auth.basic.password: missing",
+            "subscriptions[0].headers.webhook-id: is set by the relay",
+        ];
+        for e in expected {
+            assert!(
+                errors.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn missing_required_fields() {
+        let errors = parse("{}").unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "subscriptions[0].name: missing",
+                "subscriptions[0].url: missing",
+                "subscriptions[0].events: missing"
+            ]
+        );
+    }
+
+    #[test]
+    fn credentials_in_url_are_refused() {
+        let errors = parse("{name: a, url: 'http://u:p@h/', events: [x]}").unwrap_err();
+        assert!(
+            errors[0].contains("must not carry credentials"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let s = parse("{name: a, url: 'http://h/', events: [x], auth: {basic: {username: u, password: hunter2}}}").unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let s = parse("{name: a, url: 'http://h/', events: [x], auth: {bearer: tok-123}}").unwrap();
+        assert!(!format!("{s:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn bad_event_patterns() {
+        let errors = parse("{name: a, url: 'http://h/', events: ['a*b', 'x y', '']}").unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0]
+                .starts_with("subscriptions[0].events[0]: \"a*b\" is not an event type pattern")
+        );
+    }
+
+    #[test]
+    fn index_yields_only_subscriptions_whose_types_can_match() {
+        let mut subs = vec![
+            sub("exact", &["invoice.paid"]),
+            sub("glob", &["envelope.*"]),
+            sub("all", &["*"]),
+            sub("both", &["envelope.*", "envelope.completed"]),
+            sub("short", &["e*"]),
+        ];
+        for i in 0..1000 {
+            subs.push(sub(&format!("other-{i}"), &[&format!("other.{i}")]));
+        }
+        let r = Registry::new(subs);
+        let names = |t: &str| -> Vec<String> {
+            r.candidates(t)
+                .into_iter()
+                .map(|i| r.all()[i].name.clone())
+                .collect()
+        };
+        assert_eq!(
+            names("envelope.completed"),
+            ["glob", "all", "both", "short"]
+        );
+        assert_eq!(names("invoice.paid"), ["exact", "all"]);
+        assert_eq!(names("invoice.paid.extra"), ["all"]);
+        assert_eq!(names("other.7"), ["all", "other-7"]);
+        assert_eq!(names("envelope"), ["all", "short"]);
+        assert_eq!(r.candidates("nothing").len(), 1);
+    }
+
+    #[test]
+    fn matching_applies_filters() {
+        let with_filter =
+            parse("{name: f, url: 'http://h/', events: [x], filter: {field: status, equals: ok}}")
+                .unwrap();
+        let r = Registry::new(vec![with_filter, sub("plain", &["x"])]);
+        let data = RawValue::from_string(r#"{"status":"ok"}"#.into()).unwrap();
+        assert_eq!(r.matching("x", &data).len(), 2);
+        let data = RawValue::from_string(r#"{"status":"no"}"#.into()).unwrap();
+        let names: Vec<_> = r
+            .matching("x", &data)
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(names, ["plain"]);
+    }
+}
