@@ -12,6 +12,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::dispatch::Dispatcher;
 use crate::event::{Event, EventError};
@@ -37,14 +38,44 @@ pub struct IngestState {
 
 /// Routes of the app listener.
 pub fn router(state: IngestState, token: Option<Secret>) -> Router {
-    let mut router = Router::new().route("/v1/events", post(post_event));
+    let metrics = state.metrics.clone();
+    let mut router = Router::new()
+        .route("/v1/events", post(post_event))
+        // Refuses oversize bodies by Content-Length before reading them.
+        .layer(RequestBodyLimitLayer::new(state.max_body));
     if let Some(token) = token {
-        let metrics = state.metrics.clone();
+        let metrics = metrics.clone();
+        // Before the body is read: an unauthenticated client cannot make the relay buffer.
         router = router.layer(axum::middleware::from_fn(move |req, next| {
             require_bearer(token.clone(), metrics.clone(), req, next)
         }));
     }
-    router.with_state(state)
+    router
+        .with_state(state)
+        // Counts the body limit's refusals like the handler's own.
+        .layer(axum::middleware::from_fn(move |req, next| {
+            count_layer_refusals(metrics.clone(), req, next)
+        }))
+}
+
+/// Counts `413`s answered by the body-limit layer (the handler counts its own, in JSON).
+async fn count_layer_refusals(metrics: Metrics, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let from_layer = !response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && from_layer {
+        metrics
+            .events_rejected
+            .with_label_values(&["too_large"])
+            .inc();
+        metrics
+            .events_received
+            .with_label_values(&["rejected"])
+            .inc();
+    }
+    response
 }
 
 /// Checks `Authorization: Bearer <token>` in constant time.

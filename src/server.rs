@@ -128,13 +128,15 @@ impl Relay {
             },
             config.ingest.token.clone(),
         );
-        let api = Router::new();
+        // Each router sets its own body limit (ingest counts its refusals).
+        let api = Router::new().layer(RequestBodyLimitLayer::new(config.limits.max_body));
         let ops = ops::router(OpsState {
             metrics: metrics.clone(),
             store: store.clone(),
             registry: registry.clone(),
             readiness: readiness.clone(),
-        });
+        })
+        .layer(RequestBodyLimitLayer::new(config.limits.max_body));
 
         let mut servers = Vec::new();
         for (listener, router) in [(self.app, app), (self.api, api), (self.ops, ops)] {
@@ -183,7 +185,7 @@ impl Relay {
     }
 }
 
-/// The inbound middleware every listener gets. Layers listed first see the request first.
+/// The inbound middleware every listener gets (body limits are per router). Layers listed first see the request first.
 fn harden(router: Router, limits: &Limits) -> Router {
     router
         .fallback(|| async {
@@ -204,9 +206,7 @@ fn harden(router: Router, limits: &Limits) -> Router {
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::REQUEST_TIMEOUT,
                     limits.request_timeout,
-                ))
-                // Refuses oversize bodies by Content-Length before reading them.
-                .layer(RequestBodyLimitLayer::new(limits.max_body)),
+                )),
         )
         // Outermost, so errors made by any layer above leave in the JSON error shape.
         .layer(axum::middleware::map_response(json_errors))

@@ -1,0 +1,193 @@
+//! The real binary: `check`, and a SIGTERM drain.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Answer, DEADLINE, Receiver};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
+
+fn write_config(dir: &tempfile::TempDir, yaml: &str) -> std::path::PathBuf {
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+}
+
+#[test]
+fn check_prints_one_line_per_subscription_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "subscriptions:\n  - {name: a, url: 'http://127.0.0.1:9000/', events: [x], auth: {basic: {username: u, password: '${HR_TEST_PW}'}}}\n  - {name: b, url: 'http://127.0.0.1:9001/', events: ['y.*']}\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("HR_TEST_PW", "pa55word")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("a: x -> http://127.0.0.1:9000/")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("b: y.* ->")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pa55word"));
+}
+
+#[test]
+fn check_reports_every_problem_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "subscriptions:\n  - {name: a, url: 'http://127.0.0.1:9000/', events: [x], retries: 42}\n  - {name: b, url: '${HR_TEST_UNSET}', events: [x], timeout: 50ms}\n  - {name: c, url: 'http://127.0.0.1:9000/', events: [x], success_code: 700, colour: red}\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("HR_TEST_UNSET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "subscriptions[0].retries: 42 is out of range 0..=20",
+        "subscriptions[1].url: environment variable HR_TEST_UNSET is not set",
+        "subscriptions[1].timeout: 50ms is out of range 100ms..=1m",
+        "subscriptions[2].success_code: 700 is out of range 100..=599",
+        "subscriptions[2].colour: unknown field",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_reports_yaml_syntax_errors_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "listen:\n  app: 127.0.0.1:1\n subscriptions: [\n");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let needle = format!("{}:", path.display());
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&needle))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let mut parts = line[needle.len()..].split(':');
+    let (l, c) = (parts.next().unwrap(), parts.next().unwrap());
+    assert!(
+        l.parse::<usize>().unwrap() >= 2 && c.parse::<usize>().is_ok(),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_attempt_in_flight_finish_then_exits_0() {
+    let rx = Receiver::scripted(|_| Answer::status(200).after(Duration::from_millis(800))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        &format!(
+            "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\nlog: {{format: json, level: 'hookrelay=debug'}}\nshutdown: {{grace: 5s}}\nsubscriptions:\n  - {{name: a, url: '{}', events: ['*']}}\n",
+            rx.url("/")
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = mpsc::channel::<Value>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = lines_tx.send(v);
+            }
+        }
+    });
+    let started = lines
+        .recv_timeout(DEADLINE)
+        .into_iter()
+        .chain(std::iter::from_fn(|| lines.recv_timeout(DEADLINE).ok()))
+        .find(|l| l["message"] == "hookrelay listening")
+        .expect("listening line");
+    let app = started["app"].as_str().unwrap().to_string();
+
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = http
+        .post(format!("http://{app}/v1/events"))
+        .header("content-type", "application/json")
+        .body(json!({"type": "t", "id": "drain-1", "data": {}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    rx.wait_for(1).await;
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "relay did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<Value> = lines.iter().collect();
+    let messages: Vec<&str> = rest.iter().filter_map(|l| l["message"].as_str()).collect();
+    let shut = messages
+        .iter()
+        .position(|m| m.starts_with("shutting down"))
+        .expect("shutdown logged");
+    let delivered = messages
+        .iter()
+        .position(|m| *m == "delivered")
+        .expect("in-flight attempt finished");
+    assert!(shut < delivered, "{messages:?}");
+    assert!(messages.contains(&"hookrelay stopped"), "{messages:?}");
+}

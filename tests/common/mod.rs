@@ -1,0 +1,306 @@
+//! Test harness: the real relay started in-process on 127.0.0.1:0, real HTTP receivers, and
+//! polling with deadlines (never bare sleeps) to synchronise.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hookrelay::config::Listen;
+use hookrelay::{Config, Relay};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A relay running in this process.
+pub struct TestRelay {
+    pub addrs: Listen,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    pub http: reqwest::Client,
+}
+
+impl TestRelay {
+    /// Starts a relay from YAML; listeners default to 127.0.0.1:0.
+    pub async fn start(yaml: &str) -> TestRelay {
+        let yaml = if yaml.contains("listen:") {
+            yaml.to_string()
+        } else {
+            format!(
+                "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\n{yaml}"
+            )
+        };
+        let config = Config::from_yaml(&yaml, "test.yaml", &|_| None)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let relay = Relay::bind(config).await.expect("bind");
+        let addrs = relay.local_addrs();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            relay
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("relay runs");
+        });
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let relay = TestRelay {
+            addrs,
+            stop: Some(stop),
+            task,
+            http,
+        };
+        let ready = format!("http://{}/readyz", relay.addrs.ops);
+        poll(|| async {
+            relay
+                .http
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        relay
+    }
+
+    /// Posts an event envelope; returns the status and the JSON answer.
+    pub async fn post(&self, body: &Value) -> (u16, Value) {
+        self.post_raw(&body.to_string(), "application/json").await
+    }
+
+    /// Posts raw bytes with a content type.
+    pub async fn post_raw(&self, body: &str, content_type: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("http://{}/v1/events", self.addrs.app))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("post event");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// The metrics exposition.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.addrs.ops))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// One sample's value, e.g. `metric("hookrelay_deliveries_total", &[("subscription", "a"), ("outcome", "failed")])`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        sample(&self.metrics().await, name, labels)
+    }
+
+    /// Waits until a sample reaches `value`.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let ok = deadline(|| async { self.metric(name, labels).await == Some(value) }).await;
+        if !ok {
+            panic!(
+                "{name}{labels:?} never reached {value}; now {:?}",
+                self.metric(name, labels).await
+            );
+        }
+    }
+
+    /// Stops the relay and waits for it to return.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(DEADLINE, &mut self.task)
+            .await
+            .expect("relay stops within the deadline")
+            .expect("relay task");
+    }
+}
+
+/// Finds a sample in a Prometheus exposition, whatever the order of its labels.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if metric != name {
+            return None;
+        }
+        let rest = rest.strip_suffix('}')?;
+        let mut found: Vec<(&str, &str)> = rest
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                Some((k, v.trim_matches('"')))
+            })
+            .collect();
+        let mut want = labels.to_vec();
+        found.sort();
+        want.sort();
+        (found == want).then(|| value.parse().ok())?
+    })
+}
+
+/// Polls `cond` until it is true or the deadline passes; returns whether it became true.
+pub async fn deadline<F, Fut>(mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `cond` until true; panics at the deadline.
+pub async fn poll<F, Fut>(cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(
+        deadline(cond).await,
+        "condition not met within {DEADLINE:?}"
+    );
+}
+
+/// A request a receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+/// How a receiver answers its n-th request (0-based).
+pub type Script = Arc<dyn Fn(usize) -> Answer + Send + Sync>;
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Answer {
+        Answer {
+            status,
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Answer {
+        self.delay = delay;
+        self
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Answer {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// A real HTTP receiver on 127.0.0.1 that records what it gets.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    got: Arc<Mutex<Vec<Received>>>,
+    script: Script,
+}
+
+impl Receiver {
+    /// A receiver answering 200 to everything.
+    pub async fn ok() -> Receiver {
+        Receiver::scripted(|_| Answer::status(200)).await
+    }
+
+    /// A receiver answering by `script`.
+    pub async fn scripted(script: impl Fn(usize) -> Answer + Send + Sync + 'static) -> Receiver {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let state = ReceiverState {
+            got: got.clone(),
+            script: Arc::new(script),
+        };
+        let app = axum::Router::new().fallback(receive).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { addr, got }
+    }
+
+    /// Its URL with `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// How many requests arrived.
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let ok = deadline(|| async { self.count() >= n }).await;
+        assert!(ok, "receiver got {} of {n} requests", self.count());
+        self.received()
+    }
+}
+
+async fn receive(State(state): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> Response {
+    let n = {
+        let mut got = state.got.lock().unwrap();
+        got.push(Received {
+            headers,
+            body,
+            at: Instant::now(),
+        });
+        got.len() - 1
+    };
+    let answer = (state.script)(n);
+    if !answer.delay.is_zero() {
+        tokio::time::sleep(answer.delay).await;
+    }
+    let mut response = StatusCode::from_u16(answer.status).unwrap().into_response();
+    for (name, value) in answer.headers {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}

@@ -1,0 +1,190 @@
+//! Ingest and ops endpoints: every refusal answers with its status and the JSON error shape.
+
+mod common;
+
+use common::TestRelay;
+use serde_json::{Value, json};
+
+async fn relay() -> TestRelay {
+    TestRelay::start("limits: {max_body: 1KiB}\nsubscriptions: []\n").await
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not a JSON error: {body}"))
+}
+
+#[tokio::test]
+async fn unmatched_event_is_accepted_with_no_subscriptions() {
+    let r = relay().await;
+    let (status, body) = r.post(&json!({"type": "a.b", "data": {"x": 1}})).await;
+    assert_eq!(status, 202);
+    assert_eq!(body["subscriptions"], json!([]));
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(id.len(), 36);
+    assert_eq!(id, id.to_lowercase());
+    assert_eq!(&id[14..15], "7", "a UUIDv7");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_with_position() {
+    let r = relay().await;
+    let (status, body) = r
+        .post_raw("{\"type\": \"t\",\n \"data\": }", "application/json")
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(error_code(&body), "malformed_json");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("line 2, column"), "{message}");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_body_is_413() {
+    let r = relay().await;
+    let big = json!({"type": "t", "data": "x".repeat(2000)});
+    let (status, body) = r.post(&big).await;
+    assert_eq!(status, 413);
+    assert_eq!(error_code(&body), "too_large");
+    // Without Content-Length the body is cut off while it is read.
+    let chunks = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(big.to_string())]);
+    let resp = r
+        .http
+        .post(format!("http://{}/v1/events", r.addrs.app))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let rejected = r
+        .metric(
+            "hookrelay_events_rejected_total",
+            &[("reason", "too_large")],
+        )
+        .await;
+    assert_eq!(rejected, Some(2.0));
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn non_json_is_415() {
+    let r = relay().await;
+    let (status, body) = r
+        .post_raw("type=t", "application/x-www-form-urlencoded")
+        .await;
+    assert_eq!(status, 415);
+    assert_eq!(error_code(&body), "unsupported_media_type");
+    let (status, _) = r
+        .post_raw(
+            r#"{"type":"t","data":1}"#,
+            "application/cloudevents+json; charset=utf-8",
+        )
+        .await;
+    assert_eq!(status, 202, "+json types are JSON");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_envelopes_are_422_naming_the_field() {
+    let r = relay().await;
+    let cases = [
+        (json!({"data": {}}), "type"),
+        (json!({"type": "has space", "data": {}}), "type"),
+        (
+            json!({"type": "t", "id": "x".repeat(129), "data": {}}),
+            "id",
+        ),
+        (json!({"type": "t", "id": 7, "data": {}}), "id"),
+        (json!({"type": "t"}), "data"),
+        (json!({"type": "t", "data": null}), "data"),
+        (json!({"type": "t", "data": {}, "extra": 1}), "envelope"),
+        (json!([1, 2]), "envelope"),
+    ];
+    for (envelope, field) in cases {
+        let (status, body) = r.post(&envelope).await;
+        assert_eq!(status, 422, "{envelope}: {body}");
+        assert_eq!(error_code(&body), "invalid_event");
+        assert_eq!(
+            body["error"]["fields"][0]["field"], field,
+            "{envelope}: {body}"
+        );
+        assert!(body["error"]["fields"][0]["reason"].is_string());
+    }
+    let rejected = r
+        .metric("hookrelay_events_rejected_total", &[("reason", "invalid")])
+        .await;
+    assert_eq!(rejected, Some(8.0));
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let r = relay().await;
+    let resp = r
+        .http
+        .get(format!("http://{}/nope", r.addrs.app))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(error_code(&body), "not_found");
+    let resp = r
+        .http
+        .get(format!("http://{}/v1/events", r.addrs.app))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(error_code(&body), "method_not_allowed");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let r = relay().await;
+    for path in ["/healthz", "/readyz"] {
+        let resp = r
+            .http
+            .get(format!("http://{}{path}", r.addrs.ops))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn ingest_token_is_required_when_set() {
+    let r = TestRelay::start("ingest: {token: t0ken}\n").await;
+    let url = format!("http://{}/v1/events", r.addrs.app);
+    let body = json!({"type": "t", "data": {}}).to_string();
+    for auth in [None, Some("Bearer wrong"), Some("t0ken")] {
+        let mut req = r
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{auth:?}");
+    }
+    let resp = r
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer t0ken")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    r.stop().await;
+}
