@@ -24,6 +24,7 @@ const KEYS: &[&str] = &[
     "delivery",
     "shutdown",
     "storage",
+    "release",
     "subscriptions",
 ];
 
@@ -43,7 +44,9 @@ pub struct Config {
     /// How long in-flight attempts may finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// Where the queue lives.
-    pub storage: Storage,
+    pub storage: StorageSettings,
+    /// Shortest interval between two releases of the same scope.
+    pub release_min_interval: Duration,
     /// Declared subscriptions.
     pub subscriptions: Vec<Subscription>,
 }
@@ -86,6 +89,10 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Requests served at once per listener; more are answered 503.
     pub max_concurrent_requests: usize,
+    /// Most events in one batch request.
+    pub max_batch: usize,
+    /// Largest batch request body.
+    pub max_batch_body: usize,
 }
 
 /// Ingest authentication.
@@ -104,14 +111,52 @@ pub struct Delivery {
     pub proxy: Option<Url>,
 }
 
-/// Queue storage.
+/// Queue storage settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Storage {
-    /// In memory: lost on exit. For ephemeral use and tests.
-    Memory {
-        /// Undelivered deliveries held at most; beyond it ingest answers 503.
-        capacity: usize,
-    },
+pub struct StorageSettings {
+    /// A database file, or memory.
+    pub location: StorageLocation,
+    /// How hard commits are pushed to disk.
+    pub sync: SyncMode,
+    /// Jobs waiting for the writer at most; beyond it ingest answers 503.
+    pub queue_capacity: usize,
+    /// Undelivered deliveries expire this long after acceptance (or release).
+    pub ttl: Duration,
+    /// Terminal deliveries and finished events are kept this long.
+    pub retention: Duration,
+    /// Above this database size ingest answers 503.
+    pub max_size: Option<u64>,
+}
+
+/// Where the database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageLocation {
+    /// A file (created with its directories).
+    File(PathBuf),
+    /// In memory: lost on exit. For ephemeral use.
+    Memory,
+}
+
+/// Commit durability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// fsync on every group commit: survives OS crashes and power loss.
+    Full,
+    /// fsync at checkpoints only: survives process crashes, faster.
+    Normal,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            location: StorageLocation::File(PathBuf::from("./data/hookrelay.db")),
+            sync: SyncMode::Full,
+            queue_capacity: 4096,
+            ttl: Duration::from_secs(72 * 3600),
+            retention: Duration::from_secs(72 * 3600),
+            max_size: None,
+        }
+    }
 }
 
 /// Why a configuration could not be loaded.
@@ -244,7 +289,13 @@ impl Config {
 
         let lim = root.section(
             "limits",
-            &["max_body", "request_timeout", "max_concurrent_requests"],
+            &[
+                "max_body",
+                "request_timeout",
+                "max_concurrent_requests",
+                "max_batch",
+                "max_batch_body",
+            ],
             issues,
         );
         let limits = Limits {
@@ -259,6 +310,13 @@ impl Config {
                 "max_concurrent_requests",
                 1..=100_000,
                 1024,
+                issues,
+            ) as usize,
+            max_batch: lim.integer("max_batch", 1..=10_000, 500, issues) as usize,
+            max_batch_body: lim.size(
+                "max_batch_body",
+                1024..=256 * 1024 * 1024,
+                16 * 1024 * 1024,
                 issues,
             ) as usize,
         };
@@ -298,17 +356,14 @@ impl Config {
             issues,
         );
 
-        let st = root.section("storage", &["memory", "capacity"], issues);
-        let memory = st.boolean("memory", true, issues);
-        if !memory {
-            issues.push(
-                &st.at("memory"),
-                "only the in-memory store is available in this build",
-            );
-        }
-        let storage = Storage::Memory {
-            capacity: st.integer("capacity", 1..=10_000_000, 100_000, issues) as usize,
-        };
+        let storage = parse_storage(&root, issues);
+        let rel = root.section("release", &["min_interval"], issues);
+        let release_min_interval = rel.duration(
+            "min_interval",
+            Duration::ZERO..=Duration::from_secs(7 * 86_400),
+            Duration::from_secs(3600),
+            issues,
+        );
 
         let mut subscriptions = Vec::new();
         if let Some(v) = root.get("subscriptions")
@@ -348,8 +403,74 @@ impl Config {
             delivery,
             shutdown_grace,
             storage,
+            release_min_interval,
             subscriptions,
         })
+    }
+}
+
+fn parse_storage(root: &Section<'_>, issues: &mut Issues) -> StorageSettings {
+    let st = root.section(
+        "storage",
+        &[
+            "memory",
+            "path",
+            "sync",
+            "queue_capacity",
+            "ttl",
+            "retention",
+            "max_size",
+        ],
+        issues,
+    );
+    let defaults = StorageSettings::default();
+    let memory = st.boolean("memory", false, issues);
+    let location = match (memory, st.string("path", issues)) {
+        (true, Some(_)) => {
+            issues.push(st.path(), "use either memory: true or path, not both");
+            StorageLocation::Memory
+        }
+        (true, None) => StorageLocation::Memory,
+        (false, Some(p)) if p.trim().is_empty() => {
+            issues.push(&st.at("path"), "must not be empty");
+            defaults.location.clone()
+        }
+        (false, Some(p)) => StorageLocation::File(PathBuf::from(p)),
+        (false, None) => defaults.location.clone(),
+    };
+    let sync = match st.string("sync", issues).as_deref() {
+        None | Some("full") => SyncMode::Full,
+        Some("normal") => SyncMode::Normal,
+        Some(other) => {
+            issues.push(&st.at("sync"), format!("{other:?} is not full or normal"));
+            SyncMode::Full
+        }
+    };
+    let year = Duration::from_secs(365 * 86_400);
+    StorageSettings {
+        location,
+        sync,
+        queue_capacity: st.integer(
+            "queue_capacity",
+            1..=1_000_000,
+            defaults.queue_capacity as u64,
+            issues,
+        ) as usize,
+        ttl: st.duration(
+            "ttl",
+            Duration::from_millis(100)..=year,
+            defaults.ttl,
+            issues,
+        ),
+        retention: st.duration(
+            "retention",
+            Duration::from_secs(1)..=year,
+            defaults.retention,
+            issues,
+        ),
+        max_size: st
+            .has("max_size")
+            .then(|| st.size("max_size", 64 * 1024..=u64::MAX, u64::MAX, issues)),
     }
 }
 

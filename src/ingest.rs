@@ -4,21 +4,23 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use serde_json::value::RawValue;
 use subtle::ConstantTimeEq;
 use tower_http::limit::RequestBodyLimitLayer;
 
+use crate::config::Limits;
 use crate::dispatch::Dispatcher;
 use crate::event::{Event, EventError};
 use crate::http_error::HttpError;
 use crate::metrics::Metrics;
-use crate::store::{Accepted, Store, StoreError};
+use crate::store::{Accepted, Admission, Store, StoreError, rfc3339};
 use crate::subscription::{Registry, Secret};
 
 /// What the ingest handler needs.
@@ -32,17 +34,24 @@ pub struct IngestState {
     pub dispatcher: Dispatcher,
     /// Counters.
     pub metrics: Metrics,
-    /// `limits.max_body`.
-    pub max_body: usize,
+    /// Request limits.
+    pub limits: Limits,
 }
 
 /// Routes of the app listener.
 pub fn router(state: IngestState, token: Option<Secret>) -> Router {
     let metrics = state.metrics.clone();
     let mut router = Router::new()
-        .route("/v1/events", post(post_event))
-        // Refuses oversize bodies by Content-Length before reading them.
-        .layer(RequestBodyLimitLayer::new(state.max_body));
+        // Body limits refuse oversize bodies by Content-Length before reading them.
+        .route(
+            "/v1/events",
+            post(post_event).layer(RequestBodyLimitLayer::new(state.limits.max_body)),
+        )
+        .route(
+            "/v1/events/batch",
+            post(post_batch).layer(RequestBodyLimitLayer::new(state.limits.max_batch_body)),
+        )
+        .route("/v1/events/{id}", get(event_status));
     if let Some(token) = token {
         let metrics = metrics.clone();
         // Before the body is read: an unauthenticated client cannot make the relay buffer.
@@ -52,13 +61,13 @@ pub fn router(state: IngestState, token: Option<Secret>) -> Router {
     }
     router
         .with_state(state)
-        // Counts the body limit's refusals like the handler's own.
+        // Counts the body limits' refusals like the handlers' own.
         .layer(axum::middleware::from_fn(move |req, next| {
             count_layer_refusals(metrics.clone(), req, next)
         }))
 }
 
-/// Counts `413`s answered by the body-limit layer (the handler counts its own, in JSON).
+/// Counts `413`s answered by the body-limit layer (the handlers count their own, in JSON).
 async fn count_layer_refusals(metrics: Metrics, req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let from_layer = !response
@@ -111,14 +120,107 @@ async fn require_bearer(token: Secret, metrics: Metrics, req: Request, next: Nex
 }
 
 async fn post_event(State(state): State<IngestState>, headers: HeaderMap, body: Body) -> Response {
-    match accept(&state, &headers, body).await {
-        Ok(response) => {
-            state
-                .metrics
-                .events_received
-                .with_label_values(&["accepted"])
-                .inc();
-            response
+    let result = async {
+        require_json(&headers)?;
+        let body = read_body(body, state.limits.max_body).await?;
+        let (event, raw) = Event::parse(&body).map_err(|e| event_error(e, ""))?;
+        let matched = matched_names(&state, &event, raw);
+        let id = event.id.clone();
+        let admissions = store(
+            &state,
+            vec![Accepted {
+                event,
+                subscriptions: matched.clone(),
+            }],
+        )
+        .await?;
+        Ok::<_, HttpError>(match admissions.into_iter().next() {
+            Some(Admission::Duplicate { subscriptions }) => (
+                StatusCode::OK,
+                Json(json!({ "id": id, "subscriptions": subscriptions, "duplicate": true })),
+            ),
+            _ => (
+                StatusCode::ACCEPTED,
+                Json(json!({ "id": id, "subscriptions": names(&matched) })),
+            ),
+        })
+    }
+    .await;
+    respond(&state.metrics, result)
+}
+
+async fn post_batch(State(state): State<IngestState>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        require_json(&headers)?;
+        let body = read_body(body, state.limits.max_batch_body).await?;
+        let elements: Vec<&RawValue> =
+            serde_json::from_slice(&body).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => HttpError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_batch",
+                    "the body must be a JSON array of event envelopes",
+                ),
+                _ => malformed(&e),
+            })?;
+        if elements.len() > state.limits.max_batch {
+            return Err(HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "{} events is more than limits.max_batch ({})",
+                    elements.len(),
+                    state.limits.max_batch
+                ),
+            ));
+        }
+        let mut batch = Vec::with_capacity(elements.len());
+        for (i, raw) in elements.iter().enumerate() {
+            // Each element is a slice of the shared body buffer, parsed like a single event.
+            let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+            let element = body.slice(start..start + raw.get().len());
+            let (event, data) =
+                Event::parse(&element).map_err(|e| event_error(e, &format!("[{i}]")))?;
+            let subscriptions = matched_names(&state, &event, data);
+            batch.push(Accepted {
+                event,
+                subscriptions,
+            });
+        }
+        let summary: Vec<(String, Vec<Arc<str>>)> = batch
+            .iter()
+            .map(|a| (a.event.id.clone(), a.subscriptions.clone()))
+            .collect();
+        let admissions = store(&state, batch).await?;
+        let results: Vec<serde_json::Value> = summary
+            .iter()
+            .zip(admissions)
+            .map(|((id, matched), admission)| match admission {
+                Admission::Duplicate { subscriptions } => {
+                    json!({ "id": id, "subscriptions": subscriptions, "duplicate": true })
+                }
+                Admission::Stored => json!({ "id": id, "subscriptions": names(matched) }),
+            })
+            .collect();
+        Ok((StatusCode::ACCEPTED, Json(json!({ "results": results }))))
+    }
+    .await;
+    respond(&state.metrics, result)
+}
+
+/// Counts the request's outcome and turns it into a response.
+fn respond(
+    metrics: &Metrics,
+    result: Result<(StatusCode, Json<serde_json::Value>), HttpError>,
+) -> Response {
+    match result {
+        Ok((status, body)) => {
+            let outcome = if status == StatusCode::OK {
+                "duplicate"
+            } else {
+                "accepted"
+            };
+            metrics.events_received.with_label_values(&[outcome]).inc();
+            (status, body).into_response()
         }
         Err(error) => {
             let reason = match error.status() {
@@ -126,13 +228,8 @@ async fn post_event(State(state): State<IngestState>, headers: HeaderMap, body: 
                 StatusCode::SERVICE_UNAVAILABLE => "busy",
                 _ => "invalid",
             };
-            state
-                .metrics
-                .events_rejected
-                .with_label_values(&[reason])
-                .inc();
-            state
-                .metrics
+            metrics.events_rejected.with_label_values(&[reason]).inc();
+            metrics
                 .events_received
                 .with_label_values(&["rejected"])
                 .inc();
@@ -141,75 +238,137 @@ async fn post_event(State(state): State<IngestState>, headers: HeaderMap, body: 
     }
 }
 
-async fn accept(
-    state: &IngestState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, HttpError> {
-    if !is_json(headers) {
-        return Err(HttpError::new(
+fn matched_names(state: &IngestState, event: &Event, data: &RawValue) -> Vec<Arc<str>> {
+    state
+        .registry
+        .matching(&event.event_type, data)
+        .iter()
+        .map(|s| Arc::from(s.name.as_str()))
+        .collect()
+}
+
+fn names(subs: &[Arc<str>]) -> Vec<&str> {
+    subs.iter().map(|n| &**n).collect()
+}
+
+/// Hands events to the store; `202` is only answered after this returns.
+async fn store(state: &IngestState, batch: Vec<Accepted>) -> Result<Vec<Admission>, HttpError> {
+    let matched: Vec<Vec<Arc<str>>> = batch.iter().map(|a| a.subscriptions.clone()).collect();
+    let admissions = state.store.accept(batch).await.map_err(|e| {
+        tracing::warn!(error = %e, "event refused: the store cannot take it");
+        let message = match e {
+            StoreError::Busy(_) => "the relay's queue is full; retry shortly",
+            _ => "the relay cannot store events right now; retry shortly",
+        };
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            message,
+        )
+        .retry_after(1)
+    })?;
+    for (subs, admission) in matched.iter().zip(&admissions) {
+        if *admission == Admission::Stored {
+            for name in subs {
+                state
+                    .metrics
+                    .events_matched
+                    .with_label_values(&[name])
+                    .inc();
+                state.dispatcher.wake(name);
+            }
+        }
+    }
+    Ok(admissions)
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), HttpError> {
+    if is_json(headers) {
+        Ok(())
+    } else {
+        Err(HttpError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "content-type must be application/json",
-        ));
+        ))
     }
-    let body = read_body(body, state.max_body).await?;
-    let (event, raw) = Event::parse(&body).map_err(|e| match e {
+}
+
+fn malformed(e: &serde_json::Error) -> HttpError {
+    HttpError::new(
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+        format!(
+            "malformed JSON at line {}, column {}: {}",
+            e.line(),
+            e.column(),
+            {
+                let m = e.to_string();
+                m.rfind(" at line ")
+                    .map_or(m.clone(), |i| m[..i].to_string())
+            }
+        ),
+    )
+}
+
+/// Maps an envelope error; `prefix` names the element of a batch (`[3]`).
+fn event_error(e: EventError, prefix: &str) -> HttpError {
+    match e {
         EventError::Malformed { .. } => {
             HttpError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
         }
-        EventError::Invalid { field, ref message } => {
+        EventError::Invalid { field, message } => {
             let reason = message
                 .strip_prefix(&format!("{field}: "))
-                .unwrap_or(message)
+                .unwrap_or(&message)
                 .to_string();
-            HttpError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_event",
-                message.clone(),
-            )
-            .field(field, reason)
-        }
-    })?;
-    let matched = state.registry.matching(&event.event_type, raw);
-    let names: Vec<Arc<str>> = matched.iter().map(|s| Arc::from(s.name.as_str())).collect();
-    let id = event.id.clone();
-    state
-        .store
-        .accept(vec![Accepted {
-            event,
-            subscriptions: names.clone(),
-        }])
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "event refused: store cannot take it");
-            let message = match e {
-                StoreError::Busy(_) => "the relay's queue is full; retry shortly",
-                StoreError::Unavailable(_) => {
-                    "the relay cannot store events right now; retry shortly"
-                }
+            let (field, message) = if prefix.is_empty() {
+                (field.to_string(), message)
+            } else {
+                (
+                    format!("{prefix}.{field}"),
+                    format!("event {prefix}: {message}"),
+                )
             };
-            HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                message,
-            )
-            .retry_after(1)
-        })?;
-    for name in &names {
-        state
-            .metrics
-            .events_matched
-            .with_label_values(&[name])
-            .inc();
-        state.dispatcher.wake(name);
+            HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_event", message)
+                .field(field, reason)
+        }
     }
-    let names: Vec<&str> = names.iter().map(|n| &**n).collect();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "subscriptions": names })),
-    )
-        .into_response())
+}
+
+/// `GET /v1/events/{id}`: the event and where each of its deliveries stands.
+async fn event_status(State(state): State<IngestState>, Path(id): Path<String>) -> Response {
+    match state.store.event_status(&id).await {
+        Ok(Some(status)) => Json(json!({
+            "id": status.id,
+            "type": status.event_type,
+            "received_at": rfc3339(status.received_at_ms),
+            "deliveries": status.deliveries.iter().map(|d| {
+                let mut v = d.to_json();
+                if let Some(o) = v.as_object_mut() {
+                    // Already at the top level.
+                    o.remove("event_id");
+                    o.remove("type");
+                    o.remove("received_at");
+                }
+                v
+            }).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Ok(None) => HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no event {id:?} (unknown, or pruned after storage.retention)"),
+        )
+        .into_response(),
+        Err(e) => HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )
+        .retry_after(1)
+        .into_response(),
+    }
 }
 
 /// `application/json` or any `+json` type, parameters allowed.

@@ -13,6 +13,7 @@
 //! - [`metrics`] and [`ops`] serve Prometheus metrics and the probes; [`server`] wires it all
 //!   to bound listeners and a shutdown future.
 
+pub mod api;
 pub mod backoff;
 pub mod config;
 pub mod deliver;

@@ -2,8 +2,8 @@
 //! bounded sets: subscription names and fixed outcome words, never event ids.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::store::QueueStats;
@@ -11,9 +11,9 @@ use crate::store::QueueStats;
 /// Results of one attempt (`hookrelay_delivery_attempts_total{result}`).
 pub const ATTEMPT_RESULTS: [&str; 4] = ["success", "http_error", "timeout", "connect_error"];
 /// Final outcomes of a delivery (`hookrelay_deliveries_total{outcome}`).
-pub const DELIVERY_OUTCOMES: [&str; 2] = ["delivered", "failed"];
+pub const DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "failed", "expired", "cancelled"];
 /// Outcomes of an ingest request (`hookrelay_events_received_total{outcome}`).
-pub const RECEIVE_OUTCOMES: [&str; 2] = ["accepted", "rejected"];
+pub const RECEIVE_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
 /// Reasons an event was refused (`hookrelay_events_rejected_total{reason}`).
 pub const REJECT_REASONS: [&str; 4] = ["busy", "invalid", "too_large", "unauthorized"];
 
@@ -41,6 +41,10 @@ pub struct Metrics {
     pub dead_letters: IntGaugeVec,
     /// Attempts that had to wait for the rate limiter, per subscription.
     pub rate_limited: IntCounterVec,
+    /// Seconds per store transaction, commit included.
+    pub store_commit_duration: Histogram,
+    /// Jobs per store transaction.
+    pub store_batch_size: Histogram,
 }
 
 impl Metrics {
@@ -132,6 +136,29 @@ impl Metrics {
             .register(Box::new(dead_letters.clone()))
             .expect("unique metric");
 
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let store_commit_duration = histogram(
+            "hookrelay_store_commit_duration_seconds",
+            "Duration of one store transaction (group commit), fsync included.",
+            vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ],
+        );
+        let store_batch_size = histogram(
+            "hookrelay_store_batch_size",
+            "Jobs (ingest requests, claims, outcomes) committed together in one transaction.",
+            vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+            ],
+        );
+
         let build_info = IntGaugeVec::new(
             Opts::new("hookrelay_build_info", "Build information; always 1."),
             &["version"],
@@ -166,6 +193,8 @@ impl Metrics {
             oldest_pending,
             dead_letters,
             rate_limited,
+            store_commit_duration,
+            store_batch_size,
         }
     }
 

@@ -16,15 +16,16 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::{Config, Limits, Listen, Storage};
+use crate::api::{self, ApiState};
+use crate::config::{Config, Limits, Listen};
 use crate::deliver::DeliverError;
 use crate::dispatch::Dispatcher;
 use crate::http_error::{HttpError, json_errors};
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState, Readiness};
-use crate::store::Store;
-use crate::store::memory::MemoryStore;
+use crate::store::sqlite::{SqliteStore, WriterMetrics};
+use crate::store::{Store, StoreError};
 use crate::subscription::Registry;
 
 /// Why the relay could not start or serve.
@@ -43,6 +44,9 @@ pub enum ServerError {
     /// The outbound client could not be built.
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// A listener failed while serving.
     #[error("listener failed: {0}")]
     Serve(std::io::Error),
@@ -98,12 +102,25 @@ impl Relay {
         let addrs = self.local_addrs();
         let config = self.config;
         let metrics = Metrics::new();
-        let store: Arc<dyn Store> = match config.storage {
-            Storage::Memory { capacity } => Arc::new(MemoryStore::new(capacity)),
-        };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
+            &config.storage,
+            WriterMetrics {
+                commit_duration: metrics.store_commit_duration.clone(),
+                batch_size: metrics.store_batch_size.clone(),
+            },
+        )?);
         let registry = Arc::new(Registry::new(config.subscriptions.clone()));
         for sub in registry.all() {
             metrics.init_subscription(&sub.name);
+        }
+        let known = registry.all().iter().map(|s| s.name.clone()).collect();
+        let (orphaned, resumed) = store.sync_subscriptions(known).await?;
+        if orphaned + resumed > 0 {
+            tracing::info!(
+                orphaned,
+                resumed,
+                "deliveries of removed subscriptions are kept as orphaned"
+            );
         }
 
         let stop = CancellationToken::new();
@@ -118,18 +135,27 @@ impl Relay {
         )?;
         let readiness = Readiness::default();
 
+        tokio::spawn(housekeeping(store.clone(), metrics.clone(), stop.clone()));
+
         let app = ingest::router(
             IngestState {
                 registry: registry.clone(),
                 store: store.clone(),
-                dispatcher,
+                dispatcher: dispatcher.clone(),
                 metrics: metrics.clone(),
-                max_body: config.limits.max_body,
+                limits: config.limits,
             },
             config.ingest.token.clone(),
         );
-        // Each router sets its own body limit (ingest counts its refusals).
-        let api = Router::new().layer(RequestBodyLimitLayer::new(config.limits.max_body));
+        // Each router sets its own body limits (ingest counts its refusals).
+        let api = api::router(ApiState {
+            store: store.clone(),
+            registry: registry.clone(),
+            dispatcher,
+            release_min_interval: config.release_min_interval,
+            max_body: config.limits.max_body,
+        })
+        .layer(RequestBodyLimitLayer::new(config.limits.max_body));
         let ops = ops::router(OpsState {
             metrics: metrics.clone(),
             store: store.clone(),
@@ -184,6 +210,37 @@ impl Relay {
         result
     }
 }
+
+/// Expires overdue deliveries and prunes old rows, off the hot path, until stopped.
+async fn housekeeping(store: Arc<dyn Store>, metrics: Metrics, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match store.housekeeping(crate::event::now_ms()).await {
+            Ok(report) => {
+                for (sub, n) in &report.expired {
+                    metrics
+                        .deliveries
+                        .with_label_values(&[sub, "expired"])
+                        .inc_by(*n);
+                    tracing::warn!(
+                        subscription = sub.as_str(),
+                        expired = n,
+                        "deliveries expired undelivered (storage.ttl)"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "store housekeeping failed"),
+        }
+    }
+}
+
+/// How often expiry and pruning run.
+const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The inbound middleware every listener gets (body limits are per router). Layers listed first see the request first.
 fn harden(router: Router, limits: &Limits) -> Router {

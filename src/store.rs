@@ -3,7 +3,7 @@
 //! scheduling lives here (`next_attempt_at`), not in memory loops, so a durable store resumes
 //! after a restart exactly where it stopped.
 
-pub mod memory;
+pub mod sqlite;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,6 +81,184 @@ pub struct QueueStats {
     pub dead_letters: u64,
 }
 
+/// How the store answered one event of an accepted batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Newly stored, with its deliveries.
+    Stored,
+    /// Its id was accepted before (within retention): nothing stored; the original result.
+    Duplicate {
+        /// Subscriptions matched when it was first accepted.
+        subscriptions: Vec<String>,
+    },
+}
+
+/// Lifecycle of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// An attempt is under way.
+    InFlight,
+    /// Delivered.
+    Delivered,
+    /// Retries spent or refused: a dead letter.
+    Failed,
+    /// Not delivered within the ttl.
+    Expired,
+    /// Its subscription is gone from the config; resumes if it comes back.
+    Orphaned,
+    /// Its subscription was deleted.
+    Cancelled,
+}
+
+impl DeliveryState {
+    /// Every state, in storage code order.
+    pub const ALL: [DeliveryState; 7] = [
+        DeliveryState::Pending,
+        DeliveryState::InFlight,
+        DeliveryState::Delivered,
+        DeliveryState::Failed,
+        DeliveryState::Expired,
+        DeliveryState::Orphaned,
+        DeliveryState::Cancelled,
+    ];
+
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::InFlight => "in_flight",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Expired => "expired",
+            DeliveryState::Orphaned => "orphaned",
+            DeliveryState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses an API name.
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        DeliveryState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Storage code.
+    pub fn code(self) -> i64 {
+        DeliveryState::ALL
+            .iter()
+            .position(|s| *s == self)
+            .unwrap_or(0) as i64
+    }
+
+    /// From a storage code.
+    pub fn from_code(code: i64) -> DeliveryState {
+        DeliveryState::ALL
+            .get(code as usize)
+            .copied()
+            .unwrap_or(DeliveryState::Pending)
+    }
+}
+
+/// A delivery as the status and dead-letter APIs show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// Store id.
+    pub id: DeliveryId,
+    /// Subscription name.
+    pub subscription: String,
+    /// Event id.
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Current state.
+    pub state: DeliveryState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Status of the last attempt.
+    pub last_status: Option<u16>,
+    /// Reason of the last failure.
+    pub last_error: Option<String>,
+    /// Next attempt (pending only), ms since the epoch.
+    pub next_attempt_at_ms: Option<i64>,
+    /// When delivered, ms since the epoch.
+    pub delivered_at_ms: Option<i64>,
+    /// When the event was accepted, ms since the epoch.
+    pub received_at_ms: i64,
+}
+
+impl DeliveryInfo {
+    /// The API's JSON view (times as RFC 3339).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "event_id": self.event_id,
+            "type": self.event_type,
+            "subscription": self.subscription,
+            "state": self.state.as_str(),
+            "attempts": self.attempts,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "next_attempt_at": self.next_attempt_at_ms.map(rfc3339),
+            "delivered_at": self.delivered_at_ms.map(rfc3339),
+            "received_at": rfc3339(self.received_at_ms),
+        })
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// An event and its deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventStatus {
+    /// Event id.
+    pub id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Accepted at, ms since the epoch.
+    pub received_at_ms: i64,
+    /// One per matched subscription.
+    pub deliveries: Vec<DeliveryInfo>,
+}
+
+/// A page query over deliveries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryQuery {
+    /// Only this state.
+    pub state: DeliveryState,
+    /// Only this subscription.
+    pub subscription: Option<String>,
+    /// Only ids above this one (the previous page's last).
+    pub after: Option<DeliveryId>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// The result of a release request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Deliveries put back to pending.
+    Released(u64),
+    /// The scope was released less than `release.min_interval` ago.
+    TooSoon {
+        /// When the next release is allowed, ms since the epoch.
+        next_allowed_ms: i64,
+    },
+}
+
+/// What a housekeeping pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Housekeeping {
+    /// Deliveries newly expired, per subscription.
+    pub expired: HashMap<String, u64>,
+    /// Terminal deliveries and finished events removed.
+    pub pruned: u64,
+}
+
 /// Why the store could not do something.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -90,13 +268,21 @@ pub enum StoreError {
     /// The store failed (I/O, corruption).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store could not be opened; startup stops with this message.
+    #[error("cannot open the store at {path}: {reason}")]
+    Open {
+        /// Database path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A delivery queue: in memory, or durable.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores events and their deliveries, all or nothing; returns once they are kept.
-    async fn accept(&self, batch: Vec<Accepted>) -> Result<(), StoreError>;
+    /// Stores events and their deliveries, all or nothing; returns once they are durable.
+    async fn accept(&self, batch: Vec<Accepted>) -> Result<Vec<Admission>, StoreError>;
 
     /// Claims up to `limit` deliveries of `subscription` due at `now_ms`, oldest due first.
     async fn claim_due(
@@ -117,4 +303,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Per-subscription queue figures, for gauges.
     async fn stats(&self) -> Result<HashMap<String, QueueStats>, StoreError>;
+
+    /// An event and its deliveries, unless unknown or pruned.
+    async fn event_status(&self, id: &str) -> Result<Option<EventStatus>, StoreError>;
+
+    /// One page of deliveries, oldest first.
+    async fn deliveries(&self, query: DeliveryQuery) -> Result<Vec<DeliveryInfo>, StoreError>;
+
+    /// Puts `failed` and `expired` deliveries of `subscriptions` (all of them, or the one named
+    /// by `scope`) back to pending with a fresh budget and ttl, at most once per `min_interval`
+    /// per scope.
+    async fn release(
+        &self,
+        scope: Option<String>,
+        subscriptions: Vec<String>,
+        now_ms: i64,
+        min_interval_ms: i64,
+    ) -> Result<Release, StoreError>;
+
+    /// Puts one `failed` or `expired` delivery back to pending; returns its state before.
+    async fn retry_delivery(
+        &self,
+        id: DeliveryId,
+        now_ms: i64,
+    ) -> Result<Option<(DeliveryState, String)>, StoreError>;
+
+    /// Removes one delivery unless an attempt is under way or due; returns its state before.
+    async fn delete_delivery(&self, id: DeliveryId) -> Result<Option<DeliveryState>, StoreError>;
+
+    /// Marks deliveries of unknown subscriptions orphaned and resumes orphans of known ones;
+    /// returns (orphaned, resumed).
+    async fn sync_subscriptions(&self, known: Vec<String>) -> Result<(u64, u64), StoreError>;
+
+    /// Expires overdue deliveries and prunes old terminal rows, in small batches.
+    async fn housekeeping(&self, now_ms: i64) -> Result<Housekeeping, StoreError>;
 }

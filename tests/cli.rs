@@ -125,7 +125,8 @@ async fn sigterm_lets_the_attempt_in_flight_finish_then_exits_0() {
     let path = write_config(
         &dir,
         &format!(
-            "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\nlog: {{format: json, level: 'hookrelay=debug'}}\nshutdown: {{grace: 5s}}\nsubscriptions:\n  - {{name: a, url: '{}', events: ['*']}}\n",
+            "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\nstorage: {{path: '{}'}}\nlog: {{format: json, level: 'hookrelay=debug'}}\nshutdown: {{grace: 5s}}\nsubscriptions:\n  - {{name: a, url: '{}', events: ['*']}}\n",
+            dir.path().join("db.sqlite").display(),
             rx.url("/")
         ),
     );

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Answer, Receiver, TestRelay, poll};
+use common::{Answer, Receiver, TestRelay};
 use serde_json::json;
 
 fn sub(name: &str, url: &str, extra: &str) -> String {
@@ -515,51 +515,4 @@ async fn queue_depth_and_oldest_pending_track_undelivered_work() {
         "{oldest} vs {before}"
     );
     relay.stop().await;
-}
-
-#[tokio::test]
-async fn full_store_answers_503_with_retry_after() {
-    let rx = Receiver::scripted(|_| Answer::status(500)).await;
-    let relay = TestRelay::start(&format!(
-        "storage: {{memory: true, capacity: 1}}\n{}",
-        config(&[sub(
-            "a",
-            &rx.url("/"),
-            "retries: 5, backoff: {schedule: [1h]}"
-        )])
-    ))
-    .await;
-    let (s, _) = relay.post(&json!({"type": "t", "data": {}})).await;
-    assert_eq!(s, 202);
-    let r = relay
-        .http
-        .post(format!("http://{}/v1/events", relay.addrs.app))
-        .header("content-type", "application/json")
-        .body(json!({"type": "t", "data": {}}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    assert_eq!(r.headers()["retry-after"], "1");
-    let body: serde_json::Value = r.json_body().await;
-    assert_eq!(body["error"]["code"], "store_unavailable");
-    poll(|| async {
-        relay
-            .metric("hookrelay_events_rejected_total", &[("reason", "busy")])
-            .await
-            == Some(1.0)
-    })
-    .await;
-    relay.stop().await;
-}
-
-/// Reads a JSON body without reqwest's `json` feature.
-trait JsonBody {
-    async fn json_body(self) -> serde_json::Value;
-}
-
-impl JsonBody for reqwest::Response {
-    async fn json_body(self) -> serde_json::Value {
-        serde_json::from_str(&self.text().await.unwrap()).unwrap()
-    }
 }

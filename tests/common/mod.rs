@@ -22,21 +22,35 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// A relay running in this process.
 pub struct TestRelay {
     pub addrs: Listen,
+    /// Directory holding the database (kept alive as long as the relay).
+    pub dir: Arc<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     pub http: reqwest::Client,
 }
 
 impl TestRelay {
-    /// Starts a relay from YAML; listeners default to 127.0.0.1:0.
+    /// Starts a relay from YAML; listeners default to 127.0.0.1:0 and the store to a SQLite
+    /// file in a new temporary directory.
     pub async fn start(yaml: &str) -> TestRelay {
-        let yaml = if yaml.contains("listen:") {
-            yaml.to_string()
-        } else {
-            format!(
+        TestRelay::start_in(yaml, Arc::new(tempfile::tempdir().unwrap())).await
+    }
+
+    /// Starts a relay whose default store lives in `dir` (to restart on the same database).
+    pub async fn start_in(yaml: &str, dir: Arc<tempfile::TempDir>) -> TestRelay {
+        let mut yaml = yaml.to_string();
+        if !yaml.contains("listen:") {
+            yaml = format!(
                 "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\n{yaml}"
-            )
-        };
+            );
+        }
+        if !yaml.contains("storage:") {
+            let db = dir.path().join("hookrelay.db");
+            yaml = format!(
+                "storage: {{path: '{}', sync: normal}}\n{yaml}",
+                db.display()
+            );
+        }
         let config = Config::from_yaml(&yaml, "test.yaml", &|_| None)
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let relay = Relay::bind(config).await.expect("bind");
@@ -53,6 +67,7 @@ impl TestRelay {
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let relay = TestRelay {
             addrs,
+            dir,
             stop: Some(stop),
             task,
             http,
@@ -90,6 +105,42 @@ impl TestRelay {
         (
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// A request to the API listener; returns the status and the JSON answer.
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{path}", self.addrs.api));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let r = req.send().await.expect("api request");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `GET /v1/events/{id}` on the app listener.
+    pub async fn event_status(&self, id: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("http://{}/v1/events/{id}", self.addrs.app))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null),
         )
     }
 

@@ -1,0 +1,289 @@
+//! The management API on `listen.api`: release of dead letters, and dead letters one by one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::dispatch::Dispatcher;
+use crate::event::now_ms;
+use crate::http_error::HttpError;
+use crate::ingest::read_body;
+use crate::store::{DeliveryId, DeliveryQuery, DeliveryState, Release, Store, StoreError};
+use crate::subscription::Registry;
+
+/// Largest page of the delivery list.
+const MAX_PAGE: usize = 1000;
+
+/// What the API handlers need.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Subscriptions in force.
+    pub registry: Arc<Registry>,
+    /// Pumps to wake after a release.
+    pub dispatcher: Dispatcher,
+    /// `release.min_interval`.
+    pub release_min_interval: Duration,
+    /// Largest request body.
+    pub max_body: usize,
+}
+
+/// Routes of the API listener.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/deliveries/release", post(release))
+        .route("/v1/deliveries", get(list))
+        .route("/v1/deliveries/{id}/retry", post(retry))
+        .route("/v1/deliveries/{id}", delete(remove))
+        .with_state(state)
+}
+
+fn unavailable(e: StoreError) -> HttpError {
+    HttpError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        e.to_string(),
+    )
+    .retry_after(1)
+}
+
+fn unknown_subscription(name: &str) -> HttpError {
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no subscription {name:?}"),
+    )
+}
+
+/// `POST /v1/deliveries/release`, optional body `{"subscription": "name"}`.
+async fn release(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let body = read_body(body, state.max_body).await?;
+    let scope = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        if !headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"))
+        {
+            return Err(HttpError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "content-type must be application/json",
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("malformed JSON: {e}"),
+            )
+        })?;
+        let obj = v
+            .as_object()
+            .filter(|o| o.keys().all(|k| k == "subscription"));
+        match obj.map(|o| o.get("subscription")) {
+            Some(None) | Some(Some(serde_json::Value::Null)) => None,
+            Some(Some(serde_json::Value::String(s))) => Some(s.clone()),
+            _ => {
+                return Err(HttpError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_release",
+                    "the body may only be {\"subscription\": \"name\"}",
+                )
+                .field("subscription", "must be a subscription name"));
+            }
+        }
+    };
+    let known: Vec<String> = state
+        .registry
+        .all()
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    if let Some(name) = &scope
+        && !known.contains(name)
+    {
+        return Err(unknown_subscription(name));
+    }
+    let now = now_ms();
+    let min = state.release_min_interval.as_millis() as i64;
+    match state
+        .store
+        .release(scope.clone(), known.clone(), now, min)
+        .await
+        .map_err(unavailable)?
+    {
+        Release::Released(n) => {
+            tracing::info!(
+                scope = scope.as_deref().unwrap_or("*"),
+                released = n,
+                "dead letters released"
+            );
+            for name in &known {
+                state.dispatcher.wake(name);
+            }
+            Ok((StatusCode::ACCEPTED, Json(json!({ "released": n }))).into_response())
+        }
+        Release::TooSoon { next_allowed_ms } => {
+            let wait = ((next_allowed_ms - now).max(0) as u64)
+                .div_ceil(1000)
+                .max(1);
+            Err(HttpError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_soon",
+                format!(
+                    "this scope was released less than release.min_interval ago; retry in {wait}s"
+                ),
+            )
+            .retry_after(wait))
+        }
+    }
+}
+
+/// `GET /v1/deliveries?state=failed&subscription=NAME&limit=N&after=ID`, oldest first.
+async fn list(
+    State(state): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, HttpError> {
+    let mut error = HttpError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_query",
+        "invalid query parameters",
+    );
+    let mut bad = false;
+    let known_params = ["state", "subscription", "limit", "after"];
+    for key in q.keys().filter(|k| !known_params.contains(&k.as_str())) {
+        error = error.field(key.clone(), "unknown parameter");
+        bad = true;
+    }
+    let st = match q.get("state").map(String::as_str) {
+        None => DeliveryState::Failed,
+        Some(s) => DeliveryState::parse(s).unwrap_or_else(|| {
+            error = error.clone().field("state", "must be one of pending, in_flight, delivered, failed, expired, orphaned, cancelled");
+            bad = true;
+            DeliveryState::Failed
+        }),
+    };
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            error = error
+                .clone()
+                .field("limit", format!("must be 1..={MAX_PAGE}"));
+            bad = true;
+            100
+        }
+    };
+    let after = match q.get("after").map(|a| a.parse::<DeliveryId>()) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            error = error.clone().field("after", "must be a delivery id");
+            bad = true;
+            None
+        }
+    };
+    if bad {
+        return Err(error);
+    }
+    let page = state
+        .store
+        .deliveries(DeliveryQuery {
+            state: st,
+            subscription: q.get("subscription").cloned(),
+            after,
+            limit,
+        })
+        .await
+        .map_err(unavailable)?;
+    let next_after = (page.len() == limit)
+        .then(|| page.last().map(|d| d.id))
+        .flatten();
+    Ok(Json(json!({
+        "deliveries": page.iter().map(|d| d.to_json()).collect::<Vec<_>>(),
+        "next_after": next_after,
+    }))
+    .into_response())
+}
+
+fn parse_id(id: &str) -> Result<DeliveryId, HttpError> {
+    id.parse().map_err(|_| {
+        HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no delivery {id:?}"),
+        )
+    })
+}
+
+/// `POST /v1/deliveries/{id}/retry`: one dead letter back to pending.
+async fn retry(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    let n = parse_id(&id)?;
+    match state
+        .store
+        .retry_delivery(n, now_ms())
+        .await
+        .map_err(unavailable)?
+    {
+        None => Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no delivery {n}"),
+        )),
+        Some((DeliveryState::Failed | DeliveryState::Expired, sub)) => {
+            state.dispatcher.wake(&sub);
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "id": n, "state": "pending" })),
+            )
+                .into_response())
+        }
+        Some((other, _)) => Err(HttpError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "delivery {n} is {}; only failed or expired deliveries can be retried",
+                other.as_str()
+            ),
+        )),
+    }
+}
+
+/// `DELETE /v1/deliveries/{id}`: drops a delivery that is not pending or in flight.
+async fn remove(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    let n = parse_id(&id)?;
+    match state.store.delete_delivery(n).await.map_err(unavailable)? {
+        None => Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no delivery {n}"),
+        )),
+        Some(DeliveryState::Pending | DeliveryState::InFlight) => Err(HttpError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("delivery {n} is still being delivered"),
+        )),
+        Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}

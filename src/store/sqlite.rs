@@ -1,0 +1,1047 @@
+//! The embedded store: SQLite (WAL) owned by one writer thread. Callers send jobs over a
+//! bounded channel; the thread drains whatever is waiting, runs it all in one transaction and
+//! commits once (group commit), so durability costs one fsync per batch, not per request.
+//! A full channel is refused at once for ingest (the app gets 503), never buffered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use prometheus::Histogram;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Accepted, Admission, Completion, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery,
+    DeliveryState, EventStatus, Housekeeping, QueueStats, Release, Store, StoreError,
+};
+use crate::config::{StorageLocation, StorageSettings, SyncMode};
+
+/// The schema this build writes; older files are migrated forward on open.
+pub const SCHEMA_VERSION: i64 = 1;
+/// Most jobs in one transaction.
+const MAX_BATCH: usize = 2048;
+/// Rows changed per housekeeping statement, so pruning never holds the writer long.
+const HOUSEKEEPING_BATCH: i64 = 1000;
+/// How often the size limit is re-checked.
+const SIZE_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How long a statement waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Migrations: entry `i` upgrades a file from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    subscriptions TEXT NOT NULL
+);
+CREATE TABLE deliveries (
+    id INTEGER PRIMARY KEY,
+    event_seq INTEGER NOT NULL,
+    subscription TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    received_at INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    delivered_at INTEGER,
+    finished_at INTEGER
+);
+CREATE INDEX deliveries_due ON deliveries(subscription, next_attempt_at) WHERE state = 0;
+CREATE INDEX deliveries_state ON deliveries(state, subscription);
+CREATE INDEX deliveries_event ON deliveries(event_seq);
+CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN (0, 5);
+CREATE INDEX deliveries_finished ON deliveries(finished_at) WHERE state IN (2, 3, 4, 6);
+CREATE TABLE releases (scope TEXT PRIMARY KEY, released_at INTEGER NOT NULL);
+"];
+
+const PENDING: i64 = 0;
+const IN_FLIGHT: i64 = 1;
+const DELIVERED: i64 = 2;
+const FAILED: i64 = 3;
+const EXPIRED: i64 = 4;
+const ORPHANED: i64 = 5;
+
+/// Histograms the writer fills.
+#[derive(Clone)]
+pub struct WriterMetrics {
+    /// Seconds per transaction, commit included.
+    pub commit_duration: Histogram,
+    /// Jobs per transaction.
+    pub batch_size: Histogram,
+}
+
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> (bool, Finish) + Send>;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    over_size: Arc<AtomicBool>,
+    ttl_ms: i64,
+    retention_ms: i64,
+}
+
+impl SqliteStore {
+    /// Opens (creating, migrating) the database and starts the writer thread.
+    pub fn open(
+        settings: &StorageSettings,
+        metrics: WriterMetrics,
+    ) -> Result<SqliteStore, StoreError> {
+        let conn = open_connection(settings)?;
+        let (jobs, rx) = mpsc::channel(settings.queue_capacity);
+        let over_size = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            conn,
+            rx,
+            metrics,
+            max_size: settings.max_size,
+            over_size: over_size.clone(),
+        };
+        std::thread::Builder::new()
+            .name("hookrelay-store".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            jobs,
+            over_size,
+            ttl_ms: settings.ttl.as_millis() as i64,
+            retention_ms: settings.retention.as_millis() as i64,
+        })
+    }
+
+    /// Runs `f` in the writer's next transaction and returns its result once committed.
+    /// `admission` jobs are refused at once when the channel is full.
+    async fn run<T, F>(&self, admission: bool, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| match conn {
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                (false, Box::new(|_| {}))
+            }
+            Ok(conn) => {
+                let result = f(conn);
+                let ok = result.is_ok();
+                let finish: Finish = Box::new(move |commit| {
+                    let _ = tx.send(commit.and(result));
+                });
+                (ok, finish)
+            }
+        });
+        if admission {
+            self.jobs.try_send(job).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    StoreError::Busy("the store's write queue is full".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => stopped(),
+            })?;
+        } else {
+            self.jobs.send(job).await.map_err(|_| stopped())?;
+        }
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the store's writer has stopped".into())
+}
+
+fn sql_error(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::Unavailable("disk full".into()),
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Busy("the database is locked".into())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn open_connection(settings: &StorageSettings) -> Result<Connection, StoreError> {
+    let (conn, shown) = match &settings.location {
+        StorageLocation::Memory => (Connection::open_in_memory(), ":memory:".to_string()),
+        StorageLocation::File(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                    path: path.display().to_string(),
+                    reason: format!("cannot create directory {}: {e}", dir.display()),
+                })?;
+            }
+            (Connection::open(path), path.display().to_string())
+        }
+    };
+    let fail = |reason: String| StoreError::Open {
+        path: shown.clone(),
+        reason,
+    };
+    let conn = conn.map_err(|e| fail(e.to_string()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| fail(e.to_string()))?;
+    // Any first read tells a database from another kind of file.
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .and_then(|v| conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(v)))
+        .map_err(|e| {
+            fail(format!(
+                "{e} (is it a hookrelay database? it may be corrupt)"
+            ))
+        })?;
+    if version > SCHEMA_VERSION {
+        return Err(fail(format!(
+            "its schema version {version} is newer than this hookrelay supports ({SCHEMA_VERSION}); run a newer hookrelay"
+        )));
+    }
+    let sync = match settings.sync {
+        SyncMode::Full => "FULL",
+        SyncMode::Normal => "NORMAL",
+    };
+    let journal = match settings.location {
+        StorageLocation::Memory => "MEMORY",
+        StorageLocation::File(_) => "WAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = {journal};
+         PRAGMA synchronous = {sync};
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -16384;"
+    ))
+    .map_err(|e| fail(e.to_string()))?;
+    if let Ok(check) = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0))
+        && check != "ok"
+    {
+        return Err(fail(format!("integrity check failed: {check}")));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let to = from as i64 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {to}; COMMIT;"
+        ))
+        .map_err(|e| fail(format!("migration to schema version {to} failed: {e}")))?;
+    }
+    // Attempts cut short by a crash are made again (at-least-once).
+    conn.execute(
+        "UPDATE deliveries SET state = ?1 WHERE state = ?2",
+        params![PENDING, IN_FLIGHT],
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    Ok(conn)
+}
+
+struct Writer {
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    metrics: WriterMetrics,
+    max_size: Option<u64>,
+    over_size: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+        let mut size_checked = Instant::now() - SIZE_CHECK_EVERY;
+        self.check_size();
+        while let Some(first) = self.rx.blocking_recv() {
+            jobs.push(first);
+            while jobs.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            let size = jobs.len();
+            self.transaction(&mut jobs);
+            self.metrics
+                .commit_duration
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.batch_size.observe(size as f64);
+            if size_checked.elapsed() >= SIZE_CHECK_EVERY {
+                self.check_size();
+                size_checked = Instant::now();
+            }
+        }
+        // Every sender is gone: the relay is stopping. Closing checkpoints the WAL.
+        if let Err((_, e)) = self.conn.close() {
+            tracing::warn!(error = %e, "closing the store");
+        }
+    }
+
+    fn transaction(&mut self, jobs: &mut Vec<Job>) {
+        let conn = &self.conn;
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = sql_error(e);
+            tracing::error!(error = %err, "store transaction could not start");
+            for job in jobs.drain(..) {
+                let _ = job(Err(err.clone()));
+            }
+            return;
+        }
+        let mut finishes = Vec::with_capacity(jobs.len());
+        for job in jobs.drain(..) {
+            // A savepoint per job: one failing job leaves the others' writes intact.
+            let _ = conn.execute_batch("SAVEPOINT job");
+            let (ok, finish) = job(Ok(conn));
+            let end = if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            let _ = conn.execute_batch(end);
+            finishes.push(finish);
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(sql_error);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "store commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for finish in finishes {
+            finish(commit.clone());
+        }
+    }
+
+    fn check_size(&self) {
+        let Some(max) = self.max_size else { return };
+        let used = self
+            .conn
+            .query_row(
+                "SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()), (SELECT page_size FROM pragma_page_size())",
+                [],
+                |r| Ok(r.get::<_, i64>(0)? * r.get::<_, i64>(1)?),
+            )
+            .unwrap_or(0);
+        let over = used as u64 > max;
+        if over != self.over_size.swap(over, Ordering::Relaxed) {
+            if over {
+                tracing::warn!(
+                    used,
+                    max,
+                    "store is above storage.max_size: ingest answers 503"
+                );
+            } else {
+                tracing::info!(used, max, "store is below storage.max_size again");
+            }
+        }
+    }
+}
+
+fn state_of(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<DeliveryState> {
+    Ok(DeliveryState::from_code(row.get(i)?))
+}
+
+const INFO_COLUMNS: &str = "d.id, d.subscription, e.id, e.type, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at, d.delivered_at, d.received_at";
+
+fn info(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
+    let state = state_of(row, 4)?;
+    Ok(DeliveryInfo {
+        id: row.get(0)?,
+        subscription: row.get(1)?,
+        event_id: row.get(2)?,
+        event_type: row.get(3)?,
+        state,
+        attempts: row.get(5)?,
+        last_status: row.get(6)?,
+        last_error: row.get(7)?,
+        next_attempt_at_ms: if state == DeliveryState::Pending {
+            row.get(8)?
+        } else {
+            None
+        },
+        delivered_at_ms: row.get(9)?,
+        received_at_ms: row.get(10)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn accept(&self, batch: Vec<Accepted>) -> Result<Vec<Admission>, StoreError> {
+        if self.over_size.load(Ordering::Relaxed) {
+            return Err(StoreError::Busy(
+                "the store is above storage.max_size".into(),
+            ));
+        }
+        let ttl = self.ttl_ms;
+        self.run(true, move |conn| {
+            let mut insert_event = conn
+                .prepare_cached(
+                    "INSERT INTO events (id, type, received_at, data, subscriptions)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+                )
+                .map_err(sql_error)?;
+            let mut insert_delivery = conn
+                .prepare_cached(
+                    "INSERT INTO deliveries (event_seq, subscription, state, received_at, next_attempt_at, expires_at)
+                     VALUES (?1, ?2, 0, ?3, ?3, ?4)",
+                )
+                .map_err(sql_error)?;
+            let mut original = conn
+                .prepare_cached("SELECT subscriptions FROM events WHERE id = ?1")
+                .map_err(sql_error)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for a in batch {
+                let names: Vec<&str> = a.subscriptions.iter().map(|s| &**s).collect();
+                let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
+                let e = &a.event;
+                let inserted = insert_event
+                    .execute(params![e.id, e.event_type, e.received_at_ms, &e.data[..], names_json])
+                    .map_err(sql_error)?;
+                if inserted == 0 {
+                    let text: String = original.query_row([&e.id], |r| r.get(0)).map_err(sql_error)?;
+                    out.push(Admission::Duplicate {
+                        subscriptions: serde_json::from_str(&text).unwrap_or_default(),
+                    });
+                    continue;
+                }
+                let seq = conn.last_insert_rowid();
+                for name in &names {
+                    insert_delivery
+                        .execute(params![seq, name, e.received_at_ms, e.received_at_ms + ttl])
+                        .map_err(sql_error)?;
+                }
+                out.push(Admission::Stored);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn claim_due(
+        &self,
+        subscription: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let sub = subscription.to_string();
+        self.run(false, move |conn| {
+            let mut select = conn
+                .prepare_cached(
+                    "SELECT d.id, d.attempts, e.id, e.type, e.data, e.received_at
+                     FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                     WHERE d.subscription = ?1 AND d.state = 0 AND d.next_attempt_at <= ?2
+                     ORDER BY d.next_attempt_at, d.id LIMIT ?3",
+                )
+                .map_err(sql_error)?;
+            let name: Arc<str> = Arc::from(sub.as_str());
+            let claimed: Vec<Delivery> = select
+                .query_map(params![sub, now_ms, limit as i64], |r| {
+                    Ok(Delivery {
+                        id: r.get(0)?,
+                        attempts: r.get(1)?,
+                        event_id: Arc::from(r.get::<_, String>(2)?),
+                        event_type: Arc::from(r.get::<_, String>(3)?),
+                        data: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                        received_at_ms: r.get(5)?,
+                        subscription: name.clone(),
+                    })
+                })
+                .map_err(sql_error)?
+                .collect::<Result<_, _>>()
+                .map_err(sql_error)?;
+            let mut mark = conn
+                .prepare_cached("UPDATE deliveries SET state = 1 WHERE id = ?1")
+                .map_err(sql_error)?;
+            for d in &claimed {
+                mark.execute([d.id]).map_err(sql_error)?;
+            }
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, StoreError> {
+        let sub = subscription.to_string();
+        self.run(false, move |conn| {
+            conn.prepare_cached(
+                "SELECT min(next_attempt_at) FROM deliveries WHERE subscription = ?1 AND state = 0",
+            )
+            .and_then(|mut s| s.query_row([sub], |r| r.get(0)))
+            .map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn complete(&self, id: DeliveryId, completion: Completion) -> Result<(), StoreError> {
+        let now = crate::event::now_ms();
+        self.run(false, move |conn| {
+            let (state, status, error, next, delivered, finished) = match completion {
+                Completion::Delivered { status } => (DELIVERED, Some(status), None, None, Some(now), Some(now)),
+                Completion::Retry { at_ms, status, error } => (PENDING, status, Some(error), Some(at_ms), None, None),
+                Completion::Failed { status, error } => (FAILED, status, Some(error), None, None, Some(now)),
+            };
+            conn.prepare_cached(
+                "UPDATE deliveries SET state = ?2, attempts = attempts + 1, last_status = ?3, last_error = ?4,
+                 next_attempt_at = coalesce(?5, next_attempt_at), delivered_at = ?6, finished_at = ?7
+                 WHERE id = ?1 AND state = 1",
+            )
+            .and_then(|mut s| s.execute(params![id, state, status, error, next, delivered, finished]))
+            .map_err(sql_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unclaim(&self, ids: Vec<DeliveryId>) -> Result<(), StoreError> {
+        self.run(false, move |conn| {
+            let mut s = conn
+                .prepare_cached("UPDATE deliveries SET state = 0 WHERE id = ?1 AND state = 1")
+                .map_err(sql_error)?;
+            for id in ids {
+                s.execute([id]).map_err(sql_error)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<HashMap<String, QueueStats>, StoreError> {
+        self.run(false, |conn| {
+            let mut out: HashMap<String, QueueStats> = HashMap::new();
+            let mut live = conn
+                .prepare_cached(
+                    "SELECT subscription, count(*), min(received_at) FROM deliveries
+                     WHERE state IN (0, 1) GROUP BY subscription",
+                )
+                .map_err(sql_error)?;
+            let rows = live
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?)))
+                .map_err(sql_error)?;
+            for row in rows {
+                let (name, depth, oldest) = row.map_err(sql_error)?;
+                let e = out.entry(name).or_default();
+                e.depth = depth as u64;
+                e.oldest_ms = oldest;
+            }
+            let mut dead = conn
+                .prepare_cached("SELECT subscription, count(*) FROM deliveries WHERE state = 3 GROUP BY subscription")
+                .map_err(sql_error)?;
+            let rows = dead
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(sql_error)?;
+            for row in rows {
+                let (name, n) = row.map_err(sql_error)?;
+                out.entry(name).or_default().dead_letters = n as u64;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn event_status(&self, id: &str) -> Result<Option<EventStatus>, StoreError> {
+        let id = id.to_string();
+        self.run(false, move |conn| {
+            let head = conn
+                .prepare_cached("SELECT seq, type, received_at FROM events WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([&id], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })
+                    .optional()
+                })
+                .map_err(sql_error)?;
+            let Some((seq, event_type, received_at_ms)) = head else {
+                return Ok(None);
+            };
+            let mut s = conn
+                .prepare_cached(&format!(
+                    "SELECT {INFO_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                     WHERE d.event_seq = ?1 ORDER BY d.id"
+                ))
+                .map_err(sql_error)?;
+            let deliveries = s
+                .query_map([seq], info)
+                .map_err(sql_error)?
+                .collect::<Result<_, _>>()
+                .map_err(sql_error)?;
+            Ok(Some(EventStatus {
+                id,
+                event_type,
+                received_at_ms,
+                deliveries,
+            }))
+        })
+        .await
+    }
+
+    async fn deliveries(&self, q: DeliveryQuery) -> Result<Vec<DeliveryInfo>, StoreError> {
+        self.run(false, move |conn| {
+            let mut s = conn
+                .prepare_cached(&format!(
+                    "SELECT {INFO_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                     WHERE d.state = ?1 AND (?2 IS NULL OR d.subscription = ?2) AND d.id > ?3
+                     ORDER BY d.id LIMIT ?4"
+                ))
+                .map_err(sql_error)?;
+            let rows = s
+                .query_map(
+                    params![
+                        q.state.code(),
+                        q.subscription,
+                        q.after.unwrap_or(0),
+                        q.limit as i64
+                    ],
+                    info,
+                )
+                .map_err(sql_error)?
+                .collect::<Result<_, _>>()
+                .map_err(sql_error)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn release(
+        &self,
+        scope: Option<String>,
+        subscriptions: Vec<String>,
+        now_ms: i64,
+        min_interval_ms: i64,
+    ) -> Result<Release, StoreError> {
+        let ttl = self.ttl_ms;
+        self.run(false, move |conn| {
+            let key = scope.as_deref().map_or_else(|| "*".to_string(), |s| format!("subscription:{s}"));
+            let last: Option<i64> = conn
+                .query_row("SELECT released_at FROM releases WHERE scope = ?1", [&key], |r| r.get(0))
+                .optional()
+                .map_err(sql_error)?;
+            if let Some(at) = last
+                && now_ms < at + min_interval_ms
+            {
+                return Ok(Release::TooSoon {
+                    next_allowed_ms: at + min_interval_ms,
+                });
+            }
+            let names = match &scope {
+                Some(s) => vec![s.clone()],
+                None => subscriptions,
+            };
+            let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
+            let released = conn
+                .execute(
+                    "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?1, expires_at = ?2,
+                     finished_at = NULL
+                     WHERE state IN (3, 4) AND subscription IN (SELECT value FROM json_each(?3))",
+                    params![now_ms, now_ms + ttl, names_json],
+                )
+                .map_err(sql_error)?;
+            conn.execute(
+                "INSERT INTO releases (scope, released_at) VALUES (?1, ?2)
+                 ON CONFLICT (scope) DO UPDATE SET released_at = excluded.released_at",
+                params![key, now_ms],
+            )
+            .map_err(sql_error)?;
+            Ok(Release::Released(released as u64))
+        })
+        .await
+    }
+
+    async fn retry_delivery(
+        &self,
+        id: DeliveryId,
+        now_ms: i64,
+    ) -> Result<Option<(DeliveryState, String)>, StoreError> {
+        let ttl = self.ttl_ms;
+        self.run(false, move |conn| {
+            let before = conn
+                .query_row("SELECT state, subscription FROM deliveries WHERE id = ?1", [id], |r| {
+                    Ok((state_of(r, 0)?, r.get::<_, String>(1)?))
+                })
+                .optional()
+                .map_err(sql_error)?;
+            if let Some((DeliveryState::Failed | DeliveryState::Expired, _)) = &before {
+                conn.execute(
+                    "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?2, expires_at = ?3,
+                     finished_at = NULL WHERE id = ?1",
+                    params![id, now_ms, now_ms + ttl],
+                )
+                .map_err(sql_error)?;
+            }
+            Ok(before)
+        })
+        .await
+    }
+
+    async fn delete_delivery(&self, id: DeliveryId) -> Result<Option<DeliveryState>, StoreError> {
+        self.run(false, move |conn| {
+            let before = conn
+                .query_row("SELECT state FROM deliveries WHERE id = ?1", [id], |r| {
+                    state_of(r, 0)
+                })
+                .optional()
+                .map_err(sql_error)?;
+            if let Some(state) = before
+                && !matches!(state, DeliveryState::Pending | DeliveryState::InFlight)
+            {
+                conn.execute("DELETE FROM deliveries WHERE id = ?1", [id])
+                    .map_err(sql_error)?;
+            }
+            Ok(before)
+        })
+        .await
+    }
+
+    async fn sync_subscriptions(&self, known: Vec<String>) -> Result<(u64, u64), StoreError> {
+        self.run(false, move |conn| {
+            let names = serde_json::to_string(&known).unwrap_or_else(|_| "[]".into());
+            let orphaned = conn
+                .execute(
+                    "UPDATE deliveries SET state = ?1 WHERE state IN (?2, ?3)
+                     AND subscription NOT IN (SELECT value FROM json_each(?4))",
+                    params![ORPHANED, PENDING, IN_FLIGHT, names],
+                )
+                .map_err(sql_error)?;
+            let resumed = conn
+                .execute(
+                    "UPDATE deliveries SET state = ?1 WHERE state = ?2
+                     AND subscription IN (SELECT value FROM json_each(?3))",
+                    params![PENDING, ORPHANED, names],
+                )
+                .map_err(sql_error)?;
+            Ok((orphaned as u64, resumed as u64))
+        })
+        .await
+    }
+
+    async fn housekeeping(&self, now_ms: i64) -> Result<Housekeeping, StoreError> {
+        let cutoff = now_ms - self.retention_ms;
+        self.run(false, move |conn| {
+            let mut report = Housekeeping::default();
+            let mut expire = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET state = ?1, finished_at = ?2
+                     WHERE id IN (SELECT id FROM deliveries WHERE state IN (0, 5) AND expires_at <= ?2 LIMIT ?3)
+                     RETURNING subscription",
+                )
+                .map_err(sql_error)?;
+            let rows = expire
+                .query_map(params![EXPIRED, now_ms, HOUSEKEEPING_BATCH], |r| r.get::<_, String>(0))
+                .map_err(sql_error)?;
+            for name in rows {
+                *report.expired.entry(name.map_err(sql_error)?).or_default() += 1;
+            }
+            let pruned = conn
+                .prepare_cached(
+                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries
+                     WHERE state IN (2, 3, 4, 6) AND finished_at <= ?1 LIMIT ?2)",
+                )
+                .and_then(|mut s| s.execute(params![cutoff, HOUSEKEEPING_BATCH]))
+                .map_err(sql_error)?;
+            let pruned_events = conn
+                .prepare_cached(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE e.received_at <= ?1
+                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq) ORDER BY seq LIMIT ?2)",
+                )
+                .and_then(|mut s| s.execute(params![cutoff, HOUSEKEEPING_BATCH]))
+                .map_err(sql_error)?;
+            report.pruned = (pruned + pruned_events) as u64;
+            Ok(report)
+        })
+        .await
+    }
+}
+
+/// Opens `path` as a store would, for tests of refusals.
+#[cfg(test)]
+fn check_file(path: &std::path::Path) -> Result<(), StoreError> {
+    let settings = StorageSettings {
+        location: StorageLocation::File(path.to_path_buf()),
+        ..StorageSettings::default()
+    };
+    open_connection(&settings).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    fn metrics() -> WriterMetrics {
+        let h = || Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap();
+        WriterMetrics {
+            commit_duration: h(),
+            batch_size: h(),
+        }
+    }
+
+    fn memory() -> SqliteStore {
+        let settings = StorageSettings {
+            location: StorageLocation::Memory,
+            ..StorageSettings::default()
+        };
+        SqliteStore::open(&settings, metrics()).unwrap()
+    }
+
+    fn accepted(id: &str, at: i64, subs: &[&str]) -> Accepted {
+        Accepted {
+            event: Event {
+                id: id.into(),
+                event_type: "t".into(),
+                data: Bytes::from_static(b"{\"k\":1}"),
+                received_at_ms: at,
+            },
+            subscriptions: subs.iter().map(|s| Arc::from(*s)).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_in_order_and_schedules_retries() {
+        let s = memory();
+        s.accept(vec![
+            accepted("e1", 100, &["a", "b"]),
+            accepted("e2", 200, &["a"]),
+        ])
+        .await
+        .unwrap();
+        assert!(s.claim_due("a", 50, 10).await.unwrap().is_empty());
+        let claimed = s.claim_due("a", 1000, 10).await.unwrap();
+        let ids: Vec<_> = claimed.iter().map(|d| d.event_id.to_string()).collect();
+        assert_eq!(ids, ["e1", "e2"]);
+        assert_eq!(&claimed[0].data[..], b"{\"k\":1}");
+        assert!(
+            s.claim_due("a", 1000, 10).await.unwrap().is_empty(),
+            "claimed once"
+        );
+        s.complete(
+            claimed[0].id,
+            Completion::Retry {
+                at_ms: 5000,
+                status: Some(500),
+                error: "HTTP 500".into(),
+            },
+        )
+        .await
+        .unwrap();
+        s.complete(claimed[1].id, Completion::Delivered { status: 200 })
+            .await
+            .unwrap();
+        assert_eq!(s.next_due_ms("a").await.unwrap(), Some(5000));
+        let again = s.claim_due("a", 5000, 10).await.unwrap();
+        assert_eq!(again[0].attempts, 1);
+        s.complete(
+            again[0].id,
+            Completion::Failed {
+                status: None,
+                error: "x".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let stats = s.stats().await.unwrap();
+        assert_eq!(
+            stats["a"],
+            QueueStats {
+                depth: 0,
+                oldest_ms: None,
+                dead_letters: 1
+            }
+        );
+        assert_eq!(stats["b"].depth, 1);
+        assert_eq!(stats["b"].oldest_ms, Some(100));
+
+        let status = s.event_status("e1").await.unwrap().unwrap();
+        let states: Vec<_> = status
+            .deliveries
+            .iter()
+            .map(|d| (d.subscription.as_str(), d.state, d.attempts))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("a", DeliveryState::Failed, 2),
+                ("b", DeliveryState::Pending, 0)
+            ]
+        );
+        assert_eq!(status.deliveries[0].last_error.as_deref(), Some("x"));
+        assert_eq!(status.deliveries[0].last_status, None);
+        assert!(s.event_status("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn duplicates_return_the_original_result() {
+        let s = memory();
+        let first = s.accept(vec![accepted("e1", 1, &["a"])]).await.unwrap();
+        assert_eq!(first, [Admission::Stored]);
+        let again = s
+            .accept(vec![accepted("e1", 2, &["b", "c"])])
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            [Admission::Duplicate {
+                subscriptions: vec!["a".into()]
+            }]
+        );
+        assert_eq!(s.stats().await.unwrap()["a"].depth, 1);
+        assert!(!s.stats().await.unwrap().contains_key("b"));
+    }
+
+    #[tokio::test]
+    async fn release_is_rate_limited_per_scope() {
+        let s = memory();
+        s.accept(vec![accepted("e1", 1, &["a"])]).await.unwrap();
+        let d = s.claim_due("a", 10, 1).await.unwrap();
+        s.complete(
+            d[0].id,
+            Completion::Failed {
+                status: Some(500),
+                error: "x".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let all = vec!["a".to_string()];
+        assert_eq!(
+            s.release(None, all.clone(), 100, 1000).await.unwrap(),
+            Release::Released(1)
+        );
+        assert_eq!(
+            s.release(None, all.clone(), 500, 1000).await.unwrap(),
+            Release::TooSoon {
+                next_allowed_ms: 1100
+            }
+        );
+        // Another scope has its own clock.
+        assert_eq!(
+            s.release(Some("a".into()), all.clone(), 500, 1000)
+                .await
+                .unwrap(),
+            Release::Released(0)
+        );
+        assert_eq!(
+            s.release(None, all, 1100, 1000).await.unwrap(),
+            Release::Released(0)
+        );
+        let again = s.claim_due("a", 200, 1).await.unwrap();
+        assert_eq!(again[0].attempts, 0, "fresh retry budget");
+    }
+
+    #[tokio::test]
+    async fn expiry_and_pruning() {
+        let settings = StorageSettings {
+            location: StorageLocation::Memory,
+            ttl: Duration::from_millis(100),
+            retention: Duration::from_millis(1000),
+            ..StorageSettings::default()
+        };
+        let s = SqliteStore::open(&settings, metrics()).unwrap();
+        s.accept(vec![accepted("e1", 0, &["a"]), accepted("e2", 0, &["a"])])
+            .await
+            .unwrap();
+        let d = s.claim_due("a", 0, 1).await.unwrap();
+        s.complete(d[0].id, Completion::Delivered { status: 200 })
+            .await
+            .unwrap();
+        let report = s.housekeeping(100).await.unwrap();
+        assert_eq!(report.expired.get("a"), Some(&1));
+        assert_eq!(
+            s.event_status("e2").await.unwrap().unwrap().deliveries[0].state,
+            DeliveryState::Expired
+        );
+        assert_eq!(s.housekeeping(100).await.unwrap().expired.len(), 0);
+        // The delivered row and the expired one are pruned after retention, then their events.
+        let now = crate::event::now_ms();
+        let report = s.housekeeping(now + 2000).await.unwrap();
+        assert_eq!(report.pruned, 4, "{report:?}");
+        assert!(s.event_status("e1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn orphans_wait_for_their_subscription() {
+        let s = memory();
+        s.accept(vec![accepted("e1", 0, &["gone", "kept"])])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.sync_subscriptions(vec!["kept".into()]).await.unwrap(),
+            (1, 0)
+        );
+        assert!(s.claim_due("gone", 10, 10).await.unwrap().is_empty());
+        assert_eq!(
+            s.sync_subscriptions(vec!["kept".into(), "gone".into()])
+                .await
+                .unwrap(),
+            (0, 1)
+        );
+        assert_eq!(s.claim_due("gone", 10, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_can_be_listed_retried_and_deleted() {
+        let s = memory();
+        s.accept(vec![accepted("e1", 0, &["a"]), accepted("e2", 0, &["a"])])
+            .await
+            .unwrap();
+        for d in s.claim_due("a", 10, 10).await.unwrap() {
+            s.complete(
+                d.id,
+                Completion::Failed {
+                    status: Some(500),
+                    error: "HTTP 500".into(),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        let q = DeliveryQuery {
+            state: DeliveryState::Failed,
+            subscription: Some("a".into()),
+            after: None,
+            limit: 1,
+        };
+        let page = s.deliveries(q.clone()).await.unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].event_id, "e1");
+        let next = s
+            .deliveries(DeliveryQuery {
+                after: Some(page[0].id),
+                ..q.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(next[0].event_id, "e2");
+        assert_eq!(
+            s.retry_delivery(page[0].id, 20).await.unwrap().unwrap().0,
+            DeliveryState::Failed
+        );
+        assert_eq!(s.claim_due("a", 20, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            s.delete_delivery(next[0].id).await.unwrap(),
+            Some(DeliveryState::Failed)
+        );
+        assert_eq!(s.delete_delivery(next[0].id).await.unwrap(), None);
+        assert!(s.deliveries(q).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn refuses_corrupt_and_newer_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+        let err = check_file(&garbage).unwrap_err().to_string();
+        assert!(
+            err.contains("garbage.db") && err.contains("not a database"),
+            "{err}"
+        );
+
+        let newer = dir.path().join("newer.db");
+        Connection::open(&newer)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        let err = check_file(&newer).unwrap_err().to_string();
+        assert!(err.contains("schema version 99 is newer"), "{err}");
+    }
+}
