@@ -338,11 +338,9 @@ impl Config {
             proxy: d
                 .string("proxy", issues)
                 .and_then(|p| match Url::parse(&p) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h") => {
-                        Some(u)
-                    }
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
                     _ => {
-                        issues.push(&d.at("proxy"), "is not an http(s) or socks5 proxy URL");
+                        issues.push(&d.at("proxy"), "is not an http:// or https:// proxy URL");
                         None
                     }
                 }),

@@ -60,7 +60,7 @@ pub fn router(state: IngestState, token: Option<Secret>) -> Router {
         }));
     }
     router
-        .with_state(state)
+        .with_state(Arc::new(state))
         // Counts the body limits' refusals like the handlers' own.
         .layer(axum::middleware::from_fn(move |req, next| {
             count_layer_refusals(metrics.clone(), req, next)
@@ -119,7 +119,11 @@ async fn require_bearer(token: Secret, metrics: Metrics, req: Request, next: Nex
     response
 }
 
-async fn post_event(State(state): State<IngestState>, headers: HeaderMap, body: Body) -> Response {
+async fn post_event(
+    State(state): State<Arc<IngestState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let result = async {
         require_json(&headers)?;
         let body = read_body(body, state.limits.max_body).await?;
@@ -149,7 +153,11 @@ async fn post_event(State(state): State<IngestState>, headers: HeaderMap, body: 
     respond(&state.metrics, result)
 }
 
-async fn post_batch(State(state): State<IngestState>, headers: HeaderMap, body: Body) -> Response {
+async fn post_batch(
+    State(state): State<Arc<IngestState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let result = async {
         require_json(&headers)?;
         let body = read_body(body, state.limits.max_batch_body).await?;
@@ -337,7 +345,7 @@ fn event_error(e: EventError, prefix: &str) -> HttpError {
 }
 
 /// `GET /v1/events/{id}`: the event and where each of its deliveries stands.
-async fn event_status(State(state): State<IngestState>, Path(id): Path<String>) -> Response {
+async fn event_status(State(state): State<Arc<IngestState>>, Path(id): Path<String>) -> Response {
     match state.store.event_status(&id).await {
         Ok(Some(status)) => Json(json!({
             "id": status.id,

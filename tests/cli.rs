@@ -118,6 +118,32 @@ fn check_reports_yaml_syntax_errors_with_line_and_column() {
     );
 }
 
+#[test]
+fn a_corrupt_database_stops_startup_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hookrelay.db");
+    std::fs::write(&db, vec![0x5a_u8; 16 * 1024]).unwrap();
+    let path = write_config(
+        &dir,
+        &format!(
+            "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\nstorage: {{path: '{}'}}\n",
+            db.display()
+        ),
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot open the store at {}", db.display()))
+            && stderr.contains("not a database"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_lets_the_attempt_in_flight_finish_then_exits_0() {
     let rx = Receiver::scripted(|_| Answer::status(200).after(Duration::from_millis(800))).await;

@@ -82,9 +82,21 @@ pub struct WriterMetrics {
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> (bool, Finish) + Send>;
 
+/// Attempt outcomes waiting for the writer; one job records all of them.
+type Outcomes = Arc<
+    std::sync::Mutex<
+        Vec<(
+            DeliveryId,
+            Completion,
+            oneshot::Sender<Result<(), StoreError>>,
+        )>,
+    >,
+>;
+
 /// The SQLite store.
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
+    outcomes: Outcomes,
     over_size: Arc<AtomicBool>,
     ttl_ms: i64,
     retention_ms: i64,
@@ -112,6 +124,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             jobs,
+            outcomes: Outcomes::default(),
             over_size,
             ttl_ms: settings.ttl.as_millis() as i64,
             retention_ms: settings.retention.as_millis() as i64,
@@ -214,7 +227,8 @@ fn open_connection(settings: &StorageSettings) -> Result<Connection, StoreError>
         "PRAGMA journal_mode = {journal};
          PRAGMA synchronous = {sync};
          PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -16384;"
+         PRAGMA cache_size = -32768;
+"
     ))
     .map_err(|e| fail(e.to_string()))?;
     if let Ok(check) = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0))
@@ -290,14 +304,13 @@ impl Writer {
         let mut finishes = Vec::with_capacity(jobs.len());
         for job in jobs.drain(..) {
             // A savepoint per job: one failing job leaves the others' writes intact.
-            let _ = conn.execute_batch("SAVEPOINT job");
+            let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+            let _ = run("SAVEPOINT job");
             let (ok, finish) = job(Ok(conn));
-            let end = if ok {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
-            };
-            let _ = conn.execute_batch(end);
+            if !ok {
+                let _ = run("ROLLBACK TO job");
+            }
+            let _ = run("RELEASE job");
             finishes.push(finish);
         }
         let commit = conn.execute_batch("COMMIT").map_err(sql_error);
@@ -471,23 +484,61 @@ impl Store for SqliteStore {
     }
 
     async fn complete(&self, id: DeliveryId, completion: Completion) -> Result<(), StoreError> {
-        let now = crate::event::now_ms();
-        self.run(false, move |conn| {
-            let (state, status, error, next, delivered, finished) = match completion {
-                Completion::Delivered { status } => (DELIVERED, Some(status), None, None, Some(now), Some(now)),
-                Completion::Retry { at_ms, status, error } => (PENDING, status, Some(error), Some(at_ms), None, None),
-                Completion::Failed { status, error } => (FAILED, status, Some(error), None, None, Some(now)),
-            };
-            conn.prepare_cached(
-                "UPDATE deliveries SET state = ?2, attempts = attempts + 1, last_status = ?3, last_error = ?4,
-                 next_attempt_at = coalesce(?5, next_attempt_at), delivered_at = ?6, finished_at = ?7
-                 WHERE id = ?1 AND state = 1",
-            )
-            .and_then(|mut s| s.execute(params![id, state, status, error, next, delivered, finished]))
-            .map_err(sql_error)?;
-            Ok(())
-        })
-        .await
+        let (tx, rx) = oneshot::channel();
+        // Outcomes are coalesced: the first one queued sends a job that records all queued
+        // by the time it runs, so a busy relay writes them in bulk.
+        let first = {
+            let mut queued = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+            queued.push((id, completion, tx));
+            queued.len() == 1
+        };
+        if first {
+            let outcomes = self.outcomes.clone();
+            let job: Job = Box::new(move |conn| {
+                let batch =
+                    std::mem::take(&mut *outcomes.lock().unwrap_or_else(|e| e.into_inner()));
+                let result = conn.and_then(|conn| {
+                    let now = crate::event::now_ms();
+                    let mut update = conn
+                        .prepare_cached(
+                            "UPDATE deliveries SET state = ?2, attempts = attempts + 1, last_status = ?3,
+                             last_error = ?4, next_attempt_at = coalesce(?5, next_attempt_at),
+                             delivered_at = ?6, finished_at = ?7
+                             WHERE id = ?1 AND state = 1",
+                        )
+                        .map_err(sql_error)?;
+                    for (id, completion, _) in &batch {
+                        let (state, status, error, next, delivered, finished) = match completion {
+                            Completion::Delivered { status } => {
+                                (DELIVERED, Some(*status), None, None, Some(now), Some(now))
+                            }
+                            Completion::Retry { at_ms, status, error } => {
+                                (PENDING, *status, Some(error), Some(*at_ms), None, None)
+                            }
+                            Completion::Failed { status, error } => {
+                                (FAILED, *status, Some(error), None, None, Some(now))
+                            }
+                        };
+                        update
+                            .execute(params![id, state, status, error, next, delivered, finished])
+                            .map_err(sql_error)?;
+                    }
+                    Ok(())
+                });
+                let ok = result.is_ok();
+                let finish: Finish = Box::new(move |commit| {
+                    let outcome = commit.and(result);
+                    for (_, _, tx) in batch {
+                        let _ = tx.send(outcome.clone());
+                    }
+                });
+                (ok, finish)
+            });
+            if self.jobs.send(job).await.is_err() {
+                return Err(stopped());
+            }
+        }
+        rx.await.map_err(|_| stopped())?
     }
 
     async fn unclaim(&self, ids: Vec<DeliveryId>) -> Result<(), StoreError> {

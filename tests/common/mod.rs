@@ -296,15 +296,27 @@ impl Receiver {
         Receiver::scripted(|_| Answer::status(200)).await
     }
 
+    /// A receiver answering 200 on a given port.
+    pub async fn on_port(port: u16) -> Receiver {
+        Receiver::listen(("127.0.0.1", port), |_| Answer::status(200)).await
+    }
+
     /// A receiver answering by `script`.
     pub async fn scripted(script: impl Fn(usize) -> Answer + Send + Sync + 'static) -> Receiver {
+        Receiver::listen(("127.0.0.1", 0), script).await
+    }
+
+    async fn listen(
+        addr: (&str, u16),
+        script: impl Fn(usize) -> Answer + Send + Sync + 'static,
+    ) -> Receiver {
         let got = Arc::new(Mutex::new(Vec::new()));
         let state = ReceiverState {
             got: got.clone(),
             script: Arc::new(script),
         };
         let app = axum::Router::new().fallback(receive).with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
