@@ -1,13 +1,14 @@
-//! Dispatch: one pump per subscription claims due deliveries from the store, sends each
-//! through the subscription's attempt stack, and writes the outcome back (delivered, retry at
-//! a time, or failed). Each pump only waits on its own subscriber, so a slow or dead
-//! receiver never delays another's deliveries.
+//! Dispatch: per subscription, a feeder claims due deliveries from the store and a pump sends
+//! each through the subscription's attempt stack, writing the outcome back (delivered, retry
+//! at a time, or failed). New deliveries skip the store round trip: ingest stores them as
+//! claimed and hands them to the pump's queue after the commit, when it has room. Each pump
+//! only waits on its own subscriber, so a slow or dead receiver never delays another's.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
@@ -19,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::store::{Completion, Delivery, Store};
 use crate::subscription::{Subscription, SuccessCodes};
 
-/// Longest a pump sleeps without re-checking the store (a safety net; wake-ups do the work).
+/// Longest a feeder sleeps without re-checking the store (a safety net; wake-ups do the work).
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
 /// Pause after a store error before trying again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -27,12 +28,24 @@ const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// Handle to the running pumps.
 #[derive(Clone)]
 pub struct Dispatcher {
-    wakers: Arc<HashMap<String, Arc<Notify>>>,
+    pumps: Arc<HashMap<String, PumpHandle>>,
 }
 
+/// How ingest reaches one subscription's pump and feeder.
+#[derive(Clone)]
+struct PumpHandle {
+    /// Tells the feeder that deliveries wait in the store.
+    wake: Arc<Notify>,
+    /// The pump's queue of claimed deliveries.
+    queue: mpsc::Sender<Delivery>,
+}
+
+/// A reserved place in a pump's queue.
+pub type HandoffSlot = mpsc::OwnedPermit<Delivery>;
+
 impl Dispatcher {
-    /// Starts one pump per subscription; they stop when `shutdown` is cancelled, leaving
-    /// attempts already sent to finish on `attempts`.
+    /// Starts a feeder and a pump per subscription; they stop when `shutdown` is cancelled,
+    /// leaving attempts already sent to finish on `attempts`.
     pub fn start(
         subs: &[Arc<Subscription>],
         store: Arc<dyn Store>,
@@ -43,10 +56,26 @@ impl Dispatcher {
     ) -> Result<Dispatcher, DeliverError> {
         let client = deliver::client(config)?;
         let global = Arc::new(Semaphore::new(config.max_in_flight_total));
-        let mut wakers = HashMap::new();
+        let mut pumps = HashMap::new();
         for sub in subs {
             let wake = Arc::new(Notify::new());
-            wakers.insert(sub.name.clone(), wake.clone());
+            // Bounded: when full, new deliveries stay pending in the store for the feeder.
+            let (queue, claimed) = mpsc::channel((sub.max_in_flight * 4).max(256));
+            pumps.insert(
+                sub.name.clone(),
+                PumpHandle {
+                    wake: wake.clone(),
+                    queue: queue.clone(),
+                },
+            );
+            let feeder = Feeder {
+                sub: sub.clone(),
+                store: store.clone(),
+                wake: wake.clone(),
+                queue,
+                shutdown: shutdown.clone(),
+            };
+            tokio::spawn(feeder.run());
             let pump = Pump {
                 sub: sub.clone(),
                 store: store.clone(),
@@ -56,21 +85,96 @@ impl Dispatcher {
                 attempts: attempts.clone(),
             };
             let service = deliver::stack(sub, client.clone(), global.clone(), metrics);
-            tokio::spawn(pump.run(service));
+            tokio::spawn(pump.run(service, claimed));
         }
         Ok(Dispatcher {
-            wakers: Arc::new(wakers),
+            pumps: Arc::new(pumps),
         })
     }
 
-    /// Tells a subscription's pump that new deliveries are waiting.
+    /// Tells a subscription's feeder that new deliveries are waiting in the store.
     pub fn wake(&self, subscription: &str) {
-        if let Some(w) = self.wakers.get(subscription) {
-            w.notify_one();
+        if let Some(p) = self.pumps.get(subscription) {
+            p.wake.notify_one();
+        }
+    }
+
+    /// Reserves a place to hand a new delivery straight to its pump, if there is room.
+    pub fn reserve(&self, subscription: &str) -> Option<HandoffSlot> {
+        self.pumps
+            .get(subscription)?
+            .queue
+            .clone()
+            .try_reserve_owned()
+            .ok()
+    }
+}
+
+/// Moves due deliveries from the store into the pump's queue, as room frees up.
+struct Feeder {
+    sub: Arc<Subscription>,
+    store: Arc<dyn Store>,
+    wake: Arc<Notify>,
+    queue: mpsc::Sender<Delivery>,
+    shutdown: CancellationToken,
+}
+
+impl Feeder {
+    async fn run(self) {
+        let name = self.sub.name.as_str();
+        let batch = self.sub.max_in_flight.max(32);
+        loop {
+            // Room first, so nothing claimed ever waits outside the bounded queue.
+            let first = tokio::select! {
+                p = self.queue.reserve() => match p { Ok(p) => p, Err(_) => return },
+                _ = self.shutdown.cancelled() => return,
+            };
+            let mut slots = vec![first];
+            while slots.len() < batch {
+                match self.queue.try_reserve() {
+                    Ok(p) => slots.push(p),
+                    Err(_) => break,
+                }
+            }
+            match self.store.claim_due(name, now_ms(), slots.len()).await {
+                Ok(due) => {
+                    let full = due.len() == slots.len();
+                    for (slot, delivery) in slots.drain(..).zip(due) {
+                        slot.send(delivery);
+                    }
+                    if !full {
+                        drop(slots);
+                        self.idle().await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(subscription = name, error = %e, "cannot claim deliveries");
+                    drop(slots);
+                    tokio::select! {
+                        _ = tokio::time::sleep(STORE_ERROR_PAUSE) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps until new work is signalled, the next retry is due, or shutdown.
+    async fn idle(&self) {
+        let next_due = self.store.next_due_ms(&self.sub.name).await.ok().flatten();
+        let wait = match next_due {
+            Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64).min(IDLE_RECHECK),
+            None => IDLE_RECHECK,
+        };
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.shutdown.cancelled() => {}
         }
     }
 }
 
+/// Sends the claimed deliveries of one subscription.
 struct Pump {
     sub: Arc<Subscription>,
     store: Arc<dyn Store>,
@@ -83,40 +187,23 @@ struct Pump {
 impl Pump {
     /// `service` is kept out of `self`: it is `Send` but not `Sync`, and `self` is borrowed
     /// across awaits.
-    async fn run(self, service: AttemptService) {
+    async fn run(self, service: AttemptService, mut claimed: mpsc::Receiver<Delivery>) {
         let name = self.sub.name.as_str();
-        // Claimed deliveries waiting for a slot; at most `max_in_flight` of them.
-        let mut claimed: VecDeque<Delivery> = VecDeque::new();
-        while !self.shutdown.is_cancelled() {
-            if claimed.is_empty() {
-                match self
-                    .store
-                    .claim_due(name, now_ms(), self.sub.max_in_flight)
-                    .await
-                {
-                    Ok(batch) if !batch.is_empty() => claimed.extend(batch),
-                    Ok(_) => {
-                        self.idle().await;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(subscription = name, error = %e, "cannot claim deliveries");
-                        self.pause(STORE_ERROR_PAUSE).await;
-                        continue;
-                    }
-                }
-            }
-            // Wait for a rate-limit token and a concurrency slot before taking the next one.
+        loop {
+            let delivery = tokio::select! {
+                d = claimed.recv() => match d { Some(d) => d, None => break },
+                _ = self.shutdown.cancelled() => break,
+            };
+            // Wait for a rate-limit token and a concurrency slot before sending it.
             let mut service = service.clone();
             let ready = tokio::select! {
                 r = service.ready() => r.map(|_| ()),
-                _ = self.shutdown.cancelled() => break,
+                _ = self.shutdown.cancelled() => {
+                    self.unclaim(vec![delivery.id]).await;
+                    break;
+                }
             };
-            let Some(delivery) = claimed.pop_front() else {
-                continue;
-            };
-            let number = delivery.attempts + 1;
-            let req = deliver::request(&self.sub, &delivery, number);
+            let req = deliver::request(&self.sub, &delivery, delivery.attempts + 1);
             let outcome = self.outcome_task(delivery);
             match ready {
                 Ok(()) => {
@@ -139,11 +226,20 @@ impl Pump {
             }
         }
         // Deliveries claimed but never sent go back to the queue.
-        let ids: Vec<_> = claimed.iter().map(|d| d.id).collect();
+        claimed.close();
+        let mut ids = Vec::new();
+        while let Ok(d) = claimed.try_recv() {
+            ids.push(d.id);
+        }
+        tracing::debug!(subscription = name, returned = ids.len(), "pump stopped");
+        self.unclaim(ids).await;
+    }
+
+    async fn unclaim(&self, ids: Vec<crate::store::DeliveryId>) {
         if !ids.is_empty()
             && let Err(e) = self.store.unclaim(ids).await
         {
-            tracing::warn!(subscription = name, error = %e, "cannot return unsent deliveries");
+            tracing::warn!(subscription = self.sub.name.as_str(), error = %e, "cannot return unsent deliveries");
         }
     }
 
@@ -154,27 +250,6 @@ impl Pump {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             wake: self.wake.clone(),
-        }
-    }
-
-    /// Sleeps until new work is signalled, the next retry is due, or shutdown.
-    async fn idle(&self) {
-        let next_due = self.store.next_due_ms(&self.sub.name).await.ok().flatten();
-        let wait = match next_due {
-            Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64).min(IDLE_RECHECK),
-            None => IDLE_RECHECK,
-        };
-        tokio::select! {
-            _ = self.wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = self.shutdown.cancelled() => {}
-        }
-    }
-
-    async fn pause(&self, d: Duration) {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => {}
-            _ = self.shutdown.cancelled() => {}
         }
     }
 }
@@ -232,11 +307,15 @@ impl Outcome {
                 );
             }
         }
+        let retry = matches!(completion, Completion::Retry { .. });
         if let Err(e) = self.store.complete(self.delivery.id, completion).await {
             // The delivery stays in flight in the store; a durable store retries it on restart.
             tracing::error!(subscription = name, event_id, error = %e, "cannot record attempt outcome");
         }
-        self.wake.notify_one();
+        if retry {
+            // The feeder's next due time may have moved earlier.
+            self.wake.notify_one();
+        }
     }
 }
 

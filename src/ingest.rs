@@ -16,11 +16,11 @@ use subtle::ConstantTimeEq;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::config::Limits;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, HandoffSlot};
 use crate::event::{Event, EventError};
 use crate::http_error::HttpError;
 use crate::metrics::Metrics;
-use crate::store::{Accepted, Admission, Store, StoreError, rfc3339};
+use crate::store::{Accepted, Admission, Delivery, Store, StoreError, rfc3339};
 use crate::subscription::{Registry, Secret};
 
 /// What the ingest handler needs.
@@ -135,6 +135,7 @@ async fn post_event(
             vec![Accepted {
                 event,
                 subscriptions: matched.clone(),
+                handed_off: Vec::new(),
             }],
         )
         .await?;
@@ -192,6 +193,7 @@ async fn post_batch(
             batch.push(Accepted {
                 event,
                 subscriptions,
+                handed_off: Vec::new(),
             });
         }
         let summary: Vec<(String, Vec<Arc<str>>)> = batch
@@ -206,7 +208,7 @@ async fn post_batch(
                 Admission::Duplicate { subscriptions } => {
                     json!({ "id": id, "subscriptions": subscriptions, "duplicate": true })
                 }
-                Admission::Stored => json!({ "id": id, "subscriptions": names(matched) }),
+                Admission::Stored(_) => json!({ "id": id, "subscriptions": names(matched) }),
             })
             .collect();
         Ok((StatusCode::ACCEPTED, Json(json!({ "results": results }))))
@@ -259,9 +261,27 @@ fn names(subs: &[Arc<str>]) -> Vec<&str> {
     subs.iter().map(|n| &**n).collect()
 }
 
-/// Hands events to the store; `202` is only answered after this returns.
-async fn store(state: &IngestState, batch: Vec<Accepted>) -> Result<Vec<Admission>, HttpError> {
-    let matched: Vec<Vec<Arc<str>>> = batch.iter().map(|a| a.subscriptions.clone()).collect();
+/// Hands events to the store; `202` is only answered after this returns. Deliveries whose
+/// pump has room are stored as claimed and handed to it in memory after the commit.
+async fn store(state: &IngestState, mut batch: Vec<Accepted>) -> Result<Vec<Admission>, HttpError> {
+    let mut slots: Vec<Vec<Option<HandoffSlot>>> = Vec::with_capacity(batch.len());
+    let mut events = Vec::with_capacity(batch.len());
+    for a in &mut batch {
+        let reserved: Vec<Option<HandoffSlot>> = a
+            .subscriptions
+            .iter()
+            .map(|s| state.dispatcher.reserve(s))
+            .collect();
+        a.handed_off = reserved.iter().map(Option::is_some).collect();
+        slots.push(reserved);
+        events.push((
+            Arc::<str>::from(a.event.id.as_str()),
+            Arc::<str>::from(a.event.event_type.as_str()),
+            a.event.data.clone(),
+            a.event.received_at_ms,
+            a.subscriptions.clone(),
+        ));
+    }
     let admissions = state.store.accept(batch).await.map_err(|e| {
         tracing::warn!(error = %e, "event refused: the store cannot take it");
         let message = match e {
@@ -275,15 +295,31 @@ async fn store(state: &IngestState, batch: Vec<Accepted>) -> Result<Vec<Admissio
         )
         .retry_after(1)
     })?;
-    for (subs, admission) in matched.iter().zip(&admissions) {
-        if *admission == Admission::Stored {
-            for name in subs {
-                state
-                    .metrics
-                    .events_matched
-                    .with_label_values(&[name])
-                    .inc();
-                state.dispatcher.wake(name);
+    for (((event_id, event_type, data, received_at_ms, subs), admission), reserved) in
+        events.into_iter().zip(&admissions).zip(slots)
+    {
+        let Admission::Stored(ids) = admission else {
+            continue;
+        };
+        for ((subscription, id), slot) in subs.into_iter().zip(ids).zip(reserved) {
+            state
+                .metrics
+                .events_matched
+                .with_label_values(&[&subscription])
+                .inc();
+            match slot {
+                Some(slot) => {
+                    slot.send(Delivery {
+                        id: *id,
+                        subscription,
+                        event_id: event_id.clone(),
+                        event_type: event_type.clone(),
+                        data: data.clone(),
+                        attempts: 0,
+                        received_at_ms,
+                    });
+                }
+                None => state.dispatcher.wake(&subscription),
             }
         }
     }

@@ -23,6 +23,9 @@ pub struct Accepted {
     pub event: Event,
     /// Names of the matched subscriptions (one delivery each).
     pub subscriptions: Vec<Arc<str>>,
+    /// Parallel to `subscriptions` (or empty for none): `true` stores that delivery as already
+    /// claimed, because the caller hands it to its pump in memory right after the commit.
+    pub handed_off: Vec<bool>,
 }
 
 /// A delivery claimed for an attempt.
@@ -84,8 +87,8 @@ pub struct QueueStats {
 /// How the store answered one event of an accepted batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    /// Newly stored, with its deliveries.
-    Stored,
+    /// Newly stored; the ids of its deliveries, in the order of `subscriptions`.
+    Stored(Vec<DeliveryId>),
     /// Its id was accepted before (within retention): nothing stored; the original result.
     Duplicate {
         /// Subscriptions matched when it was first accepted.

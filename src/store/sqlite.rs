@@ -60,6 +60,7 @@ CREATE INDEX deliveries_state ON deliveries(state, subscription);
 CREATE INDEX deliveries_event ON deliveries(event_seq);
 CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN (0, 5);
 CREATE INDEX deliveries_finished ON deliveries(finished_at) WHERE state IN (2, 3, 4, 6);
+CREATE INDEX events_received ON events(received_at);
 CREATE TABLE releases (scope TEXT PRIMARY KEY, released_at INTEGER NOT NULL);
 "];
 
@@ -394,7 +395,7 @@ impl Store for SqliteStore {
             let mut insert_delivery = conn
                 .prepare_cached(
                     "INSERT INTO deliveries (event_seq, subscription, state, received_at, next_attempt_at, expires_at)
-                     VALUES (?1, ?2, 0, ?3, ?3, ?4)",
+                     VALUES (?1, ?2, ?5, ?3, ?3, ?4)",
                 )
                 .map_err(sql_error)?;
             let mut original = conn
@@ -416,12 +417,19 @@ impl Store for SqliteStore {
                     continue;
                 }
                 let seq = conn.last_insert_rowid();
-                for name in &names {
+                let mut ids = Vec::with_capacity(names.len());
+                for (i, name) in names.iter().enumerate() {
+                    let state = if a.handed_off.get(i).copied().unwrap_or(false) {
+                        IN_FLIGHT
+                    } else {
+                        PENDING
+                    };
                     insert_delivery
-                        .execute(params![seq, name, e.received_at_ms, e.received_at_ms + ttl])
+                        .execute(params![seq, name, e.received_at_ms, e.received_at_ms + ttl, state])
                         .map_err(sql_error)?;
+                    ids.push(conn.last_insert_rowid());
                 }
-                out.push(Admission::Stored);
+                out.push(Admission::Stored(ids));
             }
             Ok(out)
         })
@@ -773,7 +781,8 @@ impl Store for SqliteStore {
             let mut expire = conn
                 .prepare_cached(
                     "UPDATE deliveries SET state = ?1, finished_at = ?2
-                     WHERE id IN (SELECT id FROM deliveries WHERE state IN (0, 5) AND expires_at <= ?2 LIMIT ?3)
+                     WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_expiry
+                                  WHERE state IN (0, 5) AND expires_at <= ?2 LIMIT ?3)
                      RETURNING subscription",
                 )
                 .map_err(sql_error)?;
@@ -785,15 +794,16 @@ impl Store for SqliteStore {
             }
             let pruned = conn
                 .prepare_cached(
-                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries
+                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_finished
                      WHERE state IN (2, 3, 4, 6) AND finished_at <= ?1 LIMIT ?2)",
                 )
                 .and_then(|mut s| s.execute(params![cutoff, HOUSEKEEPING_BATCH]))
                 .map_err(sql_error)?;
             let pruned_events = conn
                 .prepare_cached(
-                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE e.received_at <= ?1
-                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq) ORDER BY seq LIMIT ?2)",
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events e INDEXED BY events_received
+                     WHERE e.received_at <= ?1
+                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq) LIMIT ?2)",
                 )
                 .and_then(|mut s| s.execute(params![cutoff, HOUSEKEEPING_BATCH]))
                 .map_err(sql_error)?;
@@ -844,6 +854,7 @@ mod tests {
                 received_at_ms: at,
             },
             subscriptions: subs.iter().map(|s| Arc::from(*s)).collect(),
+            handed_off: Vec::new(),
         }
     }
 
@@ -924,7 +935,7 @@ mod tests {
     async fn duplicates_return_the_original_result() {
         let s = memory();
         let first = s.accept(vec![accepted("e1", 1, &["a"])]).await.unwrap();
-        assert_eq!(first, [Admission::Stored]);
+        assert!(matches!(&first[..], [Admission::Stored(ids)] if ids.len() == 1));
         let again = s
             .accept(vec![accepted("e1", 2, &["b", "c"])])
             .await
