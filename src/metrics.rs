@@ -17,9 +17,20 @@ pub const RECEIVE_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
 /// Reasons an event was refused (`hookrelay_events_rejected_total{reason}`).
 pub const REJECT_REASONS: [&str; 4] = ["busy", "invalid", "too_large", "unauthorized"];
 
-/// The relay's metrics.
+/// The relay's metrics; cheap to clone (one shared set).
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(std::sync::Arc<MetricSet>);
+
+impl std::ops::Deref for Metrics {
+    type Target = MetricSet;
+
+    fn deref(&self) -> &MetricSet {
+        &self.0
+    }
+}
+
+/// Every metric, registered once.
+pub struct MetricSet {
     registry: Registry,
     /// Ingest requests by outcome.
     pub events_received: IntCounterVec,
@@ -181,7 +192,7 @@ impl Metrics {
             events_rejected.with_label_values(&[reason]);
         }
 
-        Metrics {
+        Metrics(std::sync::Arc::new(MetricSet {
             registry,
             events_received,
             events_rejected,
@@ -195,7 +206,7 @@ impl Metrics {
             rate_limited,
             store_commit_duration,
             store_batch_size,
-        }
+        }))
     }
 
     /// Creates every per-subscription series at zero, so dashboards show zeros, not gaps.
