@@ -82,7 +82,7 @@ impl Relay {
         let subs: String = (0..fanout)
             .map(|i| {
                 format!(
-                    "  - {{name: s{i}, url: 'http://{sink}/s{i}', events: ['*'], max_in_flight: 64, timeout: 30s, retries: 20}}\n"
+                    "  - {{name: s{i}, url: 'http://{sink}/s{i}', events: ['*'], max_in_flight: 256, timeout: 30s, retries: 20}}\n"
                 )
             })
             .collect();
@@ -285,7 +285,7 @@ async fn case(sync: &str, fanout: usize) {
     sink.resume.notify_waiters();
     let drain = Instant::now();
     while queue_depth(&http, &relay.ops).await > 0.0 && drain.elapsed() < Duration::from_secs(300) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     println!(
         "sync={sync} fanout={fanout} drain: {} deliveries of the burst in {:.1}s ({:.0}/s)",

@@ -70,7 +70,7 @@ async fn release(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    let body = read_body(body, state.max_body).await?;
+    let body = read_body(body, state.max_body, "limits.max_body").await?;
     let scope = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

@@ -126,7 +126,7 @@ async fn post_event(
 ) -> Response {
     let result = async {
         require_json(&headers)?;
-        let body = read_body(body, state.limits.max_body).await?;
+        let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
         let (event, raw) = Event::parse(&body).map_err(|e| event_error(e, ""))?;
         let matched = matched_names(&state, &event, raw);
         let id = event.id.clone();
@@ -161,7 +161,7 @@ async fn post_batch(
 ) -> Response {
     let result = async {
         require_json(&headers)?;
-        let body = read_body(body, state.limits.max_batch_body).await?;
+        let body = read_body(body, state.limits.max_batch_body, "limits.max_batch_body").await?;
         let elements: Vec<&RawValue> =
             serde_json::from_slice(&body).map_err(|e| match e.classify() {
                 serde_json::error::Category::Data => HttpError::new(
@@ -223,15 +223,8 @@ fn respond(
     result: Result<(StatusCode, Json<serde_json::Value>), HttpError>,
 ) -> Response {
     match result {
-        Ok((status, body)) => {
-            let outcome = if status == StatusCode::OK {
-                "duplicate"
-            } else {
-                "accepted"
-            };
-            metrics.events_received.with_label_values(&[outcome]).inc();
-            (status, body).into_response()
-        }
+        // Accepted events are counted where they are stored, one by one (batches too).
+        Ok((status, body)) => (status, body).into_response(),
         Err(error) => {
             let reason = match error.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => "too_large",
@@ -299,8 +292,18 @@ async fn store(state: &IngestState, mut batch: Vec<Accepted>) -> Result<Vec<Admi
         events.into_iter().zip(&admissions).zip(slots)
     {
         let Admission::Stored(ids) = admission else {
+            state
+                .metrics
+                .events_received
+                .with_label_values(&["duplicate"])
+                .inc();
             continue;
         };
+        state
+            .metrics
+            .events_received
+            .with_label_values(&["accepted"])
+            .inc();
         for ((subscription, id), slot) in subs.into_iter().zip(ids).zip(reserved) {
             state
                 .metrics
@@ -433,8 +436,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Reads the body up to `limit` bytes; more is `413`.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, HttpError> {
+/// Reads the body up to `limit` bytes (the `setting` named in the error); more is `413`.
+pub async fn read_body(body: Body, limit: usize, setting: &str) -> Result<Bytes, HttpError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
@@ -442,7 +445,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, HttpError> {
                 return HttpError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",
-                    format!("request body is larger than limits.max_body ({limit} bytes)"),
+                    format!("request body is larger than {setting} ({limit} bytes)"),
                 );
             }
             source = s.source();

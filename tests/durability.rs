@@ -327,6 +327,24 @@ async fn batches_are_all_or_nothing() {
         (s, body["results"][0]["duplicate"].clone()),
         (202, json!(true))
     );
+    // Counted per event, not per request.
+    let m = relay.metrics().await;
+    assert_eq!(
+        common::sample(
+            &m,
+            "hookrelay_events_received_total",
+            &[("outcome", "accepted")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        common::sample(
+            &m,
+            "hookrelay_events_received_total",
+            &[("outcome", "duplicate")]
+        ),
+        Some(1.0)
+    );
     relay.stop().await;
 }
 
