@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::dispatch::Dispatcher;
 use crate::event::now_ms;
 use crate::http_error::HttpError;
-use crate::ingest::read_body;
+use crate::ingest::{is_json, read_body};
 use crate::store::{DeliveryId, DeliveryQuery, DeliveryState, Release, Store, StoreError};
 use crate::subscription::Registry;
 
@@ -48,10 +48,11 @@ pub fn router(state: ApiState) -> Router {
 }
 
 fn unavailable(e: StoreError) -> HttpError {
+    tracing::warn!(error = %e, "store request failed");
     HttpError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "store_unavailable",
-        e.to_string(),
+        "the store cannot answer right now; retry shortly",
     )
     .retry_after(1)
 }
@@ -74,11 +75,7 @@ async fn release(
     let scope = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        if !headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"))
-        {
+        if !is_json(&headers) {
             return Err(HttpError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -237,17 +234,30 @@ async fn retry(
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
     let n = parse_id(&id)?;
-    match state
+    let known: Vec<String> = state
+        .registry
+        .all()
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let before = state
         .store
-        .retry_delivery(n, now_ms())
+        .retry_delivery(n, now_ms(), known.clone())
         .await
-        .map_err(unavailable)?
-    {
+        .map_err(unavailable)?;
+    match before {
         None => Err(HttpError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no delivery {n}"),
         )),
+        Some((DeliveryState::Failed | DeliveryState::Expired, sub)) if !known.contains(&sub) => {
+            Err(HttpError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("delivery {n} belongs to {sub:?}, which is no longer configured"),
+            ))
+        }
         Some((DeliveryState::Failed | DeliveryState::Expired, sub)) => {
             state.dispatcher.wake(&sub);
             Ok((

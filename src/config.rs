@@ -338,6 +338,11 @@ impl Config {
             proxy: d
                 .string("proxy", issues)
                 .and_then(|p| match Url::parse(&p) {
+                    Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                        // A URL is printed in logs and Debug output; credentials must not be.
+                        issues.push(&d.at("proxy"), "must not carry credentials");
+                        None
+                    }
                     Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
                     _ => {
                         issues.push(&d.at("proxy"), "is not an http:// or https:// proxy URL");
@@ -391,6 +396,19 @@ impl Config {
                     subscriptions.push(sub);
                 }
             }
+        }
+
+        // The relay-wide cap is shared: if the subscriptions' caps could add up to more, a few
+        // dead subscribers holding all their slots would starve the others.
+        let wanted: usize = subscriptions.iter().map(|s| s.max_in_flight).sum();
+        if wanted > delivery.max_in_flight_total {
+            issues.push(
+                "delivery.max_in_flight_total",
+                format!(
+                    "{} is below the sum of the subscriptions' max_in_flight ({wanted}); raise it or lower those",
+                    delivery.max_in_flight_total
+                ),
+            );
         }
 
         Some(Config {
@@ -585,6 +603,25 @@ unknown_top: 1
             other => panic!("{other:?}"),
         }
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_global_cap_covers_every_subscription() {
+        let found = issues(
+            "delivery: {max_in_flight_total: 10}\nsubscriptions:\n  - {name: a, url: 'http://10.0.0.1/', events: [x], max_in_flight: 8}\n  - {name: b, url: 'http://10.0.0.1/', events: [x], max_in_flight: 8}\n",
+        );
+        assert_eq!(
+            found,
+            [
+                "delivery.max_in_flight_total: 10 is below the sum of the subscriptions' max_in_flight (16); raise it or lower those"
+            ]
+        );
+    }
+
+    #[test]
+    fn proxy_credentials_are_refused() {
+        let found = issues("delivery: {proxy: 'http://u:p@proxy:3128'}\n");
+        assert_eq!(found, ["delivery.proxy: must not carry credentials"]);
     }
 
     #[test]

@@ -25,6 +25,10 @@ use crate::subscription::{Subscription, SuccessCodes};
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
 /// Pause after a store error before trying again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// Tries to record one attempt's outcome before leaving it to the next start.
+const OUTCOME_TRIES: u32 = 60;
+/// How long a stopping pump waits for deliveries already on their way into its queue.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
 /// Handle to the running pumps.
 #[derive(Clone)]
@@ -244,7 +248,9 @@ impl Pump {
         // Deliveries claimed but never sent go back to the queue.
         claimed.close();
         let mut ids = Vec::new();
-        while let Ok(d) = claimed.try_recv() {
+        // `recv` also waits for slots reserved before the close (a feeder or an ingest request
+        // between its commit and its hand-off), so those are returned too.
+        while let Ok(Some(d)) = tokio::time::timeout(DRAIN_WAIT, claimed.recv()).await {
             ids.push(d.id);
         }
         tracing::debug!(subscription = name, returned = ids.len(), "pump stopped");
@@ -291,6 +297,23 @@ impl Outcome {
         let completion = decide(&self.sub, number, &attempt, now_ms(), fastrand::f64());
         let name = self.sub.name.as_str();
         let event_id = &*self.delivery.event_id;
+        // Recorded before anything is counted; a store that fails for a while is retried, so a
+        // delivery is not left in flight until the next restart.
+        let mut tries = 0;
+        while let Err(e) = self
+            .store
+            .complete(self.delivery.id, completion.clone())
+            .await
+        {
+            tries += 1;
+            if tries >= OUTCOME_TRIES {
+                // It stays in flight; the next start makes it pending again (at-least-once).
+                tracing::error!(subscription = name, event_id, error = %e, "cannot record attempt outcome; giving up");
+                return;
+            }
+            tracing::warn!(subscription = name, event_id, error = %e, "cannot record attempt outcome; retrying");
+            tokio::time::sleep(STORE_ERROR_PAUSE).await;
+        }
         match &completion {
             Completion::Delivered { status } => {
                 self.counters.delivered.inc();
@@ -323,12 +346,7 @@ impl Outcome {
                 );
             }
         }
-        let retry = matches!(completion, Completion::Retry { .. });
-        if let Err(e) = self.store.complete(self.delivery.id, completion).await {
-            // The delivery stays in flight in the store; a durable store retries it on restart.
-            tracing::error!(subscription = name, event_id, error = %e, "cannot record attempt outcome");
-        }
-        if retry {
+        if matches!(completion, Completion::Retry { .. }) {
             // The feeder's next due time may have moved earlier.
             self.wake.notify_one();
         }

@@ -89,9 +89,10 @@ pub async fn json_errors(response: Response) -> Response {
         StatusCode::METHOD_NOT_ALLOWED => {
             ("method_not_allowed", "method not allowed on this endpoint")
         }
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ("too_large", "request body is larger than limits.max_body")
-        }
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too_large",
+            "request body is larger than limits.max_body (limits.max_batch_body for batches)",
+        ),
         StatusCode::REQUEST_TIMEOUT => {
             ("timeout", "request took longer than limits.request_timeout")
         }

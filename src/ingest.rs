@@ -254,9 +254,34 @@ fn names(subs: &[Arc<str>]) -> Vec<&str> {
     subs.iter().map(|n| &**n).collect()
 }
 
-/// Hands events to the store; `202` is only answered after this returns. Deliveries whose
-/// pump has room are stored as claimed and handed to it in memory after the commit.
-async fn store(state: &IngestState, mut batch: Vec<Accepted>) -> Result<Vec<Admission>, HttpError> {
+/// Hands events to the store; `202` is only answered after this returns.
+async fn store(
+    state: &Arc<IngestState>,
+    batch: Vec<Accepted>,
+) -> Result<Vec<Admission>, HttpError> {
+    let state = state.clone();
+    // A task of its own: once the store has the job, the hand-off below must happen even if
+    // the client goes away or the request times out, or deliveries stored as claimed would
+    // wait for a restart.
+    tokio::spawn(async move { commit_and_hand_off(&state, batch).await })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "ingest task failed");
+            Err(HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the relay cannot store events right now; retry shortly",
+            )
+            .retry_after(1))
+        })
+}
+
+/// Stores the batch; deliveries whose pump has room are stored as claimed and handed to it
+/// in memory after the commit, the others are left for the feeder.
+async fn commit_and_hand_off(
+    state: &IngestState,
+    mut batch: Vec<Accepted>,
+) -> Result<Vec<Admission>, HttpError> {
     let mut slots: Vec<Vec<Option<HandoffSlot>>> = Vec::with_capacity(batch.len());
     let mut events = Vec::with_capacity(batch.len());
     for a in &mut batch {
@@ -305,11 +330,7 @@ async fn store(state: &IngestState, mut batch: Vec<Accepted>) -> Result<Vec<Admi
             .with_label_values(&["accepted"])
             .inc();
         for ((subscription, id), slot) in subs.into_iter().zip(ids).zip(reserved) {
-            state
-                .metrics
-                .events_matched
-                .with_label_values(&[&subscription])
-                .inc();
+            state.dispatcher.count_match(&subscription);
             match slot {
                 Some(slot) => {
                     slot.send(Delivery {
@@ -408,18 +429,21 @@ async fn event_status(State(state): State<Arc<IngestState>>, Path(id): Path<Stri
             format!("no event {id:?} (unknown, or pruned after storage.retention)"),
         )
         .into_response(),
-        Err(e) => HttpError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            e.to_string(),
-        )
-        .retry_after(1)
-        .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read event status");
+            HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the store cannot answer right now; retry shortly",
+            )
+            .retry_after(1)
+            .into_response()
+        }
     }
 }
 
 /// `application/json` or any `+json` type, parameters allowed.
-fn is_json(headers: &HeaderMap) -> bool {
+pub fn is_json(headers: &HeaderMap) -> bool {
     let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -50,6 +50,8 @@ pub struct MetricSet {
     pub oldest_pending: GaugeVec,
     /// Dead letters kept, per subscription.
     pub dead_letters: IntGaugeVec,
+    /// Deliveries whose subscription is gone from the config (all subscriptions together).
+    pub orphaned: prometheus::IntGauge,
     /// Attempts that had to wait for the rate limiter, per subscription.
     pub rate_limited: IntCounterVec,
     /// Seconds per store transaction, commit included.
@@ -170,6 +172,15 @@ impl Metrics {
             ],
         );
 
+        let orphaned = prometheus::IntGauge::new(
+            "hookrelay_orphaned_deliveries",
+            "Deliveries kept for subscriptions no longer configured; they resume if it returns.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(orphaned.clone()))
+            .expect("unique metric");
+
         let build_info = IntGaugeVec::new(
             Opts::new("hookrelay_build_info", "Build information; always 1."),
             &["version"],
@@ -203,6 +214,7 @@ impl Metrics {
             queue_depth,
             oldest_pending,
             dead_letters,
+            orphaned,
             rate_limited,
             store_commit_duration,
             store_batch_size,
@@ -231,6 +243,8 @@ impl Metrics {
         names: impl Iterator<Item = &'a str>,
         stats: &std::collections::HashMap<String, QueueStats>,
     ) {
+        self.orphaned
+            .set(stats.values().map(|s| s.orphaned as i64).sum());
         for name in names {
             let s = stats.get(name).copied().unwrap_or_default();
             self.queue_depth

@@ -10,6 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::http_error::HttpError;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::subscription::Registry;
@@ -54,14 +55,22 @@ pub fn router(state: OpsState) -> Router {
 }
 
 async fn readyz(State(state): State<OpsState>) -> Response {
-    if state.readiness.get() {
-        Json(json!({"status": "ready"})).into_response()
-    } else {
-        (
+    if !state.readiness.get() {
+        HttpError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready"})),
+            "not_ready",
+            "starting or shutting down",
         )
-            .into_response()
+        .into_response()
+    } else if !state.store.healthy() {
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the store has stopped",
+        )
+        .into_response()
+    } else {
+        Json(json!({"status": "ready"})).into_response()
     }
 }
 

@@ -82,6 +82,8 @@ pub struct QueueStats {
     pub oldest_ms: Option<i64>,
     /// Deliveries kept as dead letters.
     pub dead_letters: u64,
+    /// Deliveries waiting for their subscription to come back.
+    pub orphaned: u64,
 }
 
 /// How the store answered one event of an accepted batch.
@@ -284,6 +286,9 @@ pub enum StoreError {
 /// A delivery queue: in memory, or durable.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// False once the store can no longer take work (its writer has stopped).
+    fn healthy(&self) -> bool;
+
     /// Stores events and their deliveries, all or nothing; returns once they are durable.
     async fn accept(&self, batch: Vec<Accepted>) -> Result<Vec<Admission>, StoreError>;
 
@@ -324,11 +329,13 @@ pub trait Store: Send + Sync + 'static {
         min_interval_ms: i64,
     ) -> Result<Release, StoreError>;
 
-    /// Puts one `failed` or `expired` delivery back to pending; returns its state before.
+    /// Puts one `failed` or `expired` delivery of one of `subscriptions` (those configured)
+    /// back to pending; returns its state and subscription before.
     async fn retry_delivery(
         &self,
         id: DeliveryId,
         now_ms: i64,
+        subscriptions: Vec<String>,
     ) -> Result<Option<(DeliveryState, String)>, StoreError>;
 
     /// Removes one delivery unless an attempt is under way or due; returns its state before.

@@ -548,9 +548,8 @@ fn parse_headers(
         };
         match HeaderValue::from_str(&text) {
             Ok(mut value) => {
-                if lower == "authorization" {
-                    value.set_sensitive(true);
-                }
+                // Custom headers often carry API keys: keep every value out of logs.
+                value.set_sensitive(true);
                 out.push((name, value));
             }
             Err(_) => issues.push(&path, "is not a valid header value"),

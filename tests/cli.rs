@@ -218,3 +218,54 @@ async fn sigterm_lets_the_attempt_in_flight_finish_then_exits_0() {
     assert!(shut < delivered, "{messages:?}");
     assert!(messages.contains(&"hookrelay stopped"), "{messages:?}");
 }
+
+#[tokio::test]
+async fn config_from_the_environment_and_no_implicit_proxy() {
+    let proxy = Receiver::ok().await;
+    let rx = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        &format!(
+            "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\nstorage: {{path: '{}'}}\nlog: {{format: json}}\nsubscriptions:\n  - {{name: a, url: '{}', events: ['*']}}\n",
+            dir.path().join("db.sqlite").display(),
+            rx.url("/")
+        ),
+    );
+    // HOOKRELAY_CONFIG instead of --config; HTTP(S)_PROXY must be ignored.
+    let mut child = Command::new(BIN)
+        .env("HOOKRELAY_CONFIG", &path)
+        .env("HTTP_PROXY", proxy.url(""))
+        .env("http_proxy", proxy.url(""))
+        .env("ALL_PROXY", proxy.url(""))
+        .env("RUST_LOG", "hookrelay=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let started = std::iter::from_fn(|| lines.recv_timeout(DEADLINE).ok())
+        .find(|l| l["message"] == "hookrelay listening")
+        .expect("listening line");
+    let app = started["app"].as_str().unwrap().to_string();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = http
+        .post(format!("http://{app}/v1/events"))
+        .header("content-type", "application/json")
+        .body(json!({"type": "t", "data": {}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    rx.wait_for(1).await;
+    assert_eq!(proxy.count(), 0, "the proxy from the environment was used");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -531,6 +531,10 @@ async fn deliveries_of_a_removed_subscription_wait_as_orphans() {
 
     let relay = TestRelay::start_in("subscriptions: []\n", dir).await;
     assert_eq!(delivery_state(&relay, "o1").await["state"], "orphaned");
+    assert_eq!(
+        relay.metric("hookrelay_orphaned_deliveries", &[]).await,
+        Some(1.0)
+    );
     let dir = relay.dir.clone();
     relay.stop().await;
 
@@ -550,5 +554,65 @@ async fn deliveries_of_a_removed_subscription_wait_as_orphans() {
         s, 409,
         "a resumed orphan is pending again, not a dead letter"
     );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_of_a_removed_subscription_is_not_retried() {
+    let rx = Receiver::scripted(|_| Answer::status(500)).await;
+    let relay = TestRelay::start(&one_sub(&rx.url("/"), "retries: 0")).await;
+    relay
+        .post(&json!({"type": "t", "id": "gone-1", "data": {}}))
+        .await;
+    let failed = wait_state(&relay, "gone-1", "failed").await;
+    let dir = relay.dir.clone();
+    relay.stop().await;
+    let relay = TestRelay::start_in("subscriptions: []\n", dir).await;
+    let (s, body) = relay
+        .api(
+            Method::POST,
+            &format!("/v1/deliveries/{}/retry", failed["id"]),
+            None,
+        )
+        .await;
+    assert_eq!(s, 409, "{body}");
+    assert_eq!(delivery_state(&relay, "gone-1").await["state"], "failed");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_whose_client_gave_up_is_still_delivered() {
+    let rx = Receiver::ok().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let db = dir.path().join("slow.db");
+    let relay = TestRelay::start_in(
+        &format!(
+            "storage: {{path: '{}'}}\n{}",
+            db.display(),
+            one_sub(&rx.url("/"), "")
+        ),
+        dir,
+    )
+    .await;
+    // The writer waits on a lock held elsewhere, so the request outlives its client.
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(format!("http://{}/v1/events", relay.addrs.app))
+        .header("content-type", "application/json")
+        .body(json!({"type": "t", "id": "gave-up", "data": {}}).to_string())
+        .send()
+        .await;
+    assert!(sent.is_err(), "the client should have timed out");
+    lock.execute_batch("ROLLBACK").unwrap();
+    // Stored once the lock is gone; then handed over and delivered, not stranded in flight.
+    let got = rx.wait_for(1).await;
+    assert_eq!(got[0].headers["webhook-id"], "gave-up");
+    wait_state(&relay, "gave-up", "delivered").await;
     relay.stop().await;
 }

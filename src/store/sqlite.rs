@@ -56,7 +56,7 @@ CREATE TABLE deliveries (
     finished_at INTEGER
 );
 CREATE INDEX deliveries_due ON deliveries(subscription, next_attempt_at) WHERE state = 0;
-CREATE INDEX deliveries_state ON deliveries(state, subscription);
+CREATE INDEX deliveries_state ON deliveries(state, subscription, received_at);
 CREATE INDEX deliveries_event ON deliveries(event_seq);
 CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN (0, 5);
 CREATE INDEX deliveries_finished ON deliveries(finished_at) WHERE state IN (2, 3, 4, 6);
@@ -83,20 +83,54 @@ pub struct WriterMetrics {
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> (bool, Finish) + Send>;
 
+/// An attempt outcome waiting for the writer, with whom to tell once it is kept.
+type QueuedOutcome = (
+    DeliveryId,
+    Completion,
+    oneshot::Sender<Result<(), StoreError>>,
+);
+
 /// Attempt outcomes waiting for the writer; one job records all of them.
-type Outcomes = Arc<
-    std::sync::Mutex<
-        Vec<(
-            DeliveryId,
-            Completion,
-            oneshot::Sender<Result<(), StoreError>>,
-        )>,
-    >,
->;
+#[derive(Default)]
+struct OutcomeQueue {
+    items: Vec<QueuedOutcome>,
+    /// A job that will take `items` is on its way to the writer.
+    job_queued: bool,
+}
+
+type Outcomes = Arc<std::sync::Mutex<OutcomeQueue>>;
+
+/// Takes the queued outcomes for the job that records them. If that job is dropped without
+/// running (the writer died), the outcomes are answered with an error instead of waiting.
+struct OutcomeBatch {
+    outcomes: Outcomes,
+    taken: bool,
+}
+
+impl OutcomeBatch {
+    fn take(&mut self) -> Vec<QueuedOutcome> {
+        self.taken = true;
+        let mut q = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        q.job_queued = false;
+        std::mem::take(&mut q.items)
+    }
+}
+
+impl Drop for OutcomeBatch {
+    fn drop(&mut self) {
+        if !self.taken {
+            for (_, _, tx) in self.take() {
+                let _ = tx.send(Err(stopped()));
+            }
+        }
+    }
+}
 
 /// The SQLite store.
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
+    /// Highest event `seq` the pruning scan has passed.
+    prune_cursor: Arc<std::sync::atomic::AtomicI64>,
     outcomes: Outcomes,
     over_size: Arc<AtomicBool>,
     ttl_ms: i64,
@@ -125,6 +159,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             jobs,
+            prune_cursor: Arc::default(),
             outcomes: Outcomes::default(),
             over_size,
             ttl_ms: settings.ttl.as_millis() as i64,
@@ -232,9 +267,10 @@ fn open_connection(settings: &StorageSettings) -> Result<Connection, StoreError>
 "
     ))
     .map_err(|e| fail(e.to_string()))?;
-    if let Ok(check) = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0))
-        && check != "ok"
-    {
+    let check = conn
+        .query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0))
+        .map_err(|e| fail(format!("integrity check failed: {e}")))?;
+    if check != "ok" {
         return Err(fail(format!("integrity check failed: {check}")));
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
@@ -298,12 +334,19 @@ impl Writer {
             let err = sql_error(e);
             tracing::error!(error = %err, "store transaction could not start");
             for job in jobs.drain(..) {
-                let _ = job(Err(err.clone()));
+                let (_, finish) = job(Err(err.clone()));
+                finish(Err(err.clone()));
             }
             return;
         }
         let mut finishes = Vec::with_capacity(jobs.len());
+        let mut aborted = None;
         for job in jobs.drain(..) {
+            if let Some(err) = &aborted {
+                let (_, finish) = job(Err(StoreError::clone(err)));
+                finish(Err(StoreError::clone(err)));
+                continue;
+            }
             // A savepoint per job: one failing job leaves the others' writes intact.
             let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
             let _ = run("SAVEPOINT job");
@@ -313,11 +356,23 @@ impl Writer {
             }
             let _ = run("RELEASE job");
             finishes.push(finish);
+            // SQLite rolls the whole transaction back by itself on some errors (disk full,
+            // I/O): then nothing of this batch is kept, and no later job may run outside it.
+            if conn.is_autocommit() {
+                aborted = Some(StoreError::Unavailable(
+                    "the store's transaction was rolled back".into(),
+                ));
+            }
         }
-        let commit = conn.execute_batch("COMMIT").map_err(sql_error);
+        let commit = match aborted {
+            Some(err) => Err(err),
+            None => conn.execute_batch("COMMIT").map_err(sql_error),
+        };
         if let Err(e) = &commit {
             tracing::error!(error = %e, "store commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
         }
         for finish in finishes {
             finish(commit.clone());
@@ -378,6 +433,10 @@ fn info(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn healthy(&self) -> bool {
+        !self.jobs.is_closed()
+    }
+
     async fn accept(&self, batch: Vec<Accepted>) -> Result<Vec<Admission>, StoreError> {
         if self.over_size.load(Ordering::Relaxed) {
             return Err(StoreError::Busy(
@@ -449,6 +508,7 @@ impl Store for SqliteStore {
                     "SELECT d.id, d.attempts, e.id, e.type, e.data, e.received_at
                      FROM deliveries d JOIN events e ON e.seq = d.event_seq
                      WHERE d.subscription = ?1 AND d.state = 0 AND d.next_attempt_at <= ?2
+                       AND d.expires_at > ?2
                      ORDER BY d.next_attempt_at, d.id LIMIT ?3",
                 )
                 .map_err(sql_error)?;
@@ -495,44 +555,19 @@ impl Store for SqliteStore {
         let (tx, rx) = oneshot::channel();
         // Outcomes are coalesced: the first one queued sends a job that records all queued
         // by the time it runs, so a busy relay writes them in bulk.
-        let first = {
-            let mut queued = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
-            queued.push((id, completion, tx));
-            queued.len() == 1
+        let send_job = {
+            let mut q = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+            q.items.push((id, completion, tx));
+            !std::mem::replace(&mut q.job_queued, true)
         };
-        if first {
-            let outcomes = self.outcomes.clone();
+        if send_job {
+            let mut guard = OutcomeBatch {
+                outcomes: self.outcomes.clone(),
+                taken: false,
+            };
             let job: Job = Box::new(move |conn| {
-                let batch =
-                    std::mem::take(&mut *outcomes.lock().unwrap_or_else(|e| e.into_inner()));
-                let result = conn.and_then(|conn| {
-                    let now = crate::event::now_ms();
-                    let mut update = conn
-                        .prepare_cached(
-                            "UPDATE deliveries SET state = ?2, attempts = attempts + 1, last_status = ?3,
-                             last_error = ?4, next_attempt_at = coalesce(?5, next_attempt_at),
-                             delivered_at = ?6, finished_at = ?7
-                             WHERE id = ?1 AND state = 1",
-                        )
-                        .map_err(sql_error)?;
-                    for (id, completion, _) in &batch {
-                        let (state, status, error, next, delivered, finished) = match completion {
-                            Completion::Delivered { status } => {
-                                (DELIVERED, Some(*status), None, None, Some(now), Some(now))
-                            }
-                            Completion::Retry { at_ms, status, error } => {
-                                (PENDING, *status, Some(error), Some(*at_ms), None, None)
-                            }
-                            Completion::Failed { status, error } => {
-                                (FAILED, *status, Some(error), None, None, Some(now))
-                            }
-                        };
-                        update
-                            .execute(params![id, state, status, error, next, delivered, finished])
-                            .map_err(sql_error)?;
-                    }
-                    Ok(())
-                });
+                let batch = guard.take();
+                let result = conn.and_then(|conn| record_outcomes(conn, &batch));
                 let ok = result.is_ok();
                 let finish: Finish = Box::new(move |commit| {
                     let outcome = commit.and(result);
@@ -542,9 +577,8 @@ impl Store for SqliteStore {
                 });
                 (ok, finish)
             });
-            if self.jobs.send(job).await.is_err() {
-                return Err(stopped());
-            }
+            // If the writer is gone, the job is dropped here and its guard answers everyone.
+            let _ = self.jobs.send(job).await;
         }
         rx.await.map_err(|_| stopped())?
     }
@@ -581,14 +615,21 @@ impl Store for SqliteStore {
                 e.oldest_ms = oldest;
             }
             let mut dead = conn
-                .prepare_cached("SELECT subscription, count(*) FROM deliveries WHERE state = 3 GROUP BY subscription")
+                .prepare_cached(
+                    "SELECT subscription, count(*) FILTER (WHERE state = 3), count(*) FILTER (WHERE state = 5)
+                     FROM deliveries WHERE state IN (3, 5) GROUP BY subscription",
+                )
                 .map_err(sql_error)?;
             let rows = dead
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })
                 .map_err(sql_error)?;
             for row in rows {
-                let (name, n) = row.map_err(sql_error)?;
-                out.entry(name).or_default().dead_letters = n as u64;
+                let (name, dead, orphaned) = row.map_err(sql_error)?;
+                let e = out.entry(name).or_default();
+                e.dead_letters = dead as u64;
+                e.orphaned = orphaned as u64;
             }
             Ok(out)
         })
@@ -637,10 +678,16 @@ impl Store for SqliteStore {
 
     async fn deliveries(&self, q: DeliveryQuery) -> Result<Vec<DeliveryInfo>, StoreError> {
         self.run(false, move |conn| {
+            // Two statements, so each can walk its index in id order instead of sorting.
+            let by_subscription = if q.subscription.is_some() {
+                "AND d.subscription = ?2"
+            } else {
+                "AND ?2 IS NULL"
+            };
             let mut s = conn
                 .prepare_cached(&format!(
                     "SELECT {INFO_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                     WHERE d.state = ?1 AND (?2 IS NULL OR d.subscription = ?2) AND d.id > ?3
+                     WHERE d.state = ?1 {by_subscription} AND d.id > ?3
                      ORDER BY d.id LIMIT ?4"
                 ))
                 .map_err(sql_error)?;
@@ -711,6 +758,7 @@ impl Store for SqliteStore {
         &self,
         id: DeliveryId,
         now_ms: i64,
+        subscriptions: Vec<String>,
     ) -> Result<Option<(DeliveryState, String)>, StoreError> {
         let ttl = self.ttl_ms;
         self.run(false, move |conn| {
@@ -720,7 +768,9 @@ impl Store for SqliteStore {
                 })
                 .optional()
                 .map_err(sql_error)?;
-            if let Some((DeliveryState::Failed | DeliveryState::Expired, _)) = &before {
+            if let Some((DeliveryState::Failed | DeliveryState::Expired, sub)) = &before
+                && subscriptions.contains(sub)
+            {
                 conn.execute(
                     "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?2, expires_at = ?3,
                      finished_at = NULL WHERE id = ?1",
@@ -776,6 +826,7 @@ impl Store for SqliteStore {
 
     async fn housekeeping(&self, now_ms: i64) -> Result<Housekeeping, StoreError> {
         let cutoff = now_ms - self.retention_ms;
+        let cursor = self.prune_cursor.clone();
         self.run(false, move |conn| {
             let mut report = Housekeeping::default();
             let mut expire = conn
@@ -792,26 +843,93 @@ impl Store for SqliteStore {
             for name in rows {
                 *report.expired.entry(name.map_err(sql_error)?).or_default() += 1;
             }
-            let pruned = conn
+            // Terminal deliveries past retention, then their events once nothing refers to
+            // them: driven by what was deleted, so old events still in use are not rescanned.
+            let mut touched: Vec<i64> = conn
                 .prepare_cached(
                     "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_finished
-                     WHERE state IN (2, 3, 4, 6) AND finished_at <= ?1 LIMIT ?2)",
+                     WHERE state IN (2, 3, 4, 6) AND finished_at <= ?1 LIMIT ?2) RETURNING event_seq",
                 )
-                .and_then(|mut s| s.execute(params![cutoff, HOUSEKEEPING_BATCH]))
+                .and_then(|mut s| {
+                    s.query_map(params![cutoff, HOUSEKEEPING_BATCH], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()
+                })
                 .map_err(sql_error)?;
-            let pruned_events = conn
+            let pruned = touched.len();
+            touched.sort_unstable();
+            touched.dedup();
+            // Events that never had a delivery (matched nothing) are found by a cursor over
+            // `seq`, which follows acceptance order.
+            let mut scan = conn
+                .prepare_cached("SELECT seq, received_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .map_err(sql_error)?;
+            let mut last = cursor.load(Ordering::Relaxed);
+            let rows: Vec<(i64, i64)> = scan
+                .query_map(params![last, HOUSEKEEPING_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect())
+                .map_err(sql_error)?;
+            for (seq, received_at) in rows {
+                if received_at > cutoff {
+                    break;
+                }
+                touched.push(seq);
+                last = seq;
+            }
+            cursor.store(last, Ordering::Relaxed);
+            let mut delete_event = conn
                 .prepare_cached(
-                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events e INDEXED BY events_received
-                     WHERE e.received_at <= ?1
-                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq) LIMIT ?2)",
+                    "DELETE FROM events WHERE seq = ?1 AND received_at <= ?2
+                     AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)",
                 )
-                .and_then(|mut s| s.execute(params![cutoff, HOUSEKEEPING_BATCH]))
                 .map_err(sql_error)?;
+            let mut pruned_events = 0;
+            for seq in touched {
+                pruned_events += delete_event.execute(params![seq, cutoff]).map_err(sql_error)?;
+            }
             report.pruned = (pruned + pruned_events) as u64;
             Ok(report)
         })
         .await
     }
+}
+
+/// Writes a batch of attempt outcomes; only rows still in flight change.
+fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), StoreError> {
+    let now = crate::event::now_ms();
+    let mut update = conn
+        .prepare_cached(
+            "UPDATE deliveries SET state = ?2, attempts = attempts + 1, last_status = ?3,
+             last_error = ?4, next_attempt_at = coalesce(?5, next_attempt_at),
+             delivered_at = ?6, finished_at = ?7
+             WHERE id = ?1 AND state = 1",
+        )
+        .map_err(sql_error)?;
+    for (id, completion, _) in batch {
+        let (state, status, error, next, delivered, finished) = match completion {
+            Completion::Delivered { status } => {
+                (DELIVERED, Some(status), None, None, Some(now), Some(now))
+            }
+            Completion::Retry {
+                at_ms,
+                status,
+                error,
+            } => (
+                PENDING,
+                status.as_ref(),
+                Some(error),
+                Some(at_ms),
+                None,
+                None,
+            ),
+            Completion::Failed { status, error } => {
+                (FAILED, status.as_ref(), Some(error), None, None, Some(now))
+            }
+        };
+        update
+            .execute(params![id, state, status, error, next, delivered, finished])
+            .map_err(sql_error)?;
+    }
+    Ok(())
 }
 
 /// Opens `path` as a store would, for tests of refusals.
@@ -907,7 +1025,8 @@ mod tests {
             QueueStats {
                 depth: 0,
                 oldest_ms: None,
-                dead_letters: 1
+                dead_letters: 1,
+                orphaned: 0,
             }
         );
         assert_eq!(stats["b"].depth, 1);
@@ -1030,6 +1149,7 @@ mod tests {
             s.sync_subscriptions(vec!["kept".into()]).await.unwrap(),
             (1, 0)
         );
+        assert_eq!(s.stats().await.unwrap()["gone"].orphaned, 1);
         assert!(s.claim_due("gone", 10, 10).await.unwrap().is_empty());
         assert_eq!(
             s.sync_subscriptions(vec!["kept".into(), "gone".into()])
@@ -1075,7 +1195,11 @@ mod tests {
             .unwrap();
         assert_eq!(next[0].event_id, "e2");
         assert_eq!(
-            s.retry_delivery(page[0].id, 20).await.unwrap().unwrap().0,
+            s.retry_delivery(page[0].id, 20, vec!["a".into()])
+                .await
+                .unwrap()
+                .unwrap()
+                .0,
             DeliveryState::Failed
         );
         assert_eq!(s.claim_due("a", 20, 10).await.unwrap().len(), 1);
