@@ -90,7 +90,7 @@ impl Relay {
         std::fs::write(
             &config,
             format!(
-                "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\nlog: {{format: json, level: warn}}\nlimits: {{max_concurrent_requests: 4096}}\nstorage: {{path: '{}', sync: {sync}, queue_capacity: 65536}}\ndelivery: {{max_in_flight_total: 2048}}\nsubscriptions:\n{subs}",
+                "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\nlog: {{format: json, level: warn}}\nlimits: {{max_concurrent_requests: 4096}}\nstorage: {{path: '{}', sync: {sync}, queue_capacity: 65536}}\ndelivery: {{max_in_flight_total: 4096}}\nsubscriptions:\n{subs}",
                 dir.join("bench.db").display()
             ),
         )
