@@ -2,15 +2,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Answer, DEADLINE, Receiver};
+use common::{Answer, BIN, Binary, DEADLINE, Receiver};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
 
 fn write_config(dir: &tempfile::TempDir, yaml: &str) -> std::path::PathBuf {
     let path = dir.path().join("config.yaml");
@@ -156,39 +152,22 @@ async fn sigterm_lets_the_attempt_in_flight_finish_then_exits_0() {
             rx.url("/")
         ),
     );
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines) = mpsc::channel::<Value>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                let _ = lines_tx.send(v);
-            }
-        }
-    });
-    let started = lines
-        .recv_timeout(DEADLINE)
-        .into_iter()
-        .chain(std::iter::from_fn(|| lines.recv_timeout(DEADLINE).ok()))
-        .find(|l| l["message"] == "hookrelay listening")
-        .expect("listening line");
-    let app = started["app"].as_str().unwrap().to_string();
-
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let resp = http
-        .post(format!("http://{app}/v1/events"))
-        .header("content-type", "application/json")
-        .body(json!({"type": "t", "id": "drain-1", "data": {}}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&path).env_remove("RUST_LOG");
+    let relay = Binary::start(cmd);
+    let mut child = relay.child;
+    let lines = relay.lines;
+    let status = {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        http.post(format!("http://{}/v1/events", relay.app))
+            .header("content-type", "application/json")
+            .body(json!({"type": "t", "id": "drain-1", "data": {}}).to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(status, 202);
     rx.wait_for(1).await;
 
     let kill = Command::new("kill")
@@ -233,39 +212,16 @@ async fn config_from_the_environment_and_no_implicit_proxy() {
         ),
     );
     // HOOKRELAY_CONFIG instead of --config; HTTP(S)_PROXY must be ignored.
-    let mut child = Command::new(BIN)
-        .env("HOOKRELAY_CONFIG", &path)
+    let mut cmd = Command::new(BIN);
+    cmd.env("HOOKRELAY_CONFIG", &path)
         .env("HTTP_PROXY", proxy.url(""))
         .env("http_proxy", proxy.url(""))
         .env("ALL_PROXY", proxy.url(""))
-        .env("RUST_LOG", "hookrelay=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    let started = std::iter::from_fn(|| lines.recv_timeout(DEADLINE).ok())
-        .find(|l| l["message"] == "hookrelay listening")
-        .expect("listening line");
-    let app = started["app"].as_str().unwrap().to_string();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let resp = http
-        .post(format!("http://{app}/v1/events"))
-        .header("content-type", "application/json")
-        .body(json!({"type": "t", "data": {}}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+        .env("RUST_LOG", "hookrelay=info");
+    let mut relay = Binary::start(cmd);
+    assert_eq!(relay.post(&json!({"type": "t", "data": {}})).await, 202);
     rx.wait_for(1).await;
     assert_eq!(proxy.count(), 0, "the proxy from the environment was used");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
 }

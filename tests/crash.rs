@@ -3,45 +3,26 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{DEADLINE, Receiver, deadline};
-use serde_json::{Value, json};
+use common::{BIN, Binary, Receiver, deadline};
+use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
 const EVENTS: usize = 400;
 const KILL_AFTER: usize = 150;
 
-/// Starts the binary and returns it with its app address, read from its JSON log.
+/// Starts the binary and returns it with its app address.
 fn spawn(config: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .arg("--config")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
         .arg(config)
-        .env("RUST_LOG", "hookrelay=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent
-                && let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["message"] == "hookrelay listening"
-            {
-                let _ = tx.send(v["app"].as_str().unwrap_or_default().to_string());
-                sent = true;
-            }
-        }
-    });
-    let app = rx.recv_timeout(DEADLINE).expect("relay did not start");
-    (child, app)
+        .env("RUST_LOG", "hookrelay=info");
+    let relay = Binary::start(cmd);
+    (relay.child, relay.app)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

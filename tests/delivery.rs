@@ -85,13 +85,7 @@ async fn retry_after_500_then_success() {
     assert_eq!(got[0].headers["hookrelay-attempt"], "1");
     assert_eq!(got[1].headers["hookrelay-attempt"], "2");
     assert_eq!(got[0].headers["webhook-id"], got[1].headers["webhook-id"]);
-    relay
-        .wait_metric(
-            "hookrelay_deliveries_total",
-            &[("subscription", "a"), ("outcome", "delivered")],
-            1.0,
-        )
-        .await;
+    relay.wait_outcome("a", "delivered", 1.0).await;
     let m = relay.metrics().await;
     let attempts = |result| {
         common::sample(
@@ -116,13 +110,7 @@ async fn zero_retries_means_exactly_one_attempt() {
     )]))
     .await;
     relay.post(&json!({"type": "t", "data": {}})).await;
-    relay
-        .wait_metric(
-            "hookrelay_deliveries_total",
-            &[("subscription", "a"), ("outcome", "failed")],
-            1.0,
-        )
-        .await;
+    relay.wait_outcome("a", "failed", 1.0).await;
     // Failed is final: the store holds it as a dead letter and nothing schedules it again.
     assert_eq!(rx.count(), 1);
     assert_eq!(
@@ -150,22 +138,8 @@ async fn timeout_counts_as_a_failed_attempt() {
     )]))
     .await;
     relay.post(&json!({"type": "t", "data": {}})).await;
-    relay
-        .wait_metric(
-            "hookrelay_deliveries_total",
-            &[("subscription", "slow"), ("outcome", "failed")],
-            1.0,
-        )
-        .await;
-    assert_eq!(
-        relay
-            .metric(
-                "hookrelay_delivery_attempts_total",
-                &[("subscription", "slow"), ("result", "timeout")]
-            )
-            .await,
-        Some(2.0)
-    );
+    relay.wait_outcome("slow", "failed", 1.0).await;
+    assert_eq!(relay.attempts("slow", "timeout").await, Some(2.0));
     relay.stop().await;
 }
 
@@ -179,13 +153,7 @@ async fn success_code_200_rejects_204() {
     )]))
     .await;
     relay.post(&json!({"type": "t", "data": {}})).await;
-    relay
-        .wait_metric(
-            "hookrelay_deliveries_total",
-            &[("subscription", "strict"), ("outcome", "failed")],
-            1.0,
-        )
-        .await;
+    relay.wait_outcome("strict", "failed", 1.0).await;
     assert_eq!(rx.count(), 2);
     relay.stop().await;
 }
@@ -198,22 +166,8 @@ async fn redirects_are_not_followed() {
         Receiver::scripted(move |_| Answer::status(302).header("location", location.clone())).await;
     let relay = TestRelay::start(&config(&[sub("r", &rx.url("/"), "retries: 0")])).await;
     relay.post(&json!({"type": "t", "data": {}})).await;
-    relay
-        .wait_metric(
-            "hookrelay_deliveries_total",
-            &[("subscription", "r"), ("outcome", "failed")],
-            1.0,
-        )
-        .await;
-    assert_eq!(
-        relay
-            .metric(
-                "hookrelay_delivery_attempts_total",
-                &[("subscription", "r"), ("result", "http_error")]
-            )
-            .await,
-        Some(1.0)
-    );
+    relay.wait_outcome("r", "failed", 1.0).await;
+    assert_eq!(relay.attempts("r", "http_error").await, Some(1.0));
     assert_eq!(target.count(), 0);
     relay.stop().await;
 }
@@ -228,13 +182,7 @@ async fn gone_fails_at_once() {
     )]))
     .await;
     relay.post(&json!({"type": "t", "data": {}})).await;
-    relay
-        .wait_metric(
-            "hookrelay_deliveries_total",
-            &[("subscription", "g"), ("outcome", "failed")],
-            1.0,
-        )
-        .await;
+    relay.wait_outcome("g", "failed", 1.0).await;
     assert_eq!(rx.count(), 1);
     relay.stop().await;
 }
@@ -445,13 +393,7 @@ async fn metrics_exist_from_start_and_count() {
     assert!(m.contains("process_resident_memory_bytes"));
 
     relay.post(&json!({"type": "t", "data": {}})).await;
-    relay
-        .wait_metric(
-            "hookrelay_deliveries_total",
-            &[("subscription", "m"), ("outcome", "delivered")],
-            1.0,
-        )
-        .await;
+    relay.wait_outcome("m", "delivered", 1.0).await;
     let m = relay.metrics().await;
     assert_eq!(
         common::sample(

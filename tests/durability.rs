@@ -194,25 +194,17 @@ async fn the_release_interval_survives_a_restart() {
 #[tokio::test]
 async fn undelivered_notifications_expire_after_the_ttl_and_release_restores_them() {
     let (rx, healthy) = switchable().await;
-    let yaml = format!(
-        "storage: {{path: '{{DB}}', ttl: 300ms}}\n{}",
-        one_sub(&rx.url("/"), "retries: 5, backoff: {schedule: [1h]}")
-    );
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let yaml = yaml.replace("{DB}", &dir.path().join("db.sqlite").display().to_string());
-    let relay = TestRelay::start_in(&yaml, dir).await;
+    let (relay, _) = TestRelay::start_with_storage(
+        "ttl: 300ms",
+        &one_sub(&rx.url("/"), "retries: 5, backoff: {schedule: [1h]}"),
+    )
+    .await;
     relay
         .post(&json!({"type": "t", "id": "late", "data": {}}))
         .await;
     let d = wait_state(&relay, "late", "expired").await;
     assert_eq!(d["attempts"], 1);
-    relay
-        .wait_metric(
-            "hookrelay_deliveries_total",
-            &[("subscription", "a"), ("outcome", "expired")],
-            1.0,
-        )
-        .await;
+    relay.wait_outcome("a", "expired", 1.0).await;
     assert_eq!(
         relay
             .metric("hookrelay_queue_depth", &[("subscription", "a")])
@@ -350,16 +342,8 @@ async fn batches_are_all_or_nothing() {
 
 #[tokio::test]
 async fn a_full_write_queue_answers_503() {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let db = dir.path().join("locked.db");
-    let relay = TestRelay::start_in(
-        &format!(
-            "storage: {{path: '{}', queue_capacity: 1}}\nsubscriptions: []\n",
-            db.display()
-        ),
-        dir,
-    )
-    .await;
+    let (relay, db) =
+        TestRelay::start_with_storage("queue_capacity: 1", "subscriptions: []\n").await;
     // Another process holds the write lock: the writer waits, its queue fills.
     let lock = rusqlite::Connection::open(&db).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
@@ -410,16 +394,7 @@ async fn a_full_write_queue_answers_503() {
 
 #[tokio::test]
 async fn above_max_size_ingest_answers_503() {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let db = dir.path().join("small.db");
-    let relay = TestRelay::start_in(
-        &format!(
-            "storage: {{path: '{}', max_size: 256KiB}}\nsubscriptions: []\n",
-            db.display()
-        ),
-        dir,
-    )
-    .await;
+    let (relay, _) = TestRelay::start_with_storage("max_size: 256KiB", "subscriptions: []\n").await;
     let filler = "x".repeat(16 * 1024);
     let mut refused = None;
     for i in 0..2000 {
@@ -583,17 +558,7 @@ async fn a_dead_letter_of_a_removed_subscription_is_not_retried() {
 #[tokio::test]
 async fn an_event_whose_client_gave_up_is_still_delivered() {
     let rx = Receiver::ok().await;
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let db = dir.path().join("slow.db");
-    let relay = TestRelay::start_in(
-        &format!(
-            "storage: {{path: '{}'}}\n{}",
-            db.display(),
-            one_sub(&rx.url("/"), "")
-        ),
-        dir,
-    )
-    .await;
+    let (relay, db) = TestRelay::start_with_storage("sync: full", &one_sub(&rx.url("/"), "")).await;
     // The writer waits on a lock held elsewhere, so the request outlives its client.
     let lock = rusqlite::Connection::open(&db).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();

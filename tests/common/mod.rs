@@ -16,6 +16,59 @@ use hookrelay::{Config, Relay};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+/// The relay binary built by cargo for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
+
+/// The relay binary running as a child process, with its JSON log lines.
+pub struct Binary {
+    pub child: std::process::Child,
+    /// The app listener's address, read from the "hookrelay listening" line.
+    pub app: String,
+    /// Every later log line, parsed.
+    pub lines: std::sync::mpsc::Receiver<Value>,
+}
+
+impl Binary {
+    /// Runs `cmd` (the config must ask for `log: {format: json}`) and waits until it listens.
+    pub fn start(mut cmd: std::process::Command) -> Binary {
+        use std::io::BufRead;
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let started = std::iter::from_fn(|| lines.recv_timeout(DEADLINE).ok())
+            .find(|l| l["message"] == "hookrelay listening")
+            .expect("the relay did not log its listening line");
+        let app = started["app"].as_str().unwrap().to_string();
+        Binary { child, app, lines }
+    }
+
+    /// Posts one event; returns the status.
+    pub async fn post(&self, event: &Value) -> u16 {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!("http://{}/v1/events", self.app))
+            .header("content-type", "application/json")
+            .body(event.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -108,6 +161,15 @@ impl TestRelay {
         )
     }
 
+    /// Starts a relay on its own database file with extra `storage` settings (`"ttl: 1s"`);
+    /// returns the file's path too.
+    pub async fn start_with_storage(storage: &str, yaml: &str) -> (TestRelay, std::path::PathBuf) {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let db = dir.path().join("relay.db");
+        let yaml = format!("storage: {{path: '{}', {storage}}}\n{yaml}", db.display());
+        (TestRelay::start_in(&yaml, dir).await, db)
+    }
+
     /// A request to the API listener; returns the status and the JSON answer.
     pub async fn api(
         &self,
@@ -170,6 +232,25 @@ impl TestRelay {
                 self.metric(name, labels).await
             );
         }
+    }
+
+    /// Waits until `hookrelay_deliveries_total{subscription, outcome}` reaches `n`.
+    pub async fn wait_outcome(&self, subscription: &str, outcome: &str, n: f64) {
+        self.wait_metric(
+            "hookrelay_deliveries_total",
+            &[("subscription", subscription), ("outcome", outcome)],
+            n,
+        )
+        .await;
+    }
+
+    /// `hookrelay_delivery_attempts_total{subscription, result}` now.
+    pub async fn attempts(&self, subscription: &str, result: &str) -> Option<f64> {
+        self.metric(
+            "hookrelay_delivery_attempts_total",
+            &[("subscription", subscription), ("result", result)],
+        )
+        .await
     }
 
     /// Stops the relay and waits for it to return.
