@@ -369,9 +369,13 @@ async fn a_full_write_queue_answers_503() {
             status
         }));
     }
-    // Refusals come at once, while the lock is still held (the relay is not asked: its
-    // /metrics would wait for the writer too).
+    // Refusals come at once, while the lock is still held.
     poll(|| async { refused.load(Ordering::SeqCst) >= 8 }).await;
+    // Scrapes read on their own connection: they answer while the writer waits.
+    let busy = relay
+        .metric("hookrelay_events_rejected_total", &[("reason", "busy")])
+        .await;
+    assert!(busy >= Some(8.0), "{busy:?}");
     lock.execute_batch("ROLLBACK").unwrap();
     let mut accepted = 0;
     for p in posts {

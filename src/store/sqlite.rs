@@ -129,6 +129,8 @@ impl Drop for OutcomeBatch {
 /// The SQLite store.
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
+    /// The read-only connection for queries that change nothing (file databases only).
+    reader: Option<Arc<std::sync::Mutex<Connection>>>,
     /// Highest event `seq` the pruning scan has passed.
     prune_cursor: Arc<std::sync::atomic::AtomicI64>,
     outcomes: Outcomes,
@@ -144,6 +146,28 @@ impl SqliteStore {
         metrics: WriterMetrics,
     ) -> Result<SqliteStore, StoreError> {
         let conn = open_connection(settings)?;
+        // Reads (scrapes, status, lists, due times) use their own connection, so they never
+        // wait for or delay a group commit. WAL lets it read while the writer writes; an
+        // in-memory database has one connection, so there reads go through the writer.
+        let reader = match &settings.location {
+            StorageLocation::File(path) => {
+                let r = Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .and_then(|r| {
+                    r.busy_timeout(BUSY_TIMEOUT)?;
+                    Ok(r)
+                })
+                .map_err(|e| StoreError::Open {
+                    path: path.display().to_string(),
+                    reason: format!("cannot open a read connection: {e}"),
+                })?;
+                Some(Arc::new(std::sync::Mutex::new(r)))
+            }
+            StorageLocation::Memory => None,
+        };
         let (jobs, rx) = mpsc::channel(settings.queue_capacity);
         let over_size = Arc::new(AtomicBool::new(false));
         let writer = Writer {
@@ -159,12 +183,30 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             jobs,
+            reader,
             prune_cursor: Arc::default(),
             outcomes: Outcomes::default(),
             over_size,
             ttl_ms: settings.ttl.as_millis() as i64,
             retention_ms: settings.retention.as_millis() as i64,
         })
+    }
+
+    /// Runs a query that changes nothing: on the read connection, off the async runtime.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let Some(reader) = self.reader.clone() else {
+            return self.run(false, f).await;
+        };
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
 
     /// Runs `f` in the writer's next transaction and returns its result once committed.
@@ -541,7 +583,7 @@ impl Store for SqliteStore {
 
     async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, StoreError> {
         let sub = subscription.to_string();
-        self.run(false, move |conn| {
+        self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT min(next_attempt_at) FROM deliveries WHERE subscription = ?1 AND state = 0",
             )
@@ -597,7 +639,7 @@ impl Store for SqliteStore {
     }
 
     async fn stats(&self) -> Result<HashMap<String, QueueStats>, StoreError> {
-        self.run(false, |conn| {
+        self.read( |conn| {
             let mut out: HashMap<String, QueueStats> = HashMap::new();
             let mut live = conn
                 .prepare_cached(
@@ -638,7 +680,7 @@ impl Store for SqliteStore {
 
     async fn event_status(&self, id: &str) -> Result<Option<EventStatus>, StoreError> {
         let id = id.to_string();
-        self.run(false, move |conn| {
+        self.read(move |conn| {
             let head = conn
                 .prepare_cached("SELECT seq, type, received_at FROM events WHERE id = ?1")
                 .and_then(|mut s| {
@@ -677,7 +719,7 @@ impl Store for SqliteStore {
     }
 
     async fn deliveries(&self, q: DeliveryQuery) -> Result<Vec<DeliveryInfo>, StoreError> {
-        self.run(false, move |conn| {
+        self.read(move |conn| {
             // Two statements, so each can walk its index in id order instead of sorting.
             let by_subscription = if q.subscription.is_some() {
                 "AND d.subscription = ?2"
