@@ -147,17 +147,22 @@ impl Relay {
     }
 }
 
-/// Total queue depth from the relay's /metrics.
-async fn queue_depth(http: &reqwest::Client, ops: &str) -> f64 {
-    let text = http
-        .get(format!("http://{ops}/metrics"))
+/// The relay's /metrics exposition.
+async fn metrics_text(http: &reqwest::Client, ops: &str) -> String {
+    http.get(format!("http://{ops}/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    text.lines()
+        .unwrap()
+}
+
+/// Total queue depth from the relay's /metrics.
+async fn queue_depth(http: &reqwest::Client, ops: &str) -> f64 {
+    metrics_text(http, ops)
+        .await
+        .lines()
         .filter(|l| l.starts_with("hookrelay_queue_depth{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -325,14 +330,7 @@ async fn case(sync: &str, fanout: usize) {
     let mut e2e = sink.latencies_us.lock().unwrap().clone();
     e2e.sort_unstable();
     let (rss, cpu) = relay.usage();
-    let metrics = http
-        .get(format!("http://{}/metrics", relay.ops))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&http, &relay.ops).await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()

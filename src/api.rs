@@ -105,12 +105,7 @@ async fn release(
             }
         }
     };
-    let known: Vec<String> = state
-        .registry
-        .all()
-        .iter()
-        .map(|s| s.name.clone())
-        .collect();
+    let known = state.registry.names();
     if let Some(name) = &scope
         && !known.contains(name)
     {
@@ -234,12 +229,7 @@ async fn retry(
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
     let n = parse_id(&id)?;
-    let known: Vec<String> = state
-        .registry
-        .all()
-        .iter()
-        .map(|s| s.name.clone())
-        .collect();
+    let known = state.registry.names();
     let before = state
         .store
         .retry_delivery(n, now_ms(), known.clone())

@@ -21,7 +21,7 @@ use tower::{BoxError, Layer, Service, ServiceBuilder};
 
 use crate::backoff::Pressure;
 use crate::config::Delivery as DeliveryConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{ATTEMPT_RESULTS, Metrics};
 use crate::store::Delivery;
 use crate::subscription::{Auth, RateLimit, Subscription, SuccessCodes};
 
@@ -154,6 +154,11 @@ pub fn classify(
     }
 }
 
+/// An attempt that failed in the stack's outer layers, before it could be classified there.
+pub fn stack_error(e: BoxError) -> Attempt {
+    classify(Err(e), &SuccessCodes::default(), Duration::ZERO)
+}
+
 /// An error and its causes on one line, without URLs (which may carry tokens in queries).
 fn describe_error(e: BoxError) -> String {
     let e = match e.downcast::<reqwest::Error>() {
@@ -250,7 +255,7 @@ pub fn stack(
         .layer(ClassifyLayer(Arc::new(ClassifyConfig {
             success: sub.success.clone(),
             timeout: sub.timeout,
-            attempts: ATTEMPT_LABELS.map(|r| metrics.attempts.with_label_values(&[name, r])),
+            attempts: ATTEMPT_RESULTS.map(|r| metrics.attempts.with_label_values(&[name, r])),
             duration: metrics.attempt_duration.with_label_values(&[name]),
         })))
         // Per attempt, covering connect, send and reading the status.
@@ -260,8 +265,6 @@ pub fn stack(
         .service(send);
     BoxCloneService::new(service)
 }
-
-const ATTEMPT_LABELS: [&str; 4] = crate::metrics::ATTEMPT_RESULTS;
 
 async fn send(client: &reqwest::Client, req: reqwest::Request) -> Result<Reply, BoxError> {
     let mut response = client.execute(req).await?;
@@ -411,7 +414,7 @@ where
             let result = future.await.map_err(Into::into);
             let attempt = classify(result, &config.success, config.timeout);
             config.duration.observe(started.elapsed().as_secs_f64());
-            let i = ATTEMPT_LABELS
+            let i = ATTEMPT_RESULTS
                 .iter()
                 .position(|l| *l == attempt.result_label())
                 .unwrap_or(3);

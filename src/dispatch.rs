@@ -19,7 +19,7 @@ use crate::deliver::{self, Attempt, AttemptService, DeliverError};
 use crate::event::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{Completion, Delivery, Store};
-use crate::subscription::{Subscription, SuccessCodes};
+use crate::subscription::Subscription;
 
 /// Longest a feeder sleeps without re-checking the store (a safety net; wake-ups do the work).
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
@@ -229,20 +229,12 @@ impl Pump {
                 Ok(()) => {
                     let call = service.call(req);
                     self.attempts.spawn(async move {
-                        let attempt = match call.await {
-                            Ok(a) => a,
-                            Err(e) => {
-                                deliver::classify(Err(e), &SuccessCodes::default(), Duration::ZERO)
-                            }
-                        };
-                        outcome.finish(attempt).await;
+                        outcome
+                            .finish(call.await.unwrap_or_else(deliver::stack_error))
+                            .await;
                     });
                 }
-                Err(e) => {
-                    let attempt =
-                        deliver::classify(Err(e), &SuccessCodes::default(), Duration::ZERO);
-                    outcome.finish(attempt).await;
-                }
+                Err(e) => outcome.finish(deliver::stack_error(e)).await,
             }
         }
         // Deliveries claimed but never sent go back to the queue.

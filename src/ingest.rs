@@ -128,7 +128,7 @@ async fn post_event(
         require_json(&headers)?;
         let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
         let (event, raw) = Event::parse(&body).map_err(|e| event_error(e, ""))?;
-        let matched = matched_names(&state, &event, raw);
+        let matched = state.registry.matching(&event.event_type, raw);
         let id = event.id.clone();
         let admissions = store(
             &state,
@@ -189,7 +189,7 @@ async fn post_batch(
             let element = body.slice(start..start + raw.get().len());
             let (event, data) =
                 Event::parse(&element).map_err(|e| event_error(e, &format!("[{i}]")))?;
-            let subscriptions = matched_names(&state, &event, data);
+            let subscriptions = state.registry.matching(&event.event_type, data);
             batch.push(Accepted {
                 event,
                 subscriptions,
@@ -239,15 +239,6 @@ fn respond(
             error.into_response()
         }
     }
-}
-
-fn matched_names(state: &IngestState, event: &Event, data: &RawValue) -> Vec<Arc<str>> {
-    state
-        .registry
-        .matching(&event.event_type, data)
-        .iter()
-        .map(|s| Arc::from(s.name.as_str()))
-        .collect()
 }
 
 fn names(subs: &[Arc<str>]) -> Vec<&str> {

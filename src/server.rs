@@ -113,7 +113,7 @@ impl Relay {
         for sub in registry.all() {
             metrics.init_subscription(&sub.name);
         }
-        let known = registry.all().iter().map(|s| s.name.clone()).collect();
+        let known = registry.names();
         let (orphaned, resumed) = store.sync_subscriptions(known).await?;
         if orphaned + resumed > 0 {
             tracing::info!(

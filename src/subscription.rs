@@ -562,6 +562,8 @@ fn parse_headers(
 #[derive(Debug, Default)]
 pub struct Registry {
     subs: Vec<Arc<Subscription>>,
+    /// `subs[i].name`, shared, so matching an event allocates no names.
+    names: Vec<Arc<str>>,
     exact: HashMap<String, Vec<usize>>,
     prefixes: HashMap<String, Vec<usize>>,
     /// Distinct prefix lengths, so a lookup probes only lengths that exist.
@@ -572,8 +574,10 @@ pub struct Registry {
 impl Registry {
     /// Builds the index.
     pub fn new(subs: Vec<Subscription>) -> Self {
+        let subs: Vec<Arc<Subscription>> = subs.into_iter().map(Arc::new).collect();
         let mut r = Registry {
-            subs: subs.into_iter().map(Arc::new).collect(),
+            names: subs.iter().map(|s| Arc::from(s.name.as_str())).collect(),
+            subs,
             ..Registry::default()
         };
         for (i, sub) in r.subs.iter().enumerate() {
@@ -618,21 +622,27 @@ impl Registry {
         out
     }
 
-    /// The subscriptions an event goes to; `data` is parsed only if a candidate has a filter.
-    pub fn matching(&self, event_type: &str, data: &RawValue) -> Vec<Arc<Subscription>> {
+    /// Names of every subscription, in configuration order.
+    pub fn names(&self) -> Vec<String> {
+        self.names.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// Names of the subscriptions an event goes to; `data` is parsed only if a candidate has
+    /// a filter.
+    pub fn matching(&self, event_type: &str, data: &RawValue) -> Vec<Arc<str>> {
         let candidates = self.candidates(event_type);
         let mut parsed: Option<Option<Json>> = None;
         candidates
             .into_iter()
-            .map(|i| &self.subs[i])
-            .filter(|sub| {
-                if sub.filter.is_everything() {
+            .filter(|&i| {
+                let filter = &self.subs[i].filter;
+                if filter.is_everything() {
                     return true;
                 }
                 let data = parsed.get_or_insert_with(|| serde_json::from_str(data.get()).ok());
-                data.as_ref().is_some_and(|d| sub.filter.matches(d))
+                data.as_ref().is_some_and(|d| filter.matches(d))
             })
-            .cloned()
+            .map(|i| self.names[i].clone())
             .collect()
     }
 }
@@ -803,7 +813,7 @@ mod tests {
         let names: Vec<_> = r
             .matching("x", &data)
             .iter()
-            .map(|s| s.name.clone())
+            .map(|s| s.to_string())
             .collect();
         assert_eq!(names, ["plain"]);
     }
