@@ -1,23 +1,29 @@
-//! The management API on `listen.api`: release of dead letters, and dead letters one by one.
+//! The management API on `listen.api`: subscriptions (in [`subscriptions`]), release of dead
+//! letters, and dead letters one by one. Guarded by `api.token` when set.
+
+mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::catalog::{Catalog, CatalogError};
+use crate::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
 use crate::event::now_ms;
-use crate::http_error::HttpError;
+use crate::http_error::{HttpError, unauthorized};
 use crate::ingest::{is_json, read_body};
 use crate::store::{DeliveryId, DeliveryQuery, DeliveryState, Release, Store, StoreError};
-use crate::subscription::Registry;
+use crate::subscription::Secret;
 
 /// Largest page of the delivery list.
 const MAX_PAGE: usize = 1000;
@@ -27,24 +33,76 @@ const MAX_PAGE: usize = 1000;
 pub struct ApiState {
     /// The store.
     pub store: Arc<dyn Store>,
-    /// Subscriptions in force.
-    pub registry: Arc<Registry>,
+    /// Subscriptions in force, and the means to change them.
+    pub catalog: Arc<Catalog>,
     /// Pumps to wake after a release.
     pub dispatcher: Dispatcher,
+    /// Where API subscriptions may deliver.
+    pub guard: Arc<DestinationGuard>,
     /// `release.min_interval`.
     pub release_min_interval: Duration,
     /// Largest request body.
     pub max_body: usize,
 }
 
-/// Routes of the API listener.
-pub fn router(state: ApiState) -> Router {
-    Router::new()
+/// The OpenAPI description of this listener.
+const OPENAPI: &str = include_str!("api/openapi.json");
+
+/// Routes of the API listener; with a `token`, every request but the OpenAPI document needs it.
+pub fn router(state: ApiState, token: Option<Secret>) -> Router {
+    let mut router = Router::new()
+        .route(
+            "/v1/subscriptions",
+            post(subscriptions::create).get(subscriptions::list),
+        )
+        .route(
+            "/v1/subscriptions/{id}",
+            get(subscriptions::show)
+                .put(subscriptions::replace)
+                .patch(subscriptions::patch)
+                .delete(subscriptions::remove),
+        )
         .route("/v1/deliveries/release", post(release))
         .route("/v1/deliveries", get(list))
         .route("/v1/deliveries/{id}/retry", post(retry))
         .route("/v1/deliveries/{id}", delete(remove))
-        .with_state(state)
+        .with_state(state);
+    if let Some(token) = token {
+        // Before the body is read: an unauthenticated client cannot make the relay buffer.
+        router = router.layer(axum::middleware::from_fn(move |req, next| {
+            require_bearer(token.clone(), req, next)
+        }));
+    }
+    router.route("/v1/openapi.json", get(openapi))
+}
+
+/// `GET /v1/openapi.json`, open to all: it holds no data.
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn require_bearer(token: Secret, req: Request, next: Next) -> Response {
+    if token.is_bearer_of(req.headers()) {
+        return next.run(req).await;
+    }
+    tracing::info!(method = %req.method(), path = req.uri().path(), "API request refused: missing or wrong bearer token");
+    unauthorized()
+}
+
+/// The HTTP answer to a refused catalog change.
+fn catalog_error(e: CatalogError) -> HttpError {
+    match e {
+        CatalogError::NotFound(_) => {
+            HttpError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        }
+        CatalogError::Store(e) => unavailable(e),
+        CatalogError::NameTaken(_)
+        | CatalogError::Full(_)
+        | CatalogError::MetricsFull
+        | CatalogError::ReadOnly(_) => {
+            HttpError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+    }
 }
 
 fn unavailable(e: StoreError) -> HttpError {
@@ -105,12 +163,15 @@ async fn release(
             }
         }
     };
-    let known = state.registry.names();
-    if let Some(name) = &scope
-        && !known.contains(name)
-    {
-        return Err(unknown_subscription(name));
-    }
+    // The scope may name a subscription by id or by name; the store knows names.
+    let scope = match scope {
+        None => None,
+        Some(key) => match state.catalog.find(&key) {
+            Some(sub) => Some(sub.name.clone()),
+            None => return Err(unknown_subscription(&key)),
+        },
+    };
+    let known = state.catalog.registry().names();
     let now = now_ms();
     let min = state.release_min_interval.as_millis() as i64;
     match state
@@ -197,7 +258,13 @@ async fn list(
         .store
         .deliveries(DeliveryQuery {
             state: st,
-            subscription: q.get("subscription").cloned(),
+            // By id or name; an unknown one may be a deleted subscription's name.
+            subscription: q.get("subscription").map(|key| {
+                state
+                    .catalog
+                    .find(key)
+                    .map_or_else(|| key.clone(), |s| s.name.clone())
+            }),
             after,
             limit,
         })
@@ -229,7 +296,7 @@ async fn retry(
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
     let n = parse_id(&id)?;
-    let known = state.registry.names();
+    let known = state.catalog.registry().names();
     let before = state
         .store
         .retry_delivery(n, now_ms(), known.clone())

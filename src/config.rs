@@ -12,6 +12,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde_yaml::Value;
 
+use crate::destination::Allowed;
 use crate::subscription::{Secret, Subscription};
 use reader::{Issue, Issues, Section, as_list, as_string, index};
 
@@ -21,6 +22,7 @@ const KEYS: &[&str] = &[
     "log",
     "limits",
     "ingest",
+    "api",
     "delivery",
     "shutdown",
     "storage",
@@ -39,6 +41,8 @@ pub struct Config {
     pub limits: Limits,
     /// Ingest authentication.
     pub ingest: Ingest,
+    /// Management API settings.
+    pub api: Api,
     /// Outbound settings shared by all subscriptions.
     pub delivery: Delivery,
     /// How long in-flight attempts may finish after SIGTERM.
@@ -100,6 +104,17 @@ pub struct Limits {
 pub struct Ingest {
     /// When set, `POST /v1/events` needs `Authorization: Bearer <token>`.
     pub token: Option<Secret>,
+}
+
+/// Management API settings.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// When set, every request on `listen.api` but the OpenAPI document needs this bearer token.
+    pub token: Option<Secret>,
+    /// Where API-registered subscriptions may deliver; empty means anywhere not refused.
+    pub allowed_destinations: Vec<Allowed>,
+    /// Most subscriptions registered through the API.
+    pub max_subscriptions: usize,
 }
 
 /// Outbound settings shared by all subscriptions.
@@ -332,6 +347,8 @@ impl Config {
             );
         }
 
+        let api = parse_api(&root, &listen, ingest.token.is_some(), issues);
+
         let d = root.section("delivery", &["max_in_flight_total", "proxy"], issues);
         let delivery = Delivery {
             max_in_flight_total: d.integer("max_in_flight_total", 1..=65_536, 512, issues) as usize,
@@ -416,6 +433,7 @@ impl Config {
             log: Log { level, format },
             limits,
             ingest,
+            api,
             delivery,
             shutdown_grace,
             storage,
@@ -491,6 +509,80 @@ fn parse_storage(root: &Section<'_>, issues: &mut Issues) -> StorageSettings {
 }
 
 /// True when `url` would reach one of the relay's own listeners.
+/// Reads `api`, and refuses listeners reachable from outside the pod without a token.
+fn parse_api(
+    root: &Section<'_>,
+    listen: &Listen,
+    has_ingest_token: bool,
+    issues: &mut Issues,
+) -> Api {
+    let a = root.section(
+        "api",
+        &[
+            "token",
+            "allow_unauthenticated",
+            "allowed_destinations",
+            "max_subscriptions",
+        ],
+        issues,
+    );
+    let token = a.string("token", issues).map(Secret::new);
+    if token.as_ref().is_some_and(|t| t.expose().is_empty()) {
+        issues.push(
+            &a.at("token"),
+            "must not be empty (omit it to disable API auth)",
+        );
+    }
+    let allow_unauthenticated = a.boolean("allow_unauthenticated", false, issues);
+    let open = |addr: SocketAddr| !addr.ip().is_loopback();
+    if open(listen.api) && token.is_none() && !allow_unauthenticated {
+        issues.push(
+            "api.token",
+            format!(
+                "is required because listen.api ({}) is not a loopback address; set it, or set api.allow_unauthenticated: true on purpose",
+                listen.api
+            ),
+        );
+    }
+    if open(listen.app) && !has_ingest_token && !allow_unauthenticated {
+        issues.push(
+            "ingest.token",
+            format!(
+                "is required because listen.app ({}) is not a loopback address; set it, or set api.allow_unauthenticated: true on purpose",
+                listen.app
+            ),
+        );
+    }
+    let mut allowed_destinations = Vec::new();
+    if let Some(v) = a.get("allowed_destinations") {
+        let at = a.at("allowed_destinations");
+        for (i, item) in as_list(v, &at, issues)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let path = index(&at, i);
+            if let Some(text) = as_string(item, &path, issues) {
+                match Allowed::parse(&text) {
+                    Some(entry) => allowed_destinations.push(entry),
+                    None => issues.push(
+                        &path,
+                        format!(
+                            "{text:?} is not a host name, *.domain, IP address or CIDR network"
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+    Api {
+        token,
+        allowed_destinations,
+        max_subscriptions: a.integer("max_subscriptions", 0..=100_000, 10_000, issues) as usize,
+    }
+}
+
+/// True when `url` points at one of the relay's own listeners.
 pub fn targets_listener(url: &Url, listen: &Listen) -> bool {
     let Some(port) = url.port_or_known_default() else {
         return false;

@@ -21,6 +21,7 @@ use tower::{BoxError, Layer, Service, ServiceBuilder};
 
 use crate::backoff::Pressure;
 use crate::config::Delivery as DeliveryConfig;
+use crate::destination::{DestinationGuard, GuardedResolver};
 use crate::metrics::{ATTEMPT_RESULTS, Metrics};
 use crate::store::Delivery;
 use crate::subscription::{Auth, RateLimit, Subscription, SuccessCodes};
@@ -189,13 +190,20 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Builds the shared HTTP client: no redirects, no proxy unless configured.
-pub fn client(config: &DeliveryConfig) -> Result<reqwest::Client, DeliverError> {
+/// Builds a shared HTTP client: no redirects, no proxy unless configured; with a `guard`,
+/// every resolved address is checked against it.
+pub fn client(
+    config: &DeliveryConfig,
+    guard: Option<Arc<DestinationGuard>>,
+) -> Result<reqwest::Client, DeliverError> {
     let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true);
+    if let Some(guard) = guard {
+        builder = builder.dns_resolver(Arc::new(GuardedResolver(guard)));
+    }
     builder = match &config.proxy {
         Some(url) => builder.proxy(reqwest::Proxy::all(url.as_str())?),
         None => builder.no_proxy(),
@@ -236,7 +244,7 @@ pub fn stack(
     global: Arc<Semaphore>,
     metrics: &Metrics,
 ) -> AttemptService {
-    let name = sub.name.as_str();
+    let name = sub.metric_label();
     let send = tower::service_fn(move |req: reqwest::Request| {
         let client = client.clone();
         async move { send(&client, req).await }

@@ -5,7 +5,7 @@
 //! only waits on its own subscriber, so a slow or dead receiver never delays another's.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -16,10 +16,11 @@ use tower::{Service, ServiceExt};
 
 use crate::config::Delivery as DeliveryConfig;
 use crate::deliver::{self, Attempt, AttemptService, DeliverError};
+use crate::destination::DestinationGuard;
 use crate::event::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{Completion, Delivery, Store};
-use crate::subscription::Subscription;
+use crate::subscription::{Source, Subscription};
 
 /// Longest a feeder sleeps without re-checking the store (a safety net; wake-ups do the work).
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
@@ -30,21 +31,37 @@ const OUTCOME_TRIES: u32 = 60;
 /// How long a stopping pump waits for deliveries already on their way into its queue.
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
-/// Handle to the running pumps.
+/// Handle to the running pumps; pumps come and go as subscriptions are added and removed.
 #[derive(Clone)]
 pub struct Dispatcher {
-    pumps: Arc<HashMap<String, PumpHandle>>,
+    pumps: Arc<RwLock<HashMap<Arc<str>, PumpHandle>>>,
+    shared: Arc<Shared>,
+}
+
+/// What every pump is built from.
+struct Shared {
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    /// Client of config subscriptions.
+    client: reqwest::Client,
+    /// Client of API subscriptions: resolves names through the destination guard.
+    guarded_client: reqwest::Client,
+    global: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    attempts: TaskTracker,
 }
 
 /// How ingest reaches one subscription's pump and feeder.
 #[derive(Clone)]
 struct PumpHandle {
-    /// Tells the feeder that deliveries wait in the store.
+    /// Tells the feeder that deliveries wait in the store (kept when the pump is replaced).
     wake: Arc<Notify>,
     /// The pump's queue of claimed deliveries.
     queue: mpsc::Sender<Delivery>,
     /// `hookrelay_events_matched_total` of this subscription, resolved once.
     matched: IntCounter,
+    /// Stops this pump and its feeder.
+    stop: CancellationToken,
 }
 
 /// A reserved place in a pump's queue.
@@ -58,75 +75,131 @@ impl Dispatcher {
         store: Arc<dyn Store>,
         metrics: &Metrics,
         config: &DeliveryConfig,
+        guard: Arc<DestinationGuard>,
         shutdown: CancellationToken,
         attempts: TaskTracker,
     ) -> Result<Dispatcher, DeliverError> {
-        let client = deliver::client(config)?;
-        let global = Arc::new(Semaphore::new(config.max_in_flight_total));
-        let mut pumps = HashMap::new();
+        let dispatcher = Dispatcher {
+            pumps: Arc::default(),
+            shared: Arc::new(Shared {
+                store,
+                metrics: metrics.clone(),
+                client: deliver::client(config, None)?,
+                guarded_client: deliver::client(config, Some(guard))?,
+                global: Arc::new(Semaphore::new(config.max_in_flight_total)),
+                shutdown,
+                attempts,
+            }),
+        };
         for sub in subs {
-            let wake = Arc::new(Notify::new());
-            // Bounded: when full, new deliveries stay pending in the store for the feeder.
-            let (queue, claimed) = mpsc::channel((sub.max_in_flight * 4).max(256));
-            pumps.insert(
-                sub.name.clone(),
-                PumpHandle {
-                    wake: wake.clone(),
-                    queue: queue.clone(),
-                    matched: metrics.events_matched.with_label_values(&[&sub.name]),
-                },
-            );
-            let feeder = Feeder {
-                sub: sub.clone(),
-                store: store.clone(),
-                wake: wake.clone(),
-                queue,
-                shutdown: shutdown.clone(),
-            };
-            tokio::spawn(feeder.run());
-            let pump = Pump {
-                sub: sub.clone(),
-                store: store.clone(),
-                outcomes: Arc::new(OutcomeCounters {
-                    delivered: metrics
-                        .deliveries
-                        .with_label_values(&[&sub.name, "delivered"]),
-                    failed: metrics.deliveries.with_label_values(&[&sub.name, "failed"]),
-                }),
-                wake,
-                shutdown: shutdown.clone(),
-                attempts: attempts.clone(),
-            };
-            let service = deliver::stack(sub, client.clone(), global.clone(), metrics);
-            tokio::spawn(pump.run(service, claimed));
+            dispatcher.add(sub.clone());
         }
-        Ok(Dispatcher {
-            pumps: Arc::new(pumps),
-        })
+        Ok(dispatcher)
+    }
+
+    /// Starts the pump of a subscription, replacing (and stopping) one of the same name.
+    /// Deliveries the old pump had claimed but not sent go back to the store for the new one.
+    pub fn add(&self, sub: Arc<Subscription>) {
+        let shared = &self.shared;
+        let mut pumps = self.pumps.write().unwrap_or_else(|e| e.into_inner());
+        let previous = pumps.remove(sub.name.as_str());
+        let wake = previous
+            .as_ref()
+            .map_or_else(|| Arc::new(Notify::new()), |p| p.wake.clone());
+        let stop = shared.shutdown.child_token();
+        // Bounded: when full, new deliveries stay pending in the store for the feeder.
+        let (queue, claimed) = mpsc::channel((sub.max_in_flight * 4).max(256));
+        let label = sub.metric_label();
+        pumps.insert(
+            Arc::from(sub.name.as_str()),
+            PumpHandle {
+                wake: wake.clone(),
+                queue: queue.clone(),
+                matched: shared.metrics.events_matched.with_label_values(&[label]),
+                stop: stop.clone(),
+            },
+        );
+        drop(pumps);
+        if let Some(old) = previous {
+            old.stop.cancel();
+        }
+        let feeder = Feeder {
+            sub: sub.clone(),
+            store: shared.store.clone(),
+            wake: wake.clone(),
+            queue,
+            shutdown: stop.clone(),
+        };
+        tokio::spawn(feeder.run());
+        let client = match sub.source {
+            Source::Config => &shared.client,
+            Source::Api => &shared.guarded_client,
+        };
+        let service = deliver::stack(&sub, client.clone(), shared.global.clone(), &shared.metrics);
+        let pump = Pump {
+            store: shared.store.clone(),
+            outcomes: Arc::new(OutcomeCounters {
+                delivered: shared
+                    .metrics
+                    .deliveries
+                    .with_label_values(&[label, "delivered"]),
+                failed: shared
+                    .metrics
+                    .deliveries
+                    .with_label_values(&[label, "failed"]),
+            }),
+            sub,
+            wake,
+            shutdown: stop,
+            attempts: shared.attempts.clone(),
+        };
+        tokio::spawn(pump.run(service, claimed));
+    }
+
+    /// Stops the pump of a removed subscription; attempts already sent finish.
+    pub fn remove(&self, name: &str) {
+        let removed = self
+            .pumps
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if let Some(p) = removed {
+            p.stop.cancel();
+        }
+    }
+
+    fn pump(&self, name: &str) -> Option<PumpHandle> {
+        self.pumps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Tells a subscription's feeder that new deliveries are waiting in the store.
     pub fn wake(&self, subscription: &str) {
-        if let Some(p) = self.pumps.get(subscription) {
+        if let Some(p) = self.pump(subscription) {
             p.wake.notify_one();
         }
     }
 
     /// Counts an accepted event matched by `subscription`.
     pub fn count_match(&self, subscription: &str) {
-        if let Some(p) = self.pumps.get(subscription) {
+        if let Some(p) = self.pump(subscription) {
             p.matched.inc();
         }
     }
 
     /// Reserves a place to hand a new delivery straight to its pump, if there is room.
     pub fn reserve(&self, subscription: &str) -> Option<HandoffSlot> {
-        self.pumps
+        let queue = self
+            .pumps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .get(subscription)?
             .queue
-            .clone()
-            .try_reserve_owned()
-            .ok()
+            .clone();
+        queue.try_reserve_owned().ok()
     }
 }
 
@@ -247,6 +320,8 @@ impl Pump {
         }
         tracing::debug!(subscription = name, returned = ids.len(), "pump stopped");
         self.unclaim(ids).await;
+        // A replacement pump shares `wake`: its feeder picks the returned deliveries up.
+        self.wake.notify_one();
     }
 
     async fn unclaim(&self, ids: Vec<crate::store::DeliveryId>) {

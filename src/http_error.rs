@@ -59,6 +59,20 @@ impl HttpError {
     }
 }
 
+/// `401` with `WWW-Authenticate: Bearer`, for a missing or wrong token.
+pub fn unauthorized() -> Response {
+    let mut response = HttpError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong bearer token",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": &self });

@@ -12,22 +12,22 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use serde_json::value::RawValue;
-use subtle::ConstantTimeEq;
 use tower_http::limit::RequestBodyLimitLayer;
 
+use crate::catalog::Catalog;
 use crate::config::Limits;
 use crate::dispatch::{Dispatcher, HandoffSlot};
 use crate::event::{Event, EventError};
-use crate::http_error::HttpError;
+use crate::http_error::{HttpError, unauthorized};
 use crate::metrics::Metrics;
 use crate::store::{Accepted, Admission, Delivery, Store, StoreError, rfc3339};
-use crate::subscription::{Registry, Secret};
+use crate::subscription::Secret;
 
 /// What the ingest handler needs.
 #[derive(Clone)]
 pub struct IngestState {
     /// Subscriptions in force.
-    pub registry: Arc<Registry>,
+    pub catalog: Arc<Catalog>,
     /// Where accepted events go.
     pub store: Arc<dyn Store>,
     /// Pumps to wake after a commit.
@@ -87,15 +87,9 @@ async fn count_layer_refusals(metrics: Metrics, req: Request, next: Next) -> Res
     response
 }
 
-/// Checks `Authorization: Bearer <token>` in constant time.
+/// Lets requests with the ingest token through; counts and refuses the others.
 async fn require_bearer(token: Secret, metrics: Metrics, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+    if token.is_bearer_of(req.headers()) {
         return next.run(req).await;
     }
     metrics
@@ -106,17 +100,7 @@ async fn require_bearer(token: Secret, metrics: Metrics, req: Request, next: Nex
         .events_received
         .with_label_values(&["rejected"])
         .inc();
-    let mut response = HttpError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "missing or wrong bearer token",
-    )
-    .into_response();
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
-    response
+    unauthorized()
 }
 
 async fn post_event(
@@ -128,7 +112,7 @@ async fn post_event(
         require_json(&headers)?;
         let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
         let (event, raw) = Event::parse(&body).map_err(|e| event_error(e, ""))?;
-        let matched = state.registry.matching(&event.event_type, raw);
+        let matched = state.catalog.registry().matching(&event.event_type, raw);
         let id = event.id.clone();
         let admissions = store(
             &state,
@@ -189,7 +173,7 @@ async fn post_batch(
             let element = body.slice(start..start + raw.get().len());
             let (event, data) =
                 Event::parse(&element).map_err(|e| event_error(e, &format!("[{i}]")))?;
-            let subscriptions = state.registry.matching(&event.event_type, data);
+            let subscriptions = state.catalog.registry().matching(&event.event_type, data);
             batch.push(Accepted {
                 event,
                 subscriptions,
@@ -341,7 +325,8 @@ async fn commit_and_hand_off(
     Ok(admissions)
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), HttpError> {
+/// `415` unless the body is declared JSON.
+pub fn require_json(headers: &HeaderMap) -> Result<(), HttpError> {
     if is_json(headers) {
         Ok(())
     } else {
@@ -353,7 +338,8 @@ fn require_json(headers: &HeaderMap) -> Result<(), HttpError> {
     }
 }
 
-fn malformed(e: &serde_json::Error) -> HttpError {
+/// `400` for a body that is not JSON.
+pub fn malformed(e: &serde_json::Error) -> HttpError {
     HttpError::new(
         StatusCode::BAD_REQUEST,
         "malformed_json",

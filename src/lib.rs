@@ -15,8 +15,10 @@
 
 pub mod api;
 pub mod backoff;
+pub mod catalog;
 pub mod config;
 pub mod deliver;
+pub mod destination;
 pub mod dispatch;
 pub mod event;
 pub mod filter;

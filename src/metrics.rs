@@ -237,24 +237,56 @@ impl Metrics {
         self.rate_limited.with_label_values(&[name]);
     }
 
-    /// Sets the queue gauges of the given subscriptions from store figures.
+    /// Removes every per-subscription series of `label` (a deleted subscription's).
+    pub fn remove_subscription(&self, label: &str) {
+        let _ = self.events_matched.remove_label_values(&[label]);
+        for result in ATTEMPT_RESULTS {
+            let _ = self.attempts.remove_label_values(&[label, result]);
+        }
+        for outcome in DELIVERY_OUTCOMES {
+            let _ = self.deliveries.remove_label_values(&[label, outcome]);
+        }
+        let _ = self.attempt_duration.remove_label_values(&[label]);
+        let _ = self.queue_depth.remove_label_values(&[label]);
+        let _ = self.oldest_pending.remove_label_values(&[label]);
+        let _ = self.dead_letters.remove_label_values(&[label]);
+        let _ = self.rate_limited.remove_label_values(&[label]);
+    }
+
+    /// Sets the queue gauges from store figures; `subs` pairs each subscription's name with
+    /// its metric label, and subscriptions sharing a label are summed.
     pub fn set_queue_stats<'a>(
         &self,
-        names: impl Iterator<Item = &'a str>,
+        subs: impl Iterator<Item = (&'a str, &'a str)>,
         stats: &std::collections::HashMap<String, QueueStats>,
     ) {
         self.orphaned
             .set(stats.values().map(|s| s.orphaned as i64).sum());
-        for name in names {
+        let mut by_label: std::collections::HashMap<&str, QueueStats> = Default::default();
+        // Always set, so it drops to zero when the last API subscription goes.
+        by_label.insert(
+            crate::subscription::SHARED_METRIC_LABEL,
+            QueueStats::default(),
+        );
+        for (name, label) in subs {
             let s = stats.get(name).copied().unwrap_or_default();
+            let total = by_label.entry(label).or_default();
+            total.depth += s.depth;
+            total.dead_letters += s.dead_letters;
+            total.oldest_ms = match (total.oldest_ms, s.oldest_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        for (label, s) in by_label {
             self.queue_depth
-                .with_label_values(&[name])
+                .with_label_values(&[label])
                 .set(s.depth as i64);
             self.dead_letters
-                .with_label_values(&[name])
+                .with_label_values(&[label])
                 .set(s.dead_letters as i64);
             self.oldest_pending
-                .with_label_values(&[name])
+                .with_label_values(&[label])
                 .set(s.oldest_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
         }
     }

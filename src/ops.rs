@@ -10,10 +10,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::catalog::Catalog;
 use crate::http_error::HttpError;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::subscription::Registry;
 
 /// Readiness latch: set once config is loaded, the store open and listeners up; cleared when
 /// shutdown starts so the kubelet stops routing before the relay stops.
@@ -40,7 +40,7 @@ pub struct OpsState {
     /// Store, for queue gauges at scrape time.
     pub store: Arc<dyn Store>,
     /// Subscriptions whose gauges are refreshed.
-    pub registry: Arc<Registry>,
+    pub catalog: Arc<Catalog>,
     /// The readiness latch.
     pub readiness: Readiness,
 }
@@ -77,9 +77,14 @@ async fn readyz(State(state): State<OpsState>) -> Response {
 async fn metrics(State(state): State<OpsState>) -> Response {
     // Queue gauges are read from the store at scrape time, so they are never stale.
     match state.store.stats().await {
-        Ok(stats) => state
-            .metrics
-            .set_queue_stats(state.registry.all().iter().map(|s| s.name.as_str()), &stats),
+        Ok(stats) => {
+            let registry = state.catalog.registry();
+            let subs = registry
+                .all()
+                .iter()
+                .map(|s| (s.name.as_str(), s.metric_label()));
+            state.metrics.set_queue_stats(subs, &stats);
+        }
         Err(e) => tracing::warn!(error = %e, "cannot read queue figures for /metrics"),
     }
     (

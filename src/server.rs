@@ -17,8 +17,10 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::api::{self, ApiState};
+use crate::catalog::Catalog;
 use crate::config::{Config, Limits, Listen};
 use crate::deliver::DeliverError;
+use crate::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
 use crate::http_error::{HttpError, json_errors};
 use crate::ingest::{self, IngestState};
@@ -26,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::ops::{self, OpsState, Readiness};
 use crate::store::sqlite::{SqliteStore, WriterMetrics};
 use crate::store::{Store, StoreError};
-use crate::subscription::Registry;
+use crate::subscription::{SHARED_METRIC_LABEL, Subscription};
 
 /// Why the relay could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,9 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A subscription in the config has the name of one registered through the API.
+    #[error("{0}")]
+    NameConflict(String),
     /// A listener failed while serving.
     #[error("listener failed: {0}")]
     Serve(std::io::Error),
@@ -109,11 +114,21 @@ impl Relay {
                 batch_size: metrics.store_batch_size.clone(),
             },
         )?);
-        let registry = Arc::new(Registry::new(config.subscriptions.clone()));
-        for sub in registry.all() {
-            metrics.init_subscription(&sub.name);
+        let guard = Arc::new(DestinationGuard::new(
+            config.api.allowed_destinations.clone(),
+            addrs,
+        ));
+        let config_subs: Vec<Arc<Subscription>> =
+            config.subscriptions.iter().cloned().map(Arc::new).collect();
+        let api_subs = load_api_subscriptions(store.as_ref(), &config_subs, &guard).await?;
+        metrics.init_subscription(SHARED_METRIC_LABEL);
+        for sub in config_subs.iter().chain(&api_subs) {
+            if sub.own_metrics {
+                metrics.init_subscription(&sub.name);
+            }
         }
-        let known = registry.names();
+        let all: Vec<Arc<Subscription>> = config_subs.iter().chain(&api_subs).cloned().collect();
+        let known = all.iter().map(|s| s.name.clone()).collect();
         let (orphaned, resumed) = store.sync_subscriptions(known).await?;
         if orphaned + resumed > 0 {
             tracing::info!(
@@ -126,20 +141,29 @@ impl Relay {
         let stop = CancellationToken::new();
         let attempts = TaskTracker::new();
         let dispatcher = Dispatcher::start(
-            registry.all(),
+            &all,
             store.clone(),
             &metrics,
             &config.delivery,
+            guard.clone(),
             stop.clone(),
             attempts.clone(),
         )?;
+        let catalog = Arc::new(Catalog::new(
+            config_subs,
+            api_subs,
+            store.clone(),
+            dispatcher.clone(),
+            metrics.clone(),
+            config.api.max_subscriptions,
+        ));
         let readiness = Readiness::default();
 
         tokio::spawn(housekeeping(store.clone(), metrics.clone(), stop.clone()));
 
         let app = ingest::router(
             IngestState {
-                registry: registry.clone(),
+                catalog: catalog.clone(),
                 store: store.clone(),
                 dispatcher: dispatcher.clone(),
                 metrics: metrics.clone(),
@@ -148,18 +172,22 @@ impl Relay {
             config.ingest.token.clone(),
         );
         // Each router sets its own body limits (ingest counts its refusals).
-        let api = api::router(ApiState {
-            store: store.clone(),
-            registry: registry.clone(),
-            dispatcher,
-            release_min_interval: config.release_min_interval,
-            max_body: config.limits.max_body,
-        })
+        let api = api::router(
+            ApiState {
+                store: store.clone(),
+                catalog: catalog.clone(),
+                dispatcher,
+                guard,
+                release_min_interval: config.release_min_interval,
+                max_body: config.limits.max_body,
+            },
+            config.api.token.clone(),
+        )
         .layer(RequestBodyLimitLayer::new(config.limits.max_body));
         let ops = ops::router(OpsState {
             metrics: metrics.clone(),
             store: store.clone(),
-            registry: registry.clone(),
+            catalog: catalog.clone(),
             readiness: readiness.clone(),
         })
         .layer(RequestBodyLimitLayer::new(config.limits.max_body));
@@ -180,7 +208,7 @@ impl Relay {
             app = %addrs.app,
             api = %addrs.api,
             ops = %addrs.ops,
-            subscriptions = registry.all().len(),
+            subscriptions = catalog.registry().all().len(),
             "hookrelay listening"
         );
 
@@ -209,6 +237,47 @@ impl Relay {
         tracing::info!("hookrelay stopped");
         result
     }
+}
+
+/// Reads the API subscriptions kept in the store. One whose name the config now uses stops
+/// startup; one that no longer validates (a tighter destination policy) is left out, loudly,
+/// and its deliveries wait as orphans until it is fixed or deleted.
+async fn load_api_subscriptions(
+    store: &dyn Store,
+    config: &[Arc<Subscription>],
+    guard: &DestinationGuard,
+) -> Result<Vec<Arc<Subscription>>, ServerError> {
+    let mut out = Vec::new();
+    for stored in store.subscriptions().await? {
+        if let Some(i) = config.iter().position(|c| c.name == stored.name) {
+            return Err(ServerError::NameConflict(format!(
+                "subscriptions[{i}].name: {:?} is already used by a subscription registered through the API (id {}); rename one",
+                stored.name, stored.id
+            )));
+        }
+        let mut issues = crate::config::reader::Issues::default();
+        let doc = serde_json::from_str(&stored.spec).unwrap_or(serde_json::Value::Null);
+        let changed = (stored.created_at_ms, stored.updated_at_ms);
+        let sub = Subscription::from_api(doc, &stored.id, changed, &mut issues);
+        match sub {
+            Some(sub) if issues.is_empty() => match guard.check_url(&sub.url) {
+                Ok(()) => out.push(Arc::new(sub)),
+                Err(reason) => tracing::error!(
+                    subscription = stored.name.as_str(),
+                    id = stored.id.as_str(),
+                    reason,
+                    "API subscription left out: its url is no longer allowed"
+                ),
+            },
+            _ => tracing::error!(
+                subscription = stored.name.as_str(),
+                id = stored.id.as_str(),
+                issues = ?issues.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "API subscription left out: it no longer validates"
+            ),
+        }
+    }
+    Ok(out)
 }
 
 /// Expires overdue deliveries and prunes old rows, off the hot path, until stopped.

@@ -264,6 +264,31 @@ pub struct Housekeeping {
     pub pruned: u64,
 }
 
+/// A subscription registered through the API, as kept in the store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredSubscription {
+    /// Its id (UUIDv7).
+    pub id: String,
+    /// Its unique name.
+    pub name: String,
+    /// The JSON document, secrets included.
+    pub spec: String,
+    /// Created, ms since the epoch.
+    pub created_at_ms: i64,
+    /// Last changed, ms since the epoch.
+    pub updated_at_ms: i64,
+}
+
+impl std::fmt::Debug for StoredSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The spec carries credentials.
+        f.debug_struct("StoredSubscription")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why the store could not do something.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -340,6 +365,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes one delivery unless an attempt is under way or due; returns its state before.
     async fn delete_delivery(&self, id: DeliveryId) -> Result<Option<DeliveryState>, StoreError>;
+
+    /// Subscriptions registered through the API, oldest first.
+    async fn subscriptions(&self) -> Result<Vec<StoredSubscription>, StoreError>;
+
+    /// Creates an API subscription, or replaces the one with the same id.
+    async fn save_subscription(&self, sub: StoredSubscription) -> Result<(), StoreError>;
+
+    /// Removes an API subscription and cancels its undelivered deliveries (also those of
+    /// events stored later that were matched before); returns how many were cancelled.
+    async fn delete_subscription(
+        &self,
+        id: String,
+        name: String,
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
 
     /// Marks deliveries of unknown subscriptions orphaned and resumes orphans of known ones;
     /// returns (orphaned, resumed).

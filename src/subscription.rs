@@ -34,6 +34,12 @@ const KEYS: &[&str] = &[
     "headers",
 ];
 
+/// Extra keys of a subscription registered through the API.
+const API_KEYS: &[&str] = &["metrics"];
+
+/// Metric label shared by API subscriptions without their own series.
+pub const SHARED_METRIC_LABEL: &str = "_api";
+
 /// Headers the relay sets itself; a subscription may not override them.
 const RESERVED_HEADERS: &[&str] = &[
     "content-type",
@@ -45,11 +51,40 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 const RESERVED_PREFIXES: &[&str] = &["webhook-", "hookrelay-"];
 
+/// Where a subscription was declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The YAML file; read-only through the API.
+    Config,
+    /// Registered through the API and kept in the store.
+    Api,
+}
+
+impl Source {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Api => "api",
+        }
+    }
+}
+
 /// A validated subscription, as the relay runs it.
 #[derive(Debug, Clone)]
 pub struct Subscription {
+    /// Stable id: the name for config subscriptions, a UUIDv7 for API ones.
+    pub id: String,
     /// Unique name, `[a-z0-9_-]{1,64}`; used in metric labels.
     pub name: String,
+    /// Where it was declared.
+    pub source: Source,
+    /// Whether it has its own metric series (config ones always do).
+    pub own_metrics: bool,
+    /// Creation and last change, ms since the epoch (API subscriptions).
+    pub changed: Option<(i64, i64)>,
+    /// The document as declared, secrets included; shown only through [`Subscription::view`].
+    pub spec: Spec,
     /// Where deliveries are POSTed.
     pub url: Url,
     /// Event types it selects.
@@ -72,6 +107,65 @@ pub struct Subscription {
     pub auth: Option<Auth>,
     /// Extra headers sent with every attempt.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A subscription document as declared, secrets included. Its `Debug` shows the redacted
+/// view, so logging a subscription cannot leak a credential.
+#[derive(Clone, PartialEq)]
+pub struct Spec(Json);
+
+impl Spec {
+    /// The document with its secrets; only for storing it.
+    pub fn expose(&self) -> &Json {
+        &self.0
+    }
+
+    /// The document without secrets: passwords and tokens are removed, their objects kept.
+    pub fn redacted(&self) -> Json {
+        let mut doc = self.0.clone();
+        if let Some(auth) = doc.get_mut("auth").and_then(Json::as_object_mut) {
+            if let Some(basic) = auth.get_mut("basic").and_then(Json::as_object_mut) {
+                basic.remove("password");
+            }
+            if let Some(bearer) = auth.get_mut("bearer") {
+                *bearer = Json::Object(Default::default());
+            }
+        }
+        doc
+    }
+}
+
+impl fmt::Debug for Spec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.redacted())
+    }
+}
+
+/// Fills secrets omitted from `doc` (a password left out of `auth.basic`, an empty
+/// `auth.bearer` object) from `stored`, so a client can send back what it was shown.
+pub fn keep_secrets(doc: &mut Json, stored: &Json) {
+    let stored_auth = stored.get("auth");
+    let Some(auth) = doc.get_mut("auth").and_then(Json::as_object_mut) else {
+        return;
+    };
+    if let Some(basic) = auth.get_mut("basic").and_then(Json::as_object_mut)
+        && !basic.contains_key("password")
+        && let Some(password) = stored_auth
+            .and_then(|a| a.get("basic"))
+            .and_then(|b| b.get("password"))
+    {
+        basic.insert("password".into(), password.clone());
+    }
+    if let Some(bearer) = auth.get_mut("bearer")
+        && bearer.as_object().is_some_and(|o| !o.contains_key("token"))
+        && let Some(token) = stored_auth.and_then(|a| a.get("bearer")).and_then(|b| {
+            b.as_str()
+                .map(|t| Json::String(t.into()))
+                .or_else(|| b.get("token").cloned())
+        })
+    {
+        *bearer = serde_json::json!({ "token": token });
+    }
 }
 
 /// An event type selector: exact, prefix glob (`a.*`), or everything (`*`).
@@ -138,6 +232,19 @@ impl Secret {
     /// The secret itself; call only where it is sent.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// True when `headers` carry `Authorization: Bearer <this secret>` (constant time).
+    pub fn is_bearer_of(&self, headers: &http::HeaderMap) -> bool {
+        let given = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_bytes(),
+            self.0.as_bytes(),
+        ))
     }
 }
 
@@ -209,18 +316,85 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// Where a document being validated comes from.
+enum Origin<'a> {
+    Config,
+    Api { id: &'a str, changed: (i64, i64) },
+}
+
 impl Subscription {
-    /// Validates one subscription entry, recording every problem under `path`.
+    /// Validates one subscription entry of the config, recording every problem under `path`.
     pub fn parse(v: &Value, path: &str, issues: &mut Issues) -> Option<Subscription> {
+        let spec = serde_json::to_value(v).unwrap_or(Json::Null);
+        Subscription::validate(v, spec, path, Origin::Config, issues)
+    }
+
+    /// Validates a subscription sent to the API (field paths are relative to the document).
+    /// `name` defaults to `id`; `changed` is (created, updated) in ms since the epoch.
+    pub fn from_api(
+        doc: Json,
+        id: &str,
+        changed: (i64, i64),
+        issues: &mut Issues,
+    ) -> Option<Subscription> {
+        let v: Value = match serde_yaml::to_value(&doc) {
+            Ok(v) => v,
+            Err(e) => {
+                issues.push("", format!("cannot read the document: {e}"));
+                return None;
+            }
+        };
+        Subscription::validate(&v, doc, "", Origin::Api { id, changed }, issues)
+    }
+
+    /// The label of its metric series: its name, or the shared `_api` label.
+    pub fn metric_label(&self) -> &str {
+        if self.own_metrics {
+            &self.name
+        } else {
+            SHARED_METRIC_LABEL
+        }
+    }
+
+    /// The API's view: the document as declared without secrets, plus id, name and source.
+    pub fn view(&self) -> Json {
+        let mut doc = match self.spec.redacted() {
+            Json::Object(map) => map,
+            _ => Default::default(),
+        };
+        doc.insert("id".into(), self.id.clone().into());
+        doc.insert("name".into(), self.name.clone().into());
+        doc.insert("source".into(), self.source.as_str().into());
+        if let Some((created, updated)) = self.changed {
+            doc.insert("created_at".into(), crate::store::rfc3339(created).into());
+            doc.insert("updated_at".into(), crate::store::rfc3339(updated).into());
+        }
+        Json::Object(doc)
+    }
+
+    fn validate(
+        v: &Value,
+        spec: Json,
+        path: &str,
+        origin: Origin<'_>,
+        issues: &mut Issues,
+    ) -> Option<Subscription> {
         let before = issues.0.len();
-        let s = Section::new(Some(v), path, KEYS, issues);
+        let keys: Vec<&str> = match origin {
+            Origin::Config => KEYS.to_vec(),
+            Origin::Api { .. } => KEYS.iter().chain(API_KEYS).copied().collect(),
+        };
+        let s = Section::new(Some(v), path, &keys, issues);
         if !matches!(v, Value::Mapping(_)) {
             return None;
         }
 
-        let name = s
-            .required("name", issues)
-            .and_then(|v| as_string(v, &s.at("name"), issues));
+        let name = match (&origin, s.get("name")) {
+            (Origin::Api { id, .. }, None) => Some(id.to_string()),
+            _ => s
+                .required("name", issues)
+                .and_then(|v| as_string(v, &s.at("name"), issues)),
+        };
         if let Some(n) = &name
             && !valid_name(n)
         {
@@ -229,6 +403,18 @@ impl Subscription {
                 format!("{n:?} must match [a-z0-9_-]{{1,64}}"),
             );
         }
+        if name.as_deref() == Some(SHARED_METRIC_LABEL) {
+            issues.push(
+                &s.at("name"),
+                format!(
+                    "{SHARED_METRIC_LABEL:?} is reserved (the metric label of API subscriptions)"
+                ),
+            );
+        }
+        let own_metrics = match origin {
+            Origin::Config => true,
+            Origin::Api { .. } => s.boolean("metrics", false, issues),
+        };
 
         let url = s
             .required("url", issues)
@@ -283,8 +469,18 @@ impl Subscription {
         if issues.0.len() != before {
             return None;
         }
+        let name = name?;
+        let (id, source, changed) = match origin {
+            Origin::Config => (name.clone(), Source::Config, None),
+            Origin::Api { id, changed } => (id.to_string(), Source::Api, Some(changed)),
+        };
         Some(Subscription {
-            name: name?,
+            id,
+            name,
+            source,
+            own_metrics,
+            changed,
+            spec: Spec(spec),
             url: url?,
             events: events?,
             filter: filter?,
@@ -488,7 +684,15 @@ fn parse_auth(s: &Section<'_>, issues: &mut Issues) -> Option<Auth> {
             })
         }
         (None, Some(v)) => {
-            let token = as_string(v, &a.at("bearer"), issues)?;
+            // A string, or `{token: ...}` (the shape the API shows, without the token).
+            let token = match v {
+                Value::Mapping(_) => {
+                    let b = a.section("bearer", &["token"], issues);
+                    let token = b.required("token", issues)?;
+                    as_string(token, &b.at("token"), issues)?
+                }
+                _ => as_string(v, &a.at("bearer"), issues)?,
+            };
             if token.is_empty() || HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
                 issues.push(
                     &a.at("bearer"),
@@ -558,12 +762,15 @@ fn parse_headers(
     out
 }
 
-/// The subscriptions in force, indexed by event type for matching.
+/// The subscriptions in force, indexed by event type for matching and by id and name for
+/// the API. It is immutable: a change builds a new one, swapped in atomically.
 #[derive(Debug, Default)]
 pub struct Registry {
     subs: Vec<Arc<Subscription>>,
     /// `subs[i].name`, shared, so matching an event allocates no names.
     names: Vec<Arc<str>>,
+    /// Position by id and by name.
+    lookup: HashMap<String, usize>,
     exact: HashMap<String, Vec<usize>>,
     prefixes: HashMap<String, Vec<usize>>,
     /// Distinct prefix lengths, so a lookup probes only lengths that exist.
@@ -573,14 +780,15 @@ pub struct Registry {
 
 impl Registry {
     /// Builds the index.
-    pub fn new(subs: Vec<Subscription>) -> Self {
-        let subs: Vec<Arc<Subscription>> = subs.into_iter().map(Arc::new).collect();
+    pub fn new(subs: Vec<Arc<Subscription>>) -> Self {
         let mut r = Registry {
             names: subs.iter().map(|s| Arc::from(s.name.as_str())).collect(),
             subs,
             ..Registry::default()
         };
         for (i, sub) in r.subs.iter().enumerate() {
+            r.lookup.insert(sub.id.clone(), i);
+            r.lookup.insert(sub.name.clone(), i);
             for pattern in &sub.events {
                 match pattern {
                     EventPattern::Any => r.wildcard.push(i),
@@ -598,9 +806,14 @@ impl Registry {
         r
     }
 
-    /// All subscriptions, in configuration order.
+    /// All subscriptions: the config's in order, then the API's.
     pub fn all(&self) -> &[Arc<Subscription>] {
         &self.subs
+    }
+
+    /// The subscription with this id or name.
+    pub fn find(&self, id_or_name: &str) -> Option<&Arc<Subscription>> {
+        self.lookup.get(id_or_name).map(|&i| &self.subs[i])
     }
 
     /// Indices of the subscriptions whose event patterns select `event_type`, ascending.
@@ -783,7 +996,7 @@ mod tests {
         for i in 0..1000 {
             subs.push(sub(&format!("other-{i}"), &[&format!("other.{i}")]));
         }
-        let r = Registry::new(subs);
+        let r = Registry::new(subs.into_iter().map(Arc::new).collect());
         let names = |t: &str| -> Vec<String> {
             r.candidates(t)
                 .into_iter()
@@ -806,7 +1019,7 @@ mod tests {
         let with_filter =
             parse("{name: f, url: 'http://h/', events: [x], filter: {field: status, equals: ok}}")
                 .unwrap();
-        let r = Registry::new(vec![with_filter, sub("plain", &["x"])]);
+        let r = Registry::new(vec![Arc::new(with_filter), Arc::new(sub("plain", &["x"]))]);
         let data = RawValue::from_string(r#"{"status":"ok"}"#.into()).unwrap();
         assert_eq!(r.matching("x", &data).len(), 2);
         let data = RawValue::from_string(r#"{"status":"no"}"#.into()).unwrap();

@@ -3,7 +3,7 @@
 //! commits once (group commit), so durability costs one fsync per batch, not per request.
 //! A full channel is refused at once for ingest (the app gets 503), never buffered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,11 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Accepted, Admission, Completion, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery,
     DeliveryState, EventStatus, Housekeeping, QueueStats, Release, Store, StoreError,
+    StoredSubscription,
 };
 use crate::config::{StorageLocation, StorageSettings, SyncMode};
 
 /// The schema this build writes; older files are migrated forward on open.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 2048;
 /// Rows changed per housekeeping statement, so pruning never holds the writer long.
@@ -32,7 +33,8 @@ const SIZE_CHECK_EVERY: Duration = Duration::from_millis(500);
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations: entry `i` upgrades a file from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE events (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -62,7 +64,17 @@ CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN (0, 5);
 CREATE INDEX deliveries_finished ON deliveries(finished_at) WHERE state IN (2, 3, 4, 6);
 CREATE INDEX events_received ON events(received_at);
 CREATE TABLE releases (scope TEXT PRIMARY KEY, released_at INTEGER NOT NULL);
-"];
+",
+    "
+CREATE TABLE subscriptions (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    spec TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+",
+];
 
 const PENDING: i64 = 0;
 const IN_FLIGHT: i64 = 1;
@@ -70,6 +82,7 @@ const DELIVERED: i64 = 2;
 const FAILED: i64 = 3;
 const EXPIRED: i64 = 4;
 const ORPHANED: i64 = 5;
+const CANCELLED: i64 = 6;
 
 /// Histograms the writer fills.
 #[derive(Clone)]
@@ -135,6 +148,9 @@ pub struct SqliteStore {
     prune_cursor: Arc<std::sync::atomic::AtomicI64>,
     outcomes: Outcomes,
     over_size: Arc<AtomicBool>,
+    /// Names of subscriptions deleted since the start. Only writer jobs touch it, so an event
+    /// matched before a delete but stored after it gets cancelled deliveries, never orphans.
+    deleted: Arc<std::sync::Mutex<HashSet<String>>>,
     ttl_ms: i64,
     retention_ms: i64,
 }
@@ -185,6 +201,7 @@ impl SqliteStore {
             jobs,
             reader,
             prune_cursor: Arc::default(),
+            deleted: Arc::default(),
             outcomes: Outcomes::default(),
             over_size,
             ttl_ms: settings.ttl.as_millis() as i64,
@@ -486,7 +503,9 @@ impl Store for SqliteStore {
             ));
         }
         let ttl = self.ttl_ms;
+        let deleted = self.deleted.clone();
         self.run(true, move |conn| {
+            let deleted = deleted.lock().unwrap_or_else(|e| e.into_inner());
             let mut insert_event = conn
                 .prepare_cached(
                     "INSERT INTO events (id, type, received_at, data, subscriptions)
@@ -528,7 +547,13 @@ impl Store for SqliteStore {
                     insert_delivery
                         .execute(params![seq, name, e.received_at_ms, e.received_at_ms + ttl, state])
                         .map_err(sql_error)?;
-                    ids.push(conn.last_insert_rowid());
+                    let id = conn.last_insert_rowid();
+                    if !deleted.is_empty() && deleted.contains(*name) {
+                        conn.prepare_cached("UPDATE deliveries SET state = ?2, finished_at = ?3 WHERE id = ?1")
+                            .and_then(|mut s| s.execute(params![id, CANCELLED, e.received_at_ms]))
+                            .map_err(sql_error)?;
+                    }
+                    ids.push(id);
                 }
                 out.push(Admission::Stored(ids));
             }
@@ -842,6 +867,91 @@ impl Store for SqliteStore {
             Ok(before)
         })
         .await
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<StoredSubscription>, StoreError> {
+        self.read(|conn| {
+            let mut s = conn
+                .prepare("SELECT id, name, spec, created_at, updated_at FROM subscriptions ORDER BY created_at, id")
+                .map_err(sql_error)?;
+            let rows = s
+                .query_map([], |r| {
+                    Ok(StoredSubscription {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        spec: r.get(2)?,
+                        created_at_ms: r.get(3)?,
+                        updated_at_ms: r.get(4)?,
+                    })
+                })
+                .map_err(sql_error)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)
+        })
+        .await
+    }
+
+    async fn save_subscription(&self, sub: StoredSubscription) -> Result<(), StoreError> {
+        let deleted = self.deleted.clone();
+        self.run(false, move |conn| {
+            conn.execute(
+                "INSERT INTO subscriptions (id, name, spec, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+                params![sub.id, sub.name, sub.spec, sub.created_at_ms, sub.updated_at_ms],
+            )
+            .map_err(sql_error)?;
+            // A name deleted earlier is in use again.
+            deleted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&sub.name);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_subscription(
+        &self,
+        id: String,
+        name: String,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let deleted = self.deleted.clone();
+        // Hand-written rather than `run`: the tombstone must be set inside the transaction
+        // (later jobs of the same batch see it) and taken back if the commit fails.
+        let job: Job = Box::new(move |conn| {
+            let result = conn.and_then(|conn| {
+                conn.execute("DELETE FROM subscriptions WHERE id = ?1", [&id])
+                    .map_err(sql_error)?;
+                let cancelled = conn
+                    .execute(
+                        "UPDATE deliveries SET state = ?1, finished_at = ?2
+                         WHERE subscription = ?3 AND state IN (?4, ?5, ?6)",
+                        params![CANCELLED, now_ms, name, PENDING, IN_FLIGHT, ORPHANED],
+                    )
+                    .map_err(sql_error)?;
+                Ok(cancelled as u64)
+            });
+            let ok = result.is_ok();
+            let fresh = ok
+                && deleted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.clone());
+            let finish: Finish = Box::new(move |commit| {
+                if commit.is_err() && fresh {
+                    deleted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&name);
+                }
+                let _ = tx.send(commit.and(result));
+            });
+            (ok, finish)
+        });
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     async fn sync_subscriptions(&self, known: Vec<String>) -> Result<(u64, u64), StoreError> {

@@ -1,0 +1,223 @@
+//! `/v1/subscriptions`: register, list, show, replace, patch and delete subscriptions. A body
+//! is the YAML entry's fields as JSON, validated by the same code, every problem reported at
+//! once. Responses show the document as sent, without its secrets.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value as Json};
+
+use super::{ApiState, catalog_error};
+use crate::config::reader::Issues;
+use crate::event::{new_id, now_ms};
+use crate::http_error::HttpError;
+use crate::ingest::{malformed, read_body, require_json};
+use crate::subscription::{Source, Subscription, keep_secrets};
+
+/// Fields the relay sets; a body may repeat them unchanged but not change them.
+const READ_ONLY: &[&str] = &["id", "name", "source", "created_at", "updated_at"];
+
+fn not_found(key: &str) -> HttpError {
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no subscription {key:?}"),
+    )
+}
+
+fn invalid(message: &str) -> HttpError {
+    HttpError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_subscription",
+        message,
+    )
+}
+
+/// Reads a JSON body (any JSON value; callers decide what shape they need).
+async fn json_body(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<Json, HttpError> {
+    require_json(headers)?;
+    let body = read_body(body, state.max_body, "limits.max_body").await?;
+    serde_json::from_slice(&body).map_err(|e| malformed(&e))
+}
+
+fn object(doc: Json) -> Result<Map<String, Json>, HttpError> {
+    match doc {
+        Json::Object(map) => Ok(map),
+        _ => Err(invalid("the body must be a JSON object")),
+    }
+}
+
+/// Validates `doc` as the API subscription `id` and checks its destination.
+fn validate(
+    state: &ApiState,
+    doc: Map<String, Json>,
+    id: &str,
+    changed: (i64, i64),
+) -> Result<Subscription, HttpError> {
+    let mut issues = Issues::default();
+    let sub = Subscription::from_api(Json::Object(doc), id, changed, &mut issues);
+    if let Some(sub) = &sub
+        && let Err(reason) = state.guard.check_url(&sub.url)
+    {
+        issues.push("url", reason);
+    }
+    match sub {
+        Some(sub) if issues.is_empty() => Ok(sub),
+        _ => {
+            let mut e = invalid("the subscription is invalid; see fields");
+            for issue in issues.0 {
+                let field = if issue.path.is_empty() {
+                    "(body)".to_string()
+                } else {
+                    issue.path
+                };
+                e = e.field(field, issue.reason);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `POST /v1/subscriptions`.
+pub async fn create(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let doc = object(json_body(&state, &headers, body).await?)?;
+    let mut refused = invalid("the subscription is invalid; see fields");
+    let mut bad = false;
+    for key in READ_ONLY.iter().filter(|k| **k != "name") {
+        if doc.contains_key(*key) {
+            refused = refused.field(*key, "is set by the relay");
+            bad = true;
+        }
+    }
+    if bad {
+        return Err(refused);
+    }
+    let now = now_ms();
+    let sub = validate(&state, doc, &new_id(), (now, now))?;
+    let sub = state.catalog.create(sub).await.map_err(catalog_error)?;
+    let location = format!("/v1/subscriptions/{}", sub.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        axum::Json(sub.view()),
+    )
+        .into_response())
+}
+
+/// `GET /v1/subscriptions[?event=TYPE]`: config subscriptions first, then the API's by age.
+pub async fn list(
+    State(state): State<ApiState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, HttpError> {
+    if let Some(key) = q.keys().find(|k| *k != "event") {
+        return Err(HttpError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            "invalid query parameters",
+        )
+        .field(key.clone(), "unknown parameter"));
+    }
+    let registry = state.catalog.registry();
+    let views: Vec<Json> = match q.get("event") {
+        None => registry.all().iter().map(|s| s.view()).collect(),
+        Some(event_type) => registry
+            .candidates(event_type)
+            .into_iter()
+            .map(|i| registry.all()[i].view())
+            .collect(),
+    };
+    Ok(axum::Json(Json::Array(views)).into_response())
+}
+
+/// `GET /v1/subscriptions/{id}` (id or name).
+pub async fn show(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+) -> Result<Response, HttpError> {
+    let sub = state.catalog.find(&key).ok_or_else(|| not_found(&key))?;
+    Ok(axum::Json(sub.view()).into_response())
+}
+
+/// `PUT /v1/subscriptions/{id}`: the body replaces the document; omitted secrets are kept.
+pub async fn replace(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let doc = object(json_body(&state, &headers, body).await?)?;
+    update(&state, &key, |_| Ok(doc)).await
+}
+
+/// `PATCH /v1/subscriptions/{id}`: a JSON Merge Patch (RFC 7396) of the stored document.
+pub async fn patch(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let patch = json_body(&state, &headers, body).await?;
+    update(&state, &key, move |stored| {
+        let mut doc = stored.clone();
+        json_patch::merge(&mut doc, &patch);
+        object(doc)
+    })
+    .await
+}
+
+/// Shared by PUT and PATCH: `make` builds the new document from the stored one.
+async fn update(
+    state: &ApiState,
+    key: &str,
+    make: impl FnOnce(&Json) -> Result<Map<String, Json>, HttpError>,
+) -> Result<Response, HttpError> {
+    let old = state.catalog.find(key).ok_or_else(|| not_found(key))?;
+    if old.source == Source::Config {
+        return Err(catalog_error(crate::catalog::CatalogError::ReadOnly(
+            old.name.clone(),
+        )));
+    }
+    let mut doc = make(old.spec.expose())?;
+    let current = old.view();
+    let mut refused = invalid("the subscription is invalid; see fields");
+    let mut bad = false;
+    for field in READ_ONLY {
+        match doc.remove(*field) {
+            Some(v) if Some(&v) != current.get(*field) => {
+                refused = refused.field(*field, "is read-only");
+                bad = true;
+            }
+            _ => {}
+        }
+    }
+    if bad {
+        return Err(refused);
+    }
+    // The name is immutable, also when the document never spelled it out.
+    doc.insert("name".into(), old.name.clone().into());
+    let mut doc = Json::Object(doc);
+    keep_secrets(&mut doc, old.spec.expose());
+    let Json::Object(doc) = doc else {
+        unreachable!("still an object")
+    };
+    let created = old.changed.map_or(0, |(c, _)| c);
+    let sub = validate(state, doc, &old.id, (created, now_ms()))?;
+    let sub = state.catalog.replace(sub).await.map_err(catalog_error)?;
+    Ok(axum::Json(sub.view()).into_response())
+}
+
+/// `DELETE /v1/subscriptions/{id}`: `204` whether or not it existed.
+pub async fn remove(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+) -> Result<Response, HttpError> {
+    state.catalog.delete(&key).await.map_err(catalog_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
