@@ -24,6 +24,8 @@ pub struct Binary {
     pub child: std::process::Child,
     /// The app listener's address, read from the "hookrelay listening" line.
     pub app: String,
+    /// The API listener's address, likewise.
+    pub api: SocketAddr,
     /// Every later log line, parsed.
     pub lines: std::sync::mpsc::Receiver<Value>,
 }
@@ -49,7 +51,13 @@ impl Binary {
             .find(|l| l["message"] == "hookrelay listening")
             .expect("the relay did not log its listening line");
         let app = started["app"].as_str().unwrap().to_string();
-        Binary { child, app, lines }
+        let api = started["api"].as_str().unwrap().parse().unwrap();
+        Binary {
+            child,
+            app,
+            api,
+            lines,
+        }
     }
 
     /// Posts one event; returns the status.
@@ -67,6 +75,36 @@ impl Binary {
             .status()
             .as_u16()
     }
+}
+
+/// A request to an API listener, with an optional bearer token; returns the status, the JSON
+/// answer and the headers.
+pub async fn api_request(
+    http: &reqwest::Client,
+    api: SocketAddr,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut req = http.request(method, format!("http://{api}{path}"));
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.expect("api request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        headers,
+    )
 }
 
 /// How long any wait in a test may take before it fails.
@@ -177,18 +215,9 @@ impl TestRelay {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("http://{}{path}", self.addrs.api));
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let r = req.send().await.expect("api request");
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let (status, value, _) =
+            api_request(&self.http, self.addrs.api, method, path, body, None).await;
+        (status, value)
     }
 
     /// `GET /v1/events/{id}` on the app listener.
@@ -322,6 +351,7 @@ where
 /// A request a receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
@@ -428,10 +458,16 @@ impl Receiver {
     }
 }
 
-async fn receive(State(state): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(
+    State(state): State<ReceiverState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let n = {
         let mut got = state.got.lock().unwrap();
         got.push(Received {
+            path: uri.path().to_string(),
             headers,
             body,
             at: Instant::now(),
