@@ -22,8 +22,9 @@ use crate::metrics::Metrics;
 use crate::store::{Completion, Delivery, Store};
 use crate::subscription::{Source, Subscription};
 
-/// Longest a feeder sleeps without re-checking the store (a safety net; wake-ups do the work).
-const IDLE_RECHECK: Duration = Duration::from_secs(5);
+/// Longest a feeder sleeps without re-reading its next due time (a safety net: wake-ups and
+/// the due time do the work).
+const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Pause after a store error before trying again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// Tries to record one attempt's outcome before leaving it to the next start.
@@ -252,17 +253,23 @@ impl Feeder {
         }
     }
 
-    /// Sleeps until new work is signalled, the next retry is due, or shutdown.
+    /// Returns when new work is signalled, a retry falls due, or on shutdown. Without a
+    /// signal it only re-reads the due time (on the read connection) now and then, so idle
+    /// subscriptions cost no writes however many there are.
     async fn idle(&self) {
-        let next_due = self.store.next_due_ms(&self.sub.name).await.ok().flatten();
-        let wait = match next_due {
-            Some(at) => Duration::from_millis((at - now_ms()).max(0) as u64).min(IDLE_RECHECK),
-            None => IDLE_RECHECK,
-        };
-        tokio::select! {
-            _ = self.wake.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = self.shutdown.cancelled() => {}
+        loop {
+            let next_due = self.store.next_due_ms(&self.sub.name).await.ok().flatten();
+            let now = now_ms();
+            let wait = match next_due {
+                Some(at) if at <= now => return,
+                Some(at) => Duration::from_millis((at - now) as u64).min(IDLE_RECHECK),
+                None => IDLE_RECHECK,
+            };
+            tokio::select! {
+                _ = self.wake.notified() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
         }
     }
 }

@@ -762,15 +762,13 @@ fn parse_headers(
     out
 }
 
-/// The subscriptions in force, indexed by event type for matching and by id and name for
-/// the API. It is immutable: a change builds a new one, swapped in atomically.
+/// The subscriptions in force, indexed by event type for matching. It is immutable: a change
+/// builds a new one, swapped in atomically.
 #[derive(Debug, Default)]
 pub struct Registry {
     subs: Vec<Arc<Subscription>>,
     /// `subs[i].name`, shared, so matching an event allocates no names.
     names: Vec<Arc<str>>,
-    /// Position by id and by name.
-    lookup: HashMap<String, usize>,
     exact: HashMap<String, Vec<usize>>,
     prefixes: HashMap<String, Vec<usize>>,
     /// Distinct prefix lengths, so a lookup probes only lengths that exist.
@@ -787,8 +785,6 @@ impl Registry {
             ..Registry::default()
         };
         for (i, sub) in r.subs.iter().enumerate() {
-            r.lookup.insert(sub.id.clone(), i);
-            r.lookup.insert(sub.name.clone(), i);
             for pattern in &sub.events {
                 match pattern {
                     EventPattern::Any => r.wildcard.push(i),
@@ -809,11 +805,6 @@ impl Registry {
     /// All subscriptions: the config's in order, then the API's.
     pub fn all(&self) -> &[Arc<Subscription>] {
         &self.subs
-    }
-
-    /// The subscription with this id or name.
-    pub fn find(&self, id_or_name: &str) -> Option<&Arc<Subscription>> {
-        self.lookup.get(id_or_name).map(|&i| &self.subs[i])
     }
 
     /// Indices of the subscriptions whose event patterns select `event_type`, ascending.

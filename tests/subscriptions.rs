@@ -666,13 +666,15 @@ subscriptions:
     );
 }
 
-#[tokio::test]
+// Two workers: the relay, its 10,000 pumps and 32 clients share this runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_subscriptions_and_matching_stays_indexed() {
     let rx = Receiver::ok().await;
     let relay = Arc::new(TestRelay::start("").await);
     let url = rx.url("/");
     let total = 10_000;
-    let workers = 32;
+    // Many at once, as a bulk import would: rebuilds of the index are coalesced.
+    let workers = 128;
     let mut tasks = Vec::new();
     for w in 0..workers {
         let relay = relay.clone();

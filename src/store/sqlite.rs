@@ -893,12 +893,14 @@ impl Store for SqliteStore {
     async fn save_subscription(&self, sub: StoredSubscription) -> Result<(), StoreError> {
         let deleted = self.deleted.clone();
         self.run(false, move |conn| {
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT INTO subscriptions (id, name, spec, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
-                params![sub.id, sub.name, sub.spec, sub.created_at_ms, sub.updated_at_ms],
             )
+            .and_then(|mut s| {
+                s.execute(params![sub.id, sub.name, sub.spec, sub.created_at_ms, sub.updated_at_ms])
+            })
             .map_err(sql_error)?;
             // A name deleted earlier is in use again.
             deleted
