@@ -639,6 +639,51 @@ mod tests {
     }
 
     #[test]
+    fn listeners_off_loopback_need_tokens() {
+        let found = issues("listen: {app: '0.0.0.0:8787', api: '10.0.0.1:8788'}");
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("api.token: is required because listen.api (10.0.0.1:8788)"));
+        assert!(
+            found[1].starts_with("ingest.token: is required because listen.app (0.0.0.0:8787)")
+        );
+        let c = load(
+            "listen: {app: '0.0.0.0:8787', api: '0.0.0.0:8788'}
+ingest: {token: '${SECRET}'}
+api: {token: '${SECRET}'}",
+        )
+        .unwrap();
+        assert_eq!(c.api.token.unwrap().expose(), "s3cret");
+        let c = load(
+            "listen: {app: '0.0.0.0:8787', api: '0.0.0.0:8788'}\napi: {allow_unauthenticated: true}",
+        )
+        .unwrap();
+        assert!(c.api.token.is_none());
+    }
+
+    #[test]
+    fn api_section_is_validated() {
+        let c = load("").unwrap();
+        assert_eq!(c.api.max_subscriptions, 10_000);
+        assert!(c.api.allowed_destinations.is_empty());
+        let found = issues(
+            "api: {token: '', max_subscriptions: -1, allowed_destinations: ['10.0.0.0/8', 'not a host'], colour: red}",
+        );
+        let expected = [
+            "api.colour: unknown field",
+            "api.token: must not be empty",
+            "api.allowed_destinations[1]: \"not a host\" is not a host name",
+            "api.max_subscriptions: -1 is out of range 0..=100000",
+        ];
+        for e in expected {
+            assert!(
+                found.iter().any(|f| f.starts_with(e)),
+                "missing {e:?} in {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+    }
+
+    #[test]
     fn syntax_error_has_line_and_column() {
         let err = load("listen:\n  app: [unclosed\n").unwrap_err();
         let text = err.to_string();

@@ -966,6 +966,66 @@ mod tests {
     }
 
     #[test]
+    fn api_documents_default_the_name_and_hide_secrets() {
+        let doc = serde_json::json!({
+            "url": "http://h/", "events": ["x"], "metrics": true,
+            "auth": {"basic": {"username": "u", "password": "pw-1"}}
+        });
+        let mut issues = Issues::default();
+        let id = "0190f3c4-0000-7000-8000-000000000000";
+        let s = Subscription::from_api(doc, id, (1, 2), &mut issues).unwrap();
+        assert!(issues.is_empty());
+        assert_eq!(
+            (s.name.as_str(), s.source, s.own_metrics),
+            (id, Source::Api, true)
+        );
+        let view = s.view();
+        assert_eq!(
+            view["auth"],
+            serde_json::json!({"basic": {"username": "u"}})
+        );
+        assert_eq!(view["source"], "api");
+        assert!(!view.to_string().contains("pw-1"));
+        assert!(!format!("{s:?}").contains("pw-1"));
+        // `metrics` is an API field only.
+        assert!(parse("{name: a, url: 'http://h/', events: [x], metrics: true}").is_err());
+        // The reserved label is no name.
+        let mut issues = Issues::default();
+        let doc = serde_json::json!({"name": "_api", "url": "http://h/", "events": ["x"]});
+        assert!(Subscription::from_api(doc, id, (1, 1), &mut issues).is_none());
+        assert_eq!(issues.0[0].path, "name");
+    }
+
+    #[test]
+    fn omitted_secrets_are_kept_from_the_stored_document() {
+        let stored = serde_json::json!({"auth": {"basic": {"username": "u", "password": "pw"}}});
+        let mut doc = serde_json::json!({"auth": {"basic": {"username": "v"}}});
+        keep_secrets(&mut doc, &stored);
+        assert_eq!(
+            doc["auth"]["basic"],
+            serde_json::json!({"username": "v", "password": "pw"})
+        );
+        for stored in [
+            serde_json::json!({"auth": {"bearer": "tok"}}),
+            serde_json::json!({"auth": {"bearer": {"token": "tok"}}}),
+        ] {
+            let mut doc = serde_json::json!({"auth": {"bearer": {}}});
+            keep_secrets(&mut doc, &stored);
+            assert_eq!(doc["auth"]["bearer"], serde_json::json!({"token": "tok"}));
+        }
+        // A secret that is given wins; a different auth kind takes nothing.
+        let mut doc = serde_json::json!({"auth": {"basic": {"username": "u", "password": "new"}}});
+        keep_secrets(&mut doc, &stored);
+        assert_eq!(doc["auth"]["basic"]["password"], "new");
+        let mut doc = serde_json::json!({"auth": {"bearer": {}}});
+        keep_secrets(&mut doc, &stored);
+        assert_eq!(doc["auth"]["bearer"], serde_json::json!({}));
+        let s = parse("{name: a, url: 'http://h/', events: [x], auth: {bearer: {token: t-1}}}")
+            .unwrap();
+        assert!(matches!(s.auth, Some(Auth::Bearer(ref t)) if t.expose() == "t-1"));
+    }
+
+    #[test]
     fn bad_event_patterns() {
         let errors = parse("{name: a, url: 'http://h/', events: ['a*b', 'x y', '']}").unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:?}");

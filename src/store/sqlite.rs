@@ -1294,6 +1294,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn deleting_a_subscription_cancels_its_deliveries_also_those_stored_later() {
+        let s = memory();
+        let sub = StoredSubscription {
+            id: "id-1".into(),
+            name: "api-sub".into(),
+            spec: r#"{"url":"http://h/"}"#.into(),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        };
+        s.save_subscription(sub.clone()).await.unwrap();
+        assert_eq!(s.subscriptions().await.unwrap(), vec![sub]);
+        s.accept(vec![accepted("e1", 0, &["api-sub", "other"])])
+            .await
+            .unwrap();
+        let cancelled = s
+            .delete_subscription("id-1".into(), "api-sub".into(), 5)
+            .await
+            .unwrap();
+        assert_eq!(cancelled, 1);
+        assert!(s.subscriptions().await.unwrap().is_empty());
+        // Matched before the delete, stored after it: cancelled too, never left pending.
+        s.accept(vec![accepted("e2", 6, &["api-sub"])])
+            .await
+            .unwrap();
+        let status = s.event_status("e2").await.unwrap().unwrap();
+        assert_eq!(status.deliveries[0].state, DeliveryState::Cancelled);
+        assert!(s.claim_due("api-sub", 100, 10).await.unwrap().is_empty());
+        assert_eq!(s.claim_due("other", 100, 10).await.unwrap().len(), 1);
+        // The name in use again: new deliveries are pending as usual.
+        let again = StoredSubscription {
+            id: "id-2".into(),
+            name: "api-sub".into(),
+            spec: "{}".into(),
+            created_at_ms: 7,
+            updated_at_ms: 7,
+        };
+        s.save_subscription(again).await.unwrap();
+        s.accept(vec![accepted("e3", 8, &["api-sub"])])
+            .await
+            .unwrap();
+        assert_eq!(s.claim_due("api-sub", 100, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
     async fn orphans_wait_for_their_subscription() {
         let s = memory();
         s.accept(vec![accepted("e1", 0, &["gone", "kept"])])
