@@ -336,7 +336,7 @@ impl Config {
             ) as usize,
         };
 
-        let ing = root.section("ingest", &["token"], issues);
+        let ing = root.section("ingest", &["token", "allow_unauthenticated"], issues);
         let ingest = Ingest {
             token: ing.string("token", issues).map(Secret::new),
         };
@@ -347,7 +347,19 @@ impl Config {
             );
         }
 
-        let api = parse_api(&root, &listen, ingest.token.is_some(), issues);
+        if !listen.app.ip().is_loopback()
+            && ingest.token.is_none()
+            && !ing.boolean("allow_unauthenticated", false, issues)
+        {
+            issues.push(
+                "ingest.token",
+                format!(
+                    "is required because listen.app ({}) is not a loopback address; set it, or set ingest.allow_unauthenticated: true on purpose",
+                    listen.app
+                ),
+            );
+        }
+        let api = parse_api(&root, &listen, issues);
 
         let d = root.section("delivery", &["max_in_flight_total", "proxy"], issues);
         let delivery = Delivery {
@@ -508,14 +520,8 @@ fn parse_storage(root: &Section<'_>, issues: &mut Issues) -> StorageSettings {
     }
 }
 
-/// True when `url` would reach one of the relay's own listeners.
-/// Reads `api`, and refuses listeners reachable from outside the pod without a token.
-fn parse_api(
-    root: &Section<'_>,
-    listen: &Listen,
-    has_ingest_token: bool,
-    issues: &mut Issues,
-) -> Api {
+/// Reads `api`; a non-loopback API listener needs a token or an explicit opt-out.
+fn parse_api(root: &Section<'_>, listen: &Listen, issues: &mut Issues) -> Api {
     let a = root.section(
         "api",
         &[
@@ -534,22 +540,12 @@ fn parse_api(
         );
     }
     let allow_unauthenticated = a.boolean("allow_unauthenticated", false, issues);
-    let open = |addr: SocketAddr| !addr.ip().is_loopback();
-    if open(listen.api) && token.is_none() && !allow_unauthenticated {
+    if !listen.api.ip().is_loopback() && token.is_none() && !allow_unauthenticated {
         issues.push(
             "api.token",
             format!(
                 "is required because listen.api ({}) is not a loopback address; set it, or set api.allow_unauthenticated: true on purpose",
                 listen.api
-            ),
-        );
-    }
-    if open(listen.app) && !has_ingest_token && !allow_unauthenticated {
-        issues.push(
-            "ingest.token",
-            format!(
-                "is required because listen.app ({}) is not a loopback address; set it, or set api.allow_unauthenticated: true on purpose",
-                listen.app
             ),
         );
     }
@@ -582,7 +578,7 @@ fn parse_api(
     }
 }
 
-/// True when `url` points at one of the relay's own listeners.
+/// True when `url` would reach one of the relay's own listeners.
 pub fn targets_listener(url: &Url, listen: &Listen) -> bool {
     let Some(port) = url.port_or_known_default() else {
         return false;
@@ -642,10 +638,10 @@ mod tests {
     fn listeners_off_loopback_need_tokens() {
         let found = issues("listen: {app: '0.0.0.0:8787', api: '10.0.0.1:8788'}");
         assert_eq!(found.len(), 2, "{found:?}");
-        assert!(found[0].starts_with("api.token: is required because listen.api (10.0.0.1:8788)"));
         assert!(
-            found[1].starts_with("ingest.token: is required because listen.app (0.0.0.0:8787)")
+            found[0].starts_with("ingest.token: is required because listen.app (0.0.0.0:8787)")
         );
+        assert!(found[1].starts_with("api.token: is required because listen.api (10.0.0.1:8788)"));
         let c = load(
             "listen: {app: '0.0.0.0:8787', api: '0.0.0.0:8788'}
 ingest: {token: '${SECRET}'}
@@ -653,11 +649,21 @@ api: {token: '${SECRET}'}",
         )
         .unwrap();
         assert_eq!(c.api.token.unwrap().expose(), "s3cret");
-        let c = load(
+        let found = issues(
             "listen: {app: '0.0.0.0:8787', api: '0.0.0.0:8788'}\napi: {allow_unauthenticated: true}",
+        );
+        assert_eq!(
+            found.len(),
+            1,
+            "each listener has its own opt-out: {found:?}"
+        );
+        let c = load(
+            "listen: {app: '0.0.0.0:8787', api: '0.0.0.0:8788'}
+api: {allow_unauthenticated: true}
+ingest: {allow_unauthenticated: true}",
         )
         .unwrap();
-        assert!(c.api.token.is_none());
+        assert!(c.api.token.is_none() && c.ingest.token.is_none());
     }
 
     #[test]

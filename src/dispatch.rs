@@ -169,37 +169,28 @@ impl Dispatcher {
         }
     }
 
-    fn pump(&self, name: &str) -> Option<PumpHandle> {
+    /// Runs `f` on a subscription's pump under the read lock (no handle is cloned).
+    fn with_pump<T>(&self, name: &str, f: impl FnOnce(&PumpHandle) -> T) -> Option<T> {
         self.pumps
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            .cloned()
+            .map(f)
     }
 
     /// Tells a subscription's feeder that new deliveries are waiting in the store.
     pub fn wake(&self, subscription: &str) {
-        if let Some(p) = self.pump(subscription) {
-            p.wake.notify_one();
-        }
+        self.with_pump(subscription, |p| p.wake.notify_one());
     }
 
     /// Counts an accepted event matched by `subscription`.
     pub fn count_match(&self, subscription: &str) {
-        if let Some(p) = self.pump(subscription) {
-            p.matched.inc();
-        }
+        self.with_pump(subscription, |p| p.matched.inc());
     }
 
     /// Reserves a place to hand a new delivery straight to its pump, if there is room.
     pub fn reserve(&self, subscription: &str) -> Option<HandoffSlot> {
-        let queue = self
-            .pumps
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(subscription)?
-            .queue
-            .clone();
+        let queue = self.with_pump(subscription, |p| p.queue.clone())?;
         queue.try_reserve_owned().ok()
     }
 }
