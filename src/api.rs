@@ -20,7 +20,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
 use crate::event::now_ms;
-use crate::http_error::{HttpError, unauthorized};
+use crate::http_error::{HttpError, no_such_endpoint, unauthorized};
 use crate::ingest::{is_json, read_body};
 use crate::store::{DeliveryId, DeliveryQuery, DeliveryState, Release, Store, StoreError};
 use crate::subscription::Secret;
@@ -66,6 +66,7 @@ pub fn router(state: ApiState, token: Option<Secret>) -> Router {
         .route("/v1/deliveries", get(list))
         .route("/v1/deliveries/{id}/retry", post(retry))
         .route("/v1/deliveries/{id}", delete(remove))
+        .fallback(no_such_endpoint)
         .with_state(state);
     if let Some(token) = token {
         // Before the body is read: an unauthenticated client cannot make the relay buffer.
@@ -89,18 +90,20 @@ async fn require_bearer(token: Secret, req: Request, next: Next) -> Response {
     unauthorized()
 }
 
-/// The HTTP answer to a refused catalog change.
-fn catalog_error(e: CatalogError) -> HttpError {
-    match e {
-        CatalogError::NotFound(_) => {
-            HttpError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
-        }
-        CatalogError::Store(e) => unavailable(e),
-        CatalogError::NameTaken(_)
-        | CatalogError::Full(_)
-        | CatalogError::MetricsFull
-        | CatalogError::ReadOnly(_) => {
-            HttpError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+impl From<CatalogError> for HttpError {
+    fn from(e: CatalogError) -> HttpError {
+        match e {
+            CatalogError::NotFound(_) => {
+                HttpError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            CatalogError::Store(e) => unavailable(e),
+            CatalogError::NameTaken(_)
+            | CatalogError::StoredNameTaken(_)
+            | CatalogError::Full(_)
+            | CatalogError::MetricsFull
+            | CatalogError::ReadOnly(_) => {
+                HttpError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
         }
     }
 }

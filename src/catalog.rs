@@ -27,6 +27,9 @@ pub enum CatalogError {
     /// The name (or id) is in use.
     #[error("the name {0:?} is already in use")]
     NameTaken(String),
+    /// The store found the name in use (a subscription left out at startup holds it).
+    #[error("{0}")]
+    StoredNameTaken(String),
     /// `api.max_subscriptions` reached.
     #[error("api.max_subscriptions ({0}) subscriptions are registered already")]
     Full(usize),
@@ -41,7 +44,16 @@ pub enum CatalogError {
     NotFound(String),
     /// The store refused the change.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for CatalogError {
+    fn from(e: StoreError) -> CatalogError {
+        match e {
+            StoreError::Conflict(message) => CatalogError::StoredNameTaken(message),
+            other => CatalogError::Store(other),
+        }
+    }
 }
 
 /// The subscriptions in force and the means to change them.
@@ -70,6 +82,9 @@ struct State {
     own_metrics: usize,
     /// Creates between their reservation and their entry in `api`.
     creating: usize,
+    /// Stored API subscriptions left out at startup (no longer valid), by id: their names
+    /// stay taken, and they can be deleted.
+    left_out: HashMap<String, String>,
     version: u64,
 }
 
@@ -94,11 +109,13 @@ impl State {
 }
 
 impl Catalog {
-    /// The catalog of `config` subscriptions plus `api` ones (validated by the caller); the
-    /// caller has checked that their names do not collide.
+    /// The catalog of `config` subscriptions plus `api` ones (validated by the caller) and
+    /// the (id, name) of API subscriptions left out; the caller has checked that their names
+    /// do not collide.
     pub fn new(
         config: Vec<Arc<Subscription>>,
         api: Vec<Arc<Subscription>>,
+        left_out: Vec<(String, String)>,
         store: Arc<dyn Store>,
         dispatcher: Dispatcher,
         metrics: Metrics,
@@ -110,6 +127,7 @@ impl Catalog {
             taken: HashMap::new(),
             own_metrics: 0,
             creating: 0,
+            left_out: HashMap::new(),
             version: 0,
         };
         for sub in state.config.iter().chain(api.iter()) {
@@ -119,6 +137,11 @@ impl Catalog {
         for sub in api {
             state.own_metrics += usize::from(sub.own_metrics);
             state.api.insert(sub.id.clone(), sub);
+        }
+        for (id, name) in left_out {
+            state.taken.insert(id.clone(), id.clone());
+            state.taken.insert(name.clone(), id.clone());
+            state.left_out.insert(id, name);
         }
         let (subs, version) = state.snapshot();
         Catalog {
@@ -194,31 +217,36 @@ impl Catalog {
         Ok(sub)
     }
 
-    /// Replaces an API subscription (same id and name); its pump restarts with the new settings.
-    pub async fn replace(&self, sub: Subscription) -> Result<Arc<Subscription>, CatalogError> {
+    /// Replaces an API subscription with `make(current)` (same id and name); its pump
+    /// restarts with the new settings. Read, change and write happen under one lock, so
+    /// concurrent updates apply one after the other and none is lost.
+    pub async fn update<E: From<CatalogError>>(
+        &self,
+        key: &str,
+        make: impl FnOnce(&Subscription) -> Result<Subscription, E>,
+    ) -> Result<Arc<Subscription>, E> {
         let _edit = self.edits.lock().await;
-        let sub = Arc::new(sub);
-        let old = {
+        let old = self
+            .find(key)
+            .ok_or_else(|| CatalogError::NotFound(key.to_string()))?;
+        if old.source == Source::Config {
+            return Err(CatalogError::ReadOnly(old.name.clone()).into());
+        }
+        let sub = Arc::new(make(&old)?);
+        {
             let mut state = self.lock();
-            let old = state
-                .find(&sub.id)
-                .ok_or_else(|| CatalogError::NotFound(sub.id.clone()))?;
-            if old.source == Source::Config {
-                return Err(CatalogError::ReadOnly(old.name.clone()));
-            }
             if sub.own_metrics && !old.own_metrics {
                 if state.own_metrics >= MAX_OWN_METRICS {
-                    return Err(CatalogError::MetricsFull);
+                    return Err(CatalogError::MetricsFull.into());
                 }
                 state.own_metrics += 1;
             }
-            old
-        };
+        }
         if let Err(e) = self.store.save_subscription(stored(&sub)).await {
             if sub.own_metrics && !old.own_metrics {
                 self.lock().own_metrics -= 1;
             }
-            return Err(e.into());
+            return Err(CatalogError::from(e).into());
         }
         if sub.own_metrics {
             self.metrics.init_subscription(&sub.name);
@@ -246,7 +274,7 @@ impl Catalog {
     pub async fn delete(&self, id_or_name: &str) -> Result<Option<u64>, CatalogError> {
         let _edit = self.edits.lock().await;
         let Some(sub) = self.find(id_or_name) else {
-            return Ok(None);
+            return self.delete_left_out(id_or_name).await;
         };
         if sub.source == Source::Config {
             return Err(CatalogError::ReadOnly(sub.name.clone()));
@@ -283,6 +311,49 @@ impl Catalog {
             "subscription deleted; its undelivered deliveries are cancelled"
         );
         Ok(Some(cancelled))
+    }
+
+    /// Deletes a stored subscription that was left out at startup, if `key` names one.
+    async fn delete_left_out(&self, key: &str) -> Result<Option<u64>, CatalogError> {
+        let found = {
+            let state = self.lock();
+            let id = state.taken.get(key).cloned();
+            id.and_then(|id| state.left_out.get(&id).map(|name| (id, name.clone())))
+        };
+        let Some((id, name)) = found else {
+            return Ok(None);
+        };
+        let cancelled = self
+            .store
+            .delete_subscription(id.clone(), name.clone(), now_ms())
+            .await?;
+        let mut state = self.lock();
+        state.left_out.remove(&id);
+        state.taken.remove(&id);
+        state.taken.remove(&name);
+        drop(state);
+        self.metrics
+            .deliveries
+            .with_label_values(&[SHARED_METRIC_LABEL, "cancelled"])
+            .inc_by(cancelled);
+        tracing::info!(
+            subscription = name.as_str(),
+            id = id.as_str(),
+            cancelled,
+            "subscription (left out at startup) deleted"
+        );
+        Ok(Some(cancelled))
+    }
+
+    /// The metric label for deliveries of the subscription named `name`: its own label,
+    /// `_api` for API subscriptions left out, or the name itself for one gone from the config.
+    pub fn metric_label_of(&self, name: &str) -> String {
+        let state = self.lock();
+        match state.find(name) {
+            Some(sub) => sub.metric_label().to_string(),
+            None if state.taken.contains_key(name) => SHARED_METRIC_LABEL.to_string(),
+            None => name.to_string(),
+        }
     }
 
     /// Makes the registry reflect at least `version`; one rebuild serves every change made

@@ -347,10 +347,8 @@ impl Config {
             );
         }
 
-        if !listen.app.ip().is_loopback()
-            && ingest.token.is_none()
-            && !ing.boolean("allow_unauthenticated", false, issues)
-        {
+        let ingest_open = ing.boolean("allow_unauthenticated", false, issues);
+        if !listen.app.ip().is_loopback() && ingest.token.is_none() && !ingest_open {
             issues.push(
                 "ingest.token",
                 format!(
@@ -585,11 +583,14 @@ pub fn targets_listener(url: &Url, listen: &Listen) -> bool {
     };
     let host_ip: Option<IpAddr> = match url.host() {
         Some(url::Host::Ipv4(ip)) => Some(ip.into()),
-        Some(url::Host::Ipv6(ip)) => Some(ip.into()),
-        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
-            Some(IpAddr::from([127, 0, 0, 1]))
+        // `::ffff:127.0.0.1` is loopback too.
+        Some(url::Host::Ipv6(ip)) => Some(ip.to_ipv4_mapped().map_or(ip.into(), IpAddr::V4)),
+        // `localhost`, `localhost.` and `*.localhost` all resolve to loopback (RFC 6761).
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            (d == "localhost" || d.ends_with(".localhost")).then(|| IpAddr::from([127, 0, 0, 1]))
         }
-        _ => None,
+        None => None,
     };
     let Some(host_ip) = host_ip else {
         return false;

@@ -215,6 +215,11 @@ mod tests {
         for url in [
             "http://127.0.0.1:8787/v1/events",
             "http://localhost:8788/",
+            "http://LocalHost.:8788/",
+            "http://a.localhost:8787/",
+            "http://[::ffff:127.0.0.1]:8787/",
+            "http://[::1]:8787/",
+            "http://2130706433:8787/",
             "http://10.1.2.3:9464/",
         ] {
             assert!(

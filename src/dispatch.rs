@@ -29,8 +29,10 @@ const IDLE_RECHECK: Duration = Duration::from_secs(30);
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// Tries to record one attempt's outcome before leaving it to the next start.
 const OUTCOME_TRIES: u32 = 60;
-/// How long a stopping pump waits for deliveries already on their way into its queue.
+/// How long a pump stopping with the relay waits for deliveries on their way into its queue.
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
+/// The same for a pump retired at run time; senders finish within one store call.
+const RETIRE_DRAIN_WAIT: Duration = Duration::from_secs(60);
 
 /// Handle to the running pumps; pumps come and go as subscriptions are added and removed.
 #[derive(Clone)]
@@ -152,6 +154,7 @@ impl Dispatcher {
             sub,
             wake,
             shutdown: stop,
+            relay_stopping: shared.shutdown.clone(),
             attempts: shared.attempts.clone(),
         };
         tokio::spawn(pump.run(service, claimed));
@@ -271,7 +274,10 @@ struct Pump {
     store: Arc<dyn Store>,
     outcomes: Arc<OutcomeCounters>,
     wake: Arc<Notify>,
+    /// Stops this pump (also cancelled when the relay stops).
     shutdown: CancellationToken,
+    /// Cancelled when the relay stops.
+    relay_stopping: CancellationToken,
     attempts: TaskTracker,
 }
 
@@ -281,18 +287,23 @@ impl Pump {
     async fn run(self, service: AttemptService, mut claimed: mpsc::Receiver<Delivery>) {
         let name = self.sub.name.as_str();
         loop {
+            // Biased towards stopping: once a pump is stopped (its subscription deleted or
+            // replaced), nothing more leaves through it.
             let delivery = tokio::select! {
-                d = claimed.recv() => match d { Some(d) => d, None => break },
+                biased;
                 _ = self.shutdown.cancelled() => break,
+                d = claimed.recv() => match d { Some(d) => d, None => break },
             };
             // Wait for a rate-limit token and a concurrency slot before sending it.
             let mut service = service.clone();
             let ready = tokio::select! {
-                r = service.ready() => r.map(|_| ()),
-                _ = self.shutdown.cancelled() => {
-                    self.unclaim(vec![delivery.id]).await;
-                    break;
-                }
+                biased;
+                _ = self.shutdown.cancelled() => None,
+                r = service.ready() => Some(r.map(|_| ())),
+            };
+            let Some(ready) = ready.filter(|_| !self.shutdown.is_cancelled()) else {
+                self.unclaim(vec![delivery.id]).await;
+                break;
             };
             let req = deliver::request(&self.sub, &delivery, delivery.attempts + 1);
             let outcome = self.outcome_task(delivery);
@@ -312,8 +323,15 @@ impl Pump {
         claimed.close();
         let mut ids = Vec::new();
         // `recv` also waits for slots reserved before the close (a feeder or an ingest request
-        // between its commit and its hand-off), so those are returned too.
-        while let Ok(Some(d)) = tokio::time::timeout(DRAIN_WAIT, claimed.recv()).await {
+        // between its commit and its hand-off), so those are returned too. A pump replaced or
+        // removed at run time waits for all of them (its senders are gone once they are used);
+        // when the relay stops, the next start returns whatever is left in flight.
+        let wait = if self.relay_stopping.is_cancelled() {
+            DRAIN_WAIT
+        } else {
+            RETIRE_DRAIN_WAIT
+        };
+        while let Ok(Some(d)) = tokio::time::timeout(wait, claimed.recv()).await {
             ids.push(d.id);
         }
         tracing::debug!(subscription = name, returned = ids.len(), "pump stopped");

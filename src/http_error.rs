@@ -59,6 +59,11 @@ impl HttpError {
     }
 }
 
+/// The fallback of every router: `404` in the JSON shape.
+pub async fn no_such_endpoint() -> HttpError {
+    HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
 /// `401` with `WWW-Authenticate: Bearer`, for a missing or wrong token.
 pub fn unauthorized() -> Response {
     let mut response = HttpError::new(

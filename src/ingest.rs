@@ -18,7 +18,7 @@ use crate::catalog::Catalog;
 use crate::config::Limits;
 use crate::dispatch::{Dispatcher, HandoffSlot};
 use crate::event::{Event, EventError};
-use crate::http_error::{HttpError, unauthorized};
+use crate::http_error::{HttpError, no_such_endpoint, unauthorized};
 use crate::metrics::Metrics;
 use crate::store::{Accepted, Admission, Delivery, Store, StoreError, rfc3339};
 use crate::subscription::Secret;
@@ -51,7 +51,8 @@ pub fn router(state: IngestState, token: Option<Secret>) -> Router {
             "/v1/events/batch",
             post(post_batch).layer(RequestBodyLimitLayer::new(state.limits.max_batch_body)),
         )
-        .route("/v1/events/{id}", get(event_status));
+        .route("/v1/events/{id}", get(event_status))
+        .fallback(no_such_endpoint);
     if let Some(token) = token {
         let metrics = metrics.clone();
         // Before the body is read: an unauthenticated client cannot make the relay buffer.

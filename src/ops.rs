@@ -51,6 +51,7 @@ pub fn router(state: OpsState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(crate::http_error::no_such_endpoint)
         .with_state(state)
 }
 

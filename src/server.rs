@@ -22,7 +22,7 @@ use crate::config::{Config, Limits, Listen};
 use crate::deliver::DeliverError;
 use crate::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
-use crate::http_error::{HttpError, json_errors};
+use crate::http_error::json_errors;
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState, Readiness};
@@ -120,7 +120,8 @@ impl Relay {
         ));
         let config_subs: Vec<Arc<Subscription>> =
             config.subscriptions.iter().cloned().map(Arc::new).collect();
-        let api_subs = load_api_subscriptions(store.as_ref(), &config_subs, &guard).await?;
+        let (api_subs, left_out) =
+            load_api_subscriptions(store.as_ref(), &config_subs, &guard).await?;
         metrics.init_subscription(SHARED_METRIC_LABEL);
         for sub in config_subs.iter().chain(&api_subs) {
             if sub.own_metrics {
@@ -152,6 +153,7 @@ impl Relay {
         let catalog = Arc::new(Catalog::new(
             config_subs,
             api_subs,
+            left_out,
             store.clone(),
             dispatcher.clone(),
             metrics.clone(),
@@ -159,7 +161,12 @@ impl Relay {
         ));
         let readiness = Readiness::default();
 
-        tokio::spawn(housekeeping(store.clone(), metrics.clone(), stop.clone()));
+        tokio::spawn(housekeeping(
+            store.clone(),
+            metrics.clone(),
+            catalog.clone(),
+            stop.clone(),
+        ));
 
         let app = ingest::router(
             IngestState {
@@ -241,13 +248,15 @@ impl Relay {
 
 /// Reads the API subscriptions kept in the store. One whose name the config now uses stops
 /// startup; one that no longer validates (a tighter destination policy) is left out, loudly,
-/// and its deliveries wait as orphans until it is fixed or deleted.
+/// and its deliveries wait as orphans until the policy allows it again or it is deleted.
+/// Returns the subscriptions and the (id, name) of those left out.
 async fn load_api_subscriptions(
     store: &dyn Store,
     config: &[Arc<Subscription>],
     guard: &DestinationGuard,
-) -> Result<Vec<Arc<Subscription>>, ServerError> {
+) -> Result<(Vec<Arc<Subscription>>, Vec<(String, String)>), ServerError> {
     let mut out = Vec::new();
+    let mut left_out = Vec::new();
     for stored in store.subscriptions().await? {
         if let Some(i) = config.iter().position(|c| c.name == stored.name) {
             return Err(ServerError::NameConflict(format!(
@@ -262,26 +271,37 @@ async fn load_api_subscriptions(
         match sub {
             Some(sub) if issues.is_empty() => match guard.check_url(&sub.url) {
                 Ok(()) => out.push(Arc::new(sub)),
-                Err(reason) => tracing::error!(
+                Err(reason) => {
+                    tracing::error!(
+                        subscription = stored.name.as_str(),
+                        id = stored.id.as_str(),
+                        reason,
+                        "API subscription left out: its url is no longer allowed"
+                    );
+                    left_out.push((stored.id, stored.name));
+                }
+            },
+            _ => {
+                tracing::error!(
                     subscription = stored.name.as_str(),
                     id = stored.id.as_str(),
-                    reason,
-                    "API subscription left out: its url is no longer allowed"
-                ),
-            },
-            _ => tracing::error!(
-                subscription = stored.name.as_str(),
-                id = stored.id.as_str(),
-                issues = ?issues.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "API subscription left out: it no longer validates"
-            ),
+                    issues = ?issues.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "API subscription left out: it no longer validates"
+                );
+                left_out.push((stored.id, stored.name));
+            }
         }
     }
-    Ok(out)
+    Ok((out, left_out))
 }
 
 /// Expires overdue deliveries and prunes old rows, off the hot path, until stopped.
-async fn housekeeping(store: Arc<dyn Store>, metrics: Metrics, stop: CancellationToken) {
+async fn housekeeping(
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    catalog: Arc<Catalog>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -294,7 +314,7 @@ async fn housekeeping(store: Arc<dyn Store>, metrics: Metrics, stop: Cancellatio
                 for (sub, n) in &report.expired {
                     metrics
                         .deliveries
-                        .with_label_values(&[sub, "expired"])
+                        .with_label_values(&[&catalog.metric_label_of(sub), "expired"])
                         .inc_by(*n);
                     tracing::warn!(
                         subscription = sub.as_str(),
@@ -311,12 +331,10 @@ async fn housekeeping(store: Arc<dyn Store>, metrics: Metrics, stop: Cancellatio
 /// How often expiry and pruning run.
 const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The inbound middleware every listener gets (body limits are per router). Layers listed first see the request first.
+/// The inbound middleware every listener gets (body limits and the fallback are per router,
+/// so a router's auth covers its unknown paths too). Layers listed first see the request first.
 fn harden(router: Router, limits: &Limits) -> Router {
     router
-        .fallback(|| async {
-            HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-        })
         .layer(
             ServiceBuilder::new()
                 // Spans and timings for every request, including refused ones.

@@ -295,6 +295,9 @@ pub enum StoreError {
     /// Full: the caller should retry later (ingest answers 503).
     #[error("store is full: {0}")]
     Busy(String),
+    /// A uniqueness rule refused the write (a subscription name in use).
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed (I/O, corruption).
     #[error("store unavailable: {0}")]
     Unavailable(String),

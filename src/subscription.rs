@@ -120,9 +120,16 @@ impl Spec {
         &self.0
     }
 
-    /// The document without secrets: passwords and tokens are removed, their objects kept.
+    /// The document without secrets: passwords, tokens and header values are removed; their
+    /// objects stay (a header's value shows as `{}`).
     pub fn redacted(&self) -> Json {
         let mut doc = self.0.clone();
+        // Custom headers often carry API keys, so their values count as secrets too.
+        if let Some(headers) = doc.get_mut("headers").and_then(Json::as_object_mut) {
+            for value in headers.values_mut() {
+                *value = Json::Object(Default::default());
+            }
+        }
         if let Some(auth) = doc.get_mut("auth").and_then(Json::as_object_mut) {
             if let Some(basic) = auth.get_mut("basic").and_then(Json::as_object_mut) {
                 basic.remove("password");
@@ -142,8 +149,24 @@ impl fmt::Debug for Spec {
 }
 
 /// Fills secrets omitted from `doc` (a password left out of `auth.basic`, an empty
-/// `auth.bearer` object) from `stored`, so a client can send back what it was shown.
+/// `auth.bearer` object, a header whose value is `{}`) from `stored`, so a client can send
+/// back what it was shown.
 pub fn keep_secrets(doc: &mut Json, stored: &Json) {
+    if let Some(headers) = doc.get_mut("headers").and_then(Json::as_object_mut) {
+        let stored_headers = stored.get("headers").and_then(Json::as_object);
+        for (name, value) in headers.iter_mut() {
+            let kept = stored_headers.and_then(|h| {
+                h.iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+            });
+            if value.as_object().is_some_and(|o| o.is_empty())
+                && let Some(kept) = kept.filter(|v| v.is_string())
+            {
+                *value = kept.clone();
+            }
+        }
+    }
     let stored_auth = stored.get("auth");
     let Some(auth) = doc.get_mut("auth").and_then(Json::as_object_mut) else {
         return;
@@ -969,7 +992,8 @@ mod tests {
     fn api_documents_default_the_name_and_hide_secrets() {
         let doc = serde_json::json!({
             "url": "http://h/", "events": ["x"], "metrics": true,
-            "auth": {"basic": {"username": "u", "password": "pw-1"}}
+            "auth": {"basic": {"username": "u", "password": "pw-1"}},
+            "headers": {"x-api-key": "key-1"}
         });
         let mut issues = Issues::default();
         let id = "0190f3c4-0000-7000-8000-000000000000";
@@ -985,8 +1009,11 @@ mod tests {
             serde_json::json!({"basic": {"username": "u"}})
         );
         assert_eq!(view["source"], "api");
-        assert!(!view.to_string().contains("pw-1"));
-        assert!(!format!("{s:?}").contains("pw-1"));
+        assert_eq!(view["headers"], serde_json::json!({"x-api-key": {}}));
+        for secret in ["pw-1", "key-1"] {
+            assert!(!view.to_string().contains(secret));
+            assert!(!format!("{s:?}").contains(secret));
+        }
         // `metrics` is an API field only.
         assert!(parse("{name: a, url: 'http://h/', events: [x], metrics: true}").is_err());
         // The reserved label is no name.

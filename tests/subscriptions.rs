@@ -438,6 +438,11 @@ async fn the_api_token_is_required_except_for_the_openapi_document() {
     }
     let (status, _, _) = call(Some("api-t0ken"), Method::GET, "/v1/subscriptions", None).await;
     assert_eq!(status, 200);
+    // Unknown paths too: without the token nothing tells what exists.
+    let (status, _, _) = call(None, Method::GET, "/v1/nothing", None).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = call(Some("api-t0ken"), Method::GET, "/v1/nothing", None).await;
+    assert_eq!(status, 404);
     let (status, doc, _) = call(None, Method::GET, "/v1/openapi.json", None).await;
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -557,11 +562,15 @@ api: {{token: '${{API_TOKEN}}'}}
     let (status, bearer) = call(
         Method::POST,
         "/v1/subscriptions",
-        Some(json!({"name": "bearer", "url": rx.url("/t"), "events": ["*"], "auth": {"bearer": "tok-BEARER-secret"}})),
+        Some(json!({
+            "name": "bearer", "url": rx.url("/t"), "events": ["*"],
+            "auth": {"bearer": "tok-BEARER-secret"}, "headers": {"x-api-key": "key-HEADER-secret"}
+        })),
     )
     .await;
     assert_eq!(status, 201, "{bearer}");
     assert_eq!(bearer["auth"], json!({"bearer": {}}));
+    assert_eq!(bearer["headers"], json!({"x-api-key": {}}));
     // Sending back what was shown keeps the stored secrets.
     let mut shown = bearer.clone();
     shown["url"] = json!(rx.url("/t2"));
@@ -596,6 +605,8 @@ api: {{token: '${{API_TOKEN}}'}}
     // base64("relay2:pw-BASIC-secret")
     assert_eq!(auth("/b"), "Basic cmVsYXkyOnB3LUJBU0lDLXNlY3JldA==");
     assert_eq!(auth("/t2"), "Bearer tok-BEARER-secret");
+    let t2 = got.iter().find(|r| r.path == "/t2").unwrap();
+    assert_eq!(t2.headers["x-api-key"], "key-HEADER-secret");
     // A refused call is logged too.
     let (status, _, _) = api_request(
         &http,
@@ -712,4 +723,37 @@ async fn ten_thousand_subscriptions_and_matching_stays_indexed() {
     assert_eq!(listed.as_array().unwrap().len(), 1);
     poll(|| async { rx.count() == 1 }).await;
     Arc::into_inner(relay).unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn a_subscription_the_policy_no_longer_allows_is_left_out_but_keeps_its_name() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let relay = TestRelay::start_in("", dir.clone()).await;
+    let body = json!({"name": "legacy", "url": "http://127.0.0.1:9/", "events": ["x"]});
+    let (status, _) = relay
+        .api(Method::POST, "/v1/subscriptions", Some(body.clone()))
+        .await;
+    assert_eq!(status, 201);
+    relay.stop().await;
+
+    // The allow-list now excludes its URL: it is left out, its name stays taken.
+    let relay = TestRelay::start_in("api: {allowed_destinations: ['10.0.0.0/8']}", dir).await;
+    let (status, _) = relay
+        .api(Method::GET, "/v1/subscriptions/legacy", None)
+        .await;
+    assert_eq!(status, 404);
+    let moved = json!({"name": "legacy", "url": "http://10.0.0.9/", "events": ["x"]});
+    let (status, _) = relay
+        .api(Method::POST, "/v1/subscriptions", Some(moved.clone()))
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = relay
+        .api(Method::DELETE, "/v1/subscriptions/legacy", None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, created) = relay
+        .api(Method::POST, "/v1/subscriptions", Some(moved))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    relay.stop().await;
 }

@@ -10,12 +10,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value as Json};
 
-use super::{ApiState, catalog_error};
+use super::ApiState;
 use crate::config::reader::Issues;
 use crate::event::{new_id, now_ms};
 use crate::http_error::HttpError;
 use crate::ingest::{malformed, read_body, require_json};
-use crate::subscription::{Source, Subscription, keep_secrets};
+use crate::subscription::{Subscription, keep_secrets};
 
 /// Fields the relay sets; a body may repeat them unchanged but not change them.
 const READ_ONLY: &[&str] = &["id", "name", "source", "created_at", "updated_at"];
@@ -101,7 +101,9 @@ pub async fn create(
     }
     let now = now_ms();
     let sub = validate(&state, doc, &new_id(), (now, now))?;
-    let sub = state.catalog.create(sub).await.map_err(catalog_error)?;
+    let catalog = state.catalog.clone();
+    let sub =
+        to_completion(async move { catalog.create(sub).await.map_err(HttpError::from) }).await?;
     let location = format!("/v1/subscriptions/{}", sub.id);
     Ok((
         StatusCode::CREATED,
@@ -145,6 +147,21 @@ pub async fn show(
     Ok(axum::Json(sub.view()).into_response())
 }
 
+/// Runs a catalog change on its own task: a client that gives up, or a request timeout,
+/// drops the handler but never a change half made.
+async fn to_completion<T: Send + 'static>(
+    change: impl std::future::Future<Output = Result<T, HttpError>> + Send + 'static,
+) -> Result<T, HttpError> {
+    tokio::spawn(change).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "subscription change failed");
+        Err(HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the change failed; see the relay's log",
+        ))
+    })
+}
+
 /// `PUT /v1/subscriptions/{id}`: the body replaces the document; omitted secrets are kept.
 pub async fn replace(
     State(state): State<ApiState>,
@@ -153,7 +170,7 @@ pub async fn replace(
     body: Body,
 ) -> Result<Response, HttpError> {
     let doc = object(json_body(&state, &headers, body).await?)?;
-    update(&state, &key, |_| Ok(doc)).await
+    update(state, key, |_| Ok(doc)).await
 }
 
 /// `PATCH /v1/subscriptions/{id}`: a JSON Merge Patch (RFC 7396) of the stored document.
@@ -164,7 +181,7 @@ pub async fn patch(
     body: Body,
 ) -> Result<Response, HttpError> {
     let patch = json_body(&state, &headers, body).await?;
-    update(&state, &key, move |stored| {
+    update(state, key, move |stored| {
         let mut doc = stored.clone();
         json_patch::merge(&mut doc, &patch);
         object(doc)
@@ -172,44 +189,46 @@ pub async fn patch(
     .await
 }
 
-/// Shared by PUT and PATCH: `make` builds the new document from the stored one.
+/// Shared by PUT and PATCH: `make` builds the new document from the stored one, under the
+/// catalog's edit lock.
 async fn update(
-    state: &ApiState,
-    key: &str,
-    make: impl FnOnce(&Json) -> Result<Map<String, Json>, HttpError>,
+    state: ApiState,
+    key: String,
+    make: impl FnOnce(&Json) -> Result<Map<String, Json>, HttpError> + Send + 'static,
 ) -> Result<Response, HttpError> {
-    let old = state.catalog.find(key).ok_or_else(|| not_found(key))?;
-    if old.source == Source::Config {
-        return Err(catalog_error(crate::catalog::CatalogError::ReadOnly(
-            old.name.clone(),
-        )));
-    }
-    let mut doc = make(old.spec.expose())?;
-    let current = old.view();
-    let mut refused = invalid("the subscription is invalid; see fields");
-    let mut bad = false;
-    for field in READ_ONLY {
-        match doc.remove(*field) {
-            Some(v) if Some(&v) != current.get(*field) => {
-                refused = refused.field(*field, "is read-only");
-                bad = true;
-            }
-            _ => {}
-        }
-    }
-    if bad {
-        return Err(refused);
-    }
-    // The name is immutable, also when the document never spelled it out.
-    doc.insert("name".into(), old.name.clone().into());
-    let mut doc = Json::Object(doc);
-    keep_secrets(&mut doc, old.spec.expose());
-    let Json::Object(doc) = doc else {
-        unreachable!("still an object")
-    };
-    let created = old.changed.map_or(0, |(c, _)| c);
-    let sub = validate(state, doc, &old.id, (created, now_ms()))?;
-    let sub = state.catalog.replace(sub).await.map_err(catalog_error)?;
+    let catalog = state.catalog.clone();
+    let sub = to_completion(async move {
+        catalog
+            .update(&key, |old| {
+                let mut doc = make(old.spec.expose())?;
+                let current = old.view();
+                let mut refused = invalid("the subscription is invalid; see fields");
+                let mut bad = false;
+                for field in READ_ONLY {
+                    match doc.remove(*field) {
+                        Some(v) if Some(&v) != current.get(*field) => {
+                            refused = refused.field(*field, "is read-only");
+                            bad = true;
+                        }
+                        _ => {}
+                    }
+                }
+                if bad {
+                    return Err(refused);
+                }
+                // The name is immutable, also when the document never spelled it out.
+                doc.insert("name".into(), old.name.clone().into());
+                let mut doc = Json::Object(doc);
+                keep_secrets(&mut doc, old.spec.expose());
+                let Json::Object(doc) = doc else {
+                    unreachable!("still an object")
+                };
+                let created = old.changed.map_or(0, |(c, _)| c);
+                validate(&state, doc, &old.id, (created, now_ms()))
+            })
+            .await
+    })
+    .await?;
     Ok(axum::Json(sub.view()).into_response())
 }
 
@@ -218,6 +237,7 @@ pub async fn remove(
     State(state): State<ApiState>,
     Path(key): Path<String>,
 ) -> Result<Response, HttpError> {
-    state.catalog.delete(&key).await.map_err(catalog_error)?;
+    let catalog = state.catalog.clone();
+    to_completion(async move { catalog.delete(&key).await.map_err(HttpError::from) }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -901,7 +901,12 @@ impl Store for SqliteStore {
             .and_then(|mut s| {
                 s.execute(params![sub.id, sub.name, sub.spec, sub.created_at_ms, sub.updated_at_ms])
             })
-            .map_err(sql_error)?;
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                    StoreError::Conflict(format!("the name {:?} is already in use", sub.name))
+                }
+                _ => sql_error(e),
+            })?;
             // A name deleted earlier is in use again.
             deleted
                 .lock()
@@ -933,6 +938,13 @@ impl Store for SqliteStore {
                         params![CANCELLED, now_ms, name, PENDING, IN_FLIGHT, ORPHANED],
                     )
                     .map_err(sql_error)?;
+                // Its dead letters go too: a later subscription of the same name must not
+                // release them to its own URL. Already counted as failed or expired.
+                conn.execute(
+                    "UPDATE deliveries SET state = ?1 WHERE subscription = ?2 AND state IN (?3, ?4)",
+                    params![CANCELLED, name, FAILED, EXPIRED],
+                )
+                .map_err(sql_error)?;
                 Ok(cancelled as u64)
             });
             let ok = result.is_ok();
@@ -1305,6 +1317,15 @@ mod tests {
         };
         s.save_subscription(sub.clone()).await.unwrap();
         assert_eq!(s.subscriptions().await.unwrap(), vec![sub]);
+        s.accept(vec![accepted("e0", 0, &["api-sub"])])
+            .await
+            .unwrap();
+        let dead = s.claim_due("api-sub", 0, 1).await.unwrap();
+        let failed = Completion::Failed {
+            status: Some(500),
+            error: "HTTP 500".into(),
+        };
+        s.complete(dead[0].id, failed).await.unwrap();
         s.accept(vec![accepted("e1", 0, &["api-sub", "other"])])
             .await
             .unwrap();
@@ -1331,6 +1352,12 @@ mod tests {
             updated_at_ms: 7,
         };
         s.save_subscription(again).await.unwrap();
+        // The old subscription's dead letter went with it: nothing to release to the new one.
+        let release = s
+            .release(None, vec!["api-sub".into()], 100, 0)
+            .await
+            .unwrap();
+        assert_eq!(release, Release::Released(0));
         s.accept(vec![accepted("e3", 8, &["api-sub"])])
             .await
             .unwrap();
