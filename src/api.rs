@@ -1,6 +1,7 @@
 //! The management API on `listen.api`: subscriptions (in [`subscriptions`]), release of dead
 //! letters, and dead letters one by one. Guarded by `api.token` when set.
 
+pub mod notifications;
 mod subscriptions;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use crate::dispatch::Dispatcher;
 use crate::event::now_ms;
 use crate::http_error::{HttpError, no_such_endpoint, unauthorized};
 use crate::ingest::{is_json, read_body};
+use crate::metrics::Metrics;
 use crate::store::{DeliveryId, DeliveryQuery, DeliveryState, Release, Store, StoreError};
 use crate::subscription::Secret;
 
@@ -39,6 +41,10 @@ pub struct ApiState {
     pub dispatcher: Dispatcher,
     /// Where API subscriptions may deliver.
     pub guard: Arc<DestinationGuard>,
+    /// Counters (pull delivery counts its own).
+    pub metrics: Metrics,
+    /// `api.token`.
+    pub token: Option<Secret>,
     /// `release.min_interval`.
     pub release_min_interval: Duration,
     /// Largest request body.

@@ -216,7 +216,12 @@ impl Catalog {
             state.version
         };
         self.publish(version).await;
-        tracing::info!(subscription = sub.name.as_str(), id = sub.id.as_str(), url = %sub.url, "subscription created");
+        tracing::info!(
+            subscription = sub.name.as_str(),
+            id = sub.id.as_str(),
+            url = sub.url.as_ref().map_or("(pull)", |u| u.as_str()),
+            "subscription created"
+        );
         Ok(sub)
     }
 
@@ -268,7 +273,12 @@ impl Catalog {
             self.metrics.remove_subscription(&old.name);
         }
         self.publish(version).await;
-        tracing::info!(subscription = sub.name.as_str(), id = sub.id.as_str(), url = %sub.url, "subscription changed");
+        tracing::info!(
+            subscription = sub.name.as_str(),
+            id = sub.id.as_str(),
+            url = sub.url.as_ref().map_or("(pull)", |u| u.as_str()),
+            "subscription changed"
+        );
         Ok(sub)
     }
 

@@ -414,7 +414,11 @@ impl Config {
                     );
                 }
                 if let Some(sub) = Subscription::parse(item, &path, issues) {
-                    if targets_listener(&sub.url, &listen) {
+                    if sub
+                        .url
+                        .as_ref()
+                        .is_some_and(|u| targets_listener(u, &listen))
+                    {
                         issues.push(
                             &format!("{path}.url"),
                             "points at one of the relay's own listeners (a delivery loop)",
@@ -427,7 +431,11 @@ impl Config {
 
         // The relay-wide cap is shared: if the subscriptions' caps could add up to more, a few
         // dead subscribers holding all their slots would starve the others.
-        let wanted: usize = subscriptions.iter().map(|s| s.max_in_flight).sum();
+        let wanted: usize = subscriptions
+            .iter()
+            .filter(|s| s.url.is_some())
+            .map(|s| s.max_in_flight)
+            .sum();
         if wanted > delivery.max_in_flight_total {
             issues.push(
                 "delivery.max_in_flight_total",

@@ -211,9 +211,14 @@ pub fn client(
     Ok(builder.build()?)
 }
 
-/// The request for attempt number `attempt` (1-based) of a delivery.
-pub fn request(sub: &Subscription, delivery: &Delivery, attempt: u32) -> reqwest::Request {
-    let mut req = reqwest::Request::new(Method::POST, sub.url.clone());
+/// The request for attempt number `attempt` (1-based) of a delivery to `url`.
+pub fn request(
+    sub: &Subscription,
+    url: &reqwest::Url,
+    delivery: &Delivery,
+    attempt: u32,
+) -> reqwest::Request {
+    let mut req = reqwest::Request::new(Method::POST, url.clone());
     *req.body_mut() = Some(reqwest::Body::from(delivery.data.clone()));
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -57,14 +57,17 @@ struct Shared {
 /// How ingest reaches one subscription's pump and feeder.
 #[derive(Clone)]
 struct PumpHandle {
-    /// Tells the feeder that deliveries wait in the store (kept when the pump is replaced).
+    /// Tells the feeder that deliveries wait in the store (kept when the pump is replaced);
+    /// for a pull subscription, wakes every long poll waiting on it.
     wake: Arc<Notify>,
-    /// The pump's queue of claimed deliveries.
-    queue: mpsc::Sender<Delivery>,
+    /// The pump's queue of claimed deliveries; `None` for a pull subscription (no pump).
+    queue: Option<mpsc::Sender<Delivery>>,
     /// `hookrelay_events_matched_total` of this subscription, resolved once.
     matched: IntCounter,
     /// Stops this pump and its feeder.
     stop: CancellationToken,
+    /// A pull subscription's `pull.ttl`, in ms.
+    ttl_ms: Option<i64>,
 }
 
 /// A reserved place in a pump's queue.
@@ -110,16 +113,36 @@ impl Dispatcher {
             .as_ref()
             .map_or_else(|| Arc::new(Notify::new()), |p| p.wake.clone());
         let stop = shared.shutdown.child_token();
+        let label = sub.metric_label();
+        let matched = shared.metrics.events_matched.with_label_values(&[label]);
+        let Some(url) = sub.url.clone() else {
+            // Pulled, not pushed: no pump; the handle only counts matches and wakes pollers.
+            pumps.insert(
+                Arc::from(sub.name.as_str()),
+                PumpHandle {
+                    wake,
+                    queue: None,
+                    matched,
+                    stop,
+                    ttl_ms: sub.pull.as_ref().map(|p| p.ttl.as_millis() as i64),
+                },
+            );
+            drop(pumps);
+            if let Some(old) = previous {
+                old.stop.cancel();
+            }
+            return;
+        };
         // Bounded: when full, new deliveries stay pending in the store for the feeder.
         let (queue, claimed) = mpsc::channel((sub.max_in_flight * 4).max(256));
-        let label = sub.metric_label();
         pumps.insert(
             Arc::from(sub.name.as_str()),
             PumpHandle {
                 wake: wake.clone(),
-                queue: queue.clone(),
-                matched: shared.metrics.events_matched.with_label_values(&[label]),
+                queue: Some(queue.clone()),
+                matched,
                 stop: stop.clone(),
+                ttl_ms: None,
             },
         );
         drop(pumps);
@@ -152,6 +175,7 @@ impl Dispatcher {
                     .with_label_values(&[label, "failed"]),
             }),
             sub,
+            url,
             wake,
             shutdown: stop,
             relay_stopping: shared.shutdown.clone(),
@@ -181,9 +205,22 @@ impl Dispatcher {
             .map(f)
     }
 
-    /// Tells a subscription's feeder that new deliveries are waiting in the store.
+    /// Tells a subscription's feeder (or its long polls) that new deliveries are waiting.
     pub fn wake(&self, subscription: &str) {
-        self.with_pump(subscription, |p| p.wake.notify_one());
+        self.with_pump(subscription, |p| match p.queue {
+            Some(_) => p.wake.notify_one(),
+            None => p.wake.notify_waiters(),
+        });
+    }
+
+    /// A delivery's own ttl for `subscription` (a pull subscription's), in ms.
+    pub fn ttl_ms(&self, subscription: &str) -> Option<i64> {
+        self.with_pump(subscription, |p| p.ttl_ms).flatten()
+    }
+
+    /// What a long poll on a pull subscription waits on: notified when notifications arrive.
+    pub fn arrivals(&self, subscription: &str) -> Option<Arc<Notify>> {
+        self.with_pump(subscription, |p| p.wake.clone())
     }
 
     /// Counts an accepted event matched by `subscription`.
@@ -193,7 +230,7 @@ impl Dispatcher {
 
     /// Reserves a place to hand a new delivery straight to its pump, if there is room.
     pub fn reserve(&self, subscription: &str) -> Option<HandoffSlot> {
-        let queue = self.with_pump(subscription, |p| p.queue.clone())?;
+        let queue = self.with_pump(subscription, |p| p.queue.clone())??;
         queue.try_reserve_owned().ok()
     }
 }
@@ -271,6 +308,8 @@ impl Feeder {
 /// Sends the claimed deliveries of one subscription.
 struct Pump {
     sub: Arc<Subscription>,
+    /// `sub.url`, which a pushed subscription always has.
+    url: reqwest::Url,
     store: Arc<dyn Store>,
     outcomes: Arc<OutcomeCounters>,
     wake: Arc<Notify>,
@@ -305,7 +344,7 @@ impl Pump {
                 self.unclaim(vec![delivery.id]).await;
                 break;
             };
-            let req = deliver::request(&self.sub, &delivery, delivery.attempts + 1);
+            let req = deliver::request(&self.sub, &self.url, &delivery, delivery.attempts + 1);
             let outcome = self.outcome_task(delivery);
             match ready {
                 Ok(()) => {

@@ -11,6 +11,8 @@ pub struct HttpError {
     status: StatusCode,
     #[serde(skip)]
     retry_after: Option<u64>,
+    #[serde(skip)]
+    bearer_challenge: bool,
     code: &'static str,
     message: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -32,6 +34,7 @@ impl HttpError {
         HttpError {
             status,
             retry_after: None,
+            bearer_challenge: false,
             code,
             message: message.into(),
             fields: Vec::new(),
@@ -53,6 +56,18 @@ impl HttpError {
         self
     }
 
+    /// `401` with `WWW-Authenticate: Bearer`.
+    pub fn unauthorized() -> Self {
+        HttpError {
+            bearer_challenge: true,
+            ..HttpError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            )
+        }
+    }
+
     /// The status it is answered with.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -66,16 +81,7 @@ pub async fn no_such_endpoint() -> HttpError {
 
 /// `401` with `WWW-Authenticate: Bearer`, for a missing or wrong token.
 pub fn unauthorized() -> Response {
-    let mut response = HttpError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "missing or wrong bearer token",
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
+    HttpError::unauthorized().into_response()
 }
 
 impl IntoResponse for HttpError {
@@ -86,6 +92,11 @@ impl IntoResponse for HttpError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.bearer_challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

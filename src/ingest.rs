@@ -121,6 +121,7 @@ async fn post_event(
                 event,
                 subscriptions: matched.clone(),
                 handed_off: Vec::new(),
+                ttl_ms: Vec::new(),
             }],
         )
         .await?;
@@ -179,6 +180,7 @@ async fn post_batch(
                 event,
                 subscriptions,
                 handed_off: Vec::new(),
+                ttl_ms: Vec::new(),
             });
         }
         let summary: Vec<(String, Vec<Arc<str>>)> = batch
@@ -267,6 +269,11 @@ async fn commit_and_hand_off(
             .map(|s| state.dispatcher.reserve(s))
             .collect();
         a.handed_off = reserved.iter().map(Option::is_some).collect();
+        a.ttl_ms = a
+            .subscriptions
+            .iter()
+            .map(|s| state.dispatcher.ttl_ms(s))
+            .collect();
         slots.push(reserved);
         events.push((
             Arc::<str>::from(a.event.id.as_str()),

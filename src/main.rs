@@ -140,11 +140,23 @@ fn summary(sub: &Subscription) -> String {
     } else {
         " filtered"
     };
+    let Some(url) = &sub.url else {
+        let pull = sub.pull.as_ref().map_or(String::new(), |p| {
+            format!(
+                " ack={:?} visibility_timeout={} ttl={}",
+                p.ack,
+                fmt_duration(p.visibility_timeout),
+                fmt_duration(p.ttl)
+            )
+            .to_lowercase()
+        });
+        return format!("{}: {} <- pulled{pull}{filter}", sub.name, events.join(","));
+    };
     format!(
         "{}: {} -> {} retries={} timeout={} max_in_flight={}{rate}{auth}{filter}",
         sub.name,
         events.join(","),
-        sub.url,
+        url,
         sub.retries,
         fmt_duration(sub.timeout),
         sub.max_in_flight,

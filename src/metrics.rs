@@ -54,6 +54,8 @@ pub struct MetricSet {
     pub orphaned: prometheus::IntGauge,
     /// Attempts that had to wait for the rate limiter, per subscription.
     pub rate_limited: IntCounterVec,
+    /// Pull notifications handed out again after they were pulled and not acknowledged.
+    pub pull_redelivered: IntCounterVec,
     /// Seconds per store transaction, commit included.
     pub store_commit_duration: Histogram,
     /// Jobs per store transaction.
@@ -95,6 +97,11 @@ impl Metrics {
             "hookrelay_deliveries_total",
             "Deliveries that reached a final outcome, by subscription.",
             &["subscription", "outcome"],
+        );
+        let pull_redelivered = counter(
+            "hookrelay_pull_redelivered_total",
+            "Pull notifications handed out again because they were not acknowledged in time.",
+            &["subscription"],
         );
         let rate_limited = counter(
             "hookrelay_rate_limited_total",
@@ -216,6 +223,7 @@ impl Metrics {
             dead_letters,
             orphaned,
             rate_limited,
+            pull_redelivered,
             store_commit_duration,
             store_batch_size,
         }))
@@ -235,6 +243,7 @@ impl Metrics {
         self.oldest_pending.with_label_values(&[name]);
         self.dead_letters.with_label_values(&[name]);
         self.rate_limited.with_label_values(&[name]);
+        self.pull_redelivered.with_label_values(&[name]);
     }
 
     /// Removes every per-subscription series of `label` (a deleted subscription's).
@@ -251,6 +260,7 @@ impl Metrics {
         let _ = self.oldest_pending.remove_label_values(&[label]);
         let _ = self.dead_letters.remove_label_values(&[label]);
         let _ = self.rate_limited.remove_label_values(&[label]);
+        let _ = self.pull_redelivered.remove_label_values(&[label]);
     }
 
     /// Sets the queue gauges from store figures; `subs` pairs each subscription's name with

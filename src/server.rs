@@ -179,18 +179,25 @@ impl Relay {
             config.ingest.token.clone(),
         );
         // Each router sets its own body limits (ingest counts its refusals).
-        let api = api::router(
-            ApiState {
-                store: store.clone(),
-                catalog: catalog.clone(),
-                dispatcher,
-                guard,
-                release_min_interval: config.release_min_interval,
-                max_body: config.limits.max_body,
-            },
-            config.api.token.clone(),
-        )
-        .layer(RequestBodyLimitLayer::new(config.limits.max_body));
+        let api_state = ApiState {
+            store: store.clone(),
+            catalog: catalog.clone(),
+            dispatcher,
+            guard,
+            metrics: metrics.clone(),
+            token: config.api.token.clone(),
+            release_min_interval: config.release_min_interval,
+            max_body: config.limits.max_body,
+        };
+        // Long polls may wait up to MAX_WAIT: their routes get that much more time.
+        let pulls = harden(
+            api::notifications::router(api_state.clone())
+                .layer(RequestBodyLimitLayer::new(config.limits.max_body)),
+            &config.limits,
+            config.limits.request_timeout + api::notifications::MAX_WAIT,
+        );
+        let api = api::router(api_state, config.api.token.clone())
+            .layer(RequestBodyLimitLayer::new(config.limits.max_body));
         let ops = ops::router(OpsState {
             metrics: metrics.clone(),
             store: store.clone(),
@@ -200,8 +207,11 @@ impl Relay {
         .layer(RequestBodyLimitLayer::new(config.limits.max_body));
 
         let mut servers = Vec::new();
+        let timeout = config.limits.request_timeout;
+        let api = harden(api, &config.limits, timeout).merge(pulls);
+        let app = harden(app, &config.limits, timeout);
+        let ops = harden(ops, &config.limits, timeout);
         for (listener, router) in [(self.app, app), (self.api, api), (self.ops, ops)] {
-            let router = harden(router, &config.limits);
             let stopped = stop.clone().cancelled_owned();
             servers.push(tokio::spawn(async move {
                 axum::serve(listener, router)
@@ -269,18 +279,20 @@ async fn load_api_subscriptions(
         let changed = (stored.created_at_ms, stored.updated_at_ms);
         let sub = Subscription::from_api(doc, &stored.id, changed, &mut issues);
         match sub {
-            Some(sub) if issues.is_empty() => match guard.check_url(&sub.url) {
-                Ok(()) => out.push(Arc::new(sub)),
-                Err(reason) => {
-                    tracing::error!(
-                        subscription = stored.name.as_str(),
-                        id = stored.id.as_str(),
-                        reason,
-                        "API subscription left out: its url is no longer allowed"
-                    );
-                    left_out.push((stored.id, stored.name));
+            Some(sub) if issues.is_empty() => {
+                match sub.url.as_ref().map_or(Ok(()), |u| guard.check_url(u)) {
+                    Ok(()) => out.push(Arc::new(sub)),
+                    Err(reason) => {
+                        tracing::error!(
+                            subscription = stored.name.as_str(),
+                            id = stored.id.as_str(),
+                            reason,
+                            "API subscription left out: its url is no longer allowed"
+                        );
+                        left_out.push((stored.id, stored.name));
+                    }
                 }
-            },
+            }
             _ => {
                 tracing::error!(
                     subscription = stored.name.as_str(),
@@ -333,7 +345,7 @@ const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_millis
 
 /// The inbound middleware every listener gets (body limits and the fallback are per router,
 /// so a router's auth covers its unknown paths too). Layers listed first see the request first.
-fn harden(router: Router, limits: &Limits) -> Router {
+fn harden(router: Router, limits: &Limits, timeout: std::time::Duration) -> Router {
     router
         .layer(
             ServiceBuilder::new()
@@ -349,7 +361,7 @@ fn harden(router: Router, limits: &Limits) -> Router {
                 // Bounds every request, so a stuck client or store cannot hold a slot forever.
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::REQUEST_TIMEOUT,
-                    limits.request_timeout,
+                    timeout,
                 )),
         )
         // Outermost, so errors made by any layer above leave in the JSON error shape.

@@ -26,6 +26,45 @@ pub struct Accepted {
     /// Parallel to `subscriptions` (or empty for none): `true` stores that delivery as already
     /// claimed, because the caller hands it to its pump in memory right after the commit.
     pub handed_off: Vec<bool>,
+    /// Parallel to `subscriptions` (or empty): a delivery's own ttl in ms (a pull
+    /// subscription's `pull.ttl`); `None` takes `storage.ttl`.
+    pub ttl_ms: Vec<Option<i64>>,
+}
+
+/// How a pull takes notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullMode {
+    /// Taken for good (`ack: auto`, at-most-once).
+    Consume,
+    /// Hidden this many ms, then available again unless acknowledged (`ack: explicit`);
+    /// 0 leaves them available, so the next pull returns them again.
+    Hide(i64),
+}
+
+/// A notification handed to a pull consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// Delivery id, used to acknowledge it.
+    pub id: DeliveryId,
+    /// Event id.
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// When the event was accepted, ms since the epoch.
+    pub received_at_ms: i64,
+    /// The event's data, as received.
+    pub data: Bytes,
+    /// It was handed out before and not acknowledged.
+    pub redelivered: bool,
+}
+
+/// The result of a pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// Oldest first.
+    pub notifications: Vec<Notification>,
+    /// Notifications still available after this pull.
+    pub remaining: u64,
 }
 
 /// A delivery claimed for an attempt.
@@ -383,6 +422,26 @@ pub trait Store: Send + Sync + 'static {
         name: String,
         now_ms: i64,
     ) -> Result<u64, StoreError>;
+
+    /// Takes up to `limit` of the oldest available notifications of a pull subscription, in
+    /// acceptance order. Concurrent pulls run one after the other, so none hands out a
+    /// notification another holds (consumed or hidden).
+    async fn pull(
+        &self,
+        subscription: String,
+        now_ms: i64,
+        limit: usize,
+        mode: PullMode,
+    ) -> Result<Pulled, StoreError>;
+
+    /// Acknowledges pulled notifications of `subscription`; returns the ids that were not
+    /// waiting for an acknowledgement (unknown, of another subscription, or acked already).
+    async fn ack(
+        &self,
+        subscription: String,
+        ids: Vec<DeliveryId>,
+        now_ms: i64,
+    ) -> Result<Vec<DeliveryId>, StoreError>;
 
     /// Marks deliveries of unknown subscriptions orphaned and resumes orphans of known ones;
     /// returns (orphaned, resumed).

@@ -21,9 +21,24 @@ use crate::filter::Filter;
 /// Keys a subscription entry may have.
 const KEYS: &[&str] = &[
     "name",
+    "mode",
+    "pull",
     "url",
     "events",
     "filter",
+    "retries",
+    "timeout",
+    "success_code",
+    "backoff",
+    "rate_limit",
+    "max_in_flight",
+    "auth",
+    "headers",
+];
+
+/// Keys that only push subscriptions may have.
+const PUSH_KEYS: &[&str] = &[
+    "url",
     "retries",
     "timeout",
     "success_code",
@@ -85,8 +100,10 @@ pub struct Subscription {
     pub changed: Option<(i64, i64)>,
     /// The document as declared, secrets included; shown only through [`Subscription::view`].
     pub spec: Spec,
-    /// Where deliveries are POSTed.
-    pub url: Url,
+    /// Where deliveries are POSTed; `None` for a pull subscription.
+    pub url: Option<Url>,
+    /// Pull settings; `Some` for a pull subscription (polled, never pushed).
+    pub pull: Option<PullSettings>,
     /// Event types it selects.
     pub events: Vec<EventPattern>,
     /// Condition on the event's data.
@@ -130,6 +147,9 @@ impl Spec {
                 *value = Json::Object(Default::default());
             }
         }
+        if let Some(pull) = doc.get_mut("pull").and_then(Json::as_object_mut) {
+            pull.remove("token");
+        }
         if let Some(auth) = doc.get_mut("auth").and_then(Json::as_object_mut) {
             if let Some(basic) = auth.get_mut("basic").and_then(Json::as_object_mut) {
                 basic.remove("password");
@@ -167,6 +187,12 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json) {
             }
         }
     }
+    if let Some(pull) = doc.get_mut("pull").and_then(Json::as_object_mut)
+        && !pull.contains_key("token")
+        && let Some(token) = stored.get("pull").and_then(|p| p.get("token"))
+    {
+        pull.insert("token".into(), token.clone());
+    }
     let stored_auth = stored.get("auth");
     let Some(auth) = doc.get_mut("auth").and_then(Json::as_object_mut) else {
         return;
@@ -200,6 +226,28 @@ pub enum EventPattern {
     Prefix(String),
     /// Every type.
     Any,
+}
+
+/// How a pull subscription's notifications are consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// A notification stays until acknowledged (at-least-once).
+    Explicit,
+    /// Pulling consumes it (at-most-once).
+    Auto,
+}
+
+/// Settings of a pull subscription.
+#[derive(Debug, Clone)]
+pub struct PullSettings {
+    /// How pulled notifications are consumed.
+    pub ack: AckMode,
+    /// Explicit mode: how long a pulled, un-acked notification stays hidden (0: not at all).
+    pub visibility_timeout: Duration,
+    /// Not consumed by then: expired.
+    pub ttl: Duration,
+    /// Bearer token for the notification endpoints, instead of `api.token`.
+    pub token: Option<Secret>,
 }
 
 /// Outbound rate limit: a steady rate with a burst allowance.
@@ -439,10 +487,32 @@ impl Subscription {
             Origin::Api { .. } => s.boolean("metrics", false, issues),
         };
 
-        let url = s
-            .required("url", issues)
-            .and_then(|v| as_string(v, &s.at("url"), issues))
-            .and_then(|u| parse_url(&u, &s.at("url"), issues));
+        let pull_mode = match s.string("mode", issues).as_deref() {
+            None | Some("push") => false,
+            Some("pull") => true,
+            Some(other) => {
+                issues.push(&s.at("mode"), format!("{other:?} is not push or pull"));
+                false
+            }
+        };
+        let (url, pull) = if pull_mode {
+            for key in PUSH_KEYS.iter().filter(|k| s.has(k)) {
+                issues.push(
+                    &s.at(key),
+                    "applies to push subscriptions only (this one has mode: pull)",
+                );
+            }
+            (None, parse_pull(&s, issues))
+        } else {
+            if s.has("pull") {
+                issues.push(&s.at("pull"), "applies to mode: pull only");
+            }
+            let url = s
+                .required("url", issues)
+                .and_then(|v| as_string(v, &s.at("url"), issues))
+                .and_then(|u| parse_url(&u, &s.at("url"), issues));
+            (url, None)
+        };
 
         let events = s.required("events", issues).and_then(|v| {
             let at = s.at("events");
@@ -504,7 +574,8 @@ impl Subscription {
             own_metrics,
             changed,
             spec: Spec(spec),
-            url: url?,
+            url,
+            pull,
             events: events?,
             filter: filter?,
             retries,
@@ -517,6 +588,49 @@ impl Subscription {
             headers,
         })
     }
+}
+
+fn parse_pull(s: &Section<'_>, issues: &mut Issues) -> Option<PullSettings> {
+    let p = s.section(
+        "pull",
+        &["ack", "visibility_timeout", "ttl", "token"],
+        issues,
+    );
+    let ack = match p.string("ack", issues).as_deref() {
+        None | Some("explicit") => AckMode::Explicit,
+        Some("auto") => AckMode::Auto,
+        Some(other) => {
+            issues.push(&p.at("ack"), format!("{other:?} is not explicit or auto"));
+            AckMode::Explicit
+        }
+    };
+    let visibility_timeout = p.duration(
+        "visibility_timeout",
+        Duration::ZERO..=Duration::from_secs(12 * 3600),
+        Duration::from_secs(30),
+        issues,
+    );
+    let ttl = p.duration(
+        "ttl",
+        Duration::from_secs(1)..=Duration::from_secs(365 * 86_400),
+        Duration::from_secs(72 * 3600),
+        issues,
+    );
+    let token = p.string("token", issues);
+    if let Some(t) = &token
+        && (t.is_empty() || HeaderValue::from_str(&format!("Bearer {t}")).is_err())
+    {
+        issues.push(
+            &p.at("token"),
+            "must be a non-empty token of visible ASCII characters",
+        );
+    }
+    Some(PullSettings {
+        ack,
+        visibility_timeout,
+        ttl,
+        token: token.map(Secret::new),
+    })
 }
 
 fn parse_url(text: &str, path: &str, issues: &mut Issues) -> Option<Url> {
@@ -1050,6 +1164,58 @@ mod tests {
         let s = parse("{name: a, url: 'http://h/', events: [x], auth: {bearer: {token: t-1}}}")
             .unwrap();
         assert!(matches!(s.auth, Some(Auth::Bearer(ref t)) if t.expose() == "t-1"));
+    }
+
+    #[test]
+    fn pull_subscriptions() {
+        let s = parse("{name: p, mode: pull, events: [x]}").unwrap();
+        let pull = s.pull.unwrap();
+        assert!(s.url.is_none());
+        assert_eq!(pull.ack, AckMode::Explicit);
+        assert_eq!(pull.visibility_timeout, Duration::from_secs(30));
+        assert_eq!(pull.ttl, Duration::from_secs(72 * 3600));
+        assert!(pull.token.is_none());
+        let s = parse(
+            "{name: p, mode: pull, events: [x], pull: {ack: auto, visibility_timeout: 0s, ttl: 1h, token: t}}",
+        )
+        .unwrap();
+        let pull = s.pull.unwrap();
+        assert_eq!(
+            (pull.ack, pull.visibility_timeout),
+            (AckMode::Auto, Duration::ZERO)
+        );
+        assert_eq!(format!("{:?}", pull.token), "Some(<redacted>)");
+
+        let errors = parse(
+            "{name: p, mode: pull, url: 'http://h/', events: [x], retries: 2,
+              pull: {ack: maybe, visibility_timeout: 13h, ttl: 0s, token: '', extra: 1}}",
+        )
+        .unwrap_err();
+        let expected = [
+            "subscriptions[0].url: applies to push subscriptions only",
+            "subscriptions[0].retries: applies to push subscriptions only",
+            "subscriptions[0].pull.extra: unknown field",
+            "subscriptions[0].pull.ack: \"maybe\" is not explicit or auto",
+            "subscriptions[0].pull.visibility_timeout: 13h is out of range",
+            "subscriptions[0].pull.ttl: 0s is out of range",
+            "subscriptions[0].pull.token: must be a non-empty token",
+        ];
+        for e in expected {
+            assert!(
+                errors.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        let errors =
+            parse("{name: p, mode: poll, url: 'http://h/', events: [x], pull: {}}").unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "subscriptions[0].mode: \"poll\" is not push or pull",
+                "subscriptions[0].pull: applies to mode: pull only"
+            ]
+        );
     }
 
     #[test]

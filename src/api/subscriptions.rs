@@ -60,7 +60,8 @@ fn validate(
     let mut issues = Issues::default();
     let sub = Subscription::from_api(Json::Object(doc), id, changed, &mut issues);
     if let Some(sub) = &sub
-        && let Err(reason) = state.guard.check_url(&sub.url)
+        && let Some(url) = &sub.url
+        && let Err(reason) = state.guard.check_url(url)
     {
         issues.push("url", reason);
     }

@@ -16,13 +16,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Accepted, Admission, Completion, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery,
-    DeliveryState, EventStatus, Housekeeping, QueueStats, Release, Store, StoreError,
-    StoredSubscription,
+    DeliveryState, EventStatus, Housekeeping, Notification, PullMode, Pulled, QueueStats, Release,
+    Store, StoreError, StoredSubscription,
 };
 use crate::config::{StorageLocation, StorageSettings, SyncMode};
 
 /// The schema this build writes; older files are migrated forward on open.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 2048;
 /// Rows changed per housekeeping statement, so pruning never holds the writer long.
@@ -73,6 +73,9 @@ CREATE TABLE subscriptions (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
+",
+    "
+CREATE INDEX deliveries_fifo ON deliveries(subscription, id) WHERE state = 0;
 ",
 ];
 
@@ -544,8 +547,9 @@ impl Store for SqliteStore {
                     } else {
                         PENDING
                     };
+                    let expires = e.received_at_ms + a.ttl_ms.get(i).copied().flatten().unwrap_or(ttl);
                     insert_delivery
-                        .execute(params![seq, name, e.received_at_ms, e.received_at_ms + ttl, state])
+                        .execute(params![seq, name, e.received_at_ms, expires, state])
                         .map_err(sql_error)?;
                     let id = conn.last_insert_rowid();
                     if !deleted.is_empty() && deleted.contains(*name) {
@@ -968,6 +972,97 @@ impl Store for SqliteStore {
         rx.await.map_err(|_| stopped())?
     }
 
+    async fn pull(
+        &self,
+        subscription: String,
+        now_ms: i64,
+        limit: usize,
+        mode: PullMode,
+    ) -> Result<Pulled, StoreError> {
+        self.run(false, move |conn| {
+            let mut select = conn
+                .prepare_cached(
+                    "SELECT d.id, e.id, e.type, e.received_at, e.data, d.attempts
+                     FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                     WHERE d.subscription = ?1 AND d.state = 0 AND d.next_attempt_at <= ?2
+                     ORDER BY d.id LIMIT ?3",
+                )
+                .map_err(sql_error)?;
+            let notifications = select
+                .query_map(params![subscription, now_ms, limit as i64], |r| {
+                    Ok(Notification {
+                        id: r.get(0)?,
+                        event_id: r.get(1)?,
+                        event_type: r.get(2)?,
+                        received_at_ms: r.get(3)?,
+                        data: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                        redelivered: r.get::<_, i64>(5)? > 0,
+                    })
+                })
+                .map_err(sql_error)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sql_error)?;
+            let mut update = match mode {
+                PullMode::Consume => conn.prepare_cached(
+                    "UPDATE deliveries SET state = 2, attempts = attempts + 1,
+                     delivered_at = ?2, finished_at = ?2 WHERE id = ?1",
+                ),
+                PullMode::Hide(_) => conn.prepare_cached(
+                    "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?2
+                     WHERE id = ?1",
+                ),
+            }
+            .map_err(sql_error)?;
+            let at = match mode {
+                PullMode::Consume => now_ms,
+                PullMode::Hide(ms) => now_ms + ms,
+            };
+            for n in &notifications {
+                update.execute(params![n.id, at]).map_err(sql_error)?;
+            }
+            let remaining: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM deliveries
+                     WHERE subscription = ?1 AND state = 0 AND next_attempt_at <= ?2",
+                )
+                .and_then(|mut s| s.query_row(params![subscription, now_ms], |r| r.get(0)))
+                .map_err(sql_error)?;
+            Ok(Pulled {
+                notifications,
+                remaining: remaining as u64,
+            })
+        })
+        .await
+    }
+
+    async fn ack(
+        &self,
+        subscription: String,
+        ids: Vec<DeliveryId>,
+        now_ms: i64,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        self.run(false, move |conn| {
+            let mut update = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET state = 2, delivered_at = ?3, finished_at = ?3
+                     WHERE id = ?1 AND subscription = ?2 AND state = 0",
+                )
+                .map_err(sql_error)?;
+            let mut unknown = Vec::new();
+            for id in ids {
+                if update
+                    .execute(params![id, subscription, now_ms])
+                    .map_err(sql_error)?
+                    == 0
+                {
+                    unknown.push(id);
+                }
+            }
+            Ok(unknown)
+        })
+        .await
+    }
+
     async fn sync_subscriptions(&self, known: Vec<String>) -> Result<(u64, u64), StoreError> {
         self.run(false, move |conn| {
             let names = serde_json::to_string(&known).unwrap_or_else(|_| "[]".into());
@@ -1139,6 +1234,7 @@ mod tests {
             },
             subscriptions: subs.iter().map(|s| Arc::from(*s)).collect(),
             handed_off: Vec::new(),
+            ttl_ms: Vec::new(),
         }
     }
 
@@ -1362,6 +1458,62 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.claim_due("api-sub", 100, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn pulls_take_the_oldest_and_hide_or_consume_them() {
+        let s = memory();
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            s.accept(vec![accepted(id, i as i64, &["q"])])
+                .await
+                .unwrap();
+        }
+        let ids = |p: &Pulled| -> Vec<String> {
+            p.notifications.iter().map(|n| n.event_id.clone()).collect()
+        };
+        // Hidden for 100 ms: the next pull skips it, then it is back, marked redelivered.
+        let p = s
+            .pull("q".into(), 10, 1, PullMode::Hide(100))
+            .await
+            .unwrap();
+        assert_eq!((ids(&p), p.remaining), (vec!["a".to_string()], 2));
+        assert!(!p.notifications[0].redelivered);
+        let p = s
+            .pull("q".into(), 20, 5, PullMode::Hide(100))
+            .await
+            .unwrap();
+        assert_eq!(
+            (ids(&p), p.remaining),
+            (vec!["b".to_string(), "c".to_string()], 0)
+        );
+        let p = s
+            .pull("q".into(), 115, 5, PullMode::Hide(100))
+            .await
+            .unwrap();
+        assert_eq!(ids(&p), ["a"]);
+        assert!(p.notifications[0].redelivered);
+        let a = p.notifications[0].id;
+        assert_eq!(
+            s.ack("q".into(), vec![a, a, 77], 116).await.unwrap(),
+            vec![a, 77]
+        );
+        assert_eq!(
+            s.ack("other".into(), vec![a + 1], 116).await.unwrap(),
+            vec![a + 1]
+        );
+        // Consumed: gone for good.
+        let p = s.pull("q".into(), 500, 5, PullMode::Consume).await.unwrap();
+        assert_eq!(
+            (ids(&p), p.remaining),
+            (vec!["b".to_string(), "c".to_string()], 0)
+        );
+        let p = s
+            .pull("q".into(), 10_000, 5, PullMode::Consume)
+            .await
+            .unwrap();
+        assert!(p.notifications.is_empty());
+        let status = s.event_status("b").await.unwrap().unwrap();
+        assert_eq!(status.deliveries[0].state, DeliveryState::Delivered);
     }
 
     #[tokio::test]
