@@ -218,6 +218,11 @@ impl Dispatcher {
         self.with_pump(subscription, |p| p.ttl_ms).flatten()
     }
 
+    /// Cancelled when the relay stops (long polls end then).
+    pub fn stopping(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
     /// What a long poll on a pull subscription waits on: notified when notifications arrive.
     pub fn arrivals(&self, subscription: &str) -> Option<Arc<Notify>> {
         self.with_pump(subscription, |p| p.wake.clone())

@@ -128,6 +128,7 @@ async fn take(
     };
     let deadline = tokio::time::Instant::now() + wait;
     let arrivals = state.dispatcher.arrivals(&sub.name);
+    let stopping = state.dispatcher.stopping();
     loop {
         // Registered before the store is asked, so an arrival in between is not missed.
         let notified = arrivals.as_ref().map(|n| n.notified());
@@ -140,18 +141,23 @@ async fn take(
             .pull(sub.name.clone(), now_ms(), limit, mode)
             .await
             .map_err(super::unavailable)?;
-        if !pulled.notifications.is_empty() || tokio::time::Instant::now() >= deadline {
+        let done = tokio::time::Instant::now() >= deadline || stopping.is_cancelled();
+        if !pulled.notifications.is_empty() || done {
             count(state, sub, settings, &pulled.notifications);
             return Ok((pulled.notifications, pulled.remaining));
         }
-        match notified.as_mut().as_pin_mut() {
-            Some(n) => {
-                tokio::select! {
-                    _ = n => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
-                }
+        // Woken by an arrival, the end of the wait, or the relay stopping (one more pull
+        // then answers).
+        let arrival = async {
+            match notified.as_mut().as_pin_mut() {
+                Some(n) => n.await,
+                None => std::future::pending().await,
             }
-            None => tokio::time::sleep_until(deadline).await,
+        };
+        tokio::select! {
+            _ = arrival => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = stopping.cancelled() => {}
         }
     }
 }
