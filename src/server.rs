@@ -9,8 +9,10 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::http::StatusCode;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -18,7 +20,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::api::{self, ApiState};
 use crate::catalog::Catalog;
-use crate::config::{Config, Limits, Listen};
+use crate::config::{Config, Listen};
 use crate::deliver::DeliverError;
 use crate::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
@@ -190,10 +192,12 @@ impl Relay {
             max_body: config.limits.max_body,
         };
         // Long polls may wait up to MAX_WAIT: their routes get that much more time.
+        let slots = || Arc::new(Semaphore::new(config.limits.max_concurrent_requests));
+        let api_slots = slots();
         let pulls = harden(
             api::notifications::router(api_state.clone())
                 .layer(RequestBodyLimitLayer::new(config.limits.max_body)),
-            &config.limits,
+            api_slots.clone(),
             config.limits.request_timeout + api::notifications::MAX_WAIT,
         );
         let api = api::router(api_state, config.api.token.clone())
@@ -208,9 +212,9 @@ impl Relay {
 
         let mut servers = Vec::new();
         let timeout = config.limits.request_timeout;
-        let api = harden(api, &config.limits, timeout).merge(pulls);
-        let app = harden(app, &config.limits, timeout);
-        let ops = harden(ops, &config.limits, timeout);
+        let api = harden(api, api_slots, timeout).merge(pulls);
+        let app = harden(app, slots(), timeout);
+        let ops = harden(ops, slots(), timeout);
         for (listener, router) in [(self.app, app), (self.api, api), (self.ops, ops)] {
             let stopped = stop.clone().cancelled_owned();
             servers.push(tokio::spawn(async move {
@@ -345,7 +349,9 @@ const HOUSEKEEPING_EVERY: std::time::Duration = std::time::Duration::from_millis
 
 /// The inbound middleware every listener gets (body limits and the fallback are per router,
 /// so a router's auth covers its unknown paths too). Layers listed first see the request first.
-fn harden(router: Router, limits: &Limits, timeout: std::time::Duration) -> Router {
+/// `slots` is the listener's concurrency budget: one semaphore shared by every route, because
+/// `Router::layer` builds a separate service per route.
+fn harden(router: Router, slots: Arc<Semaphore>, timeout: std::time::Duration) -> Router {
     router
         .layer(
             ServiceBuilder::new()
@@ -357,7 +363,7 @@ fn harden(router: Router, limits: &Limits, timeout: std::time::Duration) -> Rout
                 }))
                 // Refuse at once when saturated instead of queueing without bound.
                 .load_shed()
-                .concurrency_limit(limits.max_concurrent_requests)
+                .layer(GlobalConcurrencyLimitLayer::with_semaphore(slots))
                 // Bounds every request, so a stuck client or store cannot hold a slot forever.
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::REQUEST_TIMEOUT,

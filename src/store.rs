@@ -65,6 +65,8 @@ pub struct Pulled {
     pub notifications: Vec<Notification>,
     /// Notifications still available after this pull.
     pub remaining: u64,
+    /// When the next hidden notification becomes available again, ms since the epoch.
+    pub next_visible_ms: Option<i64>,
 }
 
 /// A delivery claimed for an attempt.
@@ -435,7 +437,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Pulled, StoreError>;
 
     /// Acknowledges pulled notifications of `subscription`; returns the ids that were not
-    /// waiting for an acknowledgement (unknown, of another subscription, or acked already).
+    /// waiting for an acknowledgement (unknown, of another subscription, never pulled, or
+    /// acked already).
     async fn ack(
         &self,
         subscription: String,

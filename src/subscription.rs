@@ -169,8 +169,9 @@ impl fmt::Debug for Spec {
 }
 
 /// Fills secrets omitted from `doc` (a password left out of `auth.basic`, an empty
-/// `auth.bearer` object, a header whose value is `{}`) from `stored`, so a client can send
-/// back what it was shown.
+/// `auth.bearer` object, a header whose value is `{}`, a `pull.token` left out) from
+/// `stored`, so a client can send back what it was shown; `"token": null` removes the pull
+/// token.
 pub fn keep_secrets(doc: &mut Json, stored: &Json) {
     if let Some(headers) = doc.get_mut("headers").and_then(Json::as_object_mut) {
         let stored_headers = stored.get("headers").and_then(Json::as_object);
@@ -187,11 +188,19 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json) {
             }
         }
     }
-    if let Some(pull) = doc.get_mut("pull").and_then(Json::as_object_mut)
-        && !pull.contains_key("token")
-        && let Some(token) = stored.get("pull").and_then(|p| p.get("token"))
-    {
-        pull.insert("token".into(), token.clone());
+    if let Some(pull) = doc.get_mut("pull").and_then(Json::as_object_mut) {
+        match pull.get("token") {
+            // An explicit null removes the token.
+            Some(Json::Null) => {
+                pull.remove("token");
+            }
+            Some(_) => {}
+            None => {
+                if let Some(token) = stored.get("pull").and_then(|p| p.get("token")) {
+                    pull.insert("token".into(), token.clone());
+                }
+            }
+        }
     }
     let stored_auth = stored.get("auth");
     let Some(auth) = doc.get_mut("auth").and_then(Json::as_object_mut) else {

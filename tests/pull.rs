@@ -220,6 +220,13 @@ async fn explicit_without_visibility_timeout_returns_the_oldest_until_acked() {
     let (_, next) = get(&relay, "/v1/subscriptions/reg/notifications/next").await;
     assert_eq!(next["event_id"], "e1");
     relay.wait_outcome("reg", "delivered", 2.0).await;
+    // Only what was pulled can be acknowledged.
+    post_many(&relay, "late", 1).await;
+    let late = ids[2] + 1;
+    assert_eq!(
+        ack(&relay, "reg", &[late]).await,
+        json!({"acked": 0, "unknown": [late]})
+    );
     relay.stop().await;
 }
 
@@ -237,15 +244,12 @@ async fn explicit_with_visibility_timeout_hides_then_redelivers() {
     let (_, second) = get(&relay, "/v1/subscriptions/reg/notifications?limit=10").await;
     assert_eq!(event_ids(&second), ["e1"]);
     assert_eq!(second["remaining"], 0);
-    // After the timeout the un-acked e0 (the oldest) comes back first, counted.
-    let back = std::sync::Mutex::new(Value::Null);
-    poll(|| async {
-        let (status, n) = get(&relay, "/v1/subscriptions/reg/notifications/next").await;
-        *back.lock().unwrap() = n;
-        status == 200
-    })
-    .await;
-    let back = back.into_inner().unwrap();
+    // After the timeout the un-acked e0 (the oldest) comes back first, counted; a long poll
+    // waiting meanwhile gets it as soon as it is visible again.
+    let started = Instant::now();
+    let (status, back) = get(&relay, "/v1/subscriptions/reg/notifications/next?wait=20s").await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(back["event_id"], "e0");
     assert_eq!(back["id"], first["id"]);
     relay
@@ -438,6 +442,27 @@ async fn a_pull_subscription_registered_through_the_api() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(n["data"], json!({"subject": "hi"}));
+    // The data comes byte for byte as it was posted.
+    relay
+        .post_raw(
+            r#"{"id": "m2", "type": "mail.in", "data": {"z": 1,  "a": 2.50}}"#,
+            "application/json",
+        )
+        .await;
+    let text = relay
+        .http
+        .get(format!(
+            "http://{}/v1/subscriptions/inbox/notifications/next",
+            relay.addrs.api
+        ))
+        .bearer_auth("t-1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(r#""data":{"z": 1,  "a": 2.50}"#), "{text}");
     // A PATCH that leaves the token out keeps it.
     let (status, _) = relay
         .api(
@@ -457,5 +482,38 @@ async fn a_pull_subscription_registered_through_the_api() {
     )
     .await;
     assert_eq!(status, 401);
+    // A PATCH with null removes it.
+    let (status, _) = relay
+        .api(
+            Method::PATCH,
+            "/v1/subscriptions/inbox",
+            Some(json!({"pull": {"token": null}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = get(&relay, "/v1/subscriptions/inbox/notifications/next").await;
+    assert_eq!(status, 204);
     relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_concurrency_limit_covers_the_whole_listener() {
+    let relay = Arc::new(
+        TestRelay::start(&format!(
+            "limits: {{max_concurrent_requests: 1}}\n{}",
+            config(&[pull_sub("lp", "ack: auto")])
+        ))
+        .await,
+    );
+    let holder = {
+        let relay = relay.clone();
+        tokio::spawn(
+            async move { get(&relay, "/v1/subscriptions/lp/notifications/next?wait=5s").await },
+        )
+    };
+    // While the long poll holds the listener's one slot, any other route is shed.
+    poll(|| async { get(&relay, "/v1/subscriptions").await.0 == 503 }).await;
+    post_many(&relay, "e", 1).await;
+    assert_eq!(holder.await.unwrap().0, 200);
+    Arc::into_inner(relay).unwrap().stop().await;
 }

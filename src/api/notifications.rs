@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::ApiState;
@@ -146,6 +148,11 @@ async fn take(
             count(state, sub, settings, &pulled.notifications);
             return Ok((pulled.notifications, pulled.remaining));
         }
+        // A hidden notification coming back counts as an arrival too.
+        let wake_at = pulled.next_visible_ms.map_or(deadline, |at| {
+            let after = Duration::from_millis((at - now_ms()).max(0) as u64);
+            deadline.min(tokio::time::Instant::now() + after)
+        });
         // Woken by an arrival, the end of the wait, or the relay stopping (one more pull
         // then answers).
         let arrival = async {
@@ -156,7 +163,7 @@ async fn take(
         };
         tokio::select! {
             _ = arrival => {}
-            _ = tokio::time::sleep_until(deadline) => {}
+            _ = tokio::time::sleep_until(wake_at) => {}
             _ = stopping.cancelled() => {}
         }
     }
@@ -182,27 +189,47 @@ fn count(state: &ApiState, sub: &Subscription, settings: &PullSettings, taken: &
     }
 }
 
-/// A notification as consumers see it. `data` is the event's data as received; bodies that
-/// are not JSON come as a string, or base64 when not UTF-8.
-fn view(n: &Notification) -> Value {
-    let mut v = json!({
-        "id": n.id,
-        "event_id": n.event_id,
-        "type": n.event_type,
-        "received_at": rfc3339(n.received_at_ms),
+/// A notification as consumers see it.
+#[derive(Serialize)]
+struct View<'a> {
+    id: DeliveryId,
+    event_id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    received_at: String,
+    /// The event's data, byte for byte; a body that is not JSON comes as a JSON string.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Box<RawValue>>,
+    /// A body that is not UTF-8, in base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<String>,
+}
+
+fn view(n: &Notification) -> View<'_> {
+    let text = std::str::from_utf8(&n.data).ok();
+    // JSON as is; other text as a JSON string (quoting a str cannot fail).
+    let data = text.and_then(|t| {
+        RawValue::from_string(t.to_string())
+            .or_else(|_| RawValue::from_string(serde_json::to_string(t).unwrap_or_default()))
+            .ok()
     });
-    match serde_json::from_slice::<Value>(&n.data) {
-        Ok(data) => v["data"] = data,
-        Err(_) => match std::str::from_utf8(&n.data) {
-            Ok(text) => v["data"] = text.into(),
-            Err(_) => {
-                v["data_base64"] = base64::engine::general_purpose::STANDARD
-                    .encode(&n.data)
-                    .into()
-            }
-        },
+    View {
+        id: n.id,
+        event_id: &n.event_id,
+        event_type: &n.event_type,
+        received_at: rfc3339(n.received_at_ms),
+        data_base64: text
+            .is_none()
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&n.data)),
+        data,
     }
-    v
+}
+
+/// The answer of the list call.
+#[derive(Serialize)]
+struct List<'a> {
+    notifications: Vec<View<'a>>,
+    remaining: u64,
 }
 
 /// `GET /v1/subscriptions/{id}/notifications/next[?wait=20s]`: the oldest, or `204`.
@@ -232,10 +259,10 @@ async fn list(
     let (sub, settings) = authorize(&state, &key, &headers)?;
     let (wait, limit) = params(&q, true)?;
     let (taken, remaining) = take(&state, &sub, &settings, limit, wait).await?;
-    Ok(Json(json!({
-        "notifications": taken.iter().map(view).collect::<Vec<_>>(),
-        "remaining": remaining,
-    }))
+    Ok(Json(List {
+        notifications: taken.iter().map(view).collect(),
+        remaining,
+    })
     .into_response())
 }
 

@@ -171,7 +171,7 @@ pub async fn replace(
     body: Body,
 ) -> Result<Response, HttpError> {
     let doc = object(json_body(&state, &headers, body).await?)?;
-    update(state, key, |_| Ok(doc)).await
+    update(state, key, true, |_| Ok(doc)).await
 }
 
 /// `PATCH /v1/subscriptions/{id}`: a JSON Merge Patch (RFC 7396) of the stored document.
@@ -182,7 +182,9 @@ pub async fn patch(
     body: Body,
 ) -> Result<Response, HttpError> {
     let patch = json_body(&state, &headers, body).await?;
-    update(state, key, move |stored| {
+    // The merge starts from the stored document, secrets included: nothing to fill in, and
+    // a `null` removes a secret like any other member.
+    update(state, key, false, move |stored| {
         let mut doc = stored.clone();
         json_patch::merge(&mut doc, &patch);
         object(doc)
@@ -191,10 +193,11 @@ pub async fn patch(
 }
 
 /// Shared by PUT and PATCH: `make` builds the new document from the stored one, under the
-/// catalog's edit lock.
+/// catalog's edit lock; `fill_secrets` restores secrets the document leaves out (PUT).
 async fn update(
     state: ApiState,
     key: String,
+    fill_secrets: bool,
     make: impl FnOnce(&Json) -> Result<Map<String, Json>, HttpError> + Send + 'static,
 ) -> Result<Response, HttpError> {
     let catalog = state.catalog.clone();
@@ -220,7 +223,9 @@ async fn update(
                 // The name is immutable, also when the document never spelled it out.
                 doc.insert("name".into(), old.name.clone().into());
                 let mut doc = Json::Object(doc);
-                keep_secrets(&mut doc, old.spec.expose());
+                if fill_secrets {
+                    keep_secrets(&mut doc, old.spec.expose());
+                }
                 let Json::Object(doc) = doc else {
                     unreachable!("still an object")
                 };

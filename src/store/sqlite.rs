@@ -1027,9 +1027,17 @@ impl Store for SqliteStore {
                 )
                 .and_then(|mut s| s.query_row(params![subscription, now_ms], |r| r.get(0)))
                 .map_err(sql_error)?;
+            let next_visible_ms: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT min(next_attempt_at) FROM deliveries
+                     WHERE subscription = ?1 AND state = 0 AND next_attempt_at > ?2",
+                )
+                .and_then(|mut s| s.query_row(params![subscription, now_ms], |r| r.get(0)))
+                .map_err(sql_error)?;
             Ok(Pulled {
                 notifications,
                 remaining: remaining as u64,
+                next_visible_ms,
             })
         })
         .await
@@ -1045,7 +1053,7 @@ impl Store for SqliteStore {
             let mut update = conn
                 .prepare_cached(
                     "UPDATE deliveries SET state = 2, delivered_at = ?3, finished_at = ?3
-                     WHERE id = ?1 AND subscription = ?2 AND state = 0",
+                     WHERE id = ?1 AND subscription = ?2 AND state = 0 AND attempts > 0",
                 )
                 .map_err(sql_error)?;
             let mut unknown = Vec::new();
