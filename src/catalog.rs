@@ -273,6 +273,8 @@ impl Catalog {
             self.metrics.remove_subscription(&old.name);
         }
         self.publish(version).await;
+        // Long polls on the old version see the change and end.
+        self.dispatcher.wake(&sub.name);
         tracing::info!(
             subscription = sub.name.as_str(),
             id = sub.id.as_str(),
@@ -298,6 +300,7 @@ impl Catalog {
             .store
             .delete_subscription(sub.id.clone(), sub.name.clone(), now_ms())
             .await?;
+        let arrivals = self.dispatcher.arrivals(&sub.name);
         self.dispatcher.remove(&sub.name);
         let version = {
             let mut state = self.lock();
@@ -309,6 +312,10 @@ impl Catalog {
             state.version
         };
         self.publish(version).await;
+        // Long polls on it see it gone and end.
+        if let Some(arrivals) = arrivals {
+            arrivals.notify_waiters();
+        }
         // Counted under the shared label: a deleted subscription's own series go away.
         self.metrics
             .deliveries

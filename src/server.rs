@@ -193,11 +193,11 @@ impl Relay {
         };
         // Long polls may wait up to MAX_WAIT: their routes get that much more time.
         let slots = || Arc::new(Semaphore::new(config.limits.max_concurrent_requests));
-        let api_slots = slots();
+        // Their own budget: waiting long polls must not lock the management API out.
         let pulls = harden(
             api::notifications::router(api_state.clone())
                 .layer(RequestBodyLimitLayer::new(config.limits.max_body)),
-            api_slots.clone(),
+            slots(),
             config.limits.request_timeout + api::notifications::MAX_WAIT,
         );
         let api = api::router(api_state, config.api.token.clone())
@@ -212,7 +212,7 @@ impl Relay {
 
         let mut servers = Vec::new();
         let timeout = config.limits.request_timeout;
-        let api = harden(api, api_slots, timeout).merge(pulls);
+        let api = harden(api, slots(), timeout).merge(pulls);
         let app = harden(app, slots(), timeout);
         let ops = harden(ops, slots(), timeout);
         for (listener, router) in [(self.app, app), (self.api, api), (self.ops, ops)] {

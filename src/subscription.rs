@@ -171,8 +171,9 @@ impl fmt::Debug for Spec {
 /// Fills secrets omitted from `doc` (a password left out of `auth.basic`, an empty
 /// `auth.bearer` object, a header whose value is `{}`, a `pull.token` left out) from
 /// `stored`, so a client can send back what it was shown; `"token": null` removes the pull
-/// token.
-pub fn keep_secrets(doc: &mut Json, stored: &Json) {
+/// token. A merge patch already carries the stored token (or removed it on purpose), so it
+/// passes `refill_pull_token: false`.
+pub fn keep_secrets(doc: &mut Json, stored: &Json, refill_pull_token: bool) {
     if let Some(headers) = doc.get_mut("headers").and_then(Json::as_object_mut) {
         let stored_headers = stored.get("headers").and_then(Json::as_object);
         for (name, value) in headers.iter_mut() {
@@ -188,6 +189,15 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json) {
             }
         }
     }
+    let stored_token = stored.get("pull").and_then(|p| p.get("token"));
+    // A pull subscription sent back without its `pull` object keeps its token too.
+    if refill_pull_token
+        && doc.get("mode").and_then(Json::as_str) == Some("pull")
+        && doc.get("pull").is_none()
+        && let (Some(token), Some(map)) = (stored_token, doc.as_object_mut())
+    {
+        map.insert("pull".into(), serde_json::json!({ "token": token }));
+    }
     if let Some(pull) = doc.get_mut("pull").and_then(Json::as_object_mut) {
         match pull.get("token") {
             // An explicit null removes the token.
@@ -196,7 +206,7 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json) {
             }
             Some(_) => {}
             None => {
-                if let Some(token) = stored.get("pull").and_then(|p| p.get("token")) {
+                if let Some(token) = stored_token.filter(|_| refill_pull_token) {
                     pull.insert("token".into(), token.clone());
                 }
             }
@@ -1150,7 +1160,7 @@ mod tests {
     fn omitted_secrets_are_kept_from_the_stored_document() {
         let stored = serde_json::json!({"auth": {"basic": {"username": "u", "password": "pw"}}});
         let mut doc = serde_json::json!({"auth": {"basic": {"username": "v"}}});
-        keep_secrets(&mut doc, &stored);
+        keep_secrets(&mut doc, &stored, true);
         assert_eq!(
             doc["auth"]["basic"],
             serde_json::json!({"username": "v", "password": "pw"})
@@ -1160,15 +1170,15 @@ mod tests {
             serde_json::json!({"auth": {"bearer": {"token": "tok"}}}),
         ] {
             let mut doc = serde_json::json!({"auth": {"bearer": {}}});
-            keep_secrets(&mut doc, &stored);
+            keep_secrets(&mut doc, &stored, true);
             assert_eq!(doc["auth"]["bearer"], serde_json::json!({"token": "tok"}));
         }
         // A secret that is given wins; a different auth kind takes nothing.
         let mut doc = serde_json::json!({"auth": {"basic": {"username": "u", "password": "new"}}});
-        keep_secrets(&mut doc, &stored);
+        keep_secrets(&mut doc, &stored, true);
         assert_eq!(doc["auth"]["basic"]["password"], "new");
         let mut doc = serde_json::json!({"auth": {"bearer": {}}});
-        keep_secrets(&mut doc, &stored);
+        keep_secrets(&mut doc, &stored, true);
         assert_eq!(doc["auth"]["bearer"], serde_json::json!({}));
         let s = parse("{name: a, url: 'http://h/', events: [x], auth: {bearer: {token: t-1}}}")
             .unwrap();

@@ -377,6 +377,18 @@ async fn a_long_poll_returns_when_an_event_arrives() {
     assert!(started.elapsed() >= Duration::from_millis(900));
     let (status, answer) = get(&relay, "/v1/subscriptions/lp/notifications/next?wait=31s").await;
     assert_eq!(status, 422, "{answer}");
+    // HEAD would consume without returning anything: refused.
+    post_many(&relay, "h", 1).await;
+    let (status, _) = relay
+        .api(
+            Method::HEAD,
+            "/v1/subscriptions/lp/notifications/next",
+            None,
+        )
+        .await;
+    assert_eq!(status, 405);
+    let (_, kept) = get(&relay, "/v1/subscriptions/lp/notifications/next").await;
+    assert_eq!(kept["event_id"], "h0");
 
     let waiting = {
         let relay = relay.clone();
@@ -497,7 +509,7 @@ async fn a_pull_subscription_registered_through_the_api() {
 }
 
 #[tokio::test]
-async fn the_concurrency_limit_covers_the_whole_listener() {
+async fn the_concurrency_limit_covers_every_route_of_a_router() {
     let relay = Arc::new(
         TestRelay::start(&format!(
             "limits: {{max_concurrent_requests: 1}}\n{}",
@@ -511,9 +523,61 @@ async fn the_concurrency_limit_covers_the_whole_listener() {
             async move { get(&relay, "/v1/subscriptions/lp/notifications/next?wait=5s").await },
         )
     };
-    // While the long poll holds the listener's one slot, any other route is shed.
-    poll(|| async { get(&relay, "/v1/subscriptions").await.0 == 503 }).await;
+    // While the long poll holds the notification routes' one slot, the other notification
+    // route is shed too; the management routes have a budget of their own.
+    poll(|| async { get(&relay, "/v1/subscriptions/lp/notifications").await.0 == 503 }).await;
+    assert_eq!(get(&relay, "/v1/subscriptions").await.0, 200);
     post_many(&relay, "e", 1).await;
     assert_eq!(holder.await.unwrap().0, 200);
+    Arc::into_inner(relay).unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn a_long_poll_ends_when_its_subscription_changes() {
+    let relay = Arc::new(TestRelay::start("").await);
+    let (status, _) = relay
+        .api(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"name": "q", "mode": "pull", "events": ["*"], "pull": {"token": "old-t"}})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let waiting = {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (status, body, _) = api_request(
+                &relay.http,
+                relay.addrs.api,
+                Method::GET,
+                "/v1/subscriptions/q/notifications?wait=20s",
+                None,
+                Some("old-t"),
+            )
+            .await;
+            (status, body, started.elapsed())
+        })
+    };
+    // A PUT that leaves `pull` out keeps the token; it still replaces the subscription, which
+    // ends the poll without handing it anything, even as events arrive.
+    poll(|| async {
+        let (status, _) = relay
+            .api(
+                Method::PUT,
+                "/v1/subscriptions/q",
+                Some(json!({"mode": "pull", "events": ["*"]})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        waiting.is_finished()
+    })
+    .await;
+    let (status, body, took) = waiting.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["notifications"], json!([]));
+    assert!(took < Duration::from_secs(10));
+    let (status, _) = get(&relay, "/v1/subscriptions/q/notifications/next").await;
+    assert_eq!(status, 401, "the token was kept");
     Arc::into_inner(relay).unwrap().stop().await;
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -119,7 +119,7 @@ fn params(q: &HashMap<String, String>, with_limit: bool) -> Result<(Duration, us
 /// wait ends.
 async fn take(
     state: &ApiState,
-    sub: &Subscription,
+    sub: &Arc<Subscription>,
     settings: &PullSettings,
     limit: usize,
     wait: Duration,
@@ -132,20 +132,44 @@ async fn take(
     let arrivals = state.dispatcher.arrivals(&sub.name);
     let stopping = state.dispatcher.stopping();
     loop {
+        // A subscription changed or deleted meanwhile (mode, token, a new one of that name)
+        // ends the poll: its queue is no longer the one this caller was let into.
+        let current = state.catalog.find(&sub.id);
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, sub)) {
+            return Ok((Vec::new(), 0));
+        }
         // Registered before the store is asked, so an arrival in between is not missed.
         let notified = arrivals.as_ref().map(|n| n.notified());
         let mut notified = std::pin::pin!(notified);
         if let Some(n) = notified.as_mut().as_pin_mut() {
             n.enable();
         }
-        let pulled = state
-            .store
-            .pull(sub.name.clone(), now_ms(), limit, mode)
+        // On its own task, counted there: a caller that goes away mid-pull (auto mode
+        // consumes at the commit) still leaves the count right.
+        let pulled = {
+            let (state, sub, settings) = (state.clone(), sub.clone(), settings.clone());
+            tokio::spawn(async move {
+                let pulled = state
+                    .store
+                    .pull(sub.name.clone(), now_ms(), limit, mode)
+                    .await;
+                if let Ok(p) = &pulled {
+                    count(&state, &sub, &settings, &p.notifications);
+                }
+                pulled
+            })
             .await
-            .map_err(super::unavailable)?;
+            .map_err(|_| {
+                HttpError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the pull failed; see the relay's log",
+                )
+            })?
+            .map_err(super::unavailable)?
+        };
         let done = tokio::time::Instant::now() >= deadline || stopping.is_cancelled();
         if !pulled.notifications.is_empty() || done {
-            count(state, sub, settings, &pulled.notifications);
             return Ok((pulled.notifications, pulled.remaining));
         }
         // A hidden notification coming back counts as an arrival too.
@@ -232,13 +256,27 @@ struct List<'a> {
     remaining: u64,
 }
 
+/// axum answers HEAD with the GET handler; a pull must not consume what nobody receives.
+fn refuse_head(method: &Method) -> Result<(), HttpError> {
+    if method == Method::HEAD {
+        return Err(HttpError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "HEAD would take notifications without returning them; use GET",
+        ));
+    }
+    Ok(())
+}
+
 /// `GET /v1/subscriptions/{id}/notifications/next[?wait=20s]`: the oldest, or `204`.
 async fn next(
     State(state): State<ApiState>,
+    method: Method,
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    refuse_head(&method)?;
     let (sub, settings) = authorize(&state, &key, &headers)?;
     let (wait, _) = params(&q, false)?;
     let (taken, _) = take(&state, &sub, &settings, 1, wait).await?;
@@ -252,10 +290,12 @@ async fn next(
 /// and how many remain.
 async fn list(
     State(state): State<ApiState>,
+    method: Method,
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    refuse_head(&method)?;
     let (sub, settings) = authorize(&state, &key, &headers)?;
     let (wait, limit) = params(&q, true)?;
     let (taken, remaining) = take(&state, &sub, &settings, limit, wait).await?;

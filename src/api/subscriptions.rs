@@ -182,8 +182,8 @@ pub async fn patch(
     body: Body,
 ) -> Result<Response, HttpError> {
     let patch = json_body(&state, &headers, body).await?;
-    // The merge starts from the stored document, secrets included: nothing to fill in, and
-    // a `null` removes a secret like any other member.
+    // The merge starts from the stored document, secrets included, so a `null` removes the
+    // pull token like any other member; placeholders (`{}`) are still filled in.
     update(state, key, false, move |stored| {
         let mut doc = stored.clone();
         json_patch::merge(&mut doc, &patch);
@@ -193,11 +193,12 @@ pub async fn patch(
 }
 
 /// Shared by PUT and PATCH: `make` builds the new document from the stored one, under the
-/// catalog's edit lock; `fill_secrets` restores secrets the document leaves out (PUT).
+/// catalog's edit lock. Secrets shown as placeholders are restored; a `pull.token` left out is
+/// too when `refill_pull_token` (PUT; a merge patch keeps or removes it itself).
 async fn update(
     state: ApiState,
     key: String,
-    fill_secrets: bool,
+    refill_pull_token: bool,
     make: impl FnOnce(&Json) -> Result<Map<String, Json>, HttpError> + Send + 'static,
 ) -> Result<Response, HttpError> {
     let catalog = state.catalog.clone();
@@ -223,9 +224,7 @@ async fn update(
                 // The name is immutable, also when the document never spelled it out.
                 doc.insert("name".into(), old.name.clone().into());
                 let mut doc = Json::Object(doc);
-                if fill_secrets {
-                    keep_secrets(&mut doc, old.spec.expose());
-                }
+                keep_secrets(&mut doc, old.spec.expose(), refill_pull_token);
                 let Json::Object(doc) = doc else {
                     unreachable!("still an object")
                 };
