@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::TestRelay;
+use std::time::Duration;
+
+use common::{Answer, Receiver, TestRelay, poll};
 use serde_json::{Value, json};
 
 async fn relay() -> TestRelay {
@@ -157,6 +159,36 @@ async fn health_and_readiness() {
         assert_eq!(resp.status(), 200, "{path}");
     }
     r.stop().await;
+}
+
+#[tokio::test]
+async fn not_ready_while_shutting_down() {
+    // An attempt held by the receiver keeps the relay in its grace period.
+    let rx = Receiver::scripted(|_| Answer::status(200).after(Duration::from_secs(3))).await;
+    let mut r = TestRelay::start(&format!(
+        "shutdown: {{grace: 10s}}\nsubscriptions:\n  - {{name: slow, url: '{}', events: ['*']}}\n",
+        rx.url("/")
+    ))
+    .await;
+    r.post(&json!({"type": "t", "data": {}})).await;
+    rx.wait_for(1).await;
+    r.begin_stop();
+    // Not ready from the start of the shutdown: 503, or no longer accepting at all.
+    let probe = || async {
+        match r
+            .http
+            .get(format!("http://{}/readyz", r.addrs.ops))
+            .send()
+            .await
+        {
+            Ok(resp) => resp.status() == 503,
+            Err(_) => true,
+        }
+    };
+    poll(probe).await;
+    assert!(r.running(), "the relay was still finishing its attempt");
+    r.stop().await;
+    assert_eq!(rx.count(), 1);
 }
 
 #[tokio::test]

@@ -282,6 +282,18 @@ impl TestRelay {
         .await
     }
 
+    /// True until the relay's run has returned.
+    pub fn running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    /// Starts the shutdown (as SIGTERM would) without waiting for it.
+    pub fn begin_stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
     /// Stops the relay and waits for it to return.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
