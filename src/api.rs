@@ -99,9 +99,7 @@ async fn require_bearer(token: Secret, req: Request, next: Next) -> Response {
 impl From<CatalogError> for HttpError {
     fn from(e: CatalogError) -> HttpError {
         match e {
-            CatalogError::NotFound(_) => {
-                HttpError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
-            }
+            CatalogError::NotFound(key) => unknown_subscription(&key),
             CatalogError::Store(e) => unavailable(e),
             CatalogError::NameTaken(_)
             | CatalogError::StoredNameTaken(_)
@@ -124,6 +122,7 @@ fn unavailable(e: StoreError) -> HttpError {
     .retry_after(1)
 }
 
+/// `404` for a subscription id or name that names none.
 fn unknown_subscription(name: &str) -> HttpError {
     HttpError::new(
         StatusCode::NOT_FOUND,

@@ -37,7 +37,7 @@ const RETIRE_DRAIN_WAIT: Duration = Duration::from_secs(60);
 /// Handle to the running pumps; pumps come and go as subscriptions are added and removed.
 #[derive(Clone)]
 pub struct Dispatcher {
-    pumps: Arc<RwLock<HashMap<Arc<str>, PumpHandle>>>,
+    pumps: Arc<RwLock<HashMap<Arc<str>, Arc<PumpHandle>>>>,
     shared: Arc<Shared>,
 }
 
@@ -54,8 +54,7 @@ struct Shared {
     attempts: TaskTracker,
 }
 
-/// How ingest reaches one subscription's pump and feeder.
-#[derive(Clone)]
+/// How ingest reaches one subscription's pump and feeder (shared: a lookup clones one Arc).
 struct PumpHandle {
     /// Tells the feeder that deliveries wait in the store (kept when the pump is replaced);
     /// for a pull subscription, wakes every long poll waiting on it.
@@ -119,13 +118,13 @@ impl Dispatcher {
             // Pulled, not pushed: no pump; the handle only counts matches and wakes pollers.
             pumps.insert(
                 Arc::from(sub.name.as_str()),
-                PumpHandle {
+                Arc::new(PumpHandle {
                     wake,
                     queue: None,
                     matched,
                     stop,
                     ttl_ms: sub.pull.as_ref().map(|p| p.ttl.as_millis() as i64),
-                },
+                }),
             );
             drop(pumps);
             if let Some(old) = previous {
@@ -137,13 +136,13 @@ impl Dispatcher {
         let (queue, claimed) = mpsc::channel((sub.max_in_flight * 4).max(256));
         pumps.insert(
             Arc::from(sub.name.as_str()),
-            PumpHandle {
+            Arc::new(PumpHandle {
                 wake: wake.clone(),
                 queue: Some(queue.clone()),
                 matched,
                 stop: stop.clone(),
                 ttl_ms: None,
-            },
+            }),
         );
         drop(pumps);
         if let Some(old) = previous {
@@ -197,7 +196,7 @@ impl Dispatcher {
     }
 
     /// Runs `f` on a subscription's pump under the read lock (no handle is cloned).
-    fn with_pump<T>(&self, name: &str, f: impl FnOnce(&PumpHandle) -> T) -> Option<T> {
+    fn with_pump<T>(&self, name: &str, f: impl FnOnce(&Arc<PumpHandle>) -> T) -> Option<T> {
         self.pumps
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -207,15 +206,7 @@ impl Dispatcher {
 
     /// Tells a subscription's feeder (or its long polls) that new deliveries are waiting.
     pub fn wake(&self, subscription: &str) {
-        self.with_pump(subscription, |p| match p.queue {
-            Some(_) => p.wake.notify_one(),
-            None => p.wake.notify_waiters(),
-        });
-    }
-
-    /// A delivery's own ttl for `subscription` (a pull subscription's), in ms.
-    pub fn ttl_ms(&self, subscription: &str) -> Option<i64> {
-        self.with_pump(subscription, |p| p.ttl_ms).flatten()
+        self.with_pump(subscription, |p| p.wake());
     }
 
     /// Cancelled when the relay stops (long polls end then).
@@ -228,15 +219,48 @@ impl Dispatcher {
         self.with_pump(subscription, |p| p.wake.clone())
     }
 
-    /// Counts an accepted event matched by `subscription`.
-    pub fn count_match(&self, subscription: &str) {
-        self.with_pump(subscription, |p| p.matched.inc());
+    /// Everything ingest needs of `subscription`'s pump for one new delivery, in one lookup:
+    /// a reserved place in its queue if there is room, its ttl, and how to report the commit.
+    pub fn route(&self, subscription: &str) -> Option<Route> {
+        self.with_pump(subscription, |p| Route {
+            slot: p.queue.clone().and_then(|q| q.try_reserve_owned().ok()),
+            ttl_ms: p.ttl_ms,
+            handle: p.clone(),
+        })
     }
+}
 
-    /// Reserves a place to hand a new delivery straight to its pump, if there is room.
-    pub fn reserve(&self, subscription: &str) -> Option<HandoffSlot> {
-        let queue = self.with_pump(subscription, |p| p.queue.clone())??;
-        queue.try_reserve_owned().ok()
+impl PumpHandle {
+    /// A push feeder is one waiter; a pull queue may have many long polls.
+    fn wake(&self) {
+        match self.queue {
+            Some(_) => self.wake.notify_one(),
+            None => self.wake.notify_waiters(),
+        }
+    }
+}
+
+/// A new delivery's way to its pump, looked up once before the commit.
+pub struct Route {
+    /// A reserved place in the pump's queue, when it had room.
+    pub slot: Option<HandoffSlot>,
+    /// The delivery's own ttl (a pull subscription's), in ms.
+    pub ttl_ms: Option<i64>,
+    handle: Arc<PumpHandle>,
+}
+
+impl Route {
+    /// After the commit: counts the match, then hands the delivery to the pump, or tells the
+    /// feeder (or the long polls) that it waits in the store.
+    /// `delivery` is only built when it is handed over.
+    pub fn deliver(self, delivery: impl FnOnce() -> Delivery) {
+        self.handle.matched.inc();
+        match self.slot {
+            Some(slot) => {
+                slot.send(delivery());
+            }
+            None => self.handle.wake(),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::catalog::Catalog;
 use crate::config::Limits;
-use crate::dispatch::{Dispatcher, HandoffSlot};
+use crate::dispatch::{Dispatcher, Route};
 use crate::event::{Event, EventError};
 use crate::http_error::{HttpError, no_such_endpoint, unauthorized};
 use crate::metrics::Metrics;
@@ -115,16 +115,7 @@ async fn post_event(
         let (event, raw) = Event::parse(&body).map_err(|e| event_error(e, ""))?;
         let matched = state.catalog.registry().matching(&event.event_type, raw);
         let id = event.id.clone();
-        let admissions = store(
-            &state,
-            vec![Accepted {
-                event,
-                subscriptions: matched.clone(),
-                handed_off: Vec::new(),
-                ttl_ms: Vec::new(),
-            }],
-        )
-        .await?;
+        let admissions = store(&state, vec![Accepted::new(event, matched.clone())]).await?;
         Ok::<_, HttpError>(match admissions.into_iter().next() {
             Some(Admission::Duplicate { subscriptions }) => (
                 StatusCode::OK,
@@ -176,12 +167,7 @@ async fn post_batch(
             let (event, data) =
                 Event::parse(&element).map_err(|e| event_error(e, &format!("[{i}]")))?;
             let subscriptions = state.catalog.registry().matching(&event.event_type, data);
-            batch.push(Accepted {
-                event,
-                subscriptions,
-                handed_off: Vec::new(),
-                ttl_ms: Vec::new(),
-            });
+            batch.push(Accepted::new(event, subscriptions));
         }
         let summary: Vec<(String, Vec<Arc<str>>)> = batch
             .iter()
@@ -260,21 +246,23 @@ async fn commit_and_hand_off(
     state: &IngestState,
     mut batch: Vec<Accepted>,
 ) -> Result<Vec<Admission>, HttpError> {
-    let mut slots: Vec<Vec<Option<HandoffSlot>>> = Vec::with_capacity(batch.len());
+    let mut routes: Vec<Vec<Option<Route>>> = Vec::with_capacity(batch.len());
     let mut events = Vec::with_capacity(batch.len());
     for a in &mut batch {
-        let reserved: Vec<Option<HandoffSlot>> = a
+        let found: Vec<Option<Route>> = a
             .subscriptions
             .iter()
-            .map(|s| state.dispatcher.reserve(s))
+            .map(|s| state.dispatcher.route(s))
             .collect();
-        a.handed_off = reserved.iter().map(Option::is_some).collect();
-        a.ttl_ms = a
-            .subscriptions
+        a.handed_off = found
             .iter()
-            .map(|s| state.dispatcher.ttl_ms(s))
+            .map(|r| r.as_ref().is_some_and(|r| r.slot.is_some()))
             .collect();
-        slots.push(reserved);
+        a.ttl_ms = found
+            .iter()
+            .map(|r| r.as_ref().and_then(|r| r.ttl_ms))
+            .collect();
+        routes.push(found);
         events.push((
             Arc::<str>::from(a.event.id.as_str()),
             Arc::<str>::from(a.event.event_type.as_str()),
@@ -296,8 +284,8 @@ async fn commit_and_hand_off(
         )
         .retry_after(1)
     })?;
-    for (((event_id, event_type, data, received_at_ms, subs), admission), reserved) in
-        events.into_iter().zip(&admissions).zip(slots)
+    for (((event_id, event_type, data, received_at_ms, subs), admission), found) in
+        events.into_iter().zip(&admissions).zip(routes)
     {
         let Admission::Stored(ids) = admission else {
             state
@@ -312,21 +300,17 @@ async fn commit_and_hand_off(
             .events_received
             .with_label_values(&["accepted"])
             .inc();
-        for ((subscription, id), slot) in subs.into_iter().zip(ids).zip(reserved) {
-            state.dispatcher.count_match(&subscription);
-            match slot {
-                Some(slot) => {
-                    slot.send(Delivery {
-                        id: *id,
-                        subscription,
-                        event_id: event_id.clone(),
-                        event_type: event_type.clone(),
-                        data: data.clone(),
-                        attempts: 0,
-                        received_at_ms,
-                    });
-                }
-                None => state.dispatcher.wake(&subscription),
+        for ((subscription, id), route) in subs.into_iter().zip(ids).zip(found) {
+            if let Some(route) = route {
+                route.deliver(|| Delivery {
+                    id: *id,
+                    subscription,
+                    event_id: event_id.clone(),
+                    event_type: event_type.clone(),
+                    data: data.clone(),
+                    attempts: 0,
+                    received_at_ms,
+                });
             }
         }
     }

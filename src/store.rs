@@ -31,6 +31,18 @@ pub struct Accepted {
     pub ttl_ms: Vec<Option<i64>>,
 }
 
+impl Accepted {
+    /// An event for `subscriptions`; the caller fills `handed_off` and `ttl_ms` if it has to.
+    pub fn new(event: Event, subscriptions: Vec<Arc<str>>) -> Accepted {
+        Accepted {
+            event,
+            subscriptions,
+            handed_off: Vec::new(),
+            ttl_ms: Vec::new(),
+        }
+    }
+}
+
 /// How a pull takes notifications.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullMode {

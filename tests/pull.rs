@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestRelay, api_request, poll};
+use common::{TestRelay, poll};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -103,16 +103,8 @@ async fn fifo_across_a_thousand_notifications_and_a_restart() {
 #[tokio::test]
 async fn limit_bounds_remaining_and_the_empty_queue() {
     let relay = TestRelay::start(&config(&[pull_sub("poll", "ack: auto")])).await;
-    let r = relay
-        .http
-        .get(format!(
-            "http://{}/v1/subscriptions/poll/notifications/next",
-            relay.addrs.api
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    let (status, _) = get(&relay, "/v1/subscriptions/poll/notifications/next").await;
+    assert_eq!(status, 204);
     let (status, empty) = get(&relay, "/v1/subscriptions/poll/notifications?limit=5").await;
     assert_eq!(status, 200);
     assert_eq!(empty, json!({"notifications": [], "remaining": 0}));
@@ -278,16 +270,8 @@ async fn unacknowledged_notifications_expire_after_the_ttl_and_release_restores_
     relay
         .wait_metric("hookrelay_queue_depth", &[("subscription", "slow")], 0.0)
         .await;
-    let r = relay
-        .http
-        .get(format!(
-            "http://{}/v1/subscriptions/slow/notifications/next",
-            relay.addrs.api
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    let (status, _) = get(&relay, "/v1/subscriptions/slow/notifications/next").await;
+    assert_eq!(status, 204);
     let (status, released) = relay
         .api(
             Method::POST,
@@ -311,9 +295,7 @@ async fn a_token_guards_the_queue_and_push_subscriptions_cannot_be_pulled() {
     let relay = TestRelay::start(&yaml).await;
     post_many(&relay, "e", 1).await;
     let call = |path: &'static str, token: Option<&'static str>| {
-        let http = relay.http.clone();
-        let api = relay.addrs.api;
-        async move { api_request(&http, api, Method::GET, path, None, token).await }
+        relay.api_as(Method::GET, path, None, token)
     };
     for token in [None, Some("wrong")] {
         let (status, answer, headers) =
@@ -346,23 +328,15 @@ async fn the_api_token_applies_when_the_subscription_has_none() {
     ))
     .await;
     let path = "/v1/subscriptions/p/notifications/next";
-    let (status, _, _) =
-        api_request(&relay.http, relay.addrs.api, Method::GET, path, None, None).await;
+    let (status, _, _) = relay.api_as(Method::GET, path, None, None).await;
     assert_eq!(status, 401);
-    let (status, _, _) = api_request(
-        &relay.http,
-        relay.addrs.api,
-        Method::GET,
-        path,
-        None,
-        Some("api-t0ken"),
-    )
-    .await;
+    let (status, _, _) = relay
+        .api_as(Method::GET, path, None, Some("api-t0ken"))
+        .await;
     assert_eq!(status, 204);
     // Without a valid token, an unknown subscription is not told apart.
     let path = "/v1/subscriptions/nope/notifications/next";
-    let (status, _, _) =
-        api_request(&relay.http, relay.addrs.api, Method::GET, path, None, None).await;
+    let (status, _, _) = relay.api_as(Method::GET, path, None, None).await;
     assert_eq!(status, 401);
     relay.stop().await;
 }
@@ -443,15 +417,14 @@ async fn a_pull_subscription_registered_through_the_api() {
     relay
         .post(&json!({"id": "m1", "type": "mail.in", "data": {"subject": "hi"}}))
         .await;
-    let (status, n, _) = api_request(
-        &relay.http,
-        relay.addrs.api,
-        Method::GET,
-        "/v1/subscriptions/inbox/notifications/next",
-        None,
-        Some("t-1"),
-    )
-    .await;
+    let (status, n, _) = relay
+        .api_as(
+            Method::GET,
+            "/v1/subscriptions/inbox/notifications/next",
+            None,
+            Some("t-1"),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(n["data"], json!({"subject": "hi"}));
     // The data comes byte for byte as it was posted.
@@ -484,15 +457,14 @@ async fn a_pull_subscription_registered_through_the_api() {
         )
         .await;
     assert_eq!(status, 200);
-    let (status, _, _) = api_request(
-        &relay.http,
-        relay.addrs.api,
-        Method::GET,
-        "/v1/subscriptions/inbox/notifications/next",
-        None,
-        None,
-    )
-    .await;
+    let (status, _, _) = relay
+        .api_as(
+            Method::GET,
+            "/v1/subscriptions/inbox/notifications/next",
+            None,
+            None,
+        )
+        .await;
     assert_eq!(status, 401);
     // A PATCH with null removes it.
     let (status, _) = relay
@@ -547,15 +519,14 @@ async fn a_long_poll_ends_when_its_subscription_changes() {
         let relay = relay.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let (status, body, _) = api_request(
-                &relay.http,
-                relay.addrs.api,
-                Method::GET,
-                "/v1/subscriptions/q/notifications?wait=20s",
-                None,
-                Some("old-t"),
-            )
-            .await;
+            let (status, body, _) = relay
+                .api_as(
+                    Method::GET,
+                    "/v1/subscriptions/q/notifications?wait=20s",
+                    None,
+                    Some("old-t"),
+                )
+                .await;
             (status, body, started.elapsed())
         })
     };

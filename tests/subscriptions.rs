@@ -39,15 +39,14 @@ async fn create_list_get_update_delete() {
     assert_eq!(list[0]["id"], "from-yaml");
 
     // Created without a name: the id is a lowercase UUIDv7 and the name defaults to it.
-    let (status, created, headers) = api_request(
-        &relay.http,
-        relay.addrs.api,
-        Method::POST,
-        "/v1/subscriptions",
-        Some(sub_body("http://127.0.0.1:9/a", &["invoice.paid"])),
-        None,
-    )
-    .await;
+    let (status, created, headers) = relay
+        .api_as(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(sub_body("http://127.0.0.1:9/a", &["invoice.paid"])),
+            None,
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 36);
@@ -417,12 +416,10 @@ async fn concurrent_creates_of_one_name_have_one_winner() {
 #[tokio::test]
 async fn the_api_token_is_required_except_for_the_openapi_document() {
     let relay = TestRelay::start("api: {token: api-t0ken, max_subscriptions: 1}").await;
-    let call =
-        |token: Option<&'static str>, method: Method, path: &'static str, body: Option<Value>| {
-            let http = relay.http.clone();
-            let api = relay.addrs.api;
-            async move { api_request(&http, api, method, path, body, token).await }
-        };
+    let call = |token: Option<&'static str>,
+                method: Method,
+                path: &'static str,
+                body: Option<Value>| { relay.api_as(method, path, body, token) };
     for token in [None, Some("wrong")] {
         for (method, path) in [
             (Method::GET, "/v1/subscriptions"),

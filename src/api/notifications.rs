@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::ApiState;
+use super::{ApiState, unknown_subscription};
 use crate::event::now_ms;
 use crate::http_error::HttpError;
 use crate::ingest::{malformed, read_body, require_json};
@@ -50,11 +50,7 @@ fn authorize(
     let api_ok = state.token.as_ref().is_none_or(|t| t.is_bearer_of(headers));
     let Some(sub) = state.catalog.find(key) else {
         return Err(if api_ok {
-            HttpError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no subscription {key:?}"),
-            )
+            unknown_subscription(key)
         } else {
             HttpError::unauthorized()
         });

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value as Json};
 
-use super::ApiState;
+use super::{ApiState, unknown_subscription};
 use crate::config::reader::Issues;
 use crate::event::{new_id, now_ms};
 use crate::http_error::HttpError;
@@ -19,14 +19,6 @@ use crate::subscription::{Subscription, keep_secrets};
 
 /// Fields the relay sets; a body may repeat them unchanged but not change them.
 const READ_ONLY: &[&str] = &["id", "name", "source", "created_at", "updated_at"];
-
-fn not_found(key: &str) -> HttpError {
-    HttpError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no subscription {key:?}"),
-    )
-}
 
 fn invalid(message: &str) -> HttpError {
     HttpError::new(
@@ -144,7 +136,10 @@ pub async fn show(
     State(state): State<ApiState>,
     Path(key): Path<String>,
 ) -> Result<Response, HttpError> {
-    let sub = state.catalog.find(&key).ok_or_else(|| not_found(&key))?;
+    let sub = state
+        .catalog
+        .find(&key)
+        .ok_or_else(|| unknown_subscription(&key))?;
     Ok(axum::Json(sub.view()).into_response())
 }
 

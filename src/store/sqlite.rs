@@ -1238,17 +1238,13 @@ mod tests {
     }
 
     fn accepted(id: &str, at: i64, subs: &[&str]) -> Accepted {
-        Accepted {
-            event: Event {
-                id: id.into(),
-                event_type: "t".into(),
-                data: Bytes::from_static(b"{\"k\":1}"),
-                received_at_ms: at,
-            },
-            subscriptions: subs.iter().map(|s| Arc::from(*s)).collect(),
-            handed_off: Vec::new(),
-            ttl_ms: Vec::new(),
-        }
+        let event = Event {
+            id: id.into(),
+            event_type: "t".into(),
+            data: Bytes::from_static(b"{\"k\":1}"),
+            received_at_ms: at,
+        };
+        Accepted::new(event, subs.iter().map(|s| Arc::from(*s)).collect())
     }
 
     #[tokio::test]

@@ -220,6 +220,17 @@ impl TestRelay {
         (status, value)
     }
 
+    /// A request to the API listener with a bearer token; also returns the headers.
+    pub async fn api_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        api_request(&self.http, self.addrs.api, method, path, body, token).await
+    }
+
     /// `GET /v1/events/{id}` on the app listener.
     pub async fn event_status(&self, id: &str) -> (u16, Value) {
         let r = self
