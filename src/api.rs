@@ -105,7 +105,8 @@ impl From<CatalogError> for HttpError {
             | CatalogError::StoredNameTaken(_)
             | CatalogError::Full(_)
             | CatalogError::MetricsFull
-            | CatalogError::ReadOnly(_) => {
+            | CatalogError::ReadOnly(_)
+            | CatalogError::ApiNameClash { .. } => {
                 HttpError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
         }

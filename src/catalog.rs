@@ -43,9 +43,36 @@ pub enum CatalogError {
     /// No such subscription.
     #[error("no subscription {0:?}")]
     NotFound(String),
+    /// A reloaded config declares a name that an API subscription uses.
+    #[error(
+        "subscriptions[{index}].name: {name:?} is already used by a subscription registered through the API (id {id}); rename one"
+    )]
+    ApiNameClash {
+        /// Position in the config's list.
+        index: usize,
+        /// The name.
+        name: String,
+        /// The API subscription's id.
+        id: String,
+    },
     /// The store refused the change.
     #[error(transparent)]
     Store(StoreError),
+}
+
+/// What a config reload changed, by subscription name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ConfigChange {
+    /// New names: started.
+    pub added: Vec<String>,
+    /// Names whose settings changed: their pumps restarted.
+    pub changed: Vec<String>,
+    /// Names gone: stopped, their undelivered deliveries kept as orphaned.
+    pub removed: Vec<String>,
+    /// Deliveries orphaned by the removals.
+    pub orphaned: u64,
+    /// Orphans resumed because their subscription came back.
+    pub resumed: u64,
 }
 
 impl From<StoreError> for CatalogError {
@@ -146,7 +173,7 @@ impl Catalog {
             state.left_out.insert(id, name);
         }
         let (subs, version) = state.snapshot();
-        Catalog {
+        let catalog = Catalog {
             registry: ArcSwap::from_pointee(Registry::new(subs)),
             state: Mutex::new(state),
             edits: tokio::sync::Mutex::new(()),
@@ -157,7 +184,20 @@ impl Catalog {
             dispatcher,
             metrics,
             max_subscriptions,
-        }
+        };
+        catalog.count();
+        catalog
+    }
+
+    /// Sets `hookrelay_subscriptions{source}` from the state.
+    fn count(&self) {
+        let (config, api) = {
+            let state = self.lock();
+            (state.config.len(), state.api.len())
+        };
+        let gauge = &self.metrics.subscriptions;
+        gauge.with_label_values(&["config"]).set(config as i64);
+        gauge.with_label_values(&["api"]).set(api as i64);
     }
 
     /// The registry in force; cheap (no lock, no copy).
@@ -216,6 +256,7 @@ impl Catalog {
             state.version
         };
         self.publish(version).await;
+        self.count();
         tracing::info!(
             subscription = sub.name.as_str(),
             id = sub.id.as_str(),
@@ -312,6 +353,7 @@ impl Catalog {
             state.version
         };
         self.publish(version).await;
+        self.count();
         // Long polls on it see it gone and end.
         if let Some(arrivals) = arrivals {
             arrivals.notify_waiters();
@@ -331,6 +373,107 @@ impl Catalog {
             "subscription deleted; its undelivered deliveries are cancelled"
         );
         Ok(Some(cancelled))
+    }
+
+    /// Replaces the config's subscriptions with those of a reloaded file. Unchanged ones run
+    /// on untouched; a changed one gets a new pump (attempts in flight finish under their old
+    /// settings, queued deliveries go out under the new); new ones start; removed ones stop
+    /// and their undelivered deliveries are kept as orphaned, resumed if the name returns.
+    pub async fn replace_config(
+        &self,
+        new: Vec<Subscription>,
+    ) -> Result<ConfigChange, CatalogError> {
+        let _edit = self.edits.lock().await;
+        let old = self.lock().config.clone();
+        let mut change = ConfigChange::default();
+        let mut next = Vec::with_capacity(new.len());
+        for sub in new {
+            match old.iter().find(|o| o.name == sub.name) {
+                Some(o) if o.spec == sub.spec => next.push(o.clone()),
+                Some(_) => {
+                    change.changed.push(sub.name.clone());
+                    next.push(Arc::new(sub));
+                }
+                None => {
+                    change.added.push(sub.name.clone());
+                    next.push(Arc::new(sub));
+                }
+            }
+        }
+        change.removed = old
+            .iter()
+            .filter(|o| !next.iter().any(|n| n.name == o.name))
+            .map(|o| o.name.clone())
+            .collect();
+        {
+            // Checked and reserved under one lock, so a concurrent API create cannot take a
+            // name in between.
+            let mut state = self.lock();
+            for (index, sub) in next.iter().enumerate() {
+                if let Some(id) = state.taken.get(&sub.name)
+                    && !old.iter().any(|o| o.id == *id)
+                {
+                    return Err(CatalogError::ApiNameClash {
+                        index,
+                        name: sub.name.clone(),
+                        id: id.clone(),
+                    });
+                }
+            }
+            for name in &change.added {
+                state.taken.insert(name.clone(), name.clone());
+            }
+        }
+        if !change.added.is_empty() || !change.removed.is_empty() {
+            let stored = self
+                .store
+                .retire_subscriptions(change.removed.clone(), change.added.clone())
+                .await;
+            match stored {
+                Ok((orphaned, resumed)) => (change.orphaned, change.resumed) = (orphaned, resumed),
+                Err(e) => {
+                    let mut state = self.lock();
+                    for name in &change.added {
+                        state.taken.remove(name);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        let mut gone_waiters = Vec::new();
+        for name in &change.removed {
+            gone_waiters.extend(self.dispatcher.arrivals(name));
+            self.dispatcher.remove(name);
+        }
+        for sub in next.iter().filter(|s| change.added.contains(&s.name)) {
+            self.metrics.init_subscription(&sub.name);
+            self.dispatcher.add(sub.clone());
+        }
+        for sub in next.iter().filter(|s| change.changed.contains(&s.name)) {
+            self.dispatcher.add(sub.clone());
+        }
+        let version = {
+            let mut state = self.lock();
+            for name in &change.removed {
+                state.taken.remove(name);
+            }
+            state.config = next;
+            state.version += 1;
+            state.version
+        };
+        self.publish(version).await;
+        self.count();
+        for name in &change.removed {
+            self.metrics.remove_subscription(name);
+        }
+        // Long polls see their subscription changed or gone, and end.
+        for name in &change.changed {
+            self.dispatcher.wake(name);
+        }
+        for waiters in gone_waiters {
+            waiters.notify_waiters();
+        }
+        Ok(change)
     }
 
     /// Deletes a stored subscription that was left out at startup, if `key` names one.

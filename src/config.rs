@@ -27,6 +27,7 @@ const KEYS: &[&str] = &[
     "shutdown",
     "storage",
     "release",
+    "reload",
     "subscriptions",
 ];
 
@@ -51,8 +52,19 @@ pub struct Config {
     pub storage: StorageSettings,
     /// Shortest interval between two releases of the same scope.
     pub release_min_interval: Duration,
+    /// Config file reloading.
+    pub reload: Reload,
     /// Declared subscriptions.
     pub subscriptions: Vec<Subscription>,
+    /// A digest of the source text, so a reload can tell whether the file really changed.
+    pub source_digest: u64,
+}
+
+/// Config file reloading (SIGHUP always reloads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reload {
+    /// Watch the file (and its directory, for ConfigMap symlink swaps) and reload on change.
+    pub watch: bool,
 }
 
 /// Listener addresses.
@@ -100,14 +112,14 @@ pub struct Limits {
 }
 
 /// Ingest authentication.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ingest {
     /// When set, `POST /v1/events` needs `Authorization: Bearer <token>`.
     pub token: Option<Secret>,
 }
 
 /// Management API settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Api {
     /// When set, every request on `listen.api` but the OpenAPI document needs this bearer token.
     pub token: Option<Secret>,
@@ -118,7 +130,7 @@ pub struct Api {
 }
 
 /// Outbound settings shared by all subscriptions.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// Attempts in flight across all subscriptions.
     pub max_in_flight_total: usize,
@@ -242,7 +254,13 @@ impl Config {
             tree = Value::Mapping(Default::default());
         }
         env::expand_tree(&mut tree, "", lookup, &mut issues);
-        let config = Config::validate(&tree, &mut issues);
+        let mut config = Config::validate(&tree, &mut issues);
+        if let Some(c) = config.as_mut() {
+            use std::hash::{Hash, Hasher};
+            let mut digest = std::collections::hash_map::DefaultHasher::new();
+            text.hash(&mut digest);
+            c.source_digest = digest.finish();
+        }
         match config {
             Some(c) if issues.is_empty() => Ok(c),
             _ => Err(ConfigError::Invalid {
@@ -395,6 +413,11 @@ impl Config {
             issues,
         );
 
+        let rl = root.section("reload", &["watch"], issues);
+        let reload = Reload {
+            watch: rl.boolean("watch", true, issues),
+        };
+
         let mut subscriptions = Vec::new();
         if let Some(v) = root.get("subscriptions")
             && let Some(items) = as_list(v, "subscriptions", issues)
@@ -456,8 +479,35 @@ impl Config {
             shutdown_grace,
             storage,
             release_min_interval,
+            reload,
             subscriptions,
+            source_digest: 0,
         })
+    }
+
+    /// The sections that differ in `new` and that only a restart applies (a reload swaps
+    /// the subscriptions alone).
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |section: &'static str, same: bool| {
+            if !same {
+                changed.push(section);
+            }
+        };
+        check("listen", self.listen == new.listen);
+        check("log", self.log == new.log);
+        check("limits", self.limits == new.limits);
+        check("ingest", self.ingest == new.ingest);
+        check("api", self.api == new.api);
+        check("delivery", self.delivery == new.delivery);
+        check("shutdown", self.shutdown_grace == new.shutdown_grace);
+        check("storage", self.storage == new.storage);
+        check(
+            "release",
+            self.release_min_interval == new.release_min_interval,
+        );
+        check("reload", self.reload == new.reload);
+        changed
     }
 }
 
@@ -629,6 +679,20 @@ mod tests {
             }
             other => panic!("expected invalid config, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_reload_names_the_sections_only_a_restart_applies() {
+        let load = |yaml: &str| Config::from_yaml(yaml, "t.yaml", &|_| None).unwrap();
+        let base = load("subscriptions: [{name: a, url: 'http://10.0.0.1/', events: [x]}]");
+        assert!(base.reload.watch, "watching is the default");
+        let subs_only = load("subscriptions: [{name: b, url: 'http://10.0.0.2/', events: [y]}]");
+        assert!(base.restart_needed(&subs_only).is_empty());
+        assert_ne!(base.source_digest, subs_only.source_digest);
+        let moved = load(
+            "listen: {app: '127.0.0.1:9999'}\nstorage: {sync: normal}\nreload: {watch: false}\nsubscriptions: []",
+        );
+        assert_eq!(base.restart_needed(&moved), ["listen", "storage", "reload"]);
     }
 
     #[test]

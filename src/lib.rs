@@ -10,6 +10,8 @@
 //!   [`deliver`] sends each attempt through the subscription's tower stack (rate limit,
 //!   concurrency, classification and metrics, timeout, auth) and [`backoff`] spaces retries,
 //!   which the store schedules.
+//! - [`catalog`] holds the subscriptions in force (config and API) and swaps the registry;
+//!   [`reload`] re-reads the config file on SIGHUP or change and swaps its subscriptions in.
 //! - [`metrics`] and [`ops`] serve Prometheus metrics and the probes; [`server`] wires it all
 //!   to bound listeners and a shutdown future.
 
@@ -26,6 +28,7 @@ pub mod http_error;
 pub mod ingest;
 pub mod metrics;
 pub mod ops;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod subscription;

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Run => match run(config) {
+        Command::Run => match run(config, path) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -70,11 +70,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     init_logging(&config);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let relay = Relay::bind(config).await?;
+        let relay = Relay::bind(config).await?.reload_from(path);
         relay.run(shutdown_signal()).await?;
         Ok(())
     })

@@ -16,6 +16,10 @@ pub const DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "failed", "expired", "can
 pub const RECEIVE_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
 /// Reasons an event was refused (`hookrelay_events_rejected_total{reason}`).
 pub const REJECT_REASONS: [&str; 4] = ["busy", "invalid", "too_large", "unauthorized"];
+/// Results of a config reload (`hookrelay_config_reloads_total{result}`).
+pub const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
+/// Where subscriptions come from (`hookrelay_subscriptions{source}`).
+pub const SUBSCRIPTION_SOURCES: [&str; 2] = ["config", "api"];
 
 /// The relay's metrics; cheap to clone (one shared set).
 #[derive(Clone)]
@@ -60,6 +64,12 @@ pub struct MetricSet {
     pub store_commit_duration: Histogram,
     /// Jobs per store transaction.
     pub store_batch_size: Histogram,
+    /// Config reloads, by result.
+    pub config_reloads: IntCounterVec,
+    /// Unix time of the last successful config load (startup included).
+    pub config_last_reload_success: prometheus::Gauge,
+    /// Subscriptions in force, by source.
+    pub subscriptions: IntGaugeVec,
 }
 
 impl Metrics {
@@ -102,6 +112,11 @@ impl Metrics {
             "hookrelay_pull_redelivered_total",
             "Pull notifications handed out again because they were not acknowledged in time.",
             &["subscription"],
+        );
+        let config_reloads = counter(
+            "hookrelay_config_reloads_total",
+            "Config reloads (SIGHUP or a changed file), by result.",
+            &["result"],
         );
         let rate_limited = counter(
             "hookrelay_rate_limited_total",
@@ -188,6 +203,26 @@ impl Metrics {
             .register(Box::new(orphaned.clone()))
             .expect("unique metric");
 
+        let config_last_reload_success = prometheus::Gauge::new(
+            "hookrelay_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load, startup included.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(config_last_reload_success.clone()))
+            .expect("unique metric");
+        let subscriptions = IntGaugeVec::new(
+            Opts::new(
+                "hookrelay_subscriptions",
+                "Subscriptions in force, by source (config file or API).",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(subscriptions.clone()))
+            .expect("unique metric");
+
         let build_info = IntGaugeVec::new(
             Opts::new("hookrelay_build_info", "Build information; always 1."),
             &["version"],
@@ -209,6 +244,12 @@ impl Metrics {
         for reason in REJECT_REASONS {
             events_rejected.with_label_values(&[reason]);
         }
+        for result in RELOAD_RESULTS {
+            config_reloads.with_label_values(&[result]);
+        }
+        for source in SUBSCRIPTION_SOURCES {
+            subscriptions.with_label_values(&[source]);
+        }
 
         Metrics(std::sync::Arc::new(MetricSet {
             registry,
@@ -226,6 +267,9 @@ impl Metrics {
             pull_redelivered,
             store_commit_duration,
             store_batch_size,
+            config_reloads,
+            config_last_reload_success,
+            subscriptions,
         }))
     }
 
@@ -335,6 +379,8 @@ mod tests {
             "hookrelay_oldest_pending_timestamp_seconds{subscription=\"billing\"} 0",
             "hookrelay_delivery_duration_seconds_count{subscription=\"billing\"} 0",
             "hookrelay_events_received_total{outcome=\"accepted\"} 0",
+            "hookrelay_config_reloads_total{result=\"failure\"} 0",
+            "hookrelay_subscriptions{source=\"api\"} 0",
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }

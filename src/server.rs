@@ -28,6 +28,7 @@ use crate::http_error::json_errors;
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState, Readiness};
+use crate::reload::Reloader;
 use crate::store::sqlite::{SqliteStore, WriterMetrics};
 use crate::store::{Store, StoreError};
 use crate::subscription::{SHARED_METRIC_LABEL, Subscription};
@@ -62,6 +63,8 @@ pub enum ServerError {
 /// A relay with its listeners bound, ready to run.
 pub struct Relay {
     config: Config,
+    /// The file the config came from, reloaded on SIGHUP and (with `reload.watch`) on change.
+    config_path: Option<std::path::PathBuf>,
     app: TcpListener,
     api: TcpListener,
     ops: TcpListener,
@@ -84,10 +87,18 @@ impl Relay {
         let ops = bind("listen.ops", config.listen.ops).await?;
         Ok(Relay {
             config,
+            config_path: None,
             app,
             api,
             ops,
         })
+    }
+
+    /// Reloads the config from `path` on SIGHUP and, unless `reload.watch` is off, whenever
+    /// the file changes.
+    pub fn reload_from(mut self, path: impl Into<std::path::PathBuf>) -> Relay {
+        self.config_path = Some(path.into());
+        self
     }
 
     /// The addresses actually bound.
@@ -162,6 +173,14 @@ impl Relay {
             config.api.max_subscriptions,
         ));
         let readiness = Readiness::default();
+        metrics
+            .config_last_reload_success
+            .set(crate::event::now_ms() as f64 / 1000.0);
+        let reload = match self.config_path {
+            Some(path) => Reloader::new(path, config.clone(), catalog.clone(), metrics.clone())
+                .spawn(stop.clone()),
+            None => "off",
+        };
 
         tokio::spawn(housekeeping(
             store.clone(),
@@ -230,6 +249,7 @@ impl Relay {
             api = %addrs.api,
             ops = %addrs.ops,
             subscriptions = catalog.registry().all().len(),
+            reload,
             "hookrelay listening"
         );
 

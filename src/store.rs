@@ -458,6 +458,15 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Vec<DeliveryId>, StoreError>;
 
+    /// Retires subscriptions gone from the config: their undelivered deliveries, and those of
+    /// events matched before but stored later, become orphaned; orphans of `restored` names
+    /// are pending again. Returns (orphaned, resumed).
+    async fn retire_subscriptions(
+        &self,
+        removed: Vec<String>,
+        restored: Vec<String>,
+    ) -> Result<(u64, u64), StoreError>;
+
     /// Marks deliveries of unknown subscriptions orphaned and resumes orphans of known ones;
     /// returns (orphaned, resumed).
     async fn sync_subscriptions(&self, known: Vec<String>) -> Result<(u64, u64), StoreError>;

@@ -225,3 +225,86 @@ async fn config_from_the_environment_and_no_implicit_proxy() {
     relay.child.kill().unwrap();
     relay.child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn sighup_reloads_and_logs_what_it_could_not_apply() {
+    let (first, second) = (Receiver::ok().await, Receiver::ok().await);
+    let dir = tempfile::tempdir().unwrap();
+    let config = |storage: &str, sub: &str| {
+        format!(
+            "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\nstorage: {{path: '{}', sync: {storage}}}\nlog: {{format: json}}\nreload: {{watch: false}}\nsubscriptions:\n{sub}",
+            dir.path().join("db.sqlite").display(),
+        )
+    };
+    let path = write_config(
+        &dir,
+        &config(
+            "full",
+            &format!(
+                "  - {{name: a, url: '{}', events: ['*']}}\n",
+                first.url("/")
+            ),
+        ),
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "hookrelay=info");
+    let mut relay = Binary::start(cmd);
+    // Not watching: only SIGHUP reloads.
+    assert_eq!(relay.started["reload"], "SIGHUP");
+    let hup = |pid: u32| {
+        let kill = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    };
+    let next = |lines: &std::sync::mpsc::Receiver<Value>, message: &str| -> Value {
+        std::iter::from_fn(|| lines.recv_timeout(DEADLINE).ok())
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line"))
+    };
+
+    // Invalid: every problem logged with its path; nothing changes.
+    std::fs::write(
+        &path,
+        config("full", "  - {name: a, events: ['*'], retries: 99}\n"),
+    )
+    .unwrap();
+    hup(relay.child.id());
+    let failed = next(
+        &relay.lines,
+        "config reload failed; the running config is kept",
+    );
+    let problems = failed["problems"].as_str().unwrap();
+    assert!(
+        problems.contains("subscriptions[0].url") && problems.contains("subscriptions[0].retries"),
+        "{failed}"
+    );
+
+    // Valid, with a storage change that only a restart applies.
+    std::fs::write(
+        &path,
+        config(
+            "normal",
+            &format!(
+                "  - {{name: a, url: '{}', events: ['*']}}\n",
+                second.url("/")
+            ),
+        ),
+    )
+    .unwrap();
+    hup(relay.child.id());
+    let reloaded = next(&relay.lines, "config reloaded");
+    assert_eq!(reloaded["changed"], "[\"a\"]", "{reloaded}");
+    let warned = std::iter::from_fn(|| relay.lines.recv_timeout(DEADLINE).ok())
+        .find(|l| l["level"] == "WARN")
+        .expect("a warning about the storage section");
+    assert_eq!(warned["sections"], "[\"storage\"]", "{warned}");
+    assert_eq!(relay.post(&json!({"type": "t", "data": {}})).await, 202);
+    second.wait_for(1).await;
+    assert_eq!(first.count(), 0);
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+}

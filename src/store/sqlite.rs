@@ -3,7 +3,7 @@
 //! commits once (group commit), so durability costs one fsync per batch, not per request.
 //! A full channel is refused at once for ingest (the app gets 503), never buffered.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -151,9 +151,11 @@ pub struct SqliteStore {
     prune_cursor: Arc<std::sync::atomic::AtomicI64>,
     outcomes: Outcomes,
     over_size: Arc<AtomicBool>,
-    /// Names of subscriptions deleted since the start. Only writer jobs touch it, so an event
-    /// matched before a delete but stored after it gets cancelled deliveries, never orphans.
-    deleted: Arc<std::sync::Mutex<HashSet<String>>>,
+    /// Subscriptions deleted (state `cancelled`) or gone from the config (`orphaned`) since
+    /// the start, with the state their new deliveries get. Only writer jobs touch it, so an
+    /// event matched before the change but stored after it never leaves a pending delivery
+    /// that no pump will send.
+    retired: Retired,
     ttl_ms: i64,
     retention_ms: i64,
 }
@@ -204,7 +206,7 @@ impl SqliteStore {
             jobs,
             reader,
             prune_cursor: Arc::default(),
-            deleted: Arc::default(),
+            retired: Retired::default(),
             outcomes: Outcomes::default(),
             over_size,
             ttl_ms: settings.ttl.as_millis() as i64,
@@ -506,9 +508,9 @@ impl Store for SqliteStore {
             ));
         }
         let ttl = self.ttl_ms;
-        let deleted = self.deleted.clone();
+        let retired = self.retired.clone();
         self.run(true, move |conn| {
-            let deleted = deleted.lock().unwrap_or_else(|e| e.into_inner());
+            let retired = retired.lock();
             let mut insert_event = conn
                 .prepare_cached(
                     "INSERT INTO events (id, type, received_at, data, subscriptions)
@@ -542,19 +544,20 @@ impl Store for SqliteStore {
                 let seq = conn.last_insert_rowid();
                 let mut ids = Vec::with_capacity(names.len());
                 for (i, name) in names.iter().enumerate() {
-                    let state = if a.handed_off.get(i).copied().unwrap_or(false) {
-                        IN_FLIGHT
-                    } else {
-                        PENDING
+                    let retired_as = if retired.is_empty() { None } else { retired.get(*name).copied() };
+                    let state = match retired_as {
+                        Some(state) => state,
+                        None if a.handed_off.get(i).copied().unwrap_or(false) => IN_FLIGHT,
+                        None => PENDING,
                     };
                     let expires = e.received_at_ms + a.ttl_ms.get(i).copied().flatten().unwrap_or(ttl);
                     insert_delivery
                         .execute(params![seq, name, e.received_at_ms, expires, state])
                         .map_err(sql_error)?;
                     let id = conn.last_insert_rowid();
-                    if !deleted.is_empty() && deleted.contains(*name) {
-                        conn.prepare_cached("UPDATE deliveries SET state = ?2, finished_at = ?3 WHERE id = ?1")
-                            .and_then(|mut s| s.execute(params![id, CANCELLED, e.received_at_ms]))
+                    if state == CANCELLED {
+                        conn.prepare_cached("UPDATE deliveries SET finished_at = ?2 WHERE id = ?1")
+                            .and_then(|mut s| s.execute(params![id, e.received_at_ms]))
                             .map_err(sql_error)?;
                     }
                     ids.push(id);
@@ -895,7 +898,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_subscription(&self, sub: StoredSubscription) -> Result<(), StoreError> {
-        let deleted = self.deleted.clone();
+        let retired = self.retired.clone();
         self.run(false, move |conn| {
             conn.prepare_cached(
                 "INSERT INTO subscriptions (id, name, spec, created_at, updated_at)
@@ -912,10 +915,7 @@ impl Store for SqliteStore {
                 _ => sql_error(e),
             })?;
             // A name deleted earlier is in use again.
-            deleted
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&sub.name);
+            retired.lock().remove(&sub.name);
             Ok(())
         })
         .await
@@ -928,7 +928,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let deleted = self.deleted.clone();
+        let retired = self.retired.clone();
         // Hand-written rather than `run`: the tombstone must be set inside the transaction
         // (later jobs of the same batch see it) and taken back if the commit fails.
         let job: Job = Box::new(move |conn| {
@@ -952,17 +952,63 @@ impl Store for SqliteStore {
                 Ok(cancelled as u64)
             });
             let ok = result.is_ok();
-            let fresh = ok
-                && deleted
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(name.clone());
+            let undo = if ok {
+                retired.mark(vec![(name, Some(CANCELLED))])
+            } else {
+                Vec::new()
+            };
             let finish: Finish = Box::new(move |commit| {
-                if commit.is_err() && fresh {
-                    deleted
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&name);
+                if commit.is_err() {
+                    retired.mark(undo);
+                }
+                let _ = tx.send(commit.and(result));
+            });
+            (ok, finish)
+        });
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    async fn retire_subscriptions(
+        &self,
+        removed: Vec<String>,
+        restored: Vec<String>,
+    ) -> Result<(u64, u64), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let retired = self.retired.clone();
+        // Hand-written like delete_subscription: the tombstones change inside the transaction
+        // and are put back if the commit fails.
+        let job: Job = Box::new(move |conn| {
+            let result = conn.and_then(|conn| {
+                let json =
+                    |names: &[String]| serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
+                let orphaned = conn
+                    .execute(
+                        "UPDATE deliveries SET state = ?1 WHERE state IN (?2, ?3)
+                         AND subscription IN (SELECT value FROM json_each(?4))",
+                        params![ORPHANED, PENDING, IN_FLIGHT, json(&removed)],
+                    )
+                    .map_err(sql_error)?;
+                let resumed = conn
+                    .execute(
+                        "UPDATE deliveries SET state = ?1 WHERE state = ?2
+                         AND subscription IN (SELECT value FROM json_each(?3))",
+                        params![PENDING, ORPHANED, json(&restored)],
+                    )
+                    .map_err(sql_error)?;
+                Ok((orphaned as u64, resumed as u64))
+            });
+            let ok = result.is_ok();
+            let undo = if ok {
+                let marks = removed.iter().map(|n| (n.clone(), Some(ORPHANED)));
+                let clears = restored.iter().map(|n| (n.clone(), None));
+                retired.mark(marks.chain(clears).collect())
+            } else {
+                Vec::new()
+            };
+            let finish: Finish = Box::new(move |commit| {
+                if commit.is_err() {
+                    retired.mark(undo);
                 }
                 let _ = tx.send(commit.and(result));
             });
@@ -1168,6 +1214,34 @@ impl Store for SqliteStore {
 }
 
 /// Writes a batch of attempt outcomes; only rows still in flight change.
+/// Tombstones of retired subscriptions: name -> the state their new deliveries get.
+#[derive(Clone, Default)]
+struct Retired(Arc<std::sync::Mutex<HashMap<String, i64>>>);
+
+impl Retired {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets (`Some`) or clears (`None`) each name's tombstone; returns what undoes it.
+    fn mark(&self, changes: Vec<(String, Option<i64>)>) -> Vec<(String, Option<i64>)> {
+        let mut map = self.lock();
+        let mut undo: Vec<_> = changes
+            .into_iter()
+            .map(|(name, state)| {
+                let before = match state {
+                    Some(s) => map.insert(name.clone(), s),
+                    None => map.remove(&name),
+                };
+                (name, before)
+            })
+            .collect();
+        // Undone in reverse, so a name changed twice gets its first value back.
+        undo.reverse();
+        undo
+    }
+}
+
 fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), StoreError> {
     let now = crate::event::now_ms();
     let mut update = conn
@@ -1467,6 +1541,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.claim_due("api-sub", 100, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn retiring_a_config_subscription_orphans_its_deliveries_until_it_returns() {
+        let s = memory();
+        s.accept(vec![accepted("e0", 0, &["gone", "kept"])])
+            .await
+            .unwrap();
+        let (orphaned, resumed) = s
+            .retire_subscriptions(vec!["gone".into()], vec![])
+            .await
+            .unwrap();
+        assert_eq!((orphaned, resumed), (1, 0));
+        // Matched before the reload, stored after it: orphaned too, never left pending.
+        s.accept(vec![accepted("e1", 1, &["gone"])]).await.unwrap();
+        let status = s.event_status("e1").await.unwrap().unwrap();
+        assert_eq!(status.deliveries[0].state, DeliveryState::Orphaned);
+        assert!(s.claim_due("gone", 100, 10).await.unwrap().is_empty());
+        assert_eq!(s.claim_due("kept", 100, 10).await.unwrap().len(), 1);
+        // Back in the config: both resume, and new deliveries are pending as usual.
+        let (orphaned, resumed) = s
+            .retire_subscriptions(vec![], vec!["gone".into()])
+            .await
+            .unwrap();
+        assert_eq!((orphaned, resumed), (0, 2));
+        s.accept(vec![accepted("e2", 2, &["gone"])]).await.unwrap();
+        assert_eq!(s.claim_due("gone", 100, 10).await.unwrap().len(), 3);
     }
 
     #[tokio::test]

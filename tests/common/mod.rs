@@ -28,6 +28,8 @@ pub struct Binary {
     pub api: SocketAddr,
     /// Every later log line, parsed.
     pub lines: std::sync::mpsc::Receiver<Value>,
+    /// The "hookrelay listening" line.
+    pub started: Value,
 }
 
 impl Binary {
@@ -57,6 +59,7 @@ impl Binary {
             app,
             api,
             lines,
+            started,
         }
     }
 
@@ -144,7 +147,18 @@ impl TestRelay {
         }
         let config = Config::from_yaml(&yaml, "test.yaml", &|_| None)
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
-        let relay = Relay::bind(config).await.expect("bind");
+        TestRelay::launch(Relay::bind(config).await.expect("bind"), dir).await
+    }
+
+    /// Starts a relay from a config file that it reloads on change (`reload.watch`); the
+    /// file must name its listeners and store.
+    pub async fn start_from_file(path: &std::path::Path, dir: Arc<tempfile::TempDir>) -> TestRelay {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let relay = Relay::bind(config).await.expect("bind").reload_from(path);
+        TestRelay::launch(relay, dir).await
+    }
+
+    async fn launch(relay: Relay, dir: Arc<tempfile::TempDir>) -> TestRelay {
         let addrs = relay.local_addrs();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
