@@ -97,6 +97,11 @@ impl Filter {
                 }
                 _ => {
                     let items = as_list(inner, &inner_path, issues)?;
+                    if name == "any" && items.is_empty() {
+                        // Likely a translated "any of nothing": it would silently match nothing.
+                        issues.push(&inner_path, "is empty, so nothing can match");
+                        return None;
+                    }
                     let before = issues.0.len();
                     let children: Vec<Filter> = items
                         .iter()
@@ -180,6 +185,10 @@ impl Condition {
                 "contains" => scalar(operand, &at, issues).map(Op::Contains),
                 "in" => {
                     let items = as_list(operand, &at, issues)?;
+                    if items.is_empty() {
+                        issues.push(&at, "is empty, so nothing can match");
+                        return None;
+                    }
                     let values: Vec<Json> = items
                         .iter()
                         .enumerate()
@@ -575,7 +584,6 @@ all:
             (f, json!({"status": "WAITING", "scope": "inbox"}), false),
             ("{}", json!({"anything": 1}), true),
             ("{all: []}", json!(1), true),
-            ("{any: []}", json!(1), false),
             ("{not: {field: a, exists: true}}", json!({}), true),
         ]);
     }
@@ -669,6 +677,8 @@ all:
                 "filter.any: expected a list, found a mapping",
             ),
             ("{not: {field: a, in: x}}", "filter.not.in: expected a list"),
+            ("{field: a, in: []}", "filter.in: is empty, so nothing can match"),
+            ("{any: []}", "filter.any: is empty, so nothing can match"),
             ("[1]", "filter: expected a mapping, found a list"),
         ];
         for (yaml, expected) in cases {
