@@ -677,7 +677,10 @@ all:
                 "filter.any: expected a list, found a mapping",
             ),
             ("{not: {field: a, in: x}}", "filter.not.in: expected a list"),
-            ("{field: a, in: []}", "filter.in: is empty, so nothing can match"),
+            (
+                "{field: a, in: []}",
+                "filter.in: is empty, so nothing can match",
+            ),
             ("{any: []}", "filter.any: is empty, so nothing can match"),
             ("[1]", "filter: expected a mapping, found a list"),
         ];
