@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks of the Helm chart helm/hookrelay; run by .ci/helm-check, which installs the tools.
+"""Checks of the Helm chart helm/hookrelay; run by .ci/deploy-check, which installs the tools.
 
 Real Helm (its Go SDK, through helm-python-sdk) lints the chart and renders it with its
 default values, each helm/hookrelay/ci/*-values.yaml and the mode-2 example parent chart;

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Answer, BIN, Binary, DEADLINE, Receiver};
+use common::{Answer, Binary, DEADLINE, Receiver, bin};
 use serde_json::{Value, json};
 
 fn write_config(dir: &tempfile::TempDir, yaml: &str) -> std::path::PathBuf {
@@ -16,7 +16,7 @@ fn write_config(dir: &tempfile::TempDir, yaml: &str) -> std::path::PathBuf {
 
 #[test]
 fn check_accepts_the_example_config() {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args([
             "check",
             "--config",
@@ -40,7 +40,7 @@ fn check_prints_one_line_per_subscription_without_secrets() {
         &dir,
         "subscriptions:\n  - {name: a, url: 'http://127.0.0.1:9000/', events: [x], auth: {basic: {username: u, password: '${HR_TEST_PW}'}}}\n  - {name: b, url: 'http://127.0.0.1:9001/', events: ['y.*']}\n",
     );
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["check", "--config"])
         .arg(&path)
         .env("HR_TEST_PW", "pa55word")
@@ -68,7 +68,7 @@ fn check_reports_every_problem_and_exits_1() {
         &dir,
         "subscriptions:\n  - {name: a, url: 'http://127.0.0.1:9000/', events: [x], retries: 42}\n  - {name: b, url: '${HR_TEST_UNSET}', events: [x], timeout: 50ms}\n  - {name: c, url: 'http://127.0.0.1:9000/', events: [x], success_code: 700, colour: red}\n",
     );
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["check", "--config"])
         .arg(&path)
         .env_remove("HR_TEST_UNSET")
@@ -94,7 +94,7 @@ fn check_reports_every_problem_and_exits_1() {
 fn check_reports_yaml_syntax_errors_with_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(&dir, "listen:\n  app: 127.0.0.1:1\n subscriptions: [\n");
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -126,7 +126,7 @@ fn a_corrupt_database_stops_startup_with_a_clear_message() {
             db.display()
         ),
     );
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .arg("--config")
         .arg(&path)
         .output()
@@ -152,7 +152,7 @@ async fn sigterm_lets_the_attempt_in_flight_finish_then_exits_0() {
             rx.url("/")
         ),
     );
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.arg("--config").arg(&path).env_remove("RUST_LOG");
     let relay = Binary::start(cmd);
     let mut child = relay.child;
@@ -212,7 +212,7 @@ async fn config_from_the_environment_and_no_implicit_proxy() {
         ),
     );
     // HOOKRELAY_CONFIG instead of --config; HTTP(S)_PROXY must be ignored.
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.env("HOOKRELAY_CONFIG", &path)
         .env("HTTP_PROXY", proxy.url(""))
         .env("http_proxy", proxy.url(""))
@@ -246,7 +246,7 @@ async fn sighup_reloads_and_logs_what_it_could_not_apply() {
             ),
         ),
     );
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.arg("--config")
         .arg(&path)
         .env("RUST_LOG", "hookrelay=info");

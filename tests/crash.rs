@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BIN, Binary, Receiver, deadline};
+use common::{Binary, Receiver, bin, deadline};
 use serde_json::json;
 
 const EVENTS: usize = 400;
@@ -17,7 +17,7 @@ const KILL_AFTER: usize = 150;
 
 /// Starts the binary and returns it with its app address.
 fn spawn(config: &Path) -> (Child, String) {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.arg("--config")
         .arg(config)
         .env("RUST_LOG", "hookrelay=info");

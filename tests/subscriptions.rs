@@ -532,7 +532,7 @@ api: {{token: '${{API_TOKEN}}'}}
         ),
     )
     .unwrap();
-    let mut cmd = std::process::Command::new(common::BIN);
+    let mut cmd = std::process::Command::new(common::bin());
     cmd.arg("--config")
         .arg(&config)
         .env("API_TOKEN", "tok-API-secret");

@@ -16,8 +16,11 @@ use hookrelay::{Config, Relay};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-/// The relay binary built by cargo for these tests.
-pub const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
+/// The relay binary: `HOOKRELAY_BIN` when set (CI points it at the static release build it
+/// ships in the image), else the one cargo built for these tests.
+pub fn bin() -> String {
+    std::env::var("HOOKRELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hookrelay").to_string())
+}
 
 /// The relay binary running as a child process, with its JSON log lines.
 pub struct Binary {
