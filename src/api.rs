@@ -2,6 +2,7 @@
 //! letters, and dead letters one by one. Guarded by `api.token` when set.
 
 pub mod notifications;
+pub mod openapi;
 mod subscriptions;
 
 use std::collections::HashMap;
@@ -13,18 +14,22 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
 use crate::event::now_ms;
-use crate::http_error::{HttpError, no_such_endpoint, unauthorized};
+use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::ingest::{is_json, read_body};
 use crate::metrics::Metrics;
-use crate::store::{DeliveryId, DeliveryQuery, DeliveryState, Release, Store, StoreError};
+use crate::store::{
+    DeliveryId, DeliveryQuery, DeliveryState, DeliveryView, Release, Store, StoreError,
+};
 use crate::subscription::Secret;
 
 /// Largest page of the delivery list.
@@ -51,41 +56,69 @@ pub struct ApiState {
     pub max_body: usize,
 }
 
-/// The OpenAPI description of this listener.
-const OPENAPI: &str = include_str!("api/openapi.json");
-
 /// Routes of the API listener; with a `token`, every request but the OpenAPI document needs it.
 pub fn router(state: ApiState, token: Option<Secret>) -> Router {
-    let mut router = Router::new()
-        .route(
-            "/v1/subscriptions",
-            post(subscriptions::create).get(subscriptions::list),
-        )
-        .route(
-            "/v1/subscriptions/{id}",
-            get(subscriptions::show)
-                .put(subscriptions::replace)
-                .patch(subscriptions::patch)
-                .delete(subscriptions::remove),
-        )
-        .route("/v1/deliveries/release", post(release))
-        .route("/v1/deliveries", get(list))
-        .route("/v1/deliveries/{id}/retry", post(retry))
-        .route("/v1/deliveries/{id}", delete(remove))
-        .fallback(no_such_endpoint)
-        .with_state(state);
+    let mut router: Router<ApiState> = guarded().fallback(no_such_endpoint).into();
     if let Some(token) = token {
         // Before the body is read: an unauthenticated client cannot make the relay buffer.
         router = router.layer(axum::middleware::from_fn(move |req, next| {
             require_bearer(token.clone(), req, next)
         }));
     }
-    router.route("/v1/openapi.json", get(openapi))
+    router
+        .with_state(state)
+        .merge(Router::from(open().with_state(())))
 }
 
-/// `GET /v1/openapi.json`, open to all: it holds no data.
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+/// The routes behind `api.token`, each with its OpenAPI description (a route cannot be
+/// added without one). The pull routes are in [`notifications::router`].
+fn guarded() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::default()
+        .routes(routes!(subscriptions::create, subscriptions::list))
+        .routes(routes!(
+            subscriptions::show,
+            subscriptions::replace,
+            subscriptions::patch,
+            subscriptions::remove
+        ))
+        .routes(routes!(release))
+        .routes(routes!(list))
+        .routes(routes!(retry))
+        .routes(routes!(remove))
+}
+
+/// The routes open to all.
+fn open() -> OpenApiRouter {
+    OpenApiRouter::default().routes(routes!(get_openapi))
+}
+
+/// The OpenAPI description of the api listener, pull routes included.
+pub(crate) fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = guarded().into_openapi();
+    doc.merge(open().into_openapi());
+    doc.merge(notifications::openapi());
+    doc
+}
+
+/// This OpenAPI document.
+///
+/// Describes every endpoint of all three listeners (each path names its listener's default
+/// address in `servers`). Never needs a token.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "api",
+    operation_id = "getOpenApi",
+    responses(
+        (status = 200, description = "The OpenAPI document.", content_type = "application/json", body = Object),
+    )
+)]
+async fn get_openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::json(),
+    )
+        .into_response()
 }
 
 async fn require_bearer(token: Secret, req: Request, next: Next) -> Response {
@@ -132,7 +165,64 @@ fn unknown_subscription(name: &str) -> HttpError {
     )
 }
 
-/// `POST /v1/deliveries/release`, optional body `{"subscription": "name"}`.
+/// `401` on the api listener.
+const UNAUTHORIZED: &str =
+    "`api.token` is set and the bearer token is missing or wrong (`unauthorized`).";
+/// `503` when the store fails.
+const STORE_UNAVAILABLE: &str =
+    "The store cannot answer now (`store_unavailable`); retry after `Retry-After`.";
+
+/// The optional body of a release.
+// Only describes it: `release` reads the body by hand.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ReleaseRequest {
+    /// Release only this subscription's (by id or name); omitted or `null`: every
+    /// subscription's.
+    #[schema(example = "billing")]
+    subscription: Option<String>,
+}
+
+/// What a release did.
+#[derive(Serialize, ToSchema)]
+struct Released {
+    /// Deliveries put back to `pending`.
+    released: u64,
+}
+
+/// Release dead letters.
+///
+/// Puts every `failed` and `expired` delivery back to `pending` (attempts start over), for
+/// one subscription or all of them. At most once per `release.min_interval` per scope.
+/// Deliveries of subscriptions that no longer exist are left alone.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/release",
+    tag = "api",
+    operation_id = "releaseDeliveries",
+    security(("apiToken" = []), ()),
+    request_body(
+        content = Option<ReleaseRequest>,
+        content_type = "application/json",
+        description = "Optional: an empty body releases every subscription's dead letters.",
+        example = json!({"subscription": "billing"}),
+    ),
+    responses(
+        (status = 202, description = "Released.", body = Released, example = json!({"released": 12})),
+        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
+        (status = 415, description = "A body is sent but its content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        (status = 422, description = "The body is not `{\"subscription\": \"name\"}` (`invalid_release`).", body = ErrorBody),
+        (status = 429, description = "This scope was released less than `release.min_interval` ago (`too_soon`).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the scope may be released again."))),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 async fn release(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -198,7 +288,7 @@ async fn release(
             for name in &known {
                 state.dispatcher.wake(name);
             }
-            Ok((StatusCode::ACCEPTED, Json(json!({ "released": n }))).into_response())
+            Ok((StatusCode::ACCEPTED, Json(Released { released: n })).into_response())
         }
         Release::TooSoon { next_allowed_ms } => {
             let wait = ((next_allowed_ms - now).max(0) as u64)
@@ -216,7 +306,40 @@ async fn release(
     }
 }
 
-/// `GET /v1/deliveries?state=failed&subscription=NAME&limit=N&after=ID`, oldest first.
+/// A page of deliveries.
+#[derive(Serialize, ToSchema)]
+struct DeliveryPage<'a> {
+    /// Oldest first.
+    deliveries: Vec<DeliveryView<'a>>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    #[schema(required = true, value_type = Option<i64>)]
+    next_after: Option<DeliveryId>,
+}
+
+/// List deliveries in one state.
+///
+/// Oldest first (by id), in pages: pass `next_after` back as `after` for the next one.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "api",
+    operation_id = "listDeliveries",
+    security(("apiToken" = []), ()),
+    params(
+        ("state" = Option<DeliveryState>, Query, description = "Only deliveries in this state; default `failed`."),
+        ("subscription" = Option<String>, Query, description = "Only this subscription's, by id or name (a deleted subscription's name works too)."),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Page size; default 100."),
+        ("after" = Option<i64>, Query, description = "Only deliveries with a greater id: the previous page's `next_after`."),
+    ),
+    responses(
+        (status = 200, description = "A page of deliveries.", body = DeliveryPage),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 422, description = "A query parameter is invalid or unknown (`invalid_query`); `fields` names each.", body = ErrorBody),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 async fn list(
     State(state): State<ApiState>,
     Query(q): Query<HashMap<String, String>>,
@@ -282,10 +405,10 @@ async fn list(
     let next_after = (page.len() == limit)
         .then(|| page.last().map(|d| d.id))
         .flatten();
-    Ok(Json(json!({
-        "deliveries": page.iter().map(|d| d.to_json()).collect::<Vec<_>>(),
-        "next_after": next_after,
-    }))
+    Ok(Json(DeliveryPage {
+        deliveries: page.iter().map(|d| d.view()).collect(),
+        next_after,
+    })
     .into_response())
 }
 
@@ -299,7 +422,37 @@ fn parse_id(id: &str) -> Result<DeliveryId, HttpError> {
     })
 }
 
-/// `POST /v1/deliveries/{id}/retry`: one dead letter back to pending.
+/// A delivery put back in the queue.
+#[derive(Serialize, ToSchema)]
+struct Requeued {
+    /// Delivery id.
+    #[schema(value_type = i64)]
+    id: DeliveryId,
+    /// Always `pending`.
+    #[schema(example = "pending")]
+    state: DeliveryState,
+}
+
+/// Retry one dead letter.
+///
+/// Puts one `failed` or `expired` delivery back to `pending`; its attempts start over.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/retry",
+    tag = "api",
+    operation_id = "retryDelivery",
+    security(("apiToken" = []), ()),
+    params(("id" = i64, Path, description = "Delivery id.")),
+    responses(
+        (status = 202, description = "Back to `pending`.", body = Requeued),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No such delivery (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The delivery is not `failed` or `expired`, or its subscription no longer exists (`conflict`).", body = ErrorBody),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 async fn retry(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -328,7 +481,10 @@ async fn retry(
             state.dispatcher.wake(&sub);
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "id": n, "state": "pending" })),
+                Json(Requeued {
+                    id: n,
+                    state: DeliveryState::Pending,
+                }),
             )
                 .into_response())
         }
@@ -343,7 +499,26 @@ async fn retry(
     }
 }
 
-/// `DELETE /v1/deliveries/{id}`: drops a delivery that is not pending or in flight.
+/// Delete one delivery.
+///
+/// Drops a delivery that is not `pending` or `in_flight` (typically a dead letter).
+#[utoipa::path(
+    delete,
+    path = "/v1/deliveries/{id}",
+    tag = "api",
+    operation_id = "deleteDelivery",
+    security(("apiToken" = []), ()),
+    params(("id" = i64, Path, description = "Delivery id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No such delivery (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The delivery is `pending` or `in_flight` (`conflict`).", body = ErrorBody),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 async fn remove(
     State(state): State<ApiState>,
     Path(id): Path<String>,

@@ -3,9 +3,22 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response, on every listener.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// The error.
+    error: &'a HttpError,
+}
 
 /// An HTTP error response.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(
+    as = ErrorDetail,
+    description = "A stable code, a message, and the fields at fault if any."
+)]
 pub struct HttpError {
     #[serde(skip)]
     status: StatusCode,
@@ -13,16 +26,23 @@ pub struct HttpError {
     retry_after: Option<u64>,
     #[serde(skip)]
     bearer_challenge: bool,
+    /// A stable machine-readable code, e.g. `not_found`, `invalid_subscription`, `too_large`.
+    #[schema(value_type = String, example = "invalid_event")]
     code: &'static str,
+    /// What went wrong, for people.
+    #[schema(example = "type: missing")]
     message: String,
+    /// Every invalid field, for validation errors; absent otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     fields: Vec<FieldError>,
 }
 
 /// One invalid field.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 pub struct FieldError {
-    /// Path of the field, e.g. `type` or `retries`.
+    /// Path of the field, e.g. `type`, `retries` or `[1].type` (an element of a batch).
+    #[schema(example = "type")]
     pub field: String,
     /// Why it is invalid.
     pub reason: String,
@@ -86,8 +106,7 @@ pub fn unauthorized() -> Response {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": &self });
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (self.status, axum::Json(ErrorBody { error: &self })).into_response();
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()

@@ -8,19 +8,22 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
 use serde_json::value::RawValue;
 use tower_http::limit::RequestBodyLimitLayer;
+use utoipa::ToSchema;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::catalog::Catalog;
 use crate::config::Limits;
 use crate::dispatch::{Dispatcher, Route};
 use crate::event::{Event, EventError};
-use crate::http_error::{HttpError, no_such_endpoint, unauthorized};
+use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::metrics::Metrics;
-use crate::store::{Accepted, Admission, Delivery, Store, StoreError, rfc3339};
+use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, Store, StoreError, rfc3339};
 use crate::subscription::Secret;
 
 /// What the ingest handler needs.
@@ -41,18 +44,10 @@ pub struct IngestState {
 /// Routes of the app listener.
 pub fn router(state: IngestState, token: Option<Secret>) -> Router {
     let metrics = state.metrics.clone();
-    let mut router = Router::new()
-        // Body limits refuse oversize bodies by Content-Length before reading them.
-        .route(
-            "/v1/events",
-            post(post_event).layer(RequestBodyLimitLayer::new(state.limits.max_body)),
-        )
-        .route(
-            "/v1/events/batch",
-            post(post_batch).layer(RequestBodyLimitLayer::new(state.limits.max_batch_body)),
-        )
-        .route("/v1/events/{id}", get(event_status))
-        .fallback(no_such_endpoint);
+    let mut router: Router<Arc<IngestState>> =
+        routes(state.limits.max_body, state.limits.max_batch_body)
+            .fallback(no_such_endpoint)
+            .into();
     if let Some(token) = token {
         let metrics = metrics.clone();
         // Before the body is read: an unauthenticated client cannot make the relay buffer.
@@ -66,6 +61,21 @@ pub fn router(state: IngestState, token: Option<Secret>) -> Router {
         .layer(axum::middleware::from_fn(move |req, next| {
             count_layer_refusals(metrics.clone(), req, next)
         }))
+}
+
+/// The app listener's routes, each with its OpenAPI description (a route cannot be added
+/// without one); state and auth come in [`router`].
+fn routes(max_body: usize, max_batch_body: usize) -> OpenApiRouter<Arc<IngestState>> {
+    OpenApiRouter::default()
+        // Body limits refuse oversize bodies by Content-Length before reading them.
+        .routes(routes!(post_event).layer(RequestBodyLimitLayer::new(max_body)))
+        .routes(routes!(post_batch).layer(RequestBodyLimitLayer::new(max_batch_body)))
+        .routes(routes!(event_status))
+}
+
+/// The OpenAPI description of the app listener (body limits do not show in it).
+pub(crate) fn openapi() -> OpenApi {
+    routes(0, 0).into_openapi()
 }
 
 /// Counts `413`s answered by the body-limit layer (the handlers count their own, in JSON).
@@ -104,6 +114,94 @@ async fn require_bearer(token: Secret, metrics: Metrics, req: Request, next: Nex
     unauthorized()
 }
 
+/// An event envelope as the app posts it.
+// Only describes the body: `Event::parse` reads it by hand.
+#[derive(ToSchema)]
+#[schema(as = EventEnvelope)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Envelope {
+    /// The event type: 1 to 128 of `A-Z a-z 0-9 . _ : -`.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", example = "invoice.paid")]
+    event_type: String,
+    /// The app's event id, same characters; without one the relay assigns a lowercase
+    /// UUIDv7. An id the store already holds makes the post a duplicate.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", example = "inv-42-paid")]
+    id: Option<String>,
+    /// Any JSON value but `null`; subscribers receive these exact bytes.
+    #[schema(example = json!({"invoice": "in_42"}))]
+    data: serde_json::Value,
+}
+
+/// What ingest answers for one event.
+#[derive(Serialize, ToSchema)]
+struct Receipt {
+    /// The event id: the app's, or the one the relay assigned.
+    #[schema(example = "inv-42-paid")]
+    id: String,
+    /// Names of the subscriptions it was matched to (for a duplicate, those of the first
+    /// time); empty when it matched none.
+    #[schema(example = json!(["billing", "audit"]))]
+    subscriptions: Vec<String>,
+    /// Present, and true, when the id was stored already: nothing was stored or delivered
+    /// again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(required = false)]
+    duplicate: bool,
+}
+
+impl Receipt {
+    fn new(id: &str, subscriptions: Vec<String>, duplicate: bool) -> Receipt {
+        Receipt {
+            id: id.to_string(),
+            subscriptions,
+            duplicate,
+        }
+    }
+}
+
+/// What ingest answers for a batch.
+#[derive(Serialize, ToSchema)]
+struct BatchReceipt {
+    /// One per element, in order.
+    results: Vec<Receipt>,
+}
+
+/// Post one event.
+///
+/// Answered `202` only once the store holds the event and its deliveries. An event that
+/// matches no subscription is answered `202` too, with `"subscriptions": []`. An `id` the
+/// store already holds (events are kept at least `storage.retention`) is not stored or
+/// delivered again: the answer is `200` with the first result and `"duplicate": true`.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "app",
+    operation_id = "postEvent",
+    security(("ingestToken" = []), ()),
+    request_body(
+        content = Envelope,
+        content_type = "application/json",
+        description = "An event envelope; any `application/*+json` content type is accepted too.",
+        example = json!({"type": "invoice.paid", "id": "inv-42-paid", "data": {"invoice": "in_42"}}),
+    ),
+    responses(
+        (status = 202, description = "Stored, with a delivery for each matched subscription.", body = Receipt,
+            example = json!({"id": "inv-42-paid", "subscriptions": ["billing", "audit"]})),
+        (status = 200, description = "A duplicate: the store holds this id already; nothing was stored again.", body = Receipt,
+            example = json!({"id": "inv-42-paid", "subscriptions": ["billing", "audit"], "duplicate": true})),
+        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
+        (status = 401, description = UNAUTHORIZED_INGEST, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
+        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names the member.", body = ErrorBody,
+            example = json!({"error": {"code": "invalid_event", "message": "type: missing", "fields": [{"field": "type", "reason": "missing"}]}})),
+        (status = 503, description = STORE_REFUSED, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 async fn post_event(
     State(state): State<Arc<IngestState>>,
     headers: HeaderMap,
@@ -117,13 +215,12 @@ async fn post_event(
         let id = event.id.clone();
         let admissions = store(&state, vec![Accepted::new(event, matched.clone())]).await?;
         Ok::<_, HttpError>(match admissions.into_iter().next() {
-            Some(Admission::Duplicate { subscriptions }) => (
-                StatusCode::OK,
-                Json(json!({ "id": id, "subscriptions": subscriptions, "duplicate": true })),
-            ),
+            Some(Admission::Duplicate { subscriptions }) => {
+                (StatusCode::OK, Json(Receipt::new(&id, subscriptions, true)))
+            }
             _ => (
                 StatusCode::ACCEPTED,
-                Json(json!({ "id": id, "subscriptions": names(&matched) })),
+                Json(Receipt::new(&id, names(&matched), false)),
             ),
         })
     }
@@ -131,6 +228,45 @@ async fn post_event(
     respond(&state.metrics, result)
 }
 
+/// `401` on the app listener.
+const UNAUTHORIZED_INGEST: &str =
+    "`ingest.token` is set and the bearer token is missing or wrong (`unauthorized`).";
+/// `503` when the store refuses events.
+const STORE_REFUSED: &str = "The store cannot take events now (`store_unavailable`): its write queue is full (`storage.queue_capacity`), the database is above `storage.max_size`, or the store failed. Nothing was stored; retry, with the same ids.";
+
+/// Post a batch of events.
+///
+/// All or nothing: when any element is invalid the answer is `422` naming it (`[i].field`)
+/// and nothing is stored. Otherwise the whole batch is committed in one transaction and
+/// answered `202`, one result per element, in order; duplicates are flagged per element (an
+/// id repeated inside the batch is a duplicate of its first occurrence).
+#[utoipa::path(
+    post,
+    path = "/v1/events/batch",
+    tag = "app",
+    operation_id = "postEventBatch",
+    security(("ingestToken" = []), ()),
+    request_body(
+        content = Vec<Envelope>,
+        content_type = "application/json",
+        description = "A JSON array of event envelopes, at most `limits.max_batch` (default 500).",
+        example = json!([{"type": "invoice.paid", "id": "inv-43-paid", "data": {"invoice": "in_43"}},
+                         {"type": "invoice.paid", "id": "inv-42-paid", "data": {"invoice": "in_42"}}]),
+    ),
+    responses(
+        (status = 202, description = "Stored; one result per element, in order.", body = BatchReceipt,
+            example = json!({"results": [{"id": "inv-43-paid", "subscriptions": ["billing"]},
+                                         {"id": "inv-42-paid", "subscriptions": ["billing"], "duplicate": true}]})),
+        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
+        (status = 401, description = UNAUTHORIZED_INGEST, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 413, description = "The body is larger than `limits.max_batch_body`, or has more than `limits.max_batch` events (`too_large`).", body = ErrorBody),
+        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        (status = 422, description = "JSON but not an array (`invalid_batch`), or an element is not a valid envelope (`invalid_event`, with `fields` such as `[1].type`).", body = ErrorBody),
+        (status = 503, description = STORE_REFUSED, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 async fn post_batch(
     State(state): State<Arc<IngestState>>,
     headers: HeaderMap,
@@ -174,26 +310,24 @@ async fn post_batch(
             .map(|a| (a.event.id.clone(), a.subscriptions.clone()))
             .collect();
         let admissions = store(&state, batch).await?;
-        let results: Vec<serde_json::Value> = summary
+        let results: Vec<Receipt> = summary
             .iter()
             .zip(admissions)
             .map(|((id, matched), admission)| match admission {
-                Admission::Duplicate { subscriptions } => {
-                    json!({ "id": id, "subscriptions": subscriptions, "duplicate": true })
-                }
-                Admission::Stored(_) => json!({ "id": id, "subscriptions": names(matched) }),
+                Admission::Duplicate { subscriptions } => Receipt::new(id, subscriptions, true),
+                Admission::Stored(_) => Receipt::new(id, names(matched), false),
             })
             .collect();
-        Ok((StatusCode::ACCEPTED, Json(json!({ "results": results }))))
+        Ok((StatusCode::ACCEPTED, Json(BatchReceipt { results })))
     }
     .await;
     respond(&state.metrics, result)
 }
 
 /// Counts the request's outcome and turns it into a response.
-fn respond(
+fn respond<T: Serialize>(
     metrics: &Metrics,
-    result: Result<(StatusCode, Json<serde_json::Value>), HttpError>,
+    result: Result<(StatusCode, Json<T>), HttpError>,
 ) -> Response {
     match result {
         // Accepted events are counted where they are stored, one by one (batches too).
@@ -214,8 +348,8 @@ fn respond(
     }
 }
 
-fn names(subs: &[Arc<str>]) -> Vec<&str> {
-    subs.iter().map(|n| &**n).collect()
+fn names(subs: &[Arc<str>]) -> Vec<String> {
+    subs.iter().map(|n| n.to_string()).collect()
 }
 
 /// Hands events to the store; `202` is only answered after this returns.
@@ -373,24 +507,51 @@ fn event_error(e: EventError, prefix: &str) -> HttpError {
     }
 }
 
-/// `GET /v1/events/{id}`: the event and where each of its deliveries stands.
+/// An event and where each of its deliveries stands.
+#[derive(Serialize, ToSchema)]
+#[schema(as = EventStatus)]
+struct EventView<'a> {
+    /// The event id.
+    #[schema(example = "inv-42-paid")]
+    id: &'a str,
+    /// The event type.
+    #[serde(rename = "type")]
+    #[schema(example = "invoice.paid")]
+    event_type: &'a str,
+    /// When the relay accepted it (RFC 3339, UTC).
+    #[schema(format = DateTime, example = "2026-11-22T20:58:50.730Z")]
+    received_at: String,
+    /// One per matched subscription.
+    deliveries: Vec<DeliveryStatus<'a>>,
+}
+
+/// Where the deliveries of an event stand.
+///
+/// Known for `storage.retention` after acceptance.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}",
+    tag = "app",
+    operation_id = "getEvent",
+    security(("ingestToken" = []), ()),
+    params(("id" = String, Path, description = "The event id.")),
+    responses(
+        (status = 200, description = "The event and its deliveries.", body = EventView),
+        (status = 401, description = UNAUTHORIZED_INGEST, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "Unknown event id, or pruned after `storage.retention` (`not_found`).", body = ErrorBody),
+        (status = 503, description = "The store cannot answer now (`store_unavailable`).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 async fn event_status(State(state): State<Arc<IngestState>>, Path(id): Path<String>) -> Response {
     match state.store.event_status(&id).await {
-        Ok(Some(status)) => Json(json!({
-            "id": status.id,
-            "type": status.event_type,
-            "received_at": rfc3339(status.received_at_ms),
-            "deliveries": status.deliveries.iter().map(|d| {
-                let mut v = d.to_json();
-                if let Some(o) = v.as_object_mut() {
-                    // Already at the top level.
-                    o.remove("event_id");
-                    o.remove("type");
-                    o.remove("received_at");
-                }
-                v
-            }).collect::<Vec<_>>(),
-        }))
+        Ok(Some(status)) => Json(EventView {
+            id: &status.id,
+            event_type: &status.event_type,
+            received_at: rfc3339(status.received_at_ms),
+            deliveries: status.deliveries.iter().map(|d| d.status()).collect(),
+        })
         .into_response(),
         Ok(None) => HttpError::new(
             StatusCode::NOT_FOUND,

@@ -6,12 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::catalog::Catalog;
-use crate::http_error::HttpError;
+use crate::http_error::{ErrorBody, HttpError};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -47,14 +50,56 @@ pub struct OpsState {
 
 /// Routes of the ops listener.
 pub fn router(state: OpsState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(crate::http_error::no_such_endpoint)
-        .with_state(state)
+    Router::from(routes().fallback(crate::http_error::no_such_endpoint)).with_state(state)
 }
 
+/// The ops routes, each with its OpenAPI description (a route cannot be added without one).
+fn routes() -> OpenApiRouter<OpsState> {
+    OpenApiRouter::default()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
+/// The OpenAPI description of the ops listener.
+pub(crate) fn openapi() -> OpenApi {
+    routes().into_openapi()
+}
+
+/// A probe's answer.
+#[derive(Serialize, ToSchema)]
+struct Probe {
+    /// `ok` (`/healthz`) or `ready` (`/readyz`).
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    operation_id = "healthz",
+    responses((status = 200, description = "Alive.", body = Probe, example = json!({"status": "ok"}))),
+)]
+async fn healthz() -> Json<Probe> {
+    Json(Probe { status: "ok" })
+}
+
+/// Readiness: the relay takes traffic.
+///
+/// Ready once the config is loaded, the store open and the listeners up; not ready again
+/// from the start of shutdown, or when the store has stopped.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready.", body = Probe, example = json!({"status": "ready"})),
+        (status = 503, description = "Starting, shutting down, or the store has stopped (`not_ready`).", body = ErrorBody),
+    ),
+)]
 async fn readyz(State(state): State<OpsState>) -> Response {
     if !state.readiness.get() {
         HttpError::new(
@@ -71,10 +116,23 @@ async fn readyz(State(state): State<OpsState>) -> Response {
         )
         .into_response()
     } else {
-        Json(json!({"status": "ready"})).into_response()
+        Json(Probe { status: "ready" }).into_response()
     }
 }
 
+/// Prometheus metrics.
+///
+/// Queue gauges are read from the store at scrape time.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "The Prometheus text exposition format.", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+    ),
+)]
 async fn metrics(State(state): State<OpsState>) -> Response {
     // Queue gauges are read from the store at scrape time, so they are never stale.
     match state.store.stats().await {

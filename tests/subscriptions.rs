@@ -461,6 +461,154 @@ async fn the_api_token_is_required_except_for_the_openapi_document() {
     relay.stop().await;
 }
 
+/// Every route of the three listeners: (listener, method, path).
+const ROUTES: &[(&str, &str, &str)] = &[
+    ("app", "POST", "/v1/events"),
+    ("app", "POST", "/v1/events/batch"),
+    ("app", "GET", "/v1/events/{id}"),
+    ("api", "POST", "/v1/subscriptions"),
+    ("api", "GET", "/v1/subscriptions"),
+    ("api", "GET", "/v1/subscriptions/{id}"),
+    ("api", "PUT", "/v1/subscriptions/{id}"),
+    ("api", "PATCH", "/v1/subscriptions/{id}"),
+    ("api", "DELETE", "/v1/subscriptions/{id}"),
+    ("api", "GET", "/v1/subscriptions/{id}/notifications/next"),
+    ("api", "GET", "/v1/subscriptions/{id}/notifications"),
+    ("api", "POST", "/v1/subscriptions/{id}/notifications/ack"),
+    ("api", "POST", "/v1/deliveries/release"),
+    ("api", "GET", "/v1/deliveries"),
+    ("api", "POST", "/v1/deliveries/{id}/retry"),
+    ("api", "DELETE", "/v1/deliveries/{id}"),
+    ("api", "GET", "/v1/openapi.json"),
+    ("ops", "GET", "/healthz"),
+    ("ops", "GET", "/readyz"),
+    ("ops", "GET", "/metrics"),
+];
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_of_the_three_listeners() {
+    let relay = TestRelay::start("").await;
+    let answer = relay
+        .http
+        .get(format!("http://{}/v1/openapi.json", relay.addrs.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["content-type"], "application/json");
+    let doc: Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
+
+    // Exactly the routes above, each tagged with its listener.
+    let methods = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if methods.contains(&method.as_str()) {
+                let tags: Vec<&str> = op["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap())
+                    .collect();
+                assert_eq!(tags.len(), 1, "{method} {path}: {tags:?}");
+                documented.push((tags[0].to_string(), method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let mut expected: Vec<(String, String, String)> = ROUTES
+        .iter()
+        .map(|(l, m, p)| (l.to_string(), m.to_string(), p.to_string()))
+        .collect();
+    documented.sort();
+    expected.sort();
+    assert_eq!(documented, expected);
+
+    // And each is served on its listener: it reaches a handler, not the fallback or a 405.
+    for (listener, method, path) in ROUTES {
+        let addr = match *listener {
+            "app" => relay.addrs.app,
+            "api" => relay.addrs.api,
+            _ => relay.addrs.ops,
+        };
+        let url = format!("http://{addr}{}", path.replace("{id}", "x"));
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let answer = relay
+            .http
+            .request(method.clone(), url)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let body: Value =
+            serde_json::from_str(&answer.text().await.unwrap()).unwrap_or(Value::Null);
+        assert_ne!(status, 405, "{method} {path} on {listener}");
+        assert_ne!(
+            body["error"]["message"], "no such endpoint",
+            "{method} {path} on {listener}"
+        );
+        // The path's server is its listener's default address.
+        let port = match *listener {
+            "app" => "8787",
+            "api" => "8788",
+            _ => "9464",
+        };
+        let server = doc["paths"][path]["servers"][0]["url"].as_str().unwrap();
+        assert!(server.ends_with(port), "{path}: {server}");
+    }
+
+    // Some details, from the handlers' annotations.
+    let statuses = |method: &str, path: &str| -> Vec<String> {
+        doc["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {path}"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let events = statuses("post", "/v1/events");
+    for status in ["202", "200", "400", "413", "415", "422", "503"] {
+        assert!(events.contains(&status.to_string()), "{status}: {events:?}");
+    }
+    let create = statuses("post", "/v1/subscriptions");
+    for status in ["201", "401", "409", "422"] {
+        assert!(create.contains(&status.to_string()), "{status}: {create:?}");
+    }
+    assert!(statuses("post", "/v1/deliveries/release").contains(&"429".to_string()));
+    // Errors refer to the one error shape, which has code, message and fields.
+    let error = &doc["paths"]["/v1/events"]["post"]["responses"]["413"]["content"]["application/json"]
+        ["schema"]["$ref"];
+    assert_eq!(error, "#/components/schemas/Error");
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["Error"]["properties"]["error"]["$ref"],
+        "#/components/schemas/ErrorDetail"
+    );
+    let detail = schemas["ErrorDetail"]["properties"].as_object().unwrap();
+    let mut members: Vec<&str> = detail.keys().map(String::as_str).collect();
+    members.sort();
+    assert_eq!(members, ["code", "fields", "message"]);
+    // Tokens: bearer schemes, applied where they are checked and not to the document itself.
+    for scheme in ["ingestToken", "apiToken", "pullToken"] {
+        assert_eq!(
+            doc["components"]["securitySchemes"][scheme]["scheme"],
+            "bearer"
+        );
+    }
+    assert_eq!(
+        doc["paths"]["/v1/events"]["post"]["security"][0]["ingestToken"],
+        json!([])
+    );
+    assert!(doc["paths"]["/v1/openapi.json"]["get"]["security"].is_null());
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn metadata_link_local_and_own_addresses_are_refused() {
     let relay = TestRelay::start("").await;

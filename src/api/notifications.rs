@@ -12,16 +12,19 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde::Serialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{ApiState, unknown_subscription};
+use super::{ApiState, STORE_UNAVAILABLE, unknown_subscription};
 use crate::event::now_ms;
-use crate::http_error::HttpError;
+use crate::http_error::{ErrorBody, HttpError};
 use crate::ingest::{malformed, read_body, require_json};
 use crate::store::{DeliveryId, Notification, PullMode, rfc3339};
 use crate::subscription::{AckMode, PullSettings, Subscription};
@@ -33,12 +36,29 @@ const MAX_LIMIT: usize = 100;
 
 /// The pull routes (served with a timeout above [`MAX_WAIT`]).
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/subscriptions/{id}/notifications/next", get(next))
-        .route("/v1/subscriptions/{id}/notifications", get(list))
-        .route("/v1/subscriptions/{id}/notifications/ack", post(ack))
-        .with_state(state)
+    Router::from(routes()).with_state(state)
 }
+
+/// The pull routes, each with its OpenAPI description (a route cannot be added without one).
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::default()
+        .routes(routes!(next))
+        .routes(routes!(list))
+        .routes(routes!(ack))
+}
+
+/// The OpenAPI description of the pull routes.
+pub(crate) fn openapi() -> OpenApi {
+    routes().into_openapi()
+}
+
+/// `401` of the pull routes.
+const UNAUTHORIZED: &str = "The bearer token is missing or wrong (`unauthorized`). Needed: the subscription's `pull.token` or `api.token` when it has a `pull.token`; otherwise `api.token` when set. Without a valid token an unknown subscription is `401` too, not `404`.";
+/// `409` of the pull routes.
+const PUSHED: &str =
+    "The subscription is pushed to its url (`mode: push`), not pulled (`conflict`).";
+/// `500` of the pull routes.
+const PULL_FAILED: &str = "The pull failed unexpectedly (`internal`); see the relay's log.";
 
 /// The pull subscription `key` names, once the caller may use it: its `pull.token` (or
 /// `api.token`) when one is set. Without a valid token nothing tells whether it exists.
@@ -209,19 +229,30 @@ fn count(state: &ApiState, sub: &Subscription, settings: &PullSettings, taken: &
     }
 }
 
-/// A notification as consumers see it.
-#[derive(Serialize)]
+/// A notification: one event for a pull subscription.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Notification)]
 struct View<'a> {
+    /// Its id (a delivery id); acknowledge it with this.
+    #[schema(value_type = i64)]
     id: DeliveryId,
+    /// The event id.
+    #[schema(example = "inv-42-paid")]
     event_id: &'a str,
+    /// The event type.
     #[serde(rename = "type")]
+    #[schema(example = "invoice.paid")]
     event_type: &'a str,
+    /// When the relay accepted the event (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     received_at: String,
-    /// The event's data, byte for byte; a body that is not JSON comes as a JSON string.
+    /// The event's data, byte for byte; data that is not JSON comes as a JSON string.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>, nullable = false)]
     data: Option<Box<RawValue>>,
-    /// A body that is not UTF-8, in base64.
+    /// Instead of `data`, for data that is not UTF-8: in base64.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(content_encoding = "base64", nullable = false)]
     data_base64: Option<String>,
 }
 
@@ -245,11 +276,36 @@ fn view(n: &Notification) -> View<'_> {
     }
 }
 
-/// The answer of the list call.
-#[derive(Serialize)]
+/// Notifications taken, and how many remain.
+#[derive(Serialize, ToSchema)]
+#[schema(as = NotificationList)]
 struct List<'a> {
+    /// Oldest first; at most `limit`.
     notifications: Vec<View<'a>>,
+    /// Notifications still available after this call (hidden ones not counted).
     remaining: u64,
+}
+
+/// The body of an acknowledgement.
+// Only describes it: `ack` reads the body by hand.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct AckRequest {
+    /// Notification ids, in any order; at most 1000.
+    #[schema(max_items = 1000, example = json!([41, 42]))]
+    ids: Vec<i64>,
+}
+
+/// What an acknowledgement did.
+#[derive(Serialize, ToSchema)]
+struct AckResult {
+    /// Notifications acknowledged by this call.
+    acked: u64,
+    /// Ids not waiting for an acknowledgement: unknown, another subscription's, never
+    /// pulled, already acknowledged, or expired. Not an error.
+    #[schema(value_type = Vec<i64>)]
+    unknown: Vec<DeliveryId>,
 }
 
 /// axum answers HEAD with the GET handler; a pull must not consume what nobody receives.
@@ -264,7 +320,37 @@ fn refuse_head(method: &Method) -> Result<(), HttpError> {
     Ok(())
 }
 
-/// `GET /v1/subscriptions/{id}/notifications/next[?wait=20s]`: the oldest, or `204`.
+/// Take the oldest notification of a pull subscription.
+///
+/// First in, first out by acceptance. With `pull.ack: auto` taking it consumes it (at most
+/// once). With `explicit` it stays queued until acknowledged, hidden for
+/// `pull.visibility_timeout`, then handed out again. A long poll (`wait`) ends early when a
+/// notification arrives, the subscription changes or goes, or the relay stops. `HEAD` is
+/// refused (`405`).
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}/notifications/next",
+    tag = "api",
+    operation_id = "takeNextNotification",
+    security(("apiToken" = []), ("pullToken" = []), ()),
+    params(
+        ("id" = String, Path, description = "Subscription id or name."),
+        ("wait" = Option<String>, Query, example = "20s",
+            description = "Long poll: when nothing is available, wait up to this long (at most `30s`) for a notification; default no wait."),
+    ),
+    responses(
+        (status = 200, description = "The oldest available notification.", body = View),
+        (status = 204, description = "Nothing available (after the wait, if any)."),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+        (status = 409, description = PUSHED, body = ErrorBody),
+        (status = 422, description = "A query parameter is invalid or unknown (`invalid_query`); `fields` names each.", body = ErrorBody),
+        (status = 500, description = PULL_FAILED, body = ErrorBody),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 async fn next(
     State(state): State<ApiState>,
     method: Method,
@@ -282,8 +368,35 @@ async fn next(
     })
 }
 
-/// `GET /v1/subscriptions/{id}/notifications?limit=N[&wait=20s]`: up to N, oldest first,
-/// and how many remain.
+/// Take up to `limit` notifications of a pull subscription.
+///
+/// Oldest first, with the count still available; same rules as `next`. An empty queue is
+/// `200` with an empty list. `HEAD` is refused (`405`).
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}/notifications",
+    tag = "api",
+    operation_id = "takeNotifications",
+    security(("apiToken" = []), ("pullToken" = []), ()),
+    params(
+        ("id" = String, Path, description = "Subscription id or name."),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 100,
+            description = "Most notifications to take, 1..=100; default 1."),
+        ("wait" = Option<String>, Query, example = "20s",
+            description = "Long poll: when nothing is available, wait up to this long (at most `30s`) for a notification; default no wait."),
+    ),
+    responses(
+        (status = 200, description = "The notifications taken (maybe none) and how many remain.", body = List),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+        (status = 409, description = PUSHED, body = ErrorBody),
+        (status = 422, description = "A query parameter is invalid or unknown (`invalid_query`); `fields` names each.", body = ErrorBody),
+        (status = 500, description = PULL_FAILED, body = ErrorBody),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 async fn list(
     State(state): State<ApiState>,
     method: Method,
@@ -302,7 +415,34 @@ async fn list(
     .into_response())
 }
 
-/// `POST /v1/subscriptions/{id}/notifications/ack` with `{"ids": [...]}`.
+/// Acknowledge notifications of a pull subscription.
+///
+/// Acknowledged notifications are delivered and never handed out again. Any notification
+/// of this subscription that was taken and is still queued can be acknowledged, in any
+/// order. With `pull.ack: auto` nothing is done: `{"acked": 0, "unknown": []}`.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{id}/notifications/ack",
+    tag = "api",
+    operation_id = "ackNotifications",
+    security(("apiToken" = []), ("pullToken" = []), ()),
+    params(("id" = String, Path, description = "Subscription id or name.")),
+    request_body(content = AckRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What was acknowledged.", body = AckResult,
+            example = json!({"acked": 1, "unknown": [42]})),
+        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+        (status = 409, description = PUSHED, body = ErrorBody),
+        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
+        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        (status = 422, description = "The body is not `{\"ids\": [integers]}` or lists more than 1000 ids (`invalid_ack`).", body = ErrorBody),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 async fn ack(
     State(state): State<ApiState>,
     Path(key): Path<String>,
@@ -329,7 +469,11 @@ async fn ack(
     };
     if settings.ack == AckMode::Auto {
         // Pulling consumed them already.
-        return Ok(Json(json!({ "acked": 0, "unknown": [] })).into_response());
+        return Ok(Json(AckResult {
+            acked: 0,
+            unknown: Vec::new(),
+        })
+        .into_response());
     }
     let asked = ids.len();
     let unknown = state
@@ -343,5 +487,5 @@ async fn ack(
         .deliveries
         .with_label_values(&[sub.metric_label(), "delivered"])
         .inc_by(acked);
-    Ok(Json(json!({ "acked": acked, "unknown": unknown })).into_response())
+    Ok(Json(AckResult { acked, unknown }).into_response())
 }

@@ -10,12 +10,19 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value as Json};
 
-use super::{ApiState, unknown_subscription};
+use super::{ApiState, STORE_UNAVAILABLE, UNAUTHORIZED, unknown_subscription};
 use crate::config::reader::Issues;
 use crate::event::{new_id, now_ms};
-use crate::http_error::HttpError;
+use crate::http_error::{ErrorBody, HttpError};
 use crate::ingest::{malformed, read_body, require_json};
 use crate::subscription::{Subscription, keep_secrets};
+
+mod schema;
+
+use schema::{Subscription as SubscriptionView, SubscriptionInput, SubscriptionPatch};
+
+/// `500` when a change panicked.
+const INTERNAL: &str = "The change failed unexpectedly (`internal`); see the relay's log.";
 
 /// Fields the relay sets; a body may repeat them unchanged but not change them.
 const READ_ONLY: &[&str] = &["id", "name", "source", "created_at", "updated_at"];
@@ -74,7 +81,35 @@ fn validate(
     }
 }
 
-/// `POST /v1/subscriptions`.
+/// Register a subscription.
+///
+/// The body is validated whole: every problem is reported at once in `fields`. A change
+/// applies to the next event posted after the answer.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions",
+    tag = "api",
+    operation_id = "createSubscription",
+    security(("apiToken" = []), ()),
+    request_body(content = SubscriptionInput, content_type = "application/json",
+        description = "A subscription document; any `application/*+json` content type is accepted too."),
+    responses(
+        (status = 201, description = "Registered.", body = SubscriptionView,
+            headers(("Location" = String, description = "`/v1/subscriptions/{id}`"))),
+        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 409, description = "The name is taken (config subscriptions included), `api.max_subscriptions` is reached, or a 101st subscription asks for `metrics: true` (`conflict`).", body = ErrorBody),
+        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
+        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        (status = 422, description = INVALID, body = ErrorBody,
+            example = json!({"error": {"code": "invalid_subscription", "message": "the subscription is invalid; see fields",
+                "fields": [{"field": "retries", "reason": "42 is out of range 0..=20"}]}})),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 pub async fn create(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -106,7 +141,27 @@ pub async fn create(
         .into_response())
 }
 
-/// `GET /v1/subscriptions[?event=TYPE]`: config subscriptions first, then the API's by age.
+/// `422` for a subscription document.
+const INVALID: &str = "The body is not an object, sets a read-only field, or has invalid fields, its `url` included when the destination guard refuses it (`invalid_subscription`); `fields` names every one.";
+
+/// List subscriptions.
+///
+/// The config file's first (in file order), then the API's, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions",
+    tag = "api",
+    operation_id = "listSubscriptions",
+    security(("apiToken" = []), ()),
+    params(("event" = Option<String>, Query,
+        description = "Only subscriptions whose `events` select this event type (filters are not applied).")),
+    responses(
+        (status = 200, description = "The subscriptions.", body = Vec<SubscriptionView>),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 422, description = "An unknown query parameter (`invalid_query`).", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<HashMap<String, String>>,
@@ -131,7 +186,21 @@ pub async fn list(
     Ok(axum::Json(Json::Array(views)).into_response())
 }
 
-/// `GET /v1/subscriptions/{id}` (id or name).
+/// Show a subscription.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}",
+    tag = "api",
+    operation_id = "getSubscription",
+    security(("apiToken" = []), ()),
+    params(("id" = String, Path, description = "Subscription id or name.")),
+    responses(
+        (status = 200, description = "The subscription.", body = SubscriptionView),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<ApiState>,
     Path(key): Path<String>,
@@ -158,7 +227,38 @@ async fn to_completion<T: Send + 'static>(
     })
 }
 
-/// `PUT /v1/subscriptions/{id}`: the body replaces the document; omitted secrets are kept.
+/// `409` for a change of a subscription.
+const CHANGE_CONFLICT: &str = "The subscription comes from the config file (change the YAML instead), or a 101st subscription asks for `metrics: true` (`conflict`).";
+
+/// Replace an API subscription.
+///
+/// The body replaces the document: a field left out goes back to its default, except the
+/// name and the secrets (a `password` left out of `auth.basic`, `auth.bearer` sent as `{}`,
+/// a header value sent as `{}`, a `pull.token` left out are kept).
+#[utoipa::path(
+    put,
+    path = "/v1/subscriptions/{id}",
+    tag = "api",
+    operation_id = "replaceSubscription",
+    security(("apiToken" = []), ()),
+    params(("id" = String, Path, description = "Subscription id or name.")),
+    request_body(content = SubscriptionInput, content_type = "application/json",
+        description = "A subscription document; any `application/*+json` content type is accepted too."),
+    responses(
+        (status = 200, description = "The subscription as changed.", body = SubscriptionView),
+        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+        (status = 409, description = CHANGE_CONFLICT, body = ErrorBody),
+        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
+        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        (status = 422, description = INVALID, body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 pub async fn replace(
     State(state): State<ApiState>,
     Path(key): Path<String>,
@@ -169,7 +269,36 @@ pub async fn replace(
     update(state, key, true, |_| Ok(doc)).await
 }
 
-/// `PATCH /v1/subscriptions/{id}`: a JSON Merge Patch (RFC 7396) of the stored document.
+/// Change an API subscription with a JSON Merge Patch.
+///
+/// The patch (RFC 7396) merges into the stored document, secrets included, so they are
+/// kept unless replaced or set to `null`; what it leaves out stays. Same rules as PUT.
+#[utoipa::path(
+    patch,
+    path = "/v1/subscriptions/{id}",
+    tag = "api",
+    operation_id = "patchSubscription",
+    security(("apiToken" = []), ()),
+    params(("id" = String, Path, description = "Subscription id or name.")),
+    request_body(content(
+        (SubscriptionPatch = "application/merge-patch+json"),
+        (SubscriptionPatch = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "The subscription as changed.", body = SubscriptionView),
+        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+        (status = 409, description = CHANGE_CONFLICT, body = ErrorBody),
+        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
+        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        (status = 422, description = INVALID, body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 pub async fn patch(
     State(state): State<ApiState>,
     Path(key): Path<String>,
@@ -232,7 +361,27 @@ async fn update(
     Ok(axum::Json(sub.view()).into_response())
 }
 
-/// `DELETE /v1/subscriptions/{id}`: `204` whether or not it existed.
+/// Delete an API subscription.
+///
+/// Its `pending`, `in_flight`, `orphaned`, `failed` and `expired` deliveries become
+/// `cancelled`. Answered `204` whether or not it existed.
+#[utoipa::path(
+    delete,
+    path = "/v1/subscriptions/{id}",
+    tag = "api",
+    operation_id = "deleteSubscription",
+    security(("apiToken" = []), ()),
+    params(("id" = String, Path, description = "Subscription id or name.")),
+    responses(
+        (status = 204, description = "Deleted, or there was no such subscription."),
+        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 409, description = "The subscription comes from the config file (`conflict`).", body = ErrorBody),
+        (status = 500, description = INTERNAL, body = ErrorBody),
+        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+    )
+)]
 pub async fn remove(
     State(state): State<ApiState>,
     Path(key): Path<String>,

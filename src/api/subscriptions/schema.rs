@@ -1,0 +1,350 @@
+//! Schemas of the subscription document, for the OpenAPI description only. The document is
+//! free-form JSON that [`Subscription::from_api`](crate::subscription::Subscription::from_api)
+//! checks with the YAML's rules and ranges; these types describe it and are never built.
+//! Their doc comments are the descriptions clients read.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// A duration in humantime form, such as `250ms`, `10s`, `5m`, `72h` or `1h30m`.
+#[derive(ToSchema)]
+#[schema(as = Duration, example = "10s")]
+pub struct DurationText(String);
+
+/// A subscription name: `[a-z0-9_-]{1,64}`, not `_api`; immutable once created.
+#[derive(ToSchema)]
+#[schema(as = SubscriptionName, pattern = "^[a-z0-9_-]{1,64}$", example = "billing")]
+pub struct Name(String);
+
+/// Where a subscription is declared.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The config file: read-only through the API.
+    Config,
+    /// This API; kept in the store.
+    Api,
+}
+
+/// How a subscription gets its events: `push` (default) POSTs each to `url`; `pull` keeps
+/// them in a FIFO queue that a consumer takes from `/v1/subscriptions/{id}/notifications`,
+/// and has none of the push-only fields (`url`, `retries`, `timeout`, `success_code`,
+/// `backoff`, `rate_limit`, `max_in_flight`, `auth`, `headers`).
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Delivered to `url`.
+    Push,
+    /// Queued for a consumer.
+    Pull,
+}
+
+/// `explicit` (default): a notification stays queued until acknowledged (at least once).
+/// `auto`: taking it consumes it (at most once).
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Ack {
+    /// Acknowledged by id.
+    Explicit,
+    /// Consumed when taken.
+    Auto,
+}
+
+/// Settings of a pull subscription (`mode: pull` only), as responses show them: never the
+/// `token`.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullSettings {
+    ack: Option<Ack>,
+    /// `explicit` only: how long a taken, unacknowledged notification is hidden before it is
+    /// handed out again; `0s`..`12h`, default `30s` (`0s` hides nothing).
+    visibility_timeout: Option<DurationText>,
+    /// A notification not consumed or acknowledged this long after acceptance expires;
+    /// `1s`..`365d`, default `72h` (replaces `storage.ttl` for this subscription).
+    ttl: Option<DurationText>,
+}
+
+/// Settings of a pull subscription (`mode: pull` only).
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullSettingsInput {
+    ack: Option<Ack>,
+    /// `explicit` only: how long a taken, unacknowledged notification is hidden before it is
+    /// handed out again; `0s`..`12h`, default `30s` (`0s` hides nothing).
+    visibility_timeout: Option<DurationText>,
+    /// A notification not consumed or acknowledged this long after acceptance expires;
+    /// `1s`..`365d`, default `72h` (replaces `storage.ttl` for this subscription).
+    ttl: Option<DurationText>,
+    /// A bearer token for this subscription's notification endpoints (besides `api.token`).
+    /// A secret: never shown. On PUT, leaving it out keeps the stored one; `null` removes it.
+    #[schema(write_only, min_length = 1)]
+    token: Option<String>,
+}
+
+/// A filter on the event's `data`: a condition, or `all`, `any` or `not` over filters. An
+/// empty object matches everything.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[schema(example = json!({"all": [{"field": "currency", "in": ["EUR", "USD"]},
+                                  {"not": {"field": "test", "equals": true}}]}))]
+pub enum Filter {
+    /// Every filter matches.
+    All {
+        #[schema(no_recursion)]
+        all: Vec<Filter>,
+    },
+    /// At least one filter matches.
+    Any {
+        #[schema(no_recursion)]
+        any: Vec<Filter>,
+    },
+    /// The filter does not match.
+    Not {
+        #[schema(no_recursion)]
+        not: Box<Filter>,
+    },
+    /// One condition.
+    Condition(Condition),
+}
+
+/// A `field` and one operator: `equals`, `in`, `contains`, `from`/`to` or `exists`.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// Where to look in `data`: a dotted path (`sender.id`, `items.0.sku`) or a JSON pointer
+    /// (`/sender/id`).
+    #[schema(example = "sender.id")]
+    field: String,
+    /// Matches when the field equals this scalar.
+    equals: Option<Value>,
+    /// Matches when the field equals one of these scalars.
+    #[serde(rename = "in")]
+    one_of: Option<Vec<Value>>,
+    /// Matches when the field (a string or an array) contains this scalar.
+    contains: Option<Value>,
+    /// Inclusive lower bound: a number, or an RFC 3339 time.
+    from: Option<Value>,
+    /// Inclusive upper bound: a number, or an RFC 3339 time.
+    to: Option<Value>,
+    /// Matches when the field is present (`true`) or absent (`false`).
+    exists: Option<bool>,
+    /// Compare strings case-insensitively.
+    ignore_case: Option<bool>,
+}
+
+/// A status, 100..=599, or a class of statuses such as `"2xx"`.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum StatusCode {
+    /// One status, 100..=599.
+    Code(u16),
+    /// A class: `"1xx"` to `"5xx"`.
+    Class(String),
+}
+
+/// Statuses that count as delivered: one, or a list of them; default `"2xx"`.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[schema(example = json!([200, 202]))]
+pub enum SuccessCode {
+    /// One status or class.
+    One(StatusCode),
+    /// Several (at least one).
+    Many(Vec<StatusCode>),
+}
+
+/// Spacing of retries: `schedule`, or the exponential `initial`/`max`/`multiplier` (not
+/// both). Default schedule: 5s, 5m, 30m, 2h, 5h, 10h, the last step repeating. Every delay
+/// gets ±20% jitter.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// Delays before each retry, 1 to 20 of them, each `0s`..`24h`; the last repeats.
+    #[schema(min_items = 1, max_items = 20)]
+    schedule: Option<Vec<DurationText>>,
+    /// First delay, `1ms`..`24h`; default `5s`.
+    initial: Option<DurationText>,
+    /// Largest delay, `1ms`..`7d`, not below `initial`; default `1h`.
+    max: Option<DurationText>,
+    /// Growth per retry, 1..=100; default 2.
+    #[schema(minimum = 1, maximum = 100)]
+    multiplier: Option<f64>,
+    /// Least delay after a 429 or a timeout, `0s`..`24h`; default `60s`.
+    overload_floor: Option<DurationText>,
+}
+
+/// An outbound rate limit; attempts wait for it, none is dropped.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Attempts per second, above 0 and at most 1000000.
+    #[schema(exclusive_minimum = 0, maximum = 1000000)]
+    per_second: f64,
+    /// Attempts allowed at once above the rate, 1..=100000; default 1.
+    #[schema(minimum = 1, maximum = 100000)]
+    burst: Option<u32>,
+}
+
+/// Credentials sent with every attempt, as responses show them: no password, and `bearer`
+/// as `{}`.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum Auth {
+    /// HTTP basic.
+    Basic {
+        /// The user name only.
+        basic: BasicAuthView,
+    },
+    /// A bearer token, not shown.
+    Bearer {
+        /// Always `{}`.
+        #[schema(value_type = Object)]
+        bearer: Value,
+    },
+}
+
+/// HTTP basic credentials, without the password.
+#[derive(ToSchema)]
+pub struct BasicAuthView {
+    /// User name.
+    username: String,
+}
+
+/// Credentials sent with every attempt: `basic` or `bearer`, not both. On PUT, leaving out
+/// `password`, or sending `bearer` as `{}` (as shown), keeps the stored secret.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum AuthInput {
+    /// HTTP basic.
+    Basic {
+        /// User name and password.
+        basic: BasicAuth,
+    },
+    /// A bearer token, as a string or `{"token": "..."}`.
+    Bearer {
+        /// The token.
+        bearer: BearerInput,
+    },
+}
+
+/// HTTP basic credentials.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// User name, without `:`.
+    username: String,
+    /// Password; a secret, never shown.
+    #[schema(write_only)]
+    password: String,
+}
+
+/// A bearer token (visible ASCII); a secret, never shown.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum BearerInput {
+    /// The token.
+    Token(String),
+    /// The token as an object.
+    Object {
+        /// The token.
+        #[schema(write_only, min_length = 1)]
+        token: String,
+    },
+}
+
+/// A subscription as the API shows it: the document as sent (defaults not filled in),
+/// without secrets, plus `id`, `name`, `source` and, for API subscriptions, `created_at`
+/// and `updated_at`.
+#[derive(ToSchema)]
+#[schema(example = json!({"id": "01a20511-fa50-7c2e-9b41-3d5e8f0a6c17", "name": "crm",
+    "source": "api", "url": "http://127.0.0.1:9000/crm", "events": ["customer.*"], "retries": 3,
+    "auth": {"bearer": {}}, "created_at": "2026-11-22T21:03:14.000Z",
+    "updated_at": "2026-11-22T21:03:14.000Z"}))]
+pub struct Subscription {
+    /// A lowercase UUIDv7 for API subscriptions; the name for config ones.
+    #[schema(read_only)]
+    id: String,
+    name: Name,
+    #[schema(read_only)]
+    source: Source,
+    mode: Option<Mode>,
+    /// Where attempts are POSTed (push only).
+    #[schema(format = "uri")]
+    url: Option<String>,
+    pull: Option<PullSettings>,
+    /// Event types it selects: exact types, prefix globs (`invoice.*`) or `*`.
+    #[schema(example = json!(["invoice.paid", "customer.*"]))]
+    events: Vec<String>,
+    filter: Option<Filter>,
+    /// Retries after the first attempt, 0..=20; default the schedule's length (6 for an
+    /// exponential backoff).
+    retries: Option<u32>,
+    /// Per-attempt timeout, `100ms`..`60s`; default `10s`.
+    timeout: Option<DurationText>,
+    success_code: Option<SuccessCode>,
+    backoff: Option<Backoff>,
+    rate_limit: Option<RateLimit>,
+    /// Concurrent attempts at most, 1..=1024; default 8.
+    max_in_flight: Option<u32>,
+    auth: Option<Auth>,
+    /// Names of the extra headers sent with every attempt; values are secret and show as `{}`.
+    #[schema(value_type = Option<Object>)]
+    headers: Option<Value>,
+    /// API subscriptions: whether it has its own metric series.
+    metrics: Option<bool>,
+    /// API subscriptions: when it was created (RFC 3339, UTC).
+    #[schema(read_only, format = DateTime)]
+    created_at: Option<String>,
+    /// API subscriptions: when it last changed (RFC 3339, UTC).
+    #[schema(read_only, format = DateTime)]
+    updated_at: Option<String>,
+}
+
+/// A subscription document, as POST and PUT take it: the YAML entry's fields as JSON, with
+/// the same rules and ranges, plus `metrics`. On PUT, `id`, `name`, `source`, `created_at`
+/// and `updated_at` may be sent back unchanged (changing one is `422`); on POST only `name`
+/// may be set.
+#[derive(ToSchema)]
+#[schema(example = json!({"name": "crm", "url": "http://127.0.0.1:9000/crm",
+    "events": ["customer.*"], "retries": 3, "auth": {"bearer": "crm-s3cret"}}))]
+pub struct SubscriptionInput {
+    /// Optional on POST (defaults to the id); immutable afterwards.
+    name: Option<Name>,
+    mode: Option<Mode>,
+    /// Where attempts are POSTed: `http` or `https`, no credentials; required for push.
+    /// Checked by the destination guard (`api.allowed_destinations`).
+    #[schema(format = "uri", example = "https://billing.internal/hooks")]
+    url: Option<String>,
+    pull: Option<PullSettingsInput>,
+    /// Event types to select: exact types, prefix globs (`invoice.*`) or `*`; at least one.
+    #[schema(min_items = 1, example = json!(["invoice.paid", "customer.*"]))]
+    events: Vec<String>,
+    filter: Option<Filter>,
+    /// Retries after the first attempt, 0..=20; default the schedule's length (6 for an
+    /// exponential backoff).
+    #[schema(minimum = 0, maximum = 20)]
+    retries: Option<u32>,
+    /// Per-attempt timeout, `100ms`..`60s`; default `10s`.
+    timeout: Option<DurationText>,
+    success_code: Option<SuccessCode>,
+    backoff: Option<Backoff>,
+    rate_limit: Option<RateLimit>,
+    /// Concurrent attempts at most, 1..=1024; default 8.
+    #[schema(minimum = 1, maximum = 1024)]
+    max_in_flight: Option<u32>,
+    auth: Option<AuthInput>,
+    /// Extra headers sent with every attempt (not the relay's own, nor `authorization` with
+    /// `auth`). On PUT, a value of `{}` (as shown) keeps the stored one.
+    #[schema(value_type = Option<HashMap<String, String>>)]
+    headers: Option<Value>,
+    /// Its own metric series (at most 100 API subscriptions); default `false`: the shared
+    /// `_api` series.
+    metrics: Option<bool>,
+}
+
+/// A JSON Merge Patch (RFC 7396) of the stored subscription document: objects merge member
+/// by member, `null` removes a member, any other value replaces it.
+#[derive(ToSchema)]
+#[schema(example = json!({"events": ["customer.*", "invoice.paid"], "retries": null}))]
+pub struct SubscriptionPatch(std::collections::HashMap<String, Value>);
