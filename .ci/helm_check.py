@@ -13,6 +13,7 @@ StatefulSet with volumeClaimTemplates, ...). Exits non-zero on the first failed 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -244,7 +245,23 @@ def assert_configmap(r: Rendered, cm_name: str) -> dict[str, Any]:
           f"{r.label}: storage.path must be /var/lib/hookrelay/hookrelay.db")
     for key in ("app", "api", "ops"):
         check(config.get("listen", {}).get(key), f"{r.label}: listen.{key} missing")
+    relay_check(r.label, cms[0]["data"]["config.yaml"])
     return config
+
+
+def relay_check(label: str, text: str) -> None:
+    """The relay itself validates the rendered config (`hookrelay check`), when HOOKRELAY_BIN
+    names the binary; every ${VAR} gets a placeholder, as the Secrets would give it one."""
+    binary = os.environ.get("HOOKRELAY_BIN")
+    if not binary:
+        return
+    env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+    env.update({name: "placeholder-secret" for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text)})
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(text)
+        f.flush()
+        out = subprocess.run([binary, "check", "--config", f.name], capture_output=True, text=True, env=env)
+    check(out.returncode == 0, f"{label}: hookrelay check refused the rendered config:\n{out.stdout}{out.stderr}")
 
 
 def pod_labels(w: dict[str, Any]) -> dict[str, str]:
