@@ -237,6 +237,12 @@ pub fn request(
     };
     set(h, "webhook-id", &delivery.event_id);
     set(h, "webhook-timestamp", &now.to_string());
+    if !sub.signing.is_empty() {
+        // Over the exact bytes sent, at this attempt's time.
+        let signature =
+            crate::signing::signature_header(&sub.signing, &delivery.event_id, now, &delivery.data);
+        set(h, "webhook-signature", &signature);
+    }
     set(h, "hookrelay-event-type", &delivery.event_type);
     set(h, "hookrelay-attempt", &attempt.to_string());
     req

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod ops;
 pub mod reload;
 pub mod server;
+pub mod signing;
 pub mod store;
 pub mod subscription;
 

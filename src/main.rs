@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookrelay::config::{Config, LogFormat};
+use hookrelay::signing::SigningKey;
 use hookrelay::subscription::{Auth, EventPattern, Subscription};
 use hookrelay::{Relay, config::reader::fmt_duration};
 
@@ -33,10 +34,40 @@ enum Command {
     Run,
     /// Validate the configuration, print a summary per subscription, and exit.
     Check,
+    /// Verify a Standard Webhooks signature of a body read from stdin: exit 0 when valid,
+    /// 1 when not. For receivers debugging their verification.
+    Verify {
+        /// Name of the environment variable holding the whsec_ secret (a secret on the
+        /// command line would end up in shell history and process lists).
+        #[arg(long, value_name = "VAR")]
+        secret_env: String,
+        /// The webhook-id header.
+        #[arg(long)]
+        id: String,
+        /// The webhook-timestamp header (Unix seconds).
+        #[arg(long)]
+        timestamp: u64,
+        /// The webhook-signature header (one or more space-separated v1,... entries).
+        #[arg(long)]
+        signature: String,
+        /// Largest accepted distance between the timestamp and now.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        tolerance: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Verify {
+        secret_env,
+        id,
+        timestamp,
+        signature,
+        tolerance,
+    }) = cli.command
+    {
+        return verify(&secret_env, &id, timestamp, &signature, tolerance);
+    }
     let Some(path) = cli.config else {
         eprintln!("error: no configuration: pass --config PATH or set HOOKRELAY_CONFIG");
         return ExitCode::from(2);
@@ -67,6 +98,59 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Verify { .. } => unreachable!("handled before the config is read"),
+    }
+}
+
+/// `hookrelay verify`: 0 valid, 1 invalid or outside the tolerance, 2 for a missing or
+/// malformed secret or an unreadable body.
+fn verify(
+    secret_env: &str,
+    id: &str,
+    timestamp: u64,
+    signature: &str,
+    tolerance: std::time::Duration,
+) -> ExitCode {
+    use std::io::Read;
+    let secret = match std::env::var(secret_env) {
+        Ok(s) => s,
+        Err(_) => {
+            eprintln!("error: the environment variable {secret_env} is not set");
+            return ExitCode::from(2);
+        }
+    };
+    let key = match SigningKey::parse(&secret) {
+        Ok(k) => k,
+        Err(reason) => {
+            eprintln!("error: the secret in {secret_env} {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut body = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut body) {
+        eprintln!("error: cannot read the body from stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let skew = now.abs_diff(timestamp);
+    if skew > tolerance.as_secs() {
+        eprintln!(
+            "invalid: the timestamp is {skew}s from now, beyond the tolerance of {}",
+            fmt_duration(tolerance)
+        );
+        return ExitCode::FAILURE;
+    }
+    if key.verifies(id, timestamp, &body, signature) {
+        println!("valid: signed by the secret in {secret_env}");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "invalid: no v1 signature matches this id, timestamp and body ({} bytes) for the secret in {secret_env}",
+            body.len()
+        );
+        ExitCode::FAILURE
     }
 }
 
@@ -135,6 +219,10 @@ fn summary(sub: &Subscription) -> String {
         Some(Auth::Bearer(_)) => " auth=bearer".to_string(),
         None => String::new(),
     };
+    let signed = match sub.signing.len() {
+        0 => String::new(),
+        n => format!(" signed({n} key{})", if n == 1 { "" } else { "s" }),
+    };
     let filter = if sub.filter.is_everything() {
         ""
     } else {
@@ -153,7 +241,7 @@ fn summary(sub: &Subscription) -> String {
         return format!("{}: {} <- pulled{pull}{filter}", sub.name, events.join(","));
     };
     format!(
-        "{}: {} -> {} retries={} timeout={} max_in_flight={}{rate}{auth}{filter}",
+        "{}: {} -> {} retries={} timeout={} max_in_flight={}{rate}{auth}{signed}{filter}",
         sub.name,
         events.join(","),
         url,

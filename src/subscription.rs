@@ -17,6 +17,7 @@ use crate::config::reader::{
     Issues, Section, as_duration, as_float, as_integer, as_list, as_string, describe, index, kind,
 };
 use crate::filter::Filter;
+use crate::signing::SigningKey;
 
 /// Keys a subscription entry may have.
 const KEYS: &[&str] = &[
@@ -34,6 +35,7 @@ const KEYS: &[&str] = &[
     "max_in_flight",
     "auth",
     "headers",
+    "signing",
 ];
 
 /// Keys that only push subscriptions may have.
@@ -47,6 +49,7 @@ const PUSH_KEYS: &[&str] = &[
     "max_in_flight",
     "auth",
     "headers",
+    "signing",
 ];
 
 /// Extra keys of a subscription registered through the API.
@@ -124,6 +127,8 @@ pub struct Subscription {
     pub auth: Option<Auth>,
     /// Extra headers sent with every attempt.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Keys every attempt is signed with (Standard Webhooks), in the configured order.
+    pub signing: Vec<SigningKey>,
 }
 
 /// A subscription document as declared, secrets included. Its `Debug` shows the redacted
@@ -149,6 +154,15 @@ impl Spec {
         }
         if let Some(pull) = doc.get_mut("pull").and_then(Json::as_object_mut) {
             pull.remove("token");
+        }
+        if let Some(secrets) = doc
+            .get_mut("signing")
+            .and_then(|s| s.get_mut("secrets"))
+            .and_then(Json::as_array_mut)
+        {
+            for secret in secrets {
+                *secret = Json::Object(Default::default());
+            }
         }
         if let Some(auth) = doc.get_mut("auth").and_then(Json::as_object_mut) {
             if let Some(basic) = auth.get_mut("basic").and_then(Json::as_object_mut) {
@@ -186,6 +200,26 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json, refill_pull_token: bool) {
                 && let Some(kept) = kept.filter(|v| v.is_string())
             {
                 *value = kept.clone();
+            }
+        }
+    }
+    // A signing secret shown as `{}` keeps the stored secret at the same position.
+    if let Some(secrets) = doc
+        .get_mut("signing")
+        .and_then(|s| s.get_mut("secrets"))
+        .and_then(Json::as_array_mut)
+    {
+        let stored_secrets = stored
+            .get("signing")
+            .and_then(|s| s.get("secrets"))
+            .and_then(Json::as_array);
+        for (i, secret) in secrets.iter_mut().enumerate() {
+            if secret.as_object().is_some_and(|o| o.is_empty())
+                && let Some(kept) = stored_secrets
+                    .and_then(|s| s.get(i))
+                    .filter(|v| v.is_string())
+            {
+                *secret = kept.clone();
             }
         }
     }
@@ -577,6 +611,7 @@ impl Subscription {
         let max_in_flight = s.integer("max_in_flight", 1..=1024, 8, issues) as usize;
         let auth = parse_auth(&s, issues);
         let headers = parse_headers(&s, auth.is_some(), issues);
+        let signing = parse_signing(&s, issues);
 
         if issues.0.len() != before {
             return None;
@@ -605,6 +640,7 @@ impl Subscription {
             max_in_flight,
             auth,
             headers,
+            signing,
         })
     }
 }
@@ -863,6 +899,45 @@ fn parse_auth(s: &Section<'_>, issues: &mut Issues) -> Option<Auth> {
             None
         }
     }
+}
+
+/// Most signing secrets at once (rotation needs two; a few more cover slow rollouts).
+const MAX_SIGNING_SECRETS: usize = 10;
+
+fn parse_signing(s: &Section<'_>, issues: &mut Issues) -> Vec<SigningKey> {
+    if s.get("signing").is_none() {
+        return Vec::new();
+    }
+    let sg = s.section("signing", &["secrets"], issues);
+    let at = sg.at("secrets");
+    let Some(v) = sg.get("secrets") else {
+        issues.push(&at, "missing: a list of whsec_ secrets");
+        return Vec::new();
+    };
+    let Some(items) = as_list(v, &at, issues) else {
+        return Vec::new();
+    };
+    if items.is_empty() || items.len() > MAX_SIGNING_SECRETS {
+        issues.push(
+            &at,
+            format!(
+                "needs 1 to {MAX_SIGNING_SECRETS} secrets, found {}",
+                items.len()
+            ),
+        );
+        return Vec::new();
+    }
+    let mut keys = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = index(&at, i);
+        if let Some(text) = as_string(item, &path, issues) {
+            match SigningKey::parse(&text) {
+                Ok(key) => keys.push(key),
+                Err(reason) => issues.push(&path, reason),
+            }
+        }
+    }
+    keys
 }
 
 fn parse_headers(

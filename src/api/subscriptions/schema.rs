@@ -30,7 +30,7 @@ pub enum Source {
 /// How a subscription gets its events: `push` (default) POSTs each to `url`; `pull` keeps
 /// them in a FIFO queue that a consumer takes from `/v1/subscriptions/{id}/notifications`,
 /// and has none of the push-only fields (`url`, `retries`, `timeout`, `success_code`,
-/// `backoff`, `rate_limit`, `max_in_flight`, `auth`, `headers`).
+/// `backoff`, `rate_limit`, `max_in_flight`, `auth`, `headers`, `signing`).
 #[derive(ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -291,6 +291,9 @@ pub struct Subscription {
     /// Names of the extra headers sent with every attempt; values are secret and show as `{}`.
     #[schema(value_type = Option<Object>)]
     headers: Option<Value>,
+    /// Standard Webhooks signing; each secret shows as `{}`.
+    #[schema(value_type = Option<Object>, example = json!({"secrets": [{}]}))]
+    signing: Option<Value>,
     /// API subscriptions: whether it has its own metric series.
     metrics: Option<bool>,
     /// API subscriptions: when it was created (RFC 3339, UTC).
@@ -338,9 +341,22 @@ pub struct SubscriptionInput {
     /// `auth`). On PUT, a value of `{}` (as shown) keeps the stored one.
     #[schema(value_type = Option<HashMap<String, String>>)]
     headers: Option<Value>,
+    signing: Option<SigningInput>,
     /// Its own metric series (at most 100 API subscriptions); default `false`: the shared
     /// `_api` series.
     metrics: Option<bool>,
+}
+
+/// Standard Webhooks signing: every attempt carries `webhook-signature` with one `v1,`
+/// entry per secret (HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`).
+#[derive(ToSchema)]
+pub struct SigningInput {
+    /// 1 to 10 secrets, `whsec_` + base64 of 24 to 64 bytes. Two at once rotate a key
+    /// without downtime. On PUT, a secret sent back as `{}` (as shown) keeps the stored one
+    /// at that position.
+    #[schema(min_items = 1, max_items = 10, value_type = Vec<String>,
+        example = json!(["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]))]
+    secrets: Vec<Value>,
 }
 
 /// A JSON Merge Patch (RFC 7396) of the stored subscription document: objects merge member
