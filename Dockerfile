@@ -2,7 +2,8 @@
 #
 #   docker build -t hookrelay .
 #   docker run --rm hookrelay check --config /etc/hookrelay/config.yaml
-#   docker run -v "$PWD/my.yaml:/etc/hookrelay/config.yaml:ro" -v hookrelay-data:/var/lib/hookrelay hookrelay
+#   mkdir -p hookrelay && cp config.example.yaml hookrelay/config.yaml
+#   docker run -d --name hookrelay --network host --read-only -v "$PWD/hookrelay:/etc/hookrelay:ro" -v hookrelay-data:/var/lib/hookrelay hookrelay
 #
 # CI builds the binary once and skips the builder stage (no image is pulled):
 #   podman build --build-context builder=DIR --target runtime .

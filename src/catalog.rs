@@ -17,7 +17,7 @@ use crate::dispatch::Dispatcher;
 use crate::event::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, StoredSubscription};
-use crate::subscription::{Registry, SHARED_METRIC_LABEL, Source, Subscription};
+use crate::subscription::{self, Registry, SHARED_METRIC_LABEL, Source, Subscription};
 
 /// API subscriptions that may have their own metric series; the rest share `_api`.
 pub const MAX_OWN_METRICS: usize = 100;
@@ -300,6 +300,11 @@ impl Catalog {
         if sub.own_metrics {
             self.metrics.init_subscription(&sub.name);
         }
+        if sub.ordering == subscription::Ordering::None
+            && old.ordering != subscription::Ordering::None
+        {
+            self.unorder(vec![sub.name.clone()]).await;
+        }
         self.dispatcher.add(sub.clone());
         let version = {
             let mut state = self.lock();
@@ -440,6 +445,17 @@ impl Catalog {
                 }
             }
         }
+        // New or changed subscriptions without ordering: nothing of theirs may wait in key
+        // order any more (orphans just resumed included).
+        let unordered: Vec<String> = next
+            .iter()
+            .filter(|s| s.ordering == subscription::Ordering::None)
+            .filter(|s| change.added.contains(&s.name) || change.changed.contains(&s.name))
+            .map(|s| s.name.clone())
+            .collect();
+        if !unordered.is_empty() {
+            self.unorder(unordered).await;
+        }
         let mut gone_waiters = Vec::new();
         for name in &change.removed {
             gone_waiters.extend(self.dispatcher.arrivals(name));
@@ -474,6 +490,14 @@ impl Catalog {
             waiters.notify_waiters();
         }
         Ok(change)
+    }
+
+    /// Lifts key order from subscriptions that lost their ordering. Best effort: if the
+    /// store fails, the next start does it.
+    async fn unorder(&self, names: Vec<String>) {
+        if let Err(e) = self.store.clear_ordering(names).await {
+            tracing::warn!(error = %e, "cannot release deliveries waiting in key order; the next start will");
+        }
     }
 
     /// Deletes a stored subscription that was left out at startup, if `key` names one.

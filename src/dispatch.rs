@@ -20,7 +20,7 @@ use crate::destination::DestinationGuard;
 use crate::event::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{Completion, Delivery, Store};
-use crate::subscription::{Source, Subscription};
+use crate::subscription::{Ordering, Source, Subscription};
 
 /// Longest a feeder sleeps without re-reading its next due time (a safety net: wake-ups and
 /// the due time do the work).
@@ -67,6 +67,9 @@ struct PumpHandle {
     stop: CancellationToken,
     /// A pull subscription's `pull.ttl`, in ms.
     ttl_ms: Option<i64>,
+    /// An ordered subscription's deliveries are never handed over in memory: the store
+    /// decides which one of a key goes next.
+    ordering: Ordering,
 }
 
 /// A reserved place in a pump's queue.
@@ -124,6 +127,7 @@ impl Dispatcher {
                     matched,
                     stop,
                     ttl_ms: sub.pull.as_ref().map(|p| p.ttl.as_millis() as i64),
+                    ordering: Ordering::None,
                 }),
             );
             drop(pumps);
@@ -142,6 +146,7 @@ impl Dispatcher {
                 matched,
                 stop: stop.clone(),
                 ttl_ms: None,
+                ordering: sub.ordering.clone(),
             }),
         );
         drop(pumps);
@@ -223,7 +228,11 @@ impl Dispatcher {
     /// a reserved place in its queue if there is room, its ttl, and how to report the commit.
     pub fn route(&self, subscription: &str) -> Option<Route> {
         self.with_pump(subscription, |p| Route {
-            slot: p.queue.clone().and_then(|q| q.try_reserve_owned().ok()),
+            slot: p
+                .queue
+                .clone()
+                .filter(|_| p.ordering == Ordering::None)
+                .and_then(|q| q.try_reserve_owned().ok()),
             ttl_ms: p.ttl_ms,
             handle: p.clone(),
         })
@@ -250,6 +259,11 @@ pub struct Route {
 }
 
 impl Route {
+    /// The subscription's ordering, which gives the delivery its key.
+    pub fn ordering(&self) -> &Ordering {
+        &self.handle.ordering
+    }
+
     /// After the commit: counts the match, then hands the delivery to the pump, or tells the
     /// feeder (or the long polls) that it waits in the store.
     /// `delivery` is only built when it is handed over.
@@ -497,8 +511,9 @@ impl Outcome {
                 );
             }
         }
-        if matches!(completion, Completion::Retry { .. }) {
-            // The feeder's next due time may have moved earlier.
+        if matches!(completion, Completion::Retry { .. }) || self.sub.ordering != Ordering::None {
+            // The feeder's next due time may have moved earlier, or (ordered) the next
+            // delivery of this key was released by this final outcome.
             self.wake.notify_one();
         }
     }

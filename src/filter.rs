@@ -28,9 +28,9 @@ pub struct Condition {
     ignore_case: bool,
 }
 
-/// Where a condition looks in `data`.
+/// Where a condition (or an ordering key) looks in `data`.
 #[derive(Debug, Clone, PartialEq)]
-enum FieldPath {
+pub enum FieldPath {
     /// `sender.id`, `items.0.sku`.
     Dotted(Vec<String>),
     /// `/sender/id` (RFC 6901).
@@ -368,7 +368,8 @@ fn scalar_eq(actual: &Json, expected: &Json, ic: bool) -> bool {
 }
 
 impl FieldPath {
-    fn parse(text: &str, path: &str, issues: &mut Issues) -> Option<FieldPath> {
+    /// Parses a dotted path or a JSON Pointer; a problem is recorded at `path`.
+    pub fn parse(text: &str, path: &str, issues: &mut Issues) -> Option<FieldPath> {
         if text.starts_with('/') {
             return Some(FieldPath::Pointer(text.to_string()));
         }
@@ -383,7 +384,8 @@ impl FieldPath {
         Some(FieldPath::Dotted(segments))
     }
 
-    fn resolve<'a>(&self, data: &'a Json) -> Option<&'a Json> {
+    /// The value at this path; JSON `null` counts as absent.
+    pub fn resolve<'a>(&self, data: &'a Json) -> Option<&'a Json> {
         let found = match self {
             FieldPath::Pointer(p) => data.pointer(p),
             FieldPath::Dotted(segments) => segments.iter().try_fold(data, |node, seg| match node {

@@ -24,6 +24,7 @@ use crate::event::{Event, EventError};
 use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::metrics::Metrics;
 use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, Store, StoreError, rfc3339};
+use crate::subscription::Ordering;
 use crate::subscription::Secret;
 
 /// What the ingest handler needs.
@@ -396,6 +397,18 @@ async fn commit_and_hand_off(
             .iter()
             .map(|r| r.as_ref().and_then(|r| r.ttl_ms))
             .collect();
+        if found
+            .iter()
+            .flatten()
+            .any(|r| *r.ordering() != Ordering::None)
+        {
+            // Parsed once per event, and only when an ordered subscription needs a key.
+            let data: Option<serde_json::Value> = serde_json::from_slice(&a.event.data).ok();
+            a.ordering_keys = found
+                .iter()
+                .map(|r| r.as_ref().and_then(|r| r.ordering().key_of(data.as_ref())))
+                .collect();
+        }
         routes.push(found);
         events.push((
             Arc::<str>::from(a.event.id.as_str()),

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookrelay::config::{Config, LogFormat};
 use hookrelay::signing::SigningKey;
-use hookrelay::subscription::{Auth, EventPattern, Subscription};
+use hookrelay::subscription::{Auth, EventPattern, Ordering, Subscription};
 use hookrelay::{Relay, config::reader::fmt_duration};
 
 #[derive(Parser)]
@@ -223,6 +223,11 @@ fn summary(sub: &Subscription) -> String {
         0 => String::new(),
         n => format!(" signed({n} key{})", if n == 1 { "" } else { "s" }),
     };
+    let ordered = match &sub.ordering {
+        Ordering::None => "",
+        Ordering::Fifo => " ordered(fifo)",
+        Ordering::Key(_) => " ordered(by key)",
+    };
     let filter = if sub.filter.is_everything() {
         ""
     } else {
@@ -241,7 +246,7 @@ fn summary(sub: &Subscription) -> String {
         return format!("{}: {} <- pulled{pull}{filter}", sub.name, events.join(","));
     };
     format!(
-        "{}: {} -> {} retries={} timeout={} max_in_flight={}{rate}{auth}{signed}{filter}",
+        "{}: {} -> {} retries={} timeout={} max_in_flight={}{rate}{auth}{signed}{ordered}{filter}",
         sub.name,
         events.join(","),
         url,

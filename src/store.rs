@@ -29,6 +29,9 @@ pub struct Accepted {
     /// Parallel to `subscriptions` (or empty): a delivery's own ttl in ms (a pull
     /// subscription's `pull.ttl`); `None` takes `storage.ttl`.
     pub ttl_ms: Vec<Option<i64>>,
+    /// Parallel to `subscriptions` (or empty): the ordering key of an ordered subscription's
+    /// delivery, which then waits for the earlier unfinished deliveries of that key.
+    pub ordering_keys: Vec<Option<String>>,
 }
 
 impl Accepted {
@@ -39,6 +42,7 @@ impl Accepted {
             subscriptions,
             handed_off: Vec::new(),
             ttl_ms: Vec::new(),
+            ordering_keys: Vec::new(),
         }
     }
 }
@@ -169,11 +173,13 @@ pub enum DeliveryState {
     Orphaned,
     /// Its subscription was deleted.
     Cancelled,
+    /// Ordered: waits until the earlier deliveries of its key are finished.
+    Waiting,
 }
 
 impl DeliveryState {
     /// Every state, in storage code order.
-    pub const ALL: [DeliveryState; 7] = [
+    pub const ALL: [DeliveryState; 8] = [
         DeliveryState::Pending,
         DeliveryState::InFlight,
         DeliveryState::Delivered,
@@ -181,6 +187,7 @@ impl DeliveryState {
         DeliveryState::Expired,
         DeliveryState::Orphaned,
         DeliveryState::Cancelled,
+        DeliveryState::Waiting,
     ];
 
     /// The name used in the API.
@@ -193,6 +200,7 @@ impl DeliveryState {
             DeliveryState::Expired => "expired",
             DeliveryState::Orphaned => "orphaned",
             DeliveryState::Cancelled => "cancelled",
+            DeliveryState::Waiting => "waiting",
         }
     }
 
@@ -517,6 +525,10 @@ pub trait Store: Send + Sync + 'static {
         removed: Vec<String>,
         restored: Vec<String>,
     ) -> Result<(u64, u64), StoreError>;
+
+    /// Lifts ordering from the undelivered deliveries of these (now unordered) subscriptions:
+    /// waiting ones become pending; returns how many deliveries it changed.
+    async fn clear_ordering(&self, subscriptions: Vec<String>) -> Result<u64, StoreError>;
 
     /// Marks deliveries of unknown subscriptions orphaned and resumes orphans of known ones;
     /// returns (orphaned, resumed).

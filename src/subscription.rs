@@ -16,7 +16,7 @@ use crate::backoff::{Backoff, Curve};
 use crate::config::reader::{
     Issues, Section, as_duration, as_float, as_integer, as_list, as_string, describe, index, kind,
 };
-use crate::filter::Filter;
+use crate::filter::{FieldPath, Filter};
 use crate::signing::SigningKey;
 
 /// Keys a subscription entry may have.
@@ -36,6 +36,7 @@ const KEYS: &[&str] = &[
     "auth",
     "headers",
     "signing",
+    "ordering",
 ];
 
 /// Keys that only push subscriptions may have.
@@ -50,6 +51,7 @@ const PUSH_KEYS: &[&str] = &[
     "auth",
     "headers",
     "signing",
+    "ordering",
 ];
 
 /// Extra keys of a subscription registered through the API.
@@ -129,6 +131,37 @@ pub struct Subscription {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Keys every attempt is signed with (Standard Webhooks), in the configured order.
     pub signing: Vec<SigningKey>,
+    /// Whether deliveries wait for earlier ones (of the same key).
+    pub ordering: Ordering,
+}
+
+/// The delivery order of a push subscription.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Ordering {
+    /// No order: deliveries go out in parallel (the default).
+    #[default]
+    None,
+    /// One at a time, in acceptance order.
+    Fifo,
+    /// In acceptance order per value of this field of `data`; different values in parallel.
+    Key(FieldPath),
+}
+
+impl Ordering {
+    /// The ordering key of an event (`data` parsed, if it is JSON); `None` when unordered.
+    /// Events without the field share one key, the empty string (a value's key is its JSON
+    /// text, never empty).
+    pub fn key_of(&self, data: Option<&Json>) -> Option<String> {
+        match self {
+            Ordering::None => None,
+            Ordering::Fifo => Some(String::new()),
+            Ordering::Key(path) => Some(
+                data.and_then(|d| path.resolve(d))
+                    .map(Json::to_string)
+                    .unwrap_or_default(),
+            ),
+        }
+    }
 }
 
 /// A subscription document as declared, secrets included. Its `Debug` shows the redacted
@@ -612,6 +645,7 @@ impl Subscription {
         let auth = parse_auth(&s, issues);
         let headers = parse_headers(&s, auth.is_some(), issues);
         let signing = parse_signing(&s, issues);
+        let ordering = parse_ordering(&s, issues);
 
         if issues.0.len() != before {
             return None;
@@ -641,6 +675,7 @@ impl Subscription {
             auth,
             headers,
             signing,
+            ordering,
         })
     }
 }
@@ -897,6 +932,36 @@ fn parse_auth(s: &Section<'_>, issues: &mut Issues) -> Option<Auth> {
         (None, None) => {
             issues.push(a.path(), "needs basic or bearer");
             None
+        }
+    }
+}
+
+fn parse_ordering(s: &Section<'_>, issues: &mut Issues) -> Ordering {
+    let at = s.at("ordering");
+    match s.get("ordering") {
+        None => Ordering::None,
+        Some(Value::String(mode)) if mode == "none" => Ordering::None,
+        Some(Value::String(mode)) if mode == "fifo" => Ordering::Fifo,
+        Some(Value::Mapping(_)) => {
+            let o = s.section("ordering", &["key"], issues);
+            match o.string("key", issues) {
+                Some(text) => FieldPath::parse(&text, &o.at("key"), issues)
+                    .map_or(Ordering::None, Ordering::Key),
+                None => {
+                    issues.push(&o.at("key"), "missing: a field path such as sender.id");
+                    Ordering::None
+                }
+            }
+        }
+        Some(other) => {
+            issues.push(
+                &at,
+                format!(
+                    "expected none, fifo or {{key: FIELD}}, found {}",
+                    describe(other)
+                ),
+            );
+            Ordering::None
         }
     }
 }
@@ -1258,6 +1323,59 @@ mod tests {
         let s = parse("{name: a, url: 'http://h/', events: [x], auth: {bearer: {token: t-1}}}")
             .unwrap();
         assert!(matches!(s.auth, Some(Auth::Bearer(ref t)) if t.expose() == "t-1"));
+    }
+
+    #[test]
+    fn ordering_is_none_fifo_or_a_key() {
+        let s = parse("{name: o, url: 'http://h/', events: [x]}").unwrap();
+        assert_eq!(s.ordering, Ordering::None);
+        assert_eq!(s.ordering.key_of(None), None);
+        let s = parse("{name: o, url: 'http://h/', events: [x], ordering: fifo}").unwrap();
+        assert_eq!(s.ordering.key_of(None), Some(String::new()));
+        let s =
+            parse("{name: o, url: 'http://h/', events: [x], ordering: {key: sender.id}}").unwrap();
+        let data = serde_json::json!({"sender": {"id": "s-1"}});
+        assert_eq!(s.ordering.key_of(Some(&data)), Some("\"s-1\"".into()));
+        let number = serde_json::json!({"sender": {"id": 7}});
+        assert_eq!(s.ordering.key_of(Some(&number)), Some("7".into()));
+        // Without the field (or not JSON): the one shared key.
+        assert_eq!(
+            s.ordering.key_of(Some(&serde_json::json!({}))),
+            Some(String::new())
+        );
+        assert_eq!(s.ordering.key_of(None), Some(String::new()));
+
+        for (yaml, expected) in [
+            (
+                "ordering: sideways",
+                "subscriptions[0].ordering: expected none, fifo or {key: FIELD}",
+            ),
+            (
+                "ordering: {key: 'a..b'}",
+                "subscriptions[0].ordering.key: \"a..b\" is not a field path",
+            ),
+            ("ordering: {}", "subscriptions[0].ordering.key: missing"),
+            (
+                "ordering: {key: a, by: b}",
+                "subscriptions[0].ordering.by: unknown field",
+            ),
+        ] {
+            let errors = parse(&format!(
+                "{{name: o, url: 'http://h/', events: [x], {yaml}}}"
+            ))
+            .unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.starts_with(expected)),
+                "{yaml}: {errors:?}"
+            );
+        }
+        let errors = parse("{name: p, mode: pull, events: [x], ordering: fifo}").unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "subscriptions[0].ordering: applies to push subscriptions only (this one has mode: pull)"
+            ]
+        );
     }
 
     #[test]

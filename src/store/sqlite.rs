@@ -22,7 +22,7 @@ use super::{
 use crate::config::{StorageLocation, StorageSettings, SyncMode};
 
 /// The schema this build writes; older files are migrated forward on open.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 2048;
 /// Rows changed per housekeeping statement, so pruning never holds the writer long.
@@ -77,6 +77,15 @@ CREATE TABLE subscriptions (
     "
 CREATE INDEX deliveries_fifo ON deliveries(subscription, id) WHERE state = 0;
 ",
+    // Ordered delivery: a key per delivery of an ordered subscription, the `waiting` state
+    // (7), and an index to find a key's oldest unfinished delivery.
+    "
+ALTER TABLE deliveries ADD COLUMN ordering_key TEXT;
+CREATE INDEX deliveries_order ON deliveries(subscription, ordering_key, id)
+    WHERE state IN (0, 1, 5, 7) AND ordering_key IS NOT NULL;
+DROP INDEX deliveries_expiry;
+CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN (0, 5, 7);
+",
 ];
 
 const PENDING: i64 = 0;
@@ -86,6 +95,7 @@ const FAILED: i64 = 3;
 const EXPIRED: i64 = 4;
 const ORPHANED: i64 = 5;
 const CANCELLED: i64 = 6;
+const WAITING: i64 = 7;
 
 /// Histograms the writer fills.
 #[derive(Clone)]
@@ -519,8 +529,14 @@ impl Store for SqliteStore {
                 .map_err(sql_error)?;
             let mut insert_delivery = conn
                 .prepare_cached(
-                    "INSERT INTO deliveries (event_seq, subscription, state, received_at, next_attempt_at, expires_at)
-                     VALUES (?1, ?2, ?5, ?3, ?3, ?4)",
+                    "INSERT INTO deliveries (event_seq, subscription, state, received_at, next_attempt_at, expires_at, ordering_key)
+                     VALUES (?1, ?2, ?5, ?3, ?3, ?4, ?6)",
+                )
+                .map_err(sql_error)?;
+            let mut key_busy = conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_order
+                     WHERE subscription = ?1 AND ordering_key = ?2 AND state IN (0, 1, 5, 7))",
                 )
                 .map_err(sql_error)?;
             let mut original = conn
@@ -545,14 +561,21 @@ impl Store for SqliteStore {
                 let mut ids = Vec::with_capacity(names.len());
                 for (i, name) in names.iter().enumerate() {
                     let retired_as = if retired.is_empty() { None } else { retired.get(*name).copied() };
+                    let key = a.ordering_keys.get(i).and_then(Option::as_deref);
+                    // Ordered: behind an unfinished delivery of the same key, it waits.
+                    let behind = match key {
+                        Some(k) => key_busy.query_row(params![name, k], |r| r.get::<_, bool>(0)).map_err(sql_error)?,
+                        None => false,
+                    };
                     let state = match retired_as {
                         Some(state) => state,
+                        None if behind => WAITING,
                         None if a.handed_off.get(i).copied().unwrap_or(false) => IN_FLIGHT,
                         None => PENDING,
                     };
                     let expires = e.received_at_ms + a.ttl_ms.get(i).copied().flatten().unwrap_or(ttl);
                     insert_delivery
-                        .execute(params![seq, name, e.received_at_ms, expires, state])
+                        .execute(params![seq, name, e.received_at_ms, expires, state, key])
                         .map_err(sql_error)?;
                     let id = conn.last_insert_rowid();
                     if state == CANCELLED {
@@ -676,7 +699,7 @@ impl Store for SqliteStore {
             let mut live = conn
                 .prepare_cached(
                     "SELECT subscription, count(*), min(received_at) FROM deliveries
-                     WHERE state IN (0, 1) GROUP BY subscription",
+                     WHERE state IN (0, 1, 7) GROUP BY subscription",
                 )
                 .map_err(sql_error)?;
             let rows = live
@@ -812,7 +835,7 @@ impl Store for SqliteStore {
             let released = conn
                 .execute(
                     "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?1, expires_at = ?2,
-                     finished_at = NULL
+                     finished_at = NULL, ordering_key = NULL
                      WHERE state IN (3, 4) AND subscription IN (SELECT value FROM json_each(?3))",
                     params![now_ms, now_ms + ttl, names_json],
                 )
@@ -847,7 +870,7 @@ impl Store for SqliteStore {
             {
                 conn.execute(
                     "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?2, expires_at = ?3,
-                     finished_at = NULL WHERE id = ?1",
+                     finished_at = NULL, ordering_key = NULL WHERE id = ?1",
                     params![id, now_ms, now_ms + ttl],
                 )
                 .map_err(sql_error)?;
@@ -938,8 +961,8 @@ impl Store for SqliteStore {
                 let cancelled = conn
                     .execute(
                         "UPDATE deliveries SET state = ?1, finished_at = ?2
-                         WHERE subscription = ?3 AND state IN (?4, ?5, ?6)",
-                        params![CANCELLED, now_ms, name, PENDING, IN_FLIGHT, ORPHANED],
+                         WHERE subscription = ?3 AND state IN (?4, ?5, ?6, ?7)",
+                        params![CANCELLED, now_ms, name, PENDING, IN_FLIGHT, ORPHANED, WAITING],
                     )
                     .map_err(sql_error)?;
                 // Its dead letters go too: a later subscription of the same name must not
@@ -967,6 +990,30 @@ impl Store for SqliteStore {
         });
         self.jobs.send(job).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
+    }
+
+    async fn clear_ordering(&self, subscriptions: Vec<String>) -> Result<u64, StoreError> {
+        self.run(false, move |conn| {
+            let names = serde_json::to_string(&subscriptions).unwrap_or_else(|_| "[]".into());
+            let mut released = 0;
+            let mut stmt = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET state = CASE state WHEN 7 THEN 0 ELSE state END, ordering_key = NULL
+                     WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_order
+                                  WHERE subscription IN (SELECT value FROM json_each(?1))
+                                  AND ordering_key IS NOT NULL AND state IN (0, 1, 5, 7))
+                     RETURNING state",
+                )
+                .map_err(sql_error)?;
+            let rows = stmt.query_map([names], |r| r.get::<_, i64>(0)).map_err(sql_error)?;
+            for row in rows {
+                // Reported after the change: a row that was waiting is now pending.
+                let _ = row.map_err(sql_error)?;
+                released += 1;
+            }
+            Ok(released)
+        })
+        .await
     }
 
     async fn retire_subscriptions(
@@ -1153,15 +1200,26 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "UPDATE deliveries SET state = ?1, finished_at = ?2
                      WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_expiry
-                                  WHERE state IN (0, 5) AND expires_at <= ?2 LIMIT ?3)
-                     RETURNING subscription",
+                                  WHERE state IN (0, 5, 7) AND expires_at <= ?2 LIMIT ?3)
+                     RETURNING subscription, ordering_key",
                 )
                 .map_err(sql_error)?;
             let rows = expire
-                .query_map(params![EXPIRED, now_ms, HOUSEKEEPING_BATCH], |r| r.get::<_, String>(0))
+                .query_map(params![EXPIRED, now_ms, HOUSEKEEPING_BATCH], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                })
                 .map_err(sql_error)?;
-            for name in rows {
-                *report.expired.entry(name.map_err(sql_error)?).or_default() += 1;
+            let mut keys = std::collections::HashSet::new();
+            for row in rows {
+                let (name, key) = row.map_err(sql_error)?;
+                if let Some(key) = key {
+                    keys.insert((name.clone(), key));
+                }
+                *report.expired.entry(name).or_default() += 1;
+            }
+            // An expired head lets the next delivery of its key go.
+            for (name, key) in keys {
+                promote_next(conn, &name, &key)?;
             }
             // Terminal deliveries past retention, then their events once nothing refers to
             // them: driven by what was deleted, so old events still in use are not rescanned.
@@ -1249,7 +1307,7 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
             "UPDATE deliveries SET state = ?2, attempts = attempts + 1, last_status = ?3,
              last_error = ?4, next_attempt_at = coalesce(?5, next_attempt_at),
              delivered_at = ?6, finished_at = ?7
-             WHERE id = ?1 AND state = 1",
+             WHERE id = ?1 AND state = 1 RETURNING subscription, ordering_key",
         )
         .map_err(sql_error)?;
     for (id, completion, _) in batch {
@@ -1273,10 +1331,36 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
                 (FAILED, status.as_ref(), Some(error), None, None, Some(now))
             }
         };
-        update
-            .execute(params![id, state, status, error, next, delivered, finished])
+        let ordered = update
+            .query_row(
+                params![id, state, status, error, next, delivered, finished],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
+            )
+            .optional()
             .map_err(sql_error)?;
+        // A finished head lets the next delivery of its key go.
+        if let Some((name, Some(key))) = ordered
+            && state != PENDING
+        {
+            promote_next(conn, &name, &key)?;
+        }
     }
+    Ok(())
+}
+
+/// Makes the oldest unfinished delivery of an ordering key pending if it was waiting: the
+/// deliveries before it are finished. Safe to call at any time: it changes nothing while
+/// the key's head is pending, in flight or orphaned.
+fn promote_next(conn: &Connection, subscription: &str, key: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE deliveries SET state = 0
+         WHERE id = (SELECT id FROM deliveries INDEXED BY deliveries_order
+                     WHERE subscription = ?1 AND ordering_key = ?2 AND state IN (0, 1, 5, 7)
+                     ORDER BY id LIMIT 1)
+         AND state = 7",
+    )
+    .and_then(|mut s| s.execute(params![subscription, key]))
+    .map_err(sql_error)?;
     Ok(())
 }
 
@@ -1568,6 +1652,146 @@ mod tests {
         assert_eq!((orphaned, resumed), (0, 2));
         s.accept(vec![accepted("e2", 2, &["gone"])]).await.unwrap();
         assert_eq!(s.claim_due("gone", 100, 10).await.unwrap().len(), 3);
+    }
+
+    fn ordered(id: &str, at: i64, sub: &str, key: &str) -> Accepted {
+        let mut a = accepted(id, at, &[sub]);
+        a.ordering_keys = vec![Some(key.to_string())];
+        a
+    }
+
+    async fn claim_ids(s: &SqliteStore, sub: &str) -> Vec<String> {
+        s.claim_due(sub, 1_000_000, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.event_id.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn ordered_deliveries_go_one_at_a_time_per_key() {
+        let s = memory();
+        s.accept(vec![
+            ordered("a1", 1, "o", "\"a\""),
+            ordered("b1", 2, "o", "\"b\""),
+            ordered("a2", 3, "o", "\"a\""),
+            ordered("a3", 4, "o", "\"a\""),
+        ])
+        .await
+        .unwrap();
+        // Only the head of each key is claimable.
+        assert_eq!(claim_ids(&s, "o").await, ["a1", "b1"]);
+        assert_eq!(
+            s.event_status("a2").await.unwrap().unwrap().deliveries[0].state,
+            DeliveryState::Waiting
+        );
+        let id_of = |status: EventStatus| status.deliveries[0].id;
+        let a1 = id_of(s.event_status("a1").await.unwrap().unwrap());
+        // A retry keeps the key blocked; the head is retried first.
+        s.complete(
+            a1,
+            Completion::Retry {
+                at_ms: 50,
+                status: Some(500),
+                error: "HTTP 500".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(claim_ids(&s, "o").await, ["a1"]);
+        // It finally fails: the next one goes.
+        s.complete(
+            a1,
+            Completion::Failed {
+                status: Some(500),
+                error: "HTTP 500".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(claim_ids(&s, "o").await, ["a2"]);
+        let a2 = id_of(s.event_status("a2").await.unwrap().unwrap());
+        s.complete(a2, Completion::Delivered { status: 200 })
+            .await
+            .unwrap();
+        assert_eq!(claim_ids(&s, "o").await, ["a3"]);
+        // Released, the dead letter goes out again without blocking its key.
+        s.accept(vec![ordered("a4", 5, "o", "\"a\"")])
+            .await
+            .unwrap();
+        let released = s.release(None, vec!["o".into()], 100, 0).await.unwrap();
+        assert_eq!(released, Release::Released(1));
+        assert_eq!(claim_ids(&s, "o").await, ["a1"]);
+        let a3 = id_of(s.event_status("a3").await.unwrap().unwrap());
+        s.complete(a3, Completion::Delivered { status: 200 })
+            .await
+            .unwrap();
+        assert_eq!(claim_ids(&s, "o").await, ["a4"]);
+    }
+
+    #[tokio::test]
+    async fn an_expired_head_lets_its_key_go_and_unordering_frees_the_rest() {
+        let s = memory();
+        let mut head = ordered("h", 0, "o", "");
+        head.ttl_ms = vec![Some(10)];
+        s.accept(vec![
+            head,
+            ordered("n1", 1, "o", ""),
+            ordered("n2", 2, "o", ""),
+        ])
+        .await
+        .unwrap();
+        s.housekeeping(100).await.unwrap();
+        let state = |st: EventStatus| st.deliveries[0].state;
+        assert_eq!(
+            state(s.event_status("h").await.unwrap().unwrap()),
+            DeliveryState::Expired
+        );
+        assert_eq!(
+            state(s.event_status("n1").await.unwrap().unwrap()),
+            DeliveryState::Pending
+        );
+        assert_eq!(
+            state(s.event_status("n2").await.unwrap().unwrap()),
+            DeliveryState::Waiting
+        );
+        // Ordering turned off: nothing waits any more.
+        assert_eq!(s.clear_ordering(vec!["o".into()]).await.unwrap(), 2);
+        assert_eq!(claim_ids(&s, "o").await, ["n1", "n2"]);
+    }
+
+    #[tokio::test]
+    async fn a_version_3_file_is_migrated_and_keeps_its_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 3;
+                 INSERT INTO events (seq, id, type, received_at, data, subscriptions)
+                 VALUES (1, 'old', 't', 1, X'7B7D', '[\"a\"]');
+                 INSERT INTO deliveries (event_seq, subscription, state, received_at, next_attempt_at, expires_at)
+                 VALUES (1, 'a', 0, 1, 1, 9999999999999);",
+            )
+            .unwrap();
+        }
+        let settings = StorageSettings {
+            location: StorageLocation::File(path),
+            ..StorageSettings::default()
+        };
+        let s = SqliteStore::open(&settings, metrics()).unwrap();
+        assert_eq!(claim_ids(&s, "a").await, ["old"]);
+        s.accept(vec![
+            ordered("new1", 2, "o", ""),
+            ordered("new2", 3, "o", ""),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(claim_ids(&s, "o").await, ["new1"]);
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@ pub enum Source {
 /// How a subscription gets its events: `push` (default) POSTs each to `url`; `pull` keeps
 /// them in a FIFO queue that a consumer takes from `/v1/subscriptions/{id}/notifications`,
 /// and has none of the push-only fields (`url`, `retries`, `timeout`, `success_code`,
-/// `backoff`, `rate_limit`, `max_in_flight`, `auth`, `headers`, `signing`).
+/// `backoff`, `rate_limit`, `max_in_flight`, `auth`, `headers`, `signing`, `ordering`).
 #[derive(ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -294,6 +294,7 @@ pub struct Subscription {
     /// Standard Webhooks signing; each secret shows as `{}`.
     #[schema(value_type = Option<Object>, example = json!({"secrets": [{}]}))]
     signing: Option<Value>,
+    ordering: Option<OrderingInput>,
     /// API subscriptions: whether it has its own metric series.
     metrics: Option<bool>,
     /// API subscriptions: when it was created (RFC 3339, UTC).
@@ -342,6 +343,7 @@ pub struct SubscriptionInput {
     #[schema(value_type = Option<HashMap<String, String>>)]
     headers: Option<Value>,
     signing: Option<SigningInput>,
+    ordering: Option<OrderingInput>,
     /// Its own metric series (at most 100 API subscriptions); default `false`: the shared
     /// `_api` series.
     metrics: Option<bool>,
@@ -357,6 +359,35 @@ pub struct SigningInput {
     #[schema(min_items = 1, max_items = 10, value_type = Vec<String>,
         example = json!(["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]))]
     secrets: Vec<Value>,
+}
+
+/// Delivery order (push only): `none` (default, fully parallel), `fifo` (one at a time, in
+/// acceptance order), or `{"key": FIELD}` (in acceptance order per value of that field of
+/// `data`; different values in parallel; events without the field share one key). While a
+/// key's oldest delivery is retrying, the later ones of that key wait; once it succeeds,
+/// fails for good or expires, the next one goes.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[schema(example = json!({"key": "sender.id"}))]
+pub enum OrderingInput {
+    /// `none` or `fifo`.
+    #[schema(example = "fifo")]
+    Mode(OrderingMode),
+    /// Per value of a field: a dotted path or a JSON Pointer.
+    Key {
+        /// The field of `data` whose value is the key.
+        key: String,
+    },
+}
+
+/// `none` or `fifo`.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderingMode {
+    /// Fully parallel.
+    None,
+    /// One at a time, in acceptance order.
+    Fifo,
 }
 
 /// A JSON Merge Patch (RFC 7396) of the stored subscription document: objects merge member
