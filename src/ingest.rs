@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use crate::catalog::Catalog;
 use crate::config::Limits;
 use crate::dispatch::{Dispatcher, Route};
-use crate::event::{Event, EventError};
+use crate::event::{self, Event, EventError};
 use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::metrics::Metrics;
 use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, Store, StoreError, rfc3339};
@@ -208,10 +208,31 @@ async fn post_event(
     body: Body,
 ) -> Response {
     let result = async {
-        require_json(&headers)?;
-        let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
-        let (event, raw) = Event::parse(&body).map_err(|e| event_error(e, ""))?;
-        let matched = state.catalog.registry().matching(&event.event_type, raw);
+        let (event, matched) = if event::is_raw(&headers) {
+            // A raw event: the body is its data, whatever its content type.
+            let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
+            let event = Event::from_raw(&headers, body).map_err(|e| event_error(e, ""))?;
+            let meta = event.raw.as_deref().expect("a raw event");
+            let json = meta.is_json().then_some(&event.data[..]);
+            let matched = state.catalog.registry().matching_raw(
+                &event.event_type,
+                json,
+                &meta.attributes,
+            );
+            (event, matched)
+        } else {
+            if !is_json(&headers) {
+                return Err(HttpError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "content-type must be application/json, or name the event type in a hookrelay-event-type header to send the body as a raw event",
+                ));
+            }
+            let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
+            let (event, raw) = Event::parse(&body).map_err(|e| event_error(e, ""))?;
+            let matched = state.catalog.registry().matching(&event.event_type, raw);
+            (event, matched)
+        };
         let id = event.id.clone();
         let admissions = store(&state, vec![Accepted::new(event, matched.clone())]).await?;
         Ok::<_, HttpError>(match admissions.into_iter().next() {
@@ -273,6 +294,17 @@ async fn post_batch(
     body: Body,
 ) -> Response {
     let result = async {
+        if event::is_raw(&headers) {
+            return Err(HttpError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_event",
+                "raw events are posted one per request to /v1/events",
+            )
+            .field(
+                format!("headers.{}", event::TYPE_HEADER),
+                "not accepted on a batch",
+            ));
+        }
         require_json(&headers)?;
         let body = read_body(body, state.limits.max_batch_body, "limits.max_batch_body").await?;
         let elements: Vec<&RawValue> =
@@ -402,6 +434,7 @@ async fn commit_and_hand_off(
             Arc::<str>::from(a.event.event_type.as_str()),
             a.event.data.clone(),
             a.event.received_at_ms,
+            a.event.raw.clone(),
             a.subscriptions.clone(),
         ));
     }
@@ -418,7 +451,7 @@ async fn commit_and_hand_off(
         )
         .retry_after(1)
     })?;
-    for (((event_id, event_type, data, received_at_ms, subs), admission), found) in
+    for (((event_id, event_type, data, received_at_ms, raw, subs), admission), found) in
         events.into_iter().zip(&admissions).zip(routes)
     {
         let Admission::Stored(ids) = admission else {
@@ -442,6 +475,7 @@ async fn commit_and_hand_off(
                     event_id: event_id.clone(),
                     event_type: event_type.clone(),
                     data: data.clone(),
+                    raw: raw.clone(),
                     attempts: 0,
                     received_at_ms,
                 });
@@ -521,6 +555,16 @@ struct EventView<'a> {
     /// When the relay accepted it (RFC 3339, UTC).
     #[schema(format = DateTime, example = "2026-11-22T20:58:50.730Z")]
     received_at: String,
+    /// A raw event's content type as received (`application/octet-stream` when it had
+    /// none); absent for an envelope event (`application/json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "application/xml")]
+    content_type: Option<&'a str>,
+    /// A raw event's attributes (`hookrelay-attr-NAME` headers) by name; absent for an
+    /// envelope event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>, nullable = false)]
+    attributes: Option<std::collections::BTreeMap<&'a str, &'a str>>,
     /// One per matched subscription.
     deliveries: Vec<DeliveryStatus<'a>>,
 }
@@ -550,6 +594,13 @@ async fn event_status(State(state): State<Arc<IngestState>>, Path(id): Path<Stri
             id: &status.id,
             event_type: &status.event_type,
             received_at: rfc3339(status.received_at_ms),
+            content_type: status.raw.as_deref().map(|r| r.content_type.as_str()),
+            attributes: status.raw.as_deref().map(|r| {
+                r.attributes
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect()
+            }),
             deliveries: status.deliveries.iter().map(|d| d.status()).collect(),
         })
         .into_response(),

@@ -16,7 +16,7 @@ use crate::backoff::{Backoff, Curve};
 use crate::config::reader::{
     Issues, Section, as_duration, as_float, as_integer, as_list, as_string, describe, index, kind,
 };
-use crate::filter::Filter;
+use crate::filter::{Filter, Subject};
 
 /// Keys a subscription entry may have.
 const KEYS: &[&str] = &[
@@ -987,9 +987,33 @@ impl Registry {
         self.names.iter().map(|n| n.to_string()).collect()
     }
 
-    /// Names of the subscriptions an event goes to; `data` is parsed only if a candidate has
-    /// a filter.
+    /// Names of the subscriptions an envelope event goes to; `data` is parsed only if a
+    /// candidate has a filter that looks into it.
     pub fn matching(&self, event_type: &str, data: &RawValue) -> Vec<Arc<str>> {
+        self.select(event_type, || serde_json::from_str(data.get()).ok(), &[])
+    }
+
+    /// Names of the subscriptions a raw event goes to. `json` is its body when that is
+    /// declared JSON (parsed only if a filter looks into `data`); `attributes` are sorted.
+    pub fn matching_raw(
+        &self,
+        event_type: &str,
+        json: Option<&[u8]>,
+        attributes: &[(String, String)],
+    ) -> Vec<Arc<str>> {
+        self.select(
+            event_type,
+            || json.and_then(|j| serde_json::from_slice(j).ok()),
+            attributes,
+        )
+    }
+
+    fn select(
+        &self,
+        event_type: &str,
+        parse: impl Fn() -> Option<Json>,
+        attributes: &[(String, String)],
+    ) -> Vec<Arc<str>> {
         let candidates = self.candidates(event_type);
         let mut parsed: Option<Option<Json>> = None;
         candidates
@@ -999,8 +1023,12 @@ impl Registry {
                 if filter.is_everything() {
                     return true;
                 }
-                let data = parsed.get_or_insert_with(|| serde_json::from_str(data.get()).ok());
-                data.as_ref().is_some_and(|d| filter.matches(d))
+                let data = if filter.reads_data() {
+                    parsed.get_or_insert_with(&parse).as_ref()
+                } else {
+                    None
+                };
+                filter.matches(&Subject { data, attributes })
             })
             .map(|i| self.names[i].clone())
             .collect()
@@ -1292,5 +1320,30 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(names, ["plain"]);
+    }
+
+    #[test]
+    fn raw_events_match_by_attributes_and_json_bodies() {
+        let by_attr =
+            parse("{name: zone, url: 'http://h/', events: [x], filter: {attr: zone, equals: eu}}")
+                .unwrap();
+        let by_field =
+            parse("{name: total, url: 'http://h/', events: [x], filter: {field: total, from: 10}}")
+                .unwrap();
+        let r = Registry::new(vec![Arc::new(by_attr), Arc::new(by_field)]);
+        let eu = [("zone".to_string(), "eu".to_string())];
+        let names = |v: Vec<Arc<str>>| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(r.matching_raw("x", None, &eu)), ["zone"]);
+        assert_eq!(
+            names(r.matching_raw("x", Some(br#"{"total": 12}"#), &[])),
+            ["total"]
+        );
+        // A body that does not parse has no fields.
+        assert!(
+            r.matching_raw("x", Some(b"<total>12</total>"), &[])
+                .is_empty()
+        );
+        let data = RawValue::from_string(r#"{"zone":"eu"}"#.into()).unwrap();
+        assert!(r.matching("x", &data).is_empty());
     }
 }

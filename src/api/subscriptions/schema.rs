@@ -108,14 +108,20 @@ pub enum Filter {
     Condition(Condition),
 }
 
-/// A `field` and one operator: `equals`, `in`, `contains`, `from`/`to` or `exists`.
+/// A `field` or an `attr` (exactly one) and one operator: `equals`, `in`, `contains`,
+/// `from`/`to` or `exists`.
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     /// Where to look in `data`: a dotted path (`sender.id`, `items.0.sku`) or a JSON pointer
-    /// (`/sender/id`).
+    /// (`/sender/id`). A raw event's data is looked into only when its content type is JSON.
     #[schema(example = "sender.id")]
-    field: String,
+    field: Option<String>,
+    /// A raw event's attribute (the `NAME` of a `hookrelay-attr-NAME` header,
+    /// `[a-z0-9_-]{1,64}`); its value is a string, and number or boolean operands compare as
+    /// their text. Envelope events have no attributes.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$", example = "zone")]
+    attr: Option<String>,
     /// Matches when the field equals this scalar.
     equals: Option<Value>,
     /// Matches when the field equals one of these scalars.
