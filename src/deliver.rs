@@ -219,13 +219,15 @@ pub fn request(
     attempt: u32,
 ) -> reqwest::Request {
     let mut req = reqwest::Request::new(Method::POST, url.clone());
-    *req.body_mut() = Some(reqwest::Body::from(delivery.data.clone()));
+    // Body and content type follow the subscription's encoding.
+    let (body, content_type) = crate::payload::encode(&sub.encoding, delivery);
+    *req.body_mut() = Some(reqwest::Body::from(body));
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let h = req.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CONTENT_TYPE, content_type);
     for (name, value) in &sub.headers {
         h.insert(name.clone(), value.clone());
     }

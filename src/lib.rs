@@ -8,8 +8,8 @@
 //!   through its type index, and the [`store`] keeps it before the app gets `202`.
 //! - [`dispatch`] runs one pump per subscription that claims due deliveries from the store;
 //!   [`deliver`] sends each attempt through the subscription's tower stack (rate limit,
-//!   concurrency, classification and metrics, timeout, auth) and [`backoff`] spaces retries,
-//!   which the store schedules.
+//!   concurrency, classification and metrics, timeout, auth), with the body [`payload`]
+//!   encodes, and [`backoff`] spaces retries, which the store schedules.
 //! - [`catalog`] holds the subscriptions in force (config and API) and swaps the registry;
 //!   [`reload`] re-reads the config file on SIGHUP or change and swaps its subscriptions in.
 //! - [`metrics`] and [`ops`] serve Prometheus metrics and the probes; [`server`] wires it all
@@ -28,6 +28,7 @@ pub mod http_error;
 pub mod ingest;
 pub mod metrics;
 pub mod ops;
+pub mod payload;
 pub mod reload;
 pub mod server;
 pub mod store;

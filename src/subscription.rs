@@ -34,11 +34,13 @@ const KEYS: &[&str] = &[
     "max_in_flight",
     "auth",
     "headers",
+    "encoding",
 ];
 
 /// Keys that only push subscriptions may have.
 const PUSH_KEYS: &[&str] = &[
     "url",
+    "encoding",
     "retries",
     "timeout",
     "success_code",
@@ -124,6 +126,85 @@ pub struct Subscription {
     pub auth: Option<Auth>,
     /// Extra headers sent with every attempt.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// How each attempt's body carries the event.
+    pub encoding: Encoding,
+}
+
+/// How a push subscription's attempts carry the event (`encoding`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Encoding {
+    /// The data as received: an envelope event's `data` (JSON), a raw event's body with its
+    /// content type.
+    #[default]
+    Raw,
+    /// A JSON envelope: `{"id", "type", "received_at", "data"}`; a raw event's body goes in
+    /// as a string (or `data_base64` when it is not UTF-8), with `content_type`.
+    Envelope,
+    /// `application/x-www-form-urlencoded` with the data in one field.
+    Form {
+        /// The field's name.
+        field: String,
+    },
+}
+
+/// Longest form field name.
+const MAX_FORM_FIELD: usize = 128;
+
+fn parse_encoding(s: &Section<'_>, issues: &mut Issues) -> Encoding {
+    let Some(v) = s.get("encoding") else {
+        return Encoding::Raw;
+    };
+    let at = s.at("encoding");
+    match v {
+        Value::String(text) if text == "raw" => Encoding::Raw,
+        Value::String(text) if text == "envelope" => Encoding::Envelope,
+        Value::Mapping(_) => {
+            let e = s.section("encoding", &["form"], issues);
+            let Some(form) = e.get("form") else {
+                issues.push(&at, "needs form (or use raw or envelope)");
+                return Encoding::Raw;
+            };
+            if !matches!(form, Value::Mapping(_)) {
+                issues.push(
+                    &e.at("form"),
+                    format!(
+                        "expected a mapping such as {{field: request}}, found {}",
+                        kind(form)
+                    ),
+                );
+                return Encoding::Raw;
+            }
+            let f = e.section("form", &["field"], issues);
+            let Some(field) = f
+                .required("field", issues)
+                .and_then(|v| as_string(v, &f.at("field"), issues))
+            else {
+                return Encoding::Raw;
+            };
+            if field.is_empty()
+                || field.len() > MAX_FORM_FIELD
+                || field.chars().any(char::is_control)
+            {
+                issues.push(
+                    &f.at("field"),
+                    format!(
+                        "{field:?} must be 1 to {MAX_FORM_FIELD} bytes without control characters"
+                    ),
+                );
+            }
+            Encoding::Form { field }
+        }
+        other => {
+            issues.push(
+                &at,
+                format!(
+                    "{} is not raw, envelope or {{form: {{field: NAME}}}}",
+                    describe(other)
+                ),
+            );
+            Encoding::Raw
+        }
+    }
 }
 
 /// A subscription document as declared, secrets included. Its `Debug` shows the redacted
@@ -577,6 +658,7 @@ impl Subscription {
         let max_in_flight = s.integer("max_in_flight", 1..=1024, 8, issues) as usize;
         let auth = parse_auth(&s, issues);
         let headers = parse_headers(&s, auth.is_some(), issues);
+        let encoding = parse_encoding(&s, issues);
 
         if issues.0.len() != before {
             return None;
@@ -605,6 +687,7 @@ impl Subscription {
             max_in_flight,
             auth,
             headers,
+            encoding,
         })
     }
 }
@@ -1345,5 +1428,58 @@ mod tests {
         );
         let data = RawValue::from_string(r#"{"zone":"eu"}"#.into()).unwrap();
         assert!(r.matching("x", &data).is_empty());
+    }
+
+    #[test]
+    fn encodings() {
+        let with = |e: &str| {
+            parse(&format!(
+                "{{name: e, url: 'http://h/', events: [x], encoding: {e}}}"
+            ))
+        };
+        assert_eq!(sub("d", &["x"]).encoding, Encoding::Raw);
+        assert_eq!(with("raw").unwrap().encoding, Encoding::Raw);
+        assert_eq!(with("envelope").unwrap().encoding, Encoding::Envelope);
+        assert_eq!(
+            with("{form: {field: request}}").unwrap().encoding,
+            Encoding::Form {
+                field: "request".into()
+            }
+        );
+        let cases = [
+            (
+                "xml",
+                "subscriptions[0].encoding: \"xml\" is not raw, envelope or",
+            ),
+            (
+                "{form: {}}",
+                "subscriptions[0].encoding.form.field: missing",
+            ),
+            (
+                "{form: request}",
+                "subscriptions[0].encoding.form: expected a mapping",
+            ),
+            (
+                "{form: {field: ''}}",
+                "subscriptions[0].encoding.form.field: \"\" must be",
+            ),
+            (
+                "{form: {field: a, x: 1}}",
+                "subscriptions[0].encoding.form.x: unknown",
+            ),
+            ("{json: {}}", "subscriptions[0].encoding.json: unknown"),
+        ];
+        for (e, expected) in cases {
+            let errors = with(e).expect_err(e);
+            assert!(
+                errors.iter().any(|m| m.starts_with(expected)),
+                "{e}: {errors:?}"
+            );
+        }
+        let errors = parse("{name: p, mode: pull, events: [x], encoding: envelope}").unwrap_err();
+        assert!(
+            errors[0].starts_with("subscriptions[0].encoding: applies to push"),
+            "{errors:?}"
+        );
     }
 }
