@@ -174,17 +174,32 @@ struct BatchReceipt {
 /// matches no subscription is answered `202` too, with `"subscriptions": []`. An `id` the
 /// store already holds (events are kept at least `storage.retention`) is not stored or
 /// delivered again: the answer is `200` with the first result and `"duplicate": true`.
+///
+/// With a `hookrelay-event-type` header the post is a raw event: the body, of any content
+/// type (JSON too), is the event's data, stored and delivered byte for byte with its
+/// content type (`application/octet-stream` when absent), and the headers give its id and
+/// attributes.
 #[utoipa::path(
     post,
     path = "/v1/events",
     tag = "app",
     operation_id = "postEvent",
     security(("ingestToken" = []), ()),
+    params(
+        ("hookrelay-event-type" = Option<String>, Header, pattern = "^[A-Za-z0-9._:-]{1,128}$",
+            description = "Makes the post a raw event of this type: the body is its data, whatever its content type."),
+        ("hookrelay-event-id" = Option<String>, Header, pattern = "^[A-Za-z0-9._:-]{1,128}$",
+            description = "A raw event's id (without it, a UUIDv7); an id the store holds already makes the post a duplicate."),
+        ("hookrelay-attr-NAME" = Option<String>, Header,
+            description = "A raw event's attribute, for filters (`{attr: NAME, ...}`): any number of headers `hookrelay-attr-` + a name `[a-z0-9_-]{1,64}`, at most 32, each value visible ASCII up to 512 bytes."),
+    ),
     request_body(
-        content = Envelope,
-        content_type = "application/json",
-        description = "An event envelope; any `application/*+json` content type is accepted too.",
-        example = json!({"type": "invoice.paid", "id": "inv-42-paid", "data": {"invoice": "in_42"}}),
+        content(
+            (Envelope = "application/json",
+                example = json!({"type": "invoice.paid", "id": "inv-42-paid", "data": {"invoice": "in_42"}})),
+            (String = "*/*", example = "<notification><domain>example.org</domain></notification>"),
+        ),
+        description = "An event envelope (any `application/*+json` content type is accepted too), or, with `hookrelay-event-type`, a raw event's body of any content type.",
     ),
     responses(
         (status = 202, description = "Stored, with a delivery for each matched subscription.", body = Receipt,
@@ -195,8 +210,8 @@ struct BatchReceipt {
         (status = 401, description = UNAUTHORIZED_INGEST, body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
-        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
-        (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names the member.", body = ErrorBody,
+        (status = 415, description = "The content type is not JSON and there is no `hookrelay-event-type` header (`unsupported_media_type`).", body = ErrorBody),
+        (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names the member (`headers.<name>` for a raw event's header).", body = ErrorBody,
             example = json!({"error": {"code": "invalid_event", "message": "type: missing", "fields": [{"field": "type", "reason": "missing"}]}})),
         (status = 503, description = STORE_REFUSED, body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
