@@ -204,6 +204,15 @@ pub fn is_raw(headers: &HeaderMap) -> bool {
     headers.contains_key(TYPE_HEADER)
 }
 
+/// The first raw event header (`hookrelay-event-*`, `hookrelay-attr-*`) of a request, so
+/// one sent with an envelope is refused rather than silently ignored.
+pub fn raw_header(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .keys()
+        .map(|k| k.as_str())
+        .find(|k| *k == TYPE_HEADER || *k == ID_HEADER || k.starts_with(ATTR_PREFIX))
+}
+
 impl Event {
     /// A raw event: `body` as is, described by the `hookrelay-*` headers and its content type.
     pub fn from_raw(headers: &HeaderMap, body: Bytes) -> Result<Event, EventError> {

@@ -236,6 +236,17 @@ async fn post_event(
             );
             (event, matched)
         } else {
+            if let Some(name) = event::raw_header(&headers) {
+                return Err(HttpError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_event",
+                    format!("headers.{name}: goes with {} (a raw event) only; an envelope has no id or attributes in headers", event::TYPE_HEADER),
+                )
+                .field(
+                    format!("headers.{name}"),
+                    format!("only with {}", event::TYPE_HEADER),
+                ));
+            }
             if !is_json(&headers) {
                 return Err(HttpError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -309,16 +320,13 @@ async fn post_batch(
     body: Body,
 ) -> Response {
     let result = async {
-        if event::is_raw(&headers) {
+        if let Some(name) = event::raw_header(&headers) {
             return Err(HttpError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_event",
                 "raw events are posted one per request to /v1/events",
             )
-            .field(
-                format!("headers.{}", event::TYPE_HEADER),
-                "not accepted on a batch",
-            ));
+            .field(format!("headers.{name}"), "not accepted on a batch"));
         }
         require_json(&headers)?;
         let body = read_body(body, state.limits.max_batch_body, "limits.max_batch_body").await?;

@@ -208,6 +208,22 @@ async fn raw_header_refusals_name_the_header() {
     )
     .await;
     assert_eq!(status, 413);
+    // Raw event headers without hookrelay-event-type are refused, not ignored.
+    let r = relay
+        .http
+        .post(format!("http://{}/v1/events", relay.addrs.app))
+        .header("content-type", "application/json")
+        .header("hookrelay-attr-zone", "eu")
+        .body(json!({"type": "t", "data": 1}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(
+        body["error"]["fields"][0]["field"],
+        "headers.hookrelay-attr-zone"
+    );
     // A batch takes envelopes only.
     let r = relay
         .http
