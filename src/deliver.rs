@@ -219,13 +219,18 @@ pub fn request(
     attempt: u32,
 ) -> reqwest::Request {
     let mut req = reqwest::Request::new(Method::POST, url.clone());
-    *req.body_mut() = Some(reqwest::Body::from(delivery.data.clone()));
+    // Body and content type follow the subscription's encoding.
+    let (body, content_type) = crate::payload::encode(&sub.encoding, delivery);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    // Over the exact bytes sent (after encoding), at this attempt's time.
+    let signature = (!sub.signing.is_empty())
+        .then(|| crate::signing::signature_header(&sub.signing, &delivery.event_id, now, &body));
+    *req.body_mut() = Some(reqwest::Body::from(body));
     let h = req.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CONTENT_TYPE, content_type);
     for (name, value) in &sub.headers {
         h.insert(name.clone(), value.clone());
     }
@@ -237,11 +242,8 @@ pub fn request(
     };
     set(h, "webhook-id", &delivery.event_id);
     set(h, "webhook-timestamp", &now.to_string());
-    if !sub.signing.is_empty() {
-        // Over the exact bytes sent, at this attempt's time.
-        let signature =
-            crate::signing::signature_header(&sub.signing, &delivery.event_id, now, &delivery.data);
-        set(h, "webhook-signature", &signature);
+    if let Some(signature) = &signature {
+        set(h, "webhook-signature", signature);
     }
     set(h, "hookrelay-event-type", &delivery.event_type);
     set(h, "hookrelay-attempt", &attempt.to_string());

@@ -1,9 +1,12 @@
 //! Events as the app sends them: the JSON envelope, parsed once, with `data` kept as the exact
 //! bytes the app sent so deliveries carry them byte for byte.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http::{HeaderMap, header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -18,6 +21,40 @@ pub struct Event {
     pub data: Bytes,
     /// Acceptance time, milliseconds since the Unix epoch.
     pub received_at_ms: i64,
+    /// `None` for an envelope event (`data` is JSON, `application/json`); for a raw event,
+    /// its content type and attributes (`data` is the request body).
+    pub raw: Option<Arc<RawMeta>>,
+}
+
+/// What a raw event carries besides its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMeta {
+    /// The body's content type as received (`application/octet-stream` when absent).
+    pub content_type: String,
+    /// `hookrelay-attr-NAME` values, sorted by name; names are `[a-z0-9_-]`.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl RawMeta {
+    /// True when the body is declared JSON (`application/json` or `+json`), so filters on
+    /// `field` can look into it.
+    pub fn is_json(&self) -> bool {
+        is_json_type(&self.content_type)
+    }
+}
+
+/// `application/json` or any `application/*+json` type, parameters allowed.
+pub fn is_json_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let (Some(head), Some(tail)) = (
+        essence.get(.."application/".len()),
+        essence.get(essence.len().saturating_sub(5)..),
+    ) else {
+        return false;
+    };
+    head.eq_ignore_ascii_case("application/")
+        && (essence.len() == "application/json".len() && tail.eq_ignore_ascii_case("/json")
+            || essence.len() > "application/".len() + 5 && tail.eq_ignore_ascii_case("+json"))
 }
 
 /// Why an envelope was refused; each maps to one HTTP status at the ingest edge.
@@ -36,8 +73,8 @@ pub enum EventError {
     /// JSON, but not a valid envelope (422).
     #[error("{message}")]
     Invalid {
-        /// The offending field.
-        field: &'static str,
+        /// The offending field (`type`, or `headers.hookrelay-event-type` for a raw event).
+        field: Cow<'static, str>,
         /// What is wrong.
         message: String,
     },
@@ -91,7 +128,7 @@ impl Event {
                 "data" => data = Some(value),
                 other => {
                     return Err(EventError::Invalid {
-                        field: "envelope",
+                        field: Cow::Borrowed("envelope"),
                         message: format!("unknown member {other:?} (expected type, id, data)"),
                     });
                 }
@@ -130,9 +167,133 @@ impl Event {
                 event_type,
                 data,
                 received_at_ms: now_ms(),
+                raw: None,
             },
             raw,
         ))
+    }
+}
+
+/// The header that makes a post a raw event, and names its type.
+pub const TYPE_HEADER: &str = "hookrelay-event-type";
+/// A raw event's optional id.
+pub const ID_HEADER: &str = "hookrelay-event-id";
+/// Prefix of a raw event's attribute headers (`hookrelay-attr-NAME`).
+pub const ATTR_PREFIX: &str = "hookrelay-attr-";
+/// Attributes one raw event may carry at most.
+pub const MAX_ATTRIBUTES: usize = 32;
+/// Longest attribute name (after the prefix).
+pub const MAX_ATTR_NAME: usize = 64;
+/// Longest attribute value, in bytes.
+pub const MAX_ATTR_VALUE: usize = 512;
+/// Longest content type of a raw event, in bytes.
+pub const MAX_CONTENT_TYPE: usize = 256;
+/// The content type stored for a raw event posted without one.
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
+/// True when `name` may be an attribute name: `[a-z0-9_-]{1,64}`.
+pub fn valid_attr_name(name: &str) -> bool {
+    (1..=MAX_ATTR_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// True when the request is a raw event (it carries `hookrelay-event-type`).
+pub fn is_raw(headers: &HeaderMap) -> bool {
+    headers.contains_key(TYPE_HEADER)
+}
+
+/// The first raw event header (`hookrelay-event-*`, `hookrelay-attr-*`) of a request, so
+/// one sent with an envelope is refused rather than silently ignored.
+pub fn raw_header(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .keys()
+        .map(|k| k.as_str())
+        .find(|k| *k == TYPE_HEADER || *k == ID_HEADER || k.starts_with(ATTR_PREFIX))
+}
+
+impl Event {
+    /// A raw event: `body` as is, described by the `hookrelay-*` headers and its content type.
+    pub fn from_raw(headers: &HeaderMap, body: Bytes) -> Result<Event, EventError> {
+        let bad = |name: &str, message: String| EventError::Invalid {
+            field: Cow::Owned(format!("headers.{name}")),
+            message: format!("headers.{name}: {message}"),
+        };
+        // One value at most; header-safe text.
+        let single = |name: &str| -> Result<Option<&str>, EventError> {
+            let mut values = headers.get_all(name).iter();
+            let Some(first) = values.next() else {
+                return Ok(None);
+            };
+            if values.next().is_some() {
+                return Err(bad(name, "given more than once".into()));
+            }
+            first
+                .to_str()
+                .map(Some)
+                .map_err(|_| bad(name, "must be visible ASCII".into()))
+        };
+        let token = |name: &str| -> Result<Option<String>, EventError> {
+            match single(name)? {
+                None => Ok(None),
+                Some(t) if valid_token(t) => Ok(Some(t.to_string())),
+                Some(_) => Err(bad(name, "must match [A-Za-z0-9._:-]{1,128}".into())),
+            }
+        };
+        let event_type = token(TYPE_HEADER)?.ok_or_else(|| bad(TYPE_HEADER, "missing".into()))?;
+        let id = token(ID_HEADER)?.unwrap_or_else(new_id);
+        let content_type = match single(header::CONTENT_TYPE.as_str())? {
+            None => OCTET_STREAM.to_string(),
+            Some(ct) if ct.trim().is_empty() => OCTET_STREAM.to_string(),
+            Some(ct) if ct.len() > MAX_CONTENT_TYPE => {
+                return Err(bad(
+                    "content-type",
+                    format!("is longer than {MAX_CONTENT_TYPE} bytes"),
+                ));
+            }
+            Some(ct) => ct.trim().to_string(),
+        };
+        let mut attributes: Vec<(String, String)> = Vec::new();
+        for (name, value) in headers {
+            let Some(attr) = name.as_str().strip_prefix(ATTR_PREFIX) else {
+                continue;
+            };
+            let name = name.as_str();
+            if !valid_attr_name(attr) {
+                return Err(bad(
+                    name,
+                    format!("attribute names must match [a-z0-9_-]{{1,{MAX_ATTR_NAME}}}"),
+                ));
+            }
+            if attributes.len() == MAX_ATTRIBUTES {
+                return Err(bad(
+                    name,
+                    format!("more than {MAX_ATTRIBUTES} hookrelay-attr-* headers"),
+                ));
+            }
+            let Ok(text) = value.to_str() else {
+                return Err(bad(name, "must be visible ASCII".into()));
+            };
+            if text.len() > MAX_ATTR_VALUE {
+                return Err(bad(name, format!("is longer than {MAX_ATTR_VALUE} bytes")));
+            }
+            if attributes.iter().any(|(n, _)| n == attr) {
+                return Err(bad(name, "given more than once".into()));
+            }
+            attributes.push((attr.to_string(), text.to_string()));
+        }
+        attributes.sort_unstable();
+        Ok(Event {
+            id,
+            event_type,
+            data: body,
+            received_at_ms: now_ms(),
+            raw: Some(Arc::new(RawMeta {
+                content_type,
+                attributes,
+            })),
+        })
     }
 }
 
@@ -166,7 +327,7 @@ impl<'de> Deserialize<'de> for MembersMap<'de> {
 
 fn invalid(field: &'static str, message: &str) -> EventError {
     EventError::Invalid {
-        field,
+        field: Cow::Borrowed(field),
         message: message.to_string(),
     }
 }
@@ -224,11 +385,141 @@ mod tests {
         ];
         for (body, field) in cases {
             match parse(body) {
-                Err(EventError::Invalid { field: f, .. }) => assert_eq!(f, field, "{body}"),
+                Err(EventError::Invalid { field: f, .. }) => assert_eq!(f, *field, "{body}"),
                 other => panic!("{body}: {other:?}"),
             }
         }
         let long = format!(r#"{{"type":"{}","data":1}}"#, "a".repeat(129));
         assert!(parse(&long).is_err());
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn raw_events_keep_the_body_and_read_the_headers() {
+        let body = Bytes::from_static("<a>é</a>".as_bytes());
+        let e = Event::from_raw(
+            &headers(&[
+                ("hookrelay-event-type", "doc.signed"),
+                ("hookrelay-event-id", "d-1"),
+                ("content-type", "application/xml; charset=utf-8"),
+                ("hookrelay-attr-zone", "eu"),
+                ("hookrelay-attr-channel", "registrar"),
+            ]),
+            body.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            (e.id.as_str(), e.event_type.as_str()),
+            ("d-1", "doc.signed")
+        );
+        assert_eq!(e.data, body);
+        let raw = e.raw.unwrap();
+        assert_eq!(raw.content_type, "application/xml; charset=utf-8");
+        assert!(!raw.is_json());
+        assert_eq!(
+            raw.attributes,
+            [
+                ("channel".into(), "registrar".into()),
+                ("zone".into(), "eu".into())
+            ]
+        );
+        let e = Event::from_raw(&headers(&[("hookrelay-event-type", "t")]), Bytes::new()).unwrap();
+        assert_eq!(e.raw.unwrap().content_type, OCTET_STREAM);
+        assert_eq!(e.id.len(), 36);
+    }
+
+    #[test]
+    fn raw_header_refusals_name_the_header() {
+        let long_value = "v".repeat(MAX_ATTR_VALUE + 1);
+        let many: Vec<(String, String)> = (0..=MAX_ATTRIBUTES)
+            .map(|i| (format!("hookrelay-attr-a{i}"), "x".to_string()))
+            .collect();
+        let mut many: Vec<(&str, &str)> =
+            many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        many.push(("hookrelay-event-type", "t"));
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (
+                vec![("hookrelay-event-type", "a b")],
+                "headers.hookrelay-event-type",
+            ),
+            (
+                vec![("hookrelay-event-type", "t"), ("hookrelay-event-type", "u")],
+                "headers.hookrelay-event-type",
+            ),
+            (
+                vec![("hookrelay-event-type", "t"), ("hookrelay-event-id", "")],
+                "headers.hookrelay-event-id",
+            ),
+            (
+                vec![
+                    ("hookrelay-event-type", "t"),
+                    ("hookrelay-attr-x", "\u{e9}"),
+                ],
+                "headers.hookrelay-attr-x",
+            ),
+            (
+                vec![
+                    ("hookrelay-event-type", "t"),
+                    ("hookrelay-attr-x", &long_value),
+                ],
+                "headers.hookrelay-attr-x",
+            ),
+            (
+                vec![("hookrelay-event-type", "t"), ("hookrelay-attr-a.b", "1")],
+                "headers.hookrelay-attr-a.b",
+            ),
+            (
+                vec![("hookrelay-event-type", "t"), ("hookrelay-attr-", "1")],
+                "headers.hookrelay-attr-",
+            ),
+            (
+                vec![
+                    ("hookrelay-event-type", "t"),
+                    ("hookrelay-attr-x", "1"),
+                    ("hookrelay-attr-x", "2"),
+                ],
+                "headers.hookrelay-attr-x",
+            ),
+            (many, "headers.hookrelay-attr-a"),
+        ];
+        for (pairs, expected) in cases {
+            match Event::from_raw(&headers(&pairs), Bytes::new()) {
+                Err(EventError::Invalid { field, .. }) => {
+                    assert!(field.starts_with(expected), "{pairs:?}: {field}")
+                }
+                other => panic!("{pairs:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ct in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/cloudevents+json",
+        ] {
+            assert!(is_json_type(ct), "{ct}");
+        }
+        for ct in [
+            "text/json",
+            "application/xml",
+            "application/+json",
+            "application/jsonx",
+            "",
+            "é",
+        ] {
+            assert!(!is_json_type(ct), "{ct}");
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! Event filters: compiled once at load into a small tree with pre-parsed operands, then
-//! evaluated against each event's `data`.
+//! evaluated against each event's `data` (`field`) and a raw event's attributes (`attr`).
 
 use chrono::DateTime;
 use serde_json::Value as Json;
@@ -20,12 +20,40 @@ pub enum Filter {
     Condition(Condition),
 }
 
-/// `field` + operator.
+/// `field` or `attr` + operator.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Condition {
-    field: FieldPath,
+    target: Target,
     op: Op,
     ignore_case: bool,
+}
+
+/// What a condition looks at.
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
+    /// A path into `data`.
+    Field(FieldPath),
+    /// A raw event's attribute (`hookrelay-attr-NAME`); its value is a string.
+    Attr(String),
+}
+
+/// What a filter sees of an event.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// `data` parsed, when it is JSON (`None`: every `field` is absent).
+    pub data: Option<&'a Json>,
+    /// A raw event's attributes, sorted by name (empty for an envelope event).
+    pub attributes: &'a [(String, String)],
+}
+
+impl<'a> Subject<'a> {
+    /// An envelope event's data, without attributes.
+    pub fn data(data: &'a Json) -> Subject<'a> {
+        Subject {
+            data: Some(data),
+            attributes: &[],
+        }
+    }
 }
 
 /// Where a condition (or an ordering key) looks in `data`.
@@ -59,6 +87,7 @@ enum Bound {
 
 const CONDITION_KEYS: &[&str] = &[
     "field",
+    "attr",
     "equals",
     "in",
     "contains",
@@ -124,13 +153,24 @@ impl Filter {
         Condition::compile(v, path, issues).map(Filter::Condition)
     }
 
-    /// True when `data` satisfies the filter.
-    pub fn matches(&self, data: &Json) -> bool {
+    /// True when the event satisfies the filter.
+    pub fn matches(&self, event: &Subject<'_>) -> bool {
         match self {
-            Filter::All(children) => children.iter().all(|c| c.matches(data)),
-            Filter::Any(children) => children.iter().any(|c| c.matches(data)),
-            Filter::Not(child) => !child.matches(data),
-            Filter::Condition(c) => c.matches(data),
+            Filter::All(children) => children.iter().all(|c| c.matches(event)),
+            Filter::Any(children) => children.iter().any(|c| c.matches(event)),
+            Filter::Not(child) => !child.matches(event),
+            Filter::Condition(c) => c.matches(event),
+        }
+    }
+
+    /// True when some condition looks into `data` (`field`), so `data` must be parsed.
+    pub fn reads_data(&self) -> bool {
+        match self {
+            Filter::All(children) | Filter::Any(children) => {
+                children.iter().any(Filter::reads_data)
+            }
+            Filter::Not(child) => child.reads_data(),
+            Filter::Condition(c) => matches!(c.target, Target::Field(_)),
         }
     }
 
@@ -144,17 +184,34 @@ impl Condition {
     fn compile(v: &Value, path: &str, issues: &mut Issues) -> Option<Condition> {
         let before = issues.0.len();
         let s = Section::new(Some(v), path, CONDITION_KEYS, issues);
-        let field = match s.string("field", issues) {
-            Some(f) => FieldPath::parse(&f, &s.at("field"), issues),
-            None => {
-                if !s.has("field") {
-                    issues.push(
-                        &s.at("field"),
-                        "missing (a condition needs `field`, or use all/any/not)",
-                    );
-                }
+        let target = match (s.has("field"), s.has("attr")) {
+            (true, true) => {
+                issues.push(path, "has both field and attr; a condition looks at one");
                 None
             }
+            (false, true) => s.string("attr", issues).and_then(|a| {
+                if crate::event::valid_attr_name(&a) {
+                    Some(Target::Attr(a))
+                } else {
+                    issues.push(
+                        &s.at("attr"),
+                        format!("{a:?} is not an attribute name ([a-z0-9_-]{{1,64}}, as in hookrelay-attr-NAME)"),
+                    );
+                    None
+                }
+            }),
+            (_, false) => match s.string("field", issues) {
+                Some(f) => FieldPath::parse(&f, &s.at("field"), issues).map(Target::Field),
+                None => {
+                    if !s.has("field") {
+                        issues.push(
+                            &s.at("field"),
+                            "missing (a condition needs `field` or `attr`, or use all/any/not)",
+                        );
+                    }
+                    None
+                }
+            },
         };
         let ignore_case = s.boolean("ignore_case", false, issues);
         let present: Vec<&str> = OPERATORS.iter().copied().filter(|k| s.has(k)).collect();
@@ -208,21 +265,74 @@ impl Condition {
         if issues.0.len() != before {
             return None;
         }
+        let target = target?;
         let op = match op? {
+            // Attribute values are text: a number or boolean operand compares as its text.
+            op if matches!(target, Target::Attr(_)) => text_operands(op),
+            op => op,
+        };
+        let op = match op {
             op if ignore_case => lowercase_operands(op),
             op => op,
         };
         Some(Condition {
-            field: field?,
+            target,
             op,
             ignore_case,
         })
     }
 
-    fn matches(&self, data: &Json) -> bool {
-        let Some(value) = self.field.resolve(data) else {
-            return matches!(self.op, Op::Exists(false));
+    fn matches(&self, event: &Subject<'_>) -> bool {
+        match &self.target {
+            Target::Field(field) => match event.data.and_then(|d| field.resolve(d)) {
+                Some(value) => self.matches_value(value),
+                None => matches!(self.op, Op::Exists(false)),
+            },
+            Target::Attr(name) => {
+                match event
+                    .attributes
+                    .binary_search_by(|(n, _)| n.as_str().cmp(name))
+                {
+                    Ok(i) => self.matches_text(&event.attributes[i].1),
+                    Err(_) => matches!(self.op, Op::Exists(false)),
+                }
+            }
+        }
+    }
+
+    /// An attribute's value against the operator (operands are strings, see `text_operands`).
+    fn matches_text(&self, value: &str) -> bool {
+        let ic = self.ignore_case;
+        let eq = |expected: &Json| match expected {
+            Json::String(e) if ic => value.to_lowercase() == *e,
+            Json::String(e) => value == e,
+            _ => false,
         };
+        match &self.op {
+            Op::Exists(want) => *want,
+            Op::Equals(expected) => eq(expected),
+            Op::In(options) => options.iter().any(eq),
+            Op::Contains(Json::String(n)) if ic => value.to_lowercase().contains(n.as_str()),
+            Op::Contains(Json::String(n)) => value.contains(n.as_str()),
+            Op::Contains(_) => false,
+            Op::Range { from, to } => {
+                let bound = from.or(*to).expect("a range has a bound");
+                let actual = match bound {
+                    Bound::Instant(_) => parse_instant(value).map(Bound::Instant),
+                    Bound::Number(_) => value
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|n| n.is_finite())
+                        .map(Bound::Number),
+                };
+                let Some(actual) = actual else { return false };
+                from.is_none_or(|f| le(f, actual)) && to.is_none_or(|t| le(actual, t))
+            }
+        }
+    }
+
+    fn matches_value(&self, value: &Json) -> bool {
         let ic = self.ignore_case;
         match &self.op {
             Op::Exists(want) => *want,
@@ -340,6 +450,20 @@ fn scalar(v: &Value, path: &str, issues: &mut Issues) -> Option<Json> {
     }
 }
 
+/// Operands as text, for attributes: `3` becomes `"3"`, `true` becomes `"true"`.
+fn text_operands(op: Op) -> Op {
+    let text = |v: Json| match v {
+        Json::String(s) => Json::String(s),
+        other => Json::String(other.to_string()),
+    };
+    match op {
+        Op::Equals(v) => Op::Equals(text(v)),
+        Op::Contains(v) => Op::Contains(text(v)),
+        Op::In(vs) => Op::In(vs.into_iter().map(text).collect()),
+        other => other,
+    }
+}
+
 fn lowercase_operands(op: Op) -> Op {
     let lower = |v: Json| match v {
         Json::String(s) => Json::String(s.to_lowercase()),
@@ -419,8 +543,87 @@ mod tests {
     fn check(rows: &[(&str, Json, bool)]) {
         for (filter, data, expected) in rows {
             let f = compile(filter).unwrap_or_else(|e| panic!("{filter}: {e:?}"));
-            assert_eq!(f.matches(data), *expected, "filter {filter} on {data}");
+            assert_eq!(
+                f.matches(&Subject::data(data)),
+                *expected,
+                "filter {filter} on {data}"
+            );
         }
+    }
+
+    /// (filter, attributes, expected) rows, for a raw event without JSON data.
+    type Attrs<'a> = &'a [(&'a str, &'a str)];
+
+    fn check_attrs(rows: &[(&str, Attrs<'_>, bool)]) {
+        for (filter, attrs, expected) in rows {
+            let f = compile(filter).unwrap_or_else(|e| panic!("{filter}: {e:?}"));
+            let mut attributes: Vec<(String, String)> = attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            attributes.sort();
+            let subject = Subject {
+                data: None,
+                attributes: &attributes,
+            };
+            assert_eq!(
+                f.matches(&subject),
+                *expected,
+                "filter {filter} on {attrs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn attributes() {
+        let zone: &[(&str, &str)] = &[
+            ("zone", "EU-West"),
+            ("prio", "3"),
+            ("at", "2024-05-01T00:00:00Z"),
+        ];
+        check_attrs(&[
+            ("{attr: zone, equals: EU-West}", zone, true),
+            ("{attr: zone, equals: eu-west}", zone, false),
+            (
+                "{attr: zone, equals: eu-west, ignore_case: true}",
+                zone,
+                true,
+            ),
+            ("{attr: zone, in: [us, EU-West]}", zone, true),
+            ("{attr: zone, in: [us, eu]}", zone, false),
+            ("{attr: zone, contains: West}", zone, true),
+            (
+                "{attr: zone, contains: west, ignore_case: true}",
+                zone,
+                true,
+            ),
+            ("{attr: zone, exists: true}", zone, true),
+            ("{attr: other, exists: false}", zone, true),
+            ("{attr: other, equals: x}", zone, false),
+            ("{attr: prio, equals: 3}", zone, true),
+            ("{attr: prio, in: [1, 3]}", zone, true),
+            ("{attr: prio, from: 2, to: 5}", zone, true),
+            ("{attr: prio, from: 4}", zone, false),
+            ("{attr: zone, from: 4}", zone, false),
+            ("{attr: at, from: '2024-01-01T00:00:00Z'}", zone, true),
+            ("{not: {attr: zone, equals: EU-West}}", zone, false),
+            // `field` looks into data only: a raw event without JSON data has no fields.
+            ("{field: zone, exists: false}", zone, true),
+            ("{field: zone, equals: EU-West}", zone, false),
+            (
+                "{all: [{attr: zone, exists: true}, {field: x, exists: false}]}",
+                zone,
+                true,
+            ),
+        ]);
+        // Envelope events have no attributes.
+        check(&[("{attr: zone, exists: false}", json!({"zone": "eu"}), true)]);
+        assert!(!compile("{attr: a, equals: 1}").unwrap().reads_data());
+        assert!(
+            compile("{any: [{attr: a, equals: 1}, {field: b, equals: 1}]}")
+                .unwrap()
+                .reads_data()
+        );
     }
 
     #[test]
@@ -615,7 +818,7 @@ all:
             "scope": "inbox"
         });
         let filter = compile(f).unwrap();
-        assert!(filter.matches(&base));
+        assert!(filter.matches(&Subject::data(&base)));
         let changes: &[(&str, Json)] = &[
             ("label", json!(["hr"])),
             ("status", json!("WAITING")),
@@ -630,14 +833,17 @@ all:
             let mut data = base.clone();
             data[*field] = value.clone();
             assert!(
-                !filter.matches(&data),
+                !filter.matches(&Subject::data(&data)),
                 "changing {field} must stop the match"
             );
             data.as_object_mut().unwrap().remove(*field);
-            assert!(!filter.matches(&data), "without {field} nothing matches");
+            assert!(
+                !filter.matches(&Subject::data(&data)),
+                "without {field} nothing matches"
+            );
         }
         // An empty filter matches everything, as in the platform.
-        assert!(compile("{}").unwrap().matches(&json!({})));
+        assert!(compile("{}").unwrap().matches(&Subject::data(&json!({}))));
     }
 
     #[test]
@@ -658,6 +864,14 @@ all:
                 "filter: has several operators (equals, contains)",
             ),
             ("{equals: 1}", "filter.field: missing"),
+            (
+                "{field: a, attr: b, equals: 1}",
+                "filter: has both field and attr",
+            ),
+            (
+                "{attr: B, equals: 1}",
+                "filter.attr: \"B\" is not an attribute name",
+            ),
             (
                 "{field: a, equals: [1]}",
                 "filter.equals: expected a string, number or boolean, found a list",

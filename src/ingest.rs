@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use crate::catalog::Catalog;
 use crate::config::Limits;
 use crate::dispatch::{Dispatcher, Route};
-use crate::event::{Event, EventError};
+use crate::event::{self, Event, EventError};
 use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::metrics::Metrics;
 use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, Store, StoreError, rfc3339};
@@ -175,17 +175,32 @@ struct BatchReceipt {
 /// matches no subscription is answered `202` too, with `"subscriptions": []`. An `id` the
 /// store already holds (events are kept at least `storage.retention`) is not stored or
 /// delivered again: the answer is `200` with the first result and `"duplicate": true`.
+///
+/// With a `hookrelay-event-type` header the post is a raw event: the body, of any content
+/// type (JSON too), is the event's data, stored and delivered byte for byte with its
+/// content type (`application/octet-stream` when absent), and the headers give its id and
+/// attributes.
 #[utoipa::path(
     post,
     path = "/v1/events",
     tag = "app",
     operation_id = "postEvent",
     security(("ingestToken" = []), ()),
+    params(
+        ("hookrelay-event-type" = Option<String>, Header, pattern = "^[A-Za-z0-9._:-]{1,128}$",
+            description = "Makes the post a raw event of this type: the body is its data, whatever its content type."),
+        ("hookrelay-event-id" = Option<String>, Header, pattern = "^[A-Za-z0-9._:-]{1,128}$",
+            description = "A raw event's id (without it, a UUIDv7); an id the store holds already makes the post a duplicate."),
+        ("hookrelay-attr-NAME" = Option<String>, Header,
+            description = "A raw event's attribute, for filters (`{attr: NAME, ...}`): any number of headers `hookrelay-attr-` + a name `[a-z0-9_-]{1,64}`, at most 32, each value visible ASCII up to 512 bytes."),
+    ),
     request_body(
-        content = Envelope,
-        content_type = "application/json",
-        description = "An event envelope; any `application/*+json` content type is accepted too.",
-        example = json!({"type": "invoice.paid", "id": "inv-42-paid", "data": {"invoice": "in_42"}}),
+        content(
+            (Envelope = "application/json",
+                example = json!({"type": "invoice.paid", "id": "inv-42-paid", "data": {"invoice": "in_42"}})),
+            (String = "*/*", example = "<notification><domain>example.org</domain></notification>"),
+        ),
+        description = "An event envelope (any `application/*+json` content type is accepted too), or, with `hookrelay-event-type`, a raw event's body of any content type.",
     ),
     responses(
         (status = 202, description = "Stored, with a delivery for each matched subscription.", body = Receipt,
@@ -196,8 +211,8 @@ struct BatchReceipt {
         (status = 401, description = UNAUTHORIZED_INGEST, body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
-        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
-        (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names the member.", body = ErrorBody,
+        (status = 415, description = "The content type is not JSON and there is no `hookrelay-event-type` header (`unsupported_media_type`).", body = ErrorBody),
+        (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names the member (`headers.<name>` for a raw event's header).", body = ErrorBody,
             example = json!({"error": {"code": "invalid_event", "message": "type: missing", "fields": [{"field": "type", "reason": "missing"}]}})),
         (status = 503, description = STORE_REFUSED, body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
@@ -209,10 +224,42 @@ async fn post_event(
     body: Body,
 ) -> Response {
     let result = async {
-        require_json(&headers)?;
-        let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
-        let (event, raw) = Event::parse(&body).map_err(|e| event_error(e, ""))?;
-        let matched = state.catalog.registry().matching(&event.event_type, raw);
+        let (event, matched) = if event::is_raw(&headers) {
+            // A raw event: the body is its data, whatever its content type.
+            let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
+            let event = Event::from_raw(&headers, body).map_err(|e| event_error(e, ""))?;
+            let meta = event.raw.as_deref().expect("a raw event");
+            let json = meta.is_json().then_some(&event.data[..]);
+            let matched = state.catalog.registry().matching_raw(
+                &event.event_type,
+                json,
+                &meta.attributes,
+            );
+            (event, matched)
+        } else {
+            if let Some(name) = event::raw_header(&headers) {
+                return Err(HttpError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_event",
+                    format!("headers.{name}: goes with {} (a raw event) only; an envelope has no id or attributes in headers", event::TYPE_HEADER),
+                )
+                .field(
+                    format!("headers.{name}"),
+                    format!("only with {}", event::TYPE_HEADER),
+                ));
+            }
+            if !is_json(&headers) {
+                return Err(HttpError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "content-type must be application/json, or name the event type in a hookrelay-event-type header to send the body as a raw event",
+                ));
+            }
+            let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
+            let (event, raw) = Event::parse(&body).map_err(|e| event_error(e, ""))?;
+            let matched = state.catalog.registry().matching(&event.event_type, raw);
+            (event, matched)
+        };
         let id = event.id.clone();
         let admissions = store(&state, vec![Accepted::new(event, matched.clone())]).await?;
         Ok::<_, HttpError>(match admissions.into_iter().next() {
@@ -274,6 +321,14 @@ async fn post_batch(
     body: Body,
 ) -> Response {
     let result = async {
+        if let Some(name) = event::raw_header(&headers) {
+            return Err(HttpError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_event",
+                "raw events are posted one per request to /v1/events",
+            )
+            .field(format!("headers.{name}"), "not accepted on a batch"));
+        }
         require_json(&headers)?;
         let body = read_body(body, state.limits.max_batch_body, "limits.max_batch_body").await?;
         let elements: Vec<&RawValue> =
@@ -415,6 +470,7 @@ async fn commit_and_hand_off(
             Arc::<str>::from(a.event.event_type.as_str()),
             a.event.data.clone(),
             a.event.received_at_ms,
+            a.event.raw.clone(),
             a.subscriptions.clone(),
         ));
     }
@@ -431,7 +487,7 @@ async fn commit_and_hand_off(
         )
         .retry_after(1)
     })?;
-    for (((event_id, event_type, data, received_at_ms, subs), admission), found) in
+    for (((event_id, event_type, data, received_at_ms, raw, subs), admission), found) in
         events.into_iter().zip(&admissions).zip(routes)
     {
         let Admission::Stored(ids) = admission else {
@@ -455,6 +511,7 @@ async fn commit_and_hand_off(
                     event_id: event_id.clone(),
                     event_type: event_type.clone(),
                     data: data.clone(),
+                    raw: raw.clone(),
                     attempts: 0,
                     received_at_ms,
                 });
@@ -534,6 +591,16 @@ struct EventView<'a> {
     /// When the relay accepted it (RFC 3339, UTC).
     #[schema(format = DateTime, example = "2026-11-22T20:58:50.730Z")]
     received_at: String,
+    /// A raw event's content type as received (`application/octet-stream` when it had
+    /// none); absent for an envelope event (`application/json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "application/xml")]
+    content_type: Option<&'a str>,
+    /// A raw event's attributes (`hookrelay-attr-NAME` headers) by name; absent for an
+    /// envelope event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>, nullable = false)]
+    attributes: Option<std::collections::BTreeMap<&'a str, &'a str>>,
     /// One per matched subscription.
     deliveries: Vec<DeliveryStatus<'a>>,
 }
@@ -563,6 +630,13 @@ async fn event_status(State(state): State<Arc<IngestState>>, Path(id): Path<Stri
             id: &status.id,
             event_type: &status.event_type,
             received_at: rfc3339(status.received_at_ms),
+            content_type: status.raw.as_deref().map(|r| r.content_type.as_str()),
+            attributes: status.raw.as_deref().map(|r| {
+                r.attributes
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect()
+            }),
             deliveries: status.deliveries.iter().map(|d| d.status()).collect(),
         })
         .into_response(),

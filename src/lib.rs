@@ -3,13 +3,13 @@
 //! A tour along the data path:
 //! - [`config`] reads the YAML, expands `${VAR}` inside scalars and validates it whole;
 //!   [`subscription`] and [`filter`] hold the validated subscription and its compiled filter.
-//! - [`ingest`] serves `POST /v1/events` on the app listener: [`event`] parses the envelope,
-//!   the [`subscription::Registry`] matches it through its type index, and the [`store`]
-//!   keeps it before the app gets `202`.
+//! - [`ingest`] serves `POST /v1/events` on the app listener: [`event`] parses the envelope
+//!   (or takes the body of a raw event as is), the [`subscription::Registry`] matches it
+//!   through its type index, and the [`store`] keeps it before the app gets `202`.
 //! - [`dispatch`] runs one pump per subscription that claims due deliveries from the store;
 //!   [`deliver`] sends each attempt through the subscription's tower stack (rate limit,
-//!   concurrency, classification and metrics, timeout, auth) and [`backoff`] spaces retries,
-//!   which the store schedules.
+//!   concurrency, classification and metrics, timeout, auth), with the body [`payload`]
+//!   encodes, and [`backoff`] spaces retries, which the store schedules.
 //! - [`catalog`] holds the subscriptions in force (config and API) and swaps the registry;
 //!   [`reload`] re-reads the config file on SIGHUP or change and swaps its subscriptions in.
 //! - [`metrics`] and [`ops`] serve Prometheus metrics and the probes; [`server`] wires it all
@@ -28,6 +28,7 @@ pub mod http_error;
 pub mod ingest;
 pub mod metrics;
 pub mod ops;
+pub mod payload;
 pub mod reload;
 pub mod server;
 pub mod signing;

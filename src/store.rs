@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::event::Event;
+use crate::event::{Event, RawMeta};
 
 /// Store-assigned delivery id.
 pub type DeliveryId = i64;
@@ -70,6 +70,8 @@ pub struct Notification {
     pub received_at_ms: i64,
     /// The event's data, as received.
     pub data: Bytes,
+    /// Content type and attributes of a raw event; `None` for an envelope event.
+    pub raw: Option<Arc<RawMeta>>,
     /// It was handed out before and not acknowledged.
     pub redelivered: bool,
 }
@@ -98,6 +100,8 @@ pub struct Delivery {
     pub event_type: Arc<str>,
     /// Body to send.
     pub data: Bytes,
+    /// Content type and attributes of a raw event; `None` for an envelope event (JSON).
+    pub raw: Option<Arc<RawMeta>>,
     /// Attempts already made.
     pub attempts: u32,
     /// When the event was accepted (ms since the epoch).
@@ -338,6 +342,8 @@ pub struct EventStatus {
     pub event_type: String,
     /// Accepted at, ms since the epoch.
     pub received_at_ms: i64,
+    /// Content type and attributes of a raw event; `None` for an envelope event.
+    pub raw: Option<Arc<RawMeta>>,
     /// One per matched subscription.
     pub deliveries: Vec<DeliveryInfo>,
 }

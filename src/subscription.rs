@@ -16,7 +16,7 @@ use crate::backoff::{Backoff, Curve};
 use crate::config::reader::{
     Issues, Section, as_duration, as_float, as_integer, as_list, as_string, describe, index, kind,
 };
-use crate::filter::{FieldPath, Filter};
+use crate::filter::{FieldPath, Filter, Subject};
 use crate::signing::SigningKey;
 
 /// Keys a subscription entry may have.
@@ -37,11 +37,13 @@ const KEYS: &[&str] = &[
     "headers",
     "signing",
     "ordering",
+    "encoding",
 ];
 
 /// Keys that only push subscriptions may have.
 const PUSH_KEYS: &[&str] = &[
     "url",
+    "encoding",
     "retries",
     "timeout",
     "success_code",
@@ -133,6 +135,8 @@ pub struct Subscription {
     pub signing: Vec<SigningKey>,
     /// Whether deliveries wait for earlier ones (of the same key).
     pub ordering: Ordering,
+    /// How each attempt's body carries the event.
+    pub encoding: Encoding,
 }
 
 /// The delivery order of a push subscription.
@@ -160,6 +164,83 @@ impl Ordering {
                     .map(Json::to_string)
                     .unwrap_or_default(),
             ),
+        }
+    }
+}
+
+/// How a push subscription's attempts carry the event (`encoding`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Encoding {
+    /// The data as received: an envelope event's `data` (JSON), a raw event's body with its
+    /// content type.
+    #[default]
+    Raw,
+    /// A JSON envelope: `{"id", "type", "received_at", "data"}`; a raw event's body goes in
+    /// as a string (or `data_base64` when it is not UTF-8), with `content_type`.
+    Envelope,
+    /// `application/x-www-form-urlencoded` with the data in one field.
+    Form {
+        /// The field's name.
+        field: String,
+    },
+}
+
+/// Longest form field name.
+const MAX_FORM_FIELD: usize = 128;
+
+fn parse_encoding(s: &Section<'_>, issues: &mut Issues) -> Encoding {
+    let Some(v) = s.get("encoding") else {
+        return Encoding::Raw;
+    };
+    let at = s.at("encoding");
+    match v {
+        Value::String(text) if text == "raw" => Encoding::Raw,
+        Value::String(text) if text == "envelope" => Encoding::Envelope,
+        Value::Mapping(_) => {
+            let e = s.section("encoding", &["form"], issues);
+            let Some(form) = e.get("form") else {
+                issues.push(&at, "needs form (or use raw or envelope)");
+                return Encoding::Raw;
+            };
+            if !matches!(form, Value::Mapping(_)) {
+                issues.push(
+                    &e.at("form"),
+                    format!(
+                        "expected a mapping such as {{field: request}}, found {}",
+                        kind(form)
+                    ),
+                );
+                return Encoding::Raw;
+            }
+            let f = e.section("form", &["field"], issues);
+            let Some(field) = f
+                .required("field", issues)
+                .and_then(|v| as_string(v, &f.at("field"), issues))
+            else {
+                return Encoding::Raw;
+            };
+            if field.is_empty()
+                || field.len() > MAX_FORM_FIELD
+                || field.chars().any(char::is_control)
+            {
+                issues.push(
+                    &f.at("field"),
+                    format!(
+                        "{field:?} must be 1 to {MAX_FORM_FIELD} bytes without control characters"
+                    ),
+                );
+            }
+            Encoding::Form { field }
+        }
+        other => {
+            issues.push(
+                &at,
+                format!(
+                    "{} is not raw, envelope or {{form: {{field: NAME}}}}",
+                    describe(other)
+                ),
+            );
+            Encoding::Raw
         }
     }
 }
@@ -646,6 +727,7 @@ impl Subscription {
         let headers = parse_headers(&s, auth.is_some(), issues);
         let signing = parse_signing(&s, issues);
         let ordering = parse_ordering(&s, issues);
+        let encoding = parse_encoding(&s, issues);
 
         if issues.0.len() != before {
             return None;
@@ -676,6 +758,7 @@ impl Subscription {
             headers,
             signing,
             ordering,
+            encoding,
         })
     }
 }
@@ -1127,9 +1210,33 @@ impl Registry {
         self.names.iter().map(|n| n.to_string()).collect()
     }
 
-    /// Names of the subscriptions an event goes to; `data` is parsed only if a candidate has
-    /// a filter.
+    /// Names of the subscriptions an envelope event goes to; `data` is parsed only if a
+    /// candidate has a filter that looks into it.
     pub fn matching(&self, event_type: &str, data: &RawValue) -> Vec<Arc<str>> {
+        self.select(event_type, || serde_json::from_str(data.get()).ok(), &[])
+    }
+
+    /// Names of the subscriptions a raw event goes to. `json` is its body when that is
+    /// declared JSON (parsed only if a filter looks into `data`); `attributes` are sorted.
+    pub fn matching_raw(
+        &self,
+        event_type: &str,
+        json: Option<&[u8]>,
+        attributes: &[(String, String)],
+    ) -> Vec<Arc<str>> {
+        self.select(
+            event_type,
+            || json.and_then(|j| serde_json::from_slice(j).ok()),
+            attributes,
+        )
+    }
+
+    fn select(
+        &self,
+        event_type: &str,
+        parse: impl Fn() -> Option<Json>,
+        attributes: &[(String, String)],
+    ) -> Vec<Arc<str>> {
         let candidates = self.candidates(event_type);
         let mut parsed: Option<Option<Json>> = None;
         candidates
@@ -1139,8 +1246,12 @@ impl Registry {
                 if filter.is_everything() {
                     return true;
                 }
-                let data = parsed.get_or_insert_with(|| serde_json::from_str(data.get()).ok());
-                data.as_ref().is_some_and(|d| filter.matches(d))
+                let data = if filter.reads_data() {
+                    parsed.get_or_insert_with(&parse).as_ref()
+                } else {
+                    None
+                };
+                filter.matches(&Subject { data, attributes })
             })
             .map(|i| self.names[i].clone())
             .collect()
@@ -1485,5 +1596,83 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(names, ["plain"]);
+    }
+
+    #[test]
+    fn raw_events_match_by_attributes_and_json_bodies() {
+        let by_attr =
+            parse("{name: zone, url: 'http://h/', events: [x], filter: {attr: zone, equals: eu}}")
+                .unwrap();
+        let by_field =
+            parse("{name: total, url: 'http://h/', events: [x], filter: {field: total, from: 10}}")
+                .unwrap();
+        let r = Registry::new(vec![Arc::new(by_attr), Arc::new(by_field)]);
+        let eu = [("zone".to_string(), "eu".to_string())];
+        let names = |v: Vec<Arc<str>>| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(r.matching_raw("x", None, &eu)), ["zone"]);
+        assert_eq!(
+            names(r.matching_raw("x", Some(br#"{"total": 12}"#), &[])),
+            ["total"]
+        );
+        // A body that does not parse has no fields.
+        assert!(
+            r.matching_raw("x", Some(b"<total>12</total>"), &[])
+                .is_empty()
+        );
+        let data = RawValue::from_string(r#"{"zone":"eu"}"#.into()).unwrap();
+        assert!(r.matching("x", &data).is_empty());
+    }
+
+    #[test]
+    fn encodings() {
+        let with = |e: &str| {
+            parse(&format!(
+                "{{name: e, url: 'http://h/', events: [x], encoding: {e}}}"
+            ))
+        };
+        assert_eq!(sub("d", &["x"]).encoding, Encoding::Raw);
+        assert_eq!(with("raw").unwrap().encoding, Encoding::Raw);
+        assert_eq!(with("envelope").unwrap().encoding, Encoding::Envelope);
+        assert_eq!(
+            with("{form: {field: request}}").unwrap().encoding,
+            Encoding::Form {
+                field: "request".into()
+            }
+        );
+        let cases = [
+            (
+                "xml",
+                "subscriptions[0].encoding: \"xml\" is not raw, envelope or",
+            ),
+            (
+                "{form: {}}",
+                "subscriptions[0].encoding.form.field: missing",
+            ),
+            (
+                "{form: request}",
+                "subscriptions[0].encoding.form: expected a mapping",
+            ),
+            (
+                "{form: {field: ''}}",
+                "subscriptions[0].encoding.form.field: \"\" must be",
+            ),
+            (
+                "{form: {field: a, x: 1}}",
+                "subscriptions[0].encoding.form.x: unknown",
+            ),
+            ("{json: {}}", "subscriptions[0].encoding.json: unknown"),
+        ];
+        for (e, expected) in cases {
+            let errors = with(e).expect_err(e);
+            assert!(
+                errors.iter().any(|m| m.starts_with(expected)),
+                "{e}: {errors:?}"
+            );
+        }
+        let errors = parse("{name: p, mode: pull, events: [x], encoding: envelope}").unwrap_err();
+        assert!(
+            errors[0].starts_with("subscriptions[0].encoding: applies to push"),
+            "{errors:?}"
+        );
     }
 }

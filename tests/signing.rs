@@ -227,3 +227,31 @@ fn verify_checks_a_body_from_stdin() {
         "the secret is never printed: {text}"
     );
 }
+
+#[tokio::test]
+async fn the_signature_covers_the_encoded_body() {
+    let rx = Receiver::ok().await;
+    let relay = TestRelay::start(&format!(
+        "subscriptions:\n  - {{name: wrapped, url: '{}', events: ['*'], encoding: envelope, signing: {{secrets: ['{OLD}']}}}}\n",
+        rx.url("/")
+    ))
+    .await;
+    relay
+        .post(&json!({"type": "t", "id": "enc-1", "data": {"n": 1}}))
+        .await;
+    let got = rx.wait_for(1).await;
+    let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["data"], json!({"n": 1}), "an envelope was sent");
+    let ts: u64 = header(&got[0], "webhook-timestamp").parse().unwrap();
+    let key = SigningKey::parse(OLD).unwrap();
+    assert!(key.verifies(
+        "enc-1",
+        ts,
+        &got[0].body,
+        &header(&got[0], "webhook-signature")
+    ));
+    if python_oracle() {
+        assert!(python_verifies(OLD, &got[0]));
+    }
+    relay.stop().await;
+}

@@ -254,15 +254,31 @@ struct View<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(content_encoding = "base64", nullable = false)]
     data_base64: Option<String>,
+    /// A raw event's content type; absent for an envelope event (`application/json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "application/xml")]
+    content_type: Option<&'a str>,
+    /// A raw event's attributes by name; absent for an envelope event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>, nullable = false)]
+    attributes: Option<std::collections::BTreeMap<&'a str, &'a str>>,
 }
 
 fn view(n: &Notification) -> View<'_> {
     let text = std::str::from_utf8(&n.data).ok();
-    // JSON as is; other text as a JSON string (quoting a str cannot fail).
+    let raw = n.raw.as_deref();
+    // JSON as is; other text as a JSON string (quoting a str cannot fail). A raw body is
+    // embedded as JSON only when it is declared JSON, so XML or text always comes as the
+    // string of its exact text.
+    let embed = raw.is_none_or(|r| r.is_json());
     let data = text.and_then(|t| {
-        RawValue::from_string(t.to_string())
-            .or_else(|_| RawValue::from_string(serde_json::to_string(t).unwrap_or_default()))
-            .ok()
+        let quoted = || RawValue::from_string(serde_json::to_string(t).unwrap_or_default());
+        if embed {
+            RawValue::from_string(t.to_string()).or_else(|_| quoted())
+        } else {
+            quoted()
+        }
+        .ok()
     });
     View {
         id: n.id,
@@ -273,6 +289,13 @@ fn view(n: &Notification) -> View<'_> {
             .is_none()
             .then(|| base64::engine::general_purpose::STANDARD.encode(&n.data)),
         data,
+        content_type: raw.map(|r| r.content_type.as_str()),
+        attributes: raw.map(|r| {
+            r.attributes
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect()
+        }),
     }
 }
 

@@ -20,9 +20,10 @@ use super::{
     Store, StoreError, StoredSubscription,
 };
 use crate::config::{StorageLocation, StorageSettings, SyncMode};
+use crate::event::RawMeta;
 
 /// The schema this build writes; older files are migrated forward on open.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 2048;
 /// Rows changed per housekeeping statement, so pruning never holds the writer long.
@@ -85,6 +86,12 @@ CREATE INDEX deliveries_order ON deliveries(subscription, ordering_key, id)
     WHERE state IN (0, 1, 5, 7) AND ordering_key IS NOT NULL;
 DROP INDEX deliveries_expiry;
 CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN (0, 5, 7);
+",
+    // Raw events: their content type and attributes (a JSON object); both NULL for an
+    // envelope event (JSON data, no attributes), so existing rows need no rewrite.
+    "
+ALTER TABLE events ADD COLUMN content_type TEXT;
+ALTER TABLE events ADD COLUMN attributes TEXT;
 ",
 ];
 
@@ -478,6 +485,43 @@ impl Writer {
     }
 }
 
+/// A raw event's attributes as stored: a JSON object, or NULL when it has none.
+fn attributes_json(attributes: &[(String, String)]) -> Option<String> {
+    if attributes.is_empty() {
+        return None;
+    }
+    let map: serde_json::Map<String, serde_json::Value> = attributes
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    Some(serde_json::Value::Object(map).to_string())
+}
+
+/// A raw event's content type and attributes from columns `i` and `i + 1`; `None` (both
+/// NULL) for an envelope event.
+fn raw_meta(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<Arc<RawMeta>>> {
+    let Some(content_type) = row.get::<_, Option<String>>(i)? else {
+        return Ok(None);
+    };
+    let attributes = match row.get::<_, Option<String>>(i + 1)? {
+        None => Vec::new(),
+        Some(text) => {
+            let map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&text).unwrap_or_default();
+            map.into_iter()
+                .filter_map(|(k, v)| match v {
+                    serde_json::Value::String(v) => Some((k, v)),
+                    _ => None,
+                })
+                .collect()
+        }
+    };
+    Ok(Some(Arc::new(RawMeta {
+        content_type,
+        attributes,
+    })))
+}
+
 fn state_of(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<DeliveryState> {
     Ok(DeliveryState::from_code(row.get(i)?))
 }
@@ -523,8 +567,8 @@ impl Store for SqliteStore {
             let retired = retired.lock();
             let mut insert_event = conn
                 .prepare_cached(
-                    "INSERT INTO events (id, type, received_at, data, subscriptions)
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO events (id, type, received_at, data, subscriptions, content_type, attributes)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
                 )
                 .map_err(sql_error)?;
             let mut insert_delivery = conn
@@ -547,8 +591,20 @@ impl Store for SqliteStore {
                 let names: Vec<&str> = a.subscriptions.iter().map(|s| &**s).collect();
                 let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
                 let e = &a.event;
+                let (content_type, attributes) = match e.raw.as_deref() {
+                    None => (None, None),
+                    Some(raw) => (Some(raw.content_type.as_str()), attributes_json(&raw.attributes)),
+                };
                 let inserted = insert_event
-                    .execute(params![e.id, e.event_type, e.received_at_ms, &e.data[..], names_json])
+                    .execute(params![
+                        e.id,
+                        e.event_type,
+                        e.received_at_ms,
+                        &e.data[..],
+                        names_json,
+                        content_type,
+                        attributes
+                    ])
                     .map_err(sql_error)?;
                 if inserted == 0 {
                     let text: String = original.query_row([&e.id], |r| r.get(0)).map_err(sql_error)?;
@@ -602,7 +658,7 @@ impl Store for SqliteStore {
         self.run(false, move |conn| {
             let mut select = conn
                 .prepare_cached(
-                    "SELECT d.id, d.attempts, e.id, e.type, e.data, e.received_at
+                    "SELECT d.id, d.attempts, e.id, e.type, e.data, e.received_at, e.content_type, e.attributes
                      FROM deliveries d JOIN events e ON e.seq = d.event_seq
                      WHERE d.subscription = ?1 AND d.state = 0 AND d.next_attempt_at <= ?2
                        AND d.expires_at > ?2
@@ -619,6 +675,7 @@ impl Store for SqliteStore {
                         event_type: Arc::from(r.get::<_, String>(3)?),
                         data: Bytes::from(r.get::<_, Vec<u8>>(4)?),
                         received_at_ms: r.get(5)?,
+                        raw: raw_meta(r, 6)?,
                         subscription: name.clone(),
                     })
                 })
@@ -737,19 +794,22 @@ impl Store for SqliteStore {
         let id = id.to_string();
         self.read(move |conn| {
             let head = conn
-                .prepare_cached("SELECT seq, type, received_at FROM events WHERE id = ?1")
+                .prepare_cached(
+                    "SELECT seq, type, received_at, content_type, attributes FROM events WHERE id = ?1",
+                )
                 .and_then(|mut s| {
                     s.query_row([&id], |r| {
                         Ok((
                             r.get::<_, i64>(0)?,
                             r.get::<_, String>(1)?,
                             r.get::<_, i64>(2)?,
+                            raw_meta(r, 3)?,
                         ))
                     })
                     .optional()
                 })
                 .map_err(sql_error)?;
-            let Some((seq, event_type, received_at_ms)) = head else {
+            let Some((seq, event_type, received_at_ms, raw)) = head else {
                 return Ok(None);
             };
             let mut s = conn
@@ -767,6 +827,7 @@ impl Store for SqliteStore {
                 id,
                 event_type,
                 received_at_ms,
+                raw,
                 deliveries,
             }))
         })
@@ -1077,7 +1138,7 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     // INDEXED BY: without statistics the planner prefers the due-time
                     // index, reading and sorting the whole backlog to return its head.
-                    "SELECT d.id, e.id, e.type, e.received_at, e.data, d.attempts
+                    "SELECT d.id, e.id, e.type, e.received_at, e.data, d.attempts, e.content_type, e.attributes
                      FROM deliveries d INDEXED BY deliveries_fifo
                      JOIN events e ON e.seq = d.event_seq
                      WHERE d.subscription = ?1 AND d.state = 0 AND d.next_attempt_at <= ?2
@@ -1094,6 +1155,7 @@ impl Store for SqliteStore {
                         received_at_ms: r.get(3)?,
                         data: Bytes::from(r.get::<_, Vec<u8>>(4)?),
                         redelivered: r.get::<_, i64>(5)? > 0,
+                        raw: raw_meta(r, 6)?,
                     })
                 })
                 .map_err(sql_error)?
@@ -1401,6 +1463,7 @@ mod tests {
             event_type: "t".into(),
             data: Bytes::from_static(b"{\"k\":1}"),
             received_at_ms: at,
+            raw: None,
         };
         Accepted::new(event, subs.iter().map(|s| Arc::from(*s)).collect())
     }
@@ -1941,6 +2004,57 @@ mod tests {
         );
         assert_eq!(s.delete_delivery(next[0].id).await.unwrap(), None);
         assert!(s.deliveries(q).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_version_3_file_migrates_in_place_and_keeps_raw_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            // A file as the previous release left it: schema 3, one envelope event waiting.
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 3;
+                 INSERT INTO events (seq, id, type, received_at, data, subscriptions)
+                     VALUES (1, 'old', 't', 100, CAST('{\"k\":1}' AS BLOB), '[\"a\"]');
+                 INSERT INTO deliveries (event_seq, subscription, state, received_at, next_attempt_at, expires_at)
+                     VALUES (1, 'a', 0, 100, 100, 9000000000000);",
+            )
+            .unwrap();
+        }
+        let settings = StorageSettings {
+            location: StorageLocation::File(path.clone()),
+            ..StorageSettings::default()
+        };
+        let s = SqliteStore::open(&settings, metrics()).unwrap();
+        let raw = Arc::new(RawMeta {
+            content_type: "application/xml".into(),
+            attributes: vec![("zone".into(), "eu".into())],
+        });
+        let mut xml = accepted("new", 200, &["a"]);
+        xml.event.data = Bytes::from_static(b"<a/>");
+        xml.event.raw = Some(raw.clone());
+        s.accept(vec![xml]).await.unwrap();
+        let claimed = s.claim_due("a", 1_000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert_eq!(
+            (&*claimed[0].event_id, claimed[0].raw.as_ref()),
+            ("old", None)
+        );
+        assert_eq!(&claimed[0].data[..], b"{\"k\":1}");
+        assert_eq!(&*claimed[1].event_id, "new");
+        assert_eq!(claimed[1].raw.as_deref(), Some(&*raw));
+        let status = s.event_status("new").await.unwrap().unwrap();
+        assert_eq!(status.raw.as_deref(), Some(&*raw));
+        drop(s);
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

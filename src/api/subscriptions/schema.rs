@@ -30,7 +30,8 @@ pub enum Source {
 /// How a subscription gets its events: `push` (default) POSTs each to `url`; `pull` keeps
 /// them in a FIFO queue that a consumer takes from `/v1/subscriptions/{id}/notifications`,
 /// and has none of the push-only fields (`url`, `retries`, `timeout`, `success_code`,
-/// `backoff`, `rate_limit`, `max_in_flight`, `auth`, `headers`, `signing`, `ordering`).
+/// `backoff`, `rate_limit`, `max_in_flight`, `auth`, `headers`, `encoding`, `signing`,
+/// `ordering`).
 #[derive(ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -108,14 +109,20 @@ pub enum Filter {
     Condition(Condition),
 }
 
-/// A `field` and one operator: `equals`, `in`, `contains`, `from`/`to` or `exists`.
+/// A `field` or an `attr` (exactly one) and one operator: `equals`, `in`, `contains`,
+/// `from`/`to` or `exists`.
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     /// Where to look in `data`: a dotted path (`sender.id`, `items.0.sku`) or a JSON pointer
-    /// (`/sender/id`).
+    /// (`/sender/id`). A raw event's data is looked into only when its content type is JSON.
     #[schema(example = "sender.id")]
-    field: String,
+    field: Option<String>,
+    /// A raw event's attribute (the `NAME` of a `hookrelay-attr-NAME` header,
+    /// `[a-z0-9_-]{1,64}`); its value is a string, and number or boolean operands compare as
+    /// their text. Envelope events have no attributes.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$", example = "zone")]
+    attr: Option<String>,
     /// Matches when the field equals this scalar.
     equals: Option<Value>,
     /// Matches when the field equals one of these scalars.
@@ -131,6 +138,43 @@ pub struct Condition {
     exists: Option<bool>,
     /// Compare strings case-insensitively.
     ignore_case: Option<bool>,
+}
+
+/// How each attempt carries the event (push only): `raw` (default: the data or body as
+/// received, with its content type), `envelope` (JSON `{"id", "type", "received_at",
+/// "data"}`; a raw event's body as a string, or `data_base64` when it is not UTF-8, with
+/// `content_type` and `attributes`), or `{"form": {"field": NAME}}`
+/// (`application/x-www-form-urlencoded` with the data in that field).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[schema(example = json!({"form": {"field": "request"}}))]
+pub enum Encoding {
+    /// `raw` or `envelope`.
+    Named(EncodingName),
+    /// A form with the data in one field.
+    Form {
+        /// The form's field.
+        form: FormEncoding,
+    },
+}
+
+/// `raw` or `envelope`.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodingName {
+    /// The data as received.
+    Raw,
+    /// A JSON envelope around the data.
+    Envelope,
+}
+
+/// The field of a form encoding.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FormEncoding {
+    /// The field's name, 1 to 128 bytes without control characters.
+    #[schema(min_length = 1, max_length = 128, example = "request")]
+    field: String,
 }
 
 /// A status, 100..=599, or a class of statuses such as `"2xx"`.
@@ -288,6 +332,7 @@ pub struct Subscription {
     /// Concurrent attempts at most, 1..=1024; default 8.
     max_in_flight: Option<u32>,
     auth: Option<Auth>,
+    encoding: Option<Encoding>,
     /// Names of the extra headers sent with every attempt; values are secret and show as `{}`.
     #[schema(value_type = Option<Object>)]
     headers: Option<Value>,
@@ -338,6 +383,7 @@ pub struct SubscriptionInput {
     #[schema(minimum = 1, maximum = 1024)]
     max_in_flight: Option<u32>,
     auth: Option<AuthInput>,
+    encoding: Option<Encoding>,
     /// Extra headers sent with every attempt (not the relay's own, nor `authorization` with
     /// `auth`). On PUT, a value of `{}` (as shown) keeps the stored one.
     #[schema(value_type = Option<HashMap<String, String>>)]
