@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookrelay::config::{Config, LogFormat};
 use hookrelay::signing::SigningKey;
-use hookrelay::subscription::{Auth, EventPattern, Ordering, Subscription};
+use hookrelay::subscription::{Auth, Encoding, EventPattern, Ordering, Subscription};
 use hookrelay::{Relay, config::reader::fmt_duration};
 
 #[derive(Parser)]
@@ -228,6 +228,11 @@ fn summary(sub: &Subscription) -> String {
         Ordering::Fifo => " ordered(fifo)",
         Ordering::Key(_) => " ordered(by key)",
     };
+    let encoding = match &sub.encoding {
+        Encoding::Raw => String::new(),
+        Encoding::Envelope => " encoding=envelope".to_string(),
+        Encoding::Form { field } => format!(" encoding=form({field})"),
+    };
     let filter = if sub.filter.is_everything() {
         ""
     } else {
@@ -246,7 +251,7 @@ fn summary(sub: &Subscription) -> String {
         return format!("{}: {} <- pulled{pull}{filter}", sub.name, events.join(","));
     };
     format!(
-        "{}: {} -> {} retries={} timeout={} max_in_flight={}{rate}{auth}{signed}{ordered}{filter}",
+        "{}: {} -> {} retries={} timeout={} max_in_flight={}{encoding}{rate}{auth}{signed}{ordered}{filter}",
         sub.name,
         events.join(","),
         url,
