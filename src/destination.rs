@@ -104,6 +104,40 @@ impl DestinationGuard {
         }
     }
 
+    /// Why an SMTP server at `host:port` may not be registered: the same rules as a URL's.
+    pub fn check_host(&self, host: &str, port: u16) -> Result<(), String> {
+        let bracketed = if host.parse::<std::net::Ipv6Addr>().is_ok() {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let url = Url::parse(&format!("http://{bracketed}:{port}/"))
+            .map_err(|e| format!("{host:?} is not a host name or address: {e}"))?;
+        self.check_url(&url)
+    }
+
+    /// The first of `host`'s resolved addresses the guard allows.
+    pub fn first_allowed(
+        &self,
+        host: &str,
+        found: impl IntoIterator<Item = SocketAddr>,
+    ) -> Option<SocketAddr> {
+        self.permitted(host, found).into_iter().next()
+    }
+
+    /// The addresses `host` resolved to that may be reached.
+    fn permitted(
+        &self,
+        host: &str,
+        found: impl IntoIterator<Item = SocketAddr>,
+    ) -> Vec<SocketAddr> {
+        let named = self.host_allowed(host);
+        found
+            .into_iter()
+            .filter(|a| self.check_ip(a.ip(), named).is_ok())
+            .collect()
+    }
+
     /// True when `host` is named by the allow-list.
     fn host_allowed(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -153,11 +187,8 @@ impl Resolve for GuardedResolver {
         let guard = self.0.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let named = guard.host_allowed(&host);
             let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
-            let permitted: Vec<SocketAddr> = found
-                .filter(|a| guard.check_ip(a.ip(), named).is_ok())
-                .collect();
+            let permitted = guard.permitted(&host, found);
             if permitted.is_empty() {
                 let refused: Box<dyn std::error::Error + Send + Sync> = format!(
                     "destination refused: {host} resolves only to addresses api.allowed_destinations does not allow"

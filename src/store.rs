@@ -100,6 +100,16 @@ pub struct Delivery {
     pub received_at_ms: i64,
 }
 
+/// Content type of event data (every event's data is JSON).
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+
+impl Delivery {
+    /// The media type of `data`, which every channel sends with it.
+    pub fn content_type(&self) -> &str {
+        JSON_CONTENT_TYPE
+    }
+}
+
 /// What happened to a claimed delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {
