@@ -41,7 +41,7 @@ pub type AttemptService = BoxCloneService<Outbound, Attempt, BoxError>;
 #[derive(Debug)]
 pub enum Outbound {
     /// A push subscription's POST.
-    Http(reqwest::Request),
+    Http(Box<reqwest::Request>),
     /// An e-mail subscription's message.
     Mail(Box<crate::email::Mail>),
     /// An attempt that could not be built (the reason); it fails as a connect error.
@@ -323,7 +323,7 @@ pub fn outbound(sub: &Subscription, delivery: &Delivery, attempt: u32) -> Outbou
             Ok(mail) => Outbound::Mail(Box::new(mail)),
             Err(reason) => Outbound::Unbuildable(reason),
         },
-        (None, Some(url)) => Outbound::Http(request(sub, url, delivery, attempt)),
+        (None, Some(url)) => Outbound::Http(Box::new(request(sub, url, delivery, attempt))),
         (None, None) => Outbound::Unbuildable("a pull subscription is not pushed".into()),
     }
 }
@@ -340,7 +340,7 @@ pub fn stack(
         let transport = transport.clone();
         async move {
             match (&transport, req) {
-                (Transport::Http(client), Outbound::Http(req)) => send(client, req).await,
+                (Transport::Http(client), Outbound::Http(req)) => send(client, *req).await,
                 (Transport::Smtp(mailer), Outbound::Mail(mail)) => mailer.send(*mail).await,
                 (_, Outbound::Unbuildable(reason)) => Err(reason.into()),
                 _ => Err("the attempt does not match the subscription's channel".into()),

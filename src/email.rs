@@ -162,9 +162,7 @@ pub struct EmailSettings {
 impl EmailSettings {
     /// `email` of a subscription; `None` (with issues recorded) when invalid.
     pub fn parse(s: &Section<'_>, issues: &mut Issues) -> Option<EmailSettings> {
-        if s.required("email", issues).is_none() {
-            return None;
-        }
+        s.required("email", issues)?;
         let before = issues.0.len();
         let e = s.section("email", EMAIL_KEYS, issues);
         let to = e.required("to", issues).and_then(|v| {
