@@ -292,6 +292,31 @@ mod tests {
     }
 
     #[test]
+    fn smtp_hosts_follow_the_url_rules() {
+        let g = DestinationGuard::new(Vec::new(), listen());
+        assert!(g.check_host("169.254.169.254", 25).is_err());
+        assert!(g.check_host("fe80::1", 587).is_err(), "IPv6 literal");
+        assert!(g.check_host("127.0.0.1", 8787).is_err(), "own listener");
+        assert!(g.check_host("smtp.example.com", 587).is_ok());
+        assert!(g.check_host("10.1.2.3", 25).is_ok());
+        let g = DestinationGuard::new(vec![Allowed::parse("10.0.0.0/8").unwrap()], listen());
+        assert!(g.check_host("192.168.1.1", 25).is_err());
+        let found: Vec<SocketAddr> = vec![
+            "169.254.169.254:25".parse().unwrap(),
+            "192.168.1.1:25".parse().unwrap(),
+            "10.0.0.7:25".parse().unwrap(),
+        ];
+        assert_eq!(
+            g.first_allowed("mail.example.com", found.clone()),
+            Some("10.0.0.7:25".parse().unwrap())
+        );
+        assert_eq!(
+            g.first_allowed("mail.example.com", found[..2].to_vec()),
+            None
+        );
+    }
+
+    #[test]
     fn allow_list_entries_parse() {
         assert_eq!(
             Allowed::parse("*.Example.com"),
