@@ -260,7 +260,7 @@ impl Catalog {
         tracing::info!(
             subscription = sub.name.as_str(),
             id = sub.id.as_str(),
-            url = sub.url.as_ref().map_or("(pull)", |u| u.as_str()),
+            destination = sub.target(),
             "subscription created"
         );
         Ok(sub)
@@ -324,7 +324,7 @@ impl Catalog {
         tracing::info!(
             subscription = sub.name.as_str(),
             id = sub.id.as_str(),
-            url = sub.url.as_ref().map_or("(pull)", |u| u.as_str()),
+            destination = sub.target(),
             "subscription changed"
         );
         Ok(sub)

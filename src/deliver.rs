@@ -1,6 +1,7 @@
 //! One delivery attempt: the request a subscriber receives, and the tower stack it passes
 //! through (rate limit, concurrency caps, classification and metrics, timeout, credentials)
-//! around a shared HTTP client. Retries are not made here: the outcome goes back to the store.
+//! around the channel's transport: a shared HTTP client, or the subscription's SMTP mailer
+//! (`mode: email`). Retries are not made here: the outcome goes back to the store.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,7 +35,27 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 const ERROR_LIMIT: usize = 300;
 
 /// The per-subscription attempt service: a request in, a classified attempt out.
-pub type AttemptService = BoxCloneService<reqwest::Request, Attempt, BoxError>;
+pub type AttemptService = BoxCloneService<Outbound, Attempt, BoxError>;
+
+/// What one attempt sends: an HTTP request, or a mail.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A push subscription's POST.
+    Http(Box<reqwest::Request>),
+    /// An e-mail subscription's message.
+    Mail(Box<crate::email::Mail>),
+    /// An attempt that could not be built (the reason); it fails as a connect error.
+    Unbuildable(String),
+}
+
+/// The innermost service of a stack: where attempts leave the relay.
+#[derive(Clone)]
+pub enum Transport {
+    /// The shared HTTP client.
+    Http(reqwest::Client),
+    /// The subscription's SMTP mailer.
+    Smtp(Arc<crate::email::Mailer>),
+}
 
 /// Why the HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +66,22 @@ pub enum DeliverError {
 }
 
 /// What the receiver answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reply {
-    /// Response status.
-    pub status: StatusCode,
-    /// `Retry-After`, when given in seconds or as a date.
-    pub retry_after: Option<Duration>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// An HTTP response.
+    Http {
+        /// Response status.
+        status: StatusCode,
+        /// `Retry-After`, when given in seconds or as a date.
+        retry_after: Option<Duration>,
+    },
+    /// An SMTP server's final reply to the mail (or its first refusal).
+    Smtp {
+        /// Reply code: 2xx accepted, 4xx try again later, 5xx refused for good.
+        code: u16,
+        /// The server's text.
+        text: String,
+    },
 }
 
 /// One attempt, classified once; metrics, logs and scheduling all follow from it.
@@ -60,7 +91,7 @@ pub enum Attempt {
     Delivered(StatusCode),
     /// Worth retrying later.
     Retryable {
-        /// Metric label: `http_error`, `timeout` or `connect_error`.
+        /// Metric label: `http_error`, `smtp_error`, `timeout` or `connect_error`.
         result: &'static str,
         /// Status, when the receiver answered.
         status: Option<StatusCode>,
@@ -71,9 +102,11 @@ pub enum Attempt {
         /// Short reason, free of secrets.
         error: String,
     },
-    /// Never worth retrying (`410 Gone`).
+    /// Never worth retrying (`410 Gone`, an SMTP 5xx).
     Permanent {
-        /// The status.
+        /// Metric label: `http_error` or `smtp_error`.
+        result: &'static str,
+        /// The status (the SMTP reply code for mail).
         status: StatusCode,
         /// Short reason.
         error: String,
@@ -86,7 +119,7 @@ impl Attempt {
         match self {
             Attempt::Delivered(_) => "success",
             Attempt::Retryable { result, .. } => result,
-            Attempt::Permanent { .. } => "http_error",
+            Attempt::Permanent { result, .. } => result,
         }
     }
 
@@ -106,22 +139,48 @@ pub fn classify(
     timeout: Duration,
 ) -> Attempt {
     match result {
-        Ok(reply) if success.contains(reply.status.as_u16()) => Attempt::Delivered(reply.status),
-        Ok(reply) if reply.status == StatusCode::GONE => Attempt::Permanent {
-            status: reply.status,
+        Ok(Reply::Http { status, .. }) if success.contains(status.as_u16()) => {
+            Attempt::Delivered(status)
+        }
+        Ok(Reply::Http { status, .. }) if status == StatusCode::GONE => Attempt::Permanent {
+            result: "http_error",
+            status,
             error: "HTTP 410 Gone: the receiver asked to stop".to_string(),
         },
-        Ok(reply) => Attempt::Retryable {
+        Ok(Reply::Http {
+            status,
+            retry_after,
+        }) => Attempt::Retryable {
             result: "http_error",
-            status: Some(reply.status),
-            pressure: if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            status: Some(status),
+            pressure: if status == StatusCode::TOO_MANY_REQUESTS {
                 Pressure::Overloaded
             } else {
                 Pressure::Normal
             },
-            retry_after: reply.retry_after,
-            error: format!("HTTP {}", reply.status),
+            retry_after,
+            error: format!("HTTP {status}"),
         },
+        Ok(Reply::Smtp { code, text }) => {
+            // SMTP codes are 2xx..5xx, inside StatusCode's 100..=999.
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+            let error = clip(format!("SMTP {code}: {text}"));
+            match code {
+                200..=299 => Attempt::Delivered(status),
+                500.. => Attempt::Permanent {
+                    result: "smtp_error",
+                    status,
+                    error,
+                },
+                _ => Attempt::Retryable {
+                    result: "smtp_error",
+                    status: Some(status),
+                    pressure: Pressure::Normal,
+                    retry_after: None,
+                    error,
+                },
+            }
+        }
         Err(e) if e.is::<tower::timeout::error::Elapsed>() => Attempt::Retryable {
             result: "timeout",
             status: None,
@@ -135,7 +194,9 @@ pub fn classify(
         Err(e) => {
             let timed_out = e
                 .downcast_ref::<reqwest::Error>()
-                .is_some_and(reqwest::Error::is_timeout);
+                .is_some_and(reqwest::Error::is_timeout)
+                || e.downcast_ref::<lettre::transport::smtp::Error>()
+                    .is_some_and(lettre::transport::smtp::Error::is_timeout);
             Attempt::Retryable {
                 result: if timed_out {
                     "timeout"
@@ -180,6 +241,11 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         source = s.source();
     }
+    clip(text)
+}
+
+/// `text` cut to the longest `last_error` kept.
+fn clip(mut text: String) -> String {
     if text.len() > ERROR_LIMIT {
         let mut cut = ERROR_LIMIT;
         while !text.is_char_boundary(cut) {
@@ -250,17 +316,36 @@ pub fn request(
     req
 }
 
+/// What attempt number `attempt` (1-based) of a delivery sends, by the subscription's channel.
+pub fn outbound(sub: &Subscription, delivery: &Delivery, attempt: u32) -> Outbound {
+    match (&sub.email, &sub.url) {
+        (Some(email), _) => match crate::email::message(email, delivery, attempt) {
+            Ok(mail) => Outbound::Mail(Box::new(mail)),
+            Err(reason) => Outbound::Unbuildable(reason),
+        },
+        (None, Some(url)) => Outbound::Http(Box::new(request(sub, url, delivery, attempt))),
+        (None, None) => Outbound::Unbuildable("a pull subscription is not pushed".into()),
+    }
+}
+
 /// Builds a subscription's attempt stack. Layers listed first see the request first.
 pub fn stack(
     sub: &Subscription,
-    client: reqwest::Client,
+    transport: Transport,
     global: Arc<Semaphore>,
     metrics: &Metrics,
 ) -> AttemptService {
     let name = sub.metric_label();
-    let send = tower::service_fn(move |req: reqwest::Request| {
-        let client = client.clone();
-        async move { send(&client, req).await }
+    let send = tower::service_fn(move |req: Outbound| {
+        let transport = transport.clone();
+        async move {
+            match (&transport, req) {
+                (Transport::Http(client), Outbound::Http(req)) => send(client, *req).await,
+                (Transport::Smtp(mailer), Outbound::Mail(mail)) => mailer.send(*mail).await,
+                (_, Outbound::Unbuildable(reason)) => Err(reason.into()),
+                _ => Err("the attempt does not match the subscription's channel".into()),
+            }
+        }
     });
     let service = ServiceBuilder::new()
         // Rate limit first, so waiting for a token holds no concurrency slot.
@@ -303,7 +388,7 @@ async fn send(client: &reqwest::Client, req: reqwest::Request) -> Result<Reply, 
             _ => break,
         }
     }
-    Ok(Reply {
+    Ok(Reply::Http {
         status,
         retry_after,
     })
@@ -366,7 +451,7 @@ pub struct SetAuth<S> {
     value: HeaderValue,
 }
 
-impl<S: Service<reqwest::Request>> Service<reqwest::Request> for SetAuth<S> {
+impl<S: Service<Outbound>> Service<Outbound> for SetAuth<S> {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
@@ -375,8 +460,10 @@ impl<S: Service<reqwest::Request>> Service<reqwest::Request> for SetAuth<S> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: reqwest::Request) -> Self::Future {
-        if !self.value.is_empty() {
+    fn call(&mut self, mut req: Outbound) -> Self::Future {
+        if let Outbound::Http(req) = &mut req
+            && !self.value.is_empty()
+        {
             req.headers_mut().insert(AUTHORIZATION, self.value.clone());
         }
         self.inner.call(req)
@@ -391,7 +478,7 @@ struct ClassifyLayer(Arc<ClassifyConfig>);
 struct ClassifyConfig {
     success: SuccessCodes,
     timeout: Duration,
-    attempts: [IntCounter; 4],
+    attempts: [IntCounter; ATTEMPT_RESULTS.len()],
     duration: Histogram,
 }
 
@@ -413,9 +500,9 @@ pub struct Classify<S> {
     config: Arc<ClassifyConfig>,
 }
 
-impl<S> Service<reqwest::Request> for Classify<S>
+impl<S> Service<Outbound> for Classify<S>
 where
-    S: Service<reqwest::Request, Response = Reply>,
+    S: Service<Outbound, Response = Reply>,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
@@ -427,7 +514,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: reqwest::Request) -> Self::Future {
+    fn call(&mut self, req: Outbound) -> Self::Future {
         let started = Instant::now();
         let future = self.inner.call(req);
         let config = self.config.clone();
@@ -438,7 +525,7 @@ where
             let i = ATTEMPT_RESULTS
                 .iter()
                 .position(|l| *l == attempt.result_label())
-                .unwrap_or(3);
+                .unwrap_or(ATTEMPT_RESULTS.len() - 1);
             config.attempts[i].inc();
             Ok(attempt)
         })
@@ -553,10 +640,38 @@ mod tests {
     use tower::ServiceExt;
 
     fn reply(code: u16) -> Result<Reply, BoxError> {
-        Ok(Reply {
+        Ok(Reply::Http {
             status: StatusCode::from_u16(code).unwrap(),
             retry_after: None,
         })
+    }
+
+    fn smtp(code: u16) -> Result<Reply, BoxError> {
+        Ok(Reply::Smtp {
+            code,
+            text: "text".into(),
+        })
+    }
+
+    #[test]
+    fn smtp_classification() {
+        let ok = SuccessCodes::default_2xx();
+        let t = Duration::from_secs(1);
+        assert_eq!(
+            classify(smtp(250), &ok, t),
+            Attempt::Delivered(StatusCode::from_u16(250).unwrap())
+        );
+        let retry = classify(smtp(451), &ok, t);
+        assert!(
+            matches!(&retry, Attempt::Retryable { status: Some(s), error, .. }
+                if s.as_u16() == 451 && error == "SMTP 451: text"),
+            "{retry:?}"
+        );
+        assert_eq!(retry.result_label(), "smtp_error");
+        let refused = classify(smtp(550), &ok, t);
+        assert!(matches!(refused, Attempt::Permanent { .. }), "{refused:?}");
+        assert_eq!(refused.result_label(), "smtp_error");
+        assert_eq!(refused.status(), Some(550));
     }
 
     #[test]

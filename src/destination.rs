@@ -104,6 +104,40 @@ impl DestinationGuard {
         }
     }
 
+    /// Why an SMTP server at `host:port` may not be registered: the same rules as a URL's.
+    pub fn check_host(&self, host: &str, port: u16) -> Result<(), String> {
+        let bracketed = if host.parse::<std::net::Ipv6Addr>().is_ok() {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let url = Url::parse(&format!("http://{bracketed}:{port}/"))
+            .map_err(|e| format!("{host:?} is not a host name or address: {e}"))?;
+        self.check_url(&url)
+    }
+
+    /// The first of `host`'s resolved addresses the guard allows.
+    pub fn first_allowed(
+        &self,
+        host: &str,
+        found: impl IntoIterator<Item = SocketAddr>,
+    ) -> Option<SocketAddr> {
+        self.permitted(host, found).into_iter().next()
+    }
+
+    /// The addresses `host` resolved to that may be reached.
+    fn permitted(
+        &self,
+        host: &str,
+        found: impl IntoIterator<Item = SocketAddr>,
+    ) -> Vec<SocketAddr> {
+        let named = self.host_allowed(host);
+        found
+            .into_iter()
+            .filter(|a| self.check_ip(a.ip(), named).is_ok())
+            .collect()
+    }
+
     /// True when `host` is named by the allow-list.
     fn host_allowed(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -153,11 +187,8 @@ impl Resolve for GuardedResolver {
         let guard = self.0.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let named = guard.host_allowed(&host);
             let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
-            let permitted: Vec<SocketAddr> = found
-                .filter(|a| guard.check_ip(a.ip(), named).is_ok())
-                .collect();
+            let permitted = guard.permitted(&host, found);
             if permitted.is_empty() {
                 let refused: Box<dyn std::error::Error + Send + Sync> = format!(
                     "destination refused: {host} resolves only to addresses api.allowed_destinations does not allow"
@@ -258,6 +289,31 @@ mod tests {
         let hosts_only =
             DestinationGuard::new(vec![Allowed::parse("a.example").unwrap()], listen());
         assert!(check(&hosts_only, "https://b.example/").is_err());
+    }
+
+    #[test]
+    fn smtp_hosts_follow_the_url_rules() {
+        let g = DestinationGuard::new(Vec::new(), listen());
+        assert!(g.check_host("169.254.169.254", 25).is_err());
+        assert!(g.check_host("fe80::1", 587).is_err(), "IPv6 literal");
+        assert!(g.check_host("127.0.0.1", 8787).is_err(), "own listener");
+        assert!(g.check_host("smtp.example.com", 587).is_ok());
+        assert!(g.check_host("10.1.2.3", 25).is_ok());
+        let g = DestinationGuard::new(vec![Allowed::parse("10.0.0.0/8").unwrap()], listen());
+        assert!(g.check_host("192.168.1.1", 25).is_err());
+        let found: Vec<SocketAddr> = vec![
+            "169.254.169.254:25".parse().unwrap(),
+            "192.168.1.1:25".parse().unwrap(),
+            "10.0.0.7:25".parse().unwrap(),
+        ];
+        assert_eq!(
+            g.first_allowed("mail.example.com", found.clone()),
+            Some("10.0.0.7:25".parse().unwrap())
+        );
+        assert_eq!(
+            g.first_allowed("mail.example.com", found[..2].to_vec()),
+            None
+        );
     }
 
     #[test]

@@ -15,8 +15,9 @@ use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
 use crate::config::Delivery as DeliveryConfig;
-use crate::deliver::{self, Attempt, AttemptService, DeliverError};
+use crate::deliver::{self, Attempt, AttemptService, DeliverError, Transport};
 use crate::destination::DestinationGuard;
+use crate::email::Mailer;
 use crate::event::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{Completion, Delivery, Store};
@@ -49,6 +50,8 @@ struct Shared {
     client: reqwest::Client,
     /// Client of API subscriptions: resolves names through the destination guard.
     guarded_client: reqwest::Client,
+    /// Checks the SMTP servers of API e-mail subscriptions at each connection.
+    guard: Arc<DestinationGuard>,
     global: Arc<Semaphore>,
     shutdown: CancellationToken,
     attempts: TaskTracker,
@@ -93,7 +96,8 @@ impl Dispatcher {
                 store,
                 metrics: metrics.clone(),
                 client: deliver::client(config, None)?,
-                guarded_client: deliver::client(config, Some(guard))?,
+                guarded_client: deliver::client(config, Some(guard.clone()))?,
+                guard,
                 global: Arc::new(Semaphore::new(config.max_in_flight_total)),
                 shutdown,
                 attempts,
@@ -117,7 +121,7 @@ impl Dispatcher {
         let stop = shared.shutdown.child_token();
         let label = sub.metric_label();
         let matched = shared.metrics.events_matched.with_label_values(&[label]);
-        let Some(url) = sub.url.clone() else {
+        if sub.pull.is_some() {
             // Pulled, not pushed: no pump; the handle only counts matches and wakes pollers.
             pumps.insert(
                 Arc::from(sub.name.as_str()),
@@ -135,7 +139,7 @@ impl Dispatcher {
                 old.stop.cancel();
             }
             return;
-        };
+        }
         // Bounded: when full, new deliveries stay pending in the store for the feeder.
         let (queue, claimed) = mpsc::channel((sub.max_in_flight * 4).max(256));
         pumps.insert(
@@ -161,11 +165,15 @@ impl Dispatcher {
             shutdown: stop.clone(),
         };
         tokio::spawn(feeder.run());
-        let client = match sub.source {
-            Source::Config => &shared.client,
-            Source::Api => &shared.guarded_client,
+        let transport = match (&sub.email, sub.source) {
+            (Some(email), source) => {
+                let guard = (source == Source::Api).then(|| shared.guard.clone());
+                Transport::Smtp(Arc::new(Mailer::new(email, guard, sub.timeout)))
+            }
+            (None, Source::Config) => Transport::Http(shared.client.clone()),
+            (None, Source::Api) => Transport::Http(shared.guarded_client.clone()),
         };
-        let service = deliver::stack(&sub, client.clone(), shared.global.clone(), &shared.metrics);
+        let service = deliver::stack(&sub, transport, shared.global.clone(), &shared.metrics);
         let pump = Pump {
             store: shared.store.clone(),
             outcomes: Arc::new(OutcomeCounters {
@@ -179,7 +187,6 @@ impl Dispatcher {
                     .with_label_values(&[label, "failed"]),
             }),
             sub,
-            url,
             wake,
             shutdown: stop,
             relay_stopping: shared.shutdown.clone(),
@@ -351,8 +358,6 @@ impl Feeder {
 /// Sends the claimed deliveries of one subscription.
 struct Pump {
     sub: Arc<Subscription>,
-    /// `sub.url`, which a pushed subscription always has.
-    url: reqwest::Url,
     store: Arc<dyn Store>,
     outcomes: Arc<OutcomeCounters>,
     wake: Arc<Notify>,
@@ -387,7 +392,7 @@ impl Pump {
                 self.unclaim(vec![delivery.id]).await;
                 break;
             };
-            let req = deliver::request(&self.sub, &self.url, &delivery, delivery.attempts + 1);
+            let req = deliver::outbound(&self.sub, &delivery, delivery.attempts + 1);
             let outcome = self.outcome_task(delivery);
             match ready {
                 Ok(()) => {
@@ -531,7 +536,7 @@ pub fn decide(
         Attempt::Delivered(status) => Completion::Delivered {
             status: status.as_u16(),
         },
-        Attempt::Permanent { status, error } => Completion::Failed {
+        Attempt::Permanent { status, error, .. } => Completion::Failed {
             status: Some(status.as_u16()),
             error: error.clone(),
         },
@@ -618,6 +623,7 @@ mod tests {
     #[test]
     fn gone_fails_at_once() {
         let gone = Attempt::Permanent {
+            result: "http_error",
             status: StatusCode::GONE,
             error: "gone".into(),
         };

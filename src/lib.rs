@@ -22,6 +22,7 @@ pub mod config;
 pub mod deliver;
 pub mod destination;
 pub mod dispatch;
+pub mod email;
 pub mod event;
 pub mod filter;
 pub mod http_error;

@@ -238,23 +238,39 @@ fn summary(sub: &Subscription) -> String {
     } else {
         " filtered"
     };
-    let Some(url) = &sub.url else {
-        let pull = sub.pull.as_ref().map_or(String::new(), |p| {
+    let target = match (&sub.email, &sub.url) {
+        (Some(email), _) => {
+            let more = match email.to.len() {
+                1 => String::new(),
+                n => format!(" (+{})", n - 1),
+            };
             format!(
-                " ack={:?} visibility_timeout={} ttl={}",
-                p.ack,
-                fmt_duration(p.visibility_timeout),
-                fmt_duration(p.ttl)
+                "email to {}{more} via {}:{} {}",
+                email.to[0].email,
+                email.smtp.host,
+                email.smtp.port,
+                email.smtp.tls.as_str()
             )
-            .to_lowercase()
-        });
-        return format!("{}: {} <- pulled{pull}{filter}", sub.name, events.join(","));
+        }
+        (None, Some(url)) => url.to_string(),
+        (None, None) => {
+            let pull = sub.pull.as_ref().map_or(String::new(), |p| {
+                format!(
+                    " ack={:?} visibility_timeout={} ttl={}",
+                    p.ack,
+                    fmt_duration(p.visibility_timeout),
+                    fmt_duration(p.ttl)
+                )
+                .to_lowercase()
+            });
+            return format!("{}: {} <- pulled{pull}{filter}", sub.name, events.join(","));
+        }
     };
     format!(
         "{}: {} -> {} retries={} timeout={} max_in_flight={}{encoding}{rate}{auth}{signed}{ordered}{filter}",
         sub.name,
         events.join(","),
-        url,
+        target,
         sub.retries,
         fmt_duration(sub.timeout),
         sub.max_in_flight,

@@ -9,7 +9,14 @@ use prometheus::{
 use crate::store::QueueStats;
 
 /// Results of one attempt (`hookrelay_delivery_attempts_total{result}`).
-pub const ATTEMPT_RESULTS: [&str; 4] = ["success", "http_error", "timeout", "connect_error"];
+/// `connect_error` stays last: it is the label of errors nothing else claims.
+pub const ATTEMPT_RESULTS: [&str; 5] = [
+    "success",
+    "http_error",
+    "smtp_error",
+    "timeout",
+    "connect_error",
+];
 /// Final outcomes of a delivery (`hookrelay_deliveries_total{outcome}`).
 pub const DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "failed", "expired", "cancelled"];
 /// Outcomes of an ingest request (`hookrelay_events_received_total{outcome}`).

@@ -311,20 +311,19 @@ async fn load_api_subscriptions(
         let changed = (stored.created_at_ms, stored.updated_at_ms);
         let sub = Subscription::from_api(doc, &stored.id, changed, &mut issues);
         match sub {
-            Some(sub) if issues.is_empty() => {
-                match sub.url.as_ref().map_or(Ok(()), |u| guard.check_url(u)) {
-                    Ok(()) => out.push(Arc::new(sub)),
-                    Err(reason) => {
-                        tracing::error!(
-                            subscription = stored.name.as_str(),
-                            id = stored.id.as_str(),
-                            reason,
-                            "API subscription left out: its url is no longer allowed"
-                        );
-                        left_out.push((stored.id, stored.name));
-                    }
+            Some(sub) if issues.is_empty() => match sub.check_destination(guard) {
+                Ok(()) => out.push(Arc::new(sub)),
+                Err((field, reason)) => {
+                    tracing::error!(
+                        subscription = stored.name.as_str(),
+                        id = stored.id.as_str(),
+                        field,
+                        reason,
+                        "API subscription left out: its destination is no longer allowed"
+                    );
+                    left_out.push((stored.id, stored.name));
                 }
-            }
+            },
             _ => {
                 tracing::error!(
                     subscription = stored.name.as_str(),

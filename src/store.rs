@@ -108,6 +108,18 @@ pub struct Delivery {
     pub received_at_ms: i64,
 }
 
+/// Content type of an envelope event's data (JSON).
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+
+impl Delivery {
+    /// The media type of `data` as received: a raw event's own, JSON for an envelope event.
+    pub fn content_type(&self) -> &str {
+        self.raw
+            .as_ref()
+            .map_or(JSON_CONTENT_TYPE, |raw| raw.content_type.as_str())
+    }
+}
+
 /// What happened to a claimed delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {

@@ -16,6 +16,8 @@ use crate::backoff::{Backoff, Curve};
 use crate::config::reader::{
     Issues, Section, as_duration, as_float, as_integer, as_list, as_string, describe, index, kind,
 };
+use crate::destination::DestinationGuard;
+use crate::email::EmailSettings;
 use crate::filter::{FieldPath, Filter, Subject};
 use crate::signing::SigningKey;
 
@@ -25,6 +27,7 @@ const KEYS: &[&str] = &[
     "mode",
     "pull",
     "url",
+    "email",
     "events",
     "filter",
     "retries",
@@ -54,6 +57,16 @@ const PUSH_KEYS: &[&str] = &[
     "headers",
     "signing",
     "ordering",
+];
+
+/// Push keys that make no sense for e-mail (HTTP only).
+const HTTP_KEYS: &[&str] = &[
+    "url",
+    "success_code",
+    "auth",
+    "headers",
+    "signing",
+    "encoding",
 ];
 
 /// Extra keys of a subscription registered through the API.
@@ -107,8 +120,10 @@ pub struct Subscription {
     pub changed: Option<(i64, i64)>,
     /// The document as declared, secrets included; shown only through [`Subscription::view`].
     pub spec: Spec,
-    /// Where deliveries are POSTed; `None` for a pull subscription.
+    /// Where deliveries are POSTed; `None` for pull and e-mail subscriptions.
     pub url: Option<Url>,
+    /// Where deliveries are mailed; `Some` for an e-mail subscription (`mode: email`).
+    pub email: Option<Arc<EmailSettings>>,
     /// Pull settings; `Some` for a pull subscription (polled, never pushed).
     pub pull: Option<PullSettings>,
     /// Event types it selects.
@@ -269,6 +284,13 @@ impl Spec {
         if let Some(pull) = doc.get_mut("pull").and_then(Json::as_object_mut) {
             pull.remove("token");
         }
+        if let Some(smtp) = doc
+            .get_mut("email")
+            .and_then(|e| e.get_mut("smtp"))
+            .and_then(Json::as_object_mut)
+        {
+            smtp.remove("password");
+        }
         if let Some(secrets) = doc
             .get_mut("signing")
             .and_then(|s| s.get_mut("secrets"))
@@ -336,6 +358,20 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json, refill_pull_token: bool) {
                 *secret = kept.clone();
             }
         }
+    }
+    // An SMTP password left out (as the API shows it) keeps the stored one while the
+    // username stays the same.
+    let stored_smtp = stored.get("email").and_then(|e| e.get("smtp"));
+    if let Some(smtp) = doc
+        .get_mut("email")
+        .and_then(|e| e.get_mut("smtp"))
+        .and_then(Json::as_object_mut)
+        && !smtp.contains_key("password")
+        && smtp.get("username").is_some()
+        && smtp.get("username") == stored_smtp.and_then(|s| s.get("username"))
+        && let Some(password) = stored_smtp.and_then(|s| s.get("password"))
+    {
+        smtp.insert("password".into(), password.clone());
     }
     let stored_token = stored.get("pull").and_then(|p| p.get("token"));
     // A pull subscription sent back without its `pull` object keeps its token too.
@@ -594,6 +630,29 @@ impl Subscription {
         }
     }
 
+    /// Where deliveries go, for logs: the URL, `(pull)`, or the SMTP server of e-mail
+    /// (recipients are left out).
+    pub fn target(&self) -> String {
+        match (&self.url, &self.email) {
+            (Some(url), _) => url.to_string(),
+            (None, Some(email)) => format!("email via {}:{}", email.smtp.host, email.smtp.port),
+            (None, None) => "(pull)".to_string(),
+        }
+    }
+
+    /// Why the guard refuses this subscription's destination: the field and the reason.
+    pub fn check_destination(&self, guard: &DestinationGuard) -> Result<(), (String, String)> {
+        if let Some(url) = &self.url {
+            guard.check_url(url).map_err(|r| ("url".to_string(), r))?;
+        }
+        if let Some(email) = &self.email {
+            guard
+                .check_host(&email.smtp.host, email.smtp.port)
+                .map_err(|r| ("email.smtp.host".to_string(), r))?;
+        }
+        Ok(())
+    }
+
     /// The API's view: the document as declared without secrets, plus id, name and source.
     pub fn view(&self) -> Json {
         let mut doc = match self.spec.redacted() {
@@ -654,31 +713,51 @@ impl Subscription {
             Origin::Api { .. } => s.boolean("metrics", false, issues),
         };
 
-        let pull_mode = match s.string("mode", issues).as_deref() {
-            None | Some("push") => false,
-            Some("pull") => true,
+        let mode = match s.string("mode", issues).as_deref() {
+            None | Some("push") => "push",
+            Some("pull") => "pull",
+            Some("email") => "email",
             Some(other) => {
-                issues.push(&s.at("mode"), format!("{other:?} is not push or pull"));
-                false
+                issues.push(
+                    &s.at("mode"),
+                    format!("{other:?} is not push, pull or email"),
+                );
+                "push"
             }
         };
-        let (url, pull) = if pull_mode {
-            for key in PUSH_KEYS.iter().filter(|k| s.has(k)) {
-                issues.push(
-                    &s.at(key),
-                    "applies to push subscriptions only (this one has mode: pull)",
-                );
+        if mode != "pull" && s.has("pull") {
+            issues.push(&s.at("pull"), "applies to mode: pull only");
+        }
+        if mode != "email" && s.has("email") {
+            issues.push(&s.at("email"), "applies to mode: email only");
+        }
+        let (url, pull, email) = match mode {
+            "pull" => {
+                for key in PUSH_KEYS.iter().filter(|k| s.has(k)) {
+                    issues.push(
+                        &s.at(key),
+                        "applies to push subscriptions only (this one has mode: pull)",
+                    );
+                }
+                (None, parse_pull(&s, issues), None)
             }
-            (None, parse_pull(&s, issues))
-        } else {
-            if s.has("pull") {
-                issues.push(&s.at("pull"), "applies to mode: pull only");
+            "email" => {
+                for key in HTTP_KEYS.iter().filter(|k| s.has(k)) {
+                    issues.push(
+                        &s.at(key),
+                        "applies to HTTP push subscriptions only (this one has mode: email)",
+                    );
+                }
+                let email = EmailSettings::parse(&s, issues).map(Arc::new);
+                (None, None, email)
             }
-            let url = s
-                .required("url", issues)
-                .and_then(|v| as_string(v, &s.at("url"), issues))
-                .and_then(|u| parse_url(&u, &s.at("url"), issues));
-            (url, None)
+            _ => {
+                let url = s
+                    .required("url", issues)
+                    .and_then(|v| as_string(v, &s.at("url"), issues))
+                    .and_then(|u| parse_url(&u, &s.at("url"), issues));
+                (url, None, None)
+            }
         };
 
         let events = s.required("events", issues).and_then(|v| {
@@ -745,6 +824,7 @@ impl Subscription {
             changed,
             spec: Spec(spec),
             url,
+            email,
             pull,
             events: events?,
             filter: filter?,
@@ -1490,6 +1570,125 @@ mod tests {
     }
 
     #[test]
+    fn email_subscriptions() {
+        let s = parse(
+            "{name: m, mode: email, events: [x], retries: 2,
+              email: {to: [ops@example.com, 'On Call <oncall@example.com>'], from: relay@example.com,
+                      smtp: {host: smtp.example.com}}}",
+        )
+        .unwrap();
+        assert!(s.url.is_none() && s.pull.is_none());
+        let email = s.email.as_ref().unwrap();
+        assert_eq!(email.to.len(), 2);
+        assert_eq!(email.to[1].email.to_string(), "oncall@example.com");
+        assert_eq!(email.from.email.to_string(), "relay@example.com");
+        assert_eq!(email.subject.render("t", "i"), "t i");
+        assert_eq!(
+            (email.smtp.port, email.smtp.tls),
+            (587, crate::email::TlsMode::Starttls)
+        );
+        assert!(email.smtp.credentials.is_none());
+        assert_eq!(s.retries, 2);
+        for (tls, port) in [("none", 25), ("starttls", 587), ("tls", 465)] {
+            let s = parse(&format!(
+                "{{name: m, mode: email, events: [x], email: {{to: a@b.c, from: r@b.c,
+                   smtp: {{host: h, tls: {tls}}}}}}}"
+            ))
+            .unwrap();
+            assert_eq!(s.email.unwrap().smtp.port, port, "{tls}");
+        }
+        let s = parse(
+            "{name: m, mode: email, events: [x], email: {to: [a@b.c], from: r@b.c,
+              subject_template: '[{type}] {id}',
+              smtp: {host: h, port: 2525, tls: none, username: u, password: secret-pw}}}",
+        )
+        .unwrap();
+        let email = s.email.as_ref().unwrap();
+        assert_eq!(email.subject.render("a.b", "e1"), "[a.b] e1");
+        assert_eq!(email.smtp.port, 2525);
+        assert_eq!(email.smtp.credentials.as_ref().unwrap().0, "u");
+        assert!(!format!("{s:?}").contains("secret-pw"), "{s:?}");
+        let view = s.view().to_string();
+        assert!(
+            !view.contains("secret-pw") && view.contains("\"username\":\"u\""),
+            "{view}"
+        );
+
+        let errors = parse(
+            "{name: m, mode: email, url: 'http://h/', success_code: 200, headers: {x-a: b},
+              auth: {bearer: t}, signing: {secrets: []}, pull: {}, events: [x],
+              email: {to: ['not an address', ok@b.c], from: '', subject_template: '{type} {name}',
+                      bcc: x, smtp: {host: 'bad host', port: 0, tls: ssl, username: u}}}",
+        )
+        .unwrap_err();
+        let expected = [
+            "subscriptions[0].url: applies to HTTP push subscriptions only",
+            "subscriptions[0].success_code: applies to HTTP push subscriptions only",
+            "subscriptions[0].headers: applies to HTTP push subscriptions only",
+            "subscriptions[0].auth: applies to HTTP push subscriptions only",
+            "subscriptions[0].signing: applies to HTTP push subscriptions only",
+            "subscriptions[0].pull: applies to mode: pull only",
+            "subscriptions[0].email.bcc: unknown field",
+            "subscriptions[0].email.to[0]: \"not an address\" is not an e-mail address",
+            "subscriptions[0].email.from: \"\" is not an e-mail address",
+            "subscriptions[0].email.subject_template: unknown placeholder {name}",
+            "subscriptions[0].email.smtp.host: \"bad host\" is not a host name",
+            "subscriptions[0].email.smtp.port: 0 is out of range",
+            "subscriptions[0].email.smtp.tls: \"ssl\" is not none, starttls or tls",
+            "subscriptions[0].email.smtp.password: missing",
+            "subscriptions[0].signing.secrets: needs 1 to 10 secrets",
+        ];
+        for e in expected {
+            assert!(
+                errors.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+
+        let many: Vec<String> = (0..51).map(|i| format!("r{i}@b.c")).collect();
+        let errors = parse(&format!(
+            "{{name: m, mode: email, events: [x], email: {{to: [{}], from: r@b.c, smtp: {{host: h}}}}}}",
+            many.join(",")
+        ))
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            ["subscriptions[0].email.to: must list 1..=50 recipients, found 51"]
+        );
+        let errors = parse("{name: m, mode: email, events: [x]}").unwrap_err();
+        assert_eq!(errors, ["subscriptions[0].email: missing"]);
+        let errors =
+            parse("{name: m, mode: email, events: [x], email: {to: [], from: r@b.c}}").unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "subscriptions[0].email.to: must list 1..=50 recipients, found 0",
+                "subscriptions[0].email.smtp: missing"
+            ]
+        );
+        let errors =
+            parse("{name: m, url: 'http://h/', events: [x], email: {to: [a@b.c]}}").unwrap_err();
+        assert_eq!(
+            errors,
+            ["subscriptions[0].email: applies to mode: email only"]
+        );
+    }
+
+    #[test]
+    fn smtp_password_is_kept_while_the_username_stays() {
+        let stored = serde_json::json!({"mode": "email", "email": {"smtp": {"host": "h", "username": "u", "password": "pw"}}});
+        let mut doc = Spec(stored.clone()).redacted();
+        assert!(doc["email"]["smtp"].get("password").is_none());
+        keep_secrets(&mut doc, &stored, true);
+        assert_eq!(doc, stored);
+        let mut other =
+            serde_json::json!({"mode": "email", "email": {"smtp": {"host": "h", "username": "v"}}});
+        keep_secrets(&mut other, &stored, true);
+        assert!(other["email"]["smtp"].get("password").is_none());
+    }
+
+    #[test]
     fn pull_subscriptions() {
         let s = parse("{name: p, mode: pull, events: [x]}").unwrap();
         let pull = s.pull.unwrap();
@@ -1535,7 +1734,7 @@ mod tests {
         assert_eq!(
             errors,
             [
-                "subscriptions[0].mode: \"poll\" is not push or pull",
+                "subscriptions[0].mode: \"poll\" is not push, pull or email",
                 "subscriptions[0].pull: applies to mode: pull only"
             ]
         );

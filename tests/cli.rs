@@ -34,6 +34,30 @@ fn check_accepts_the_example_config() {
 }
 
 #[test]
+fn check_prints_email_subscriptions_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "subscriptions:\n  - {name: m, mode: email, events: [x], retries: 2, email: {to: [a@b.example, c@d.example], from: r@b.example, smtp: {host: smtp.b.example, username: u, password: '${HR_TEST_PW}'}}}\n",
+    );
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("HR_TEST_PW", "pa55word")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with(
+            "m: x -> email to a@b.example (+1) via smtp.b.example:587 starttls retries=2 "
+        )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pa55word"), "{stdout}");
+}
+
+#[test]
 fn check_prints_one_line_per_subscription_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(

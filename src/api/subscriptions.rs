@@ -59,10 +59,9 @@ fn validate(
     let mut issues = Issues::default();
     let sub = Subscription::from_api(Json::Object(doc), id, changed, &mut issues);
     if let Some(sub) = &sub
-        && let Some(url) = &sub.url
-        && let Err(reason) = state.guard.check_url(url)
+        && let Err((field, reason)) = sub.check_destination(&state.guard)
     {
-        issues.push("url", reason);
+        issues.push(&field, reason);
     }
     match sub {
         Some(sub) if issues.is_empty() => Ok(sub),

@@ -31,7 +31,9 @@ pub enum Source {
 /// them in a FIFO queue that a consumer takes from `/v1/subscriptions/{id}/notifications`,
 /// and has none of the push-only fields (`url`, `retries`, `timeout`, `success_code`,
 /// `backoff`, `rate_limit`, `max_in_flight`, `auth`, `headers`, `encoding`, `signing`,
-/// `ordering`).
+/// `ordering`); `email` mails each to `email.to` with the push rules for retries and
+/// ordering, but none of the HTTP-only fields (`url`, `success_code`, `auth`, `headers`,
+/// `signing`, `encoding`).
 #[derive(ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -39,6 +41,85 @@ pub enum Mode {
     Push,
     /// Queued for a consumer.
     Pull,
+    /// Mailed through `email.smtp`.
+    Email,
+}
+
+/// How the SMTP connection is secured: `starttls` (default; STARTTLS required), `tls`
+/// (SMTPS) or `none` (plain text). Certificates are always verified.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain text.
+    None,
+    /// Upgraded with STARTTLS.
+    Starttls,
+    /// TLS from the first byte.
+    Tls,
+}
+
+/// An e-mail subscription's settings (`mode: email` only), as responses show them: never the
+/// SMTP password.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    /// Recipients, 1 to 50 (`a@example.com` or `Name <a@example.com>`).
+    to: Vec<String>,
+    /// Sender address.
+    from: String,
+    /// Subject with `{type}` and `{id}` placeholders; default `{type} {id}`.
+    subject_template: Option<String>,
+    smtp: Smtp,
+}
+
+/// The SMTP server, as responses show it: no password.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Smtp {
+    /// Host name or address.
+    host: String,
+    /// Port; default by `tls`: 25, 587 or 465.
+    port: Option<u16>,
+    tls: Option<SmtpTls>,
+    /// SMTP AUTH user name.
+    username: Option<String>,
+}
+
+/// An e-mail subscription's settings (`mode: email` only). Each delivery becomes one mail
+/// whose body is the event's data exactly as received, with its content type.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"to": ["ops@example.com"], "from": "Hookrelay <relay@example.com>",
+    "subject_template": "[{type}] {id}",
+    "smtp": {"host": "smtp.example.com", "tls": "starttls", "username": "relay", "password": "s3cret"}}))]
+pub struct EmailSettingsInput {
+    /// Recipients, 1 to 50 (`a@example.com` or `Name <a@example.com>`).
+    #[schema(min_items = 1, max_items = 50)]
+    to: Vec<String>,
+    /// Sender address (`From` and the envelope sender).
+    from: String,
+    /// Subject with `{type}` and `{id}` placeholders only, one line; default `{type} {id}`.
+    subject_template: Option<String>,
+    smtp: SmtpInput,
+}
+
+/// The SMTP server. Its host is checked by the destination guard
+/// (`api.allowed_destinations`) when registered and at each connection.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpInput {
+    /// Host name or address.
+    host: String,
+    /// Port, 1..=65535; default by `tls`: 25 (`none`), 587 (`starttls`), 465 (`tls`).
+    #[schema(minimum = 1, maximum = 65535)]
+    port: Option<u16>,
+    tls: Option<SmtpTls>,
+    /// SMTP AUTH user name; with `password`.
+    username: Option<String>,
+    /// SMTP AUTH password; with `username`. A secret: never shown. On PUT, leaving it out
+    /// (same `username`) keeps the stored one.
+    #[schema(write_only)]
+    password: Option<String>,
 }
 
 /// `explicit` (default): a notification stays queued until acknowledged (at least once).
@@ -317,6 +398,7 @@ pub struct Subscription {
     #[schema(format = "uri")]
     url: Option<String>,
     pull: Option<PullSettings>,
+    email: Option<EmailSettings>,
     /// Event types it selects: exact types, prefix globs (`invoice.*`) or `*`.
     #[schema(example = json!(["invoice.paid", "customer.*"]))]
     events: Vec<String>,
@@ -366,6 +448,7 @@ pub struct SubscriptionInput {
     #[schema(format = "uri", example = "https://billing.internal/hooks")]
     url: Option<String>,
     pull: Option<PullSettingsInput>,
+    email: Option<EmailSettingsInput>,
     /// Event types to select: exact types, prefix globs (`invoice.*`) or `*`; at least one.
     #[schema(min_items = 1, example = json!(["invoice.paid", "customer.*"]))]
     events: Vec<String>,
