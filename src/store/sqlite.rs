@@ -1369,7 +1369,15 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
             "UPDATE deliveries SET state = ?2, attempts = attempts + 1, last_status = ?3,
              last_error = ?4, next_attempt_at = coalesce(?5, next_attempt_at),
              delivered_at = ?6, finished_at = ?7
-             WHERE id = ?1 AND state = 1 RETURNING subscription, ordering_key",
+             WHERE id = ?1 AND state = 1",
+        )
+        .map_err(sql_error)?;
+    // A rowid lookup after final outcomes only: RETURNING on every update costs a statement
+    // journal per row.
+    let mut keyed = conn
+        .prepare_cached(
+            "SELECT subscription, ordering_key FROM deliveries
+             WHERE id = ?1 AND ordering_key IS NOT NULL",
         )
         .map_err(sql_error)?;
     for (id, completion, _) in batch {
@@ -1393,18 +1401,20 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
                 (FAILED, status.as_ref(), Some(error), None, None, Some(now))
             }
         };
-        let ordered = update
-            .query_row(
-                params![id, state, status, error, next, delivered, finished],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
-            )
-            .optional()
+        let changed = update
+            .execute(params![id, state, status, error, next, delivered, finished])
             .map_err(sql_error)?;
         // A finished head lets the next delivery of its key go.
-        if let Some((name, Some(key))) = ordered
-            && state != PENDING
-        {
-            promote_next(conn, &name, &key)?;
+        if changed == 1 && state != PENDING {
+            let ordered = keyed
+                .query_row([id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()
+                .map_err(sql_error)?;
+            if let Some((name, key)) = ordered {
+                promote_next(conn, &name, &key)?;
+            }
         }
     }
     Ok(())
