@@ -282,6 +282,35 @@ impl SqliteStore {
         }
         rx.await.map_err(|_| stopped())?
     }
+
+    /// Like `run`, and once `f` succeeds, changes the tombstones by `marks` inside the same
+    /// job (so later jobs of the batch see them); puts them back if the commit fails.
+    async fn run_marking<T, F>(
+        &self,
+        marks: Vec<(String, Option<i64>)>,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let retired = self.retired.clone();
+        let job: Job = Box::new(move |conn| {
+            let result = conn.and_then(f);
+            let ok = result.is_ok();
+            let undo = if ok { retired.mark(marks) } else { Vec::new() };
+            let finish: Finish = Box::new(move |commit| {
+                if commit.is_err() {
+                    retired.mark(undo);
+                }
+                let _ = tx.send(commit.and(result));
+            });
+            (ok, finish)
+        });
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
 }
 
 fn stopped() -> StoreError {
@@ -1011,68 +1040,45 @@ impl Store for SqliteStore {
         name: String,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        let retired = self.retired.clone();
-        // Hand-written rather than `run`: the tombstone must be set inside the transaction
-        // (later jobs of the same batch see it) and taken back if the commit fails.
-        let job: Job = Box::new(move |conn| {
-            let result = conn.and_then(|conn| {
-                conn.execute("DELETE FROM subscriptions WHERE id = ?1", [&id])
-                    .map_err(sql_error)?;
-                let cancelled = conn
-                    .execute(
-                        "UPDATE deliveries SET state = ?1, finished_at = ?2
-                         WHERE subscription = ?3 AND state IN (?4, ?5, ?6, ?7)",
-                        params![CANCELLED, now_ms, name, PENDING, IN_FLIGHT, ORPHANED, WAITING],
-                    )
-                    .map_err(sql_error)?;
-                // Its dead letters go too: a later subscription of the same name must not
-                // release them to its own URL. Already counted as failed or expired.
-                conn.execute(
-                    "UPDATE deliveries SET state = ?1 WHERE subscription = ?2 AND state IN (?3, ?4)",
-                    params![CANCELLED, name, FAILED, EXPIRED],
+        // The tombstone: events matched before the delete but stored after it are cancelled.
+        let marks = vec![(name.clone(), Some(CANCELLED))];
+        self.run_marking(marks, move |conn| {
+            conn.execute("DELETE FROM subscriptions WHERE id = ?1", [&id])
+                .map_err(sql_error)?;
+            let cancelled = conn
+                .execute(
+                    "UPDATE deliveries SET state = ?1, finished_at = ?2
+                     WHERE subscription = ?3 AND state IN (?4, ?5, ?6, ?7)",
+                    params![
+                        CANCELLED, now_ms, name, PENDING, IN_FLIGHT, ORPHANED, WAITING
+                    ],
                 )
                 .map_err(sql_error)?;
-                Ok(cancelled as u64)
-            });
-            let ok = result.is_ok();
-            let undo = if ok {
-                retired.mark(vec![(name, Some(CANCELLED))])
-            } else {
-                Vec::new()
-            };
-            let finish: Finish = Box::new(move |commit| {
-                if commit.is_err() {
-                    retired.mark(undo);
-                }
-                let _ = tx.send(commit.and(result));
-            });
-            (ok, finish)
-        });
-        self.jobs.send(job).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+            // Its dead letters go too: a later subscription of the same name must not
+            // release them to its own URL. Already counted as failed or expired.
+            conn.execute(
+                "UPDATE deliveries SET state = ?1 WHERE subscription = ?2 AND state IN (?3, ?4)",
+                params![CANCELLED, name, FAILED, EXPIRED],
+            )
+            .map_err(sql_error)?;
+            Ok(cancelled as u64)
+        })
+        .await
     }
 
     async fn clear_ordering(&self, subscriptions: Vec<String>) -> Result<u64, StoreError> {
         self.run(false, move |conn| {
             let names = serde_json::to_string(&subscriptions).unwrap_or_else(|_| "[]".into());
-            let mut released = 0;
-            let mut stmt = conn
+            let released = conn
                 .prepare_cached(
                     "UPDATE deliveries SET state = CASE state WHEN 7 THEN 0 ELSE state END, ordering_key = NULL
                      WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_order
                                   WHERE subscription IN (SELECT value FROM json_each(?1))
-                                  AND ordering_key IS NOT NULL AND state IN (0, 1, 5, 7))
-                     RETURNING state",
+                                  AND ordering_key IS NOT NULL AND state IN (0, 1, 5, 7))",
                 )
+                .and_then(|mut stmt| stmt.execute([names]))
                 .map_err(sql_error)?;
-            let rows = stmt.query_map([names], |r| r.get::<_, i64>(0)).map_err(sql_error)?;
-            for row in rows {
-                // Reported after the change: a row that was waiting is now pending.
-                let _ = row.map_err(sql_error)?;
-                released += 1;
-            }
-            Ok(released)
+            Ok(released as u64)
         })
         .await
     }
@@ -1082,48 +1088,32 @@ impl Store for SqliteStore {
         removed: Vec<String>,
         restored: Vec<String>,
     ) -> Result<(u64, u64), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        let retired = self.retired.clone();
-        // Hand-written like delete_subscription: the tombstones change inside the transaction
-        // and are put back if the commit fails.
-        let job: Job = Box::new(move |conn| {
-            let result = conn.and_then(|conn| {
-                let json =
-                    |names: &[String]| serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
-                let orphaned = conn
-                    .execute(
-                        "UPDATE deliveries SET state = ?1 WHERE state IN (?2, ?3)
-                         AND subscription IN (SELECT value FROM json_each(?4))",
-                        params![ORPHANED, PENDING, IN_FLIGHT, json(&removed)],
-                    )
-                    .map_err(sql_error)?;
-                let resumed = conn
-                    .execute(
-                        "UPDATE deliveries SET state = ?1 WHERE state = ?2
-                         AND subscription IN (SELECT value FROM json_each(?3))",
-                        params![PENDING, ORPHANED, json(&restored)],
-                    )
-                    .map_err(sql_error)?;
-                Ok((orphaned as u64, resumed as u64))
-            });
-            let ok = result.is_ok();
-            let undo = if ok {
-                let marks = removed.iter().map(|n| (n.clone(), Some(ORPHANED)));
-                let clears = restored.iter().map(|n| (n.clone(), None));
-                retired.mark(marks.chain(clears).collect())
-            } else {
-                Vec::new()
-            };
-            let finish: Finish = Box::new(move |commit| {
-                if commit.is_err() {
-                    retired.mark(undo);
-                }
-                let _ = tx.send(commit.and(result));
-            });
-            (ok, finish)
-        });
-        self.jobs.send(job).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        // Tombstones: events matched before the reload but stored after it are orphaned.
+        let marks = removed
+            .iter()
+            .map(|n| (n.clone(), Some(ORPHANED)))
+            .chain(restored.iter().map(|n| (n.clone(), None)))
+            .collect();
+        self.run_marking(marks, move |conn| {
+            let json =
+                |names: &[String]| serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
+            let orphaned = conn
+                .execute(
+                    "UPDATE deliveries SET state = ?1 WHERE state IN (?2, ?3)
+                     AND subscription IN (SELECT value FROM json_each(?4))",
+                    params![ORPHANED, PENDING, IN_FLIGHT, json(&removed)],
+                )
+                .map_err(sql_error)?;
+            let resumed = conn
+                .execute(
+                    "UPDATE deliveries SET state = ?1 WHERE state = ?2
+                     AND subscription IN (SELECT value FROM json_each(?3))",
+                    params![PENDING, ORPHANED, json(&restored)],
+                )
+                .map_err(sql_error)?;
+            Ok((orphaned as u64, resumed as u64))
+        })
+        .await
     }
 
     async fn pull(
