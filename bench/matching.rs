@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hookrelay::config::reader::Issues;
 use hookrelay::subscription::{Registry, Subscription};
+use hookrelay::yaml::Issues;
 use serde_json::value::RawValue;
 
 /// One subscription per event type `type.{i}`; every tenth has a filter.

@@ -23,14 +23,14 @@ use utoipa_axum::routes;
 use crate::catalog::{Catalog, CatalogError};
 use crate::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
-use crate::event::now_ms;
 use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::ingest::{is_json, read_body};
 use crate::metrics::Metrics;
+use crate::secret::Secret;
 use crate::store::{
     DeliveryId, DeliveryQuery, DeliveryState, DeliveryView, Release, Store, StoreError,
 };
-use crate::subscription::Secret;
+use crate::time::now_ms;
 
 /// Largest page of the delivery list.
 const MAX_PAGE: usize = 1000;

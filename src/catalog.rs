@@ -14,10 +14,10 @@ use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
 use crate::dispatch::Dispatcher;
-use crate::event::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, StoredSubscription};
 use crate::subscription::{self, Registry, SHARED_METRIC_LABEL, Source, Subscription};
+use crate::time::now_ms;
 
 /// API subscriptions that may have their own metric series; the rest share `_api`.
 pub const MAX_OWN_METRICS: usize = 100;

@@ -186,10 +186,7 @@ pub fn classify(
             status: None,
             pressure: Pressure::Overloaded,
             retry_after: None,
-            error: format!(
-                "no response within {}",
-                crate::config::reader::fmt_duration(timeout)
-            ),
+            error: format!("no response within {}", crate::yaml::fmt_duration(timeout)),
         },
         Err(e) => {
             let timed_out = e

@@ -18,10 +18,10 @@ use crate::config::Delivery as DeliveryConfig;
 use crate::deliver::{self, Attempt, AttemptService, DeliverError, Transport};
 use crate::destination::DestinationGuard;
 use crate::email::Mailer;
-use crate::event::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{Completion, Delivery, Store};
 use crate::subscription::{Ordering, Source, Subscription};
+use crate::time::now_ms;
 
 /// Longest a feeder sleeps without re-reading its next due time (a safety net: wake-ups and
 /// the due time do the work).

@@ -15,11 +15,11 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_yaml::Value;
 use tower::BoxError;
 
-use crate::config::reader::{Issues, Section, as_list, as_string, index};
 use crate::deliver::Reply;
 use crate::destination::DestinationGuard;
+use crate::secret::Secret;
 use crate::store::Delivery;
-use crate::subscription::Secret;
+use crate::yaml::{Issues, Section, as_list, as_string, index};
 
 /// Keys of the `email` section.
 const EMAIL_KEYS: &[&str] = &["to", "from", "subject_template", "smtp"];

@@ -5,7 +5,7 @@ use chrono::DateTime;
 use serde_json::Value as Json;
 use serde_yaml::Value;
 
-use crate::config::reader::{Issues, Section, as_list, describe, index, join, kind};
+use crate::yaml::{Issues, Section, as_list, describe, index, join, kind};
 
 /// A compiled filter; `Filter::All(vec![])` (the empty filter) matches everything.
 #[derive(Debug, Clone, PartialEq)]
@@ -253,7 +253,7 @@ impl Condition {
                         .collect();
                     (values.len() == items.len()).then_some(Op::In(values))
                 }
-                _ => crate::config::reader::as_bool(operand, &at, issues).map(Op::Exists),
+                _ => crate::yaml::as_bool(operand, &at, issues).map(Op::Exists),
             }
         };
         if ignore_case && matches!(op, Some(Op::Range { .. }) | Some(Op::Exists(_))) {

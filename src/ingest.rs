@@ -23,9 +23,10 @@ use crate::dispatch::{Dispatcher, Route};
 use crate::event::{self, Event, EventError};
 use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::metrics::Metrics;
-use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, Store, StoreError, rfc3339};
+use crate::secret::Secret;
+use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, Store, StoreError};
 use crate::subscription::Ordering;
-use crate::subscription::Secret;
+use crate::time::rfc3339;
 
 /// What the ingest handler needs.
 #[derive(Clone)]

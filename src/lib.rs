@@ -31,10 +31,13 @@ pub mod metrics;
 pub mod ops;
 pub mod payload;
 pub mod reload;
+pub mod secret;
 pub mod server;
 pub mod signing;
 pub mod store;
 pub mod subscription;
+pub mod time;
+pub mod yaml;
 
 pub use config::Config;
 pub use server::Relay;

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use hookrelay::config::{Config, LogFormat};
 use hookrelay::signing::SigningKey;
 use hookrelay::subscription::{Auth, Encoding, EventPattern, Ordering, Subscription};
-use hookrelay::{Relay, config::reader::fmt_duration};
+use hookrelay::{Relay, yaml::fmt_duration};
 
 #[derive(Parser)]
 #[command(

@@ -7,8 +7,9 @@ use http::HeaderValue;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use crate::store::{Delivery, rfc3339};
+use crate::store::Delivery;
 use crate::subscription::Encoding;
+use crate::time::rfc3339;
 
 const JSON: &str = "application/json";
 const FORM: &str = "application/x-www-form-urlencoded";

@@ -187,7 +187,7 @@ impl Reloader {
             .inc();
         self.metrics
             .config_last_reload_success
-            .set(crate::event::now_ms() as f64 / 1000.0);
+            .set(crate::time::now_ms() as f64 / 1000.0);
         tracing::info!(
             path = %self.path.display(),
             trigger = ?trigger,

@@ -183,7 +183,7 @@ impl Relay {
         let readiness = Readiness::default();
         metrics
             .config_last_reload_success
-            .set(crate::event::now_ms() as f64 / 1000.0);
+            .set(crate::time::now_ms() as f64 / 1000.0);
         let reload = match self.config_path {
             Some(path) => Reloader::new(path, config.clone(), catalog.clone(), metrics.clone())
                 .spawn(stop.clone()),
@@ -306,7 +306,7 @@ async fn load_api_subscriptions(
                 stored.name, stored.id
             )));
         }
-        let mut issues = crate::config::reader::Issues::default();
+        let mut issues = crate::yaml::Issues::default();
         let doc = serde_json::from_str(&stored.spec).unwrap_or(serde_json::Value::Null);
         let changed = (stored.created_at_ms, stored.updated_at_ms);
         let sub = Subscription::from_api(doc, &stored.id, changed, &mut issues);
@@ -352,7 +352,7 @@ async fn housekeeping(
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        match store.housekeeping(crate::event::now_ms()).await {
+        match store.housekeeping(crate::time::now_ms()).await {
             Ok(report) => {
                 for (sub, n) in &report.expired {
                     metrics

@@ -3,6 +3,7 @@
 //! scheduling lives here (`next_attempt_at`), not in memory loops, so a durable store resumes
 //! after a restart exactly where it stopped.
 
+pub mod settings;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -12,6 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::event::{Event, RawMeta};
+use crate::time::rfc3339;
 
 /// Store-assigned delivery id.
 pub type DeliveryId = i64;
@@ -336,13 +338,6 @@ pub struct DeliveryView<'a> {
     received_at: String,
     #[serde(flatten)]
     status: DeliveryStatus<'a>,
-}
-
-/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// An event and its deliveries.

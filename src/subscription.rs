@@ -13,13 +13,14 @@ use serde_json::value::RawValue;
 use serde_yaml::Value;
 
 use crate::backoff::{Backoff, Curve};
-use crate::config::reader::{
-    Issues, Section, as_duration, as_float, as_integer, as_list, as_string, describe, index, kind,
-};
 use crate::destination::DestinationGuard;
 use crate::email::EmailSettings;
 use crate::filter::{FieldPath, Filter, Subject};
+use crate::secret::Secret;
 use crate::signing::SigningKey;
+use crate::yaml::{
+    Issues, Section, as_duration, as_float, as_integer, as_list, as_string, describe, index, kind,
+};
 
 /// Keys a subscription entry may have.
 const KEYS: &[&str] = &[
@@ -493,41 +494,6 @@ impl fmt::Debug for Auth {
     }
 }
 
-/// A secret string whose `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: String) -> Self {
-        Secret(s)
-    }
-
-    /// The secret itself; call only where it is sent.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// True when `headers` carry `Authorization: Bearer <this secret>` (constant time).
-    pub fn is_bearer_of(&self, headers: &http::HeaderMap) -> bool {
-        let given = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        bool::from(subtle::ConstantTimeEq::ct_eq(
-            given.as_bytes(),
-            self.0.as_bytes(),
-        ))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 impl Default for SuccessCodes {
     fn default() -> Self {
         SuccessCodes::default_2xx()
@@ -663,8 +629,8 @@ impl Subscription {
         doc.insert("name".into(), self.name.clone().into());
         doc.insert("source".into(), self.source.as_str().into());
         if let Some((created, updated)) = self.changed {
-            doc.insert("created_at".into(), crate::store::rfc3339(created).into());
-            doc.insert("updated_at".into(), crate::store::rfc3339(updated).into());
+            doc.insert("created_at".into(), crate::time::rfc3339(created).into());
+            doc.insert("updated_at".into(), crate::time::rfc3339(updated).into());
         }
         Json::Object(doc)
     }

@@ -23,11 +23,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiState, STORE_UNAVAILABLE, unknown_subscription};
-use crate::event::now_ms;
 use crate::http_error::{ErrorBody, HttpError};
 use crate::ingest::{malformed, read_body, require_json};
-use crate::store::{DeliveryId, Notification, PullMode, rfc3339};
+use crate::store::{DeliveryId, Notification, PullMode};
 use crate::subscription::{AckMode, PullSettings, Subscription};
+use crate::time::now_ms;
+use crate::time::rfc3339;
 
 /// Longest long poll (`?wait=`).
 pub const MAX_WAIT: Duration = Duration::from_secs(30);

@@ -5,7 +5,7 @@
 
 use serde_yaml::Value;
 
-use super::reader::{Issues, index, join};
+use crate::yaml::{Issues, index, join};
 
 /// Expands references in every string scalar of `value`, recording unknown variables.
 pub fn expand_tree(

@@ -19,8 +19,8 @@ use super::{
     DeliveryState, EventStatus, Housekeeping, Notification, PullMode, Pulled, QueueStats, Release,
     Store, StoreError, StoredSubscription,
 };
-use crate::config::{StorageLocation, StorageSettings, SyncMode};
 use crate::event::RawMeta;
+use crate::store::settings::{StorageLocation, StorageSettings, SyncMode};
 
 /// The schema this build writes; older files are migrated forward on open.
 pub const SCHEMA_VERSION: i64 = 5;
@@ -1353,7 +1353,7 @@ impl Retired {
 }
 
 fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), StoreError> {
-    let now = crate::event::now_ms();
+    let now = crate::time::now_ms();
     let mut update = conn
         .prepare_cached(
             "UPDATE deliveries SET state = ?2, attempts = attempts + 1, last_status = ?3,
@@ -1625,7 +1625,7 @@ mod tests {
         );
         assert_eq!(s.housekeeping(100).await.unwrap().expired.len(), 0);
         // The delivered row and the expired one are pruned after retention, then their events.
-        let now = crate::event::now_ms();
+        let now = crate::time::now_ms();
         let report = s.housekeeping(now + 2000).await.unwrap();
         assert_eq!(report.pruned, 4, "{report:?}");
         assert!(s.event_status("e1").await.unwrap().is_none());
