@@ -300,8 +300,8 @@ impl Catalog {
         if sub.own_metrics {
             self.metrics.init_subscription(&sub.name);
         }
-        if sub.ordering == subscription::Ordering::None
-            && old.ordering != subscription::Ordering::None
+        if sub.ordering == subscription::DeliveryOrder::None
+            && old.ordering != subscription::DeliveryOrder::None
         {
             self.unorder(vec![sub.name.clone()]).await;
         }
@@ -449,7 +449,7 @@ impl Catalog {
         // order any more (orphans just resumed included).
         let unordered: Vec<String> = next
             .iter()
-            .filter(|s| s.ordering == subscription::Ordering::None)
+            .filter(|s| s.ordering == subscription::DeliveryOrder::None)
             .filter(|s| change.added.contains(&s.name) || change.changed.contains(&s.name))
             .map(|s| s.name.clone())
             .collect();

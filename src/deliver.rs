@@ -35,7 +35,7 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 const ERROR_LIMIT: usize = 300;
 
 /// The per-subscription attempt service: a request in, a classified attempt out.
-pub type AttemptService = BoxCloneService<Outbound, Attempt, BoxError>;
+pub type AttemptService = BoxCloneService<Outbound, Verdict, BoxError>;
 
 /// What one attempt sends: an HTTP request, or a mail.
 #[derive(Debug)]
@@ -84,9 +84,10 @@ pub enum Reply {
     },
 }
 
-/// One attempt, classified once; metrics, logs and scheduling all follow from it.
+/// The verdict on one attempt: its reply classified once; metrics, logs and scheduling all
+/// follow from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attempt {
+pub enum Verdict {
     /// Status matched `success_code`.
     Delivered(StatusCode),
     /// Worth retrying later.
@@ -113,21 +114,21 @@ pub enum Attempt {
     },
 }
 
-impl Attempt {
+impl Verdict {
     /// The `result` label of `hookrelay_delivery_attempts_total`.
     pub fn result_label(&self) -> &'static str {
         match self {
-            Attempt::Delivered(_) => "success",
-            Attempt::Retryable { result, .. } => result,
-            Attempt::Permanent { result, .. } => result,
+            Verdict::Delivered(_) => "success",
+            Verdict::Retryable { result, .. } => result,
+            Verdict::Permanent { result, .. } => result,
         }
     }
 
     /// The status the receiver answered, if any.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Attempt::Delivered(s) | Attempt::Permanent { status: s, .. } => Some(s.as_u16()),
-            Attempt::Retryable { status, .. } => status.map(|s| s.as_u16()),
+            Verdict::Delivered(s) | Verdict::Permanent { status: s, .. } => Some(s.as_u16()),
+            Verdict::Retryable { status, .. } => status.map(|s| s.as_u16()),
         }
     }
 }
@@ -137,12 +138,12 @@ pub fn classify(
     result: Result<Reply, BoxError>,
     success: &SuccessCodes,
     timeout: Duration,
-) -> Attempt {
+) -> Verdict {
     match result {
         Ok(Reply::Http { status, .. }) if success.contains(status.as_u16()) => {
-            Attempt::Delivered(status)
+            Verdict::Delivered(status)
         }
-        Ok(Reply::Http { status, .. }) if status == StatusCode::GONE => Attempt::Permanent {
+        Ok(Reply::Http { status, .. }) if status == StatusCode::GONE => Verdict::Permanent {
             result: "http_error",
             status,
             error: "HTTP 410 Gone: the receiver asked to stop".to_string(),
@@ -150,7 +151,7 @@ pub fn classify(
         Ok(Reply::Http {
             status,
             retry_after,
-        }) => Attempt::Retryable {
+        }) => Verdict::Retryable {
             result: "http_error",
             status: Some(status),
             pressure: if status == StatusCode::TOO_MANY_REQUESTS {
@@ -166,13 +167,13 @@ pub fn classify(
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
             let error = clip(format!("SMTP {code}: {text}"));
             match code {
-                200..=299 => Attempt::Delivered(status),
-                500.. => Attempt::Permanent {
+                200..=299 => Verdict::Delivered(status),
+                500.. => Verdict::Permanent {
                     result: "smtp_error",
                     status,
                     error,
                 },
-                _ => Attempt::Retryable {
+                _ => Verdict::Retryable {
                     result: "smtp_error",
                     status: Some(status),
                     pressure: Pressure::Normal,
@@ -181,7 +182,7 @@ pub fn classify(
                 },
             }
         }
-        Err(e) if e.is::<tower::timeout::error::Elapsed>() => Attempt::Retryable {
+        Err(e) if e.is::<tower::timeout::error::Elapsed>() => Verdict::Retryable {
             result: "timeout",
             status: None,
             pressure: Pressure::Overloaded,
@@ -194,7 +195,7 @@ pub fn classify(
                 .is_some_and(reqwest::Error::is_timeout)
                 || e.downcast_ref::<lettre::transport::smtp::Error>()
                     .is_some_and(lettre::transport::smtp::Error::is_timeout);
-            Attempt::Retryable {
+            Verdict::Retryable {
                 result: if timed_out {
                     "timeout"
                 } else {
@@ -214,7 +215,7 @@ pub fn classify(
 }
 
 /// An attempt that failed in the stack's outer layers, before it could be classified there.
-pub fn stack_error(e: BoxError) -> Attempt {
+pub fn stack_error(e: BoxError) -> Verdict {
     classify(Err(e), &SuccessCodes::default(), Duration::ZERO)
 }
 
@@ -503,9 +504,9 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    type Response = Attempt;
+    type Response = Verdict;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Attempt, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Verdict, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -656,17 +657,17 @@ mod tests {
         let t = Duration::from_secs(1);
         assert_eq!(
             classify(smtp(250), &ok, t),
-            Attempt::Delivered(StatusCode::from_u16(250).unwrap())
+            Verdict::Delivered(StatusCode::from_u16(250).unwrap())
         );
         let retry = classify(smtp(451), &ok, t);
         assert!(
-            matches!(&retry, Attempt::Retryable { status: Some(s), error, .. }
+            matches!(&retry, Verdict::Retryable { status: Some(s), error, .. }
                 if s.as_u16() == 451 && error == "SMTP 451: text"),
             "{retry:?}"
         );
         assert_eq!(retry.result_label(), "smtp_error");
         let refused = classify(smtp(550), &ok, t);
-        assert!(matches!(refused, Attempt::Permanent { .. }), "{refused:?}");
+        assert!(matches!(refused, Verdict::Permanent { .. }), "{refused:?}");
         assert_eq!(refused.result_label(), "smtp_error");
         assert_eq!(refused.status(), Some(550));
     }
@@ -677,23 +678,23 @@ mod tests {
         let t = Duration::from_secs(1);
         assert_eq!(
             classify(reply(204), &ok, t),
-            Attempt::Delivered(StatusCode::NO_CONTENT)
+            Verdict::Delivered(StatusCode::NO_CONTENT)
         );
         assert_eq!(classify(reply(302), &ok, t).result_label(), "http_error");
         assert!(matches!(
             classify(reply(410), &ok, t),
-            Attempt::Permanent { .. }
+            Verdict::Permanent { .. }
         ));
         assert!(matches!(
             classify(reply(429), &ok, t),
-            Attempt::Retryable {
+            Verdict::Retryable {
                 pressure: Pressure::Overloaded,
                 ..
             }
         ));
         assert!(matches!(
             classify(reply(500), &ok, t),
-            Attempt::Retryable {
+            Verdict::Retryable {
                 pressure: Pressure::Normal,
                 status: Some(_),
                 ..

@@ -15,12 +15,12 @@ use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
 use crate::config::Delivery as DeliveryConfig;
-use crate::deliver::{self, Attempt, AttemptService, DeliverError, Transport};
+use crate::deliver::{self, AttemptService, DeliverError, Transport, Verdict};
 use crate::destination::DestinationGuard;
 use crate::email::Mailer;
 use crate::metrics::Metrics;
-use crate::store::{Completion, Delivery, Store};
-use crate::subscription::{Ordering, Source, Subscription};
+use crate::store::{Delivery, Outcome, Store};
+use crate::subscription::{DeliveryOrder, Source, Subscription};
 use crate::time::now_ms;
 
 /// Longest a feeder sleeps without re-reading its next due time (a safety net: wake-ups and
@@ -72,7 +72,7 @@ struct PumpHandle {
     ttl_ms: Option<i64>,
     /// An ordered subscription's deliveries are never handed over in memory: the store
     /// decides which one of a key goes next.
-    ordering: Ordering,
+    ordering: DeliveryOrder,
 }
 
 /// A reserved place in a pump's queue.
@@ -131,7 +131,7 @@ impl Dispatcher {
                     matched,
                     stop,
                     ttl_ms: sub.pull.as_ref().map(|p| p.ttl.as_millis() as i64),
-                    ordering: Ordering::None,
+                    ordering: DeliveryOrder::None,
                 }),
             );
             drop(pumps);
@@ -176,7 +176,7 @@ impl Dispatcher {
         let service = deliver::stack(&sub, transport, shared.global.clone(), &shared.metrics);
         let pump = Pump {
             store: shared.store.clone(),
-            outcomes: Arc::new(OutcomeCounters {
+            outcomes: Arc::new(FinalCounters {
                 delivered: shared
                     .metrics
                     .deliveries
@@ -238,7 +238,7 @@ impl Dispatcher {
             slot: p
                 .queue
                 .clone()
-                .filter(|_| p.ordering == Ordering::None)
+                .filter(|_| p.ordering == DeliveryOrder::None)
                 .and_then(|q| q.try_reserve_owned().ok()),
             ttl_ms: p.ttl_ms,
             handle: p.clone(),
@@ -267,7 +267,7 @@ pub struct Route {
 
 impl Route {
     /// The subscription's ordering, which gives the delivery its key.
-    pub fn ordering(&self) -> &Ordering {
+    pub fn ordering(&self) -> &DeliveryOrder {
         &self.handle.ordering
     }
 
@@ -359,7 +359,7 @@ impl Feeder {
 struct Pump {
     sub: Arc<Subscription>,
     store: Arc<dyn Store>,
-    outcomes: Arc<OutcomeCounters>,
+    outcomes: Arc<FinalCounters>,
     wake: Arc<Notify>,
     /// Stops this pump (also cancelled when the relay stops).
     shutdown: CancellationToken,
@@ -393,7 +393,7 @@ impl Pump {
                 break;
             };
             let req = deliver::outbound(&self.sub, &delivery, delivery.attempts + 1);
-            let outcome = self.outcome_task(delivery);
+            let outcome = self.recorder(delivery);
             match ready {
                 Ok(()) => {
                     let call = service.call(req);
@@ -435,8 +435,8 @@ impl Pump {
         }
     }
 
-    fn outcome_task(&self, delivery: Delivery) -> Outcome {
-        Outcome {
+    fn recorder(&self, delivery: Delivery) -> Recorder {
+        Recorder {
             sub: self.sub.clone(),
             delivery,
             store: self.store.clone(),
@@ -447,34 +447,30 @@ impl Pump {
 }
 
 /// Final-outcome counters of one subscription, resolved once.
-struct OutcomeCounters {
+struct FinalCounters {
     delivered: IntCounter,
     failed: IntCounter,
 }
 
 /// Turns one classified attempt into the store's next step for the delivery.
-struct Outcome {
+struct Recorder {
     sub: Arc<Subscription>,
     delivery: Delivery,
     store: Arc<dyn Store>,
-    counters: Arc<OutcomeCounters>,
+    counters: Arc<FinalCounters>,
     wake: Arc<Notify>,
 }
 
-impl Outcome {
-    async fn finish(self, attempt: Attempt) {
+impl Recorder {
+    async fn finish(self, attempt: Verdict) {
         let number = self.delivery.attempts + 1;
-        let completion = decide(&self.sub, number, &attempt, now_ms(), fastrand::f64());
+        let outcome = decide(&self.sub, number, &attempt, now_ms(), fastrand::f64());
         let name = self.sub.name.as_str();
         let event_id = &*self.delivery.event_id;
         // Recorded before anything is counted; a store that fails for a while is retried, so a
         // delivery is not left in flight until the next restart.
         let mut tries = 0;
-        while let Err(e) = self
-            .store
-            .complete(self.delivery.id, completion.clone())
-            .await
-        {
+        while let Err(e) = self.store.complete(self.delivery.id, outcome.clone()).await {
             tries += 1;
             if tries >= OUTCOME_TRIES {
                 // It stays in flight; the next start makes it pending again (at-least-once).
@@ -484,8 +480,8 @@ impl Outcome {
             tracing::warn!(subscription = name, event_id, error = %e, "cannot record attempt outcome; retrying");
             tokio::time::sleep(STORE_ERROR_PAUSE).await;
         }
-        match &completion {
-            Completion::Delivered { status } => {
+        match &outcome {
+            Outcome::Delivered { status } => {
                 self.counters.delivered.inc();
                 tracing::debug!(
                     subscription = name,
@@ -495,7 +491,7 @@ impl Outcome {
                     "delivered"
                 );
             }
-            Completion::Retry { at_ms, error, .. } => {
+            Outcome::Retry { at_ms, error, .. } => {
                 tracing::info!(
                     subscription = name,
                     event_id,
@@ -505,7 +501,7 @@ impl Outcome {
                     "attempt failed; retry scheduled"
                 );
             }
-            Completion::Failed { error, .. } => {
+            Outcome::Failed { error, .. } => {
                 self.counters.failed.inc();
                 tracing::warn!(
                     subscription = name,
@@ -516,7 +512,7 @@ impl Outcome {
                 );
             }
         }
-        if matches!(completion, Completion::Retry { .. }) || self.sub.ordering != Ordering::None {
+        if matches!(outcome, Outcome::Retry { .. }) || self.sub.ordering != DeliveryOrder::None {
             // The feeder's next due time may have moved earlier, or (ordered) the next
             // delivery of this key was released by this final outcome.
             self.wake.notify_one();
@@ -528,26 +524,26 @@ impl Outcome {
 pub fn decide(
     sub: &Subscription,
     number: u32,
-    attempt: &Attempt,
+    attempt: &Verdict,
     now_ms: i64,
     unit: f64,
-) -> Completion {
+) -> Outcome {
     match attempt {
-        Attempt::Delivered(status) => Completion::Delivered {
+        Verdict::Delivered(status) => Outcome::Delivered {
             status: status.as_u16(),
         },
-        Attempt::Permanent { status, error, .. } => Completion::Failed {
+        Verdict::Permanent { status, error, .. } => Outcome::Failed {
             status: Some(status.as_u16()),
             error: error.clone(),
         },
-        Attempt::Retryable { .. } if number > sub.retries => Completion::Failed {
+        Verdict::Retryable { .. } if number > sub.retries => Outcome::Failed {
             status: attempt.status(),
             error: match attempt {
-                Attempt::Retryable { error, .. } => format!("{error} (after {number} attempts)"),
+                Verdict::Retryable { error, .. } => format!("{error} (after {number} attempts)"),
                 _ => unreachable!(),
             },
         },
-        Attempt::Retryable {
+        Verdict::Retryable {
             status,
             pressure,
             retry_after,
@@ -555,7 +551,7 @@ pub fn decide(
             ..
         } => {
             let delay = sub.backoff.delay(number, *pressure, *retry_after, unit);
-            Completion::Retry {
+            Outcome::Retry {
                 at_ms: now_ms + delay.as_millis() as i64,
                 status: status.map(|s| s.as_u16()),
                 error: error.clone(),
@@ -578,8 +574,8 @@ mod tests {
         Subscription::parse(&v, "", &mut Default::default()).unwrap()
     }
 
-    fn failed_attempt() -> Attempt {
-        Attempt::Retryable {
+    fn failed_attempt() -> Verdict {
+        Verdict::Retryable {
             result: "http_error",
             status: Some(StatusCode::INTERNAL_SERVER_ERROR),
             pressure: Pressure::Normal,
@@ -593,7 +589,7 @@ mod tests {
         let s = sub(2);
         assert_eq!(
             decide(&s, 1, &failed_attempt(), 0, 0.5),
-            Completion::Retry {
+            Outcome::Retry {
                 at_ms: 1000,
                 status: Some(500),
                 error: "HTTP 500".into()
@@ -601,11 +597,11 @@ mod tests {
         );
         assert!(matches!(
             decide(&s, 2, &failed_attempt(), 0, 0.5),
-            Completion::Retry { at_ms: 10_000, .. }
+            Outcome::Retry { at_ms: 10_000, .. }
         ));
         assert!(matches!(
             decide(&s, 3, &failed_attempt(), 0, 0.5),
-            Completion::Failed {
+            Outcome::Failed {
                 status: Some(500),
                 ..
             }
@@ -616,20 +612,20 @@ mod tests {
     fn zero_retries_means_one_attempt() {
         assert!(matches!(
             decide(&sub(0), 1, &failed_attempt(), 0, 0.5),
-            Completion::Failed { .. }
+            Outcome::Failed { .. }
         ));
     }
 
     #[test]
     fn gone_fails_at_once() {
-        let gone = Attempt::Permanent {
+        let gone = Verdict::Permanent {
             result: "http_error",
             status: StatusCode::GONE,
             error: "gone".into(),
         };
         assert!(matches!(
             decide(&sub(5), 1, &gone, 0, 0.5),
-            Completion::Failed {
+            Outcome::Failed {
                 status: Some(410),
                 ..
             }

@@ -25,7 +25,7 @@ use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, Store, StoreError};
-use crate::subscription::Ordering;
+use crate::subscription::DeliveryOrder;
 use crate::time::rfc3339;
 
 /// What the ingest handler needs.
@@ -456,7 +456,7 @@ async fn commit_and_hand_off(
         if found
             .iter()
             .flatten()
-            .any(|r| *r.ordering() != Ordering::None)
+            .any(|r| *r.ordering() != DeliveryOrder::None)
         {
             // Parsed once per event, and only when an ordered subscription needs a key.
             let data: Option<serde_json::Value> = serde_json::from_slice(&a.event.data).ok();

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookrelay::config::{Config, LogFormat};
 use hookrelay::signing::SigningKey;
-use hookrelay::subscription::{Auth, Encoding, EventPattern, Ordering, Subscription};
+use hookrelay::subscription::{Auth, DeliveryOrder, Encoding, EventPattern, Subscription};
 use hookrelay::{Relay, yaml::fmt_duration};
 
 #[derive(Parser)]
@@ -224,9 +224,9 @@ fn summary(sub: &Subscription) -> String {
         n => format!(" signed({n} key{})", if n == 1 { "" } else { "s" }),
     };
     let ordered = match &sub.ordering {
-        Ordering::None => "",
-        Ordering::Fifo => " ordered(fifo)",
-        Ordering::Key(_) => " ordered(by key)",
+        DeliveryOrder::None => "",
+        DeliveryOrder::Fifo => " ordered(fifo)",
+        DeliveryOrder::Key(_) => " ordered(by key)",
     };
     let encoding = match &sub.encoding {
         Encoding::Raw => String::new(),

@@ -31,7 +31,7 @@ use crate::ops::{self, OpsState, Readiness};
 use crate::reload::Reloader;
 use crate::store::sqlite::{SqliteStore, WriterMetrics};
 use crate::store::{Store, StoreError};
-use crate::subscription::{Ordering, SHARED_METRIC_LABEL, Subscription};
+use crate::subscription::{DeliveryOrder, SHARED_METRIC_LABEL, Subscription};
 
 /// Why the relay could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +155,7 @@ impl Relay {
         // Deliveries still waiting in key order for a subscription that is no longer ordered.
         let unordered = all
             .iter()
-            .filter(|s| s.ordering == Ordering::None)
+            .filter(|s| s.ordering == DeliveryOrder::None)
             .map(|s| s.name.clone())
             .collect();
         store.clear_ordering(unordered).await?;

@@ -124,7 +124,7 @@ impl Delivery {
 
 /// What happened to a claimed delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Completion {
+pub enum Outcome {
     /// The receiver answered with a success status.
     Delivered {
         /// That status.
@@ -457,7 +457,7 @@ pub trait Store: Send + Sync + 'static {
     async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, StoreError>;
 
     /// Records the result of an attempt on a claimed delivery.
-    async fn complete(&self, id: DeliveryId, completion: Completion) -> Result<(), StoreError>;
+    async fn complete(&self, id: DeliveryId, outcome: Outcome) -> Result<(), StoreError>;
 
     /// Returns claimed deliveries that were never attempted to pending.
     async fn unclaim(&self, ids: Vec<DeliveryId>) -> Result<(), StoreError>;

@@ -150,14 +150,14 @@ pub struct Subscription {
     /// Keys every attempt is signed with (Standard Webhooks), in the configured order.
     pub signing: Vec<SigningKey>,
     /// Whether deliveries wait for earlier ones (of the same key).
-    pub ordering: Ordering,
+    pub ordering: DeliveryOrder,
     /// How each attempt's body carries the event.
     pub encoding: Encoding,
 }
 
 /// The delivery order of a push subscription.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub enum Ordering {
+pub enum DeliveryOrder {
     /// No order: deliveries go out in parallel (the default).
     #[default]
     None,
@@ -167,15 +167,15 @@ pub enum Ordering {
     Key(FieldPath),
 }
 
-impl Ordering {
+impl DeliveryOrder {
     /// The ordering key of an event (`data` parsed, if it is JSON); `None` when unordered.
     /// Events without the field share one key, the empty string (a value's key is its JSON
     /// text, never empty).
     pub fn key_of(&self, data: Option<&Json>) -> Option<String> {
         match self {
-            Ordering::None => None,
-            Ordering::Fifo => Some(String::new()),
-            Ordering::Key(path) => Some(
+            DeliveryOrder::None => None,
+            DeliveryOrder::Fifo => Some(String::new()),
+            DeliveryOrder::Key(path) => Some(
                 data.and_then(|d| path.resolve(d))
                     .map(Json::to_string)
                     .unwrap_or_default(),
@@ -1065,20 +1065,20 @@ fn parse_auth(s: &Section<'_>, issues: &mut Issues) -> Option<Auth> {
     }
 }
 
-fn parse_ordering(s: &Section<'_>, issues: &mut Issues) -> Ordering {
+fn parse_ordering(s: &Section<'_>, issues: &mut Issues) -> DeliveryOrder {
     let at = s.at("ordering");
     match s.get("ordering") {
-        None => Ordering::None,
-        Some(Value::String(mode)) if mode == "none" => Ordering::None,
-        Some(Value::String(mode)) if mode == "fifo" => Ordering::Fifo,
+        None => DeliveryOrder::None,
+        Some(Value::String(mode)) if mode == "none" => DeliveryOrder::None,
+        Some(Value::String(mode)) if mode == "fifo" => DeliveryOrder::Fifo,
         Some(Value::Mapping(_)) => {
             let o = s.section("ordering", &["key"], issues);
             match o.string("key", issues) {
                 Some(text) => FieldPath::parse(&text, &o.at("key"), issues)
-                    .map_or(Ordering::None, Ordering::Key),
+                    .map_or(DeliveryOrder::None, DeliveryOrder::Key),
                 None => {
                     issues.push(&o.at("key"), "missing: a field path such as sender.id");
-                    Ordering::None
+                    DeliveryOrder::None
                 }
             }
         }
@@ -1090,7 +1090,7 @@ fn parse_ordering(s: &Section<'_>, issues: &mut Issues) -> Ordering {
                     describe(other)
                 ),
             );
-            Ordering::None
+            DeliveryOrder::None
         }
     }
 }
@@ -1485,7 +1485,7 @@ mod tests {
     #[test]
     fn ordering_is_none_fifo_or_a_key() {
         let s = parse("{name: o, url: 'http://h/', events: [x]}").unwrap();
-        assert_eq!(s.ordering, Ordering::None);
+        assert_eq!(s.ordering, DeliveryOrder::None);
         assert_eq!(s.ordering.key_of(None), None);
         let s = parse("{name: o, url: 'http://h/', events: [x], ordering: fifo}").unwrap();
         assert_eq!(s.ordering.key_of(None), Some(String::new()));

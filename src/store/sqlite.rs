@@ -15,9 +15,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accepted, Admission, Completion, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery,
-    DeliveryState, EventStatus, Housekeeping, Notification, PullMode, Pulled, QueueStats, Release,
-    Store, StoreError, StoredSubscription,
+    Accepted, Admission, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery, DeliveryState,
+    EventStatus, Housekeeping, Notification, Outcome, PullMode, Pulled, QueueStats, Release, Store,
+    StoreError, StoredSubscription,
 };
 use crate::event::RawMeta;
 use crate::store::settings::{StorageLocation, StorageSettings, SyncMode};
@@ -117,11 +117,7 @@ type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> (bool, Finish) + Send>;
 
 /// An attempt outcome waiting for the writer, with whom to tell once it is kept.
-type QueuedOutcome = (
-    DeliveryId,
-    Completion,
-    oneshot::Sender<Result<(), StoreError>>,
-);
+type QueuedOutcome = (DeliveryId, Outcome, oneshot::Sender<Result<(), StoreError>>);
 
 /// Attempt outcomes waiting for the writer; one job records all of them.
 #[derive(Default)]
@@ -734,13 +730,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn complete(&self, id: DeliveryId, completion: Completion) -> Result<(), StoreError> {
+    async fn complete(&self, id: DeliveryId, outcome: Outcome) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         // Outcomes are coalesced: the first one queued sends a job that records all queued
         // by the time it runs, so a busy relay writes them in bulk.
         let send_job = {
             let mut q = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
-            q.items.push((id, completion, tx));
+            q.items.push((id, outcome, tx));
             !std::mem::replace(&mut q.job_queued, true)
         };
         if send_job {
@@ -1370,12 +1366,12 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
              WHERE id = ?1 AND ordering_key IS NOT NULL",
         )
         .map_err(sql_error)?;
-    for (id, completion, _) in batch {
-        let (state, status, error, next, delivered, finished) = match completion {
-            Completion::Delivered { status } => {
+    for (id, outcome, _) in batch {
+        let (state, status, error, next, delivered, finished) = match outcome {
+            Outcome::Delivered { status } => {
                 (DELIVERED, Some(status), None, None, Some(now), Some(now))
             }
-            Completion::Retry {
+            Outcome::Retry {
                 at_ms,
                 status,
                 error,
@@ -1387,7 +1383,7 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
                 None,
                 None,
             ),
-            Completion::Failed { status, error } => {
+            Outcome::Failed { status, error } => {
                 (FAILED, status.as_ref(), Some(error), None, None, Some(now))
             }
         };
@@ -1488,7 +1484,7 @@ mod tests {
         );
         s.complete(
             claimed[0].id,
-            Completion::Retry {
+            Outcome::Retry {
                 at_ms: 5000,
                 status: Some(500),
                 error: "HTTP 500".into(),
@@ -1496,7 +1492,7 @@ mod tests {
         )
         .await
         .unwrap();
-        s.complete(claimed[1].id, Completion::Delivered { status: 200 })
+        s.complete(claimed[1].id, Outcome::Delivered { status: 200 })
             .await
             .unwrap();
         assert_eq!(s.next_due_ms("a").await.unwrap(), Some(5000));
@@ -1504,7 +1500,7 @@ mod tests {
         assert_eq!(again[0].attempts, 1);
         s.complete(
             again[0].id,
-            Completion::Failed {
+            Outcome::Failed {
                 status: None,
                 error: "x".into(),
             },
@@ -1568,7 +1564,7 @@ mod tests {
         let d = s.claim_due("a", 10, 1).await.unwrap();
         s.complete(
             d[0].id,
-            Completion::Failed {
+            Outcome::Failed {
                 status: Some(500),
                 error: "x".into(),
             },
@@ -1614,7 +1610,7 @@ mod tests {
             .await
             .unwrap();
         let d = s.claim_due("a", 0, 1).await.unwrap();
-        s.complete(d[0].id, Completion::Delivered { status: 200 })
+        s.complete(d[0].id, Outcome::Delivered { status: 200 })
             .await
             .unwrap();
         let report = s.housekeeping(100).await.unwrap();
@@ -1647,7 +1643,7 @@ mod tests {
             .await
             .unwrap();
         let dead = s.claim_due("api-sub", 0, 1).await.unwrap();
-        let failed = Completion::Failed {
+        let failed = Outcome::Failed {
             status: Some(500),
             error: "HTTP 500".into(),
         };
@@ -1754,7 +1750,7 @@ mod tests {
         // A retry keeps the key blocked; the head is retried first.
         s.complete(
             a1,
-            Completion::Retry {
+            Outcome::Retry {
                 at_ms: 50,
                 status: Some(500),
                 error: "HTTP 500".into(),
@@ -1766,7 +1762,7 @@ mod tests {
         // It finally fails: the next one goes.
         s.complete(
             a1,
-            Completion::Failed {
+            Outcome::Failed {
                 status: Some(500),
                 error: "HTTP 500".into(),
             },
@@ -1775,7 +1771,7 @@ mod tests {
         .unwrap();
         assert_eq!(claim_ids(&s, "o").await, ["a2"]);
         let a2 = id_of(s.event_status("a2").await.unwrap().unwrap());
-        s.complete(a2, Completion::Delivered { status: 200 })
+        s.complete(a2, Outcome::Delivered { status: 200 })
             .await
             .unwrap();
         assert_eq!(claim_ids(&s, "o").await, ["a3"]);
@@ -1787,7 +1783,7 @@ mod tests {
         assert_eq!(released, Release::Released(1));
         assert_eq!(claim_ids(&s, "o").await, ["a1"]);
         let a3 = id_of(s.event_status("a3").await.unwrap().unwrap());
-        s.complete(a3, Completion::Delivered { status: 200 })
+        s.complete(a3, Outcome::Delivered { status: 200 })
             .await
             .unwrap();
         assert_eq!(claim_ids(&s, "o").await, ["a4"]);
@@ -1964,7 +1960,7 @@ mod tests {
         for d in s.claim_due("a", 10, 10).await.unwrap() {
             s.complete(
                 d.id,
-                Completion::Failed {
+                Outcome::Failed {
                     status: Some(500),
                     error: "HTTP 500".into(),
                 },
