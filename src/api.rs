@@ -21,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::destination::DestinationGuard;
+use crate::deliver::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
 use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::ingest::{is_json, read_body};
@@ -270,7 +270,7 @@ async fn release(
             None => return Err(unknown_subscription(&key)),
         },
     };
-    let known = state.catalog.registry().names();
+    let known = state.catalog.matcher().names();
     let now = now_ms();
     let min = state.release_min_interval.as_millis() as i64;
     match state
@@ -458,7 +458,7 @@ async fn retry(
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
     let n = parse_id(&id)?;
-    let known = state.catalog.registry().names();
+    let known = state.catalog.matcher().names();
     let before = state
         .store
         .retry_delivery(n, now_ms(), known.clone())

@@ -14,9 +14,10 @@ use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
 use crate::dispatch::Dispatcher;
+use crate::matching::Matcher;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, StoredSubscription};
-use crate::subscription::{self, Registry, SHARED_METRIC_LABEL, Source, Subscription};
+use crate::subscription::{self, SHARED_METRIC_LABEL, Source, Subscription};
 use crate::time::now_ms;
 
 /// API subscriptions that may have their own metric series; the rest share `_api`.
@@ -86,7 +87,7 @@ impl From<StoreError> for CatalogError {
 
 /// The subscriptions in force and the means to change them.
 pub struct Catalog {
-    registry: ArcSwap<Registry>,
+    matcher: ArcSwap<Matcher>,
     state: Mutex<State>,
     /// Serialises replace and delete, so the store and memory apply them in one order.
     edits: tokio::sync::Mutex<()>,
@@ -174,7 +175,7 @@ impl Catalog {
         }
         let (subs, version) = state.snapshot();
         let catalog = Catalog {
-            registry: ArcSwap::from_pointee(Registry::new(subs)),
+            matcher: ArcSwap::from_pointee(Matcher::new(subs)),
             state: Mutex::new(state),
             edits: tokio::sync::Mutex::new(()),
             publishing: tokio::sync::Mutex::new(()),
@@ -201,8 +202,8 @@ impl Catalog {
     }
 
     /// The registry in force; cheap (no lock, no copy).
-    pub fn registry(&self) -> arc_swap::Guard<Arc<Registry>> {
-        self.registry.load()
+    pub fn matcher(&self) -> arc_swap::Guard<Arc<Matcher>> {
+        self.matcher.load()
     }
 
     /// The subscription with this id or name.
@@ -300,8 +301,8 @@ impl Catalog {
         if sub.own_metrics {
             self.metrics.init_subscription(&sub.name);
         }
-        if sub.ordering == subscription::DeliveryOrder::None
-            && old.ordering != subscription::DeliveryOrder::None
+        if *sub.ordering() == subscription::DeliveryOrder::None
+            && *old.ordering() != subscription::DeliveryOrder::None
         {
             self.unorder(vec![sub.name.clone()]).await;
         }
@@ -449,7 +450,7 @@ impl Catalog {
         // order any more (orphans just resumed included).
         let unordered: Vec<String> = next
             .iter()
-            .filter(|s| s.ordering == subscription::DeliveryOrder::None)
+            .filter(|s| *s.ordering() == subscription::DeliveryOrder::None)
             .filter(|s| change.added.contains(&s.name) || change.changed.contains(&s.name))
             .map(|s| s.name.clone())
             .collect();
@@ -558,7 +559,7 @@ impl Catalog {
             );
             return;
         };
-        let old = self.registry.swap(registry);
+        let old = self.matcher.swap(registry);
         self.builder.dispose(old);
         self.published.store(latest, Ordering::Release);
     }
@@ -566,8 +567,8 @@ impl Catalog {
 
 /// A job for the builder thread.
 enum BuildJob {
-    Build(Vec<Arc<Subscription>>, oneshot::Sender<Arc<Registry>>),
-    Dispose(Arc<Registry>),
+    Build(Vec<Arc<Subscription>>, oneshot::Sender<Arc<Matcher>>),
+    Dispose(Arc<Matcher>),
 }
 
 /// Builds registries on one long-lived thread, off the async runtime (at 10,000
@@ -588,7 +589,7 @@ impl Builder {
                 for job in rx {
                     match job {
                         BuildJob::Build(subs, reply) => {
-                            let _ = reply.send(Arc::new(Registry::new(subs)));
+                            let _ = reply.send(Arc::new(Matcher::new(subs)));
                         }
                         BuildJob::Dispose(old) => drop(old),
                     }
@@ -601,14 +602,14 @@ impl Builder {
     }
 
     /// A registry of `subs`; `None` if the thread is gone.
-    async fn build(&self, subs: Vec<Arc<Subscription>>) -> Option<Arc<Registry>> {
+    async fn build(&self, subs: Vec<Arc<Subscription>>) -> Option<Arc<Matcher>> {
         let (reply, built) = oneshot::channel();
         self.jobs.send(BuildJob::Build(subs, reply)).ok()?;
         built.await.ok()
     }
 
     /// Drops a replaced registry on the builder thread (unless a reader still holds it).
-    fn dispose(&self, old: Arc<Registry>) {
+    fn dispose(&self, old: Arc<Matcher>) {
         let _ = self.jobs.send(BuildJob::Dispose(old));
     }
 }

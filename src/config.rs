@@ -4,14 +4,14 @@
 pub mod env;
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::Url;
 use serde_yaml::Value;
 
-use crate::destination::Allowed;
+use crate::deliver::destination::{Allowed, targets_listener};
+use crate::deliver::settings::DeliverySettings;
 use crate::secret::Secret;
 use crate::store::settings::StorageSettings;
 use crate::subscription::Subscription;
@@ -46,7 +46,7 @@ pub struct Config {
     /// Management API settings.
     pub api: Api,
     /// Outbound settings shared by all subscriptions.
-    pub delivery: Delivery,
+    pub delivery: DeliverySettings,
     /// How long in-flight attempts may finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// Where the queue lives.
@@ -77,6 +77,13 @@ pub struct Listen {
     pub api: SocketAddr,
     /// Metrics and probes.
     pub ops: SocketAddr,
+}
+
+impl Listen {
+    /// The three addresses, for the checks that keep deliveries off the relay's own ports.
+    pub fn addrs(&self) -> [SocketAddr; 3] {
+        [self.app, self.api, self.ops]
+    }
 }
 
 /// Log output.
@@ -128,15 +135,6 @@ pub struct Api {
     pub allowed_destinations: Vec<Allowed>,
     /// Most subscriptions registered through the API.
     pub max_subscriptions: usize,
-}
-
-/// Outbound settings shared by all subscriptions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// Attempts in flight across all subscriptions.
-    pub max_in_flight_total: usize,
-    /// Proxy for outbound requests; never taken implicitly from the environment.
-    pub proxy: Option<Url>,
 }
 
 /// Why a configuration could not be loaded.
@@ -330,24 +328,7 @@ impl Config {
         }
         let api = parse_api(&root, &listen, issues);
 
-        let d = root.section("delivery", &["max_in_flight_total", "proxy"], issues);
-        let delivery = Delivery {
-            max_in_flight_total: d.integer("max_in_flight_total", 1..=65_536, 512, issues) as usize,
-            proxy: d
-                .string("proxy", issues)
-                .and_then(|p| match Url::parse(&p) {
-                    Ok(u) if !u.username().is_empty() || u.password().is_some() => {
-                        // A URL is printed in logs and Debug output; credentials must not be.
-                        issues.push(&d.at("proxy"), "must not carry credentials");
-                        None
-                    }
-                    Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
-                    _ => {
-                        issues.push(&d.at("proxy"), "is not an http:// or https:// proxy URL");
-                        None
-                    }
-                }),
-        };
+        let delivery = DeliverySettings::parse(&root, issues);
 
         let sh = root.section("shutdown", &["grace"], issues);
         let shutdown_grace = sh.duration(
@@ -391,9 +372,8 @@ impl Config {
                 }
                 if let Some(sub) = Subscription::parse(item, &path, issues) {
                     if sub
-                        .url
-                        .as_ref()
-                        .is_some_and(|u| targets_listener(u, &listen))
+                        .http()
+                        .is_some_and(|h| targets_listener(&h.url, &listen.addrs()))
                     {
                         issues.push(
                             &format!("{path}.url"),
@@ -407,11 +387,7 @@ impl Config {
 
         // The relay-wide cap is shared: if the subscriptions' caps could add up to more, a few
         // dead subscribers holding all their slots would starve the others.
-        let wanted: usize = subscriptions
-            .iter()
-            .filter(|s| s.url.is_some())
-            .map(|s| s.max_in_flight)
-            .sum();
+        let wanted = http_in_flight(&subscriptions);
         if wanted > delivery.max_in_flight_total {
             issues.push(
                 "delivery.max_in_flight_total",
@@ -522,32 +498,14 @@ fn parse_api(root: &Section<'_>, listen: &Listen, issues: &mut Issues) -> Api {
     }
 }
 
-/// True when `url` would reach one of the relay's own listeners.
-pub fn targets_listener(url: &Url, listen: &Listen) -> bool {
-    let Some(port) = url.port_or_known_default() else {
-        return false;
-    };
-    let host_ip: Option<IpAddr> = match url.host() {
-        Some(url::Host::Ipv4(ip)) => Some(ip.into()),
-        // `::ffff:127.0.0.1` is loopback too.
-        Some(url::Host::Ipv6(ip)) => Some(ip.to_ipv4_mapped().map_or(ip.into(), IpAddr::V4)),
-        // `localhost`, `localhost.` and `*.localhost` all resolve to loopback (RFC 6761).
-        Some(url::Host::Domain(d)) => {
-            let d = d.trim_end_matches('.').to_ascii_lowercase();
-            (d == "localhost" || d.ends_with(".localhost")).then(|| IpAddr::from([127, 0, 0, 1]))
-        }
-        None => None,
-    };
-    let Some(host_ip) = host_ip else {
-        return false;
-    };
-    [listen.app, listen.api, listen.ops].iter().any(|l| {
-        l.port() == port
-            && (l.ip() == host_ip
-                || (host_ip.is_loopback() && (l.ip().is_loopback() || l.ip().is_unspecified()))
-                || host_ip.is_unspecified()
-                || l.ip().is_unspecified())
-    })
+/// The attempts the HTTP push subscriptions may have in flight at once, all together: what
+/// `delivery.max_in_flight_total` must cover.
+pub fn http_in_flight(subscriptions: &[Subscription]) -> usize {
+    subscriptions
+        .iter()
+        .filter(|s| s.http().is_some())
+        .filter_map(|s| s.push().map(|p| p.max_in_flight))
+        .sum()
 }
 
 #[cfg(test)]
@@ -702,7 +660,7 @@ unknown_top: 1
             "subscriptions:\n  - {name: a, url: 'http://10.0.0.1/', events: [x], auth: {bearer: '${SECRET}'}}\n",
         )
         .unwrap();
-        match &c.subscriptions[0].auth {
+        match &c.subscriptions[0].http().unwrap().auth {
             Some(crate::subscription::Auth::Bearer(t)) => assert_eq!(t.expose(), "s3cret"),
             other => panic!("{other:?}"),
         }

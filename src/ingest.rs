@@ -231,7 +231,7 @@ async fn post_event(
             let event = Event::from_raw(&headers, body).map_err(|e| event_error(e, ""))?;
             let meta = event.raw.as_deref().expect("a raw event");
             let json = meta.is_json().then_some(&event.data[..]);
-            let matched = state.catalog.registry().matching_raw(
+            let matched = state.catalog.matcher().matching_raw(
                 &event.event_type,
                 json,
                 &meta.attributes,
@@ -258,7 +258,7 @@ async fn post_event(
             }
             let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
             let (event, raw) = Event::parse(&body).map_err(|e| event_error(e, ""))?;
-            let matched = state.catalog.registry().matching(&event.event_type, raw);
+            let matched = state.catalog.matcher().matching(&event.event_type, raw);
             (event, matched)
         };
         let id = event.id.clone();
@@ -359,7 +359,7 @@ async fn post_batch(
             let element = body.slice(start..start + raw.get().len());
             let (event, data) =
                 Event::parse(&element).map_err(|e| event_error(e, &format!("[{i}]")))?;
-            let subscriptions = state.catalog.registry().matching(&event.event_type, data);
+            let subscriptions = state.catalog.matcher().matching(&event.event_type, data);
             batch.push(Accepted::new(event, subscriptions));
         }
         let summary: Vec<(String, Vec<Arc<str>>)> = batch
@@ -506,7 +506,7 @@ async fn commit_and_hand_off(
             .inc();
         for ((subscription, id), route) in subs.into_iter().zip(ids).zip(found) {
             if let Some(route) = route {
-                route.deliver(|| Delivery {
+                route.hand_over(|| Delivery {
                     id: *id,
                     subscription,
                     event_id: event_id.clone(),

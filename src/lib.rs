@@ -20,16 +20,17 @@ pub mod backoff;
 pub mod catalog;
 pub mod config;
 pub mod deliver;
-pub mod destination;
+
 pub mod dispatch;
-pub mod email;
+
 pub mod event;
 pub mod filter;
 pub mod http_error;
 pub mod ingest;
+pub mod matching;
 pub mod metrics;
 pub mod ops;
-pub mod payload;
+
 pub mod reload;
 pub mod secret;
 pub mod server;

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookrelay::config::{Config, LogFormat};
 use hookrelay::signing::SigningKey;
-use hookrelay::subscription::{Auth, DeliveryOrder, Encoding, EventPattern, Subscription};
+use hookrelay::subscription::{Auth, Channel, DeliveryOrder, Encoding, EventPattern, Subscription};
 use hookrelay::{Relay, yaml::fmt_duration};
 
 #[derive(Parser)]
@@ -210,69 +210,68 @@ fn summary(sub: &Subscription) -> String {
             EventPattern::Prefix(p) => format!("{p}*"),
         })
         .collect();
-    let rate = sub
-        .rate_limit
-        .map(|r| format!(" rate={}/s burst={}", r.per_second, r.burst))
-        .unwrap_or_default();
-    let auth = match &sub.auth {
-        Some(Auth::Basic { username, .. }) => format!(" auth=basic({username})"),
-        Some(Auth::Bearer(_)) => " auth=bearer".to_string(),
-        None => String::new(),
-    };
-    let signed = match sub.signing.len() {
-        0 => String::new(),
-        n => format!(" signed({n} key{})", if n == 1 { "" } else { "s" }),
-    };
-    let ordered = match &sub.ordering {
-        DeliveryOrder::None => "",
-        DeliveryOrder::Fifo => " ordered(fifo)",
-        DeliveryOrder::Key(_) => " ordered(by key)",
-    };
-    let encoding = match &sub.encoding {
-        Encoding::Raw => String::new(),
-        Encoding::Envelope => " encoding=envelope".to_string(),
-        Encoding::Form { field } => format!(" encoding=form({field})"),
-    };
     let filter = if sub.filter.is_everything() {
         ""
     } else {
         " filtered"
     };
-    let target = match (&sub.email, &sub.url) {
-        (Some(email), _) => {
+    let (push, target, http) = match &sub.channel {
+        Channel::Pull(p) => {
+            let pull = format!(
+                " ack={:?} visibility_timeout={} ttl={}",
+                p.ack,
+                fmt_duration(p.visibility_timeout),
+                fmt_duration(p.ttl)
+            )
+            .to_lowercase();
+            return format!("{}: {} <- pulled{pull}{filter}", sub.name, events.join(","));
+        }
+        Channel::Email { push, email } => {
             let more = match email.to.len() {
                 1 => String::new(),
                 n => format!(" (+{})", n - 1),
             };
-            format!(
+            let target = format!(
                 "email to {}{more} via {}:{} {}",
                 email.to[0].email,
                 email.smtp.host,
                 email.smtp.port,
                 email.smtp.tls.as_str()
-            )
+            );
+            (push, target, None)
         }
-        (None, Some(url)) => url.to_string(),
-        (None, None) => {
-            let pull = sub.pull.as_ref().map_or(String::new(), |p| {
-                format!(
-                    " ack={:?} visibility_timeout={} ttl={}",
-                    p.ack,
-                    fmt_duration(p.visibility_timeout),
-                    fmt_duration(p.ttl)
-                )
-                .to_lowercase()
-            });
-            return format!("{}: {} <- pulled{pull}{filter}", sub.name, events.join(","));
-        }
+        Channel::Http { push, http } => (push, http.url.to_string(), Some(http)),
+    };
+    let rate = push
+        .rate_limit
+        .map(|r| format!(" rate={}/s burst={}", r.per_second, r.burst))
+        .unwrap_or_default();
+    let auth = match http.and_then(|h| h.auth.as_ref()) {
+        Some(Auth::Basic { username, .. }) => format!(" auth=basic({username})"),
+        Some(Auth::Bearer(_)) => " auth=bearer".to_string(),
+        None => String::new(),
+    };
+    let signed = match http.map_or(0, |h| h.signing.len()) {
+        0 => String::new(),
+        n => format!(" signed({n} key{})", if n == 1 { "" } else { "s" }),
+    };
+    let ordered = match &push.ordering {
+        DeliveryOrder::None => "",
+        DeliveryOrder::Fifo => " ordered(fifo)",
+        DeliveryOrder::Key(_) => " ordered(by key)",
+    };
+    let encoding = match http.map(|h| &h.encoding) {
+        None | Some(Encoding::Raw) => String::new(),
+        Some(Encoding::Envelope) => " encoding=envelope".to_string(),
+        Some(Encoding::Form { field }) => format!(" encoding=form({field})"),
     };
     format!(
         "{}: {} -> {} retries={} timeout={} max_in_flight={}{encoding}{rate}{auth}{signed}{ordered}{filter}",
         sub.name,
         events.join(","),
         target,
-        sub.retries,
-        fmt_duration(sub.timeout),
-        sub.max_in_flight,
+        push.retries,
+        fmt_duration(push.timeout),
+        push.max_in_flight,
     )
 }

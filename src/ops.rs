@@ -137,7 +137,7 @@ async fn metrics(State(state): State<OpsState>) -> Response {
     // Queue gauges are read from the store at scrape time, so they are never stale.
     match state.store.stats().await {
         Ok(stats) => {
-            let registry = state.catalog.registry();
+            let registry = state.catalog.matcher();
             let subs = registry
                 .all()
                 .iter()

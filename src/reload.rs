@@ -165,12 +165,7 @@ impl Reloader {
             return;
         }
         let restart = self.running.restart_needed(&new);
-        let wanted: usize = new
-            .subscriptions
-            .iter()
-            .filter(|s| s.url.is_some())
-            .map(|s| s.max_in_flight)
-            .sum();
+        let wanted = crate::config::http_in_flight(&new.subscriptions);
         let running = self.running.delivery.max_in_flight_total;
         if wanted > running {
             return self.failed(&ReloadError::OverCapacity { running, wanted });

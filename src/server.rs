@@ -21,8 +21,8 @@ use tower_http::trace::TraceLayer;
 use crate::api::{self, ApiState};
 use crate::catalog::Catalog;
 use crate::config::{Config, Listen};
-use crate::deliver::DeliverError;
-use crate::destination::DestinationGuard;
+use crate::deliver::destination::DestinationGuard;
+use crate::deliver::http_post::DeliverError;
 use crate::dispatch::Dispatcher;
 use crate::http_error::json_errors;
 use crate::ingest::{self, IngestState};
@@ -129,7 +129,7 @@ impl Relay {
         )?);
         let guard = Arc::new(DestinationGuard::new(
             config.api.allowed_destinations.clone(),
-            addrs,
+            &addrs.addrs(),
         ));
         let config_subs: Vec<Arc<Subscription>> =
             config.subscriptions.iter().cloned().map(Arc::new).collect();
@@ -155,7 +155,7 @@ impl Relay {
         // Deliveries still waiting in key order for a subscription that is no longer ordered.
         let unordered = all
             .iter()
-            .filter(|s| s.ordering == DeliveryOrder::None)
+            .filter(|s| *s.ordering() == DeliveryOrder::None)
             .map(|s| s.name.clone())
             .collect();
         store.clear_ordering(unordered).await?;
@@ -256,7 +256,7 @@ impl Relay {
             app = %addrs.app,
             api = %addrs.api,
             ops = %addrs.ops,
-            subscriptions = catalog.registry().all().len(),
+            subscriptions = catalog.matcher().all().len(),
             reload,
             "hookrelay listening"
         );
@@ -311,7 +311,7 @@ async fn load_api_subscriptions(
         let changed = (stored.created_at_ms, stored.updated_at_ms);
         let sub = Subscription::from_api(doc, &stored.id, changed, &mut issues);
         match sub {
-            Some(sub) if issues.is_empty() => match sub.check_destination(guard) {
+            Some(sub) if issues.is_empty() => match guard.check_subscription(&sub) {
                 Ok(()) => out.push(Arc::new(sub)),
                 Err((field, reason)) => {
                     tracing::error!(

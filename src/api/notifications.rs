@@ -76,7 +76,7 @@ fn authorize(
             HttpError::unauthorized()
         });
     };
-    let pull_token = sub.pull.as_ref().and_then(|p| p.token.as_ref());
+    let pull_token = sub.pull().and_then(|p| p.token.as_ref());
     let allowed = match pull_token {
         Some(t) => t.is_bearer_of(headers) || (state.token.is_some() && api_ok),
         None => api_ok,
@@ -84,7 +84,7 @@ fn authorize(
     if !allowed {
         return Err(HttpError::unauthorized());
     }
-    let Some(settings) = sub.pull.clone() else {
+    let Some(settings) = sub.pull().cloned() else {
         return Err(HttpError::new(
             StatusCode::CONFLICT,
             "conflict",

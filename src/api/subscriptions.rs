@@ -59,7 +59,7 @@ fn validate(
     let mut issues = Issues::default();
     let sub = Subscription::from_api(Json::Object(doc), id, changed, &mut issues);
     if let Some(sub) = &sub
-        && let Err((field, reason)) = sub.check_destination(&state.guard)
+        && let Err((field, reason)) = state.guard.check_subscription(sub)
     {
         issues.push(&field, reason);
     }
@@ -173,7 +173,7 @@ pub async fn list(
         )
         .field(key.clone(), "unknown parameter"));
     }
-    let registry = state.catalog.registry();
+    let registry = state.catalog.matcher();
     let views: Vec<Json> = match q.get("event") {
         None => registry.all().iter().map(|s| s.view()).collect(),
         Some(event_type) => registry

@@ -1,24 +1,12 @@
-//! The e-mail channel: a subscription with `mode: email` gets each notification as a mail,
-//! sent over SMTP (lettre) by the innermost service of the usual attempt stack. This module
-//! validates the `email` section, builds the message of an attempt and sends it.
+//! The `email` section of a `mode: email` subscription: recipients, sender, subject
+//! template and SMTP server, validated into the settings the mailer sends with.
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
-use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::message::{Body, Mailbox, Message};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::message::Mailbox;
 use serde_yaml::Value;
-use tower::BoxError;
 
-use crate::deliver::Reply;
-use crate::destination::DestinationGuard;
 use crate::secret::Secret;
-use crate::store::Delivery;
 use crate::yaml::{Issues, Section, as_list, as_string, index};
 
 /// Keys of the `email` section.
@@ -63,7 +51,7 @@ impl TlsMode {
 
 /// The SMTP server a subscription's mail goes through.
 #[derive(Clone)]
-pub struct Smtp {
+pub struct SmtpServer {
     /// Host name or address.
     pub host: String,
     /// Port.
@@ -74,9 +62,9 @@ pub struct Smtp {
     pub credentials: Option<(String, Secret)>,
 }
 
-impl fmt::Debug for Smtp {
+impl fmt::Debug for SmtpServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Smtp")
+        f.debug_struct("SmtpServer")
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls)
@@ -156,7 +144,7 @@ pub struct EmailSettings {
     /// Subject of each mail.
     pub subject: SubjectTemplate,
     /// The server.
-    pub smtp: Smtp,
+    pub smtp: SmtpServer,
 }
 
 impl EmailSettings {
@@ -225,7 +213,7 @@ fn mailbox(text: &str, path: &str, issues: &mut Issues) -> Option<Mailbox> {
     }
 }
 
-fn parse_smtp(e: &Section<'_>, issues: &mut Issues) -> Option<Smtp> {
+fn parse_smtp(e: &Section<'_>, issues: &mut Issues) -> Option<SmtpServer> {
     e.required("smtp", issues)?;
     let s = e.section("smtp", SMTP_KEYS, issues);
     let host = s
@@ -272,7 +260,7 @@ fn parse_smtp(e: &Section<'_>, issues: &mut Issues) -> Option<Smtp> {
             None
         }
     };
-    Some(Smtp {
+    Some(SmtpServer {
         host: host?
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -281,128 +269,6 @@ fn parse_smtp(e: &Section<'_>, issues: &mut Issues) -> Option<Smtp> {
         tls,
         credentials,
     })
-}
-
-/// One attempt's mail, built by [`message`].
-#[derive(Debug)]
-pub struct Mail(Message);
-
-/// The mail for attempt `attempt` (1-based) of `delivery`: the delivery's data, exactly, as
-/// the body (base64 transfer encoding keeps every byte), with its content type.
-pub fn message(
-    settings: &EmailSettings,
-    delivery: &Delivery,
-    attempt: u32,
-) -> Result<Mail, String> {
-    let mut builder = Message::builder()
-        .from(settings.from.clone())
-        .subject(
-            settings
-                .subject
-                .render(&delivery.event_type, &delivery.event_id),
-        )
-        .date_now()
-        .message_id(None);
-    for to in &settings.to {
-        builder = builder.to(to.clone());
-    }
-    // Ids and types are validated to header-safe characters at ingest.
-    for (name, value) in [
-        ("X-Hookrelay-Event-Id", &*delivery.event_id),
-        ("X-Hookrelay-Event-Type", &*delivery.event_type),
-        ("X-Hookrelay-Attempt", &attempt.to_string()),
-    ] {
-        let name = HeaderName::new_from_ascii_str(name);
-        builder = builder.raw_header(HeaderValue::new(name, value.to_string()));
-    }
-    let content_type =
-        ContentType::parse(delivery.content_type()).map_err(|e| format!("content type: {e}"))?;
-    builder
-        .header(content_type)
-        .body(Body::new(delivery.data.to_vec()))
-        .map(Mail)
-        .map_err(|e| format!("cannot build the mail: {e}"))
-}
-
-/// Sends a subscription's mails; API subscriptions' servers are checked against the guard
-/// at every connection.
-pub struct Mailer {
-    smtp: Smtp,
-    guard: Option<Arc<DestinationGuard>>,
-    timeout: Duration,
-}
-
-impl Mailer {
-    /// A mailer for `settings`; `timeout` bounds each SMTP command.
-    pub fn new(
-        settings: &EmailSettings,
-        guard: Option<Arc<DestinationGuard>>,
-        timeout: Duration,
-    ) -> Mailer {
-        Mailer {
-            smtp: settings.smtp.clone(),
-            guard,
-            timeout,
-        }
-    }
-
-    /// Sends one mail. The server's answer is a [`Reply::Smtp`]; no answer (no address, no
-    /// connection, TLS failure) is an error.
-    pub async fn send(&self, mail: Mail) -> Result<Reply, BoxError> {
-        let address = self.address().await?;
-        let smtp = &self.smtp;
-        let mut builder =
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(address.ip().to_string())
-                .port(address.port())
-                .timeout(Some(self.timeout));
-        // The name, not the address we connect to, is what the certificate must match.
-        builder = match smtp.tls {
-            TlsMode::None => builder.tls(Tls::None),
-            TlsMode::Starttls => builder.tls(Tls::Required(TlsParameters::new(smtp.host.clone())?)),
-            TlsMode::Tls => builder.tls(Tls::Wrapper(TlsParameters::new(smtp.host.clone())?)),
-        };
-        if let Some((username, password)) = &smtp.credentials {
-            builder = builder.credentials(Credentials::new(
-                username.clone(),
-                password.expose().to_string(),
-            ));
-        }
-        match builder.build().send(mail.0).await {
-            Ok(response) => Ok(Reply::Smtp {
-                code: response.code().into(),
-                text: response.message().collect::<Vec<_>>().join(" "),
-            }),
-            Err(e) => match e.status() {
-                Some(code) => Ok(Reply::Smtp {
-                    code: code.into(),
-                    text: e.to_string(),
-                }),
-                None => Err(Box::new(e)),
-            },
-        }
-    }
-
-    /// The address to connect to: the first the host resolves to that the guard allows.
-    async fn address(&self) -> Result<SocketAddr, BoxError> {
-        let smtp = &self.smtp;
-        let found: Vec<SocketAddr> = tokio::net::lookup_host((smtp.host.as_str(), smtp.port))
-            .await
-            .map_err(|e| format!("cannot resolve {}: {e}", smtp.host))?
-            .collect();
-        let Some(guard) = &self.guard else {
-            return found
-                .into_iter()
-                .next()
-                .ok_or_else(|| format!("{} has no address", smtp.host).into());
-        };
-        guard.first_allowed(&smtp.host, found).ok_or_else(|| {
-            format!(
-                "destination refused: {} resolves only to addresses api.allowed_destinations does not allow",
-                smtp.host
-            )
-            .into()
-        })
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use crate::config::{Listen, targets_listener};
+use crate::subscription::Subscription;
 
 /// Networks refused by default: link-local (where cloud metadata services live) and the
 /// AWS IPv6 metadata address. IPv4-mapped IPv6 forms are folded to IPv4 before the check.
@@ -63,19 +63,20 @@ impl Allowed {
 pub struct DestinationGuard {
     allowed: Vec<Allowed>,
     refused: Vec<IpNet>,
-    own: Listen,
+    /// The relay's own listeners.
+    own: Vec<SocketAddr>,
 }
 
 impl DestinationGuard {
     /// A guard with `allowed` (empty: any destination not refused) and the relay's listeners.
-    pub fn new(allowed: Vec<Allowed>, own: Listen) -> Self {
+    pub fn new(allowed: Vec<Allowed>, own: &[SocketAddr]) -> Self {
         DestinationGuard {
             allowed,
             refused: REFUSED_NETS
                 .iter()
                 .map(|n| n.parse().expect("valid network"))
                 .collect(),
-            own,
+            own: own.to_vec(),
         }
     }
 
@@ -102,6 +103,19 @@ impl DestinationGuard {
             }
             None => Err("has no host".into()),
         }
+    }
+
+    /// Why the guard refuses a subscription's destination: the field and the reason.
+    pub fn check_subscription(&self, sub: &Subscription) -> Result<(), (String, String)> {
+        if let Some(http) = sub.http() {
+            self.check_url(&http.url)
+                .map_err(|r| ("url".to_string(), r))?;
+        }
+        if let Some(email) = sub.email() {
+            self.check_host(&email.smtp.host, email.smtp.port)
+                .map_err(|r| ("email.smtp.host".to_string(), r))?;
+        }
+        Ok(())
     }
 
     /// Why an SMTP server at `host:port` may not be registered: the same rules as a URL's.
@@ -202,6 +216,34 @@ impl Resolve for GuardedResolver {
 }
 
 /// `::ffff:169.254.169.254`, the metadata address in IPv4-mapped form.
+/// True when `url` would reach one of the relay's own listeners.
+pub fn targets_listener(url: &Url, own: &[SocketAddr]) -> bool {
+    let Some(port) = url.port_or_known_default() else {
+        return false;
+    };
+    let host_ip: Option<IpAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(ip.into()),
+        // `::ffff:127.0.0.1` is loopback too.
+        Some(url::Host::Ipv6(ip)) => Some(ip.to_ipv4_mapped().map_or(ip.into(), IpAddr::V4)),
+        // `localhost`, `localhost.` and `*.localhost` all resolve to loopback (RFC 6761).
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            (d == "localhost" || d.ends_with(".localhost")).then(|| IpAddr::from([127, 0, 0, 1]))
+        }
+        None => None,
+    };
+    let Some(host_ip) = host_ip else {
+        return false;
+    };
+    own.iter().any(|l| {
+        l.port() == port
+            && (l.ip() == host_ip
+                || (host_ip.is_loopback() && (l.ip().is_loopback() || l.ip().is_unspecified()))
+                || host_ip.is_unspecified()
+                || l.ip().is_unspecified())
+    })
+}
+
 #[cfg(test)]
 const MAPPED_METADATA: std::net::Ipv6Addr =
     std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0xa9fe, 0xa9fe);
@@ -210,12 +252,15 @@ const MAPPED_METADATA: std::net::Ipv6Addr =
 mod tests {
     use super::*;
 
-    fn listen() -> Listen {
-        Listen {
-            app: "127.0.0.1:8787".parse().unwrap(),
-            api: "127.0.0.1:8788".parse().unwrap(),
-            ops: "0.0.0.0:9464".parse().unwrap(),
-        }
+    fn listen() -> &'static [SocketAddr] {
+        static OWN: std::sync::LazyLock<[SocketAddr; 3]> = std::sync::LazyLock::new(|| {
+            [
+                "127.0.0.1:8787".parse().unwrap(),
+                "127.0.0.1:8788".parse().unwrap(),
+                "0.0.0.0:9464".parse().unwrap(),
+            ]
+        });
+        &*OWN
     }
 
     fn check(guard: &DestinationGuard, url: &str) -> Result<(), String> {

@@ -1,0 +1,301 @@
+//! What a receiver answered ([`Reply`]) and the one judgement of it ([`Verdict`]): delivered,
+//! worth retrying (with the reason and any pressure the receiver signalled), or refused for
+//! good. Metrics, logs and the store's next step all follow from the verdict.
+
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+use tower::BoxError;
+
+use crate::backoff::Pressure;
+use crate::subscription::SuccessCodes;
+
+/// Longest `last_error` kept.
+const ERROR_LIMIT: usize = 300;
+
+/// What the receiver answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// An HTTP response.
+    Http {
+        /// Response status.
+        status: StatusCode,
+        /// `Retry-After`, when given in seconds or as a date.
+        retry_after: Option<Duration>,
+    },
+    /// An SMTP server's final reply to the mail (or its first refusal).
+    Smtp {
+        /// Reply code: 2xx accepted, 4xx try again later, 5xx refused for good.
+        code: u16,
+        /// The server's text.
+        text: String,
+    },
+}
+
+/// The verdict on one attempt: its reply classified once; metrics, logs and scheduling all
+/// follow from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Status matched `success_code`.
+    Delivered(StatusCode),
+    /// Worth retrying later.
+    Retryable {
+        /// Metric label: `http_error`, `smtp_error`, `timeout` or `connect_error`.
+        result: &'static str,
+        /// Status, when the receiver answered.
+        status: Option<StatusCode>,
+        /// Whether the receiver signalled overload (429, timeout).
+        pressure: Pressure,
+        /// The receiver's `Retry-After`.
+        retry_after: Option<Duration>,
+        /// Short reason, free of secrets.
+        error: String,
+    },
+    /// Never worth retrying (`410 Gone`, an SMTP 5xx).
+    Permanent {
+        /// Metric label: `http_error` or `smtp_error`.
+        result: &'static str,
+        /// The status (the SMTP reply code for mail).
+        status: StatusCode,
+        /// Short reason.
+        error: String,
+    },
+}
+
+impl Verdict {
+    /// The `result` label of `hookrelay_delivery_attempts_total`.
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            Verdict::Delivered(_) => "success",
+            Verdict::Retryable { result, .. } => result,
+            Verdict::Permanent { result, .. } => result,
+        }
+    }
+
+    /// The status the receiver answered, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Verdict::Delivered(s) | Verdict::Permanent { status: s, .. } => Some(s.as_u16()),
+            Verdict::Retryable { status, .. } => status.map(|s| s.as_u16()),
+        }
+    }
+}
+
+/// Classifies an attempt's result; the one place that decides success, retry or failure.
+pub fn classify(
+    result: Result<Reply, BoxError>,
+    success: &SuccessCodes,
+    timeout: Duration,
+) -> Verdict {
+    match result {
+        Ok(Reply::Http { status, .. }) if success.contains(status.as_u16()) => {
+            Verdict::Delivered(status)
+        }
+        Ok(Reply::Http { status, .. }) if status == StatusCode::GONE => Verdict::Permanent {
+            result: "http_error",
+            status,
+            error: "HTTP 410 Gone: the receiver asked to stop".to_string(),
+        },
+        Ok(Reply::Http {
+            status,
+            retry_after,
+        }) => Verdict::Retryable {
+            result: "http_error",
+            status: Some(status),
+            pressure: if status == StatusCode::TOO_MANY_REQUESTS {
+                Pressure::Overloaded
+            } else {
+                Pressure::Normal
+            },
+            retry_after,
+            error: format!("HTTP {status}"),
+        },
+        Ok(Reply::Smtp { code, text }) => {
+            // SMTP codes are 2xx..5xx, inside StatusCode's 100..=999.
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+            let error = clip(format!("SMTP {code}: {text}"));
+            match code {
+                200..=299 => Verdict::Delivered(status),
+                500.. => Verdict::Permanent {
+                    result: "smtp_error",
+                    status,
+                    error,
+                },
+                _ => Verdict::Retryable {
+                    result: "smtp_error",
+                    status: Some(status),
+                    pressure: Pressure::Normal,
+                    retry_after: None,
+                    error,
+                },
+            }
+        }
+        Err(e) if e.is::<tower::timeout::error::Elapsed>() => Verdict::Retryable {
+            result: "timeout",
+            status: None,
+            pressure: Pressure::Overloaded,
+            retry_after: None,
+            error: format!("no response within {}", crate::yaml::fmt_duration(timeout)),
+        },
+        Err(e) => {
+            let timed_out = e
+                .downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_timeout)
+                || e.downcast_ref::<lettre::transport::smtp::Error>()
+                    .is_some_and(lettre::transport::smtp::Error::is_timeout);
+            Verdict::Retryable {
+                result: if timed_out {
+                    "timeout"
+                } else {
+                    "connect_error"
+                },
+                status: None,
+                pressure: if timed_out {
+                    Pressure::Overloaded
+                } else {
+                    Pressure::Normal
+                },
+                retry_after: None,
+                error: describe_error(e),
+            }
+        }
+    }
+}
+
+/// An attempt that failed in the stack's outer layers, before it could be classified there.
+pub fn stack_error(e: BoxError) -> Verdict {
+    classify(Err(e), &SuccessCodes::default(), Duration::ZERO)
+}
+
+/// An error and its causes on one line, without URLs (which may carry tokens in queries).
+fn describe_error(e: BoxError) -> String {
+    let e = match e.downcast::<reqwest::Error>() {
+        Ok(re) => return chain(&re.without_url()),
+        Err(other) => other,
+    };
+    chain(e.as_ref())
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    clip(text)
+}
+
+/// `text` cut to the longest `last_error` kept.
+fn clip(mut text: String) -> String {
+    if text.len() > ERROR_LIMIT {
+        let mut cut = ERROR_LIMIT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16) -> Result<Reply, BoxError> {
+        Ok(Reply::Http {
+            status: StatusCode::from_u16(code).unwrap(),
+            retry_after: None,
+        })
+    }
+
+    fn smtp(code: u16) -> Result<Reply, BoxError> {
+        Ok(Reply::Smtp {
+            code,
+            text: "text".into(),
+        })
+    }
+
+    #[test]
+    fn smtp_classification() {
+        let ok = SuccessCodes::default_2xx();
+        let t = Duration::from_secs(1);
+        assert_eq!(
+            classify(smtp(250), &ok, t),
+            Verdict::Delivered(StatusCode::from_u16(250).unwrap())
+        );
+        let retry = classify(smtp(451), &ok, t);
+        assert!(
+            matches!(&retry, Verdict::Retryable { status: Some(s), error, .. }
+                if s.as_u16() == 451 && error == "SMTP 451: text"),
+            "{retry:?}"
+        );
+        assert_eq!(retry.result_label(), "smtp_error");
+        let refused = classify(smtp(550), &ok, t);
+        assert!(matches!(refused, Verdict::Permanent { .. }), "{refused:?}");
+        assert_eq!(refused.result_label(), "smtp_error");
+        assert_eq!(refused.status(), Some(550));
+    }
+
+    #[test]
+    fn classification() {
+        let ok = SuccessCodes::default_2xx();
+        let t = Duration::from_secs(1);
+        assert_eq!(
+            classify(reply(204), &ok, t),
+            Verdict::Delivered(StatusCode::NO_CONTENT)
+        );
+        assert_eq!(classify(reply(302), &ok, t).result_label(), "http_error");
+        assert!(matches!(
+            classify(reply(410), &ok, t),
+            Verdict::Permanent { .. }
+        ));
+        assert!(matches!(
+            classify(reply(429), &ok, t),
+            Verdict::Retryable {
+                pressure: Pressure::Overloaded,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(reply(500), &ok, t),
+            Verdict::Retryable {
+                pressure: Pressure::Normal,
+                status: Some(_),
+                ..
+            }
+        ));
+        let elapsed: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        let a = classify(Err(elapsed), &ok, t);
+        assert_eq!(a.result_label(), "timeout");
+        let other: BoxError = "connection refused".into();
+        assert_eq!(classify(Err(other), &ok, t).result_label(), "connect_error");
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

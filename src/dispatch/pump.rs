@@ -1,0 +1,317 @@
+//! The pump of a push subscription: takes claimed deliveries from its queue, waits until the
+//! attempt stack is ready (rate limit, caps), spawns each attempt, and records its outcome:
+//! delivered, a retry at a time the backoff gives, or failed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::{Service, ServiceExt};
+
+use super::STORE_ERROR_PAUSE;
+use crate::deliver::AttemptService;
+use crate::deliver::verdict::{Verdict, stack_error};
+use crate::store::{Delivery, DeliveryId, Outcome, Store};
+use crate::subscription::{DeliveryOrder, PushSettings, Subscription};
+use crate::time::now_ms;
+
+/// Tries to record one attempt's outcome before leaving it to the next start.
+const OUTCOME_TRIES: u32 = 60;
+/// How long a pump stopping with the relay waits for deliveries on their way into its queue.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+/// The same for a pump retired at run time; senders finish within one store call.
+const RETIRE_DRAIN_WAIT: Duration = Duration::from_secs(60);
+
+/// Sends the claimed deliveries of one subscription.
+pub(super) struct Pump {
+    /// Its subscription.
+    pub(super) sub: Arc<Subscription>,
+    /// How its attempts are repeated.
+    pub(super) push: Arc<PushSettings>,
+    /// Where outcomes are recorded.
+    pub(super) store: Arc<dyn Store>,
+    /// Its final-outcome counters.
+    pub(super) outcomes: Arc<FinalCounters>,
+    /// Wakes the feeder (shared with the lane).
+    pub(super) wake: Arc<Notify>,
+    /// Stops this pump (also cancelled when the relay stops).
+    pub(super) shutdown: CancellationToken,
+    /// Cancelled when the relay stops.
+    pub(super) relay_stopping: CancellationToken,
+    /// Where attempts run, so shutdown can wait for them.
+    pub(super) attempts: TaskTracker,
+}
+
+impl Pump {
+    /// `service` is kept out of `self`: it is `Send` but not `Sync`, and `self` is borrowed
+    /// across awaits.
+    /// `build` makes attempt number `n` (1-based) of a delivery: the channel's request.
+    pub(super) async fn run<R: Send + 'static>(
+        self,
+        service: AttemptService<R>,
+        mut claimed: mpsc::Receiver<Delivery>,
+        build: impl Fn(&Delivery, u32) -> R + Send,
+    ) {
+        let name = self.sub.name.as_str();
+        loop {
+            // Biased towards stopping: once a pump is stopped (its subscription deleted or
+            // replaced), nothing more leaves through it.
+            let delivery = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                d = claimed.recv() => match d { Some(d) => d, None => break },
+            };
+            // Wait for a rate-limit token and a concurrency slot before sending it.
+            let mut service = service.clone();
+            let ready = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => None,
+                r = service.ready() => Some(r.map(|_| ())),
+            };
+            let Some(ready) = ready.filter(|_| !self.shutdown.is_cancelled()) else {
+                self.unclaim(vec![delivery.id]).await;
+                break;
+            };
+            let req = build(&delivery, delivery.attempts + 1);
+            let outcome = self.recorder(delivery);
+            match ready {
+                Ok(()) => {
+                    let call = service.call(req);
+                    self.attempts.spawn(async move {
+                        outcome.finish(call.await.unwrap_or_else(stack_error)).await;
+                    });
+                }
+                Err(e) => outcome.finish(stack_error(e)).await,
+            }
+        }
+        // Deliveries claimed but never sent go back to the queue.
+        claimed.close();
+        let mut ids = Vec::new();
+        // `recv` also waits for slots reserved before the close (a feeder or an ingest request
+        // between its commit and its hand-off), so those are returned too. A pump replaced or
+        // removed at run time waits for all of them (its senders are gone once they are used);
+        // when the relay stops, the next start returns whatever is left in flight.
+        let wait = if self.relay_stopping.is_cancelled() {
+            DRAIN_WAIT
+        } else {
+            RETIRE_DRAIN_WAIT
+        };
+        while let Ok(Some(d)) = tokio::time::timeout(wait, claimed.recv()).await {
+            ids.push(d.id);
+        }
+        tracing::debug!(subscription = name, returned = ids.len(), "pump stopped");
+        self.unclaim(ids).await;
+        // A replacement pump shares `wake`: its feeder picks the returned deliveries up.
+        self.wake.notify_one();
+    }
+
+    async fn unclaim(&self, ids: Vec<DeliveryId>) {
+        if !ids.is_empty()
+            && let Err(e) = self.store.unclaim(ids).await
+        {
+            tracing::warn!(subscription = self.sub.name.as_str(), error = %e, "cannot return unsent deliveries");
+        }
+    }
+
+    fn recorder(&self, delivery: Delivery) -> Recorder {
+        Recorder {
+            sub: self.sub.clone(),
+            push: self.push.clone(),
+            delivery,
+            store: self.store.clone(),
+            counters: self.outcomes.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+/// Final-outcome counters of one subscription, resolved once.
+pub(super) struct FinalCounters {
+    /// `hookrelay_deliveries_total{outcome="delivered"}`.
+    pub(super) delivered: IntCounter,
+    /// `hookrelay_deliveries_total{outcome="failed"}`.
+    pub(super) failed: IntCounter,
+}
+
+/// Turns one classified attempt into the store's next step for the delivery.
+struct Recorder {
+    sub: Arc<Subscription>,
+    push: Arc<PushSettings>,
+    delivery: Delivery,
+    store: Arc<dyn Store>,
+    counters: Arc<FinalCounters>,
+    wake: Arc<Notify>,
+}
+
+impl Recorder {
+    async fn finish(self, attempt: Verdict) {
+        let number = self.delivery.attempts + 1;
+        let outcome = decide(&self.push, number, &attempt, now_ms(), fastrand::f64());
+        let name = self.sub.name.as_str();
+        let event_id = &*self.delivery.event_id;
+        // Recorded before anything is counted; a store that fails for a while is retried, so a
+        // delivery is not left in flight until the next restart.
+        let mut tries = 0;
+        while let Err(e) = self.store.complete(self.delivery.id, outcome.clone()).await {
+            tries += 1;
+            if tries >= OUTCOME_TRIES {
+                // It stays in flight; the next start makes it pending again (at-least-once).
+                tracing::error!(subscription = name, event_id, error = %e, "cannot record attempt outcome; giving up");
+                return;
+            }
+            tracing::warn!(subscription = name, event_id, error = %e, "cannot record attempt outcome; retrying");
+            tokio::time::sleep(STORE_ERROR_PAUSE).await;
+        }
+        match &outcome {
+            Outcome::Delivered { status } => {
+                self.counters.delivered.inc();
+                tracing::debug!(
+                    subscription = name,
+                    event_id,
+                    attempt = number,
+                    status,
+                    "delivered"
+                );
+            }
+            Outcome::Retry { at_ms, error, .. } => {
+                tracing::info!(
+                    subscription = name,
+                    event_id,
+                    attempt = number,
+                    error = error.as_str(),
+                    retry_in_ms = at_ms - now_ms(),
+                    "attempt failed; retry scheduled"
+                );
+            }
+            Outcome::Failed { error, .. } => {
+                self.counters.failed.inc();
+                tracing::warn!(
+                    subscription = name,
+                    event_id,
+                    attempts = number,
+                    error = error.as_str(),
+                    "delivery failed; kept as a dead letter"
+                );
+            }
+        }
+        if matches!(outcome, Outcome::Retry { .. }) || self.push.ordering != DeliveryOrder::None {
+            // The feeder's next due time may have moved earlier, or (ordered) the next
+            // delivery of this key was released by this final outcome.
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The store's next step after attempt `number` (1-based); `unit` is a random draw for jitter.
+pub fn decide(
+    push: &PushSettings,
+    number: u32,
+    attempt: &Verdict,
+    now_ms: i64,
+    unit: f64,
+) -> Outcome {
+    match attempt {
+        Verdict::Delivered(status) => Outcome::Delivered {
+            status: status.as_u16(),
+        },
+        Verdict::Permanent { status, error, .. } => Outcome::Failed {
+            status: Some(status.as_u16()),
+            error: error.clone(),
+        },
+        Verdict::Retryable { status, error, .. } if number > push.retries => Outcome::Failed {
+            status: status.map(|s| s.as_u16()),
+            error: format!("{error} (after {number} attempts)"),
+        },
+        Verdict::Retryable {
+            status,
+            pressure,
+            retry_after,
+            error,
+            ..
+        } => {
+            let delay = push.backoff.delay(number, *pressure, *retry_after, unit);
+            Outcome::Retry {
+                at_ms: now_ms + delay.as_millis() as i64,
+                status: status.map(|s| s.as_u16()),
+                error: error.clone(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::Pressure;
+    use http::StatusCode;
+
+    fn sub(retries: u32) -> PushSettings {
+        let yaml = format!(
+            "{{name: a, url: 'http://h/', events: [x], retries: {retries}, backoff: {{schedule: [1s, 10s]}}}}"
+        );
+        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let sub = Subscription::parse(&v, "", &mut Default::default()).unwrap();
+        sub.push().unwrap().clone()
+    }
+
+    fn failed_attempt() -> Verdict {
+        Verdict::Retryable {
+            result: "http_error",
+            status: Some(StatusCode::INTERNAL_SERVER_ERROR),
+            pressure: Pressure::Normal,
+            retry_after: None,
+            error: "HTTP 500".into(),
+        }
+    }
+
+    #[test]
+    fn retries_follow_the_schedule_until_spent() {
+        let s = sub(2);
+        assert_eq!(
+            decide(&s, 1, &failed_attempt(), 0, 0.5),
+            Outcome::Retry {
+                at_ms: 1000,
+                status: Some(500),
+                error: "HTTP 500".into()
+            }
+        );
+        assert!(matches!(
+            decide(&s, 2, &failed_attempt(), 0, 0.5),
+            Outcome::Retry { at_ms: 10_000, .. }
+        ));
+        assert!(matches!(
+            decide(&s, 3, &failed_attempt(), 0, 0.5),
+            Outcome::Failed {
+                status: Some(500),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn zero_retries_means_one_attempt() {
+        assert!(matches!(
+            decide(&sub(0), 1, &failed_attempt(), 0, 0.5),
+            Outcome::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn gone_fails_at_once() {
+        let gone = Verdict::Permanent {
+            result: "http_error",
+            status: StatusCode::GONE,
+            error: "gone".into(),
+        };
+        assert!(matches!(
+            decide(&sub(5), 1, &gone, 0, 0.5),
+            Outcome::Failed {
+                status: Some(410),
+                ..
+            }
+        ));
+    }
+}
