@@ -15,7 +15,7 @@ use hookrelay::yaml::Issues;
 use serde_json::value::RawValue;
 
 /// One subscription per event type `type.{i}`; every tenth has a filter.
-fn registry(n: usize) -> Matcher {
+fn registry(n: usize) -> Matcher<Arc<str>> {
     let mut subs = Vec::with_capacity(n);
     for i in 0..n {
         let filter = if i % 10 == 0 {
@@ -30,7 +30,7 @@ fn registry(n: usize) -> Matcher {
         let sub = Subscription::parse(&v, "bench", &mut issues).expect("valid subscription");
         subs.push(Arc::new(sub));
     }
-    Matcher::new(subs)
+    Matcher::by_name(subs)
 }
 
 /// Mean time of `f` over enough rounds to fill about half a second.
@@ -73,7 +73,7 @@ fn main() {
     }
     for n in [10, 10_000] {
         let subs: Vec<_> = registry(n).all().to_vec();
-        let (per, _) = time_per_call(|| Matcher::new(subs.clone()).all().len());
+        let (per, _) = time_per_call(|| Matcher::by_name(subs.clone()).all().len());
         println!(
             "index build, {n} subscriptions: {:.3} ms",
             per.as_secs_f64() * 1e3

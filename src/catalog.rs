@@ -87,7 +87,7 @@ impl From<StoreError> for CatalogError {
 
 /// The subscriptions in force and the means to change them.
 pub struct Catalog {
-    matcher: ArcSwap<Matcher>,
+    matcher: ArcSwap<Matcher<Arc<str>>>,
     state: Mutex<State>,
     /// Serialises replace and delete, so the store and memory apply them in one order.
     edits: tokio::sync::Mutex<()>,
@@ -175,7 +175,7 @@ impl Catalog {
         }
         let (subs, version) = state.snapshot();
         let catalog = Catalog {
-            matcher: ArcSwap::from_pointee(Matcher::new(subs)),
+            matcher: ArcSwap::from_pointee(Matcher::by_name(subs)),
             state: Mutex::new(state),
             edits: tokio::sync::Mutex::new(()),
             publishing: tokio::sync::Mutex::new(()),
@@ -202,7 +202,7 @@ impl Catalog {
     }
 
     /// The registry in force; cheap (no lock, no copy).
-    pub fn matcher(&self) -> arc_swap::Guard<Arc<Matcher>> {
+    pub fn matcher(&self) -> arc_swap::Guard<Arc<Matcher<Arc<str>>>> {
         self.matcher.load()
     }
 
@@ -567,8 +567,11 @@ impl Catalog {
 
 /// A job for the builder thread.
 enum BuildJob {
-    Build(Vec<Arc<Subscription>>, oneshot::Sender<Arc<Matcher>>),
-    Dispose(Arc<Matcher>),
+    Build(
+        Vec<Arc<Subscription>>,
+        oneshot::Sender<Arc<Matcher<Arc<str>>>>,
+    ),
+    Dispose(Arc<Matcher<Arc<str>>>),
 }
 
 /// Builds registries on one long-lived thread, off the async runtime (at 10,000
@@ -589,7 +592,7 @@ impl Builder {
                 for job in rx {
                     match job {
                         BuildJob::Build(subs, reply) => {
-                            let _ = reply.send(Arc::new(Matcher::new(subs)));
+                            let _ = reply.send(Arc::new(Matcher::by_name(subs)));
                         }
                         BuildJob::Dispose(old) => drop(old),
                     }
@@ -602,14 +605,14 @@ impl Builder {
     }
 
     /// A registry of `subs`; `None` if the thread is gone.
-    async fn build(&self, subs: Vec<Arc<Subscription>>) -> Option<Arc<Matcher>> {
+    async fn build(&self, subs: Vec<Arc<Subscription>>) -> Option<Arc<Matcher<Arc<str>>>> {
         let (reply, built) = oneshot::channel();
         self.jobs.send(BuildJob::Build(subs, reply)).ok()?;
         built.await.ok()
     }
 
     /// Drops a replaced registry on the builder thread (unless a reader still holds it).
-    fn dispose(&self, old: Arc<Matcher>) {
+    fn dispose(&self, old: Arc<Matcher<Arc<str>>>) {
         let _ = self.jobs.send(BuildJob::Dispose(old));
     }
 }

@@ -11,12 +11,16 @@ use serde_json::value::RawValue;
 use crate::filter::Subject;
 use crate::subscription::{EventPattern, Subscription};
 
-/// The subscriptions in force, indexed by event type for matching. It is immutable: a change
-/// builds a new one, swapped in atomically.
-#[derive(Debug, Default)]
-pub struct Matcher {
+/// The subscriptions in force, indexed by event type for matching, each with its target `T`:
+/// what a match yields (the relay's is the subscription's dispatch lane, which carries
+/// everything ingest needs to store and hand over a delivery, so nothing is looked up again).
+/// It is immutable: a change builds a new one, swapped in atomically.
+#[derive(Debug)]
+pub struct Matcher<T> {
     subs: Vec<Arc<Subscription>>,
-    /// `subs[i].name`, shared, so matching an event allocates no names.
+    /// `targets[i]` is what a match of `subs[i]` yields.
+    targets: Vec<T>,
+    /// `subs[i].name`, shared, so listing names allocates none.
     names: Vec<Arc<str>>,
     exact: HashMap<String, Vec<usize>>,
     prefixes: HashMap<String, Vec<usize>>,
@@ -25,13 +29,28 @@ pub struct Matcher {
     wildcard: Vec<usize>,
 }
 
-impl Matcher {
-    /// Builds the index.
-    pub fn new(subs: Vec<Arc<Subscription>>) -> Self {
+impl Matcher<Arc<str>> {
+    /// An index whose matches yield the subscriptions' names.
+    pub fn by_name(subs: Vec<Arc<Subscription>>) -> Self {
+        Matcher::new(subs.into_iter().map(|s| {
+            let name = Arc::from(s.name.as_str());
+            (s, name)
+        }))
+    }
+}
+
+impl<T: Clone> Matcher<T> {
+    /// Builds the index of `entries`, each a subscription and its target.
+    pub fn new(entries: impl IntoIterator<Item = (Arc<Subscription>, T)>) -> Self {
+        let (subs, targets): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
         let mut r = Matcher {
             names: subs.iter().map(|s| Arc::from(s.name.as_str())).collect(),
             subs,
-            ..Matcher::default()
+            targets,
+            exact: HashMap::new(),
+            prefixes: HashMap::new(),
+            prefix_lens: Vec::new(),
+            wildcard: Vec::new(),
         };
         for (i, sub) in r.subs.iter().enumerate() {
             for pattern in &sub.events {
@@ -51,6 +70,55 @@ impl Matcher {
         r
     }
 
+    /// The targets of the subscriptions an envelope event goes to; `data` is parsed only if a
+    /// candidate has a filter that looks into it.
+    pub fn matching(&self, event_type: &str, data: &RawValue) -> Vec<T> {
+        self.select(event_type, || serde_json::from_str(data.get()).ok(), &[])
+    }
+
+    /// The targets of the subscriptions a raw event goes to. `json` is its body when that is
+    /// declared JSON (parsed only if a filter looks into `data`); `attributes` are sorted.
+    pub fn matching_raw(
+        &self,
+        event_type: &str,
+        json: Option<&[u8]>,
+        attributes: &[(String, String)],
+    ) -> Vec<T> {
+        self.select(
+            event_type,
+            || json.and_then(|j| serde_json::from_slice(j).ok()),
+            attributes,
+        )
+    }
+
+    fn select(
+        &self,
+        event_type: &str,
+        parse: impl Fn() -> Option<Json>,
+        attributes: &[(String, String)],
+    ) -> Vec<T> {
+        let candidates = self.candidates(event_type);
+        let mut parsed: Option<Option<Json>> = None;
+        candidates
+            .into_iter()
+            .filter(|&i| {
+                let filter = &self.subs[i].filter;
+                if filter.is_everything() {
+                    return true;
+                }
+                let data = if filter.reads_data() {
+                    parsed.get_or_insert_with(&parse).as_ref()
+                } else {
+                    None
+                };
+                filter.matches(&Subject { data, attributes })
+            })
+            .map(|i| self.targets[i].clone())
+            .collect()
+    }
+}
+
+impl<T> Matcher<T> {
     /// All subscriptions: the config's in order, then the API's.
     pub fn all(&self) -> &[Arc<Subscription>] {
         &self.subs
@@ -78,53 +146,6 @@ impl Matcher {
     /// Names of every subscription, in configuration order.
     pub fn names(&self) -> Vec<String> {
         self.names.iter().map(|n| n.to_string()).collect()
-    }
-
-    /// Names of the subscriptions an envelope event goes to; `data` is parsed only if a
-    /// candidate has a filter that looks into it.
-    pub fn matching(&self, event_type: &str, data: &RawValue) -> Vec<Arc<str>> {
-        self.select(event_type, || serde_json::from_str(data.get()).ok(), &[])
-    }
-
-    /// Names of the subscriptions a raw event goes to. `json` is its body when that is
-    /// declared JSON (parsed only if a filter looks into `data`); `attributes` are sorted.
-    pub fn matching_raw(
-        &self,
-        event_type: &str,
-        json: Option<&[u8]>,
-        attributes: &[(String, String)],
-    ) -> Vec<Arc<str>> {
-        self.select(
-            event_type,
-            || json.and_then(|j| serde_json::from_slice(j).ok()),
-            attributes,
-        )
-    }
-
-    fn select(
-        &self,
-        event_type: &str,
-        parse: impl Fn() -> Option<Json>,
-        attributes: &[(String, String)],
-    ) -> Vec<Arc<str>> {
-        let candidates = self.candidates(event_type);
-        let mut parsed: Option<Option<Json>> = None;
-        candidates
-            .into_iter()
-            .filter(|&i| {
-                let filter = &self.subs[i].filter;
-                if filter.is_everything() {
-                    return true;
-                }
-                let data = if filter.reads_data() {
-                    parsed.get_or_insert_with(&parse).as_ref()
-                } else {
-                    None
-                };
-                filter.matches(&Subject { data, attributes })
-            })
-            .map(|i| self.names[i].clone())
-            .collect()
     }
 }
 
@@ -168,7 +189,7 @@ mod tests {
         for i in 0..1000 {
             subs.push(sub(&format!("other-{i}"), &[&format!("other.{i}")]));
         }
-        let r = Matcher::new(subs.into_iter().map(Arc::new).collect());
+        let r = Matcher::by_name(subs.into_iter().map(Arc::new).collect());
         let names = |t: &str| -> Vec<String> {
             r.candidates(t)
                 .into_iter()
@@ -191,7 +212,7 @@ mod tests {
         let with_filter =
             parse("{name: f, url: 'http://h/', events: [x], filter: {field: status, equals: ok}}")
                 .unwrap();
-        let r = Matcher::new(vec![Arc::new(with_filter), Arc::new(sub("plain", &["x"]))]);
+        let r = Matcher::by_name(vec![Arc::new(with_filter), Arc::new(sub("plain", &["x"]))]);
         let data = RawValue::from_string(r#"{"status":"ok"}"#.into()).unwrap();
         assert_eq!(r.matching("x", &data).len(), 2);
         let data = RawValue::from_string(r#"{"status":"no"}"#.into()).unwrap();
@@ -211,7 +232,7 @@ mod tests {
         let by_field =
             parse("{name: total, url: 'http://h/', events: [x], filter: {field: total, from: 10}}")
                 .unwrap();
-        let r = Matcher::new(vec![Arc::new(by_attr), Arc::new(by_field)]);
+        let r = Matcher::by_name(vec![Arc::new(by_attr), Arc::new(by_field)]);
         let eu = [("zone".to_string(), "eu".to_string())];
         let names = |v: Vec<Arc<str>>| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(names(r.matching_raw("x", None, &eu)), ["zone"]);
