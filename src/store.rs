@@ -414,7 +414,12 @@ impl std::fmt::Debug for StoredSubscription {
     }
 }
 
-/// Why the store could not do something.
+/// The failure underneath a [`StoreError`]: shared, so one error can answer every caller
+/// whose work went into the same failed transaction.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why the store could not do something. Backend-neutral: a cause is kept as its `source`,
+/// and its text also ends the message, because logs and startup errors print that alone.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Full: the caller should retry later (ingest answers 503).
@@ -424,16 +429,55 @@ pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
     /// The store failed (I/O, corruption).
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable: {}", describe(.context, .source))]
+    Unavailable {
+        /// What failed; empty when the cause says it all.
+        context: String,
+        /// The underlying error, if there is one.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The store could not be opened; startup stops with this message.
-    #[error("cannot open the store at {path}: {reason}")]
+    #[error("cannot open the store at {path}: {}", describe(.context, .source))]
     Open {
         /// Database path.
         path: String,
-        /// What is wrong.
-        reason: String,
+        /// What is wrong; empty when the cause says it all.
+        context: String,
+        /// The underlying error, if there is one.
+        #[source]
+        source: Option<Cause>,
     },
+}
+
+impl StoreError {
+    /// The store failed for a reason of its own.
+    pub fn unavailable(context: impl Into<String>) -> StoreError {
+        StoreError::Unavailable {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// The store failed because of `source`.
+    pub fn unavailable_from(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Unavailable {
+            context: context.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+}
+
+/// `context: cause`, or whichever of the two there is.
+fn describe(context: &str, source: &Option<Cause>) -> String {
+    match source {
+        None => context.to_string(),
+        Some(cause) if context.is_empty() => cause.to_string(),
+        Some(cause) => format!("{context}: {cause}"),
+    }
 }
 
 /// A delivery queue: in memory, or durable.

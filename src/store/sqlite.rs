@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accepted, Admission, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery, DeliveryState,
+    Accepted, Admission, Cause, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery, DeliveryState,
     EventStatus, Housekeeping, Notification, Outcome, PullMode, Pulled, QueueStats, Release, Store,
     StoreError, StoredSubscription,
 };
@@ -196,7 +196,8 @@ impl SqliteStore {
                 })
                 .map_err(|e| StoreError::Open {
                     path: path.display().to_string(),
-                    reason: format!("cannot open a read connection: {e}"),
+                    context: "cannot open a read connection".into(),
+                    source: Some(Arc::new(e)),
                 })?;
                 Some(Arc::new(std::sync::Mutex::new(r)))
             }
@@ -214,7 +215,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("hookrelay-store".into())
             .spawn(move || writer.run())
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::unavailable_from("cannot start the writer thread", e))?;
         Ok(SqliteStore {
             jobs,
             reader,
@@ -241,7 +242,7 @@ impl SqliteStore {
             f(&conn)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::unavailable_from("read task failed", e))?
     }
 
     /// Runs `f` in the writer's next transaction and returns its result once committed.
@@ -310,16 +311,16 @@ impl SqliteStore {
 }
 
 fn stopped() -> StoreError {
-    StoreError::Unavailable("the store's writer has stopped".into())
+    StoreError::unavailable("the store's writer has stopped")
 }
 
 fn sql_error(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => StoreError::Unavailable("disk full".into()),
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::unavailable_from("disk full", e),
         Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
             StoreError::Busy("the database is locked".into())
         }
-        _ => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::unavailable_from("", e),
     }
 }
 
@@ -330,32 +331,37 @@ fn open_connection(settings: &StorageSettings) -> Result<Connection, StoreError>
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
                     path: path.display().to_string(),
-                    reason: format!("cannot create directory {}: {e}", dir.display()),
+                    context: format!("cannot create directory {}", dir.display()),
+                    source: Some(Arc::new(e)),
                 })?;
             }
             (Connection::open(path), path.display().to_string())
         }
     };
-    let fail = |reason: String| StoreError::Open {
+    // Every refusal names the file; `failed(context)` maps an SQLite error into one.
+    let fail = |context: String, source: Option<rusqlite::Error>| StoreError::Open {
         path: shown.clone(),
-        reason,
+        context,
+        source: source.map(|e| Arc::new(e) as Cause),
     };
-    let conn = conn.map_err(|e| fail(e.to_string()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| fail(e.to_string()))?;
+    let failed = |context: &str| {
+        let context = context.to_string();
+        move |e| fail(context, Some(e))
+    };
+    let conn = conn.map_err(failed(""))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(failed(""))?;
     // Any first read tells a database from another kind of file.
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .and_then(|v| conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(v)))
-        .map_err(|e| {
-            fail(format!(
-                "{e} (is it a hookrelay database? it may be corrupt)"
-            ))
-        })?;
+        .map_err(failed("unreadable (corrupt, or not a hookrelay database)"))?;
     if version > SCHEMA_VERSION {
-        return Err(fail(format!(
-            "its schema version {version} is newer than this hookrelay supports ({SCHEMA_VERSION}); run a newer hookrelay"
-        )));
+        return Err(fail(
+            format!(
+                "its schema version {version} is newer than this hookrelay supports ({SCHEMA_VERSION}); run a newer hookrelay"
+            ),
+            None,
+        ));
     }
     let sync = match settings.sync {
         SyncMode::Full => "FULL",
@@ -372,26 +378,26 @@ fn open_connection(settings: &StorageSettings) -> Result<Connection, StoreError>
          PRAGMA cache_size = -32768;
 "
     ))
-    .map_err(|e| fail(e.to_string()))?;
+    .map_err(failed(""))?;
     let check = conn
         .query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0))
-        .map_err(|e| fail(format!("integrity check failed: {e}")))?;
+        .map_err(failed("integrity check failed"))?;
     if check != "ok" {
-        return Err(fail(format!("integrity check failed: {check}")));
+        return Err(fail(format!("integrity check failed: {check}"), None));
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let to = from as i64 + 1;
         conn.execute_batch(&format!(
             "BEGIN; {sql}; PRAGMA user_version = {to}; COMMIT;"
         ))
-        .map_err(|e| fail(format!("migration to schema version {to} failed: {e}")))?;
+        .map_err(failed(&format!("migration to schema version {to} failed")))?;
     }
     // Attempts cut short by a crash are made again (at-least-once).
     conn.execute(
         "UPDATE deliveries SET state = ?1 WHERE state = ?2",
         params![PENDING, IN_FLIGHT],
     )
-    .map_err(|e| fail(e.to_string()))?;
+    .map_err(failed(""))?;
     Ok(conn)
 }
 
@@ -465,8 +471,8 @@ impl Writer {
             // SQLite rolls the whole transaction back by itself on some errors (disk full,
             // I/O): then nothing of this batch is kept, and no later job may run outside it.
             if conn.is_autocommit() {
-                aborted = Some(StoreError::Unavailable(
-                    "the store's transaction was rolled back".into(),
+                aborted = Some(StoreError::unavailable(
+                    "the store's transaction was rolled back",
                 ));
             }
         }
@@ -2051,6 +2057,28 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn errors_keep_their_cause_as_source() {
+        use std::error::Error;
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+        let err = check_file(&garbage).unwrap_err();
+        let cause = err.source().expect("the SQLite error is kept");
+        assert!(cause.to_string().contains("not a database"), "{cause}");
+
+        let conn = Connection::open_in_memory().unwrap();
+        let err = conn
+            .execute("INSERT INTO nowhere VALUES (1)", [])
+            .map_err(sql_error)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        let cause = err.source().expect("the SQLite error is kept").to_string();
+        assert_eq!(err.to_string(), format!("store unavailable: {cause}"));
+        // One error answers many callers.
+        assert!(err.clone().source().is_some());
     }
 
     #[test]
