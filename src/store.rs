@@ -173,26 +173,59 @@ pub enum Admission {
     },
 }
 
+/// The storage code of each delivery state, and the only place they are written:
+/// `DeliveryState`'s discriminants and the stores' SQL both expand it (`state_code!(Pending)`
+/// is the literal `0`), so they cannot disagree. Existing files hold these numbers: never
+/// change one.
+macro_rules! state_code {
+    (Pending) => {
+        0
+    };
+    (InFlight) => {
+        1
+    };
+    (Delivered) => {
+        2
+    };
+    (Failed) => {
+        3
+    };
+    (Expired) => {
+        4
+    };
+    (Orphaned) => {
+        5
+    };
+    (Cancelled) => {
+        6
+    };
+    (Waiting) => {
+        7
+    };
+}
+pub(crate) use state_code;
+
 /// Lifecycle of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[repr(i64)]
 pub enum DeliveryState {
     /// Waiting for its next attempt.
-    Pending,
+    Pending = state_code!(Pending),
     /// An attempt is under way.
-    InFlight,
+    InFlight = state_code!(InFlight),
     /// Delivered.
-    Delivered,
+    Delivered = state_code!(Delivered),
     /// Retries spent or refused: a dead letter.
-    Failed,
+    Failed = state_code!(Failed),
     /// Not delivered within the ttl.
-    Expired,
+    Expired = state_code!(Expired),
     /// Its subscription is gone from the config; resumes if it comes back.
-    Orphaned,
+    Orphaned = state_code!(Orphaned),
     /// Its subscription was deleted.
-    Cancelled,
+    Cancelled = state_code!(Cancelled),
     /// Ordered: waits until the earlier deliveries of its key are finished.
-    Waiting,
+    Waiting = state_code!(Waiting),
 }
 
 impl DeliveryState {
@@ -227,19 +260,16 @@ impl DeliveryState {
         DeliveryState::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
-    /// Storage code.
+    /// Storage code (see `state_code!`).
     pub fn code(self) -> i64 {
-        DeliveryState::ALL
-            .iter()
-            .position(|s| *s == self)
-            .unwrap_or(0) as i64
+        self as i64
     }
 
-    /// From a storage code.
+    /// From a storage code; an unknown one reads as pending.
     pub fn from_code(code: i64) -> DeliveryState {
         DeliveryState::ALL
-            .get(code as usize)
-            .copied()
+            .into_iter()
+            .find(|s| s.code() == code)
             .unwrap_or(DeliveryState::Pending)
     }
 }
@@ -593,4 +623,35 @@ pub trait Store: Send + Sync + 'static {
 
     /// Expires overdue deliveries and prunes old terminal rows, in small batches.
     async fn housekeeping(&self, now_ms: i64) -> Result<Housekeeping, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeliveryState;
+
+    #[test]
+    fn stored_state_codes_never_change() {
+        // Database files hold these numbers: a change here strands every existing delivery.
+        let codes: Vec<(&str, i64)> = DeliveryState::ALL
+            .iter()
+            .map(|s| (s.as_str(), s.code()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                ("pending", 0),
+                ("in_flight", 1),
+                ("delivered", 2),
+                ("failed", 3),
+                ("expired", 4),
+                ("orphaned", 5),
+                ("cancelled", 6),
+                ("waiting", 7),
+            ]
+        );
+        for state in DeliveryState::ALL {
+            assert_eq!(DeliveryState::from_code(state.code()), state);
+        }
+        assert_eq!(DeliveryState::from_code(99), DeliveryState::Pending);
+    }
 }

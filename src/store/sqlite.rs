@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus::Histogram;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -21,6 +22,23 @@ use super::{
 };
 use crate::event::RawMeta;
 use crate::store::settings::{StorageLocation, StorageSettings, SyncMode};
+use crate::store::state_code;
+
+/// `states!(Pending, Waiting)` is the SQL text `"(0, 7)"`, for `state IN` lists.
+///
+/// States are written into the SQL as literals (through this and `state_code!`), never bound
+/// as parameters: SQLite uses a partial index only when the query's WHERE literally implies
+/// the index's own (`state = 0`, `state IN (0, 1, 5, 7)`), which `state = ?1` never does.
+macro_rules! states {
+    ($first:ident $(, $rest:ident)*) => {
+        concat!(
+            "(",
+            $crate::store::state_code!($first)
+            $(, ", ", $crate::store::state_code!($rest))*,
+            ")"
+        )
+    };
+}
 
 /// The schema this build writes; older files are migrated forward on open.
 pub const SCHEMA_VERSION: i64 = 5;
@@ -35,7 +53,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations: entry `i` upgrades a file from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
-    "
+    concat!(
+        "
 CREATE TABLE events (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -58,14 +77,21 @@ CREATE TABLE deliveries (
     delivered_at INTEGER,
     finished_at INTEGER
 );
-CREATE INDEX deliveries_due ON deliveries(subscription, next_attempt_at) WHERE state = 0;
+CREATE INDEX deliveries_due ON deliveries(subscription, next_attempt_at) WHERE state = ",
+        state_code!(Pending),
+        ";
 CREATE INDEX deliveries_state ON deliveries(state, subscription, received_at);
 CREATE INDEX deliveries_event ON deliveries(event_seq);
-CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN (0, 5);
-CREATE INDEX deliveries_finished ON deliveries(finished_at) WHERE state IN (2, 3, 4, 6);
+CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN ",
+        states!(Pending, Orphaned),
+        ";
+CREATE INDEX deliveries_finished ON deliveries(finished_at) WHERE state IN ",
+        states!(Delivered, Failed, Expired, Cancelled),
+        ";
 CREATE INDEX events_received ON events(received_at);
 CREATE TABLE releases (scope TEXT PRIMARY KEY, released_at INTEGER NOT NULL);
-",
+"
+    ),
     "
 CREATE TABLE subscriptions (
     id TEXT PRIMARY KEY,
@@ -75,18 +101,28 @@ CREATE TABLE subscriptions (
     updated_at INTEGER NOT NULL
 );
 ",
-    "
-CREATE INDEX deliveries_fifo ON deliveries(subscription, id) WHERE state = 0;
-",
-    // Ordered delivery: a key per delivery of an ordered subscription, the `waiting` state
-    // (7), and an index to find a key's oldest unfinished delivery.
-    "
+    concat!(
+        "
+CREATE INDEX deliveries_fifo ON deliveries(subscription, id) WHERE state = ",
+        state_code!(Pending),
+        ";
+"
+    ),
+    // Ordered delivery: a key per delivery of an ordered subscription, the `waiting` state,
+    // and an index to find a key's oldest unfinished delivery.
+    concat!(
+        "
 ALTER TABLE deliveries ADD COLUMN ordering_key TEXT;
 CREATE INDEX deliveries_order ON deliveries(subscription, ordering_key, id)
-    WHERE state IN (0, 1, 5, 7) AND ordering_key IS NOT NULL;
+    WHERE state IN ",
+        states!(Pending, InFlight, Orphaned, Waiting),
+        " AND ordering_key IS NOT NULL;
 DROP INDEX deliveries_expiry;
-CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN (0, 5, 7);
-",
+CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN ",
+        states!(Pending, Orphaned, Waiting),
+        ";
+"
+    ),
     // Raw events: their content type and attributes (a JSON object); both NULL for an
     // envelope event (JSON data, no attributes), so existing rows need no rewrite.
     "
@@ -95,14 +131,17 @@ ALTER TABLE events ADD COLUMN attributes TEXT;
 ",
 ];
 
-const PENDING: i64 = 0;
-const IN_FLIGHT: i64 = 1;
-const DELIVERED: i64 = 2;
-const FAILED: i64 = 3;
-const EXPIRED: i64 = 4;
-const ORPHANED: i64 = 5;
-const CANCELLED: i64 = 6;
-const WAITING: i64 = 7;
+impl ToSql for DeliveryState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.code()))
+    }
+}
+
+impl FromSql for DeliveryState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        i64::column_result(value).map(DeliveryState::from_code)
+    }
+}
 
 /// Histograms the writer fills.
 #[derive(Clone)]
@@ -284,7 +323,7 @@ impl SqliteStore {
     /// job (so later jobs of the batch see them); puts them back if the commit fails.
     async fn run_marking<T, F>(
         &self,
-        marks: Vec<(String, Option<i64>)>,
+        marks: Vec<(String, Option<DeliveryState>)>,
         f: F,
     ) -> Result<T, StoreError>
     where
@@ -395,7 +434,7 @@ fn open_connection(settings: &StorageSettings) -> Result<Connection, StoreError>
     // Attempts cut short by a crash are made again (at-least-once).
     conn.execute(
         "UPDATE deliveries SET state = ?1 WHERE state = ?2",
-        params![PENDING, IN_FLIGHT],
+        params![DeliveryState::Pending, DeliveryState::InFlight],
     )
     .map_err(failed(""))?;
     Ok(conn)
@@ -553,14 +592,10 @@ fn raw_meta(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<Arc<Ra
     })))
 }
 
-fn state_of(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<DeliveryState> {
-    Ok(DeliveryState::from_code(row.get(i)?))
-}
-
 const INFO_COLUMNS: &str = "d.id, d.subscription, e.id, e.type, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at, d.delivered_at, d.received_at";
 
 fn info(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
-    let state = state_of(row, 4)?;
+    let state: DeliveryState = row.get(4)?;
     Ok(DeliveryInfo {
         id: row.get(0)?,
         subscription: row.get(1)?,
@@ -610,8 +645,8 @@ impl Store for SqliteStore {
                 .map_err(sql_error)?;
             let mut key_busy = conn
                 .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_order
-                     WHERE subscription = ?1 AND ordering_key = ?2 AND state IN (0, 1, 5, 7))",
+                    concat!("SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_order
+                     WHERE subscription = ?1 AND ordering_key = ?2 AND state IN ", states!(Pending, InFlight, Orphaned, Waiting), ")"),
                 )
                 .map_err(sql_error)?;
             let mut original = conn
@@ -656,16 +691,16 @@ impl Store for SqliteStore {
                     };
                     let state = match retired_as {
                         Some(state) => state,
-                        None if behind => WAITING,
-                        None if a.handed_off.get(i).copied().unwrap_or(false) => IN_FLIGHT,
-                        None => PENDING,
+                        None if behind => DeliveryState::Waiting,
+                        None if a.handed_off.get(i).copied().unwrap_or(false) => DeliveryState::InFlight,
+                        None => DeliveryState::Pending,
                     };
                     let expires = e.received_at_ms + a.ttl_ms.get(i).copied().flatten().unwrap_or(ttl);
                     insert_delivery
                         .execute(params![seq, name, e.received_at_ms, expires, state, key])
                         .map_err(sql_error)?;
                     let id = conn.last_insert_rowid();
-                    if state == CANCELLED {
+                    if state == DeliveryState::Cancelled {
                         conn.prepare_cached("UPDATE deliveries SET finished_at = ?2 WHERE id = ?1")
                             .and_then(|mut s| s.execute(params![id, e.received_at_ms]))
                             .map_err(sql_error)?;
@@ -689,11 +724,11 @@ impl Store for SqliteStore {
         self.run(false, move |conn| {
             let mut select = conn
                 .prepare_cached(
-                    "SELECT d.id, d.attempts, e.id, e.type, e.data, e.received_at, e.content_type, e.attributes
+                    concat!("SELECT d.id, d.attempts, e.id, e.type, e.data, e.received_at, e.content_type, e.attributes
                      FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                     WHERE d.subscription = ?1 AND d.state = 0 AND d.next_attempt_at <= ?2
+                     WHERE d.subscription = ?1 AND d.state = ", state_code!(Pending), " AND d.next_attempt_at <= ?2
                        AND d.expires_at > ?2
-                     ORDER BY d.next_attempt_at, d.id LIMIT ?3",
+                     ORDER BY d.next_attempt_at, d.id LIMIT ?3"),
                 )
                 .map_err(sql_error)?;
             let name: Arc<str> = Arc::from(sub.as_str());
@@ -714,7 +749,7 @@ impl Store for SqliteStore {
                 .collect::<Result<_, _>>()
                 .map_err(sql_error)?;
             let mut mark = conn
-                .prepare_cached("UPDATE deliveries SET state = 1 WHERE id = ?1")
+                .prepare_cached(concat!("UPDATE deliveries SET state = ", state_code!(InFlight), " WHERE id = ?1"))
                 .map_err(sql_error)?;
             for d in &claimed {
                 mark.execute([d.id]).map_err(sql_error)?;
@@ -727,9 +762,10 @@ impl Store for SqliteStore {
     async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, StoreError> {
         let sub = subscription.to_string();
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT min(next_attempt_at) FROM deliveries WHERE subscription = ?1 AND state = 0",
-            )
+            conn.prepare_cached(concat!(
+                "SELECT min(next_attempt_at) FROM deliveries WHERE subscription = ?1 AND state = ",
+                state_code!(Pending)
+            ))
             .and_then(|mut s| s.query_row([sub], |r| r.get(0)))
             .map_err(sql_error)
         })
@@ -771,7 +807,12 @@ impl Store for SqliteStore {
     async fn unclaim(&self, ids: Vec<DeliveryId>) -> Result<(), StoreError> {
         self.run(false, move |conn| {
             let mut s = conn
-                .prepare_cached("UPDATE deliveries SET state = 0 WHERE id = ?1 AND state = 1")
+                .prepare_cached(concat!(
+                    "UPDATE deliveries SET state = ",
+                    state_code!(Pending),
+                    " WHERE id = ?1 AND state = ",
+                    state_code!(InFlight)
+                ))
                 .map_err(sql_error)?;
             for id in ids {
                 s.execute([id]).map_err(sql_error)?;
@@ -782,16 +823,24 @@ impl Store for SqliteStore {
     }
 
     async fn stats(&self) -> Result<HashMap<String, QueueStats>, StoreError> {
-        self.read( |conn| {
+        self.read(|conn| {
             let mut out: HashMap<String, QueueStats> = HashMap::new();
             let mut live = conn
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "SELECT subscription, count(*), min(received_at) FROM deliveries
-                     WHERE state IN (0, 1, 7) GROUP BY subscription",
-                )
+                     WHERE state IN ",
+                    states!(Pending, InFlight, Waiting),
+                    " GROUP BY subscription"
+                ))
                 .map_err(sql_error)?;
             let rows = live
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
                 .map_err(sql_error)?;
             for row in rows {
                 let (name, depth, oldest) = row.map_err(sql_error)?;
@@ -800,14 +849,25 @@ impl Store for SqliteStore {
                 e.oldest_ms = oldest;
             }
             let mut dead = conn
-                .prepare_cached(
-                    "SELECT subscription, count(*) FILTER (WHERE state = 3), count(*) FILTER (WHERE state = 5)
-                     FROM deliveries WHERE state IN (3, 5) GROUP BY subscription",
-                )
+                .prepare_cached(concat!(
+                    "SELECT subscription, count(*) FILTER (WHERE state = ",
+                    state_code!(Failed),
+                    "),
+                     count(*) FILTER (WHERE state = ",
+                    state_code!(Orphaned),
+                    ")
+                     FROM deliveries WHERE state IN ",
+                    states!(Failed, Orphaned),
+                    " GROUP BY subscription"
+                ))
                 .map_err(sql_error)?;
             let rows = dead
                 .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })
                 .map_err(sql_error)?;
             for row in rows {
@@ -907,9 +967,15 @@ impl Store for SqliteStore {
     ) -> Result<Release, StoreError> {
         let ttl = self.ttl_ms;
         self.run(false, move |conn| {
-            let key = scope.as_deref().map_or_else(|| "*".to_string(), |s| format!("subscription:{s}"));
+            let key = scope
+                .as_deref()
+                .map_or_else(|| "*".to_string(), |s| format!("subscription:{s}"));
             let last: Option<i64> = conn
-                .query_row("SELECT released_at FROM releases WHERE scope = ?1", [&key], |r| r.get(0))
+                .query_row(
+                    "SELECT released_at FROM releases WHERE scope = ?1",
+                    [&key],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(sql_error)?;
             if let Some(at) = last
@@ -926,9 +992,15 @@ impl Store for SqliteStore {
             let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
             let released = conn
                 .execute(
-                    "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?1, expires_at = ?2,
+                    concat!(
+                        "UPDATE deliveries SET state = ",
+                        state_code!(Pending),
+                        ", attempts = 0, next_attempt_at = ?1, expires_at = ?2,
                      finished_at = NULL, ordering_key = NULL
-                     WHERE state IN (3, 4) AND subscription IN (SELECT value FROM json_each(?3))",
+                     WHERE state IN ",
+                        states!(Failed, Expired),
+                        " AND subscription IN (SELECT value FROM json_each(?3))"
+                    ),
                     params![now_ms, now_ms + ttl, names_json],
                 )
                 .map_err(sql_error)?;
@@ -952,17 +1024,23 @@ impl Store for SqliteStore {
         let ttl = self.ttl_ms;
         self.run(false, move |conn| {
             let before = conn
-                .query_row("SELECT state, subscription FROM deliveries WHERE id = ?1", [id], |r| {
-                    Ok((state_of(r, 0)?, r.get::<_, String>(1)?))
-                })
+                .query_row(
+                    "SELECT state, subscription FROM deliveries WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get::<_, DeliveryState>(0)?, r.get::<_, String>(1)?)),
+                )
                 .optional()
                 .map_err(sql_error)?;
             if let Some((DeliveryState::Failed | DeliveryState::Expired, sub)) = &before
                 && subscriptions.contains(sub)
             {
                 conn.execute(
-                    "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?2, expires_at = ?3,
-                     finished_at = NULL, ordering_key = NULL WHERE id = ?1",
+                    concat!(
+                        "UPDATE deliveries SET state = ",
+                        state_code!(Pending),
+                        ", attempts = 0, next_attempt_at = ?2, expires_at = ?3,
+                     finished_at = NULL, ordering_key = NULL WHERE id = ?1"
+                    ),
                     params![id, now_ms, now_ms + ttl],
                 )
                 .map_err(sql_error)?;
@@ -976,7 +1054,7 @@ impl Store for SqliteStore {
         self.run(false, move |conn| {
             let before = conn
                 .query_row("SELECT state FROM deliveries WHERE id = ?1", [id], |r| {
-                    state_of(r, 0)
+                    r.get(0)
                 })
                 .optional()
                 .map_err(sql_error)?;
@@ -1043,7 +1121,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         // The tombstone: events matched before the delete but stored after it are cancelled.
-        let marks = vec![(name.clone(), Some(CANCELLED))];
+        let marks = vec![(name.clone(), Some(DeliveryState::Cancelled))];
         self.run_marking(marks, move |conn| {
             conn.execute("DELETE FROM subscriptions WHERE id = ?1", [&id])
                 .map_err(sql_error)?;
@@ -1052,7 +1130,13 @@ impl Store for SqliteStore {
                     "UPDATE deliveries SET state = ?1, finished_at = ?2
                      WHERE subscription = ?3 AND state IN (?4, ?5, ?6, ?7)",
                     params![
-                        CANCELLED, now_ms, name, PENDING, IN_FLIGHT, ORPHANED, WAITING
+                        DeliveryState::Cancelled,
+                        now_ms,
+                        name,
+                        DeliveryState::Pending,
+                        DeliveryState::InFlight,
+                        DeliveryState::Orphaned,
+                        DeliveryState::Waiting
                     ],
                 )
                 .map_err(sql_error)?;
@@ -1060,7 +1144,12 @@ impl Store for SqliteStore {
             // release them to its own URL. Already counted as failed or expired.
             conn.execute(
                 "UPDATE deliveries SET state = ?1 WHERE subscription = ?2 AND state IN (?3, ?4)",
-                params![CANCELLED, name, FAILED, EXPIRED],
+                params![
+                    DeliveryState::Cancelled,
+                    name,
+                    DeliveryState::Failed,
+                    DeliveryState::Expired
+                ],
             )
             .map_err(sql_error)?;
             Ok(cancelled as u64)
@@ -1072,12 +1161,19 @@ impl Store for SqliteStore {
         self.run(false, move |conn| {
             let names = serde_json::to_string(&subscriptions).unwrap_or_else(|_| "[]".into());
             let released = conn
-                .prepare_cached(
-                    "UPDATE deliveries SET state = CASE state WHEN 7 THEN 0 ELSE state END, ordering_key = NULL
+                .prepare_cached(concat!(
+                    "UPDATE deliveries SET state = CASE state WHEN ",
+                    state_code!(Waiting),
+                    " THEN ",
+                    state_code!(Pending),
+                    " ELSE state END,
+                     ordering_key = NULL
                      WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_order
                                   WHERE subscription IN (SELECT value FROM json_each(?1))
-                                  AND ordering_key IS NOT NULL AND state IN (0, 1, 5, 7))",
-                )
+                                  AND ordering_key IS NOT NULL AND state IN ",
+                    states!(Pending, InFlight, Orphaned, Waiting),
+                    ")"
+                ))
                 .and_then(|mut stmt| stmt.execute([names]))
                 .map_err(sql_error)?;
             Ok(released as u64)
@@ -1093,7 +1189,7 @@ impl Store for SqliteStore {
         // Tombstones: events matched before the reload but stored after it are orphaned.
         let marks = removed
             .iter()
-            .map(|n| (n.clone(), Some(ORPHANED)))
+            .map(|n| (n.clone(), Some(DeliveryState::Orphaned)))
             .chain(restored.iter().map(|n| (n.clone(), None)))
             .collect();
         self.run_marking(marks, move |conn| {
@@ -1103,14 +1199,23 @@ impl Store for SqliteStore {
                 .execute(
                     "UPDATE deliveries SET state = ?1 WHERE state IN (?2, ?3)
                      AND subscription IN (SELECT value FROM json_each(?4))",
-                    params![ORPHANED, PENDING, IN_FLIGHT, json(&removed)],
+                    params![
+                        DeliveryState::Orphaned,
+                        DeliveryState::Pending,
+                        DeliveryState::InFlight,
+                        json(&removed)
+                    ],
                 )
                 .map_err(sql_error)?;
             let resumed = conn
                 .execute(
                     "UPDATE deliveries SET state = ?1 WHERE state = ?2
                      AND subscription IN (SELECT value FROM json_each(?3))",
-                    params![PENDING, ORPHANED, json(&restored)],
+                    params![
+                        DeliveryState::Pending,
+                        DeliveryState::Orphaned,
+                        json(&restored)
+                    ],
                 )
                 .map_err(sql_error)?;
             Ok((orphaned as u64, resumed as u64))
@@ -1130,12 +1235,12 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     // INDEXED BY: without statistics the planner prefers the due-time
                     // index, reading and sorting the whole backlog to return its head.
-                    "SELECT d.id, e.id, e.type, e.received_at, e.data, d.attempts, e.content_type, e.attributes
+                    concat!("SELECT d.id, e.id, e.type, e.received_at, e.data, d.attempts, e.content_type, e.attributes
                      FROM deliveries d INDEXED BY deliveries_fifo
                      JOIN events e ON e.seq = d.event_seq
-                     WHERE d.subscription = ?1 AND d.state = 0 AND d.next_attempt_at <= ?2
+                     WHERE d.subscription = ?1 AND d.state = ", state_code!(Pending), " AND d.next_attempt_at <= ?2
                        AND d.expires_at > ?2
-                     ORDER BY d.id LIMIT ?3",
+                     ORDER BY d.id LIMIT ?3"),
                 )
                 .map_err(sql_error)?;
             let notifications = select
@@ -1154,10 +1259,10 @@ impl Store for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(sql_error)?;
             let mut update = match mode {
-                PullMode::Consume => conn.prepare_cached(
-                    "UPDATE deliveries SET state = 2, attempts = attempts + 1,
+                PullMode::Consume => conn.prepare_cached(concat!(
+                    "UPDATE deliveries SET state = ", state_code!(Delivered), ", attempts = attempts + 1,
                      delivered_at = ?2, finished_at = ?2 WHERE id = ?1",
-                ),
+                )),
                 PullMode::Hide(_) => conn.prepare_cached(
                     "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?2
                      WHERE id = ?1",
@@ -1173,16 +1278,16 @@ impl Store for SqliteStore {
             }
             let remaining: i64 = conn
                 .prepare_cached(
-                    "SELECT count(*) FROM deliveries
-                     WHERE subscription = ?1 AND state = 0 AND next_attempt_at <= ?2
-                       AND expires_at > ?2",
+                    concat!("SELECT count(*) FROM deliveries
+                     WHERE subscription = ?1 AND state = ", state_code!(Pending), " AND next_attempt_at <= ?2
+                       AND expires_at > ?2"),
                 )
                 .and_then(|mut s| s.query_row(params![subscription, now_ms], |r| r.get(0)))
                 .map_err(sql_error)?;
             let next_visible_ms: Option<i64> = conn
                 .prepare_cached(
-                    "SELECT min(next_attempt_at) FROM deliveries
-                     WHERE subscription = ?1 AND state = 0 AND next_attempt_at > ?2",
+                    concat!("SELECT min(next_attempt_at) FROM deliveries
+                     WHERE subscription = ?1 AND state = ", state_code!(Pending), " AND next_attempt_at > ?2"),
                 )
                 .and_then(|mut s| s.query_row(params![subscription, now_ms], |r| r.get(0)))
                 .map_err(sql_error)?;
@@ -1203,10 +1308,14 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DeliveryId>, StoreError> {
         self.run(false, move |conn| {
             let mut update = conn
-                .prepare_cached(
-                    "UPDATE deliveries SET state = 2, delivered_at = ?3, finished_at = ?3
-                     WHERE id = ?1 AND subscription = ?2 AND state = 0 AND attempts > 0",
-                )
+                .prepare_cached(concat!(
+                    "UPDATE deliveries SET state = ",
+                    state_code!(Delivered),
+                    ", delivered_at = ?3, finished_at = ?3
+                     WHERE id = ?1 AND subscription = ?2 AND state = ",
+                    state_code!(Pending),
+                    " AND attempts > 0"
+                ))
                 .map_err(sql_error)?;
             let mut unknown = Vec::new();
             for id in ids {
@@ -1230,14 +1339,19 @@ impl Store for SqliteStore {
                 .execute(
                     "UPDATE deliveries SET state = ?1 WHERE state IN (?2, ?3)
                      AND subscription NOT IN (SELECT value FROM json_each(?4))",
-                    params![ORPHANED, PENDING, IN_FLIGHT, names],
+                    params![
+                        DeliveryState::Orphaned,
+                        DeliveryState::Pending,
+                        DeliveryState::InFlight,
+                        names
+                    ],
                 )
                 .map_err(sql_error)?;
             let resumed = conn
                 .execute(
                     "UPDATE deliveries SET state = ?1 WHERE state = ?2
                      AND subscription IN (SELECT value FROM json_each(?3))",
-                    params![PENDING, ORPHANED, names],
+                    params![DeliveryState::Pending, DeliveryState::Orphaned, names],
                 )
                 .map_err(sql_error)?;
             Ok((orphaned as u64, resumed as u64))
@@ -1252,14 +1366,14 @@ impl Store for SqliteStore {
             let mut report = Housekeeping::default();
             let mut expire = conn
                 .prepare_cached(
-                    "UPDATE deliveries SET state = ?1, finished_at = ?2
+                    concat!("UPDATE deliveries SET state = ?1, finished_at = ?2
                      WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_expiry
-                                  WHERE state IN (0, 5, 7) AND expires_at <= ?2 LIMIT ?3)
-                     RETURNING subscription, ordering_key",
+                                  WHERE state IN ", states!(Pending, Orphaned, Waiting), " AND expires_at <= ?2 LIMIT ?3)
+                     RETURNING subscription, ordering_key"),
                 )
                 .map_err(sql_error)?;
             let rows = expire
-                .query_map(params![EXPIRED, now_ms, HOUSEKEEPING_BATCH], |r| {
+                .query_map(params![DeliveryState::Expired, now_ms, HOUSEKEEPING_BATCH], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
                 })
                 .map_err(sql_error)?;
@@ -1279,8 +1393,8 @@ impl Store for SqliteStore {
             // them: driven by what was deleted, so old events still in use are not rescanned.
             let mut touched: Vec<i64> = conn
                 .prepare_cached(
-                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_finished
-                     WHERE state IN (2, 3, 4, 6) AND finished_at <= ?1 LIMIT ?2) RETURNING event_seq",
+                    concat!("DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_finished
+                     WHERE state IN ", states!(Delivered, Failed, Expired, Cancelled), " AND finished_at <= ?1 LIMIT ?2) RETURNING event_seq"),
                 )
                 .and_then(|mut s| {
                     s.query_map(params![cutoff, HOUSEKEEPING_BATCH], |r| r.get(0))?
@@ -1328,15 +1442,18 @@ impl Store for SqliteStore {
 /// Writes a batch of attempt outcomes; only rows still in flight change.
 /// Tombstones of retired subscriptions: name -> the state their new deliveries get.
 #[derive(Clone, Default)]
-struct Retired(Arc<std::sync::Mutex<HashMap<String, i64>>>);
+struct Retired(Arc<std::sync::Mutex<HashMap<String, DeliveryState>>>);
 
 impl Retired {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DeliveryState>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sets (`Some`) or clears (`None`) each name's tombstone; returns what undoes it.
-    fn mark(&self, changes: Vec<(String, Option<i64>)>) -> Vec<(String, Option<i64>)> {
+    fn mark(
+        &self,
+        changes: Vec<(String, Option<DeliveryState>)>,
+    ) -> Vec<(String, Option<DeliveryState>)> {
         let mut map = self.lock();
         let mut undo: Vec<_> = changes
             .into_iter()
@@ -1357,12 +1474,13 @@ impl Retired {
 fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), StoreError> {
     let now = crate::time::now_ms();
     let mut update = conn
-        .prepare_cached(
+        .prepare_cached(concat!(
             "UPDATE deliveries SET state = ?2, attempts = attempts + 1, last_status = ?3,
              last_error = ?4, next_attempt_at = coalesce(?5, next_attempt_at),
              delivered_at = ?6, finished_at = ?7
-             WHERE id = ?1 AND state = 1",
-        )
+             WHERE id = ?1 AND state = ",
+            state_code!(InFlight)
+        ))
         .map_err(sql_error)?;
     // A rowid lookup after final outcomes only: RETURNING on every update costs a statement
     // journal per row.
@@ -1374,30 +1492,40 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
         .map_err(sql_error)?;
     for (id, outcome, _) in batch {
         let (state, status, error, next, delivered, finished) = match outcome {
-            Outcome::Delivered { status } => {
-                (DELIVERED, Some(status), None, None, Some(now), Some(now))
-            }
+            Outcome::Delivered { status } => (
+                DeliveryState::Delivered,
+                Some(status),
+                None,
+                None,
+                Some(now),
+                Some(now),
+            ),
             Outcome::Retry {
                 at_ms,
                 status,
                 error,
             } => (
-                PENDING,
+                DeliveryState::Pending,
                 status.as_ref(),
                 Some(error),
                 Some(at_ms),
                 None,
                 None,
             ),
-            Outcome::Failed { status, error } => {
-                (FAILED, status.as_ref(), Some(error), None, None, Some(now))
-            }
+            Outcome::Failed { status, error } => (
+                DeliveryState::Failed,
+                status.as_ref(),
+                Some(error),
+                None,
+                None,
+                Some(now),
+            ),
         };
         let changed = update
             .execute(params![id, state, status, error, next, delivered, finished])
             .map_err(sql_error)?;
         // A finished head lets the next delivery of its key go.
-        if changed == 1 && state != PENDING {
+        if changed == 1 && state != DeliveryState::Pending {
             let ordered = keyed
                 .query_row([id], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
@@ -1416,13 +1544,18 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
 /// deliveries before it are finished. Safe to call at any time: it changes nothing while
 /// the key's head is pending, in flight or orphaned.
 fn promote_next(conn: &Connection, subscription: &str, key: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE deliveries SET state = 0
+    conn.prepare_cached(concat!(
+        "UPDATE deliveries SET state = ",
+        state_code!(Pending),
+        "
          WHERE id = (SELECT id FROM deliveries INDEXED BY deliveries_order
-                     WHERE subscription = ?1 AND ordering_key = ?2 AND state IN (0, 1, 5, 7)
+                     WHERE subscription = ?1 AND ordering_key = ?2 AND state IN ",
+        states!(Pending, InFlight, Orphaned, Waiting),
+        "
                      ORDER BY id LIMIT 1)
-         AND state = 7",
-    )
+         AND state = ",
+        state_code!(Waiting)
+    ))
     .and_then(|mut s| s.execute(params![subscription, key]))
     .map_err(sql_error)?;
     Ok(())
