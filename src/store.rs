@@ -18,33 +18,50 @@ use crate::time::rfc3339;
 /// Store-assigned delivery id.
 pub type DeliveryId = i64;
 
-/// An accepted event and the subscriptions it must reach.
+/// An accepted event and the deliveries to create for it.
 #[derive(Debug, Clone)]
 pub struct Accepted {
     /// The event.
     pub event: Event,
-    /// Names of the matched subscriptions (one delivery each).
-    pub subscriptions: Vec<Arc<str>>,
-    /// Parallel to `subscriptions` (or empty for none): `true` stores that delivery as already
-    /// claimed, because the caller hands it to its pump in memory right after the commit.
-    pub handed_off: Vec<bool>,
-    /// Parallel to `subscriptions` (or empty): a delivery's own ttl in ms (a pull
-    /// subscription's `pull.ttl`); `None` takes `storage.ttl`.
-    pub ttl_ms: Vec<Option<i64>>,
-    /// Parallel to `subscriptions` (or empty): the ordering key of an ordered subscription's
-    /// delivery, which then waits for the earlier unfinished deliveries of that key.
-    pub ordering_keys: Vec<Option<String>>,
+    /// One per matched subscription.
+    pub deliveries: Vec<NewDelivery>,
 }
 
 impl Accepted {
-    /// An event for `subscriptions`; the caller fills `handed_off` and `ttl_ms` if it has to.
-    pub fn new(event: Event, subscriptions: Vec<Arc<str>>) -> Accepted {
-        Accepted {
-            event,
-            subscriptions,
-            handed_off: Vec::new(),
-            ttl_ms: Vec::new(),
-            ordering_keys: Vec::new(),
+    /// An event and its deliveries.
+    pub fn new(event: Event, deliveries: Vec<NewDelivery>) -> Accepted {
+        Accepted { event, deliveries }
+    }
+
+    /// Names of the matched subscriptions, in the order of `deliveries`.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.deliveries.iter().map(|d| &d.subscription)
+    }
+}
+
+/// One delivery to create for an accepted event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// Name of the matched subscription it goes to.
+    pub subscription: Arc<str>,
+    /// Stored as already claimed, because the caller hands it to its pump in memory right
+    /// after the commit.
+    pub handed_off: bool,
+    /// Its own ttl in ms (a pull subscription's `pull.ttl`); `None` takes `storage.ttl`.
+    pub ttl_ms: Option<i64>,
+    /// The ordering key of an ordered subscription's delivery, which then waits for the
+    /// earlier unfinished deliveries of that key.
+    pub ordering_key: Option<String>,
+}
+
+impl NewDelivery {
+    /// A delivery to `subscription`: not handed off, `storage.ttl`, unordered.
+    pub fn new(subscription: Arc<str>) -> NewDelivery {
+        NewDelivery {
+            subscription,
+            handed_off: false,
+            ttl_ms: None,
+            ordering_key: None,
         }
     }
 }
@@ -164,7 +181,7 @@ pub struct QueueStats {
 /// How the store answered one event of an accepted batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    /// Newly stored; the ids of its deliveries, in the order of `subscriptions`.
+    /// Newly stored; the ids of its deliveries, in the order of `Accepted::deliveries`.
     Stored(Vec<DeliveryId>),
     /// Its id was accepted before (within retention): nothing stored; the original result.
     Duplicate {

@@ -654,7 +654,7 @@ impl Store for SqliteStore {
                 .map_err(sql_error)?;
             let mut out = Vec::with_capacity(batch.len());
             for a in batch {
-                let names: Vec<&str> = a.subscriptions.iter().map(|s| &**s).collect();
+                let names: Vec<&str> = a.subscriptions().map(|s| &**s).collect();
                 let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
                 let e = &a.event;
                 let (content_type, attributes) = match e.raw.as_deref() {
@@ -680,10 +680,11 @@ impl Store for SqliteStore {
                     continue;
                 }
                 let seq = conn.last_insert_rowid();
-                let mut ids = Vec::with_capacity(names.len());
-                for (i, name) in names.iter().enumerate() {
-                    let retired_as = if retired.is_empty() { None } else { retired.get(*name).copied() };
-                    let key = a.ordering_keys.get(i).and_then(Option::as_deref);
+                let mut ids = Vec::with_capacity(a.deliveries.len());
+                for d in &a.deliveries {
+                    let name = &*d.subscription;
+                    let retired_as = if retired.is_empty() { None } else { retired.get(name).copied() };
+                    let key = d.ordering_key.as_deref();
                     // Ordered: behind an unfinished delivery of the same key, it waits.
                     let behind = match key {
                         Some(k) => key_busy.query_row(params![name, k], |r| r.get::<_, bool>(0)).map_err(sql_error)?,
@@ -692,10 +693,10 @@ impl Store for SqliteStore {
                     let state = match retired_as {
                         Some(state) => state,
                         None if behind => DeliveryState::Waiting,
-                        None if a.handed_off.get(i).copied().unwrap_or(false) => DeliveryState::InFlight,
+                        None if d.handed_off => DeliveryState::InFlight,
                         None => DeliveryState::Pending,
                     };
-                    let expires = e.received_at_ms + a.ttl_ms.get(i).copied().flatten().unwrap_or(ttl);
+                    let expires = e.received_at_ms + d.ttl_ms.unwrap_or(ttl);
                     insert_delivery
                         .execute(params![seq, name, e.received_at_ms, expires, state, key])
                         .map_err(sql_error)?;
@@ -1575,6 +1576,7 @@ fn check_file(path: &std::path::Path) -> Result<(), StoreError> {
 mod tests {
     use super::*;
     use crate::event::Event;
+    use crate::store::NewDelivery;
 
     fn metrics() -> WriterMetrics {
         let h = || Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap();
@@ -1600,7 +1602,8 @@ mod tests {
             received_at_ms: at,
             raw: None,
         };
-        Accepted::new(event, subs.iter().map(|s| Arc::from(*s)).collect())
+        let deliveries = subs.iter().map(|s| NewDelivery::new(Arc::from(*s)));
+        Accepted::new(event, deliveries.collect())
     }
 
     #[tokio::test]
@@ -1854,7 +1857,7 @@ mod tests {
 
     fn ordered(id: &str, at: i64, sub: &str, key: &str) -> Accepted {
         let mut a = accepted(id, at, &[sub]);
-        a.ordering_keys = vec![Some(key.to_string())];
+        a.deliveries[0].ordering_key = Some(key.to_string());
         a
     }
 
@@ -1932,7 +1935,7 @@ mod tests {
     async fn an_expired_head_lets_its_key_go_and_unordering_frees_the_rest() {
         let s = memory();
         let mut head = ordered("h", 0, "o", "");
-        head.ttl_ms = vec![Some(10)];
+        head.deliveries[0].ttl_ms = Some(10);
         s.accept(vec![
             head,
             ordered("n1", 1, "o", ""),
@@ -2052,7 +2055,7 @@ mod tests {
     async fn notifications_past_their_ttl_are_not_handed_out() {
         let s = memory();
         let mut late = accepted("late", 0, &["q"]);
-        late.ttl_ms = vec![Some(1000)];
+        late.deliveries[0].ttl_ms = Some(1000);
         s.accept(vec![late, accepted("kept", 0, &["q"])])
             .await
             .unwrap();
