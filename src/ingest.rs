@@ -24,7 +24,7 @@ use crate::event::{self, Event, EventError};
 use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, Store, StoreError};
+use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, NewDelivery, Store, StoreError};
 use crate::subscription::DeliveryOrder;
 use crate::time::rfc3339;
 
@@ -262,7 +262,8 @@ async fn post_event(
             (event, matched)
         };
         let id = event.id.clone();
-        let admissions = store(&state, vec![Accepted::new(event, matched.clone())]).await?;
+        let deliveries = matched.iter().cloned().map(NewDelivery::new).collect();
+        let admissions = store(&state, vec![Accepted::new(event, deliveries)]).await?;
         Ok::<_, HttpError>(match admissions.into_iter().next() {
             Some(Admission::Duplicate { subscriptions }) => {
                 (StatusCode::OK, Json(Receipt::new(&id, subscriptions, true)))
@@ -360,11 +361,12 @@ async fn post_batch(
             let (event, data) =
                 Event::parse(&element).map_err(|e| event_error(e, &format!("[{i}]")))?;
             let subscriptions = state.catalog.matcher().matching(&event.event_type, data);
-            batch.push(Accepted::new(event, subscriptions));
+            let deliveries = subscriptions.into_iter().map(NewDelivery::new).collect();
+            batch.push(Accepted::new(event, deliveries));
         }
         let summary: Vec<(String, Vec<Arc<str>>)> = batch
             .iter()
-            .map(|a| (a.event.id.clone(), a.subscriptions.clone()))
+            .map(|a| (a.event.id.clone(), a.subscriptions().cloned().collect()))
             .collect();
         let admissions = store(&state, batch).await?;
         let results: Vec<Receipt> = summary
@@ -441,18 +443,13 @@ async fn commit_and_hand_off(
     let mut events = Vec::with_capacity(batch.len());
     for a in &mut batch {
         let found: Vec<Option<Route>> = a
-            .subscriptions
-            .iter()
+            .subscriptions()
             .map(|s| state.dispatcher.route(s))
             .collect();
-        a.handed_off = found
-            .iter()
-            .map(|r| r.as_ref().is_some_and(|r| r.slot.is_some()))
-            .collect();
-        a.ttl_ms = found
-            .iter()
-            .map(|r| r.as_ref().and_then(|r| r.ttl_ms))
-            .collect();
+        for (d, r) in a.deliveries.iter_mut().zip(&found) {
+            d.handed_off = r.as_ref().is_some_and(|r| r.slot.is_some());
+            d.ttl_ms = r.as_ref().and_then(|r| r.ttl_ms);
+        }
         if found
             .iter()
             .flatten()
@@ -460,10 +457,9 @@ async fn commit_and_hand_off(
         {
             // Parsed once per event, and only when an ordered subscription needs a key.
             let data: Option<serde_json::Value> = serde_json::from_slice(&a.event.data).ok();
-            a.ordering_keys = found
-                .iter()
-                .map(|r| r.as_ref().and_then(|r| r.ordering().key_of(data.as_ref())))
-                .collect();
+            for (d, r) in a.deliveries.iter_mut().zip(&found) {
+                d.ordering_key = r.as_ref().and_then(|r| r.ordering().key_of(data.as_ref()));
+            }
         }
         routes.push(found);
         events.push((
@@ -472,7 +468,7 @@ async fn commit_and_hand_off(
             a.event.data.clone(),
             a.event.received_at_ms,
             a.event.raw.clone(),
-            a.subscriptions.clone(),
+            a.subscriptions().cloned().collect::<Vec<_>>(),
         ));
     }
     let admissions = state.store.accept(batch).await.map_err(|e| {

@@ -18,33 +18,50 @@ use crate::time::rfc3339;
 /// Store-assigned delivery id.
 pub type DeliveryId = i64;
 
-/// An accepted event and the subscriptions it must reach.
+/// An accepted event and the deliveries to create for it.
 #[derive(Debug, Clone)]
 pub struct Accepted {
     /// The event.
     pub event: Event,
-    /// Names of the matched subscriptions (one delivery each).
-    pub subscriptions: Vec<Arc<str>>,
-    /// Parallel to `subscriptions` (or empty for none): `true` stores that delivery as already
-    /// claimed, because the caller hands it to its pump in memory right after the commit.
-    pub handed_off: Vec<bool>,
-    /// Parallel to `subscriptions` (or empty): a delivery's own ttl in ms (a pull
-    /// subscription's `pull.ttl`); `None` takes `storage.ttl`.
-    pub ttl_ms: Vec<Option<i64>>,
-    /// Parallel to `subscriptions` (or empty): the ordering key of an ordered subscription's
-    /// delivery, which then waits for the earlier unfinished deliveries of that key.
-    pub ordering_keys: Vec<Option<String>>,
+    /// One per matched subscription.
+    pub deliveries: Vec<NewDelivery>,
 }
 
 impl Accepted {
-    /// An event for `subscriptions`; the caller fills `handed_off` and `ttl_ms` if it has to.
-    pub fn new(event: Event, subscriptions: Vec<Arc<str>>) -> Accepted {
-        Accepted {
-            event,
-            subscriptions,
-            handed_off: Vec::new(),
-            ttl_ms: Vec::new(),
-            ordering_keys: Vec::new(),
+    /// An event and its deliveries.
+    pub fn new(event: Event, deliveries: Vec<NewDelivery>) -> Accepted {
+        Accepted { event, deliveries }
+    }
+
+    /// Names of the matched subscriptions, in the order of `deliveries`.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.deliveries.iter().map(|d| &d.subscription)
+    }
+}
+
+/// One delivery to create for an accepted event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// Name of the matched subscription it goes to.
+    pub subscription: Arc<str>,
+    /// Stored as already claimed, because the caller hands it to its pump in memory right
+    /// after the commit.
+    pub handed_off: bool,
+    /// Its own ttl in ms (a pull subscription's `pull.ttl`); `None` takes `storage.ttl`.
+    pub ttl_ms: Option<i64>,
+    /// The ordering key of an ordered subscription's delivery, which then waits for the
+    /// earlier unfinished deliveries of that key.
+    pub ordering_key: Option<String>,
+}
+
+impl NewDelivery {
+    /// A delivery to `subscription`: not handed off, `storage.ttl`, unordered.
+    pub fn new(subscription: Arc<str>) -> NewDelivery {
+        NewDelivery {
+            subscription,
+            handed_off: false,
+            ttl_ms: None,
+            ordering_key: None,
         }
     }
 }
@@ -164,7 +181,7 @@ pub struct QueueStats {
 /// How the store answered one event of an accepted batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    /// Newly stored; the ids of its deliveries, in the order of `subscriptions`.
+    /// Newly stored; the ids of its deliveries, in the order of `Accepted::deliveries`.
     Stored(Vec<DeliveryId>),
     /// Its id was accepted before (within retention): nothing stored; the original result.
     Duplicate {
@@ -173,26 +190,59 @@ pub enum Admission {
     },
 }
 
+/// The storage code of each delivery state, and the only place they are written:
+/// `DeliveryState`'s discriminants and the stores' SQL both expand it (`state_code!(Pending)`
+/// is the literal `0`), so they cannot disagree. Existing files hold these numbers: never
+/// change one.
+macro_rules! state_code {
+    (Pending) => {
+        0
+    };
+    (InFlight) => {
+        1
+    };
+    (Delivered) => {
+        2
+    };
+    (Failed) => {
+        3
+    };
+    (Expired) => {
+        4
+    };
+    (Orphaned) => {
+        5
+    };
+    (Cancelled) => {
+        6
+    };
+    (Waiting) => {
+        7
+    };
+}
+pub(crate) use state_code;
+
 /// Lifecycle of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[repr(i64)]
 pub enum DeliveryState {
     /// Waiting for its next attempt.
-    Pending,
+    Pending = state_code!(Pending),
     /// An attempt is under way.
-    InFlight,
+    InFlight = state_code!(InFlight),
     /// Delivered.
-    Delivered,
+    Delivered = state_code!(Delivered),
     /// Retries spent or refused: a dead letter.
-    Failed,
+    Failed = state_code!(Failed),
     /// Not delivered within the ttl.
-    Expired,
+    Expired = state_code!(Expired),
     /// Its subscription is gone from the config; resumes if it comes back.
-    Orphaned,
+    Orphaned = state_code!(Orphaned),
     /// Its subscription was deleted.
-    Cancelled,
+    Cancelled = state_code!(Cancelled),
     /// Ordered: waits until the earlier deliveries of its key are finished.
-    Waiting,
+    Waiting = state_code!(Waiting),
 }
 
 impl DeliveryState {
@@ -227,19 +277,16 @@ impl DeliveryState {
         DeliveryState::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
-    /// Storage code.
+    /// Storage code (see `state_code!`).
     pub fn code(self) -> i64 {
-        DeliveryState::ALL
-            .iter()
-            .position(|s| *s == self)
-            .unwrap_or(0) as i64
+        self as i64
     }
 
-    /// From a storage code.
+    /// From a storage code; an unknown one reads as pending.
     pub fn from_code(code: i64) -> DeliveryState {
         DeliveryState::ALL
-            .get(code as usize)
-            .copied()
+            .into_iter()
+            .find(|s| s.code() == code)
             .unwrap_or(DeliveryState::Pending)
     }
 }
@@ -414,7 +461,12 @@ impl std::fmt::Debug for StoredSubscription {
     }
 }
 
-/// Why the store could not do something.
+/// The failure underneath a [`StoreError`]: shared, so one error can answer every caller
+/// whose work went into the same failed transaction.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why the store could not do something. Backend-neutral: a cause is kept as its `source`,
+/// and its text also ends the message, because logs and startup errors print that alone.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Full: the caller should retry later (ingest answers 503).
@@ -424,16 +476,55 @@ pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
     /// The store failed (I/O, corruption).
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable: {}", describe(.context, .source))]
+    Unavailable {
+        /// What failed; empty when the cause says it all.
+        context: String,
+        /// The underlying error, if there is one.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The store could not be opened; startup stops with this message.
-    #[error("cannot open the store at {path}: {reason}")]
+    #[error("cannot open the store at {path}: {}", describe(.context, .source))]
     Open {
         /// Database path.
         path: String,
-        /// What is wrong.
-        reason: String,
+        /// What is wrong; empty when the cause says it all.
+        context: String,
+        /// The underlying error, if there is one.
+        #[source]
+        source: Option<Cause>,
     },
+}
+
+impl StoreError {
+    /// The store failed for a reason of its own.
+    pub fn unavailable(context: impl Into<String>) -> StoreError {
+        StoreError::Unavailable {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// The store failed because of `source`.
+    pub fn unavailable_from(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Unavailable {
+            context: context.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+}
+
+/// `context: cause`, or whichever of the two there is.
+fn describe(context: &str, source: &Option<Cause>) -> String {
+    match source {
+        None => context.to_string(),
+        Some(cause) if context.is_empty() => cause.to_string(),
+        Some(cause) => format!("{context}: {cause}"),
+    }
 }
 
 /// A delivery queue: in memory, or durable.
@@ -549,4 +640,35 @@ pub trait Store: Send + Sync + 'static {
 
     /// Expires overdue deliveries and prunes old terminal rows, in small batches.
     async fn housekeeping(&self, now_ms: i64) -> Result<Housekeeping, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeliveryState;
+
+    #[test]
+    fn stored_state_codes_never_change() {
+        // Database files hold these numbers: a change here strands every existing delivery.
+        let codes: Vec<(&str, i64)> = DeliveryState::ALL
+            .iter()
+            .map(|s| (s.as_str(), s.code()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                ("pending", 0),
+                ("in_flight", 1),
+                ("delivered", 2),
+                ("failed", 3),
+                ("expired", 4),
+                ("orphaned", 5),
+                ("cancelled", 6),
+                ("waiting", 7),
+            ]
+        );
+        for state in DeliveryState::ALL {
+            assert_eq!(DeliveryState::from_code(state.code()), state);
+        }
+        assert_eq!(DeliveryState::from_code(99), DeliveryState::Pending);
+    }
 }

@@ -11,16 +11,34 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus::Histogram;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Accepted, Admission, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery, DeliveryState,
+    Accepted, Admission, Cause, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery, DeliveryState,
     EventStatus, Housekeeping, Notification, Outcome, PullMode, Pulled, QueueStats, Release, Store,
     StoreError, StoredSubscription,
 };
 use crate::event::RawMeta;
 use crate::store::settings::{StorageLocation, StorageSettings, SyncMode};
+use crate::store::state_code;
+
+/// `states!(Pending, Waiting)` is the SQL text `"(0, 7)"`, for `state IN` lists.
+///
+/// States are written into the SQL as literals (through this and `state_code!`), never bound
+/// as parameters: SQLite uses a partial index only when the query's WHERE literally implies
+/// the index's own (`state = 0`, `state IN (0, 1, 5, 7)`), which `state = ?1` never does.
+macro_rules! states {
+    ($first:ident $(, $rest:ident)*) => {
+        concat!(
+            "(",
+            $crate::store::state_code!($first)
+            $(, ", ", $crate::store::state_code!($rest))*,
+            ")"
+        )
+    };
+}
 
 /// The schema this build writes; older files are migrated forward on open.
 pub const SCHEMA_VERSION: i64 = 5;
@@ -35,7 +53,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Migrations: entry `i` upgrades a file from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
-    "
+    concat!(
+        "
 CREATE TABLE events (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -58,14 +77,21 @@ CREATE TABLE deliveries (
     delivered_at INTEGER,
     finished_at INTEGER
 );
-CREATE INDEX deliveries_due ON deliveries(subscription, next_attempt_at) WHERE state = 0;
+CREATE INDEX deliveries_due ON deliveries(subscription, next_attempt_at) WHERE state = ",
+        state_code!(Pending),
+        ";
 CREATE INDEX deliveries_state ON deliveries(state, subscription, received_at);
 CREATE INDEX deliveries_event ON deliveries(event_seq);
-CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN (0, 5);
-CREATE INDEX deliveries_finished ON deliveries(finished_at) WHERE state IN (2, 3, 4, 6);
+CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN ",
+        states!(Pending, Orphaned),
+        ";
+CREATE INDEX deliveries_finished ON deliveries(finished_at) WHERE state IN ",
+        states!(Delivered, Failed, Expired, Cancelled),
+        ";
 CREATE INDEX events_received ON events(received_at);
 CREATE TABLE releases (scope TEXT PRIMARY KEY, released_at INTEGER NOT NULL);
-",
+"
+    ),
     "
 CREATE TABLE subscriptions (
     id TEXT PRIMARY KEY,
@@ -75,18 +101,28 @@ CREATE TABLE subscriptions (
     updated_at INTEGER NOT NULL
 );
 ",
-    "
-CREATE INDEX deliveries_fifo ON deliveries(subscription, id) WHERE state = 0;
-",
-    // Ordered delivery: a key per delivery of an ordered subscription, the `waiting` state
-    // (7), and an index to find a key's oldest unfinished delivery.
-    "
+    concat!(
+        "
+CREATE INDEX deliveries_fifo ON deliveries(subscription, id) WHERE state = ",
+        state_code!(Pending),
+        ";
+"
+    ),
+    // Ordered delivery: a key per delivery of an ordered subscription, the `waiting` state,
+    // and an index to find a key's oldest unfinished delivery.
+    concat!(
+        "
 ALTER TABLE deliveries ADD COLUMN ordering_key TEXT;
 CREATE INDEX deliveries_order ON deliveries(subscription, ordering_key, id)
-    WHERE state IN (0, 1, 5, 7) AND ordering_key IS NOT NULL;
+    WHERE state IN ",
+        states!(Pending, InFlight, Orphaned, Waiting),
+        " AND ordering_key IS NOT NULL;
 DROP INDEX deliveries_expiry;
-CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN (0, 5, 7);
-",
+CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN ",
+        states!(Pending, Orphaned, Waiting),
+        ";
+"
+    ),
     // Raw events: their content type and attributes (a JSON object); both NULL for an
     // envelope event (JSON data, no attributes), so existing rows need no rewrite.
     "
@@ -95,14 +131,17 @@ ALTER TABLE events ADD COLUMN attributes TEXT;
 ",
 ];
 
-const PENDING: i64 = 0;
-const IN_FLIGHT: i64 = 1;
-const DELIVERED: i64 = 2;
-const FAILED: i64 = 3;
-const EXPIRED: i64 = 4;
-const ORPHANED: i64 = 5;
-const CANCELLED: i64 = 6;
-const WAITING: i64 = 7;
+impl ToSql for DeliveryState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.code()))
+    }
+}
+
+impl FromSql for DeliveryState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        i64::column_result(value).map(DeliveryState::from_code)
+    }
+}
 
 /// Histograms the writer fills.
 #[derive(Clone)]
@@ -196,7 +235,8 @@ impl SqliteStore {
                 })
                 .map_err(|e| StoreError::Open {
                     path: path.display().to_string(),
-                    reason: format!("cannot open a read connection: {e}"),
+                    context: "cannot open a read connection".into(),
+                    source: Some(Arc::new(e)),
                 })?;
                 Some(Arc::new(std::sync::Mutex::new(r)))
             }
@@ -214,7 +254,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("hookrelay-store".into())
             .spawn(move || writer.run())
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::unavailable_from("cannot start the writer thread", e))?;
         Ok(SqliteStore {
             jobs,
             reader,
@@ -241,7 +281,7 @@ impl SqliteStore {
             f(&conn)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::unavailable_from("read task failed", e))?
     }
 
     /// Runs `f` in the writer's next transaction and returns its result once committed.
@@ -283,7 +323,7 @@ impl SqliteStore {
     /// job (so later jobs of the batch see them); puts them back if the commit fails.
     async fn run_marking<T, F>(
         &self,
-        marks: Vec<(String, Option<i64>)>,
+        marks: Vec<(String, Option<DeliveryState>)>,
         f: F,
     ) -> Result<T, StoreError>
     where
@@ -310,16 +350,16 @@ impl SqliteStore {
 }
 
 fn stopped() -> StoreError {
-    StoreError::Unavailable("the store's writer has stopped".into())
+    StoreError::unavailable("the store's writer has stopped")
 }
 
 fn sql_error(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => StoreError::Unavailable("disk full".into()),
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::unavailable_from("disk full", e),
         Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
             StoreError::Busy("the database is locked".into())
         }
-        _ => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::unavailable_from("", e),
     }
 }
 
@@ -330,32 +370,37 @@ fn open_connection(settings: &StorageSettings) -> Result<Connection, StoreError>
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
                     path: path.display().to_string(),
-                    reason: format!("cannot create directory {}: {e}", dir.display()),
+                    context: format!("cannot create directory {}", dir.display()),
+                    source: Some(Arc::new(e)),
                 })?;
             }
             (Connection::open(path), path.display().to_string())
         }
     };
-    let fail = |reason: String| StoreError::Open {
+    // Every refusal names the file; `failed(context)` maps an SQLite error into one.
+    let fail = |context: String, source: Option<rusqlite::Error>| StoreError::Open {
         path: shown.clone(),
-        reason,
+        context,
+        source: source.map(|e| Arc::new(e) as Cause),
     };
-    let conn = conn.map_err(|e| fail(e.to_string()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| fail(e.to_string()))?;
+    let failed = |context: &str| {
+        let context = context.to_string();
+        move |e| fail(context, Some(e))
+    };
+    let conn = conn.map_err(failed(""))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(failed(""))?;
     // Any first read tells a database from another kind of file.
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .and_then(|v| conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(v)))
-        .map_err(|e| {
-            fail(format!(
-                "{e} (is it a hookrelay database? it may be corrupt)"
-            ))
-        })?;
+        .map_err(failed("unreadable (corrupt, or not a hookrelay database)"))?;
     if version > SCHEMA_VERSION {
-        return Err(fail(format!(
-            "its schema version {version} is newer than this hookrelay supports ({SCHEMA_VERSION}); run a newer hookrelay"
-        )));
+        return Err(fail(
+            format!(
+                "its schema version {version} is newer than this hookrelay supports ({SCHEMA_VERSION}); run a newer hookrelay"
+            ),
+            None,
+        ));
     }
     let sync = match settings.sync {
         SyncMode::Full => "FULL",
@@ -372,26 +417,26 @@ fn open_connection(settings: &StorageSettings) -> Result<Connection, StoreError>
          PRAGMA cache_size = -32768;
 "
     ))
-    .map_err(|e| fail(e.to_string()))?;
+    .map_err(failed(""))?;
     let check = conn
         .query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0))
-        .map_err(|e| fail(format!("integrity check failed: {e}")))?;
+        .map_err(failed("integrity check failed"))?;
     if check != "ok" {
-        return Err(fail(format!("integrity check failed: {check}")));
+        return Err(fail(format!("integrity check failed: {check}"), None));
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let to = from as i64 + 1;
         conn.execute_batch(&format!(
             "BEGIN; {sql}; PRAGMA user_version = {to}; COMMIT;"
         ))
-        .map_err(|e| fail(format!("migration to schema version {to} failed: {e}")))?;
+        .map_err(failed(&format!("migration to schema version {to} failed")))?;
     }
     // Attempts cut short by a crash are made again (at-least-once).
     conn.execute(
         "UPDATE deliveries SET state = ?1 WHERE state = ?2",
-        params![PENDING, IN_FLIGHT],
+        params![DeliveryState::Pending, DeliveryState::InFlight],
     )
-    .map_err(|e| fail(e.to_string()))?;
+    .map_err(failed(""))?;
     Ok(conn)
 }
 
@@ -465,8 +510,8 @@ impl Writer {
             // SQLite rolls the whole transaction back by itself on some errors (disk full,
             // I/O): then nothing of this batch is kept, and no later job may run outside it.
             if conn.is_autocommit() {
-                aborted = Some(StoreError::Unavailable(
-                    "the store's transaction was rolled back".into(),
+                aborted = Some(StoreError::unavailable(
+                    "the store's transaction was rolled back",
                 ));
             }
         }
@@ -547,14 +592,10 @@ fn raw_meta(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<Arc<Ra
     })))
 }
 
-fn state_of(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<DeliveryState> {
-    Ok(DeliveryState::from_code(row.get(i)?))
-}
-
 const INFO_COLUMNS: &str = "d.id, d.subscription, e.id, e.type, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at, d.delivered_at, d.received_at";
 
 fn info(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
-    let state = state_of(row, 4)?;
+    let state: DeliveryState = row.get(4)?;
     Ok(DeliveryInfo {
         id: row.get(0)?,
         subscription: row.get(1)?,
@@ -604,8 +645,8 @@ impl Store for SqliteStore {
                 .map_err(sql_error)?;
             let mut key_busy = conn
                 .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_order
-                     WHERE subscription = ?1 AND ordering_key = ?2 AND state IN (0, 1, 5, 7))",
+                    concat!("SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_order
+                     WHERE subscription = ?1 AND ordering_key = ?2 AND state IN ", states!(Pending, InFlight, Orphaned, Waiting), ")"),
                 )
                 .map_err(sql_error)?;
             let mut original = conn
@@ -613,7 +654,7 @@ impl Store for SqliteStore {
                 .map_err(sql_error)?;
             let mut out = Vec::with_capacity(batch.len());
             for a in batch {
-                let names: Vec<&str> = a.subscriptions.iter().map(|s| &**s).collect();
+                let names: Vec<&str> = a.subscriptions().map(|s| &**s).collect();
                 let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
                 let e = &a.event;
                 let (content_type, attributes) = match e.raw.as_deref() {
@@ -639,10 +680,11 @@ impl Store for SqliteStore {
                     continue;
                 }
                 let seq = conn.last_insert_rowid();
-                let mut ids = Vec::with_capacity(names.len());
-                for (i, name) in names.iter().enumerate() {
-                    let retired_as = if retired.is_empty() { None } else { retired.get(*name).copied() };
-                    let key = a.ordering_keys.get(i).and_then(Option::as_deref);
+                let mut ids = Vec::with_capacity(a.deliveries.len());
+                for d in &a.deliveries {
+                    let name = &*d.subscription;
+                    let retired_as = if retired.is_empty() { None } else { retired.get(name).copied() };
+                    let key = d.ordering_key.as_deref();
                     // Ordered: behind an unfinished delivery of the same key, it waits.
                     let behind = match key {
                         Some(k) => key_busy.query_row(params![name, k], |r| r.get::<_, bool>(0)).map_err(sql_error)?,
@@ -650,16 +692,16 @@ impl Store for SqliteStore {
                     };
                     let state = match retired_as {
                         Some(state) => state,
-                        None if behind => WAITING,
-                        None if a.handed_off.get(i).copied().unwrap_or(false) => IN_FLIGHT,
-                        None => PENDING,
+                        None if behind => DeliveryState::Waiting,
+                        None if d.handed_off => DeliveryState::InFlight,
+                        None => DeliveryState::Pending,
                     };
-                    let expires = e.received_at_ms + a.ttl_ms.get(i).copied().flatten().unwrap_or(ttl);
+                    let expires = e.received_at_ms + d.ttl_ms.unwrap_or(ttl);
                     insert_delivery
                         .execute(params![seq, name, e.received_at_ms, expires, state, key])
                         .map_err(sql_error)?;
                     let id = conn.last_insert_rowid();
-                    if state == CANCELLED {
+                    if state == DeliveryState::Cancelled {
                         conn.prepare_cached("UPDATE deliveries SET finished_at = ?2 WHERE id = ?1")
                             .and_then(|mut s| s.execute(params![id, e.received_at_ms]))
                             .map_err(sql_error)?;
@@ -683,11 +725,11 @@ impl Store for SqliteStore {
         self.run(false, move |conn| {
             let mut select = conn
                 .prepare_cached(
-                    "SELECT d.id, d.attempts, e.id, e.type, e.data, e.received_at, e.content_type, e.attributes
+                    concat!("SELECT d.id, d.attempts, e.id, e.type, e.data, e.received_at, e.content_type, e.attributes
                      FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                     WHERE d.subscription = ?1 AND d.state = 0 AND d.next_attempt_at <= ?2
+                     WHERE d.subscription = ?1 AND d.state = ", state_code!(Pending), " AND d.next_attempt_at <= ?2
                        AND d.expires_at > ?2
-                     ORDER BY d.next_attempt_at, d.id LIMIT ?3",
+                     ORDER BY d.next_attempt_at, d.id LIMIT ?3"),
                 )
                 .map_err(sql_error)?;
             let name: Arc<str> = Arc::from(sub.as_str());
@@ -708,7 +750,7 @@ impl Store for SqliteStore {
                 .collect::<Result<_, _>>()
                 .map_err(sql_error)?;
             let mut mark = conn
-                .prepare_cached("UPDATE deliveries SET state = 1 WHERE id = ?1")
+                .prepare_cached(concat!("UPDATE deliveries SET state = ", state_code!(InFlight), " WHERE id = ?1"))
                 .map_err(sql_error)?;
             for d in &claimed {
                 mark.execute([d.id]).map_err(sql_error)?;
@@ -721,9 +763,10 @@ impl Store for SqliteStore {
     async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, StoreError> {
         let sub = subscription.to_string();
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT min(next_attempt_at) FROM deliveries WHERE subscription = ?1 AND state = 0",
-            )
+            conn.prepare_cached(concat!(
+                "SELECT min(next_attempt_at) FROM deliveries WHERE subscription = ?1 AND state = ",
+                state_code!(Pending)
+            ))
             .and_then(|mut s| s.query_row([sub], |r| r.get(0)))
             .map_err(sql_error)
         })
@@ -765,7 +808,12 @@ impl Store for SqliteStore {
     async fn unclaim(&self, ids: Vec<DeliveryId>) -> Result<(), StoreError> {
         self.run(false, move |conn| {
             let mut s = conn
-                .prepare_cached("UPDATE deliveries SET state = 0 WHERE id = ?1 AND state = 1")
+                .prepare_cached(concat!(
+                    "UPDATE deliveries SET state = ",
+                    state_code!(Pending),
+                    " WHERE id = ?1 AND state = ",
+                    state_code!(InFlight)
+                ))
                 .map_err(sql_error)?;
             for id in ids {
                 s.execute([id]).map_err(sql_error)?;
@@ -776,16 +824,24 @@ impl Store for SqliteStore {
     }
 
     async fn stats(&self) -> Result<HashMap<String, QueueStats>, StoreError> {
-        self.read( |conn| {
+        self.read(|conn| {
             let mut out: HashMap<String, QueueStats> = HashMap::new();
             let mut live = conn
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "SELECT subscription, count(*), min(received_at) FROM deliveries
-                     WHERE state IN (0, 1, 7) GROUP BY subscription",
-                )
+                     WHERE state IN ",
+                    states!(Pending, InFlight, Waiting),
+                    " GROUP BY subscription"
+                ))
                 .map_err(sql_error)?;
             let rows = live
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?)))
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
                 .map_err(sql_error)?;
             for row in rows {
                 let (name, depth, oldest) = row.map_err(sql_error)?;
@@ -794,14 +850,25 @@ impl Store for SqliteStore {
                 e.oldest_ms = oldest;
             }
             let mut dead = conn
-                .prepare_cached(
-                    "SELECT subscription, count(*) FILTER (WHERE state = 3), count(*) FILTER (WHERE state = 5)
-                     FROM deliveries WHERE state IN (3, 5) GROUP BY subscription",
-                )
+                .prepare_cached(concat!(
+                    "SELECT subscription, count(*) FILTER (WHERE state = ",
+                    state_code!(Failed),
+                    "),
+                     count(*) FILTER (WHERE state = ",
+                    state_code!(Orphaned),
+                    ")
+                     FROM deliveries WHERE state IN ",
+                    states!(Failed, Orphaned),
+                    " GROUP BY subscription"
+                ))
                 .map_err(sql_error)?;
             let rows = dead
                 .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })
                 .map_err(sql_error)?;
             for row in rows {
@@ -901,9 +968,15 @@ impl Store for SqliteStore {
     ) -> Result<Release, StoreError> {
         let ttl = self.ttl_ms;
         self.run(false, move |conn| {
-            let key = scope.as_deref().map_or_else(|| "*".to_string(), |s| format!("subscription:{s}"));
+            let key = scope
+                .as_deref()
+                .map_or_else(|| "*".to_string(), |s| format!("subscription:{s}"));
             let last: Option<i64> = conn
-                .query_row("SELECT released_at FROM releases WHERE scope = ?1", [&key], |r| r.get(0))
+                .query_row(
+                    "SELECT released_at FROM releases WHERE scope = ?1",
+                    [&key],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(sql_error)?;
             if let Some(at) = last
@@ -920,9 +993,15 @@ impl Store for SqliteStore {
             let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
             let released = conn
                 .execute(
-                    "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?1, expires_at = ?2,
+                    concat!(
+                        "UPDATE deliveries SET state = ",
+                        state_code!(Pending),
+                        ", attempts = 0, next_attempt_at = ?1, expires_at = ?2,
                      finished_at = NULL, ordering_key = NULL
-                     WHERE state IN (3, 4) AND subscription IN (SELECT value FROM json_each(?3))",
+                     WHERE state IN ",
+                        states!(Failed, Expired),
+                        " AND subscription IN (SELECT value FROM json_each(?3))"
+                    ),
                     params![now_ms, now_ms + ttl, names_json],
                 )
                 .map_err(sql_error)?;
@@ -946,17 +1025,23 @@ impl Store for SqliteStore {
         let ttl = self.ttl_ms;
         self.run(false, move |conn| {
             let before = conn
-                .query_row("SELECT state, subscription FROM deliveries WHERE id = ?1", [id], |r| {
-                    Ok((state_of(r, 0)?, r.get::<_, String>(1)?))
-                })
+                .query_row(
+                    "SELECT state, subscription FROM deliveries WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get::<_, DeliveryState>(0)?, r.get::<_, String>(1)?)),
+                )
                 .optional()
                 .map_err(sql_error)?;
             if let Some((DeliveryState::Failed | DeliveryState::Expired, sub)) = &before
                 && subscriptions.contains(sub)
             {
                 conn.execute(
-                    "UPDATE deliveries SET state = 0, attempts = 0, next_attempt_at = ?2, expires_at = ?3,
-                     finished_at = NULL, ordering_key = NULL WHERE id = ?1",
+                    concat!(
+                        "UPDATE deliveries SET state = ",
+                        state_code!(Pending),
+                        ", attempts = 0, next_attempt_at = ?2, expires_at = ?3,
+                     finished_at = NULL, ordering_key = NULL WHERE id = ?1"
+                    ),
                     params![id, now_ms, now_ms + ttl],
                 )
                 .map_err(sql_error)?;
@@ -970,7 +1055,7 @@ impl Store for SqliteStore {
         self.run(false, move |conn| {
             let before = conn
                 .query_row("SELECT state FROM deliveries WHERE id = ?1", [id], |r| {
-                    state_of(r, 0)
+                    r.get(0)
                 })
                 .optional()
                 .map_err(sql_error)?;
@@ -1037,7 +1122,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         // The tombstone: events matched before the delete but stored after it are cancelled.
-        let marks = vec![(name.clone(), Some(CANCELLED))];
+        let marks = vec![(name.clone(), Some(DeliveryState::Cancelled))];
         self.run_marking(marks, move |conn| {
             conn.execute("DELETE FROM subscriptions WHERE id = ?1", [&id])
                 .map_err(sql_error)?;
@@ -1046,7 +1131,13 @@ impl Store for SqliteStore {
                     "UPDATE deliveries SET state = ?1, finished_at = ?2
                      WHERE subscription = ?3 AND state IN (?4, ?5, ?6, ?7)",
                     params![
-                        CANCELLED, now_ms, name, PENDING, IN_FLIGHT, ORPHANED, WAITING
+                        DeliveryState::Cancelled,
+                        now_ms,
+                        name,
+                        DeliveryState::Pending,
+                        DeliveryState::InFlight,
+                        DeliveryState::Orphaned,
+                        DeliveryState::Waiting
                     ],
                 )
                 .map_err(sql_error)?;
@@ -1054,7 +1145,12 @@ impl Store for SqliteStore {
             // release them to its own URL. Already counted as failed or expired.
             conn.execute(
                 "UPDATE deliveries SET state = ?1 WHERE subscription = ?2 AND state IN (?3, ?4)",
-                params![CANCELLED, name, FAILED, EXPIRED],
+                params![
+                    DeliveryState::Cancelled,
+                    name,
+                    DeliveryState::Failed,
+                    DeliveryState::Expired
+                ],
             )
             .map_err(sql_error)?;
             Ok(cancelled as u64)
@@ -1066,12 +1162,19 @@ impl Store for SqliteStore {
         self.run(false, move |conn| {
             let names = serde_json::to_string(&subscriptions).unwrap_or_else(|_| "[]".into());
             let released = conn
-                .prepare_cached(
-                    "UPDATE deliveries SET state = CASE state WHEN 7 THEN 0 ELSE state END, ordering_key = NULL
+                .prepare_cached(concat!(
+                    "UPDATE deliveries SET state = CASE state WHEN ",
+                    state_code!(Waiting),
+                    " THEN ",
+                    state_code!(Pending),
+                    " ELSE state END,
+                     ordering_key = NULL
                      WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_order
                                   WHERE subscription IN (SELECT value FROM json_each(?1))
-                                  AND ordering_key IS NOT NULL AND state IN (0, 1, 5, 7))",
-                )
+                                  AND ordering_key IS NOT NULL AND state IN ",
+                    states!(Pending, InFlight, Orphaned, Waiting),
+                    ")"
+                ))
                 .and_then(|mut stmt| stmt.execute([names]))
                 .map_err(sql_error)?;
             Ok(released as u64)
@@ -1087,7 +1190,7 @@ impl Store for SqliteStore {
         // Tombstones: events matched before the reload but stored after it are orphaned.
         let marks = removed
             .iter()
-            .map(|n| (n.clone(), Some(ORPHANED)))
+            .map(|n| (n.clone(), Some(DeliveryState::Orphaned)))
             .chain(restored.iter().map(|n| (n.clone(), None)))
             .collect();
         self.run_marking(marks, move |conn| {
@@ -1097,14 +1200,23 @@ impl Store for SqliteStore {
                 .execute(
                     "UPDATE deliveries SET state = ?1 WHERE state IN (?2, ?3)
                      AND subscription IN (SELECT value FROM json_each(?4))",
-                    params![ORPHANED, PENDING, IN_FLIGHT, json(&removed)],
+                    params![
+                        DeliveryState::Orphaned,
+                        DeliveryState::Pending,
+                        DeliveryState::InFlight,
+                        json(&removed)
+                    ],
                 )
                 .map_err(sql_error)?;
             let resumed = conn
                 .execute(
                     "UPDATE deliveries SET state = ?1 WHERE state = ?2
                      AND subscription IN (SELECT value FROM json_each(?3))",
-                    params![PENDING, ORPHANED, json(&restored)],
+                    params![
+                        DeliveryState::Pending,
+                        DeliveryState::Orphaned,
+                        json(&restored)
+                    ],
                 )
                 .map_err(sql_error)?;
             Ok((orphaned as u64, resumed as u64))
@@ -1124,12 +1236,12 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     // INDEXED BY: without statistics the planner prefers the due-time
                     // index, reading and sorting the whole backlog to return its head.
-                    "SELECT d.id, e.id, e.type, e.received_at, e.data, d.attempts, e.content_type, e.attributes
+                    concat!("SELECT d.id, e.id, e.type, e.received_at, e.data, d.attempts, e.content_type, e.attributes
                      FROM deliveries d INDEXED BY deliveries_fifo
                      JOIN events e ON e.seq = d.event_seq
-                     WHERE d.subscription = ?1 AND d.state = 0 AND d.next_attempt_at <= ?2
+                     WHERE d.subscription = ?1 AND d.state = ", state_code!(Pending), " AND d.next_attempt_at <= ?2
                        AND d.expires_at > ?2
-                     ORDER BY d.id LIMIT ?3",
+                     ORDER BY d.id LIMIT ?3"),
                 )
                 .map_err(sql_error)?;
             let notifications = select
@@ -1148,10 +1260,10 @@ impl Store for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(sql_error)?;
             let mut update = match mode {
-                PullMode::Consume => conn.prepare_cached(
-                    "UPDATE deliveries SET state = 2, attempts = attempts + 1,
+                PullMode::Consume => conn.prepare_cached(concat!(
+                    "UPDATE deliveries SET state = ", state_code!(Delivered), ", attempts = attempts + 1,
                      delivered_at = ?2, finished_at = ?2 WHERE id = ?1",
-                ),
+                )),
                 PullMode::Hide(_) => conn.prepare_cached(
                     "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?2
                      WHERE id = ?1",
@@ -1167,16 +1279,16 @@ impl Store for SqliteStore {
             }
             let remaining: i64 = conn
                 .prepare_cached(
-                    "SELECT count(*) FROM deliveries
-                     WHERE subscription = ?1 AND state = 0 AND next_attempt_at <= ?2
-                       AND expires_at > ?2",
+                    concat!("SELECT count(*) FROM deliveries
+                     WHERE subscription = ?1 AND state = ", state_code!(Pending), " AND next_attempt_at <= ?2
+                       AND expires_at > ?2"),
                 )
                 .and_then(|mut s| s.query_row(params![subscription, now_ms], |r| r.get(0)))
                 .map_err(sql_error)?;
             let next_visible_ms: Option<i64> = conn
                 .prepare_cached(
-                    "SELECT min(next_attempt_at) FROM deliveries
-                     WHERE subscription = ?1 AND state = 0 AND next_attempt_at > ?2",
+                    concat!("SELECT min(next_attempt_at) FROM deliveries
+                     WHERE subscription = ?1 AND state = ", state_code!(Pending), " AND next_attempt_at > ?2"),
                 )
                 .and_then(|mut s| s.query_row(params![subscription, now_ms], |r| r.get(0)))
                 .map_err(sql_error)?;
@@ -1197,10 +1309,14 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DeliveryId>, StoreError> {
         self.run(false, move |conn| {
             let mut update = conn
-                .prepare_cached(
-                    "UPDATE deliveries SET state = 2, delivered_at = ?3, finished_at = ?3
-                     WHERE id = ?1 AND subscription = ?2 AND state = 0 AND attempts > 0",
-                )
+                .prepare_cached(concat!(
+                    "UPDATE deliveries SET state = ",
+                    state_code!(Delivered),
+                    ", delivered_at = ?3, finished_at = ?3
+                     WHERE id = ?1 AND subscription = ?2 AND state = ",
+                    state_code!(Pending),
+                    " AND attempts > 0"
+                ))
                 .map_err(sql_error)?;
             let mut unknown = Vec::new();
             for id in ids {
@@ -1224,14 +1340,19 @@ impl Store for SqliteStore {
                 .execute(
                     "UPDATE deliveries SET state = ?1 WHERE state IN (?2, ?3)
                      AND subscription NOT IN (SELECT value FROM json_each(?4))",
-                    params![ORPHANED, PENDING, IN_FLIGHT, names],
+                    params![
+                        DeliveryState::Orphaned,
+                        DeliveryState::Pending,
+                        DeliveryState::InFlight,
+                        names
+                    ],
                 )
                 .map_err(sql_error)?;
             let resumed = conn
                 .execute(
                     "UPDATE deliveries SET state = ?1 WHERE state = ?2
                      AND subscription IN (SELECT value FROM json_each(?3))",
-                    params![PENDING, ORPHANED, names],
+                    params![DeliveryState::Pending, DeliveryState::Orphaned, names],
                 )
                 .map_err(sql_error)?;
             Ok((orphaned as u64, resumed as u64))
@@ -1246,14 +1367,14 @@ impl Store for SqliteStore {
             let mut report = Housekeeping::default();
             let mut expire = conn
                 .prepare_cached(
-                    "UPDATE deliveries SET state = ?1, finished_at = ?2
+                    concat!("UPDATE deliveries SET state = ?1, finished_at = ?2
                      WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_expiry
-                                  WHERE state IN (0, 5, 7) AND expires_at <= ?2 LIMIT ?3)
-                     RETURNING subscription, ordering_key",
+                                  WHERE state IN ", states!(Pending, Orphaned, Waiting), " AND expires_at <= ?2 LIMIT ?3)
+                     RETURNING subscription, ordering_key"),
                 )
                 .map_err(sql_error)?;
             let rows = expire
-                .query_map(params![EXPIRED, now_ms, HOUSEKEEPING_BATCH], |r| {
+                .query_map(params![DeliveryState::Expired, now_ms, HOUSEKEEPING_BATCH], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
                 })
                 .map_err(sql_error)?;
@@ -1273,8 +1394,8 @@ impl Store for SqliteStore {
             // them: driven by what was deleted, so old events still in use are not rescanned.
             let mut touched: Vec<i64> = conn
                 .prepare_cached(
-                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_finished
-                     WHERE state IN (2, 3, 4, 6) AND finished_at <= ?1 LIMIT ?2) RETURNING event_seq",
+                    concat!("DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_finished
+                     WHERE state IN ", states!(Delivered, Failed, Expired, Cancelled), " AND finished_at <= ?1 LIMIT ?2) RETURNING event_seq"),
                 )
                 .and_then(|mut s| {
                     s.query_map(params![cutoff, HOUSEKEEPING_BATCH], |r| r.get(0))?
@@ -1322,15 +1443,18 @@ impl Store for SqliteStore {
 /// Writes a batch of attempt outcomes; only rows still in flight change.
 /// Tombstones of retired subscriptions: name -> the state their new deliveries get.
 #[derive(Clone, Default)]
-struct Retired(Arc<std::sync::Mutex<HashMap<String, i64>>>);
+struct Retired(Arc<std::sync::Mutex<HashMap<String, DeliveryState>>>);
 
 impl Retired {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DeliveryState>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sets (`Some`) or clears (`None`) each name's tombstone; returns what undoes it.
-    fn mark(&self, changes: Vec<(String, Option<i64>)>) -> Vec<(String, Option<i64>)> {
+    fn mark(
+        &self,
+        changes: Vec<(String, Option<DeliveryState>)>,
+    ) -> Vec<(String, Option<DeliveryState>)> {
         let mut map = self.lock();
         let mut undo: Vec<_> = changes
             .into_iter()
@@ -1351,12 +1475,13 @@ impl Retired {
 fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), StoreError> {
     let now = crate::time::now_ms();
     let mut update = conn
-        .prepare_cached(
+        .prepare_cached(concat!(
             "UPDATE deliveries SET state = ?2, attempts = attempts + 1, last_status = ?3,
              last_error = ?4, next_attempt_at = coalesce(?5, next_attempt_at),
              delivered_at = ?6, finished_at = ?7
-             WHERE id = ?1 AND state = 1",
-        )
+             WHERE id = ?1 AND state = ",
+            state_code!(InFlight)
+        ))
         .map_err(sql_error)?;
     // A rowid lookup after final outcomes only: RETURNING on every update costs a statement
     // journal per row.
@@ -1368,30 +1493,40 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
         .map_err(sql_error)?;
     for (id, outcome, _) in batch {
         let (state, status, error, next, delivered, finished) = match outcome {
-            Outcome::Delivered { status } => {
-                (DELIVERED, Some(status), None, None, Some(now), Some(now))
-            }
+            Outcome::Delivered { status } => (
+                DeliveryState::Delivered,
+                Some(status),
+                None,
+                None,
+                Some(now),
+                Some(now),
+            ),
             Outcome::Retry {
                 at_ms,
                 status,
                 error,
             } => (
-                PENDING,
+                DeliveryState::Pending,
                 status.as_ref(),
                 Some(error),
                 Some(at_ms),
                 None,
                 None,
             ),
-            Outcome::Failed { status, error } => {
-                (FAILED, status.as_ref(), Some(error), None, None, Some(now))
-            }
+            Outcome::Failed { status, error } => (
+                DeliveryState::Failed,
+                status.as_ref(),
+                Some(error),
+                None,
+                None,
+                Some(now),
+            ),
         };
         let changed = update
             .execute(params![id, state, status, error, next, delivered, finished])
             .map_err(sql_error)?;
         // A finished head lets the next delivery of its key go.
-        if changed == 1 && state != PENDING {
+        if changed == 1 && state != DeliveryState::Pending {
             let ordered = keyed
                 .query_row([id], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
@@ -1410,13 +1545,18 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
 /// deliveries before it are finished. Safe to call at any time: it changes nothing while
 /// the key's head is pending, in flight or orphaned.
 fn promote_next(conn: &Connection, subscription: &str, key: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE deliveries SET state = 0
+    conn.prepare_cached(concat!(
+        "UPDATE deliveries SET state = ",
+        state_code!(Pending),
+        "
          WHERE id = (SELECT id FROM deliveries INDEXED BY deliveries_order
-                     WHERE subscription = ?1 AND ordering_key = ?2 AND state IN (0, 1, 5, 7)
+                     WHERE subscription = ?1 AND ordering_key = ?2 AND state IN ",
+        states!(Pending, InFlight, Orphaned, Waiting),
+        "
                      ORDER BY id LIMIT 1)
-         AND state = 7",
-    )
+         AND state = ",
+        state_code!(Waiting)
+    ))
     .and_then(|mut s| s.execute(params![subscription, key]))
     .map_err(sql_error)?;
     Ok(())
@@ -1436,6 +1576,7 @@ fn check_file(path: &std::path::Path) -> Result<(), StoreError> {
 mod tests {
     use super::*;
     use crate::event::Event;
+    use crate::store::NewDelivery;
 
     fn metrics() -> WriterMetrics {
         let h = || Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap();
@@ -1461,7 +1602,8 @@ mod tests {
             received_at_ms: at,
             raw: None,
         };
-        Accepted::new(event, subs.iter().map(|s| Arc::from(*s)).collect())
+        let deliveries = subs.iter().map(|s| NewDelivery::new(Arc::from(*s)));
+        Accepted::new(event, deliveries.collect())
     }
 
     #[tokio::test]
@@ -1715,7 +1857,7 @@ mod tests {
 
     fn ordered(id: &str, at: i64, sub: &str, key: &str) -> Accepted {
         let mut a = accepted(id, at, &[sub]);
-        a.ordering_keys = vec![Some(key.to_string())];
+        a.deliveries[0].ordering_key = Some(key.to_string());
         a
     }
 
@@ -1793,7 +1935,7 @@ mod tests {
     async fn an_expired_head_lets_its_key_go_and_unordering_frees_the_rest() {
         let s = memory();
         let mut head = ordered("h", 0, "o", "");
-        head.ttl_ms = vec![Some(10)];
+        head.deliveries[0].ttl_ms = Some(10);
         s.accept(vec![
             head,
             ordered("n1", 1, "o", ""),
@@ -1913,7 +2055,7 @@ mod tests {
     async fn notifications_past_their_ttl_are_not_handed_out() {
         let s = memory();
         let mut late = accepted("late", 0, &["q"]);
-        late.ttl_ms = vec![Some(1000)];
+        late.deliveries[0].ttl_ms = Some(1000);
         s.accept(vec![late, accepted("kept", 0, &["q"])])
             .await
             .unwrap();
@@ -2051,6 +2193,28 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn errors_keep_their_cause_as_source() {
+        use std::error::Error;
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+        let err = check_file(&garbage).unwrap_err();
+        let cause = err.source().expect("the SQLite error is kept");
+        assert!(cause.to_string().contains("not a database"), "{cause}");
+
+        let conn = Connection::open_in_memory().unwrap();
+        let err = conn
+            .execute("INSERT INTO nowhere VALUES (1)", [])
+            .map_err(sql_error)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        let cause = err.source().expect("the SQLite error is kept").to_string();
+        assert_eq!(err.to_string(), format!("store unavailable: {cause}"));
+        // One error answers many callers.
+        assert!(err.clone().source().is_some());
     }
 
     #[test]
