@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Lane};
 use crate::matching::Matcher;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, StoredSubscription};
@@ -87,7 +87,7 @@ impl From<StoreError> for CatalogError {
 
 /// The subscriptions in force and the means to change them.
 pub struct Catalog {
-    matcher: ArcSwap<Matcher<Arc<str>>>,
+    matcher: ArcSwap<Matcher<Arc<Lane>>>,
     state: Mutex<State>,
     /// Serialises replace and delete, so the store and memory apply them in one order.
     edits: tokio::sync::Mutex<()>,
@@ -175,7 +175,7 @@ impl Catalog {
         }
         let (subs, version) = state.snapshot();
         let catalog = Catalog {
-            matcher: ArcSwap::from_pointee(Matcher::by_name(subs)),
+            matcher: ArcSwap::from_pointee(Matcher::new(lanes(&dispatcher, subs))),
             state: Mutex::new(state),
             edits: tokio::sync::Mutex::new(()),
             publishing: tokio::sync::Mutex::new(()),
@@ -202,7 +202,7 @@ impl Catalog {
     }
 
     /// The registry in force; cheap (no lock, no copy).
-    pub fn matcher(&self) -> arc_swap::Guard<Arc<Matcher<Arc<str>>>> {
+    pub fn matcher(&self) -> arc_swap::Guard<Arc<Matcher<Arc<Lane>>>> {
         self.matcher.load()
     }
 
@@ -552,7 +552,8 @@ impl Catalog {
             return;
         }
         let (subs, latest) = self.lock().snapshot();
-        let Some(registry) = self.builder.build(subs).await else {
+        let entries = lanes(&self.dispatcher, subs);
+        let Some(registry) = self.builder.build(entries).await else {
             // Only when the builder thread is gone, which a panic in it would cause.
             tracing::error!(
                 "the registry could not be rebuilt; the change applies after a restart"
@@ -565,13 +566,30 @@ impl Catalog {
     }
 }
 
+/// A subscription in force and the dispatch lane its matches go to.
+type Entry = (Arc<Subscription>, Arc<Lane>);
+
+/// Pairs each subscription with its lane. Every subscription in force has one (its lane is
+/// added before the matcher is rebuilt); one without would match nothing, so it is logged.
+fn lanes(dispatcher: &Dispatcher, subs: Vec<Arc<Subscription>>) -> Vec<Entry> {
+    subs.into_iter()
+        .filter_map(|sub| match dispatcher.lane(&sub.name) {
+            Some(lane) => Some((sub, lane)),
+            None => {
+                tracing::error!(
+                    subscription = sub.name.as_str(),
+                    "subscription has no dispatch lane; left out of matching"
+                );
+                None
+            }
+        })
+        .collect()
+}
+
 /// A job for the builder thread.
 enum BuildJob {
-    Build(
-        Vec<Arc<Subscription>>,
-        oneshot::Sender<Arc<Matcher<Arc<str>>>>,
-    ),
-    Dispose(Arc<Matcher<Arc<str>>>),
+    Build(Vec<Entry>, oneshot::Sender<Arc<Matcher<Arc<Lane>>>>),
+    Dispose(Arc<Matcher<Arc<Lane>>>),
 }
 
 /// Builds registries on one long-lived thread, off the async runtime (at 10,000
@@ -592,7 +610,7 @@ impl Builder {
                 for job in rx {
                     match job {
                         BuildJob::Build(subs, reply) => {
-                            let _ = reply.send(Arc::new(Matcher::by_name(subs)));
+                            let _ = reply.send(Arc::new(Matcher::new(subs)));
                         }
                         BuildJob::Dispose(old) => drop(old),
                     }
@@ -605,14 +623,14 @@ impl Builder {
     }
 
     /// A registry of `subs`; `None` if the thread is gone.
-    async fn build(&self, subs: Vec<Arc<Subscription>>) -> Option<Arc<Matcher<Arc<str>>>> {
+    async fn build(&self, subs: Vec<Entry>) -> Option<Arc<Matcher<Arc<Lane>>>> {
         let (reply, built) = oneshot::channel();
         self.jobs.send(BuildJob::Build(subs, reply)).ok()?;
         built.await.ok()
     }
 
     /// Drops a replaced registry on the builder thread (unless a reader still holds it).
-    fn dispose(&self, old: Arc<Matcher<Arc<str>>>) {
+    fn dispose(&self, old: Arc<Matcher<Arc<Lane>>>) {
         let _ = self.jobs.send(BuildJob::Dispose(old));
     }
 }

@@ -57,6 +57,8 @@ struct Shared {
 /// How new deliveries reach one subscription's consumer: its pump's queue and feeder (push),
 /// or its long polls (pull). Shared: a lookup clones one Arc.
 pub struct Lane {
+    /// The subscription's name.
+    name: Arc<str>,
     /// Tells the feeder that deliveries wait in the store (kept when the pump is replaced);
     /// for a pull subscription, wakes every long poll waiting on it.
     wake: Arc<Notify>,
@@ -217,9 +219,11 @@ impl Dispatcher {
             .metrics
             .events_matched
             .with_label_values(&[sub.metric_label()]);
+        let name: Arc<str> = Arc::from(sub.name.as_str());
         lanes.insert(
-            Arc::from(sub.name.as_str()),
+            name.clone(),
             Arc::new(Lane {
+                name,
                 wake: wake.clone(),
                 queue,
                 matched,
@@ -271,22 +275,32 @@ impl Dispatcher {
         self.with_lane(subscription, |p| p.wake.clone())
     }
 
-    /// Everything ingest needs of `subscription`'s lane for one new delivery, in one lookup:
-    /// a reserved place in its queue if there is room, its ttl, and how to report the commit.
-    pub fn route(&self, subscription: &str) -> Option<Route> {
-        self.with_lane(subscription, |p| Route {
-            slot: p
-                .queue
-                .clone()
-                .filter(|_| p.ordering == DeliveryOrder::None)
-                .and_then(|q| q.try_reserve_owned().ok()),
-            ttl_ms: p.ttl_ms,
-            lane: p.clone(),
-        })
+    /// The lane of `subscription`, which the catalog pairs with it in the matcher.
+    pub fn lane(&self, subscription: &str) -> Option<Arc<Lane>> {
+        self.with_lane(subscription, Arc::clone)
     }
 }
 
 impl Lane {
+    /// The subscription's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Everything ingest needs for one new delivery on this lane: a reserved place in the
+    /// pump's queue if there is room (never for ordered subscriptions), and how to report the
+    /// commit.
+    pub fn route(self: &Arc<Self>) -> Route {
+        Route {
+            slot: self
+                .queue
+                .clone()
+                .filter(|_| self.ordering == DeliveryOrder::None)
+                .and_then(|q| q.try_reserve_owned().ok()),
+            lane: self.clone(),
+        }
+    }
+
     /// A push feeder is one waiter; a pull queue may have many long polls.
     fn wake(&self) {
         match self.queue {
@@ -296,16 +310,24 @@ impl Lane {
     }
 }
 
-/// A new delivery's way to its lane, looked up once before the commit.
+/// A new delivery's way to its lane, taken before the commit.
 pub struct Route {
     /// A reserved place in the pump's queue, when it had room.
     pub slot: Option<HandoffSlot>,
-    /// The delivery's own ttl (a pull subscription's), in ms.
-    pub ttl_ms: Option<i64>,
     lane: Arc<Lane>,
 }
 
 impl Route {
+    /// The subscription's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.lane.name
+    }
+
+    /// The delivery's own ttl (a pull subscription's), in ms.
+    pub fn ttl_ms(&self) -> Option<i64> {
+        self.lane.ttl_ms
+    }
+
     /// The subscription's ordering, which gives the delivery its key.
     pub fn ordering(&self) -> &DeliveryOrder {
         &self.lane.ordering

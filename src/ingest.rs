@@ -19,12 +19,14 @@ use utoipa_axum::routes;
 
 use crate::catalog::Catalog;
 use crate::config::Limits;
-use crate::dispatch::{Dispatcher, Route};
-use crate::event::{self, Event, EventError};
+use crate::dispatch::{Dispatcher, Lane, Route};
+use crate::event::{self, Event, EventError, RawMeta};
 use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, NewDelivery, Store, StoreError};
+use crate::store::{
+    Accepted, Admission, Delivery, DeliveryId, DeliveryStatus, NewDelivery, Store, StoreError,
+};
 use crate::subscription::DeliveryOrder;
 use crate::time::rfc3339;
 
@@ -262,16 +264,13 @@ async fn post_event(
             (event, matched)
         };
         let id = event.id.clone();
-        let deliveries = matched.iter().cloned().map(NewDelivery::new).collect();
-        let admissions = store(&state, vec![Accepted::new(event, deliveries)]).await?;
+        let receipt = names(&matched);
+        let admissions = store(&state, vec![Matched { event, lanes: matched }]).await?;
         Ok::<_, HttpError>(match admissions.into_iter().next() {
             Some(Admission::Duplicate { subscriptions }) => {
                 (StatusCode::OK, Json(Receipt::new(&id, subscriptions, true)))
             }
-            _ => (
-                StatusCode::ACCEPTED,
-                Json(Receipt::new(&id, names(&matched), false)),
-            ),
+            _ => (StatusCode::ACCEPTED, Json(Receipt::new(&id, receipt, false))),
         })
     }
     .await;
@@ -360,13 +359,12 @@ async fn post_batch(
             let element = body.slice(start..start + raw.get().len());
             let (event, data) =
                 Event::parse(&element).map_err(|e| event_error(e, &format!("[{i}]")))?;
-            let subscriptions = state.catalog.matcher().matching(&event.event_type, data);
-            let deliveries = subscriptions.into_iter().map(NewDelivery::new).collect();
-            batch.push(Accepted::new(event, deliveries));
+            let lanes = state.catalog.matcher().matching(&event.event_type, data);
+            batch.push(Matched { event, lanes });
         }
-        let summary: Vec<(String, Vec<Arc<str>>)> = batch
+        let summary: Vec<(String, Vec<String>)> = batch
             .iter()
-            .map(|a| (a.event.id.clone(), a.subscriptions().cloned().collect()))
+            .map(|m| (m.event.id.clone(), names(&m.lanes)))
             .collect();
         let admissions = store(&state, batch).await?;
         let results: Vec<Receipt> = summary
@@ -374,7 +372,7 @@ async fn post_batch(
             .zip(admissions)
             .map(|((id, matched), admission)| match admission {
                 Admission::Duplicate { subscriptions } => Receipt::new(id, subscriptions, true),
-                Admission::Stored(_) => Receipt::new(id, names(matched), false),
+                Admission::Stored(_) => Receipt::new(id, matched.clone(), false),
             })
             .collect();
         Ok((StatusCode::ACCEPTED, Json(BatchReceipt { results })))
@@ -407,15 +405,54 @@ fn respond<T: Serialize>(
     }
 }
 
-fn names(subs: &[Arc<str>]) -> Vec<String> {
-    subs.iter().map(|n| n.to_string()).collect()
+/// The names of the matched subscriptions, for the receipt.
+fn names(lanes: &[Arc<Lane>]) -> Vec<String> {
+    lanes.iter().map(|l| l.name().to_string()).collect()
+}
+
+/// An event and the lanes of the subscriptions it matched, on its way to the store.
+struct Matched {
+    event: Event,
+    lanes: Vec<Arc<Lane>>,
+}
+
+/// What a new delivery's hand-over needs of its event once the event went to the store.
+struct Handoff {
+    event_id: Arc<str>,
+    event_type: Arc<str>,
+    data: Bytes,
+    received_at_ms: i64,
+    raw: Option<Arc<RawMeta>>,
+}
+
+impl Handoff {
+    fn of(event: &Event) -> Handoff {
+        Handoff {
+            event_id: Arc::from(event.id.as_str()),
+            event_type: Arc::from(event.event_type.as_str()),
+            data: event.data.clone(),
+            received_at_ms: event.received_at_ms,
+            raw: event.raw.clone(),
+        }
+    }
+
+    /// The claimed delivery `id` of this event to `subscription`, as its pump takes it.
+    fn delivery(&self, id: DeliveryId, subscription: Arc<str>) -> Delivery {
+        Delivery {
+            id,
+            subscription,
+            event_id: self.event_id.clone(),
+            event_type: self.event_type.clone(),
+            data: self.data.clone(),
+            raw: self.raw.clone(),
+            attempts: 0,
+            received_at_ms: self.received_at_ms,
+        }
+    }
 }
 
 /// Hands events to the store; `202` is only answered after this returns.
-async fn store(
-    state: &Arc<IngestState>,
-    batch: Vec<Accepted>,
-) -> Result<Vec<Admission>, HttpError> {
+async fn store(state: &Arc<IngestState>, batch: Vec<Matched>) -> Result<Vec<Admission>, HttpError> {
     let state = state.clone();
     // A task of its own: once the store has the job, the hand-off below must happen even if
     // the client goes away or the request times out, or deliveries stored as claimed would
@@ -437,40 +474,31 @@ async fn store(
 /// in memory after the commit, the others are left for the feeder.
 async fn commit_and_hand_off(
     state: &IngestState,
-    mut batch: Vec<Accepted>,
+    batch: Vec<Matched>,
 ) -> Result<Vec<Admission>, HttpError> {
-    let mut routes: Vec<Vec<Option<Route>>> = Vec::with_capacity(batch.len());
-    let mut events = Vec::with_capacity(batch.len());
-    for a in &mut batch {
-        let found: Vec<Option<Route>> = a
-            .subscriptions()
-            .map(|s| state.dispatcher.route(s))
-            .collect();
-        for (d, r) in a.deliveries.iter_mut().zip(&found) {
-            d.handed_off = r.as_ref().is_some_and(|r| r.slot.is_some());
-            d.ttl_ms = r.as_ref().and_then(|r| r.ttl_ms);
-        }
-        if found
+    let mut accepted = Vec::with_capacity(batch.len());
+    let mut handoffs = Vec::with_capacity(batch.len());
+    for Matched { event, lanes } in batch {
+        let routes: Vec<Route> = lanes.iter().map(Lane::route).collect();
+        // Parsed once per event, and only when an ordered subscription needs a key.
+        let data: Option<serde_json::Value> = routes
             .iter()
-            .flatten()
             .any(|r| *r.ordering() != DeliveryOrder::None)
-        {
-            // Parsed once per event, and only when an ordered subscription needs a key.
-            let data: Option<serde_json::Value> = serde_json::from_slice(&a.event.data).ok();
-            for (d, r) in a.deliveries.iter_mut().zip(&found) {
-                d.ordering_key = r.as_ref().and_then(|r| r.ordering().key_of(data.as_ref()));
-            }
-        }
-        routes.push(found);
-        events.push((
-            Arc::<str>::from(a.event.id.as_str()),
-            Arc::<str>::from(a.event.event_type.as_str()),
-            a.event.data.clone(),
-            a.event.received_at_ms,
-            a.event.raw.clone(),
-            a.subscriptions().cloned().collect::<Vec<_>>(),
-        ));
+            .then(|| serde_json::from_slice(&event.data).ok())
+            .flatten();
+        let deliveries = routes
+            .iter()
+            .map(|r| NewDelivery {
+                subscription: r.name().clone(),
+                handed_off: r.slot.is_some(),
+                ttl_ms: r.ttl_ms(),
+                ordering_key: r.ordering().key_of(data.as_ref()),
+            })
+            .collect();
+        handoffs.push((Handoff::of(&event), routes));
+        accepted.push(Accepted::new(event, deliveries));
     }
+    let batch = accepted;
     let admissions = state.store.accept(batch).await.map_err(|e| {
         tracing::warn!(error = %e, "event refused: the store cannot take it");
         let message = match e {
@@ -484,9 +512,7 @@ async fn commit_and_hand_off(
         )
         .retry_after(1)
     })?;
-    for (((event_id, event_type, data, received_at_ms, raw, subs), admission), found) in
-        events.into_iter().zip(&admissions).zip(routes)
-    {
+    for ((event, routes), admission) in handoffs.into_iter().zip(&admissions) {
         let Admission::Stored(ids) = admission else {
             state
                 .metrics
@@ -500,19 +526,9 @@ async fn commit_and_hand_off(
             .events_received
             .with_label_values(&["accepted"])
             .inc();
-        for ((subscription, id), route) in subs.into_iter().zip(ids).zip(found) {
-            if let Some(route) = route {
-                route.hand_over(|| Delivery {
-                    id: *id,
-                    subscription,
-                    event_id: event_id.clone(),
-                    event_type: event_type.clone(),
-                    data: data.clone(),
-                    raw: raw.clone(),
-                    attempts: 0,
-                    received_at_ms,
-                });
-            }
+        for (route, id) in routes.into_iter().zip(ids) {
+            let subscription = route.name().clone();
+            route.hand_over(|| event.delivery(*id, subscription));
         }
     }
     Ok(admissions)
