@@ -152,30 +152,7 @@ impl<T> Matcher<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::yaml::Issues;
-
-    fn parse(yaml: &str) -> Result<Subscription, Vec<String>> {
-        let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
-        let mut issues = Issues::default();
-        let s = Subscription::parse(&v, "subscriptions[0]", &mut issues);
-        if issues.is_empty() {
-            Ok(s.unwrap())
-        } else {
-            Err(issues.0.iter().map(|i| i.to_string()).collect())
-        }
-    }
-
-    fn sub(name: &str, events: &[&str]) -> Subscription {
-        let list = events
-            .iter()
-            .map(|e| format!("{e:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        parse(&format!(
-            "{{name: {name}, url: 'http://127.0.0.1:1/', events: [{list}]}}"
-        ))
-        .unwrap()
-    }
+    use crate::subscription::tests::{parse, sub};
 
     #[test]
     fn index_yields_only_subscriptions_whose_types_can_match() {

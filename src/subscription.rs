@@ -7,7 +7,7 @@ mod http_push;
 mod parse;
 mod spec;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::sync::Arc;

@@ -5,7 +5,8 @@ use serde_yaml::Value;
 use super::*;
 use crate::yaml::Issues;
 
-fn parse(yaml: &str) -> Result<Subscription, Vec<String>> {
+/// A subscription entry validated as `subscriptions[0]`, or its problems.
+pub(crate) fn parse(yaml: &str) -> Result<Subscription, Vec<String>> {
     let v: Value = serde_yaml::from_str(yaml).unwrap();
     let mut issues = Issues::default();
     let s = Subscription::parse(&v, "subscriptions[0]", &mut issues);
@@ -16,7 +17,8 @@ fn parse(yaml: &str) -> Result<Subscription, Vec<String>> {
     }
 }
 
-fn sub(name: &str, events: &[&str]) -> Subscription {
+/// A valid push subscription for `events`.
+pub(crate) fn sub(name: &str, events: &[&str]) -> Subscription {
     let list = events
         .iter()
         .map(|e| format!("{e:?}"))
