@@ -7,7 +7,8 @@ use bytes::Bytes;
 use prometheus::Histogram;
 use rusqlite::Connection;
 
-use super::{MIGRATIONS, SCHEMA_VERSION, SqliteStore, WriterMetrics, check_file, sql_error};
+use super::schema::{MIGRATIONS, SCHEMA_VERSION, check_file};
+use super::{SqliteStore, WriterMetrics, sql_error};
 use crate::event::{Event, RawMeta};
 use crate::store::settings::{StorageLocation, StorageSettings};
 use crate::store::{
