@@ -7,13 +7,15 @@ use bytes::Bytes;
 use prometheus::Histogram;
 use rusqlite::Connection;
 
-use super::schema::{MIGRATIONS, SCHEMA_VERSION, check_file};
+use super::claims::{CLAIM_DUE, NEXT_DUE};
+use super::pull::{NEXT_VISIBLE, REMAINING};
+use super::schema::{self, MIGRATIONS, SCHEMA_VERSION, check_file};
 use super::{SqliteStore, WriterMetrics, sql_error};
 use crate::event::{Event, RawMeta};
 use crate::store::settings::{StorageLocation, StorageSettings};
 use crate::store::{
     Accepted, Admission, DeliveryQuery, DeliveryState, EventStatus, NewDelivery, Outcome, PullMode,
-    Pulled, QueueStats, Release, Store, StoreError, StoredSubscription,
+    Pulled, QueueStats, Release, Store, StoreError, StoredSubscription, state_code,
 };
 
 fn metrics() -> WriterMetrics {
@@ -673,4 +675,34 @@ fn refuses_corrupt_and_newer_files() {
         .unwrap();
     let err = check_file(&newer).unwrap_err().to_string();
     assert!(err.contains("schema version 99 is newer"), "{err}");
+}
+
+#[test]
+fn due_queries_use_the_partial_index() {
+    // SQLite uses a partial index only when the WHERE literally implies its predicate. Were
+    // the state bound as a parameter (or written with another code), a claim would read and
+    // sort a subscription's backlog. Statements naming their index (INDEXED BY) fail to
+    // prepare instead, so the tests that run them already cover those.
+    let settings = StorageSettings {
+        location: StorageLocation::Memory,
+        ..StorageSettings::default()
+    };
+    let conn = schema::open_connection(&settings).unwrap();
+    let plan = |sql: &str| -> String {
+        let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let mut rows = explain.raw_query();
+        let mut steps = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            steps.push(row.get::<_, String>(3).unwrap());
+        }
+        steps.join("; ")
+    };
+    for sql in [CLAIM_DUE, NEXT_DUE, REMAINING, NEXT_VISIBLE] {
+        let steps = plan(sql);
+        assert!(steps.contains("deliveries_due"), "{steps}\n{sql}");
+    }
+    let bound = CLAIM_DUE.replace(concat!("d.state = ", state_code!(Pending)), "d.state = ?4");
+    assert_ne!(bound, CLAIM_DUE);
+    let steps = plan(&bound);
+    assert!(!steps.contains("deliveries_due"), "{steps}");
 }
