@@ -2,9 +2,16 @@
 //! subscription; dispatch claims due deliveries and records each attempt's result. Retry
 //! scheduling lives here (`next_attempt_at`), not in memory loops, so a durable store resumes
 //! after a restart exactly where it stopped.
+//!
+//! This file is the seam: the `Store` trait and the types that cross it. Behind it,
+//! [`sqlite`] is the backend and [`settings`] its configuration; `views` holds the HTTP
+//! API's JSON of a delivery (re-exported here).
 
 pub mod settings;
 pub mod sqlite;
+mod views;
+
+pub use views::{DeliveryStatus, DeliveryView};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +20,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::event::{Event, RawMeta};
-use crate::time::rfc3339;
 
 /// Store-assigned delivery id.
 pub type DeliveryId = i64;
@@ -316,75 +322,6 @@ pub struct DeliveryInfo {
     pub delivered_at_ms: Option<i64>,
     /// When the event was accepted, ms since the epoch.
     pub received_at_ms: i64,
-}
-
-impl DeliveryInfo {
-    /// The API's view (times as RFC 3339).
-    pub fn view(&self) -> DeliveryView<'_> {
-        DeliveryView {
-            event_id: &self.event_id,
-            event_type: &self.event_type,
-            received_at: rfc3339(self.received_at_ms),
-            status: self.status(),
-        }
-    }
-
-    /// Where it stands, without the event's fields (as an event's status lists it).
-    pub fn status(&self) -> DeliveryStatus<'_> {
-        DeliveryStatus {
-            id: self.id,
-            subscription: &self.subscription,
-            state: self.state,
-            attempts: self.attempts,
-            last_status: self.last_status,
-            last_error: self.last_error.as_deref(),
-            next_attempt_at: self.next_attempt_at_ms.map(rfc3339),
-            delivered_at: self.delivered_at_ms.map(rfc3339),
-        }
-    }
-}
-
-/// Where one delivery stands.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct DeliveryStatus<'a> {
-    /// Delivery id.
-    #[schema(value_type = i64)]
-    id: DeliveryId,
-    /// Subscription name.
-    #[schema(example = "billing")]
-    subscription: &'a str,
-    /// Its state.
-    state: DeliveryState,
-    /// Attempts made so far.
-    attempts: u32,
-    /// HTTP status of the last attempt, if it got one.
-    #[schema(required = true, example = 204)]
-    last_status: Option<u16>,
-    /// Why the last attempt failed.
-    #[schema(required = true)]
-    last_error: Option<&'a str>,
-    /// When the next attempt is due (RFC 3339, UTC); set only while `pending`.
-    #[schema(required = true, format = DateTime)]
-    next_attempt_at: Option<String>,
-    /// When it was delivered (RFC 3339, UTC).
-    #[schema(required = true, format = DateTime)]
-    delivered_at: Option<String>,
-}
-
-/// A delivery as the dead-letter API lists it: where it stands, and its event.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-#[schema(as = Delivery)]
-pub struct DeliveryView<'a> {
-    /// Event id.
-    event_id: &'a str,
-    /// Event type.
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    /// When the event was accepted (RFC 3339, UTC).
-    #[schema(format = DateTime)]
-    received_at: String,
-    #[serde(flatten)]
-    status: DeliveryStatus<'a>,
 }
 
 /// An event and its deliveries.

@@ -1,34 +1,39 @@
-//! The embedded store: SQLite (WAL) owned by one writer thread. Callers send jobs over a
-//! bounded channel; the thread drains whatever is waiting, runs it all in one transaction and
-//! commits once (group commit), so durability costs one fsync per batch, not per request.
-//! A full channel is refused at once for ingest (the app gets 503), never buffered.
+//! The embedded store: SQLite (WAL) owned by one writer thread. This file is the
+//! `SqliteStore` itself: what it holds, how it opens, and where each operation runs.
+//!
+//! Where each operation runs is decided here, in the `Store` impl: writes go to the writer's
+//! next group commit (`run`; ingest's `accept` is refused at once when its queue is full),
+//! reads to the read connection (`read`), and the writes that change tombstones through
+//! `run_marking`. The SQL lives in the child files, one family of operations each:
+//!
+//! - `schema`: the schema version, migrations, opening and checking a file.
+//! - `writer`: the writer thread, group commit and the size check; `run`, `read`,
+//!   `run_marking`.
+//! - `accept`, `claims`, `outcomes` (attempt outcomes, coalesced into one job), `ordering`
+//!   (ordered delivery), `pull`, `queries`, `dead_letters`, `subscriptions`, `housekeeping`.
+//! - `retired`: tombstones of deleted and removed subscriptions; `rows`: row mappers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use prometheus::Histogram;
-use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OptionalExtension, ToSql, params};
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::Connection;
+use tokio::sync::mpsc;
 
+use super::settings::StorageSettings;
 use super::{
-    Accepted, Admission, Cause, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery, DeliveryState,
-    EventStatus, Housekeeping, Notification, Outcome, PullMode, Pulled, QueueStats, Release, Store,
-    StoreError, StoredSubscription,
+    Accepted, Admission, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery, DeliveryState,
+    EventStatus, Housekeeping, Outcome, PullMode, Pulled, QueueStats, Release, Store, StoreError,
+    StoredSubscription,
 };
-use crate::event::RawMeta;
-use crate::store::settings::{StorageLocation, StorageSettings, SyncMode};
-use crate::store::state_code;
 
 /// `states!(Pending, Waiting)` is the SQL text `"(0, 7)"`, for `state IN` lists.
 ///
 /// States are written into the SQL as literals (through this and `state_code!`), never bound
 /// as parameters: SQLite uses a partial index only when the query's WHERE literally implies
 /// the index's own (`state = 0`, `state IN (0, 1, 5, 7)`), which `state = ?1` never does.
+/// Defined before the child modules, which all see it.
 macro_rules! states {
     ($first:ident $(, $rest:ident)*) => {
         concat!(
@@ -40,167 +45,36 @@ macro_rules! states {
     };
 }
 
-/// The schema this build writes; older files are migrated forward on open.
-pub const SCHEMA_VERSION: i64 = 5;
-/// Most jobs in one transaction.
-const MAX_BATCH: usize = 2048;
-/// Rows changed per housekeeping statement, so pruning never holds the writer long.
-const HOUSEKEEPING_BATCH: i64 = 1000;
-/// How often the size limit is re-checked.
-const SIZE_CHECK_EVERY: Duration = Duration::from_millis(500);
-/// How long a statement waits for a lock held by another connection.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+mod accept;
+mod claims;
+mod dead_letters;
+mod housekeeping;
+mod ordering;
+mod outcomes;
+mod pull;
+mod queries;
+mod retired;
+mod rows;
+mod schema;
+mod subscriptions;
+#[cfg(test)]
+mod tests;
+mod writer;
 
-/// Migrations: entry `i` upgrades a file from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    concat!(
-        "
-CREATE TABLE events (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    type TEXT NOT NULL,
-    received_at INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    subscriptions TEXT NOT NULL
-);
-CREATE TABLE deliveries (
-    id INTEGER PRIMARY KEY,
-    event_seq INTEGER NOT NULL,
-    subscription TEXT NOT NULL,
-    state INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    received_at INTEGER NOT NULL,
-    next_attempt_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    last_status INTEGER,
-    last_error TEXT,
-    delivered_at INTEGER,
-    finished_at INTEGER
-);
-CREATE INDEX deliveries_due ON deliveries(subscription, next_attempt_at) WHERE state = ",
-        state_code!(Pending),
-        ";
-CREATE INDEX deliveries_state ON deliveries(state, subscription, received_at);
-CREATE INDEX deliveries_event ON deliveries(event_seq);
-CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN ",
-        states!(Pending, Orphaned),
-        ";
-CREATE INDEX deliveries_finished ON deliveries(finished_at) WHERE state IN ",
-        states!(Delivered, Failed, Expired, Cancelled),
-        ";
-CREATE INDEX events_received ON events(received_at);
-CREATE TABLE releases (scope TEXT PRIMARY KEY, released_at INTEGER NOT NULL);
-"
-    ),
-    "
-CREATE TABLE subscriptions (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    spec TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
-);
-",
-    concat!(
-        "
-CREATE INDEX deliveries_fifo ON deliveries(subscription, id) WHERE state = ",
-        state_code!(Pending),
-        ";
-"
-    ),
-    // Ordered delivery: a key per delivery of an ordered subscription, the `waiting` state,
-    // and an index to find a key's oldest unfinished delivery.
-    concat!(
-        "
-ALTER TABLE deliveries ADD COLUMN ordering_key TEXT;
-CREATE INDEX deliveries_order ON deliveries(subscription, ordering_key, id)
-    WHERE state IN ",
-        states!(Pending, InFlight, Orphaned, Waiting),
-        " AND ordering_key IS NOT NULL;
-DROP INDEX deliveries_expiry;
-CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN ",
-        states!(Pending, Orphaned, Waiting),
-        ";
-"
-    ),
-    // Raw events: their content type and attributes (a JSON object); both NULL for an
-    // envelope event (JSON data, no attributes), so existing rows need no rewrite.
-    "
-ALTER TABLE events ADD COLUMN content_type TEXT;
-ALTER TABLE events ADD COLUMN attributes TEXT;
-",
-];
+pub use schema::SCHEMA_VERSION;
+pub use writer::WriterMetrics;
 
-impl ToSql for DeliveryState {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.code()))
-    }
-}
-
-impl FromSql for DeliveryState {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        i64::column_result(value).map(DeliveryState::from_code)
-    }
-}
-
-/// Histograms the writer fills.
-#[derive(Clone)]
-pub struct WriterMetrics {
-    /// Seconds per transaction, commit included.
-    pub commit_duration: Histogram,
-    /// Jobs per transaction.
-    pub batch_size: Histogram,
-}
-
-type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> (bool, Finish) + Send>;
-
-/// An attempt outcome waiting for the writer, with whom to tell once it is kept.
-type QueuedOutcome = (DeliveryId, Outcome, oneshot::Sender<Result<(), StoreError>>);
-
-/// Attempt outcomes waiting for the writer; one job records all of them.
-#[derive(Default)]
-struct OutcomeQueue {
-    items: Vec<QueuedOutcome>,
-    /// A job that will take `items` is on its way to the writer.
-    job_queued: bool,
-}
-
-type Outcomes = Arc<std::sync::Mutex<OutcomeQueue>>;
-
-/// Takes the queued outcomes for the job that records them. If that job is dropped without
-/// running (the writer died), the outcomes are answered with an error instead of waiting.
-struct OutcomeBatch {
-    outcomes: Outcomes,
-    taken: bool,
-}
-
-impl OutcomeBatch {
-    fn take(&mut self) -> Vec<QueuedOutcome> {
-        self.taken = true;
-        let mut q = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
-        q.job_queued = false;
-        std::mem::take(&mut q.items)
-    }
-}
-
-impl Drop for OutcomeBatch {
-    fn drop(&mut self) {
-        if !self.taken {
-            for (_, _, tx) in self.take() {
-                let _ = tx.send(Err(stopped()));
-            }
-        }
-    }
-}
+use outcomes::Outcomes;
+use retired::Retired;
+use writer::{Job, Writer};
 
 /// The SQLite store.
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     /// The read-only connection for queries that change nothing (file databases only).
-    reader: Option<Arc<std::sync::Mutex<Connection>>>,
+    reader: Option<Arc<Mutex<Connection>>>,
     /// Highest event `seq` the pruning scan has passed.
-    prune_cursor: Arc<std::sync::atomic::AtomicI64>,
+    prune_cursor: Arc<AtomicI64>,
     outcomes: Outcomes,
     over_size: Arc<AtomicBool>,
     /// Subscriptions deleted (state `cancelled`) or gone from the config (`orphaned`) since
@@ -218,43 +92,12 @@ impl SqliteStore {
         settings: &StorageSettings,
         metrics: WriterMetrics,
     ) -> Result<SqliteStore, StoreError> {
-        let conn = open_connection(settings)?;
+        let conn = schema::open_connection(settings)?;
         // Reads (scrapes, status, lists, due times) use their own connection, so they never
-        // wait for or delay a group commit. WAL lets it read while the writer writes; an
-        // in-memory database has one connection, so there reads go through the writer.
-        let reader = match &settings.location {
-            StorageLocation::File(path) => {
-                let r = Connection::open_with_flags(
-                    path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .and_then(|r| {
-                    r.busy_timeout(BUSY_TIMEOUT)?;
-                    Ok(r)
-                })
-                .map_err(|e| StoreError::Open {
-                    path: path.display().to_string(),
-                    context: "cannot open a read connection".into(),
-                    source: Some(Arc::new(e)),
-                })?;
-                Some(Arc::new(std::sync::Mutex::new(r)))
-            }
-            StorageLocation::Memory => None,
-        };
-        let (jobs, rx) = mpsc::channel(settings.queue_capacity);
-        let over_size = Arc::new(AtomicBool::new(false));
-        let writer = Writer {
-            conn,
-            rx,
-            metrics,
-            max_size: settings.max_size,
-            over_size: over_size.clone(),
-        };
-        std::thread::Builder::new()
-            .name("hookrelay-store".into())
-            .spawn(move || writer.run())
-            .map_err(|e| StoreError::unavailable_from("cannot start the writer thread", e))?;
+        // wait for or delay a group commit; without one they go through the writer.
+        let reader = schema::open_reader(settings)?;
+        let (jobs, over_size) =
+            Writer::start(conn, settings.queue_capacity, metrics, settings.max_size)?;
         Ok(SqliteStore {
             jobs,
             reader,
@@ -266,93 +109,10 @@ impl SqliteStore {
             retention_ms: settings.retention.as_millis() as i64,
         })
     }
-
-    /// Runs a query that changes nothing: on the read connection, off the async runtime.
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let Some(reader) = self.reader.clone() else {
-            return self.run(false, f).await;
-        };
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|e| StoreError::unavailable_from("read task failed", e))?
-    }
-
-    /// Runs `f` in the writer's next transaction and returns its result once committed.
-    /// `admission` jobs are refused at once when the channel is full.
-    async fn run<T, F>(&self, admission: bool, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| match conn {
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                (false, Box::new(|_| {}))
-            }
-            Ok(conn) => {
-                let result = f(conn);
-                let ok = result.is_ok();
-                let finish: Finish = Box::new(move |commit| {
-                    let _ = tx.send(commit.and(result));
-                });
-                (ok, finish)
-            }
-        });
-        if admission {
-            self.jobs.try_send(job).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    StoreError::Busy("the store's write queue is full".into())
-                }
-                mpsc::error::TrySendError::Closed(_) => stopped(),
-            })?;
-        } else {
-            self.jobs.send(job).await.map_err(|_| stopped())?;
-        }
-        rx.await.map_err(|_| stopped())?
-    }
-
-    /// Like `run`, and once `f` succeeds, changes the tombstones by `marks` inside the same
-    /// job (so later jobs of the batch see them); puts them back if the commit fails.
-    async fn run_marking<T, F>(
-        &self,
-        marks: Vec<(String, Option<DeliveryState>)>,
-        f: F,
-    ) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        let retired = self.retired.clone();
-        let job: Job = Box::new(move |conn| {
-            let result = conn.and_then(f);
-            let ok = result.is_ok();
-            let undo = if ok { retired.mark(marks) } else { Vec::new() };
-            let finish: Finish = Box::new(move |commit| {
-                if commit.is_err() {
-                    retired.mark(undo);
-                }
-                let _ = tx.send(commit.and(result));
-            });
-            (ok, finish)
-        });
-        self.jobs.send(job).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
-    }
 }
 
-fn stopped() -> StoreError {
-    StoreError::unavailable("the store's writer has stopped")
-}
-
+/// A store error for an SQLite failure: busy or locked is `Busy` (retry later), the rest
+/// `Unavailable`, keeping the SQLite error as its source.
 fn sql_error(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DiskFull) => StoreError::unavailable_from("disk full", e),
@@ -361,258 +121,6 @@ fn sql_error(e: rusqlite::Error) -> StoreError {
         }
         _ => StoreError::unavailable_from("", e),
     }
-}
-
-fn open_connection(settings: &StorageSettings) -> Result<Connection, StoreError> {
-    let (conn, shown) = match &settings.location {
-        StorageLocation::Memory => (Connection::open_in_memory(), ":memory:".to_string()),
-        StorageLocation::File(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                    path: path.display().to_string(),
-                    context: format!("cannot create directory {}", dir.display()),
-                    source: Some(Arc::new(e)),
-                })?;
-            }
-            (Connection::open(path), path.display().to_string())
-        }
-    };
-    // Every refusal names the file; `failed(context)` maps an SQLite error into one.
-    let fail = |context: String, source: Option<rusqlite::Error>| StoreError::Open {
-        path: shown.clone(),
-        context,
-        source: source.map(|e| Arc::new(e) as Cause),
-    };
-    let failed = |context: &str| {
-        let context = context.to_string();
-        move |e| fail(context, Some(e))
-    };
-    let conn = conn.map_err(failed(""))?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(failed(""))?;
-    // Any first read tells a database from another kind of file.
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .and_then(|v| conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(v)))
-        .map_err(failed("unreadable (corrupt, or not a hookrelay database)"))?;
-    if version > SCHEMA_VERSION {
-        return Err(fail(
-            format!(
-                "its schema version {version} is newer than this hookrelay supports ({SCHEMA_VERSION}); run a newer hookrelay"
-            ),
-            None,
-        ));
-    }
-    let sync = match settings.sync {
-        SyncMode::Full => "FULL",
-        SyncMode::Normal => "NORMAL",
-    };
-    let journal = match settings.location {
-        StorageLocation::Memory => "MEMORY",
-        StorageLocation::File(_) => "WAL",
-    };
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode = {journal};
-         PRAGMA synchronous = {sync};
-         PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -32768;
-"
-    ))
-    .map_err(failed(""))?;
-    let check = conn
-        .query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0))
-        .map_err(failed("integrity check failed"))?;
-    if check != "ok" {
-        return Err(fail(format!("integrity check failed: {check}"), None));
-    }
-    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let to = from as i64 + 1;
-        conn.execute_batch(&format!(
-            "BEGIN; {sql}; PRAGMA user_version = {to}; COMMIT;"
-        ))
-        .map_err(failed(&format!("migration to schema version {to} failed")))?;
-    }
-    // Attempts cut short by a crash are made again (at-least-once).
-    conn.execute(
-        "UPDATE deliveries SET state = ?1 WHERE state = ?2",
-        params![DeliveryState::Pending, DeliveryState::InFlight],
-    )
-    .map_err(failed(""))?;
-    Ok(conn)
-}
-
-struct Writer {
-    conn: Connection,
-    rx: mpsc::Receiver<Job>,
-    metrics: WriterMetrics,
-    max_size: Option<u64>,
-    over_size: Arc<AtomicBool>,
-}
-
-impl Writer {
-    fn run(mut self) {
-        let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-        let mut size_checked = Instant::now() - SIZE_CHECK_EVERY;
-        self.check_size();
-        while let Some(first) = self.rx.blocking_recv() {
-            jobs.push(first);
-            while jobs.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            let started = Instant::now();
-            let size = jobs.len();
-            self.transaction(&mut jobs);
-            self.metrics
-                .commit_duration
-                .observe(started.elapsed().as_secs_f64());
-            self.metrics.batch_size.observe(size as f64);
-            if size_checked.elapsed() >= SIZE_CHECK_EVERY {
-                self.check_size();
-                size_checked = Instant::now();
-            }
-        }
-        // Every sender is gone: the relay is stopping. Closing checkpoints the WAL.
-        if let Err((_, e)) = self.conn.close() {
-            tracing::warn!(error = %e, "closing the store");
-        }
-    }
-
-    fn transaction(&mut self, jobs: &mut Vec<Job>) {
-        let conn = &self.conn;
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let err = sql_error(e);
-            tracing::error!(error = %err, "store transaction could not start");
-            for job in jobs.drain(..) {
-                let (_, finish) = job(Err(err.clone()));
-                finish(Err(err.clone()));
-            }
-            return;
-        }
-        let mut finishes = Vec::with_capacity(jobs.len());
-        let mut aborted = None;
-        for job in jobs.drain(..) {
-            if let Some(err) = &aborted {
-                let (_, finish) = job(Err(StoreError::clone(err)));
-                finish(Err(StoreError::clone(err)));
-                continue;
-            }
-            // A savepoint per job: one failing job leaves the others' writes intact.
-            let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-            let _ = run("SAVEPOINT job");
-            let (ok, finish) = job(Ok(conn));
-            if !ok {
-                let _ = run("ROLLBACK TO job");
-            }
-            let _ = run("RELEASE job");
-            finishes.push(finish);
-            // SQLite rolls the whole transaction back by itself on some errors (disk full,
-            // I/O): then nothing of this batch is kept, and no later job may run outside it.
-            if conn.is_autocommit() {
-                aborted = Some(StoreError::unavailable(
-                    "the store's transaction was rolled back",
-                ));
-            }
-        }
-        let commit = match aborted {
-            Some(err) => Err(err),
-            None => conn.execute_batch("COMMIT").map_err(sql_error),
-        };
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, "store commit failed");
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-        }
-        for finish in finishes {
-            finish(commit.clone());
-        }
-    }
-
-    fn check_size(&self) {
-        let Some(max) = self.max_size else { return };
-        let used = self
-            .conn
-            .query_row(
-                "SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()), (SELECT page_size FROM pragma_page_size())",
-                [],
-                |r| Ok(r.get::<_, i64>(0)? * r.get::<_, i64>(1)?),
-            )
-            .unwrap_or(0);
-        let over = used as u64 > max;
-        if over != self.over_size.swap(over, Ordering::Relaxed) {
-            if over {
-                tracing::warn!(
-                    used,
-                    max,
-                    "store is above storage.max_size: ingest answers 503"
-                );
-            } else {
-                tracing::info!(used, max, "store is below storage.max_size again");
-            }
-        }
-    }
-}
-
-/// A raw event's attributes as stored: a JSON object, or NULL when it has none.
-fn attributes_json(attributes: &[(String, String)]) -> Option<String> {
-    if attributes.is_empty() {
-        return None;
-    }
-    let map: serde_json::Map<String, serde_json::Value> = attributes
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    Some(serde_json::Value::Object(map).to_string())
-}
-
-/// A raw event's content type and attributes from columns `i` and `i + 1`; `None` (both
-/// NULL) for an envelope event.
-fn raw_meta(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<Arc<RawMeta>>> {
-    let Some(content_type) = row.get::<_, Option<String>>(i)? else {
-        return Ok(None);
-    };
-    let attributes = match row.get::<_, Option<String>>(i + 1)? {
-        None => Vec::new(),
-        Some(text) => {
-            let map: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&text).unwrap_or_default();
-            map.into_iter()
-                .filter_map(|(k, v)| match v {
-                    serde_json::Value::String(v) => Some((k, v)),
-                    _ => None,
-                })
-                .collect()
-        }
-    };
-    Ok(Some(Arc::new(RawMeta {
-        content_type,
-        attributes,
-    })))
-}
-
-const INFO_COLUMNS: &str = "d.id, d.subscription, e.id, e.type, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at, d.delivered_at, d.received_at";
-
-fn info(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
-    let state: DeliveryState = row.get(4)?;
-    Ok(DeliveryInfo {
-        id: row.get(0)?,
-        subscription: row.get(1)?,
-        event_id: row.get(2)?,
-        event_type: row.get(3)?,
-        state,
-        attempts: row.get(5)?,
-        last_status: row.get(6)?,
-        last_error: row.get(7)?,
-        next_attempt_at_ms: if state == DeliveryState::Pending {
-            row.get(8)?
-        } else {
-            None
-        },
-        delivered_at_ms: row.get(9)?,
-        received_at_ms: row.get(10)?,
-    })
 }
 
 #[async_trait]
@@ -627,90 +135,9 @@ impl Store for SqliteStore {
                 "the store is above storage.max_size".into(),
             ));
         }
-        let ttl = self.ttl_ms;
-        let retired = self.retired.clone();
+        let (ttl_ms, retired) = (self.ttl_ms, self.retired.clone());
         self.run(true, move |conn| {
-            let retired = retired.lock();
-            let mut insert_event = conn
-                .prepare_cached(
-                    "INSERT INTO events (id, type, received_at, data, subscriptions, content_type, attributes)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-                )
-                .map_err(sql_error)?;
-            let mut insert_delivery = conn
-                .prepare_cached(
-                    "INSERT INTO deliveries (event_seq, subscription, state, received_at, next_attempt_at, expires_at, ordering_key)
-                     VALUES (?1, ?2, ?5, ?3, ?3, ?4, ?6)",
-                )
-                .map_err(sql_error)?;
-            let mut key_busy = conn
-                .prepare_cached(
-                    concat!("SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_order
-                     WHERE subscription = ?1 AND ordering_key = ?2 AND state IN ", states!(Pending, InFlight, Orphaned, Waiting), ")"),
-                )
-                .map_err(sql_error)?;
-            let mut original = conn
-                .prepare_cached("SELECT subscriptions FROM events WHERE id = ?1")
-                .map_err(sql_error)?;
-            let mut out = Vec::with_capacity(batch.len());
-            for a in batch {
-                let names: Vec<&str> = a.subscriptions().map(|s| &**s).collect();
-                let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
-                let e = &a.event;
-                let (content_type, attributes) = match e.raw.as_deref() {
-                    None => (None, None),
-                    Some(raw) => (Some(raw.content_type.as_str()), attributes_json(&raw.attributes)),
-                };
-                let inserted = insert_event
-                    .execute(params![
-                        e.id,
-                        e.event_type,
-                        e.received_at_ms,
-                        &e.data[..],
-                        names_json,
-                        content_type,
-                        attributes
-                    ])
-                    .map_err(sql_error)?;
-                if inserted == 0 {
-                    let text: String = original.query_row([&e.id], |r| r.get(0)).map_err(sql_error)?;
-                    out.push(Admission::Duplicate {
-                        subscriptions: serde_json::from_str(&text).unwrap_or_default(),
-                    });
-                    continue;
-                }
-                let seq = conn.last_insert_rowid();
-                let mut ids = Vec::with_capacity(a.deliveries.len());
-                for d in &a.deliveries {
-                    let name = &*d.subscription;
-                    let retired_as = if retired.is_empty() { None } else { retired.get(name).copied() };
-                    let key = d.ordering_key.as_deref();
-                    // Ordered: behind an unfinished delivery of the same key, it waits.
-                    let behind = match key {
-                        Some(k) => key_busy.query_row(params![name, k], |r| r.get::<_, bool>(0)).map_err(sql_error)?,
-                        None => false,
-                    };
-                    let state = match retired_as {
-                        Some(state) => state,
-                        None if behind => DeliveryState::Waiting,
-                        None if d.handed_off => DeliveryState::InFlight,
-                        None => DeliveryState::Pending,
-                    };
-                    let expires = e.received_at_ms + d.ttl_ms.unwrap_or(ttl);
-                    insert_delivery
-                        .execute(params![seq, name, e.received_at_ms, expires, state, key])
-                        .map_err(sql_error)?;
-                    let id = conn.last_insert_rowid();
-                    if state == DeliveryState::Cancelled {
-                        conn.prepare_cached("UPDATE deliveries SET finished_at = ?2 WHERE id = ?1")
-                            .and_then(|mut s| s.execute(params![id, e.received_at_ms]))
-                            .map_err(sql_error)?;
-                    }
-                    ids.push(id);
-                }
-                out.push(Admission::Stored(ids));
-            }
-            Ok(out)
+            accept::accept(conn, &batch, ttl_ms, &retired)
         })
         .await
     }
@@ -723,240 +150,37 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Delivery>, StoreError> {
         let sub = subscription.to_string();
         self.run(false, move |conn| {
-            let mut select = conn
-                .prepare_cached(
-                    concat!("SELECT d.id, d.attempts, e.id, e.type, e.data, e.received_at, e.content_type, e.attributes
-                     FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                     WHERE d.subscription = ?1 AND d.state = ", state_code!(Pending), " AND d.next_attempt_at <= ?2
-                       AND d.expires_at > ?2
-                     ORDER BY d.next_attempt_at, d.id LIMIT ?3"),
-                )
-                .map_err(sql_error)?;
-            let name: Arc<str> = Arc::from(sub.as_str());
-            let claimed: Vec<Delivery> = select
-                .query_map(params![sub, now_ms, limit as i64], |r| {
-                    Ok(Delivery {
-                        id: r.get(0)?,
-                        attempts: r.get(1)?,
-                        event_id: Arc::from(r.get::<_, String>(2)?),
-                        event_type: Arc::from(r.get::<_, String>(3)?),
-                        data: Bytes::from(r.get::<_, Vec<u8>>(4)?),
-                        received_at_ms: r.get(5)?,
-                        raw: raw_meta(r, 6)?,
-                        subscription: name.clone(),
-                    })
-                })
-                .map_err(sql_error)?
-                .collect::<Result<_, _>>()
-                .map_err(sql_error)?;
-            let mut mark = conn
-                .prepare_cached(concat!("UPDATE deliveries SET state = ", state_code!(InFlight), " WHERE id = ?1"))
-                .map_err(sql_error)?;
-            for d in &claimed {
-                mark.execute([d.id]).map_err(sql_error)?;
-            }
-            Ok(claimed)
+            claims::claim_due(conn, &sub, now_ms, limit)
         })
         .await
     }
 
     async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, StoreError> {
         let sub = subscription.to_string();
-        self.read(move |conn| {
-            conn.prepare_cached(concat!(
-                "SELECT min(next_attempt_at) FROM deliveries WHERE subscription = ?1 AND state = ",
-                state_code!(Pending)
-            ))
-            .and_then(|mut s| s.query_row([sub], |r| r.get(0)))
-            .map_err(sql_error)
-        })
-        .await
+        self.read(move |conn| claims::next_due_ms(conn, &sub)).await
     }
 
     async fn complete(&self, id: DeliveryId, outcome: Outcome) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        // Outcomes are coalesced: the first one queued sends a job that records all queued
-        // by the time it runs, so a busy relay writes them in bulk.
-        let send_job = {
-            let mut q = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
-            q.items.push((id, outcome, tx));
-            !std::mem::replace(&mut q.job_queued, true)
-        };
-        if send_job {
-            let mut guard = OutcomeBatch {
-                outcomes: self.outcomes.clone(),
-                taken: false,
-            };
-            let job: Job = Box::new(move |conn| {
-                let batch = guard.take();
-                let result = conn.and_then(|conn| record_outcomes(conn, &batch));
-                let ok = result.is_ok();
-                let finish: Finish = Box::new(move |commit| {
-                    let outcome = commit.and(result);
-                    for (_, _, tx) in batch {
-                        let _ = tx.send(outcome.clone());
-                    }
-                });
-                (ok, finish)
-            });
-            // If the writer is gone, the job is dropped here and its guard answers everyone.
-            let _ = self.jobs.send(job).await;
-        }
-        rx.await.map_err(|_| stopped())?
+        self.outcomes.complete(&self.jobs, id, outcome).await
     }
 
     async fn unclaim(&self, ids: Vec<DeliveryId>) -> Result<(), StoreError> {
-        self.run(false, move |conn| {
-            let mut s = conn
-                .prepare_cached(concat!(
-                    "UPDATE deliveries SET state = ",
-                    state_code!(Pending),
-                    " WHERE id = ?1 AND state = ",
-                    state_code!(InFlight)
-                ))
-                .map_err(sql_error)?;
-            for id in ids {
-                s.execute([id]).map_err(sql_error)?;
-            }
-            Ok(())
-        })
-        .await
+        self.run(false, move |conn| claims::unclaim(conn, &ids))
+            .await
     }
 
     async fn stats(&self) -> Result<HashMap<String, QueueStats>, StoreError> {
-        self.read(|conn| {
-            let mut out: HashMap<String, QueueStats> = HashMap::new();
-            let mut live = conn
-                .prepare_cached(concat!(
-                    "SELECT subscription, count(*), min(received_at) FROM deliveries
-                     WHERE state IN ",
-                    states!(Pending, InFlight, Waiting),
-                    " GROUP BY subscription"
-                ))
-                .map_err(sql_error)?;
-            let rows = live
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
-                    ))
-                })
-                .map_err(sql_error)?;
-            for row in rows {
-                let (name, depth, oldest) = row.map_err(sql_error)?;
-                let e = out.entry(name).or_default();
-                e.depth = depth as u64;
-                e.oldest_ms = oldest;
-            }
-            let mut dead = conn
-                .prepare_cached(concat!(
-                    "SELECT subscription, count(*) FILTER (WHERE state = ",
-                    state_code!(Failed),
-                    "),
-                     count(*) FILTER (WHERE state = ",
-                    state_code!(Orphaned),
-                    ")
-                     FROM deliveries WHERE state IN ",
-                    states!(Failed, Orphaned),
-                    " GROUP BY subscription"
-                ))
-                .map_err(sql_error)?;
-            let rows = dead
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .map_err(sql_error)?;
-            for row in rows {
-                let (name, dead, orphaned) = row.map_err(sql_error)?;
-                let e = out.entry(name).or_default();
-                e.dead_letters = dead as u64;
-                e.orphaned = orphaned as u64;
-            }
-            Ok(out)
-        })
-        .await
+        self.read(queries::stats).await
     }
 
     async fn event_status(&self, id: &str) -> Result<Option<EventStatus>, StoreError> {
         let id = id.to_string();
-        self.read(move |conn| {
-            let head = conn
-                .prepare_cached(
-                    "SELECT seq, type, received_at, content_type, attributes FROM events WHERE id = ?1",
-                )
-                .and_then(|mut s| {
-                    s.query_row([&id], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, i64>(2)?,
-                            raw_meta(r, 3)?,
-                        ))
-                    })
-                    .optional()
-                })
-                .map_err(sql_error)?;
-            let Some((seq, event_type, received_at_ms, raw)) = head else {
-                return Ok(None);
-            };
-            let mut s = conn
-                .prepare_cached(&format!(
-                    "SELECT {INFO_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                     WHERE d.event_seq = ?1 ORDER BY d.id"
-                ))
-                .map_err(sql_error)?;
-            let deliveries = s
-                .query_map([seq], info)
-                .map_err(sql_error)?
-                .collect::<Result<_, _>>()
-                .map_err(sql_error)?;
-            Ok(Some(EventStatus {
-                id,
-                event_type,
-                received_at_ms,
-                raw,
-                deliveries,
-            }))
-        })
-        .await
+        self.read(move |conn| queries::event_status(conn, &id))
+            .await
     }
 
     async fn deliveries(&self, q: DeliveryQuery) -> Result<Vec<DeliveryInfo>, StoreError> {
-        self.read(move |conn| {
-            // Two statements, so each can walk its index in id order instead of sorting.
-            let by_subscription = if q.subscription.is_some() {
-                "AND d.subscription = ?2"
-            } else {
-                "AND ?2 IS NULL"
-            };
-            let mut s = conn
-                .prepare_cached(&format!(
-                    "SELECT {INFO_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                     WHERE d.state = ?1 {by_subscription} AND d.id > ?3
-                     ORDER BY d.id LIMIT ?4"
-                ))
-                .map_err(sql_error)?;
-            let rows = s
-                .query_map(
-                    params![
-                        q.state.code(),
-                        q.subscription,
-                        q.after.unwrap_or(0),
-                        q.limit as i64
-                    ],
-                    info,
-                )
-                .map_err(sql_error)?
-                .collect::<Result<_, _>>()
-                .map_err(sql_error)?;
-            Ok(rows)
-        })
-        .await
+        self.read(move |conn| queries::deliveries(conn, &q)).await
     }
 
     async fn release(
@@ -966,52 +190,9 @@ impl Store for SqliteStore {
         now_ms: i64,
         min_interval_ms: i64,
     ) -> Result<Release, StoreError> {
-        let ttl = self.ttl_ms;
+        let ttl_ms = self.ttl_ms;
         self.run(false, move |conn| {
-            let key = scope
-                .as_deref()
-                .map_or_else(|| "*".to_string(), |s| format!("subscription:{s}"));
-            let last: Option<i64> = conn
-                .query_row(
-                    "SELECT released_at FROM releases WHERE scope = ?1",
-                    [&key],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(sql_error)?;
-            if let Some(at) = last
-                && now_ms < at + min_interval_ms
-            {
-                return Ok(Release::TooSoon {
-                    next_allowed_ms: at + min_interval_ms,
-                });
-            }
-            let names = match &scope {
-                Some(s) => vec![s.clone()],
-                None => subscriptions,
-            };
-            let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
-            let released = conn
-                .execute(
-                    concat!(
-                        "UPDATE deliveries SET state = ",
-                        state_code!(Pending),
-                        ", attempts = 0, next_attempt_at = ?1, expires_at = ?2,
-                     finished_at = NULL, ordering_key = NULL
-                     WHERE state IN ",
-                        states!(Failed, Expired),
-                        " AND subscription IN (SELECT value FROM json_each(?3))"
-                    ),
-                    params![now_ms, now_ms + ttl, names_json],
-                )
-                .map_err(sql_error)?;
-            conn.execute(
-                "INSERT INTO releases (scope, released_at) VALUES (?1, ?2)
-                 ON CONFLICT (scope) DO UPDATE SET released_at = excluded.released_at",
-                params![key, now_ms],
-            )
-            .map_err(sql_error)?;
-            Ok(Release::Released(released as u64))
+            dead_letters::release(conn, scope, subscriptions, now_ms, min_interval_ms, ttl_ms)
         })
         .await
     }
@@ -1022,95 +203,26 @@ impl Store for SqliteStore {
         now_ms: i64,
         subscriptions: Vec<String>,
     ) -> Result<Option<(DeliveryState, String)>, StoreError> {
-        let ttl = self.ttl_ms;
+        let ttl_ms = self.ttl_ms;
         self.run(false, move |conn| {
-            let before = conn
-                .query_row(
-                    "SELECT state, subscription FROM deliveries WHERE id = ?1",
-                    [id],
-                    |r| Ok((r.get::<_, DeliveryState>(0)?, r.get::<_, String>(1)?)),
-                )
-                .optional()
-                .map_err(sql_error)?;
-            if let Some((DeliveryState::Failed | DeliveryState::Expired, sub)) = &before
-                && subscriptions.contains(sub)
-            {
-                conn.execute(
-                    concat!(
-                        "UPDATE deliveries SET state = ",
-                        state_code!(Pending),
-                        ", attempts = 0, next_attempt_at = ?2, expires_at = ?3,
-                     finished_at = NULL, ordering_key = NULL WHERE id = ?1"
-                    ),
-                    params![id, now_ms, now_ms + ttl],
-                )
-                .map_err(sql_error)?;
-            }
-            Ok(before)
+            dead_letters::retry_delivery(conn, id, now_ms, &subscriptions, ttl_ms)
         })
         .await
     }
 
     async fn delete_delivery(&self, id: DeliveryId) -> Result<Option<DeliveryState>, StoreError> {
-        self.run(false, move |conn| {
-            let before = conn
-                .query_row("SELECT state FROM deliveries WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(sql_error)?;
-            if let Some(state) = before
-                && !matches!(state, DeliveryState::Pending | DeliveryState::InFlight)
-            {
-                conn.execute("DELETE FROM deliveries WHERE id = ?1", [id])
-                    .map_err(sql_error)?;
-            }
-            Ok(before)
-        })
-        .await
+        self.run(false, move |conn| dead_letters::delete_delivery(conn, id))
+            .await
     }
 
     async fn subscriptions(&self) -> Result<Vec<StoredSubscription>, StoreError> {
-        self.read(|conn| {
-            let mut s = conn
-                .prepare("SELECT id, name, spec, created_at, updated_at FROM subscriptions ORDER BY created_at, id")
-                .map_err(sql_error)?;
-            let rows = s
-                .query_map([], |r| {
-                    Ok(StoredSubscription {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        spec: r.get(2)?,
-                        created_at_ms: r.get(3)?,
-                        updated_at_ms: r.get(4)?,
-                    })
-                })
-                .map_err(sql_error)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)
-        })
-        .await
+        self.read(subscriptions::subscriptions).await
     }
 
     async fn save_subscription(&self, sub: StoredSubscription) -> Result<(), StoreError> {
         let retired = self.retired.clone();
         self.run(false, move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO subscriptions (id, name, spec, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
-            )
-            .and_then(|mut s| {
-                s.execute(params![sub.id, sub.name, sub.spec, sub.created_at_ms, sub.updated_at_ms])
-            })
-            .map_err(|e| match e.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::ConstraintViolation) => {
-                    StoreError::Conflict(format!("the name {:?} is already in use", sub.name))
-                }
-                _ => sql_error(e),
-            })?;
-            // A name deleted earlier is in use again.
-            retired.lock().remove(&sub.name);
-            Ok(())
+            subscriptions::save_subscription(conn, &sub, &retired)
         })
         .await
     }
@@ -1124,60 +236,32 @@ impl Store for SqliteStore {
         // The tombstone: events matched before the delete but stored after it are cancelled.
         let marks = vec![(name.clone(), Some(DeliveryState::Cancelled))];
         self.run_marking(marks, move |conn| {
-            conn.execute("DELETE FROM subscriptions WHERE id = ?1", [&id])
-                .map_err(sql_error)?;
-            let cancelled = conn
-                .execute(
-                    "UPDATE deliveries SET state = ?1, finished_at = ?2
-                     WHERE subscription = ?3 AND state IN (?4, ?5, ?6, ?7)",
-                    params![
-                        DeliveryState::Cancelled,
-                        now_ms,
-                        name,
-                        DeliveryState::Pending,
-                        DeliveryState::InFlight,
-                        DeliveryState::Orphaned,
-                        DeliveryState::Waiting
-                    ],
-                )
-                .map_err(sql_error)?;
-            // Its dead letters go too: a later subscription of the same name must not
-            // release them to its own URL. Already counted as failed or expired.
-            conn.execute(
-                "UPDATE deliveries SET state = ?1 WHERE subscription = ?2 AND state IN (?3, ?4)",
-                params![
-                    DeliveryState::Cancelled,
-                    name,
-                    DeliveryState::Failed,
-                    DeliveryState::Expired
-                ],
-            )
-            .map_err(sql_error)?;
-            Ok(cancelled as u64)
+            subscriptions::delete_subscription(conn, &id, &name, now_ms)
         })
         .await
     }
 
-    async fn clear_ordering(&self, subscriptions: Vec<String>) -> Result<u64, StoreError> {
+    async fn pull(
+        &self,
+        subscription: String,
+        now_ms: i64,
+        limit: usize,
+        mode: PullMode,
+    ) -> Result<Pulled, StoreError> {
         self.run(false, move |conn| {
-            let names = serde_json::to_string(&subscriptions).unwrap_or_else(|_| "[]".into());
-            let released = conn
-                .prepare_cached(concat!(
-                    "UPDATE deliveries SET state = CASE state WHEN ",
-                    state_code!(Waiting),
-                    " THEN ",
-                    state_code!(Pending),
-                    " ELSE state END,
-                     ordering_key = NULL
-                     WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_order
-                                  WHERE subscription IN (SELECT value FROM json_each(?1))
-                                  AND ordering_key IS NOT NULL AND state IN ",
-                    states!(Pending, InFlight, Orphaned, Waiting),
-                    ")"
-                ))
-                .and_then(|mut stmt| stmt.execute([names]))
-                .map_err(sql_error)?;
-            Ok(released as u64)
+            pull::pull(conn, &subscription, now_ms, limit, mode)
+        })
+        .await
+    }
+
+    async fn ack(
+        &self,
+        subscription: String,
+        ids: Vec<DeliveryId>,
+        now_ms: i64,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        self.run(false, move |conn| {
+            pull::ack(conn, &subscription, &ids, now_ms)
         })
         .await
     }
@@ -1194,168 +278,21 @@ impl Store for SqliteStore {
             .chain(restored.iter().map(|n| (n.clone(), None)))
             .collect();
         self.run_marking(marks, move |conn| {
-            let json =
-                |names: &[String]| serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
-            let orphaned = conn
-                .execute(
-                    "UPDATE deliveries SET state = ?1 WHERE state IN (?2, ?3)
-                     AND subscription IN (SELECT value FROM json_each(?4))",
-                    params![
-                        DeliveryState::Orphaned,
-                        DeliveryState::Pending,
-                        DeliveryState::InFlight,
-                        json(&removed)
-                    ],
-                )
-                .map_err(sql_error)?;
-            let resumed = conn
-                .execute(
-                    "UPDATE deliveries SET state = ?1 WHERE state = ?2
-                     AND subscription IN (SELECT value FROM json_each(?3))",
-                    params![
-                        DeliveryState::Pending,
-                        DeliveryState::Orphaned,
-                        json(&restored)
-                    ],
-                )
-                .map_err(sql_error)?;
-            Ok((orphaned as u64, resumed as u64))
+            subscriptions::retire_subscriptions(conn, &removed, &restored)
         })
         .await
     }
 
-    async fn pull(
-        &self,
-        subscription: String,
-        now_ms: i64,
-        limit: usize,
-        mode: PullMode,
-    ) -> Result<Pulled, StoreError> {
+    async fn clear_ordering(&self, subscriptions: Vec<String>) -> Result<u64, StoreError> {
         self.run(false, move |conn| {
-            let mut select = conn
-                .prepare_cached(
-                    // INDEXED BY: without statistics the planner prefers the due-time
-                    // index, reading and sorting the whole backlog to return its head.
-                    concat!("SELECT d.id, e.id, e.type, e.received_at, e.data, d.attempts, e.content_type, e.attributes
-                     FROM deliveries d INDEXED BY deliveries_fifo
-                     JOIN events e ON e.seq = d.event_seq
-                     WHERE d.subscription = ?1 AND d.state = ", state_code!(Pending), " AND d.next_attempt_at <= ?2
-                       AND d.expires_at > ?2
-                     ORDER BY d.id LIMIT ?3"),
-                )
-                .map_err(sql_error)?;
-            let notifications = select
-                .query_map(params![subscription, now_ms, limit as i64], |r| {
-                    Ok(Notification {
-                        id: r.get(0)?,
-                        event_id: r.get(1)?,
-                        event_type: r.get(2)?,
-                        received_at_ms: r.get(3)?,
-                        data: Bytes::from(r.get::<_, Vec<u8>>(4)?),
-                        redelivered: r.get::<_, i64>(5)? > 0,
-                        raw: raw_meta(r, 6)?,
-                    })
-                })
-                .map_err(sql_error)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(sql_error)?;
-            let mut update = match mode {
-                PullMode::Consume => conn.prepare_cached(concat!(
-                    "UPDATE deliveries SET state = ", state_code!(Delivered), ", attempts = attempts + 1,
-                     delivered_at = ?2, finished_at = ?2 WHERE id = ?1",
-                )),
-                PullMode::Hide(_) => conn.prepare_cached(
-                    "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?2
-                     WHERE id = ?1",
-                ),
-            }
-            .map_err(sql_error)?;
-            let at = match mode {
-                PullMode::Consume => now_ms,
-                PullMode::Hide(ms) => now_ms + ms,
-            };
-            for n in &notifications {
-                update.execute(params![n.id, at]).map_err(sql_error)?;
-            }
-            let remaining: i64 = conn
-                .prepare_cached(
-                    concat!("SELECT count(*) FROM deliveries
-                     WHERE subscription = ?1 AND state = ", state_code!(Pending), " AND next_attempt_at <= ?2
-                       AND expires_at > ?2"),
-                )
-                .and_then(|mut s| s.query_row(params![subscription, now_ms], |r| r.get(0)))
-                .map_err(sql_error)?;
-            let next_visible_ms: Option<i64> = conn
-                .prepare_cached(
-                    concat!("SELECT min(next_attempt_at) FROM deliveries
-                     WHERE subscription = ?1 AND state = ", state_code!(Pending), " AND next_attempt_at > ?2"),
-                )
-                .and_then(|mut s| s.query_row(params![subscription, now_ms], |r| r.get(0)))
-                .map_err(sql_error)?;
-            Ok(Pulled {
-                notifications,
-                remaining: remaining as u64,
-                next_visible_ms,
-            })
-        })
-        .await
-    }
-
-    async fn ack(
-        &self,
-        subscription: String,
-        ids: Vec<DeliveryId>,
-        now_ms: i64,
-    ) -> Result<Vec<DeliveryId>, StoreError> {
-        self.run(false, move |conn| {
-            let mut update = conn
-                .prepare_cached(concat!(
-                    "UPDATE deliveries SET state = ",
-                    state_code!(Delivered),
-                    ", delivered_at = ?3, finished_at = ?3
-                     WHERE id = ?1 AND subscription = ?2 AND state = ",
-                    state_code!(Pending),
-                    " AND attempts > 0"
-                ))
-                .map_err(sql_error)?;
-            let mut unknown = Vec::new();
-            for id in ids {
-                if update
-                    .execute(params![id, subscription, now_ms])
-                    .map_err(sql_error)?
-                    == 0
-                {
-                    unknown.push(id);
-                }
-            }
-            Ok(unknown)
+            ordering::clear_ordering(conn, &subscriptions)
         })
         .await
     }
 
     async fn sync_subscriptions(&self, known: Vec<String>) -> Result<(u64, u64), StoreError> {
         self.run(false, move |conn| {
-            let names = serde_json::to_string(&known).unwrap_or_else(|_| "[]".into());
-            let orphaned = conn
-                .execute(
-                    "UPDATE deliveries SET state = ?1 WHERE state IN (?2, ?3)
-                     AND subscription NOT IN (SELECT value FROM json_each(?4))",
-                    params![
-                        DeliveryState::Orphaned,
-                        DeliveryState::Pending,
-                        DeliveryState::InFlight,
-                        names
-                    ],
-                )
-                .map_err(sql_error)?;
-            let resumed = conn
-                .execute(
-                    "UPDATE deliveries SET state = ?1 WHERE state = ?2
-                     AND subscription IN (SELECT value FROM json_each(?3))",
-                    params![DeliveryState::Pending, DeliveryState::Orphaned, names],
-                )
-                .map_err(sql_error)?;
-            Ok((orphaned as u64, resumed as u64))
+            subscriptions::sync_subscriptions(conn, &known)
         })
         .await
     }
@@ -1364,876 +301,8 @@ impl Store for SqliteStore {
         let cutoff = now_ms - self.retention_ms;
         let cursor = self.prune_cursor.clone();
         self.run(false, move |conn| {
-            let mut report = Housekeeping::default();
-            let mut expire = conn
-                .prepare_cached(
-                    concat!("UPDATE deliveries SET state = ?1, finished_at = ?2
-                     WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_expiry
-                                  WHERE state IN ", states!(Pending, Orphaned, Waiting), " AND expires_at <= ?2 LIMIT ?3)
-                     RETURNING subscription, ordering_key"),
-                )
-                .map_err(sql_error)?;
-            let rows = expire
-                .query_map(params![DeliveryState::Expired, now_ms, HOUSEKEEPING_BATCH], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-                })
-                .map_err(sql_error)?;
-            let mut keys = std::collections::HashSet::new();
-            for row in rows {
-                let (name, key) = row.map_err(sql_error)?;
-                if let Some(key) = key {
-                    keys.insert((name.clone(), key));
-                }
-                *report.expired.entry(name).or_default() += 1;
-            }
-            // An expired head lets the next delivery of its key go.
-            for (name, key) in keys {
-                promote_next(conn, &name, &key)?;
-            }
-            // Terminal deliveries past retention, then their events once nothing refers to
-            // them: driven by what was deleted, so old events still in use are not rescanned.
-            let mut touched: Vec<i64> = conn
-                .prepare_cached(
-                    concat!("DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_finished
-                     WHERE state IN ", states!(Delivered, Failed, Expired, Cancelled), " AND finished_at <= ?1 LIMIT ?2) RETURNING event_seq"),
-                )
-                .and_then(|mut s| {
-                    s.query_map(params![cutoff, HOUSEKEEPING_BATCH], |r| r.get(0))?
-                        .collect::<rusqlite::Result<_>>()
-                })
-                .map_err(sql_error)?;
-            let pruned = touched.len();
-            touched.sort_unstable();
-            touched.dedup();
-            // Events that never had a delivery (matched nothing) are found by a cursor over
-            // `seq`, which follows acceptance order.
-            let mut scan = conn
-                .prepare_cached("SELECT seq, received_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
-                .map_err(sql_error)?;
-            let mut last = cursor.load(Ordering::Relaxed);
-            let rows: Vec<(i64, i64)> = scan
-                .query_map(params![last, HOUSEKEEPING_BATCH], |r| Ok((r.get(0)?, r.get(1)?)))
-                .and_then(|rows| rows.collect())
-                .map_err(sql_error)?;
-            for (seq, received_at) in rows {
-                if received_at > cutoff {
-                    break;
-                }
-                touched.push(seq);
-                last = seq;
-            }
-            cursor.store(last, Ordering::Relaxed);
-            let mut delete_event = conn
-                .prepare_cached(
-                    "DELETE FROM events WHERE seq = ?1 AND received_at <= ?2
-                     AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)",
-                )
-                .map_err(sql_error)?;
-            let mut pruned_events = 0;
-            for seq in touched {
-                pruned_events += delete_event.execute(params![seq, cutoff]).map_err(sql_error)?;
-            }
-            report.pruned = (pruned + pruned_events) as u64;
-            Ok(report)
+            housekeeping::housekeeping(conn, now_ms, cutoff, &cursor)
         })
         .await
-    }
-}
-
-/// Writes a batch of attempt outcomes; only rows still in flight change.
-/// Tombstones of retired subscriptions: name -> the state their new deliveries get.
-#[derive(Clone, Default)]
-struct Retired(Arc<std::sync::Mutex<HashMap<String, DeliveryState>>>);
-
-impl Retired {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DeliveryState>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sets (`Some`) or clears (`None`) each name's tombstone; returns what undoes it.
-    fn mark(
-        &self,
-        changes: Vec<(String, Option<DeliveryState>)>,
-    ) -> Vec<(String, Option<DeliveryState>)> {
-        let mut map = self.lock();
-        let mut undo: Vec<_> = changes
-            .into_iter()
-            .map(|(name, state)| {
-                let before = match state {
-                    Some(s) => map.insert(name.clone(), s),
-                    None => map.remove(&name),
-                };
-                (name, before)
-            })
-            .collect();
-        // Undone in reverse, so a name changed twice gets its first value back.
-        undo.reverse();
-        undo
-    }
-}
-
-fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), StoreError> {
-    let now = crate::time::now_ms();
-    let mut update = conn
-        .prepare_cached(concat!(
-            "UPDATE deliveries SET state = ?2, attempts = attempts + 1, last_status = ?3,
-             last_error = ?4, next_attempt_at = coalesce(?5, next_attempt_at),
-             delivered_at = ?6, finished_at = ?7
-             WHERE id = ?1 AND state = ",
-            state_code!(InFlight)
-        ))
-        .map_err(sql_error)?;
-    // A rowid lookup after final outcomes only: RETURNING on every update costs a statement
-    // journal per row.
-    let mut keyed = conn
-        .prepare_cached(
-            "SELECT subscription, ordering_key FROM deliveries
-             WHERE id = ?1 AND ordering_key IS NOT NULL",
-        )
-        .map_err(sql_error)?;
-    for (id, outcome, _) in batch {
-        let (state, status, error, next, delivered, finished) = match outcome {
-            Outcome::Delivered { status } => (
-                DeliveryState::Delivered,
-                Some(status),
-                None,
-                None,
-                Some(now),
-                Some(now),
-            ),
-            Outcome::Retry {
-                at_ms,
-                status,
-                error,
-            } => (
-                DeliveryState::Pending,
-                status.as_ref(),
-                Some(error),
-                Some(at_ms),
-                None,
-                None,
-            ),
-            Outcome::Failed { status, error } => (
-                DeliveryState::Failed,
-                status.as_ref(),
-                Some(error),
-                None,
-                None,
-                Some(now),
-            ),
-        };
-        let changed = update
-            .execute(params![id, state, status, error, next, delivered, finished])
-            .map_err(sql_error)?;
-        // A finished head lets the next delivery of its key go.
-        if changed == 1 && state != DeliveryState::Pending {
-            let ordered = keyed
-                .query_row([id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .optional()
-                .map_err(sql_error)?;
-            if let Some((name, key)) = ordered {
-                promote_next(conn, &name, &key)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Makes the oldest unfinished delivery of an ordering key pending if it was waiting: the
-/// deliveries before it are finished. Safe to call at any time: it changes nothing while
-/// the key's head is pending, in flight or orphaned.
-fn promote_next(conn: &Connection, subscription: &str, key: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(concat!(
-        "UPDATE deliveries SET state = ",
-        state_code!(Pending),
-        "
-         WHERE id = (SELECT id FROM deliveries INDEXED BY deliveries_order
-                     WHERE subscription = ?1 AND ordering_key = ?2 AND state IN ",
-        states!(Pending, InFlight, Orphaned, Waiting),
-        "
-                     ORDER BY id LIMIT 1)
-         AND state = ",
-        state_code!(Waiting)
-    ))
-    .and_then(|mut s| s.execute(params![subscription, key]))
-    .map_err(sql_error)?;
-    Ok(())
-}
-
-/// Opens `path` as a store would, for tests of refusals.
-#[cfg(test)]
-fn check_file(path: &std::path::Path) -> Result<(), StoreError> {
-    let settings = StorageSettings {
-        location: StorageLocation::File(path.to_path_buf()),
-        ..StorageSettings::default()
-    };
-    open_connection(&settings).map(|_| ())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::Event;
-    use crate::store::NewDelivery;
-
-    fn metrics() -> WriterMetrics {
-        let h = || Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).unwrap();
-        WriterMetrics {
-            commit_duration: h(),
-            batch_size: h(),
-        }
-    }
-
-    fn memory() -> SqliteStore {
-        let settings = StorageSettings {
-            location: StorageLocation::Memory,
-            ..StorageSettings::default()
-        };
-        SqliteStore::open(&settings, metrics()).unwrap()
-    }
-
-    fn accepted(id: &str, at: i64, subs: &[&str]) -> Accepted {
-        let event = Event {
-            id: id.into(),
-            event_type: "t".into(),
-            data: Bytes::from_static(b"{\"k\":1}"),
-            received_at_ms: at,
-            raw: None,
-        };
-        let deliveries = subs.iter().map(|s| NewDelivery::new(Arc::from(*s)));
-        Accepted::new(event, deliveries.collect())
-    }
-
-    #[tokio::test]
-    async fn claims_in_order_and_schedules_retries() {
-        let s = memory();
-        s.accept(vec![
-            accepted("e1", 100, &["a", "b"]),
-            accepted("e2", 200, &["a"]),
-        ])
-        .await
-        .unwrap();
-        assert!(s.claim_due("a", 50, 10).await.unwrap().is_empty());
-        let claimed = s.claim_due("a", 1000, 10).await.unwrap();
-        let ids: Vec<_> = claimed.iter().map(|d| d.event_id.to_string()).collect();
-        assert_eq!(ids, ["e1", "e2"]);
-        assert_eq!(&claimed[0].data[..], b"{\"k\":1}");
-        assert!(
-            s.claim_due("a", 1000, 10).await.unwrap().is_empty(),
-            "claimed once"
-        );
-        s.complete(
-            claimed[0].id,
-            Outcome::Retry {
-                at_ms: 5000,
-                status: Some(500),
-                error: "HTTP 500".into(),
-            },
-        )
-        .await
-        .unwrap();
-        s.complete(claimed[1].id, Outcome::Delivered { status: 200 })
-            .await
-            .unwrap();
-        assert_eq!(s.next_due_ms("a").await.unwrap(), Some(5000));
-        let again = s.claim_due("a", 5000, 10).await.unwrap();
-        assert_eq!(again[0].attempts, 1);
-        s.complete(
-            again[0].id,
-            Outcome::Failed {
-                status: None,
-                error: "x".into(),
-            },
-        )
-        .await
-        .unwrap();
-        let stats = s.stats().await.unwrap();
-        assert_eq!(
-            stats["a"],
-            QueueStats {
-                depth: 0,
-                oldest_ms: None,
-                dead_letters: 1,
-                orphaned: 0,
-            }
-        );
-        assert_eq!(stats["b"].depth, 1);
-        assert_eq!(stats["b"].oldest_ms, Some(100));
-
-        let status = s.event_status("e1").await.unwrap().unwrap();
-        let states: Vec<_> = status
-            .deliveries
-            .iter()
-            .map(|d| (d.subscription.as_str(), d.state, d.attempts))
-            .collect();
-        assert_eq!(
-            states,
-            [
-                ("a", DeliveryState::Failed, 2),
-                ("b", DeliveryState::Pending, 0)
-            ]
-        );
-        assert_eq!(status.deliveries[0].last_error.as_deref(), Some("x"));
-        assert_eq!(status.deliveries[0].last_status, None);
-        assert!(s.event_status("nope").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn duplicates_return_the_original_result() {
-        let s = memory();
-        let first = s.accept(vec![accepted("e1", 1, &["a"])]).await.unwrap();
-        assert!(matches!(&first[..], [Admission::Stored(ids)] if ids.len() == 1));
-        let again = s
-            .accept(vec![accepted("e1", 2, &["b", "c"])])
-            .await
-            .unwrap();
-        assert_eq!(
-            again,
-            [Admission::Duplicate {
-                subscriptions: vec!["a".into()]
-            }]
-        );
-        assert_eq!(s.stats().await.unwrap()["a"].depth, 1);
-        assert!(!s.stats().await.unwrap().contains_key("b"));
-    }
-
-    #[tokio::test]
-    async fn release_is_rate_limited_per_scope() {
-        let s = memory();
-        s.accept(vec![accepted("e1", 1, &["a"])]).await.unwrap();
-        let d = s.claim_due("a", 10, 1).await.unwrap();
-        s.complete(
-            d[0].id,
-            Outcome::Failed {
-                status: Some(500),
-                error: "x".into(),
-            },
-        )
-        .await
-        .unwrap();
-        let all = vec!["a".to_string()];
-        assert_eq!(
-            s.release(None, all.clone(), 100, 1000).await.unwrap(),
-            Release::Released(1)
-        );
-        assert_eq!(
-            s.release(None, all.clone(), 500, 1000).await.unwrap(),
-            Release::TooSoon {
-                next_allowed_ms: 1100
-            }
-        );
-        // Another scope has its own clock.
-        assert_eq!(
-            s.release(Some("a".into()), all.clone(), 500, 1000)
-                .await
-                .unwrap(),
-            Release::Released(0)
-        );
-        assert_eq!(
-            s.release(None, all, 1100, 1000).await.unwrap(),
-            Release::Released(0)
-        );
-        let again = s.claim_due("a", 200, 1).await.unwrap();
-        assert_eq!(again[0].attempts, 0, "fresh retry budget");
-    }
-
-    #[tokio::test]
-    async fn expiry_and_pruning() {
-        let settings = StorageSettings {
-            location: StorageLocation::Memory,
-            ttl: Duration::from_millis(100),
-            retention: Duration::from_millis(1000),
-            ..StorageSettings::default()
-        };
-        let s = SqliteStore::open(&settings, metrics()).unwrap();
-        s.accept(vec![accepted("e1", 0, &["a"]), accepted("e2", 0, &["a"])])
-            .await
-            .unwrap();
-        let d = s.claim_due("a", 0, 1).await.unwrap();
-        s.complete(d[0].id, Outcome::Delivered { status: 200 })
-            .await
-            .unwrap();
-        let report = s.housekeeping(100).await.unwrap();
-        assert_eq!(report.expired.get("a"), Some(&1));
-        assert_eq!(
-            s.event_status("e2").await.unwrap().unwrap().deliveries[0].state,
-            DeliveryState::Expired
-        );
-        assert_eq!(s.housekeeping(100).await.unwrap().expired.len(), 0);
-        // The delivered row and the expired one are pruned after retention, then their events.
-        let now = crate::time::now_ms();
-        let report = s.housekeeping(now + 2000).await.unwrap();
-        assert_eq!(report.pruned, 4, "{report:?}");
-        assert!(s.event_status("e1").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn deleting_a_subscription_cancels_its_deliveries_also_those_stored_later() {
-        let s = memory();
-        let sub = StoredSubscription {
-            id: "id-1".into(),
-            name: "api-sub".into(),
-            spec: r#"{"url":"http://h/"}"#.into(),
-            created_at_ms: 1,
-            updated_at_ms: 1,
-        };
-        s.save_subscription(sub.clone()).await.unwrap();
-        assert_eq!(s.subscriptions().await.unwrap(), vec![sub]);
-        s.accept(vec![accepted("e0", 0, &["api-sub"])])
-            .await
-            .unwrap();
-        let dead = s.claim_due("api-sub", 0, 1).await.unwrap();
-        let failed = Outcome::Failed {
-            status: Some(500),
-            error: "HTTP 500".into(),
-        };
-        s.complete(dead[0].id, failed).await.unwrap();
-        s.accept(vec![accepted("e1", 0, &["api-sub", "other"])])
-            .await
-            .unwrap();
-        let cancelled = s
-            .delete_subscription("id-1".into(), "api-sub".into(), 5)
-            .await
-            .unwrap();
-        assert_eq!(cancelled, 1);
-        assert!(s.subscriptions().await.unwrap().is_empty());
-        // Matched before the delete, stored after it: cancelled too, never left pending.
-        s.accept(vec![accepted("e2", 6, &["api-sub"])])
-            .await
-            .unwrap();
-        let status = s.event_status("e2").await.unwrap().unwrap();
-        assert_eq!(status.deliveries[0].state, DeliveryState::Cancelled);
-        assert!(s.claim_due("api-sub", 100, 10).await.unwrap().is_empty());
-        assert_eq!(s.claim_due("other", 100, 10).await.unwrap().len(), 1);
-        // The name in use again: new deliveries are pending as usual.
-        let again = StoredSubscription {
-            id: "id-2".into(),
-            name: "api-sub".into(),
-            spec: "{}".into(),
-            created_at_ms: 7,
-            updated_at_ms: 7,
-        };
-        s.save_subscription(again).await.unwrap();
-        // The old subscription's dead letter went with it: nothing to release to the new one.
-        let release = s
-            .release(None, vec!["api-sub".into()], 100, 0)
-            .await
-            .unwrap();
-        assert_eq!(release, Release::Released(0));
-        s.accept(vec![accepted("e3", 8, &["api-sub"])])
-            .await
-            .unwrap();
-        assert_eq!(s.claim_due("api-sub", 100, 10).await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn retiring_a_config_subscription_orphans_its_deliveries_until_it_returns() {
-        let s = memory();
-        s.accept(vec![accepted("e0", 0, &["gone", "kept"])])
-            .await
-            .unwrap();
-        let (orphaned, resumed) = s
-            .retire_subscriptions(vec!["gone".into()], vec![])
-            .await
-            .unwrap();
-        assert_eq!((orphaned, resumed), (1, 0));
-        // Matched before the reload, stored after it: orphaned too, never left pending.
-        s.accept(vec![accepted("e1", 1, &["gone"])]).await.unwrap();
-        let status = s.event_status("e1").await.unwrap().unwrap();
-        assert_eq!(status.deliveries[0].state, DeliveryState::Orphaned);
-        assert!(s.claim_due("gone", 100, 10).await.unwrap().is_empty());
-        assert_eq!(s.claim_due("kept", 100, 10).await.unwrap().len(), 1);
-        // Back in the config: both resume, and new deliveries are pending as usual.
-        let (orphaned, resumed) = s
-            .retire_subscriptions(vec![], vec!["gone".into()])
-            .await
-            .unwrap();
-        assert_eq!((orphaned, resumed), (0, 2));
-        s.accept(vec![accepted("e2", 2, &["gone"])]).await.unwrap();
-        assert_eq!(s.claim_due("gone", 100, 10).await.unwrap().len(), 3);
-    }
-
-    fn ordered(id: &str, at: i64, sub: &str, key: &str) -> Accepted {
-        let mut a = accepted(id, at, &[sub]);
-        a.deliveries[0].ordering_key = Some(key.to_string());
-        a
-    }
-
-    async fn claim_ids(s: &SqliteStore, sub: &str) -> Vec<String> {
-        s.claim_due(sub, 1_000_000, 100)
-            .await
-            .unwrap()
-            .iter()
-            .map(|d| d.event_id.to_string())
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn ordered_deliveries_go_one_at_a_time_per_key() {
-        let s = memory();
-        s.accept(vec![
-            ordered("a1", 1, "o", "\"a\""),
-            ordered("b1", 2, "o", "\"b\""),
-            ordered("a2", 3, "o", "\"a\""),
-            ordered("a3", 4, "o", "\"a\""),
-        ])
-        .await
-        .unwrap();
-        // Only the head of each key is claimable.
-        assert_eq!(claim_ids(&s, "o").await, ["a1", "b1"]);
-        assert_eq!(
-            s.event_status("a2").await.unwrap().unwrap().deliveries[0].state,
-            DeliveryState::Waiting
-        );
-        let id_of = |status: EventStatus| status.deliveries[0].id;
-        let a1 = id_of(s.event_status("a1").await.unwrap().unwrap());
-        // A retry keeps the key blocked; the head is retried first.
-        s.complete(
-            a1,
-            Outcome::Retry {
-                at_ms: 50,
-                status: Some(500),
-                error: "HTTP 500".into(),
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(claim_ids(&s, "o").await, ["a1"]);
-        // It finally fails: the next one goes.
-        s.complete(
-            a1,
-            Outcome::Failed {
-                status: Some(500),
-                error: "HTTP 500".into(),
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(claim_ids(&s, "o").await, ["a2"]);
-        let a2 = id_of(s.event_status("a2").await.unwrap().unwrap());
-        s.complete(a2, Outcome::Delivered { status: 200 })
-            .await
-            .unwrap();
-        assert_eq!(claim_ids(&s, "o").await, ["a3"]);
-        // Released, the dead letter goes out again without blocking its key.
-        s.accept(vec![ordered("a4", 5, "o", "\"a\"")])
-            .await
-            .unwrap();
-        let released = s.release(None, vec!["o".into()], 100, 0).await.unwrap();
-        assert_eq!(released, Release::Released(1));
-        assert_eq!(claim_ids(&s, "o").await, ["a1"]);
-        let a3 = id_of(s.event_status("a3").await.unwrap().unwrap());
-        s.complete(a3, Outcome::Delivered { status: 200 })
-            .await
-            .unwrap();
-        assert_eq!(claim_ids(&s, "o").await, ["a4"]);
-    }
-
-    #[tokio::test]
-    async fn an_expired_head_lets_its_key_go_and_unordering_frees_the_rest() {
-        let s = memory();
-        let mut head = ordered("h", 0, "o", "");
-        head.deliveries[0].ttl_ms = Some(10);
-        s.accept(vec![
-            head,
-            ordered("n1", 1, "o", ""),
-            ordered("n2", 2, "o", ""),
-        ])
-        .await
-        .unwrap();
-        s.housekeeping(100).await.unwrap();
-        let state = |st: EventStatus| st.deliveries[0].state;
-        assert_eq!(
-            state(s.event_status("h").await.unwrap().unwrap()),
-            DeliveryState::Expired
-        );
-        assert_eq!(
-            state(s.event_status("n1").await.unwrap().unwrap()),
-            DeliveryState::Pending
-        );
-        assert_eq!(
-            state(s.event_status("n2").await.unwrap().unwrap()),
-            DeliveryState::Waiting
-        );
-        // Ordering turned off: nothing waits any more.
-        assert_eq!(s.clear_ordering(vec!["o".into()]).await.unwrap(), 2);
-        assert_eq!(claim_ids(&s, "o").await, ["n1", "n2"]);
-    }
-
-    #[tokio::test]
-    async fn a_version_3_file_is_migrated_and_keeps_its_deliveries() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v3.db");
-        {
-            let conn = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..3] {
-                conn.execute_batch(sql).unwrap();
-            }
-            conn.execute_batch(
-                "PRAGMA user_version = 3;
-                 INSERT INTO events (seq, id, type, received_at, data, subscriptions)
-                 VALUES (1, 'old', 't', 1, X'7B7D', '[\"a\"]');
-                 INSERT INTO deliveries (event_seq, subscription, state, received_at, next_attempt_at, expires_at)
-                 VALUES (1, 'a', 0, 1, 1, 9999999999999);",
-            )
-            .unwrap();
-        }
-        let settings = StorageSettings {
-            location: StorageLocation::File(path),
-            ..StorageSettings::default()
-        };
-        let s = SqliteStore::open(&settings, metrics()).unwrap();
-        assert_eq!(claim_ids(&s, "a").await, ["old"]);
-        s.accept(vec![
-            ordered("new1", 2, "o", ""),
-            ordered("new2", 3, "o", ""),
-        ])
-        .await
-        .unwrap();
-        assert_eq!(claim_ids(&s, "o").await, ["new1"]);
-    }
-
-    #[tokio::test]
-    async fn pulls_take_the_oldest_and_hide_or_consume_them() {
-        let s = memory();
-        for (i, id) in ["a", "b", "c"].iter().enumerate() {
-            s.accept(vec![accepted(id, i as i64, &["q"])])
-                .await
-                .unwrap();
-        }
-        let ids = |p: &Pulled| -> Vec<String> {
-            p.notifications.iter().map(|n| n.event_id.clone()).collect()
-        };
-        // Hidden for 100 ms: the next pull skips it, then it is back, marked redelivered.
-        let p = s
-            .pull("q".into(), 10, 1, PullMode::Hide(100))
-            .await
-            .unwrap();
-        assert_eq!((ids(&p), p.remaining), (vec!["a".to_string()], 2));
-        assert!(!p.notifications[0].redelivered);
-        let p = s
-            .pull("q".into(), 20, 5, PullMode::Hide(100))
-            .await
-            .unwrap();
-        assert_eq!(
-            (ids(&p), p.remaining),
-            (vec!["b".to_string(), "c".to_string()], 0)
-        );
-        let p = s
-            .pull("q".into(), 115, 5, PullMode::Hide(100))
-            .await
-            .unwrap();
-        assert_eq!(ids(&p), ["a"]);
-        assert!(p.notifications[0].redelivered);
-        let a = p.notifications[0].id;
-        assert_eq!(
-            s.ack("q".into(), vec![a, a, 77], 116).await.unwrap(),
-            vec![a, 77]
-        );
-        assert_eq!(
-            s.ack("other".into(), vec![a + 1], 116).await.unwrap(),
-            vec![a + 1]
-        );
-        // Consumed: gone for good.
-        let p = s.pull("q".into(), 500, 5, PullMode::Consume).await.unwrap();
-        assert_eq!(
-            (ids(&p), p.remaining),
-            (vec!["b".to_string(), "c".to_string()], 0)
-        );
-        let p = s
-            .pull("q".into(), 10_000, 5, PullMode::Consume)
-            .await
-            .unwrap();
-        assert!(p.notifications.is_empty());
-        let status = s.event_status("b").await.unwrap().unwrap();
-        assert_eq!(status.deliveries[0].state, DeliveryState::Delivered);
-    }
-
-    #[tokio::test]
-    async fn notifications_past_their_ttl_are_not_handed_out() {
-        let s = memory();
-        let mut late = accepted("late", 0, &["q"]);
-        late.deliveries[0].ttl_ms = Some(1000);
-        s.accept(vec![late, accepted("kept", 0, &["q"])])
-            .await
-            .unwrap();
-        // Before housekeeping has expired it, a pull already skips it.
-        let p = s
-            .pull("q".into(), 1000, 5, PullMode::Hide(0))
-            .await
-            .unwrap();
-        let got: Vec<&str> = p
-            .notifications
-            .iter()
-            .map(|n| n.event_id.as_str())
-            .collect();
-        assert_eq!((got, p.remaining), (vec!["kept"], 1));
-    }
-
-    #[tokio::test]
-    async fn orphans_wait_for_their_subscription() {
-        let s = memory();
-        s.accept(vec![accepted("e1", 0, &["gone", "kept"])])
-            .await
-            .unwrap();
-        assert_eq!(
-            s.sync_subscriptions(vec!["kept".into()]).await.unwrap(),
-            (1, 0)
-        );
-        assert_eq!(s.stats().await.unwrap()["gone"].orphaned, 1);
-        assert!(s.claim_due("gone", 10, 10).await.unwrap().is_empty());
-        assert_eq!(
-            s.sync_subscriptions(vec!["kept".into(), "gone".into()])
-                .await
-                .unwrap(),
-            (0, 1)
-        );
-        assert_eq!(s.claim_due("gone", 10, 10).await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn dead_letters_can_be_listed_retried_and_deleted() {
-        let s = memory();
-        s.accept(vec![accepted("e1", 0, &["a"]), accepted("e2", 0, &["a"])])
-            .await
-            .unwrap();
-        for d in s.claim_due("a", 10, 10).await.unwrap() {
-            s.complete(
-                d.id,
-                Outcome::Failed {
-                    status: Some(500),
-                    error: "HTTP 500".into(),
-                },
-            )
-            .await
-            .unwrap();
-        }
-        let q = DeliveryQuery {
-            state: DeliveryState::Failed,
-            subscription: Some("a".into()),
-            after: None,
-            limit: 1,
-        };
-        let page = s.deliveries(q.clone()).await.unwrap();
-        assert_eq!(page.len(), 1);
-        assert_eq!(page[0].event_id, "e1");
-        let next = s
-            .deliveries(DeliveryQuery {
-                after: Some(page[0].id),
-                ..q.clone()
-            })
-            .await
-            .unwrap();
-        assert_eq!(next[0].event_id, "e2");
-        assert_eq!(
-            s.retry_delivery(page[0].id, 20, vec!["a".into()])
-                .await
-                .unwrap()
-                .unwrap()
-                .0,
-            DeliveryState::Failed
-        );
-        assert_eq!(s.claim_due("a", 20, 10).await.unwrap().len(), 1);
-        assert_eq!(
-            s.delete_delivery(next[0].id).await.unwrap(),
-            Some(DeliveryState::Failed)
-        );
-        assert_eq!(s.delete_delivery(next[0].id).await.unwrap(), None);
-        assert!(s.deliveries(q).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_version_3_file_migrates_in_place_and_keeps_raw_events() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v3.db");
-        {
-            // A file as the previous release left it: schema 3, one envelope event waiting.
-            let conn = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..3] {
-                conn.execute_batch(sql).unwrap();
-            }
-            conn.execute_batch(
-                "PRAGMA user_version = 3;
-                 INSERT INTO events (seq, id, type, received_at, data, subscriptions)
-                     VALUES (1, 'old', 't', 100, CAST('{\"k\":1}' AS BLOB), '[\"a\"]');
-                 INSERT INTO deliveries (event_seq, subscription, state, received_at, next_attempt_at, expires_at)
-                     VALUES (1, 'a', 0, 100, 100, 9000000000000);",
-            )
-            .unwrap();
-        }
-        let settings = StorageSettings {
-            location: StorageLocation::File(path.clone()),
-            ..StorageSettings::default()
-        };
-        let s = SqliteStore::open(&settings, metrics()).unwrap();
-        let raw = Arc::new(RawMeta {
-            content_type: "application/xml".into(),
-            attributes: vec![("zone".into(), "eu".into())],
-        });
-        let mut xml = accepted("new", 200, &["a"]);
-        xml.event.data = Bytes::from_static(b"<a/>");
-        xml.event.raw = Some(raw.clone());
-        s.accept(vec![xml]).await.unwrap();
-        let claimed = s.claim_due("a", 1_000, 10).await.unwrap();
-        assert_eq!(claimed.len(), 2);
-        assert_eq!(
-            (&*claimed[0].event_id, claimed[0].raw.as_ref()),
-            ("old", None)
-        );
-        assert_eq!(&claimed[0].data[..], b"{\"k\":1}");
-        assert_eq!(&*claimed[1].event_id, "new");
-        assert_eq!(claimed[1].raw.as_deref(), Some(&*raw));
-        let status = s.event_status("new").await.unwrap().unwrap();
-        assert_eq!(status.raw.as_deref(), Some(&*raw));
-        drop(s);
-        let version: i64 = Connection::open(&path)
-            .unwrap()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
-    }
-
-    #[test]
-    fn errors_keep_their_cause_as_source() {
-        use std::error::Error;
-        let dir = tempfile::tempdir().unwrap();
-        let garbage = dir.path().join("garbage.db");
-        std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
-        let err = check_file(&garbage).unwrap_err();
-        let cause = err.source().expect("the SQLite error is kept");
-        assert!(cause.to_string().contains("not a database"), "{cause}");
-
-        let conn = Connection::open_in_memory().unwrap();
-        let err = conn
-            .execute("INSERT INTO nowhere VALUES (1)", [])
-            .map_err(sql_error)
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
-        let cause = err.source().expect("the SQLite error is kept").to_string();
-        assert_eq!(err.to_string(), format!("store unavailable: {cause}"));
-        // One error answers many callers.
-        assert!(err.clone().source().is_some());
-    }
-
-    #[test]
-    fn refuses_corrupt_and_newer_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let garbage = dir.path().join("garbage.db");
-        std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
-        let err = check_file(&garbage).unwrap_err().to_string();
-        assert!(
-            err.contains("garbage.db") && err.contains("not a database"),
-            "{err}"
-        );
-
-        let newer = dir.path().join("newer.db");
-        Connection::open(&newer)
-            .unwrap()
-            .execute_batch("PRAGMA user_version = 99")
-            .unwrap();
-        let err = check_file(&newer).unwrap_err().to_string();
-        assert!(err.contains("schema version 99 is newer"), "{err}");
     }
 }

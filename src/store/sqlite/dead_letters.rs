@@ -1,0 +1,117 @@
+//! Dead letters (failed) and expired deliveries: released back to pending in bulk at most
+//! once per interval per scope, retried one by one, or deleted.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::sql_error;
+use crate::store::{DeliveryId, DeliveryState, Release, StoreError, state_code};
+
+/// Puts the failed and expired deliveries of `scope` (or of all `subscriptions`) back to
+/// pending with a fresh budget and ttl, unless the scope was released too recently.
+pub(super) fn release(
+    conn: &Connection,
+    scope: Option<String>,
+    subscriptions: Vec<String>,
+    now_ms: i64,
+    min_interval_ms: i64,
+    ttl_ms: i64,
+) -> Result<Release, StoreError> {
+    let key = scope
+        .as_deref()
+        .map_or_else(|| "*".to_string(), |s| format!("subscription:{s}"));
+    let last: Option<i64> = conn
+        .query_row(
+            "SELECT released_at FROM releases WHERE scope = ?1",
+            [&key],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql_error)?;
+    if let Some(at) = last
+        && now_ms < at + min_interval_ms
+    {
+        return Ok(Release::TooSoon {
+            next_allowed_ms: at + min_interval_ms,
+        });
+    }
+    let names = match &scope {
+        Some(s) => vec![s.clone()],
+        None => subscriptions,
+    };
+    let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
+    let released = conn
+        .execute(
+            concat!(
+                "UPDATE deliveries SET state = ",
+                state_code!(Pending),
+                ", attempts = 0, next_attempt_at = ?1, expires_at = ?2,
+             finished_at = NULL, ordering_key = NULL
+             WHERE state IN ",
+                states!(Failed, Expired),
+                " AND subscription IN (SELECT value FROM json_each(?3))"
+            ),
+            params![now_ms, now_ms + ttl_ms, names_json],
+        )
+        .map_err(sql_error)?;
+    conn.execute(
+        "INSERT INTO releases (scope, released_at) VALUES (?1, ?2)
+         ON CONFLICT (scope) DO UPDATE SET released_at = excluded.released_at",
+        params![key, now_ms],
+    )
+    .map_err(sql_error)?;
+    Ok(Release::Released(released as u64))
+}
+
+/// Puts one failed or expired delivery of one of `subscriptions` back to pending; returns its
+/// state and subscription before.
+pub(super) fn retry_delivery(
+    conn: &Connection,
+    id: DeliveryId,
+    now_ms: i64,
+    subscriptions: &[String],
+    ttl_ms: i64,
+) -> Result<Option<(DeliveryState, String)>, StoreError> {
+    let before = conn
+        .query_row(
+            "SELECT state, subscription FROM deliveries WHERE id = ?1",
+            [id],
+            |r| Ok((r.get::<_, DeliveryState>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()
+        .map_err(sql_error)?;
+    if let Some((DeliveryState::Failed | DeliveryState::Expired, sub)) = &before
+        && subscriptions.contains(sub)
+    {
+        conn.execute(
+            concat!(
+                "UPDATE deliveries SET state = ",
+                state_code!(Pending),
+                ", attempts = 0, next_attempt_at = ?2, expires_at = ?3,
+             finished_at = NULL, ordering_key = NULL WHERE id = ?1"
+            ),
+            params![id, now_ms, now_ms + ttl_ms],
+        )
+        .map_err(sql_error)?;
+    }
+    Ok(before)
+}
+
+/// Removes one delivery unless an attempt is under way or due; returns its state before.
+pub(super) fn delete_delivery(
+    conn: &Connection,
+    id: DeliveryId,
+) -> Result<Option<DeliveryState>, StoreError> {
+    let before = conn
+        .query_row("SELECT state FROM deliveries WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sql_error)?;
+    if let Some(state) = before
+        && !matches!(state, DeliveryState::Pending | DeliveryState::InFlight)
+    {
+        conn.execute("DELETE FROM deliveries WHERE id = ?1", [id])
+            .map_err(sql_error)?;
+    }
+    Ok(before)
+}

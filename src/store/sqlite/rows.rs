@@ -1,0 +1,87 @@
+//! How the store's types map to columns: delivery states as their codes, a raw event's
+//! content type and attributes, and the delivery rows the status and dead-letter APIs show.
+
+use std::sync::Arc;
+
+use rusqlite::ToSql;
+use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
+
+use crate::event::RawMeta;
+use crate::store::{DeliveryInfo, DeliveryState};
+
+impl ToSql for DeliveryState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.code()))
+    }
+}
+
+impl FromSql for DeliveryState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        i64::column_result(value).map(DeliveryState::from_code)
+    }
+}
+
+/// A raw event's attributes as stored: a JSON object, or NULL when it has none.
+pub(super) fn attributes_json(attributes: &[(String, String)]) -> Option<String> {
+    if attributes.is_empty() {
+        return None;
+    }
+    let map: serde_json::Map<String, serde_json::Value> = attributes
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    Some(serde_json::Value::Object(map).to_string())
+}
+
+/// A raw event's content type and attributes from columns `i` and `i + 1`; `None` (both
+/// NULL) for an envelope event.
+pub(super) fn raw_meta(
+    row: &rusqlite::Row<'_>,
+    i: usize,
+) -> rusqlite::Result<Option<Arc<RawMeta>>> {
+    let Some(content_type) = row.get::<_, Option<String>>(i)? else {
+        return Ok(None);
+    };
+    let attributes = match row.get::<_, Option<String>>(i + 1)? {
+        None => Vec::new(),
+        Some(text) => {
+            let map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&text).unwrap_or_default();
+            map.into_iter()
+                .filter_map(|(k, v)| match v {
+                    serde_json::Value::String(v) => Some((k, v)),
+                    _ => None,
+                })
+                .collect()
+        }
+    };
+    Ok(Some(Arc::new(RawMeta {
+        content_type,
+        attributes,
+    })))
+}
+
+/// The delivery columns `info` reads, of a delivery `d` joined to its event `e`.
+pub(super) const INFO_COLUMNS: &str = "d.id, d.subscription, e.id, e.type, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at, d.delivered_at, d.received_at";
+
+/// A `DeliveryInfo` from a row of `INFO_COLUMNS`.
+pub(super) fn info(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
+    let state: DeliveryState = row.get(4)?;
+    Ok(DeliveryInfo {
+        id: row.get(0)?,
+        subscription: row.get(1)?,
+        event_id: row.get(2)?,
+        event_type: row.get(3)?,
+        state,
+        attempts: row.get(5)?,
+        last_status: row.get(6)?,
+        last_error: row.get(7)?,
+        next_attempt_at_ms: if state == DeliveryState::Pending {
+            row.get(8)?
+        } else {
+            None
+        },
+        delivered_at_ms: row.get(9)?,
+        received_at_ms: row.get(10)?,
+    })
+}
