@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         Command::Run => match run(config, path) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", describe(&e));
                 ExitCode::FAILURE
             }
         },
@@ -152,6 +152,20 @@ fn verify(
         );
         ExitCode::FAILURE
     }
+}
+
+/// An error and its causes on one line; a cause whose text the line already holds is left
+/// out (store and bind errors end with their cause's text).
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
