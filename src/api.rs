@@ -23,8 +23,8 @@ use utoipa_axum::routes;
 use crate::catalog::{Catalog, CatalogError};
 use crate::deliver::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
-use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
-use crate::ingest::{is_json, read_body};
+use crate::inbound::body::{is_json, read_body};
+use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{

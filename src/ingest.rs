@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -21,7 +21,8 @@ use crate::catalog::Catalog;
 use crate::config::Limits;
 use crate::dispatch::{Dispatcher, Route};
 use crate::event::{self, Event, EventError};
-use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
+use crate::inbound::body::{is_json, malformed, read_body, require_json};
+use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, Store, StoreError};
@@ -522,37 +523,6 @@ async fn commit_and_hand_off(
     Ok(admissions)
 }
 
-/// `415` unless the body is declared JSON.
-pub fn require_json(headers: &HeaderMap) -> Result<(), HttpError> {
-    if is_json(headers) {
-        Ok(())
-    } else {
-        Err(HttpError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "content-type must be application/json",
-        ))
-    }
-}
-
-/// `400` for a body that is not JSON.
-pub fn malformed(e: &serde_json::Error) -> HttpError {
-    HttpError::new(
-        StatusCode::BAD_REQUEST,
-        "malformed_json",
-        format!(
-            "malformed JSON at line {}, column {}: {}",
-            e.line(),
-            e.column(),
-            {
-                let m = e.to_string();
-                m.rfind(" at line ")
-                    .map_or(m.clone(), |i| m[..i].to_string())
-            }
-        ),
-    )
-}
-
 /// Maps an envelope error; `prefix` names the element of a batch (`[3]`).
 fn event_error(e: EventError, prefix: &str) -> HttpError {
     match e {
@@ -658,44 +628,4 @@ async fn event_status(State(state): State<Arc<IngestState>>, Path(id): Path<Stri
             .into_response()
         }
     }
-}
-
-/// `application/json` or any `+json` type, parameters allowed.
-pub fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-/// Reads the body up to `limit` bytes (the `setting` named in the error); more is `413`.
-pub async fn read_body(body: Body, limit: usize, setting: &str) -> Result<Bytes, HttpError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(s) = source {
-            if s.is::<http_body_util::LengthLimitError>() {
-                return HttpError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!("request body is larger than {setting} ({limit} bytes)"),
-                );
-            }
-            source = s.source();
-        }
-        HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "unreadable_body",
-            "could not read the request body",
-        )
-    })
 }

@@ -23,8 +23,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{ApiState, STORE_UNAVAILABLE, unknown_subscription};
-use crate::http_error::{ErrorBody, HttpError};
-use crate::ingest::{malformed, read_body, require_json};
+use crate::inbound::body::{malformed, read_body, require_json};
+use crate::inbound::error::{ErrorBody, HttpError};
 use crate::store::{DeliveryId, Notification, PullMode};
 use crate::subscription::{AckMode, PullSettings, Subscription};
 use crate::time::now_ms;

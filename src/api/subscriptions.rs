@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value as Json};
 
 use super::{ApiState, STORE_UNAVAILABLE, UNAUTHORIZED, unknown_subscription};
-use crate::http_error::{ErrorBody, HttpError};
-use crate::ingest::{malformed, read_body, require_json};
+use crate::inbound::body::{malformed, read_body, require_json};
+use crate::inbound::error::{ErrorBody, HttpError};
 use crate::subscription::{Subscription, keep_secrets};
 use crate::time::{new_id, now_ms};
 use crate::yaml::Issues;
