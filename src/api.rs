@@ -12,7 +12,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::Serialize;
@@ -23,8 +22,9 @@ use utoipa_axum::routes;
 use crate::catalog::{Catalog, CatalogError};
 use crate::deliver::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
+use crate::inbound::auth::require_bearer;
 use crate::inbound::body::{is_json, read_body};
-use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
+use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{
@@ -61,8 +61,8 @@ pub fn router(state: ApiState, token: Option<Secret>) -> Router {
     let mut router: Router<ApiState> = guarded().fallback(no_such_endpoint).into();
     if let Some(token) = token {
         // Before the body is read: an unauthenticated client cannot make the relay buffer.
-        router = router.layer(axum::middleware::from_fn(move |req, next| {
-            require_bearer(token.clone(), req, next)
+        router = router.layer(require_bearer(token, |req: &Request| {
+            tracing::info!(method = %req.method(), path = req.uri().path(), "API request refused: missing or wrong bearer token");
         }));
     }
     router
@@ -119,14 +119,6 @@ async fn get_openapi() -> Response {
         openapi::json(),
     )
         .into_response()
-}
-
-async fn require_bearer(token: Secret, req: Request, next: Next) -> Response {
-    if token.is_bearer_of(req.headers()) {
-        return next.run(req).await;
-    }
-    tracing::info!(method = %req.method(), path = req.uri().path(), "API request refused: missing or wrong bearer token");
-    unauthorized()
 }
 
 impl From<CatalogError> for HttpError {

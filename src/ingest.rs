@@ -21,8 +21,9 @@ use crate::catalog::Catalog;
 use crate::config::Limits;
 use crate::dispatch::{Dispatcher, Route};
 use crate::event::{self, Event, EventError};
+use crate::inbound::auth::require_bearer;
 use crate::inbound::body::{is_json, malformed, read_body, require_json};
-use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
+use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, Store, StoreError};
@@ -54,8 +55,8 @@ pub fn router(state: IngestState, token: Option<Secret>) -> Router {
     if let Some(token) = token {
         let metrics = metrics.clone();
         // Before the body is read: an unauthenticated client cannot make the relay buffer.
-        router = router.layer(axum::middleware::from_fn(move |req, next| {
-            require_bearer(token.clone(), metrics.clone(), req, next)
+        router = router.layer(require_bearer(token, move |_: &Request| {
+            count_refusal(&metrics, "unauthorized")
         }));
     }
     router
@@ -89,32 +90,19 @@ async fn count_layer_refusals(metrics: Metrics, req: Request, next: Next) -> Res
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE && from_layer {
-        metrics
-            .events_rejected
-            .with_label_values(&["too_large"])
-            .inc();
-        metrics
-            .events_received
-            .with_label_values(&["rejected"])
-            .inc();
+        count_refusal(&metrics, "too_large");
     }
     response
 }
 
-/// Lets requests with the ingest token through; counts and refuses the others.
-async fn require_bearer(token: Secret, metrics: Metrics, req: Request, next: Next) -> Response {
-    if token.is_bearer_of(req.headers()) {
-        return next.run(req).await;
-    }
-    metrics
-        .events_rejected
-        .with_label_values(&["unauthorized"])
-        .inc();
+/// Counts a refused request: `hookrelay_events_rejected_total{reason}` and the received
+/// events `rejected`.
+fn count_refusal(metrics: &Metrics, reason: &str) {
+    metrics.events_rejected.with_label_values(&[reason]).inc();
     metrics
         .events_received
         .with_label_values(&["rejected"])
         .inc();
-    unauthorized()
 }
 
 /// An event envelope as the app posts it.
@@ -396,11 +384,7 @@ fn respond<T: Serialize>(
                 StatusCode::SERVICE_UNAVAILABLE => "busy",
                 _ => "invalid",
             };
-            metrics.events_rejected.with_label_values(&[reason]).inc();
-            metrics
-                .events_received
-                .with_label_values(&["rejected"])
-                .inc();
+            count_refusal(metrics, reason);
             error.into_response()
         }
     }
