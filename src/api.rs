@@ -140,12 +140,7 @@ impl From<CatalogError> for HttpError {
 
 fn unavailable(e: StoreError) -> HttpError {
     tracing::warn!(error = %e, "store request failed");
-    HttpError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the store cannot answer right now; retry shortly",
-    )
-    .retry_after(1)
+    HttpError::store_unavailable("the store cannot answer right now; retry shortly")
 }
 
 /// `404` for a subscription id or name that names none.

@@ -603,13 +603,8 @@ async fn event_status(State(state): State<Arc<IngestState>>, Path(id): Path<Stri
         .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read event status");
-            HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the store cannot answer right now; retry shortly",
-            )
-            .retry_after(1)
-            .into_response()
+            HttpError::store_unavailable("the store cannot answer right now; retry shortly")
+                .into_response()
         }
     }
 }
