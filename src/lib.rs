@@ -30,6 +30,7 @@ pub mod filter;
 pub mod inbound;
 pub mod ingest;
 pub mod matching;
+pub mod media_type;
 pub mod metrics;
 pub mod ops;
 

@@ -5,6 +5,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
 
 use super::error::HttpError;
+use crate::media_type;
 
 /// Reads the body up to `limit` bytes (the `setting` named in the error); more is `413`.
 pub async fn read_body(body: Body, limit: usize, setting: &str) -> Result<Bytes, HttpError> {
@@ -28,22 +29,12 @@ pub async fn read_body(body: Body, limit: usize, setting: &str) -> Result<Bytes,
     })
 }
 
-/// `application/json` or any `+json` type, parameters allowed.
+/// True when the request declares a JSON body ([`media_type::is_json`]).
 pub fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+        .is_some_and(media_type::is_json)
 }
 
 /// `415` unless the body is declared JSON.
@@ -75,4 +66,32 @@ pub fn malformed(e: &serde_json::Error) -> HttpError {
             }
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_type(value: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_bytes(value).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn a_body_is_json_when_its_content_type_says_so() {
+        assert!(is_json(&with_type(b"application/json")));
+        assert!(is_json(&with_type(
+            b"Application/Problem+JSON; charset=utf-8"
+        )));
+        assert!(!is_json(&HeaderMap::new()));
+        assert!(!is_json(&with_type(b"text/plain")));
+        // No subtype before the suffix: not a media type.
+        assert!(!is_json(&with_type(b"application/+json")));
+        assert!(!is_json(&with_type(b"application/json\xff")));
+        assert!(require_json(&with_type(b"text/json")).is_err());
+    }
 }
