@@ -3,6 +3,7 @@
 
 pub mod notifications;
 pub mod openapi;
+pub mod settings;
 mod subscriptions;
 
 use std::collections::HashMap;

@@ -1,6 +1,8 @@
 //! Ingest on `listen.app`: `POST /v1/events`. An event is parsed once, matched against the
 //! registry, handed to the store, and answered `202` only once the store holds it.
 
+pub mod settings;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -18,12 +20,12 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use crate::catalog::Catalog;
-use crate::config::Limits;
 use crate::dispatch::{Dispatcher, Route};
 use crate::event::{self, Event, EventError};
 use crate::inbound::auth::require_bearer;
 use crate::inbound::body::{is_json, malformed, read_body, require_json};
 use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint};
+use crate::inbound::limits::Limits;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, Store, StoreError};

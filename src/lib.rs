@@ -13,7 +13,7 @@
 //! - [`catalog`] holds the subscriptions in force (config and API) and swaps the registry;
 //!   [`reload`] re-reads the config file on SIGHUP or change and swaps its subscriptions in.
 //! - [`inbound`] is the HTTP edge the three listeners share: the one error shape, how
-//!   request bodies are read, and the bearer check.
+//!   request bodies are read, the bearer check and the request `limits`.
 //! - [`metrics`] and [`ops`] serve Prometheus metrics and the probes; [`server`] wires it all
 //!   to bound listeners and a shutdown future.
 
