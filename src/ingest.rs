@@ -1,6 +1,7 @@
 //! Ingest on `listen.app`: `POST /v1/events`. An event is parsed once, matched against the
 //! registry, handed to the store, and answered `202` only once the store holds it.
 
+mod schema;
 pub mod settings;
 
 use std::sync::Arc;
@@ -14,7 +15,6 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tower_http::limit::RequestBodyLimitLayer;
-use utoipa::ToSchema;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
@@ -28,9 +28,10 @@ use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint};
 use crate::inbound::limits::Limits;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::store::{Accepted, Admission, Delivery, DeliveryStatus, Store, StoreError};
+use crate::store::{Accepted, Admission, Delivery, Store, StoreError};
 use crate::subscription::DeliveryOrder;
 use crate::time::rfc3339;
+use schema::{BatchReceipt, Envelope, EventView, Receipt, StoreRefused, Unauthorized};
 
 /// What the ingest handler needs.
 #[derive(Clone)]
@@ -107,60 +108,6 @@ fn count_refusal(metrics: &Metrics, reason: &str) {
         .inc();
 }
 
-/// An event envelope as the app posts it.
-// Only describes the body: `Event::parse` reads it by hand.
-#[derive(ToSchema)]
-#[schema(as = EventEnvelope)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct Envelope {
-    /// The event type: 1 to 128 of `A-Z a-z 0-9 . _ : -`.
-    #[serde(rename = "type")]
-    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", example = "invoice.paid")]
-    event_type: String,
-    /// The app's event id, same characters; without one the relay assigns a lowercase
-    /// UUIDv7. An id the store already holds makes the post a duplicate.
-    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", example = "inv-42-paid")]
-    id: Option<String>,
-    /// Any JSON value but `null`; subscribers receive these exact bytes.
-    #[schema(example = json!({"invoice": "in_42"}))]
-    data: serde_json::Value,
-}
-
-/// What ingest answers for one event.
-#[derive(Serialize, ToSchema)]
-struct Receipt {
-    /// The event id: the app's, or the one the relay assigned.
-    #[schema(example = "inv-42-paid")]
-    id: String,
-    /// Names of the subscriptions it was matched to (for a duplicate, those of the first
-    /// time); empty when it matched none.
-    #[schema(example = json!(["billing", "audit"]))]
-    subscriptions: Vec<String>,
-    /// Present, and true, when the id was stored already: nothing was stored or delivered
-    /// again.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    #[schema(required = false)]
-    duplicate: bool,
-}
-
-impl Receipt {
-    fn new(id: &str, subscriptions: Vec<String>, duplicate: bool) -> Receipt {
-        Receipt {
-            id: id.to_string(),
-            subscriptions,
-            duplicate,
-        }
-    }
-}
-
-/// What ingest answers for a batch.
-#[derive(Serialize, ToSchema)]
-struct BatchReceipt {
-    /// One per element, in order.
-    results: Vec<Receipt>,
-}
-
 /// Post one event.
 ///
 /// Answered `202` only once the store holds the event and its deliveries. An event that
@@ -200,14 +147,12 @@ struct BatchReceipt {
         (status = 200, description = "A duplicate: the store holds this id already; nothing was stored again.", body = Receipt,
             example = json!({"id": "inv-42-paid", "subscriptions": ["billing", "audit"], "duplicate": true})),
         (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
-        (status = 401, description = UNAUTHORIZED_INGEST, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        Unauthorized,
         (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
         (status = 415, description = "The content type is not JSON and there is no `hookrelay-event-type` header (`unsupported_media_type`).", body = ErrorBody),
         (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names the member (`headers.<name>` for a raw event's header).", body = ErrorBody,
             example = json!({"error": {"code": "invalid_event", "message": "type: missing", "fields": [{"field": "type", "reason": "missing"}]}})),
-        (status = 503, description = STORE_REFUSED, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreRefused,
     )
 )]
 async fn post_event(
@@ -268,12 +213,6 @@ async fn post_event(
     respond(&state.metrics, result)
 }
 
-/// `401` on the app listener.
-const UNAUTHORIZED_INGEST: &str =
-    "`ingest.token` is set and the bearer token is missing or wrong (`unauthorized`).";
-/// `503` when the store refuses events.
-const STORE_REFUSED: &str = "The store cannot take events now (`store_unavailable`): its write queue is full (`storage.queue_capacity`), the database is above `storage.max_size`, or the store failed. Nothing was stored; retry, with the same ids.";
-
 /// Post a batch of events.
 ///
 /// All or nothing: when any element is invalid the answer is `422` naming it (`[i].field`)
@@ -298,13 +237,11 @@ const STORE_REFUSED: &str = "The store cannot take events now (`store_unavailabl
             example = json!({"results": [{"id": "inv-43-paid", "subscriptions": ["billing"]},
                                          {"id": "inv-42-paid", "subscriptions": ["billing"], "duplicate": true}]})),
         (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
-        (status = 401, description = UNAUTHORIZED_INGEST, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        Unauthorized,
         (status = 413, description = "The body is larger than `limits.max_batch_body`, or has more than `limits.max_batch` events (`too_large`).", body = ErrorBody),
         (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
         (status = 422, description = "JSON but not an array (`invalid_batch`), or an element is not a valid envelope (`invalid_event`, with `fields` such as `[1].type`).", body = ErrorBody),
-        (status = 503, description = STORE_REFUSED, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreRefused,
     )
 )]
 async fn post_batch(
@@ -534,34 +471,6 @@ fn event_error(e: EventError, prefix: &str) -> HttpError {
     }
 }
 
-/// An event and where each of its deliveries stands.
-#[derive(Serialize, ToSchema)]
-#[schema(as = EventStatus)]
-struct EventView<'a> {
-    /// The event id.
-    #[schema(example = "inv-42-paid")]
-    id: &'a str,
-    /// The event type.
-    #[serde(rename = "type")]
-    #[schema(example = "invoice.paid")]
-    event_type: &'a str,
-    /// When the relay accepted it (RFC 3339, UTC).
-    #[schema(format = DateTime, example = "2026-11-22T20:58:50.730Z")]
-    received_at: String,
-    /// A raw event's content type as received (`application/octet-stream` when it had
-    /// none); absent for an envelope event (`application/json`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, example = "application/xml")]
-    content_type: Option<&'a str>,
-    /// A raw event's attributes (`hookrelay-attr-NAME` headers) by name; absent for an
-    /// envelope event.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<std::collections::HashMap<String, String>>, nullable = false)]
-    attributes: Option<std::collections::BTreeMap<&'a str, &'a str>>,
-    /// One per matched subscription.
-    deliveries: Vec<DeliveryStatus<'a>>,
-}
-
 /// Where the deliveries of an event stand.
 ///
 /// Known for `storage.retention` after acceptance.
@@ -574,8 +483,7 @@ struct EventView<'a> {
     params(("id" = String, Path, description = "The event id.")),
     responses(
         (status = 200, description = "The event and its deliveries.", body = EventView),
-        (status = 401, description = UNAUTHORIZED_INGEST, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        Unauthorized,
         (status = 404, description = "Unknown event id, or pruned after `storage.retention` (`not_found`).", body = ErrorBody),
         (status = 503, description = "The store cannot answer now (`store_unavailable`).", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
