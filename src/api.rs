@@ -3,6 +3,7 @@
 
 pub mod notifications;
 pub mod openapi;
+mod responses;
 pub mod settings;
 mod subscriptions;
 
@@ -24,7 +25,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::deliver::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
 use crate::inbound::auth::require_bearer;
-use crate::inbound::body::{is_json, read_body};
+use crate::inbound::body::{BadBody, BodyTooLarge, is_json, read_body};
 use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -32,6 +33,7 @@ use crate::store::{
     DeliveryId, DeliveryQuery, DeliveryState, DeliveryView, Release, Store, StoreError,
 };
 use crate::time::now_ms;
+use responses::{StoreUnavailable, Unauthorized, UnknownSubscription};
 
 /// Largest page of the delivery list.
 const MAX_PAGE: usize = 1000;
@@ -153,13 +155,6 @@ fn unknown_subscription(name: &str) -> HttpError {
     )
 }
 
-/// `401` on the api listener.
-const UNAUTHORIZED: &str =
-    "`api.token` is set and the bearer token is missing or wrong (`unauthorized`).";
-/// `503` when the store fails.
-const STORE_UNAVAILABLE: &str =
-    "The store cannot answer now (`store_unavailable`); retry after `Retry-After`.";
-
 /// The optional body of a release.
 // Only describes it: `release` reads the body by hand.
 #[derive(ToSchema)]
@@ -198,17 +193,15 @@ struct Released {
     ),
     responses(
         (status = 202, description = "Released.", body = Released, example = json!({"released": 12})),
-        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
-        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
+        BadBody,
+        Unauthorized,
+        UnknownSubscription,
+        BodyTooLarge,
         (status = 415, description = "A body is sent but its content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
         (status = 422, description = "The body is not `{\"subscription\": \"name\"}` (`invalid_release`).", body = ErrorBody),
         (status = 429, description = "This scope was released less than `release.min_interval` ago (`too_soon`).", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until the scope may be released again."))),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 async fn release(
@@ -321,11 +314,9 @@ struct DeliveryPage<'a> {
     ),
     responses(
         (status = 200, description = "A page of deliveries.", body = DeliveryPage),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        Unauthorized,
         (status = 422, description = "A query parameter is invalid or unknown (`invalid_query`); `fields` names each.", body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 async fn list(
@@ -433,12 +424,10 @@ struct Requeued {
     params(("id" = i64, Path, description = "Delivery id.")),
     responses(
         (status = 202, description = "Back to `pending`.", body = Requeued),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        Unauthorized,
         (status = 404, description = "No such delivery (`not_found`).", body = ErrorBody),
         (status = 409, description = "The delivery is not `failed` or `expired`, or its subscription no longer exists (`conflict`).", body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 async fn retry(
@@ -499,12 +488,10 @@ async fn retry(
     params(("id" = i64, Path, description = "Delivery id.")),
     responses(
         (status = 204, description = "Deleted."),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        Unauthorized,
         (status = 404, description = "No such delivery (`not_found`).", body = ErrorBody),
         (status = 409, description = "The delivery is `pending` or `in_flight` (`conflict`).", body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 async fn remove(

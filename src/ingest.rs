@@ -23,7 +23,9 @@ use crate::catalog::Catalog;
 use crate::dispatch::{Dispatcher, Route};
 use crate::event::{self, Event, EventError};
 use crate::inbound::auth::require_bearer;
-use crate::inbound::body::{is_json, malformed, read_body, require_json};
+use crate::inbound::body::{
+    BadBody, BodyTooLarge, NotJson, is_json, malformed, read_body, require_json,
+};
 use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint};
 use crate::inbound::limits::Limits;
 use crate::metrics::Metrics;
@@ -146,9 +148,9 @@ fn count_refusal(metrics: &Metrics, reason: &str) {
             example = json!({"id": "inv-42-paid", "subscriptions": ["billing", "audit"]})),
         (status = 200, description = "A duplicate: the store holds this id already; nothing was stored again.", body = Receipt,
             example = json!({"id": "inv-42-paid", "subscriptions": ["billing", "audit"], "duplicate": true})),
-        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
+        BadBody,
         Unauthorized,
-        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
+        BodyTooLarge,
         (status = 415, description = "The content type is not JSON and there is no `hookrelay-event-type` header (`unsupported_media_type`).", body = ErrorBody),
         (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names the member (`headers.<name>` for a raw event's header).", body = ErrorBody,
             example = json!({"error": {"code": "invalid_event", "message": "type: missing", "fields": [{"field": "type", "reason": "missing"}]}})),
@@ -236,10 +238,10 @@ async fn post_event(
         (status = 202, description = "Stored; one result per element, in order.", body = BatchReceipt,
             example = json!({"results": [{"id": "inv-43-paid", "subscriptions": ["billing"]},
                                          {"id": "inv-42-paid", "subscriptions": ["billing"], "duplicate": true}]})),
-        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
+        BadBody,
         Unauthorized,
         (status = 413, description = "The body is larger than `limits.max_batch_body`, or has more than `limits.max_batch` events (`too_large`).", body = ErrorBody),
-        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        NotJson,
         (status = 422, description = "JSON but not an array (`invalid_batch`), or an element is not a valid envelope (`invalid_event`, with `fields` such as `[1].type`).", body = ErrorBody),
         StoreRefused,
     )

@@ -3,8 +3,9 @@
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
+use utoipa::IntoResponses;
 
-use super::error::HttpError;
+use super::error::{ErrorBody, HttpError};
 use crate::media_type;
 
 /// Reads the body up to `limit` bytes (the `setting` named in the error); more is `413`.
@@ -67,6 +68,36 @@ pub fn malformed(e: &serde_json::Error) -> HttpError {
         ),
     )
 }
+
+/// `400` of a route that reads a JSON body ([`read_body`], [`malformed`]).
+// Only describes the response, for the OpenAPI document.
+#[derive(IntoResponses)]
+#[response(
+    status = 400,
+    description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`)."
+)]
+#[allow(dead_code)]
+pub struct BadBody(ErrorBody<'static>);
+
+/// `413` of a route whose body is bounded by `limits.max_body` ([`read_body`]).
+// Only describes the response, for the OpenAPI document.
+#[derive(IntoResponses)]
+#[response(
+    status = 413,
+    description = "The body is larger than `limits.max_body` (`too_large`)."
+)]
+#[allow(dead_code)]
+pub struct BodyTooLarge(ErrorBody<'static>);
+
+/// `415` of a route that takes only JSON ([`require_json`]).
+// Only describes the response, for the OpenAPI document.
+#[derive(IntoResponses)]
+#[response(
+    status = 415,
+    description = "The content type is not JSON (`unsupported_media_type`)."
+)]
+#[allow(dead_code)]
+pub struct NotJson(ErrorBody<'static>);
 
 #[cfg(test)]
 mod tests {
