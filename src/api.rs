@@ -3,6 +3,8 @@
 
 pub mod notifications;
 pub mod openapi;
+mod responses;
+pub mod settings;
 mod subscriptions;
 
 use std::collections::HashMap;
@@ -12,7 +14,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::Serialize;
@@ -23,14 +24,16 @@ use utoipa_axum::routes;
 use crate::catalog::{Catalog, CatalogError};
 use crate::deliver::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
-use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
-use crate::ingest::{is_json, read_body};
+use crate::inbound::auth::require_bearer;
+use crate::inbound::body::{BadBody, BodyTooLarge, is_json, read_body};
+use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::store::{
     DeliveryId, DeliveryQuery, DeliveryState, DeliveryView, Release, Store, StoreError,
 };
 use crate::time::now_ms;
+use responses::{StoreUnavailable, Unauthorized, UnknownSubscription};
 
 /// Largest page of the delivery list.
 const MAX_PAGE: usize = 1000;
@@ -61,8 +64,8 @@ pub fn router(state: ApiState, token: Option<Secret>) -> Router {
     let mut router: Router<ApiState> = guarded().fallback(no_such_endpoint).into();
     if let Some(token) = token {
         // Before the body is read: an unauthenticated client cannot make the relay buffer.
-        router = router.layer(axum::middleware::from_fn(move |req, next| {
-            require_bearer(token.clone(), req, next)
+        router = router.layer(require_bearer(token, |req: &Request| {
+            tracing::info!(method = %req.method(), path = req.uri().path(), "API request refused: missing or wrong bearer token");
         }));
     }
     router
@@ -121,14 +124,6 @@ async fn get_openapi() -> Response {
         .into_response()
 }
 
-async fn require_bearer(token: Secret, req: Request, next: Next) -> Response {
-    if token.is_bearer_of(req.headers()) {
-        return next.run(req).await;
-    }
-    tracing::info!(method = %req.method(), path = req.uri().path(), "API request refused: missing or wrong bearer token");
-    unauthorized()
-}
-
 impl From<CatalogError> for HttpError {
     fn from(e: CatalogError) -> HttpError {
         match e {
@@ -148,12 +143,7 @@ impl From<CatalogError> for HttpError {
 
 fn unavailable(e: StoreError) -> HttpError {
     tracing::warn!(error = %e, "store request failed");
-    HttpError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the store cannot answer right now; retry shortly",
-    )
-    .retry_after(1)
+    HttpError::store_unavailable("the store cannot answer right now; retry shortly")
 }
 
 /// `404` for a subscription id or name that names none.
@@ -164,13 +154,6 @@ fn unknown_subscription(name: &str) -> HttpError {
         format!("no subscription {name:?}"),
     )
 }
-
-/// `401` on the api listener.
-const UNAUTHORIZED: &str =
-    "`api.token` is set and the bearer token is missing or wrong (`unauthorized`).";
-/// `503` when the store fails.
-const STORE_UNAVAILABLE: &str =
-    "The store cannot answer now (`store_unavailable`); retry after `Retry-After`.";
 
 /// The optional body of a release.
 // Only describes it: `release` reads the body by hand.
@@ -210,17 +193,15 @@ struct Released {
     ),
     responses(
         (status = 202, description = "Released.", body = Released, example = json!({"released": 12})),
-        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
-        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
+        BadBody,
+        Unauthorized,
+        UnknownSubscription,
+        BodyTooLarge,
         (status = 415, description = "A body is sent but its content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
         (status = 422, description = "The body is not `{\"subscription\": \"name\"}` (`invalid_release`).", body = ErrorBody),
         (status = 429, description = "This scope was released less than `release.min_interval` ago (`too_soon`).", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until the scope may be released again."))),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 async fn release(
@@ -333,11 +314,9 @@ struct DeliveryPage<'a> {
     ),
     responses(
         (status = 200, description = "A page of deliveries.", body = DeliveryPage),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        Unauthorized,
         (status = 422, description = "A query parameter is invalid or unknown (`invalid_query`); `fields` names each.", body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 async fn list(
@@ -445,12 +424,10 @@ struct Requeued {
     params(("id" = i64, Path, description = "Delivery id.")),
     responses(
         (status = 202, description = "Back to `pending`.", body = Requeued),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        Unauthorized,
         (status = 404, description = "No such delivery (`not_found`).", body = ErrorBody),
         (status = 409, description = "The delivery is not `failed` or `expired`, or its subscription no longer exists (`conflict`).", body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 async fn retry(
@@ -511,12 +488,10 @@ async fn retry(
     params(("id" = i64, Path, description = "Delivery id.")),
     responses(
         (status = 204, description = "Deleted."),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        Unauthorized,
         (status = 404, description = "No such delivery (`not_found`).", body = ErrorBody),
         (status = 409, description = "The delivery is `pending` or `in_flight` (`conflict`).", body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 async fn remove(

@@ -6,12 +6,13 @@
 //! so the next matched event already sees it. Rebuilds are coalesced: when many creates
 //! arrive at once, one rebuild publishes them all.
 
+mod rebuild;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use tokio::sync::oneshot;
 
 use crate::dispatch::{Dispatcher, Lane};
 use crate::matching::Matcher;
@@ -19,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, StoredSubscription};
 use crate::subscription::{self, SHARED_METRIC_LABEL, Source, Subscription};
 use crate::time::now_ms;
+use rebuild::Builder;
 
 /// API subscriptions that may have their own metric series; the rest share `_api`.
 pub const MAX_OWN_METRICS: usize = 100;
@@ -567,7 +569,7 @@ impl Catalog {
 }
 
 /// A subscription in force and the dispatch lane its matches go to.
-type Entry = (Arc<Subscription>, Arc<Lane>);
+pub(crate) type Entry = (Arc<Subscription>, Arc<Lane>);
 
 /// Pairs each subscription with its lane. Every subscription in force has one (its lane is
 /// added before the matcher is rebuilt); one without would match nothing, so it is logged.
@@ -584,55 +586,6 @@ fn lanes(dispatcher: &Dispatcher, subs: Vec<Arc<Subscription>>) -> Vec<Entry> {
             }
         })
         .collect()
-}
-
-/// A job for the builder thread.
-enum BuildJob {
-    Build(Vec<Entry>, oneshot::Sender<Arc<Matcher<Arc<Lane>>>>),
-    Dispose(Arc<Matcher<Arc<Lane>>>),
-}
-
-/// Builds registries on one long-lived thread, off the async runtime (at 10,000
-/// subscriptions a build takes milliseconds), and drops the replaced ones there too. One
-/// thread allocates and frees every index, so its memory is reused: built on the blocking
-/// pool, a bulk import of 10,000 subscriptions left about 300 MB spread over its threads.
-struct Builder {
-    jobs: std::sync::mpsc::Sender<BuildJob>,
-}
-
-impl Builder {
-    fn start() -> Builder {
-        let (jobs, rx) = std::sync::mpsc::channel::<BuildJob>();
-        let spawned = std::thread::Builder::new()
-            .name("hookrelay-registry".into())
-            .spawn(move || {
-                // Ends when the catalog, and with it the sender, is dropped.
-                for job in rx {
-                    match job {
-                        BuildJob::Build(subs, reply) => {
-                            let _ = reply.send(Arc::new(Matcher::new(subs)));
-                        }
-                        BuildJob::Dispose(old) => drop(old),
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the registry builder thread");
-        }
-        Builder { jobs }
-    }
-
-    /// A registry of `subs`; `None` if the thread is gone.
-    async fn build(&self, subs: Vec<Entry>) -> Option<Arc<Matcher<Arc<Lane>>>> {
-        let (reply, built) = oneshot::channel();
-        self.jobs.send(BuildJob::Build(subs, reply)).ok()?;
-        built.await.ok()
-    }
-
-    /// Drops a replaced registry on the builder thread (unless a reader still holds it).
-    fn dispose(&self, old: Arc<Matcher<Arc<Lane>>>) {
-        let _ = self.jobs.send(BuildJob::Dispose(old));
-    }
 }
 
 /// What the store keeps of an API subscription.

@@ -1,5 +1,7 @@
 //! Configuration: YAML parsed into a tree, `${VAR}` expanded inside scalars, then validated
 //! whole into the types the relay runs on. Every problem is reported at once, with its path.
+//! Each stage owns its section's type and parser; this file reads the process's own sections
+//! (listen, log, shutdown, release, reload) and assembles the rest.
 
 pub mod env;
 
@@ -10,9 +12,11 @@ use std::time::Duration;
 
 use serde_yaml::Value;
 
-use crate::deliver::destination::{Allowed, targets_listener};
+use crate::api::settings::ApiSettings;
+use crate::deliver::destination::targets_listener;
 use crate::deliver::settings::DeliverySettings;
-use crate::secret::Secret;
+use crate::inbound::limits::Limits;
+use crate::ingest::settings::IngestSettings;
 use crate::store::settings::StorageSettings;
 use crate::subscription::Subscription;
 use crate::yaml::{Issue, Issues, Section, as_list, as_string, index};
@@ -42,9 +46,9 @@ pub struct Config {
     /// Inbound request limits.
     pub limits: Limits,
     /// Ingest authentication.
-    pub ingest: Ingest,
+    pub ingest: IngestSettings,
     /// Management API settings.
-    pub api: Api,
+    pub api: ApiSettings,
     /// Outbound settings shared by all subscriptions.
     pub delivery: DeliverySettings,
     /// How long in-flight attempts may finish after SIGTERM.
@@ -102,39 +106,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// Inbound limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest accepted request body.
-    pub max_body: usize,
-    /// Bound on every inbound request.
-    pub request_timeout: Duration,
-    /// Requests served at once per listener; more are answered 503.
-    pub max_concurrent_requests: usize,
-    /// Most events in one batch request.
-    pub max_batch: usize,
-    /// Largest batch request body.
-    pub max_batch_body: usize,
-}
-
-/// Ingest authentication.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ingest {
-    /// When set, `POST /v1/events` needs `Authorization: Bearer <token>`.
-    pub token: Option<Secret>,
-}
-
-/// Management API settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Api {
-    /// When set, every request on `listen.api` but the OpenAPI document needs this bearer token.
-    pub token: Option<Secret>,
-    /// Where API-registered subscriptions may deliver; empty means anywhere not refused.
-    pub allowed_destinations: Vec<Allowed>,
-    /// Most subscriptions registered through the API.
-    pub max_subscriptions: usize,
 }
 
 /// Why a configuration could not be loaded.
@@ -271,62 +242,9 @@ impl Config {
             }
         };
 
-        let lim = root.section(
-            "limits",
-            &[
-                "max_body",
-                "request_timeout",
-                "max_concurrent_requests",
-                "max_batch",
-                "max_batch_body",
-            ],
-            issues,
-        );
-        let limits = Limits {
-            max_body: lim.size("max_body", 1024..=64 * 1024 * 1024, 1024 * 1024, issues) as usize,
-            request_timeout: lim.duration(
-                "request_timeout",
-                Duration::from_millis(100)..=Duration::from_secs(300),
-                Duration::from_secs(10),
-                issues,
-            ),
-            max_concurrent_requests: lim.integer(
-                "max_concurrent_requests",
-                1..=100_000,
-                1024,
-                issues,
-            ) as usize,
-            max_batch: lim.integer("max_batch", 1..=10_000, 500, issues) as usize,
-            max_batch_body: lim.size(
-                "max_batch_body",
-                1024..=256 * 1024 * 1024,
-                16 * 1024 * 1024,
-                issues,
-            ) as usize,
-        };
-
-        let ing = root.section("ingest", &["token", "allow_unauthenticated"], issues);
-        let ingest = Ingest {
-            token: ing.string("token", issues).map(Secret::new),
-        };
-        if ingest.token.as_ref().is_some_and(|t| t.expose().is_empty()) {
-            issues.push(
-                &ing.at("token"),
-                "must not be empty (omit it to disable ingest auth)",
-            );
-        }
-
-        let ingest_open = ing.boolean("allow_unauthenticated", false, issues);
-        if !listen.app.ip().is_loopback() && ingest.token.is_none() && !ingest_open {
-            issues.push(
-                "ingest.token",
-                format!(
-                    "is required because listen.app ({}) is not a loopback address; set it, or set ingest.allow_unauthenticated: true on purpose",
-                    listen.app
-                ),
-            );
-        }
-        let api = parse_api(&root, &listen, issues);
+        let limits = Limits::parse(&root, issues);
+        let ingest = IngestSettings::parse(&root, listen.app, issues);
+        let api = ApiSettings::parse(&root, listen.api, issues);
 
         let delivery = DeliverySettings::parse(&root, issues);
 
@@ -437,64 +355,6 @@ impl Config {
         );
         check("reload", self.reload == new.reload);
         changed
-    }
-}
-
-/// Reads `api`; a non-loopback API listener needs a token or an explicit opt-out.
-fn parse_api(root: &Section<'_>, listen: &Listen, issues: &mut Issues) -> Api {
-    let a = root.section(
-        "api",
-        &[
-            "token",
-            "allow_unauthenticated",
-            "allowed_destinations",
-            "max_subscriptions",
-        ],
-        issues,
-    );
-    let token = a.string("token", issues).map(Secret::new);
-    if token.as_ref().is_some_and(|t| t.expose().is_empty()) {
-        issues.push(
-            &a.at("token"),
-            "must not be empty (omit it to disable API auth)",
-        );
-    }
-    let allow_unauthenticated = a.boolean("allow_unauthenticated", false, issues);
-    if !listen.api.ip().is_loopback() && token.is_none() && !allow_unauthenticated {
-        issues.push(
-            "api.token",
-            format!(
-                "is required because listen.api ({}) is not a loopback address; set it, or set api.allow_unauthenticated: true on purpose",
-                listen.api
-            ),
-        );
-    }
-    let mut allowed_destinations = Vec::new();
-    if let Some(v) = a.get("allowed_destinations") {
-        let at = a.at("allowed_destinations");
-        for (i, item) in as_list(v, &at, issues)
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            let path = index(&at, i);
-            if let Some(text) = as_string(item, &path, issues) {
-                match Allowed::parse(&text) {
-                    Some(entry) => allowed_destinations.push(entry),
-                    None => issues.push(
-                        &path,
-                        format!(
-                            "{text:?} is not a host name, *.domain, IP address or CIDR network"
-                        ),
-                    ),
-                }
-            }
-        }
-    }
-    Api {
-        token,
-        allowed_destinations,
-        max_subscriptions: a.integer("max_subscriptions", 0..=100_000, 10_000, issues) as usize,
     }
 }
 

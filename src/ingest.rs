@@ -1,9 +1,12 @@
 //! Ingest on `listen.app`: `POST /v1/events`. An event is parsed once, matched against the
 //! registry, handed to the store, and answered `202` only once the store holds it.
 
+mod schema;
+pub mod settings;
+
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -12,23 +15,25 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tower_http::limit::RequestBodyLimitLayer;
-use utoipa::ToSchema;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use crate::catalog::Catalog;
-use crate::config::Limits;
 use crate::dispatch::{Dispatcher, Lane, Route};
 use crate::event::{self, Event, EventError, RawMeta};
-use crate::http_error::{ErrorBody, HttpError, no_such_endpoint, unauthorized};
+use crate::inbound::auth::require_bearer;
+use crate::inbound::body::{
+    BadBody, BodyTooLarge, NotJson, is_json, malformed, read_body, require_json,
+};
+use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint};
+use crate::inbound::limits::Limits;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::store::{
-    Accepted, Admission, Delivery, DeliveryId, DeliveryStatus, NewDelivery, Store, StoreError,
-};
+use crate::store::{Accepted, Admission, Delivery, DeliveryId, NewDelivery, Store, StoreError};
 use crate::subscription::DeliveryOrder;
 use crate::time::rfc3339;
+use schema::{BatchReceipt, Envelope, EventView, Receipt, StoreRefused, Unauthorized};
 
 /// What the ingest handler needs.
 #[derive(Clone)]
@@ -55,8 +60,8 @@ pub fn router(state: IngestState, token: Option<Secret>) -> Router {
     if let Some(token) = token {
         let metrics = metrics.clone();
         // Before the body is read: an unauthenticated client cannot make the relay buffer.
-        router = router.layer(axum::middleware::from_fn(move |req, next| {
-            require_bearer(token.clone(), metrics.clone(), req, next)
+        router = router.layer(require_bearer(token, move |_: &Request| {
+            count_refusal(&metrics, "unauthorized")
         }));
     }
     router
@@ -90,86 +95,19 @@ async fn count_layer_refusals(metrics: Metrics, req: Request, next: Next) -> Res
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE && from_layer {
-        metrics
-            .events_rejected
-            .with_label_values(&["too_large"])
-            .inc();
-        metrics
-            .events_received
-            .with_label_values(&["rejected"])
-            .inc();
+        count_refusal(&metrics, "too_large");
     }
     response
 }
 
-/// Lets requests with the ingest token through; counts and refuses the others.
-async fn require_bearer(token: Secret, metrics: Metrics, req: Request, next: Next) -> Response {
-    if token.is_bearer_of(req.headers()) {
-        return next.run(req).await;
-    }
-    metrics
-        .events_rejected
-        .with_label_values(&["unauthorized"])
-        .inc();
+/// Counts a refused request: `hookrelay_events_rejected_total{reason}` and the received
+/// events `rejected`.
+fn count_refusal(metrics: &Metrics, reason: &str) {
+    metrics.events_rejected.with_label_values(&[reason]).inc();
     metrics
         .events_received
         .with_label_values(&["rejected"])
         .inc();
-    unauthorized()
-}
-
-/// An event envelope as the app posts it.
-// Only describes the body: `Event::parse` reads it by hand.
-#[derive(ToSchema)]
-#[schema(as = EventEnvelope)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct Envelope {
-    /// The event type: 1 to 128 of `A-Z a-z 0-9 . _ : -`.
-    #[serde(rename = "type")]
-    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", example = "invoice.paid")]
-    event_type: String,
-    /// The app's event id, same characters; without one the relay assigns a lowercase
-    /// UUIDv7. An id the store already holds makes the post a duplicate.
-    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", example = "inv-42-paid")]
-    id: Option<String>,
-    /// Any JSON value but `null`; subscribers receive these exact bytes.
-    #[schema(example = json!({"invoice": "in_42"}))]
-    data: serde_json::Value,
-}
-
-/// What ingest answers for one event.
-#[derive(Serialize, ToSchema)]
-struct Receipt {
-    /// The event id: the app's, or the one the relay assigned.
-    #[schema(example = "inv-42-paid")]
-    id: String,
-    /// Names of the subscriptions it was matched to (for a duplicate, those of the first
-    /// time); empty when it matched none.
-    #[schema(example = json!(["billing", "audit"]))]
-    subscriptions: Vec<String>,
-    /// Present, and true, when the id was stored already: nothing was stored or delivered
-    /// again.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    #[schema(required = false)]
-    duplicate: bool,
-}
-
-impl Receipt {
-    fn new(id: &str, subscriptions: Vec<String>, duplicate: bool) -> Receipt {
-        Receipt {
-            id: id.to_string(),
-            subscriptions,
-            duplicate,
-        }
-    }
-}
-
-/// What ingest answers for a batch.
-#[derive(Serialize, ToSchema)]
-struct BatchReceipt {
-    /// One per element, in order.
-    results: Vec<Receipt>,
 }
 
 /// Post one event.
@@ -210,15 +148,13 @@ struct BatchReceipt {
             example = json!({"id": "inv-42-paid", "subscriptions": ["billing", "audit"]})),
         (status = 200, description = "A duplicate: the store holds this id already; nothing was stored again.", body = Receipt,
             example = json!({"id": "inv-42-paid", "subscriptions": ["billing", "audit"], "duplicate": true})),
-        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
-        (status = 401, description = UNAUTHORIZED_INGEST, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
+        BadBody,
+        Unauthorized,
+        BodyTooLarge,
         (status = 415, description = "The content type is not JSON and there is no `hookrelay-event-type` header (`unsupported_media_type`).", body = ErrorBody),
         (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names the member (`headers.<name>` for a raw event's header).", body = ErrorBody,
             example = json!({"error": {"code": "invalid_event", "message": "type: missing", "fields": [{"field": "type", "reason": "missing"}]}})),
-        (status = 503, description = STORE_REFUSED, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreRefused,
     )
 )]
 async fn post_event(
@@ -277,12 +213,6 @@ async fn post_event(
     respond(&state.metrics, result)
 }
 
-/// `401` on the app listener.
-const UNAUTHORIZED_INGEST: &str =
-    "`ingest.token` is set and the bearer token is missing or wrong (`unauthorized`).";
-/// `503` when the store refuses events.
-const STORE_REFUSED: &str = "The store cannot take events now (`store_unavailable`): its write queue is full (`storage.queue_capacity`), the database is above `storage.max_size`, or the store failed. Nothing was stored; retry, with the same ids.";
-
 /// Post a batch of events.
 ///
 /// All or nothing: when any element is invalid the answer is `422` naming it (`[i].field`)
@@ -306,14 +236,12 @@ const STORE_REFUSED: &str = "The store cannot take events now (`store_unavailabl
         (status = 202, description = "Stored; one result per element, in order.", body = BatchReceipt,
             example = json!({"results": [{"id": "inv-43-paid", "subscriptions": ["billing"]},
                                          {"id": "inv-42-paid", "subscriptions": ["billing"], "duplicate": true}]})),
-        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
-        (status = 401, description = UNAUTHORIZED_INGEST, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        BadBody,
+        Unauthorized,
         (status = 413, description = "The body is larger than `limits.max_batch_body`, or has more than `limits.max_batch` events (`too_large`).", body = ErrorBody),
-        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        NotJson,
         (status = 422, description = "JSON but not an array (`invalid_batch`), or an element is not a valid envelope (`invalid_event`, with `fields` such as `[1].type`).", body = ErrorBody),
-        (status = 503, description = STORE_REFUSED, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreRefused,
     )
 )]
 async fn post_batch(
@@ -395,11 +323,7 @@ fn respond<T: Serialize>(
                 StatusCode::SERVICE_UNAVAILABLE => "busy",
                 _ => "invalid",
             };
-            metrics.events_rejected.with_label_values(&[reason]).inc();
-            metrics
-                .events_received
-                .with_label_values(&["rejected"])
-                .inc();
+            count_refusal(metrics, reason);
             error.into_response()
         }
     }
@@ -420,7 +344,7 @@ struct Matched {
 struct Handoff {
     event_id: Arc<str>,
     event_type: Arc<str>,
-    data: Bytes,
+    data: bytes::Bytes,
     received_at_ms: i64,
     raw: Option<Arc<RawMeta>>,
 }
@@ -534,37 +458,6 @@ async fn commit_and_hand_off(
     Ok(admissions)
 }
 
-/// `415` unless the body is declared JSON.
-pub fn require_json(headers: &HeaderMap) -> Result<(), HttpError> {
-    if is_json(headers) {
-        Ok(())
-    } else {
-        Err(HttpError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "content-type must be application/json",
-        ))
-    }
-}
-
-/// `400` for a body that is not JSON.
-pub fn malformed(e: &serde_json::Error) -> HttpError {
-    HttpError::new(
-        StatusCode::BAD_REQUEST,
-        "malformed_json",
-        format!(
-            "malformed JSON at line {}, column {}: {}",
-            e.line(),
-            e.column(),
-            {
-                let m = e.to_string();
-                m.rfind(" at line ")
-                    .map_or(m.clone(), |i| m[..i].to_string())
-            }
-        ),
-    )
-}
-
 /// Maps an envelope error; `prefix` names the element of a batch (`[3]`).
 fn event_error(e: EventError, prefix: &str) -> HttpError {
     match e {
@@ -590,34 +483,6 @@ fn event_error(e: EventError, prefix: &str) -> HttpError {
     }
 }
 
-/// An event and where each of its deliveries stands.
-#[derive(Serialize, ToSchema)]
-#[schema(as = EventStatus)]
-struct EventView<'a> {
-    /// The event id.
-    #[schema(example = "inv-42-paid")]
-    id: &'a str,
-    /// The event type.
-    #[serde(rename = "type")]
-    #[schema(example = "invoice.paid")]
-    event_type: &'a str,
-    /// When the relay accepted it (RFC 3339, UTC).
-    #[schema(format = DateTime, example = "2026-11-22T20:58:50.730Z")]
-    received_at: String,
-    /// A raw event's content type as received (`application/octet-stream` when it had
-    /// none); absent for an envelope event (`application/json`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, example = "application/xml")]
-    content_type: Option<&'a str>,
-    /// A raw event's attributes (`hookrelay-attr-NAME` headers) by name; absent for an
-    /// envelope event.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<std::collections::HashMap<String, String>>, nullable = false)]
-    attributes: Option<std::collections::BTreeMap<&'a str, &'a str>>,
-    /// One per matched subscription.
-    deliveries: Vec<DeliveryStatus<'a>>,
-}
-
 /// Where the deliveries of an event stand.
 ///
 /// Known for `storage.retention` after acceptance.
@@ -630,8 +495,7 @@ struct EventView<'a> {
     params(("id" = String, Path, description = "The event id.")),
     responses(
         (status = 200, description = "The event and its deliveries.", body = EventView),
-        (status = 401, description = UNAUTHORIZED_INGEST, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        Unauthorized,
         (status = 404, description = "Unknown event id, or pruned after `storage.retention` (`not_found`).", body = ErrorBody),
         (status = 503, description = "The store cannot answer now (`store_unavailable`).", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
@@ -661,53 +525,8 @@ async fn event_status(State(state): State<Arc<IngestState>>, Path(id): Path<Stri
         .into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read event status");
-            HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the store cannot answer right now; retry shortly",
-            )
-            .retry_after(1)
-            .into_response()
+            HttpError::store_unavailable("the store cannot answer right now; retry shortly")
+                .into_response()
         }
     }
-}
-
-/// `application/json` or any `+json` type, parameters allowed.
-pub fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-/// Reads the body up to `limit` bytes (the `setting` named in the error); more is `413`.
-pub async fn read_body(body: Body, limit: usize, setting: &str) -> Result<Bytes, HttpError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(s) = source {
-            if s.is::<http_body_util::LengthLimitError>() {
-                return HttpError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!("request body is larger than {setting} ({limit} bytes)"),
-                );
-            }
-            source = s.source();
-        }
-        HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "unreadable_body",
-            "could not read the request body",
-        )
-    })
 }

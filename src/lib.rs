@@ -12,6 +12,8 @@
 //!   encodes, and [`backoff`] spaces retries, which the store schedules.
 //! - [`catalog`] holds the subscriptions in force (config and API) and swaps the registry;
 //!   [`reload`] re-reads the config file on SIGHUP or change and swaps its subscriptions in.
+//! - [`inbound`] is the HTTP edge the three listeners share: the one error shape, how
+//!   request bodies are read, the bearer check and the request `limits`.
 //! - [`metrics`] and [`ops`] serve Prometheus metrics and the probes; [`server`] wires it all
 //!   to bound listeners and a shutdown future.
 
@@ -25,9 +27,10 @@ pub mod dispatch;
 
 pub mod event;
 pub mod filter;
-pub mod http_error;
+pub mod inbound;
 pub mod ingest;
 pub mod matching;
+pub mod media_type;
 pub mod metrics;
 pub mod ops;
 

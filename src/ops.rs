@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::catalog::Catalog;
-use crate::http_error::{ErrorBody, HttpError};
+use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -50,7 +50,7 @@ pub struct OpsState {
 
 /// Routes of the ops listener.
 pub fn router(state: OpsState) -> Router {
-    Router::from(routes().fallback(crate::http_error::no_such_endpoint)).with_state(state)
+    Router::from(routes().fallback(no_such_endpoint)).with_state(state)
 }
 
 /// The ops routes, each with its OpenAPI description (a route cannot be added without one).

@@ -24,7 +24,7 @@ use crate::config::{Config, Listen};
 use crate::deliver::destination::DestinationGuard;
 use crate::deliver::http_post::DeliverError;
 use crate::dispatch::Dispatcher;
-use crate::http_error::json_errors;
+use crate::inbound::error::json_errors;
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState, Readiness};

@@ -17,14 +17,15 @@ use base64::Engine;
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use utoipa::ToSchema;
 use utoipa::openapi::OpenApi;
+use utoipa::{IntoResponses, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{ApiState, STORE_UNAVAILABLE, unknown_subscription};
-use crate::http_error::{ErrorBody, HttpError};
-use crate::ingest::{malformed, read_body, require_json};
+use super::responses::{StoreUnavailable, UnknownSubscription};
+use super::{ApiState, unknown_subscription};
+use crate::inbound::body::{BadBody, BodyTooLarge, NotJson, malformed, read_body, require_json};
+use crate::inbound::error::{ErrorBody, HttpError};
 use crate::store::{DeliveryId, Notification, PullMode};
 use crate::subscription::{AckMode, PullSettings, Subscription};
 use crate::time::now_ms;
@@ -54,7 +55,15 @@ pub(crate) fn openapi() -> OpenApi {
 }
 
 /// `401` of the pull routes.
-const UNAUTHORIZED: &str = "The bearer token is missing or wrong (`unauthorized`). Needed: the subscription's `pull.token` or `api.token` when it has a `pull.token`; otherwise `api.token` when set. Without a valid token an unknown subscription is `401` too, not `404`.";
+// Only describes the response: `authorize` answers it.
+#[derive(IntoResponses)]
+#[response(
+    status = 401,
+    description = "The bearer token is missing or wrong (`unauthorized`). Needed: the subscription's `pull.token` or `api.token` when it has a `pull.token`; otherwise `api.token` when set. Without a valid token an unknown subscription is `401` too, not `404`.",
+    headers(("WWW-Authenticate" = String, description = "`Bearer`"))
+)]
+#[allow(dead_code)]
+struct PullUnauthorized(ErrorBody<'static>);
 /// `409` of the pull routes.
 const PUSHED: &str =
     "The subscription is pushed to its url (`mode: push`), not pulled (`conflict`).";
@@ -365,14 +374,12 @@ fn refuse_head(method: &Method) -> Result<(), HttpError> {
     responses(
         (status = 200, description = "The oldest available notification.", body = View),
         (status = 204, description = "Nothing available (after the wait, if any)."),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+        PullUnauthorized,
+        UnknownSubscription,
         (status = 409, description = PUSHED, body = ErrorBody),
         (status = 422, description = "A query parameter is invalid or unknown (`invalid_query`); `fields` names each.", body = ErrorBody),
         (status = 500, description = PULL_FAILED, body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 async fn next(
@@ -411,14 +418,12 @@ async fn next(
     ),
     responses(
         (status = 200, description = "The notifications taken (maybe none) and how many remain.", body = List),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+        PullUnauthorized,
+        UnknownSubscription,
         (status = 409, description = PUSHED, body = ErrorBody),
         (status = 422, description = "A query parameter is invalid or unknown (`invalid_query`); `fields` names each.", body = ErrorBody),
         (status = 500, description = PULL_FAILED, body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 async fn list(
@@ -455,16 +460,14 @@ async fn list(
     responses(
         (status = 200, description = "What was acknowledged.", body = AckResult,
             example = json!({"acked": 1, "unknown": [42]})),
-        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+        BadBody,
+        PullUnauthorized,
+        UnknownSubscription,
         (status = 409, description = PUSHED, body = ErrorBody),
-        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
-        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        BodyTooLarge,
+        NotJson,
         (status = 422, description = "The body is not `{\"ids\": [integers]}` or lists more than 1000 ids (`invalid_ack`).", body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 async fn ack(

@@ -10,9 +10,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value as Json};
 
-use super::{ApiState, STORE_UNAVAILABLE, UNAUTHORIZED, unknown_subscription};
-use crate::http_error::{ErrorBody, HttpError};
-use crate::ingest::{malformed, read_body, require_json};
+use super::responses::{StoreUnavailable, Unauthorized, UnknownSubscription};
+use super::{ApiState, unknown_subscription};
+use crate::inbound::body::{BadBody, BodyTooLarge, NotJson, malformed, read_body, require_json};
+use crate::inbound::error::{ErrorBody, HttpError};
 use crate::subscription::{Subscription, keep_secrets};
 use crate::time::{new_id, now_ms};
 use crate::yaml::Issues;
@@ -95,18 +96,16 @@ fn validate(
     responses(
         (status = 201, description = "Registered.", body = SubscriptionView,
             headers(("Location" = String, description = "`/v1/subscriptions/{id}`"))),
-        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        BadBody,
+        Unauthorized,
         (status = 409, description = "The name is taken (config subscriptions included), `api.max_subscriptions` is reached, or a 101st subscription asks for `metrics: true` (`conflict`).", body = ErrorBody),
-        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
-        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        BodyTooLarge,
+        NotJson,
         (status = 422, description = INVALID, body = ErrorBody,
             example = json!({"error": {"code": "invalid_subscription", "message": "the subscription is invalid; see fields",
                 "fields": [{"field": "retries", "reason": "42 is out of range 0..=20"}]}})),
         (status = 500, description = INTERNAL, body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 pub async fn create(
@@ -156,8 +155,7 @@ const INVALID: &str = "The body is not an object, sets a read-only field, or has
         description = "Only subscriptions whose `events` select this event type (filters are not applied).")),
     responses(
         (status = 200, description = "The subscriptions.", body = Vec<SubscriptionView>),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        Unauthorized,
         (status = 422, description = "An unknown query parameter (`invalid_query`).", body = ErrorBody),
     )
 )]
@@ -195,9 +193,8 @@ pub async fn list(
     params(("id" = String, Path, description = "Subscription id or name.")),
     responses(
         (status = 200, description = "The subscription.", body = SubscriptionView),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+        Unauthorized,
+        UnknownSubscription,
     )
 )]
 pub async fn show(
@@ -245,17 +242,15 @@ const CHANGE_CONFLICT: &str = "The subscription comes from the config file (chan
         description = "A subscription document; any `application/*+json` content type is accepted too."),
     responses(
         (status = 200, description = "The subscription as changed.", body = SubscriptionView),
-        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+        BadBody,
+        Unauthorized,
+        UnknownSubscription,
         (status = 409, description = CHANGE_CONFLICT, body = ErrorBody),
-        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
-        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        BodyTooLarge,
+        NotJson,
         (status = 422, description = INVALID, body = ErrorBody),
         (status = 500, description = INTERNAL, body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 pub async fn replace(
@@ -285,17 +280,15 @@ pub async fn replace(
     )),
     responses(
         (status = 200, description = "The subscription as changed.", body = SubscriptionView),
-        (status = 400, description = "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`).", body = ErrorBody),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 404, description = "No subscription has that id or name (`not_found`).", body = ErrorBody),
+        BadBody,
+        Unauthorized,
+        UnknownSubscription,
         (status = 409, description = CHANGE_CONFLICT, body = ErrorBody),
-        (status = 413, description = "The body is larger than `limits.max_body` (`too_large`).", body = ErrorBody),
-        (status = 415, description = "The content type is not JSON (`unsupported_media_type`).", body = ErrorBody),
+        BodyTooLarge,
+        NotJson,
         (status = 422, description = INVALID, body = ErrorBody),
         (status = 500, description = INTERNAL, body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 pub async fn patch(
@@ -373,12 +366,10 @@ async fn update(
     params(("id" = String, Path, description = "Subscription id or name.")),
     responses(
         (status = 204, description = "Deleted, or there was no such subscription."),
-        (status = 401, description = UNAUTHORIZED, body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        Unauthorized,
         (status = 409, description = "The subscription comes from the config file (`conflict`).", body = ErrorBody),
         (status = 500, description = INTERNAL, body = ErrorBody),
-        (status = 503, description = STORE_UNAVAILABLE, body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))),
+        StoreUnavailable,
     )
 )]
 pub async fn remove(

@@ -76,6 +76,17 @@ impl HttpError {
         self
     }
 
+    /// `503` (`store_unavailable`) with `Retry-After: 1`: the store cannot take or answer
+    /// the request now.
+    pub fn store_unavailable(message: impl Into<String>) -> Self {
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            message,
+        )
+        .retry_after(1)
+    }
+
     /// `401` with `WWW-Authenticate: Bearer`.
     pub fn unauthorized() -> Self {
         HttpError {
@@ -163,4 +174,23 @@ pub async fn json_errors(response: Response) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     rewritten
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn store_unavailable_asks_for_a_retry_in_a_second() {
+        let response = HttpError::store_unavailable("busy; retry shortly").into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(
+            &body[..],
+            br#"{"error":{"code":"store_unavailable","message":"busy; retry shortly"}}"#
+        );
+    }
 }

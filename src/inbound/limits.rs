@@ -1,0 +1,60 @@
+//! The `limits` section: bounds on every inbound request, applied by the listeners'
+//! hardening layers (timeout, concurrency, body size) and by ingest (batches).
+
+use std::time::Duration;
+
+use crate::yaml::{Issues, Section};
+
+/// Inbound limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body: usize,
+    /// Bound on every inbound request.
+    pub request_timeout: Duration,
+    /// Requests served at once per listener; more are answered 503.
+    pub max_concurrent_requests: usize,
+    /// Most events in one batch request.
+    pub max_batch: usize,
+    /// Largest batch request body.
+    pub max_batch_body: usize,
+}
+
+impl Limits {
+    /// Reads the `limits` section of the config root.
+    pub fn parse(root: &Section<'_>, issues: &mut Issues) -> Limits {
+        let lim = root.section(
+            "limits",
+            &[
+                "max_body",
+                "request_timeout",
+                "max_concurrent_requests",
+                "max_batch",
+                "max_batch_body",
+            ],
+            issues,
+        );
+        Limits {
+            max_body: lim.size("max_body", 1024..=64 * 1024 * 1024, 1024 * 1024, issues) as usize,
+            request_timeout: lim.duration(
+                "request_timeout",
+                Duration::from_millis(100)..=Duration::from_secs(300),
+                Duration::from_secs(10),
+                issues,
+            ),
+            max_concurrent_requests: lim.integer(
+                "max_concurrent_requests",
+                1..=100_000,
+                1024,
+                issues,
+            ) as usize,
+            max_batch: lim.integer("max_batch", 1..=10_000, 500, issues) as usize,
+            max_batch_body: lim.size(
+                "max_batch_body",
+                1024..=256 * 1024 * 1024,
+                16 * 1024 * 1024,
+                issues,
+            ) as usize,
+        }
+    }
+}
