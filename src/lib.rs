@@ -1,21 +1,24 @@
 //! hookrelay: a webhook relay that runs as a sidecar next to an application.
 //!
-//! A tour along the data path:
-//! - [`config`] reads the YAML, expands `${VAR}` inside scalars and validates it whole;
-//!   [`subscription`] and [`filter`] hold the validated subscription and its compiled filter.
+//! A tour along the data path (ARCHITECTURE.md has the picture and the import layers):
+//! - [`config`] reads the YAML (typed reads from [`yaml`]), expands `${VAR}` inside scalars
+//!   and validates it whole; [`subscription`] holds each validated subscription, its compiled
+//!   [`filter`] and its channel (HTTP, e-mail or pull).
 //! - [`ingest`] serves `POST /v1/events` on the app listener: [`event`] parses the envelope
-//!   (or takes the body of a raw event as is), the [`subscription::Registry`] matches it
-//!   through its type index, and the [`store`] keeps it before the app gets `202`.
-//! - [`dispatch`] runs one pump per subscription that claims due deliveries from the store;
-//!   [`deliver`] sends each attempt through the subscription's tower stack (rate limit,
-//!   concurrency, classification and metrics, timeout, auth), with the body [`payload`]
-//!   encodes, and [`backoff`] spaces retries, which the store schedules.
-//! - [`catalog`] holds the subscriptions in force (config and API) and swaps the registry;
-//!   [`reload`] re-reads the config file on SIGHUP or change and swaps its subscriptions in.
-//! - [`inbound`] is the HTTP edge the three listeners share: the one error shape, how
-//!   request bodies are read, the bearer check and the request `limits`.
-//! - [`metrics`] and [`ops`] serve Prometheus metrics and the probes; [`server`] wires it all
-//!   to bound listeners and a shutdown future.
+//!   (or takes a raw event's body as is); the [`catalog`]'s matcher ([`matching`]) yields each
+//!   matched subscription's dispatch lane; the [`store`] commits the event and one delivery
+//!   per match before the app gets `202`, and then each delivery is handed over to its lane.
+//! - [`dispatch`] runs a feeder and a pump per push subscription: the feeder claims due
+//!   deliveries from the store, the pump sends each attempt through the subscription's
+//!   [`deliver`] stack (rate limit, concurrency caps, classification into a verdict, timeout,
+//!   the HTTP or SMTP transport) and records its outcome; [`backoff`] spaces retries, which
+//!   the store schedules, and [`signing`] signs HTTP attempts (Standard Webhooks).
+//! - [`catalog`] holds the subscriptions in force, from the config and the [`api`], and swaps
+//!   the matcher; [`reload`] re-reads the config file on SIGHUP or change.
+//! - [`inbound`] is the HTTP edge the three listeners share (error shape, body helpers,
+//!   bearer check, request limits); [`ops`] serves the probes and the Prometheus
+//!   [`metrics`]; [`server`] wires it all to bound listeners and a shutdown future.
+//!   [`time`], [`secret`] and [`media_type`] are shared leaves.
 
 pub mod api;
 pub mod backoff;
