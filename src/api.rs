@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::Catalog;
 use crate::deliver::destination::DestinationGuard;
 use crate::dispatch::Dispatcher;
 use crate::inbound::auth::require_bearer;
@@ -29,11 +29,11 @@ use crate::inbound::body::{BadBody, BodyTooLarge, is_json, read_body};
 use crate::inbound::error::{ErrorBody, HttpError, no_such_endpoint};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::store::{
-    DeliveryId, DeliveryQuery, DeliveryState, DeliveryView, Release, Store, StoreError,
-};
+use crate::store::{DeliveryId, DeliveryQuery, DeliveryState, DeliveryView, Release, Store};
 use crate::time::now_ms;
-use responses::{StoreUnavailable, Unauthorized, UnknownSubscription};
+use responses::{
+    StoreUnavailable, Unauthorized, UnknownSubscription, unavailable, unknown_subscription,
+};
 
 /// Largest page of the delivery list.
 const MAX_PAGE: usize = 1000;
@@ -122,37 +122,6 @@ async fn get_openapi() -> Response {
         openapi::json(),
     )
         .into_response()
-}
-
-impl From<CatalogError> for HttpError {
-    fn from(e: CatalogError) -> HttpError {
-        match e {
-            CatalogError::NotFound(key) => unknown_subscription(&key),
-            CatalogError::Store(e) => unavailable(e),
-            CatalogError::NameTaken(_)
-            | CatalogError::StoredNameTaken(_)
-            | CatalogError::Full(_)
-            | CatalogError::MetricsFull
-            | CatalogError::ReadOnly(_)
-            | CatalogError::ApiNameClash { .. } => {
-                HttpError::new(StatusCode::CONFLICT, "conflict", e.to_string())
-            }
-        }
-    }
-}
-
-fn unavailable(e: StoreError) -> HttpError {
-    tracing::warn!(error = %e, "store request failed");
-    HttpError::store_unavailable("the store cannot answer right now; retry shortly")
-}
-
-/// `404` for a subscription id or name that names none.
-fn unknown_subscription(name: &str) -> HttpError {
-    HttpError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no subscription {name:?}"),
-    )
 }
 
 /// The optional body of a release.

@@ -220,3 +220,39 @@ async fn ingest_token_is_required_when_set() {
     assert_eq!(resp.status(), 202);
     r.stop().await;
 }
+
+#[tokio::test]
+async fn with_an_ingest_token_a_request_without_it_is_401_and_counted() {
+    let r = TestRelay::start("ingest: {token: s3cret}\nsubscriptions: []\n").await;
+    let (status, body) = r.post(&json!({"type": "a.b", "data": {}})).await;
+    assert_eq!(status, 401);
+    assert_eq!(error_code(&body), "unauthorized");
+    let resp = r
+        .http
+        .post(format!("http://{}/v1/events", r.addrs.app))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer wrong")
+        .body(json!({"type": "a.b", "data": {}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let rejected = [("reason", "unauthorized")];
+    r.wait_metric("hookrelay_events_rejected_total", &rejected, 2.0)
+        .await;
+    let outcome = [("outcome", "rejected")];
+    r.wait_metric("hookrelay_events_received_total", &outcome, 2.0)
+        .await;
+    let resp = r
+        .http
+        .post(format!("http://{}/v1/events", r.addrs.app))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer s3cret")
+        .body(json!({"type": "a.b", "data": {}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    r.stop().await;
+}

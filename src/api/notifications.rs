@@ -22,8 +22,8 @@ use utoipa::{IntoResponses, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::responses::{StoreUnavailable, UnknownSubscription};
-use super::{ApiState, unknown_subscription};
+use super::ApiState;
+use super::responses::{StoreUnavailable, UnknownSubscription, unavailable, unknown_subscription};
 use crate::inbound::body::{BadBody, BodyTooLarge, NotJson, malformed, read_body, require_json};
 use crate::inbound::error::{ErrorBody, HttpError};
 use crate::store::{DeliveryId, Notification, PullMode};
@@ -64,6 +64,7 @@ pub(crate) fn openapi() -> OpenApi {
 )]
 #[allow(dead_code)]
 struct PullUnauthorized(ErrorBody<'static>);
+
 /// `409` of the pull routes.
 const PUSHED: &str =
     "The subscription is pushed to its url (`mode: push`), not pulled (`conflict`).";
@@ -192,7 +193,7 @@ async fn take(
                     "the pull failed; see the relay's log",
                 )
             })?
-            .map_err(super::unavailable)?
+            .map_err(unavailable)?
         };
         let done = tokio::time::Instant::now() >= deadline || stopping.is_cancelled();
         if !pulled.notifications.is_empty() || done {
@@ -507,7 +508,7 @@ async fn ack(
         .store
         .ack(sub.name.clone(), ids, now_ms())
         .await
-        .map_err(super::unavailable)?;
+        .map_err(unavailable)?;
     let acked = (asked - unknown.len()) as u64;
     state
         .metrics

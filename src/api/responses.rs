@@ -1,9 +1,44 @@
-//! The error rows that the api listener's routes share in the OpenAPI document. They only
-//! describe responses: the handlers answer with an `HttpError`.
+//! The error answers that the api listener's routes share: how each is made, and its row
+//! in the OpenAPI document (the rows only describe; the handlers answer with an `HttpError`).
 
+use axum::http::StatusCode;
 use utoipa::IntoResponses;
 
-use crate::inbound::error::ErrorBody;
+use crate::catalog::CatalogError;
+use crate::inbound::error::{ErrorBody, HttpError};
+use crate::store::StoreError;
+
+impl From<CatalogError> for HttpError {
+    fn from(e: CatalogError) -> HttpError {
+        match e {
+            CatalogError::NotFound(key) => unknown_subscription(&key),
+            CatalogError::Store(e) => unavailable(e),
+            CatalogError::NameTaken(_)
+            | CatalogError::StoredNameTaken(_)
+            | CatalogError::Full(_)
+            | CatalogError::MetricsFull
+            | CatalogError::ReadOnly(_)
+            | CatalogError::ApiNameClash { .. } => {
+                HttpError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+        }
+    }
+}
+
+/// `503` when the store fails (logged).
+pub(super) fn unavailable(e: StoreError) -> HttpError {
+    tracing::warn!(error = %e, "store request failed");
+    HttpError::store_unavailable("the store cannot answer right now; retry shortly")
+}
+
+/// `404` for a subscription id or name that names none.
+pub(super) fn unknown_subscription(name: &str) -> HttpError {
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no subscription {name:?}"),
+    )
+}
 
 /// `401` on the api listener.
 #[derive(IntoResponses)]
@@ -13,7 +48,7 @@ use crate::inbound::error::ErrorBody;
     headers(("WWW-Authenticate" = String, description = "`Bearer`"))
 )]
 #[allow(dead_code)]
-pub struct Unauthorized(ErrorBody<'static>);
+pub(super) struct Unauthorized(ErrorBody<'static>);
 
 /// `404` for a subscription id or name that names none.
 #[derive(IntoResponses)]
@@ -22,7 +57,7 @@ pub struct Unauthorized(ErrorBody<'static>);
     description = "No subscription has that id or name (`not_found`)."
 )]
 #[allow(dead_code)]
-pub struct UnknownSubscription(ErrorBody<'static>);
+pub(super) struct UnknownSubscription(ErrorBody<'static>);
 
 /// `503` when the store fails.
 #[derive(IntoResponses)]
@@ -32,4 +67,4 @@ pub struct UnknownSubscription(ErrorBody<'static>);
     headers(("Retry-After" = u64, description = "Seconds to wait: `1`."))
 )]
 #[allow(dead_code)]
-pub struct StoreUnavailable(ErrorBody<'static>);
+pub(super) struct StoreUnavailable(ErrorBody<'static>);

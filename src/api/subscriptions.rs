@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value as Json};
 
-use super::responses::{StoreUnavailable, Unauthorized, UnknownSubscription};
-use super::{ApiState, unknown_subscription};
+use super::ApiState;
+use super::responses::{StoreUnavailable, Unauthorized, UnknownSubscription, unknown_subscription};
 use crate::inbound::body::{BadBody, BodyTooLarge, NotJson, malformed, read_body, require_json};
 use crate::inbound::error::{ErrorBody, HttpError};
 use crate::subscription::{Subscription, keep_secrets};
