@@ -385,12 +385,9 @@ async fn store(state: &Arc<IngestState>, batch: Vec<Matched>) -> Result<Vec<Admi
         .await
         .unwrap_or_else(|e| {
             tracing::error!(error = %e, "ingest task failed");
-            Err(HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
+            Err(HttpError::store_unavailable(
                 "the relay cannot store events right now; retry shortly",
-            )
-            .retry_after(1))
+            ))
         })
 }
 
@@ -429,12 +426,7 @@ async fn commit_and_hand_off(
             StoreError::Busy(_) => "the relay's queue is full; retry shortly",
             _ => "the relay cannot store events right now; retry shortly",
         };
-        HttpError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            message,
-        )
-        .retry_after(1)
+        HttpError::store_unavailable(message)
     })?;
     for ((event, routes), admission) in handoffs.into_iter().zip(&admissions) {
         let Admission::Stored(ids) = admission else {
