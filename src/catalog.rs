@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::dispatch::{Dispatcher, Lane};
 use crate::matching::Matcher;
-use crate::metrics::Metrics;
+use crate::metrics::{FinalOutcome, Metrics};
 use crate::store::{Store, StoreError, StoredSubscription};
 use crate::subscription::{self, SHARED_METRIC_LABEL, Source, Subscription};
 use crate::time::now_ms;
@@ -368,9 +368,7 @@ impl Catalog {
         }
         // Counted under the shared label: a deleted subscription's own series go away.
         self.metrics
-            .deliveries
-            .with_label_values(&[SHARED_METRIC_LABEL, "cancelled"])
-            .inc_by(cancelled);
+            .count_final(SHARED_METRIC_LABEL, FinalOutcome::Cancelled, cancelled);
         if sub.own_metrics {
             self.metrics.remove_subscription(&sub.name);
         }
@@ -523,9 +521,7 @@ impl Catalog {
         state.taken.remove(&name);
         drop(state);
         self.metrics
-            .deliveries
-            .with_label_values(&[SHARED_METRIC_LABEL, "cancelled"])
-            .inc_by(cancelled);
+            .count_final(SHARED_METRIC_LABEL, FinalOutcome::Cancelled, cancelled);
         tracing::info!(
             subscription = name.as_str(),
             id = id.as_str(),

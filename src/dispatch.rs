@@ -22,7 +22,7 @@ use crate::deliver::email::{self, Mailer};
 use crate::deliver::http_post::{self, DeliverError};
 use crate::deliver::settings::DeliverySettings;
 use crate::deliver::{self, AttemptService};
-use crate::metrics::Metrics;
+use crate::metrics::{FinalOutcome, Metrics};
 use crate::store::{Delivery, Store};
 use crate::subscription::{Channel, DeliveryOrder, PushSettings, Source, Subscription};
 use feeder::Feeder;
@@ -182,14 +182,13 @@ impl Dispatcher {
         };
         tokio::spawn(feeder.run());
         let label = sub.metric_label();
-        let deliveries = &shared.metrics.deliveries;
         let pump = Pump {
             sub: sub.clone(),
             push: Arc::new(push.clone()),
             store: shared.store.clone(),
             outcomes: Arc::new(FinalCounters {
-                delivered: deliveries.with_label_values(&[label, "delivered"]),
-                failed: deliveries.with_label_values(&[label, "failed"]),
+                delivered: shared.metrics.finals(label, FinalOutcome::Delivered),
+                failed: shared.metrics.finals(label, FinalOutcome::Failed),
             }),
             wake,
             shutdown: stop,

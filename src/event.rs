@@ -71,7 +71,7 @@ pub enum EventError {
 type Members<'a> = Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>;
 
 /// True when `s` may be an event id or type: `[A-Za-z0-9._:-]{1,128}` (they travel in headers).
-pub fn valid_token(s: &str) -> bool {
+pub fn is_id_or_type(s: &str) -> bool {
     (1..=128).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
@@ -110,7 +110,7 @@ impl Event {
         }
         let token = |field: &'static str, raw: &RawValue| -> Result<String, EventError> {
             match serde_json::from_str::<String>(raw.get()) {
-                Ok(t) if valid_token(&t) => Ok(t),
+                Ok(t) if is_id_or_type(&t) => Ok(t),
                 _ => Err(invalid(
                     field,
                     &format!("{field}: must be a string matching [A-Za-z0-9._:-]{{1,128}}"),
@@ -211,7 +211,7 @@ impl Event {
         let token = |name: &str| -> Result<Option<String>, EventError> {
             match single(name)? {
                 None => Ok(None),
-                Some(t) if valid_token(t) => Ok(Some(t.to_string())),
+                Some(t) if is_id_or_type(t) => Ok(Some(t.to_string())),
                 Some(_) => Err(bad(name, "must match [A-Za-z0-9._:-]{1,128}".into())),
             }
         };

@@ -2,8 +2,8 @@
 //! bounded sets: subscription names and fixed outcome words, never event ids.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::store::QueueStats;
@@ -17,8 +17,39 @@ pub const ATTEMPT_RESULTS: [&str; 5] = [
     "timeout",
     "connect_error",
 ];
-/// Final outcomes of a delivery (`hookrelay_deliveries_total{outcome}`).
-pub const DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "failed", "expired", "cancelled"];
+
+/// How a delivery ended, as `hookrelay_deliveries_total{outcome}` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalOutcome {
+    /// The receiver took it (or a pull consumer consumed or acknowledged it).
+    Delivered,
+    /// Retries spent or refused: a dead letter.
+    Failed,
+    /// Not delivered within its ttl.
+    Expired,
+    /// Its subscription was deleted.
+    Cancelled,
+}
+
+impl FinalOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [FinalOutcome; 4] = [
+        FinalOutcome::Delivered,
+        FinalOutcome::Failed,
+        FinalOutcome::Expired,
+        FinalOutcome::Cancelled,
+    ];
+
+    /// The `outcome` label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            FinalOutcome::Delivered => "delivered",
+            FinalOutcome::Failed => "failed",
+            FinalOutcome::Expired => "expired",
+            FinalOutcome::Cancelled => "cancelled",
+        }
+    }
+}
 /// Outcomes of an ingest request (`hookrelay_events_received_total{outcome}`).
 pub const RECEIVE_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
 /// Reasons an event was refused (`hookrelay_events_rejected_total{reason}`).
@@ -280,14 +311,24 @@ impl Metrics {
         }))
     }
 
+    /// The counter of `outcome` under the metric `label` of a subscription.
+    pub fn finals(&self, label: &str, outcome: FinalOutcome) -> IntCounter {
+        self.deliveries.with_label_values(&[label, outcome.label()])
+    }
+
+    /// Counts `n` deliveries of the subscription labelled `label` that ended with `outcome`.
+    pub fn count_final(&self, label: &str, outcome: FinalOutcome, n: u64) {
+        self.finals(label, outcome).inc_by(n);
+    }
+
     /// Creates every per-subscription series at zero, so dashboards show zeros, not gaps.
     pub fn init_subscription(&self, name: &str) {
         self.events_matched.with_label_values(&[name]);
         for result in ATTEMPT_RESULTS {
             self.attempts.with_label_values(&[name, result]);
         }
-        for outcome in DELIVERY_OUTCOMES {
-            self.deliveries.with_label_values(&[name, outcome]);
+        for outcome in FinalOutcome::ALL {
+            self.finals(name, outcome);
         }
         self.attempt_duration.with_label_values(&[name]);
         self.queue_depth.with_label_values(&[name]);
@@ -303,8 +344,10 @@ impl Metrics {
         for result in ATTEMPT_RESULTS {
             let _ = self.attempts.remove_label_values(&[label, result]);
         }
-        for outcome in DELIVERY_OUTCOMES {
-            let _ = self.deliveries.remove_label_values(&[label, outcome]);
+        for outcome in FinalOutcome::ALL {
+            let _ = self
+                .deliveries
+                .remove_label_values(&[label, outcome.label()]);
         }
         let _ = self.attempt_duration.remove_label_values(&[label]);
         let _ = self.queue_depth.remove_label_values(&[label]);

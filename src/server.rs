@@ -26,7 +26,7 @@ use crate::deliver::http_post::DeliverError;
 use crate::dispatch::Dispatcher;
 use crate::inbound::error::json_errors;
 use crate::ingest::{self, IngestState};
-use crate::metrics::Metrics;
+use crate::metrics::{FinalOutcome, Metrics};
 use crate::ops::{self, OpsState, Readiness};
 use crate::reload::Reloader;
 use crate::store::sqlite::{SqliteStore, WriterMetrics};
@@ -355,10 +355,8 @@ async fn housekeeping(
         match store.housekeeping(crate::time::now_ms()).await {
             Ok(report) => {
                 for (sub, n) in &report.expired {
-                    metrics
-                        .deliveries
-                        .with_label_values(&[&catalog.metric_label_of(sub), "expired"])
-                        .inc_by(*n);
+                    let label = catalog.metric_label_of(sub);
+                    metrics.count_final(&label, FinalOutcome::Expired, *n);
                     tracing::warn!(
                         subscription = sub.as_str(),
                         expired = n,

@@ -26,10 +26,10 @@ use super::ApiState;
 use super::responses::{StoreUnavailable, UnknownSubscription, unavailable, unknown_subscription};
 use crate::inbound::body::{BadBody, BodyTooLarge, NotJson, malformed, read_body, require_json};
 use crate::inbound::error::{ErrorBody, HttpError};
+use crate::metrics::FinalOutcome;
 use crate::store::{DeliveryId, Notification, PullMode};
 use crate::subscription::{AckMode, PullSettings, Subscription};
-use crate::time::now_ms;
-use crate::time::rfc3339;
+use crate::time::{now_ms, rfc3339};
 
 /// Longest long poll (`?wait=`).
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -234,9 +234,7 @@ fn count(state: &ApiState, sub: &Subscription, settings: &PullSettings, taken: &
     if settings.ack == AckMode::Auto && !taken.is_empty() {
         state
             .metrics
-            .deliveries
-            .with_label_values(&[label, "delivered"])
-            .inc_by(taken.len() as u64);
+            .count_final(label, FinalOutcome::Delivered, taken.len() as u64);
     }
 }
 
@@ -512,8 +510,6 @@ async fn ack(
     let acked = (asked - unknown.len()) as u64;
     state
         .metrics
-        .deliveries
-        .with_label_values(&[sub.metric_label(), "delivered"])
-        .inc_by(acked);
+        .count_final(sub.metric_label(), FinalOutcome::Delivered, acked);
     Ok(Json(AckResult { acked, unknown }).into_response())
 }
