@@ -18,7 +18,7 @@ use crate::deliver::settings::DeliverySettings;
 use crate::inbound::limits::Limits;
 use crate::ingest::settings::IngestSettings;
 use crate::store::settings::StorageSettings;
-use crate::subscription::Subscription;
+use crate::subscription::{Subscription, push_slots};
 use crate::yaml::{Issue, Issues, Section, as_list, as_string, index};
 
 /// Top-level keys.
@@ -303,14 +303,24 @@ impl Config {
             }
         }
 
-        // The relay-wide cap is shared: if the subscriptions' caps could add up to more, a few
-        // dead subscribers holding all their slots would starve the others.
-        let wanted = http_in_flight(&subscriptions);
+        // Each config subscription is promised its own slots; API subscriptions share what
+        // `api_max_in_flight` keeps beside them, so no receiver can take another's.
+        let wanted = push_slots(&subscriptions);
         if wanted > delivery.max_in_flight_total {
             issues.push(
                 "delivery.max_in_flight_total",
                 format!(
                     "{} is below the sum of the subscriptions' max_in_flight ({wanted}); raise it or lower those",
+                    delivery.max_in_flight_total
+                ),
+            );
+        } else if let Some(api) = delivery.api_max_in_flight
+            && wanted + api > delivery.max_in_flight_total
+        {
+            issues.push(
+                "delivery.api_max_in_flight",
+                format!(
+                    "{api} and the config subscriptions' max_in_flight ({wanted}) add up to more than max_in_flight_total ({}); raise that or lower these",
                     delivery.max_in_flight_total
                 ),
             );
@@ -356,16 +366,6 @@ impl Config {
         check("reload", self.reload == new.reload);
         changed
     }
-}
-
-/// The attempts the HTTP push subscriptions may have in flight at once, all together: what
-/// `delivery.max_in_flight_total` must cover.
-pub fn http_in_flight(subscriptions: &[Subscription]) -> usize {
-    subscriptions
-        .iter()
-        .filter(|s| s.http().is_some())
-        .filter_map(|s| s.push().map(|p| p.max_in_flight))
-        .sum()
 }
 
 #[cfg(test)]

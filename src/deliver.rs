@@ -4,6 +4,7 @@
 //! transport (HTTP with its credentials layer, or SMTP). Retries are not made here: the
 //! verdict goes back to the store, which schedules them.
 
+pub mod allowance;
 pub mod auth;
 pub mod classify;
 pub mod destination;
@@ -23,11 +24,22 @@ use tower::{BoxError, Service, ServiceBuilder};
 
 use crate::metrics::{ATTEMPT_RESULTS, Metrics};
 use crate::subscription::{HttpSettings, PushSettings, SuccessCodes};
+use allowance::{Allowance, AllowanceLayer};
 use auth::AuthLayer;
 use classify::{ClassifyConfig, ClassifyLayer};
 use email::{MailAttempt, Mailer};
 use rate_limit::RateLimitLayer;
 use verdict::{Reply, Verdict};
+
+/// The concurrency a subscription's stack is held to.
+#[derive(Clone)]
+pub struct Caps {
+    /// Its own adaptive allowance (`max_in_flight`, shrinking while the receiver hangs).
+    pub allowance: Arc<Allowance>,
+    /// The pool it shares with others, if any: API subscriptions share
+    /// `delivery.api_max_in_flight`; config ones have their own slots.
+    pub pool: Option<Arc<Semaphore>>,
+}
 
 /// A subscription's attempt service: its channel's request in, a verdict out.
 pub type AttemptService<R> = BoxCloneService<R, Verdict, BoxError>;
@@ -39,7 +51,7 @@ pub fn http_stack(
     push: &PushSettings,
     http: &HttpSettings,
     client: reqwest::Client,
-    global: Arc<Semaphore>,
+    caps: Caps,
     metrics: &Metrics,
 ) -> AttemptService<reqwest::Request> {
     let send = tower::service_fn(move |req| http_post::send(client.clone(), req));
@@ -47,14 +59,7 @@ pub fn http_stack(
         // Credentials last, marked sensitive so no layer can log them.
         .option_layer(http.auth.as_ref().map(AuthLayer::new))
         .service(send);
-    stack(
-        label,
-        push,
-        http.success.clone(),
-        transport,
-        global,
-        metrics,
-    )
+    stack(label, push, http.success.clone(), transport, caps, metrics)
 }
 
 /// The stack of an e-mail subscription: its `mailer` sends.
@@ -62,7 +67,7 @@ pub fn email_stack(
     label: &str,
     push: &PushSettings,
     mailer: Arc<Mailer>,
-    global: Arc<Semaphore>,
+    caps: Caps,
     metrics: &Metrics,
 ) -> AttemptService<MailAttempt> {
     let send = tower::service_fn(move |mail: MailAttempt| {
@@ -75,7 +80,7 @@ pub fn email_stack(
         push,
         SuccessCodes::default_2xx(),
         send,
-        global,
+        caps,
         metrics,
     )
 }
@@ -86,7 +91,7 @@ fn stack<R, T>(
     push: &PushSettings,
     success: SuccessCodes,
     transport: T,
-    global: Arc<Semaphore>,
+    caps: Caps,
     metrics: &Metrics,
 ) -> AttemptService<R>
 where
@@ -100,10 +105,13 @@ where
             push.rate_limit
                 .map(|r| RateLimitLayer::new(r, metrics.rate_limited.with_label_values(&[label]))),
         )
-        // Per-subscription cap: a slow receiver only ever holds its own slots.
-        .concurrency_limit(push.max_in_flight)
-        // Relay-wide cap on sockets and memory across all subscriptions.
-        .layer(GlobalConcurrencyLimitLayer::with_semaphore(global))
+        // Per-subscription cap, adapted to the receiver: a slow receiver only ever holds its
+        // own slots, and a hanging one soon holds one. Outside the classification, which it
+        // learns from.
+        .layer(AllowanceLayer(caps.allowance))
+        // API subscriptions' shared pool, so together they cannot take the slots the config
+        // subscriptions are promised.
+        .option_layer(caps.pool.map(GlobalConcurrencyLimitLayer::with_semaphore))
         // Outside the timeout so timeouts are seen, classified and timed like any result.
         .layer(ClassifyLayer(Arc::new(ClassifyConfig {
             success,

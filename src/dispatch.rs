@@ -17,14 +17,15 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::deliver::allowance::Allowance;
 use crate::deliver::destination::DestinationGuard;
 use crate::deliver::email::{self, Mailer};
 use crate::deliver::http_post::{self, DeliverError};
 use crate::deliver::settings::DeliverySettings;
-use crate::deliver::{self, AttemptService};
+use crate::deliver::{self, AttemptService, Caps};
 use crate::metrics::{FinalOutcome, Metrics};
 use crate::store::{Delivery, Store};
-use crate::subscription::{Channel, DeliveryOrder, PushSettings, Source, Subscription};
+use crate::subscription::{Channel, DeliveryOrder, PushSettings, Source, Subscription, push_slots};
 use feeder::Feeder;
 pub use pump::decide;
 use pump::{FinalCounters, Pump};
@@ -49,7 +50,10 @@ struct Shared {
     guarded_client: reqwest::Client,
     /// Checks the SMTP servers of API e-mail subscriptions at each connection.
     guard: Arc<DestinationGuard>,
-    global: Arc<Semaphore>,
+    /// The slots API subscriptions share (`delivery.api_max_in_flight`).
+    api_pool: Arc<Semaphore>,
+    /// The most of `api_pool` one API subscription may hold.
+    api_share: usize,
     shutdown: CancellationToken,
     attempts: TaskTracker,
 }
@@ -90,6 +94,21 @@ impl Dispatcher {
         shutdown: CancellationToken,
         attempts: TaskTracker,
     ) -> Result<Dispatcher, DeliverError> {
+        // Config subscriptions have their own slots (validated against the total); the API
+        // ones share what is kept beside them.
+        let config_slots = push_slots(
+            subs.iter()
+                .map(|s| &**s)
+                .filter(|s| s.source == Source::Config),
+        );
+        let api_pool = settings.api_pool(config_slots);
+        if api_pool == 0 {
+            tracing::warn!(
+                max_in_flight_total = settings.max_in_flight_total,
+                config_slots,
+                "no slots are left for API subscriptions: they cannot deliver; raise delivery.max_in_flight_total"
+            );
+        }
         let dispatcher = Dispatcher {
             lanes: Arc::default(),
             shared: Arc::new(Shared {
@@ -98,7 +117,8 @@ impl Dispatcher {
                 client: http_post::client(settings, None)?,
                 guarded_client: http_post::client(settings, Some(guard.clone()))?,
                 guard,
-                global: Arc::new(Semaphore::new(settings.max_in_flight_total)),
+                api_pool: Arc::new(Semaphore::new(api_pool)),
+                api_share: DeliverySettings::api_share(api_pool),
                 shutdown,
                 attempts,
             }),
@@ -134,7 +154,7 @@ impl Dispatcher {
                     push,
                     http,
                     client,
-                    shared.global.clone(),
+                    self.caps(&sub, push),
                     &shared.metrics,
                 );
                 let http = http.clone();
@@ -149,7 +169,7 @@ impl Dispatcher {
                     label,
                     push,
                     mailer,
-                    shared.global.clone(),
+                    self.caps(&sub, push),
                     &shared.metrics,
                 );
                 let email = email.clone();
@@ -157,6 +177,21 @@ impl Dispatcher {
                     email::message(&email, d, n)
                 });
             }
+        }
+    }
+
+    /// The concurrency a push subscription is held to: its own `max_in_flight` for a config
+    /// subscription; for an API one, at most its share of the pool the API ones share.
+    fn caps(&self, sub: &Subscription, push: &PushSettings) -> Caps {
+        match sub.source {
+            Source::Config => Caps {
+                allowance: Allowance::new(push.max_in_flight),
+                pool: None,
+            },
+            Source::Api => Caps {
+                allowance: Allowance::new(push.max_in_flight.min(self.shared.api_share)),
+                pool: Some(self.shared.api_pool.clone()),
+            },
         }
     }
 

@@ -37,12 +37,12 @@ pub enum ReloadError {
     Catalog(#[from] crate::catalog::CatalogError),
     /// The subscriptions need more attempts in flight than the running relay allows.
     #[error(
-        "delivery.max_in_flight_total: the running value {running} is below the sum of the subscriptions' max_in_flight ({wanted}); changing delivery needs a restart"
+        "delivery.max_in_flight_total: the running value {running} is below the sum of the subscriptions' max_in_flight and the API subscriptions' share ({wanted}); changing delivery needs a restart"
     )]
     OverCapacity {
         /// The running cap.
         running: usize,
-        /// The new subscriptions' sum.
+        /// The new subscriptions' sum plus the API subscriptions' pool.
         wanted: usize,
     },
     /// The loading thread failed.
@@ -68,13 +68,19 @@ pub struct Reloader {
     digest: u64,
     catalog: Arc<Catalog>,
     metrics: Metrics,
+    /// The slots API subscriptions share, fixed at start: a reload keeps them free.
+    api_pool: usize,
 }
 
 impl Reloader {
     /// A reloader of `path` for a relay started with `running`.
     pub fn new(path: PathBuf, running: Config, catalog: Arc<Catalog>, metrics: Metrics) -> Self {
         let digest = running.source_digest;
+        let api_pool = running
+            .delivery
+            .api_pool(crate::subscription::push_slots(&running.subscriptions));
         Reloader {
+            api_pool,
             path,
             running,
             digest,
@@ -165,7 +171,7 @@ impl Reloader {
             return;
         }
         let restart = self.running.restart_needed(&new);
-        let wanted = crate::config::http_in_flight(&new.subscriptions);
+        let wanted = crate::subscription::push_slots(&new.subscriptions) + self.api_pool;
         let running = self.running.delivery.max_in_flight_total;
         if wanted > running {
             return self.failed(&ReloadError::OverCapacity { running, wanted });

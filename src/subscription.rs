@@ -28,6 +28,14 @@ pub use spec::{Spec, keep_secrets};
 /// Metric label shared by API subscriptions without their own series.
 pub const SHARED_METRIC_LABEL: &str = "_api";
 
+/// The attempts `subs` may have in flight at once, all together (pull subscriptions have
+/// none).
+pub fn push_slots<'a>(subs: impl IntoIterator<Item = &'a Subscription>) -> usize {
+    subs.into_iter()
+        .filter_map(|s| s.push().map(|p| p.max_in_flight))
+        .sum()
+}
+
 /// Where a subscription was declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
