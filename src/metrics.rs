@@ -102,6 +102,8 @@ pub struct MetricSet {
     pub store_commit_duration: Histogram,
     /// Jobs per store transaction.
     pub store_batch_size: Histogram,
+    /// 1 while the store takes new events, 0 while it refuses them (disk full, size limit).
+    pub store_writable: prometheus::IntGauge,
     /// Config reloads, by result.
     pub config_reloads: IntCounterVec,
     /// Unix time of the last successful config load (startup included).
@@ -241,6 +243,16 @@ impl Metrics {
             .register(Box::new(orphaned.clone()))
             .expect("unique metric");
 
+        let store_writable = prometheus::IntGauge::new(
+            "hookrelay_store_writable",
+            "1 while the store takes new events; 0 while it refuses them (disk full, or above storage.max_size) and only finishes the deliveries it holds.",
+        )
+        .expect("valid metric");
+        store_writable.set(1);
+        registry
+            .register(Box::new(store_writable.clone()))
+            .expect("unique metric");
+
         let config_last_reload_success = prometheus::Gauge::new(
             "hookrelay_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load, startup included.",
@@ -305,6 +317,7 @@ impl Metrics {
             pull_redelivered,
             store_commit_duration,
             store_batch_size,
+            store_writable,
             config_reloads,
             config_last_reload_success,
             subscriptions,

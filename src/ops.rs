@@ -72,6 +72,13 @@ struct Probe {
     /// `ok` (`/healthz`) or `ready` (`/readyz`).
     #[schema(example = "ok")]
     status: &'static str,
+    /// `/readyz` only, while the store refuses new events: why (the disk is full, or the
+    /// store is above `storage.max_size`). The relay stays ready meanwhile: it still
+    /// answers, delivers what it holds and frees space, and the app gets `503` with
+    /// `Retry-After` from ingest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "the disk is full")]
+    store: Option<&'static str>,
 }
 
 /// Liveness: the process serves HTTP.
@@ -83,7 +90,10 @@ struct Probe {
     responses((status = 200, description = "Alive.", body = Probe, example = json!({"status": "ok"}))),
 )]
 async fn healthz() -> Json<Probe> {
-    Json(Probe { status: "ok" })
+    Json(Probe {
+        status: "ok",
+        store: None,
+    })
 }
 
 /// Readiness: the relay takes traffic.
@@ -96,7 +106,7 @@ async fn healthz() -> Json<Probe> {
     tag = "ops",
     operation_id = "readyz",
     responses(
-        (status = 200, description = "Ready.", body = Probe, example = json!({"status": "ready"})),
+        (status = 200, description = "Ready. While the store refuses new events (full disk, size limit), still ready, with the reason in `store`.", body = Probe, example = json!({"status": "ready"})),
         (status = 503, description = "Starting, shutting down, or the store has stopped (`not_ready`).", body = ErrorBody),
     ),
 )]
@@ -116,7 +126,11 @@ async fn readyz(State(state): State<OpsState>) -> Response {
         )
         .into_response()
     } else {
-        Json(Probe { status: "ready" }).into_response()
+        Json(Probe {
+            status: "ready",
+            store: state.store.refusing(),
+        })
+        .into_response()
     }
 }
 
@@ -134,6 +148,10 @@ async fn readyz(State(state): State<OpsState>) -> Response {
     ),
 )]
 async fn metrics(State(state): State<OpsState>) -> Response {
+    state
+        .metrics
+        .store_writable
+        .set(i64::from(state.store.refusing().is_none()));
     // Queue gauges are read from the store at scrape time, so they are never stale.
     match state.store.stats().await {
         Ok(stats) => {

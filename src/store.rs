@@ -8,6 +8,9 @@
 //! API's JSON of a delivery (re-exported here).
 
 pub mod settings;
+
+/// Room the WAL takes between two checkpoints; the storage reserve is at least this.
+pub const WAL_ROOM: u64 = 4 * 1024 * 1024;
 pub mod sqlite;
 mod views;
 
@@ -469,6 +472,12 @@ fn describe(context: &str, source: &Option<Cause>) -> String {
 pub trait Store: Send + Sync + 'static {
     /// False once the store can no longer take work (its writer has stopped).
     fn healthy(&self) -> bool;
+
+    /// Why the store refuses new events now (full disk, size limit), if it does; the work
+    /// already accepted goes on.
+    fn refusing(&self) -> Option<&'static str> {
+        None
+    }
 
     /// Stores events and their deliveries, all or nothing; returns once they are durable.
     async fn accept(&self, batch: Vec<Accepted>) -> Result<Vec<Admission>, StoreError>;

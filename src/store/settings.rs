@@ -18,8 +18,11 @@ pub struct StorageSettings {
     pub ttl: Duration,
     /// Terminal deliveries and finished events are kept this long.
     pub retention: Duration,
-    /// Above this database size ingest answers 503.
+    /// Above this database size ingest answers 503; unset: 80% of the volume.
     pub max_size: Option<u64>,
+    /// Space the relay holds beside the database and gives back when the disk fills, so
+    /// accepted deliveries can still complete and prune.
+    pub reserve: u64,
 }
 
 /// Where the database lives.
@@ -49,6 +52,7 @@ impl Default for StorageSettings {
             ttl: Duration::from_secs(72 * 3600),
             retention: Duration::from_secs(72 * 3600),
             max_size: None,
+            reserve: 16 * 1024 * 1024,
         }
     }
 }
@@ -66,6 +70,7 @@ impl StorageSettings {
                 "ttl",
                 "retention",
                 "max_size",
+                "reserve",
             ],
             issues,
         );
@@ -117,6 +122,16 @@ impl StorageSettings {
             max_size: st
                 .has("max_size")
                 .then(|| st.size("max_size", 64 * 1024..=u64::MAX, u64::MAX, issues)),
+            reserve: {
+                let reserve = st.size("reserve", 0..=1024 * 1024 * 1024, defaults.reserve, issues);
+                if reserve != 0 && reserve < crate::store::WAL_ROOM {
+                    issues.push(
+                        &st.at("reserve"),
+                        format!("{reserve} bytes is below 4MiB, what a checkpoint of the WAL needs on a full disk (or 0 to keep no reserve)"),
+                    );
+                }
+                reserve
+            },
         }
     }
 }

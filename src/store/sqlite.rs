@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
-use super::settings::StorageSettings;
+use super::settings::{StorageLocation, StorageSettings};
 use super::{
     Accepted, Admission, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery, DeliveryState,
     EventStatus, Housekeeping, Outcome, PullMode, Pulled, QueueStats, Release, Store, StoreError,
@@ -56,6 +56,7 @@ mod queries;
 mod retired;
 mod rows;
 mod schema;
+mod space;
 mod subscriptions;
 #[cfg(test)]
 mod tests;
@@ -66,6 +67,7 @@ pub use writer::WriterMetrics;
 
 use outcomes::Outcomes;
 use retired::Retired;
+use space::{Space, default_max_size};
 use writer::{Job, Writer};
 
 /// The SQLite store.
@@ -77,6 +79,8 @@ pub struct SqliteStore {
     prune_cursor: Arc<AtomicI64>,
     outcomes: Outcomes,
     over_size: Arc<AtomicBool>,
+    /// Raised while the disk is full (see `space`).
+    disk_full: Arc<AtomicBool>,
     /// Subscriptions deleted (state `cancelled`) or gone from the config (`orphaned`) since
     /// the start, with the state their new deliveries get. Only writer jobs touch it, so an
     /// event matched before the change but stored after it never leaves a pending delivery
@@ -96,8 +100,23 @@ impl SqliteStore {
         // Reads (scrapes, status, lists, due times) use their own connection, so they never
         // wait for or delay a group commit; without one they go through the writer.
         let reader = schema::open_reader(settings)?;
+        let db = match &settings.location {
+            StorageLocation::File(path) => Some(path.as_path()),
+            StorageLocation::Memory => None,
+        };
+        let space = Space::open(db, settings.reserve);
+        let disk_full = space.full_flag();
+        let max_size = settings.max_size.or_else(|| db.and_then(default_max_size));
+        if settings.max_size.is_none()
+            && let Some(max) = max_size
+        {
+            tracing::info!(
+                max_size = max,
+                "storage.max_size defaults to 80% of the volume"
+            );
+        }
         let (jobs, over_size) =
-            Writer::start(conn, settings.queue_capacity, metrics, settings.max_size)?;
+            Writer::start(conn, settings.queue_capacity, metrics, max_size, space)?;
         Ok(SqliteStore {
             jobs,
             reader,
@@ -105,6 +124,7 @@ impl SqliteStore {
             retired: Retired::default(),
             outcomes: Outcomes::default(),
             over_size,
+            disk_full,
             ttl_ms: settings.ttl.as_millis() as i64,
             retention_ms: settings.retention.as_millis() as i64,
         })
@@ -129,11 +149,19 @@ impl Store for SqliteStore {
         !self.jobs.is_closed()
     }
 
+    fn refusing(&self) -> Option<&'static str> {
+        if self.disk_full.load(Ordering::Relaxed) {
+            Some("the disk is full")
+        } else if self.over_size.load(Ordering::Relaxed) {
+            Some("the store is above storage.max_size")
+        } else {
+            None
+        }
+    }
+
     async fn accept(&self, batch: Vec<Accepted>) -> Result<Vec<Admission>, StoreError> {
-        if self.over_size.load(Ordering::Relaxed) {
-            return Err(StoreError::Busy(
-                "the store is above storage.max_size".into(),
-            ));
+        if let Some(why) = self.refusing() {
+            return Err(StoreError::Busy(why.into()));
         }
         let (ttl_ms, retired) = (self.ttl_ms, self.retired.clone());
         self.run(true, move |conn| {

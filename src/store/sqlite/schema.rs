@@ -147,8 +147,11 @@ pub(super) fn open_connection(settings: &StorageSettings) -> Result<Connection, 
         StorageLocation::Memory => "MEMORY",
         StorageLocation::File(_) => "WAL",
     };
+    // Only takes on a new file (before its first table): pruned pages can then be given
+    // back to the volume when the disk is full (`space.rs`). Older files keep reusing them.
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = {journal};
+        "PRAGMA auto_vacuum = INCREMENTAL;
+         PRAGMA journal_mode = {journal};
          PRAGMA synchronous = {sync};
          PRAGMA temp_store = MEMORY;
          PRAGMA cache_size = -32768;

@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::retired::Mark;
+use super::space::Space;
 use super::{SqliteStore, sql_error};
 use crate::store::StoreError;
 
@@ -46,16 +47,19 @@ pub(super) struct Writer {
     metrics: WriterMetrics,
     max_size: Option<u64>,
     over_size: Arc<AtomicBool>,
+    space: Space,
 }
 
 impl Writer {
     /// Starts the writer thread on `conn`. Returns where to send its jobs (at most `capacity`
-    /// waiting) and the flag it keeps raised while the file is above `max_size`.
+    /// waiting) and the flag it keeps raised while the file is above `max_size`; `space`
+    /// keeps the disk's own flag.
     pub(super) fn start(
         conn: Connection,
         capacity: usize,
         metrics: WriterMetrics,
         max_size: Option<u64>,
+        space: Space,
     ) -> Result<(mpsc::Sender<Job>, Arc<AtomicBool>), StoreError> {
         let (jobs, rx) = mpsc::channel(capacity);
         let over_size = Arc::new(AtomicBool::new(false));
@@ -65,6 +69,7 @@ impl Writer {
             metrics,
             max_size,
             over_size: over_size.clone(),
+            space,
         };
         std::thread::Builder::new()
             .name("hookrelay-store".into())
@@ -88,13 +93,16 @@ impl Writer {
             }
             let started = Instant::now();
             let size = jobs.len();
-            self.transaction(&mut jobs);
+            if let Some(disk_full) = self.transaction(&mut jobs) {
+                self.space.after_failure(&self.conn, disk_full);
+            }
             self.metrics
                 .commit_duration
                 .observe(started.elapsed().as_secs_f64());
             self.metrics.batch_size.observe(size as f64);
             if size_checked.elapsed() >= SIZE_CHECK_EVERY {
                 self.check_size();
+                self.space.tick(&self.conn);
                 size_checked = Instant::now();
             }
         }
@@ -104,17 +112,21 @@ impl Writer {
         }
     }
 
-    fn transaction(&mut self, jobs: &mut Vec<Job>) {
+    /// Runs `jobs` in one transaction. `None` when it committed; else whether SQLite said
+    /// the disk is full.
+    fn transaction(&mut self, jobs: &mut Vec<Job>) -> Option<bool> {
         let conn = &self.conn;
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let disk_full = is_disk_full(&e);
             let err = sql_error(e);
             tracing::error!(error = %err, "store transaction could not start");
             for job in jobs.drain(..) {
                 let (_, finish) = job(Err(err.clone()));
                 finish(Err(err.clone()));
             }
-            return;
+            return Some(disk_full);
         }
+        let mut failed_jobs = false;
         let mut finishes = Vec::with_capacity(jobs.len());
         let mut aborted = None;
         for job in jobs.drain(..) {
@@ -128,6 +140,7 @@ impl Writer {
             let _ = run("SAVEPOINT job");
             let (ok, finish) = job(Ok(conn));
             if !ok {
+                failed_jobs = true;
                 let _ = run("ROLLBACK TO job");
             }
             let _ = run("RELEASE job");
@@ -140,9 +153,13 @@ impl Writer {
                 ));
             }
         }
+        let mut disk_full = false;
         let commit = match aborted {
             Some(err) => Err(err),
-            None => conn.execute_batch("COMMIT").map_err(sql_error),
+            None => conn.execute_batch("COMMIT").map_err(|e| {
+                disk_full = is_disk_full(&e);
+                sql_error(e)
+            }),
         };
         if let Err(e) = &commit {
             tracing::error!(error = %e, "store commit failed");
@@ -150,9 +167,11 @@ impl Writer {
                 let _ = conn.execute_batch("ROLLBACK");
             }
         }
+        let failed = commit.is_err() || failed_jobs;
         for finish in finishes {
             finish(commit.clone());
         }
+        failed.then_some(disk_full)
     }
 
     fn check_size(&self) {
@@ -178,6 +197,11 @@ impl Writer {
             }
         }
     }
+}
+
+/// True when SQLite refused a write for want of disk space.
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
 
 impl SqliteStore {
