@@ -1,6 +1,7 @@
 //! Events as the app sends them: the JSON envelope, parsed once, with `data` kept as the exact
 //! bytes the app sent so deliveries carry them byte for byte.
 
+use crate::json_depth;
 use crate::media_type;
 use crate::time::{new_id, now_ms};
 use std::borrow::Cow;
@@ -96,16 +97,21 @@ impl Event {
         };
         let (mut event_type, mut id, mut data) = (None, None, None);
         for (key, value) in members {
-            match key.as_ref() {
-                "type" => event_type = Some(value),
-                "id" => id = Some(value),
-                "data" => data = Some(value),
+            // Names compared unescaped: `"typ\u0065"` is `type` too.
+            let (member, slot) = match key.as_ref() {
+                "type" => ("type", &mut event_type),
+                "id" => ("id", &mut id),
+                "data" => ("data", &mut data),
                 other => {
                     return Err(EventError::Invalid {
                         field: Cow::Borrowed("envelope"),
                         message: format!("unknown member {other:?} (expected type, id, data)"),
                     });
                 }
+            };
+            // Parsers disagree on which of two values wins: refuse rather than guess.
+            if slot.replace(value).is_some() {
+                return Err(invalid(member, &format!("{member}: given more than once")));
             }
         }
         let token = |field: &'static str, raw: &RawValue| -> Result<String, EventError> {
@@ -145,6 +151,29 @@ impl Event {
             },
             raw,
         ))
+    }
+}
+
+impl Event {
+    /// Refuses data that filters would read nested deeper than `max_depth`
+    /// (`limits.max_depth`): an envelope's `data`, a raw event's body declared JSON. Deeper
+    /// data would pass a parser's own recursion limit and silently match no filter.
+    pub fn check_depth(&self, max_depth: usize) -> Result<(), EventError> {
+        let field = match self.raw.as_deref() {
+            None => "data",
+            Some(meta) if meta.is_json() => "body",
+            // Opaque bytes: no filter reads them.
+            Some(_) => return Ok(()),
+        };
+        if json_depth::exceeds(&self.data, max_depth) {
+            return Err(invalid(
+                field,
+                &format!(
+                    "{field}: nests arrays and objects deeper than limits.max_depth ({max_depth})"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -249,6 +278,13 @@ impl Event {
             let Ok(text) = value.to_str() else {
                 return Err(bad(name, "must be visible ASCII".into()));
             };
+            // `to_str` lets a tab through; filters and receivers expect one line of text.
+            if text.bytes().any(|b| b.is_ascii_control()) {
+                return Err(bad(
+                    name,
+                    "must not hold control characters (a tab included)".into(),
+                ));
+            }
             if text.len() > MAX_ATTR_VALUE {
                 return Err(bad(name, format!("is longer than {MAX_ATTR_VALUE} bytes")));
             }
@@ -355,6 +391,9 @@ mod tests {
             (r#"{"type":"t"}"#, "data"),
             (r#"{"type":5,"data":{}}"#, "type"),
             (r#"{"type":"t","data":{},"dta":1}"#, "envelope"),
+            (r#"{"type":"t","type":"u","data":{}}"#, "type"),
+            (r#"{"type":"t","id":"a","id":"a","data":{}}"#, "id"),
+            (r#"{"type":"t","data":1,"data":2}"#, "data"),
             ("[1]", "envelope"),
         ];
         for (body, field) in cases {
@@ -439,6 +478,10 @@ mod tests {
                     ("hookrelay-event-type", "t"),
                     ("hookrelay-attr-x", "\u{e9}"),
                 ],
+                "headers.hookrelay-attr-x",
+            ),
+            (
+                vec![("hookrelay-event-type", "t"), ("hookrelay-attr-x", "a\tb")],
                 "headers.hookrelay-attr-x",
             ),
             (

@@ -133,7 +133,7 @@ fn count_refusal(metrics: &Metrics, reason: &str) {
         ("hookrelay-event-id" = Option<String>, Header, pattern = "^[A-Za-z0-9._:-]{1,128}$",
             description = "A raw event's id (without it, a UUIDv7); an id the store holds already makes the post a duplicate."),
         ("hookrelay-attr-NAME" = Option<String>, Header,
-            description = "A raw event's attribute, for filters (`{attr: NAME, ...}`): any number of headers `hookrelay-attr-` + a name `[a-z0-9_-]{1,64}`, at most 32, each value visible ASCII up to 512 bytes."),
+            description = "A raw event's attribute, for filters (`{attr: NAME, ...}`): any number of headers `hookrelay-attr-` + a name `[a-z0-9_-]{1,64}`, at most 32, each value visible ASCII (no tab or other control character) up to 512 bytes."),
     ),
     request_body(
         content(
@@ -152,7 +152,7 @@ fn count_refusal(metrics: &Metrics, reason: &str) {
         Unauthorized,
         BodyTooLarge,
         (status = 415, description = "The content type is not JSON and there is no `hookrelay-event-type` header (`unsupported_media_type`).", body = ErrorBody),
-        (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names the member (`headers.<name>` for a raw event's header).", body = ErrorBody,
+        (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names the member (missing, invalid, given twice, or `data` nested deeper than `limits.max_depth`), `headers.<name>` for a raw event's header, `body` for a raw JSON body deeper than `limits.max_depth`.", body = ErrorBody,
             example = json!({"error": {"code": "invalid_event", "message": "type: missing", "fields": [{"field": "type", "reason": "missing"}]}})),
         StoreRefused,
     )
@@ -167,6 +167,9 @@ async fn post_event(
             // A raw event: the body is its data, whatever its content type.
             let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
             let event = Event::from_raw(&headers, body).map_err(|e| event_error(e, ""))?;
+            event
+                .check_depth(state.limits.max_depth)
+                .map_err(|e| event_error(e, ""))?;
             let meta = event.raw.as_deref().expect("a raw event");
             let json = meta.is_json().then_some(&event.data[..]);
             let matched = state.catalog.matcher().matching_raw(
@@ -196,6 +199,9 @@ async fn post_event(
             }
             let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
             let (event, raw) = Event::parse(&body).map_err(|e| event_error(e, ""))?;
+            event
+                .check_depth(state.limits.max_depth)
+                .map_err(|e| event_error(e, ""))?;
             let matched = state.catalog.matcher().matching(&event.event_type, raw);
             (event, matched)
         };
@@ -240,7 +246,7 @@ async fn post_event(
         Unauthorized,
         (status = 413, description = "The body is larger than `limits.max_batch_body`, or has more than `limits.max_batch` events (`too_large`).", body = ErrorBody),
         NotJson,
-        (status = 422, description = "JSON but not an array (`invalid_batch`), or an element is not a valid envelope (`invalid_event`, with `fields` such as `[1].type`).", body = ErrorBody),
+        (status = 422, description = "JSON but not an array (`invalid_batch`), or an element is not a valid envelope (`invalid_event`, with `fields` such as `[1].type`, or `[1].data` nested deeper than `limits.max_depth`).", body = ErrorBody),
         StoreRefused,
     )
 )]
@@ -285,8 +291,12 @@ async fn post_batch(
             // Each element is a slice of the shared body buffer, parsed like a single event.
             let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
             let element = body.slice(start..start + raw.get().len());
-            let (event, data) =
-                Event::parse(&element).map_err(|e| event_error(e, &format!("[{i}]")))?;
+            let (event, data) = Event::parse(&element)
+                .and_then(|(event, data)| {
+                    event.check_depth(state.limits.max_depth)?;
+                    Ok((event, data))
+                })
+                .map_err(|e| event_error(e, &format!("[{i}]")))?;
             let lanes = state.catalog.matcher().matching(&event.event_type, data);
             batch.push(Matched { event, lanes });
         }

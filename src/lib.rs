@@ -18,7 +18,7 @@
 //! - [`inbound`] is the HTTP edge the three listeners share (error shape, body helpers,
 //!   bearer check, request limits); [`ops`] serves the probes and the Prometheus
 //!   [`metrics`]; [`server`] wires it all to bound listeners and a shutdown future.
-//!   [`time`], [`secret`] and [`media_type`] are shared leaves.
+//!   [`time`], [`secret`], [`media_type`] and [`json_depth`] are shared leaves.
 
 pub mod api;
 pub mod backoff;
@@ -32,6 +32,7 @@ pub mod event;
 pub mod filter;
 pub mod inbound;
 pub mod ingest;
+pub mod json_depth;
 pub mod matching;
 pub mod media_type;
 pub mod metrics;

@@ -31,8 +31,41 @@ impl Secret {
     }
 }
 
+/// What a token may hold, for the refusal: [`is_token`] in words.
+pub const TOKEN_RULE: &str =
+    "must be visible ASCII characters only, no spaces or control characters, and not empty";
+
+/// True when `s` can be a bearer token: one or more visible ASCII characters (`!` to `~`).
+/// A space, a control character or a non-ASCII one could never match: the check compares
+/// the `Authorization` header's value, and an HTTP client trims or refuses those.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_visible_ascii_without_spaces() {
+        for ok in ["s3cret", "a.b-c_d~!", "Zm9vYmFy+/=="] {
+            assert!(is_token(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "two words",
+            "tab\there",
+            "bell\u{7}",
+            "t\u{f6}ken",
+            "del\u{7f}",
+        ] {
+            assert!(!is_token(bad), "{bad:?}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use crate::deliver::destination::Allowed;
-use crate::secret::Secret;
+use crate::secret::{Secret, TOKEN_RULE, is_token};
 use crate::yaml::{Issues, Section, as_list, as_string, index};
 
 /// Management API settings.
@@ -33,11 +33,13 @@ impl ApiSettings {
             issues,
         );
         let token = a.string("token", issues).map(Secret::new);
-        if token.as_ref().is_some_and(|t| t.expose().is_empty()) {
-            issues.push(
+        match &token {
+            Some(t) if t.expose().is_empty() => issues.push(
                 &a.at("token"),
                 "must not be empty (omit it to disable API auth)",
-            );
+            ),
+            Some(t) if !is_token(t.expose()) => issues.push(&a.at("token"), TOKEN_RULE),
+            _ => {}
         }
         let allow_unauthenticated = a.boolean("allow_unauthenticated", false, issues);
         if !api.ip().is_loopback() && token.is_none() && !allow_unauthenticated {

@@ -1,5 +1,5 @@
 //! The `limits` section: bounds on every inbound request, applied by the listeners'
-//! hardening layers (timeout, concurrency, body size) and by ingest (batches).
+//! hardening layers (timeout, concurrency, body size) and by ingest (batches, data depth).
 
 use std::time::Duration;
 
@@ -18,7 +18,13 @@ pub struct Limits {
     pub max_batch: usize,
     /// Largest batch request body.
     pub max_batch_body: usize,
+    /// Deepest nesting of arrays and objects in event data that filters read.
+    pub max_depth: usize,
 }
+
+/// Most `limits.max_depth` may be: filters and ordering keys parse data with serde_json,
+/// whose recursion limit is 128 levels; this leaves room for the wrapping around data.
+pub const MAX_DEPTH_LIMIT: u64 = 100;
 
 impl Limits {
     /// Reads the `limits` section of the config root.
@@ -31,6 +37,7 @@ impl Limits {
                 "max_concurrent_requests",
                 "max_batch",
                 "max_batch_body",
+                "max_depth",
             ],
             issues,
         );
@@ -55,6 +62,7 @@ impl Limits {
                 16 * 1024 * 1024,
                 issues,
             ) as usize,
+            max_depth: lim.integer("max_depth", 1..=MAX_DEPTH_LIMIT, 64, issues) as usize,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use crate::secret::Secret;
+use crate::secret::{Secret, TOKEN_RULE, is_token};
 use crate::yaml::{Issues, Section};
 
 /// Ingest authentication.
@@ -20,11 +20,13 @@ impl IngestSettings {
         let ingest = IngestSettings {
             token: ing.string("token", issues).map(Secret::new),
         };
-        if ingest.token.as_ref().is_some_and(|t| t.expose().is_empty()) {
-            issues.push(
+        match &ingest.token {
+            Some(t) if t.expose().is_empty() => issues.push(
                 &ing.at("token"),
                 "must not be empty (omit it to disable ingest auth)",
-            );
+            ),
+            Some(t) if !is_token(t.expose()) => issues.push(&ing.at("token"), TOKEN_RULE),
+            _ => {}
         }
 
         let ingest_open = ing.boolean("allow_unauthenticated", false, issues);

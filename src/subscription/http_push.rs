@@ -6,7 +6,7 @@ use reqwest::Url;
 use serde_yaml::Value;
 
 use super::{Auth, Encoding, SuccessCodes};
-use crate::secret::Secret;
+use crate::secret::{Secret, TOKEN_RULE, is_token};
 use crate::signing::SigningKey;
 use crate::yaml::{Issues, Section, as_integer, as_list, as_string, describe, index, kind};
 
@@ -123,11 +123,8 @@ pub(super) fn parse_auth(s: &Section<'_>, issues: &mut Issues) -> Option<Auth> {
                 }
                 _ => as_string(v, &a.at("bearer"), issues)?,
             };
-            if token.is_empty() || HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
-                issues.push(
-                    &a.at("bearer"),
-                    "must be a non-empty token of visible ASCII characters",
-                );
+            if !is_token(&token) {
+                issues.push(&a.at("bearer"), TOKEN_RULE);
                 return None;
             }
             Some(Auth::Bearer(Secret::new(token)))

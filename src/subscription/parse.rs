@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
 use serde_json::Value as Json;
 use serde_yaml::Value;
 
@@ -17,7 +16,7 @@ use super::{
 };
 use crate::backoff::{Backoff, Curve};
 use crate::filter::{FieldPath, Filter};
-use crate::secret::Secret;
+use crate::secret::{Secret, TOKEN_RULE, is_token};
 use crate::yaml::{Issues, Section, as_duration, as_float, as_list, as_string, describe, index};
 
 /// Keys a subscription entry may have.
@@ -351,12 +350,9 @@ fn parse_pull(s: &Section<'_>, issues: &mut Issues) -> Option<PullSettings> {
     );
     let token = p.string("token", issues);
     if let Some(t) = &token
-        && (t.is_empty() || HeaderValue::from_str(&format!("Bearer {t}")).is_err())
+        && !is_token(t)
     {
-        issues.push(
-            &p.at("token"),
-            "must be a non-empty token of visible ASCII characters",
-        );
+        issues.push(&p.at("token"), TOKEN_RULE);
     }
     Some(PullSettings {
         ack,

@@ -388,7 +388,7 @@ fn pull_subscriptions() {
         "subscriptions[0].pull.ack: \"maybe\" is not explicit or auto",
         "subscriptions[0].pull.visibility_timeout: 13h is out of range",
         "subscriptions[0].pull.ttl: 0s is out of range",
-        "subscriptions[0].pull.token: must be a non-empty token",
+        "subscriptions[0].pull.token: must be visible ASCII",
     ];
     for e in expected {
         assert!(
