@@ -14,6 +14,7 @@ pub mod payload;
 pub mod rate_limit;
 pub mod settings;
 pub mod verdict;
+pub mod via;
 
 use std::sync::Arc;
 
@@ -44,17 +45,17 @@ pub struct Caps {
 /// A subscription's attempt service: its channel's request in, a verdict out.
 pub type AttemptService<R> = BoxCloneService<R, Verdict, BoxError>;
 
-/// The stack of an HTTP push subscription: the shared `client` sends, with the
-/// subscription's credentials added last.
+/// The stack of an HTTP push subscription: `sender` sends, with the subscription's
+/// credentials added last.
 pub fn http_stack(
     label: &str,
     push: &PushSettings,
     http: &HttpSettings,
-    client: reqwest::Client,
+    sender: http_post::Sender,
     caps: Caps,
     metrics: &Metrics,
 ) -> AttemptService<reqwest::Request> {
-    let send = tower::service_fn(move |req| http_post::send(client.clone(), req));
+    let send = tower::service_fn(move |req| sender.clone().send(req));
     let transport = ServiceBuilder::new()
         // Credentials last, marked sensitive so no layer can log them.
         .option_layer(http.auth.as_ref().map(AuthLayer::new))

@@ -18,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::deliver::allowance::Allowance;
-use crate::deliver::destination::DestinationGuard;
+use crate::deliver::destination::{DestinationGuard, Lookup, Policy};
 use crate::deliver::email::{self, Mailer};
-use crate::deliver::http_post::{self, DeliverError};
+use crate::deliver::http_post::{self, Clients, DeliverError};
 use crate::deliver::settings::DeliverySettings;
-use crate::deliver::{self, AttemptService, Caps};
+use crate::deliver::{self, AttemptService, Caps, via};
 use crate::metrics::{FinalOutcome, Metrics};
 use crate::store::{Delivery, Store};
 use crate::subscription::{Channel, DeliveryOrder, PushSettings, Source, Subscription, push_slots};
@@ -44,12 +44,12 @@ pub struct Dispatcher {
 struct Shared {
     store: Arc<dyn Store>,
     metrics: Metrics,
-    /// Client of config subscriptions.
-    client: reqwest::Client,
-    /// Client of API subscriptions: resolves names through the destination guard.
-    guarded_client: reqwest::Client,
-    /// Checks the SMTP servers of API e-mail subscriptions at each connection.
-    guard: Arc<DestinationGuard>,
+    /// HTTP clients; API subscriptions' resolve through the whole destination guard.
+    clients: Clients,
+    /// Resolves and checks the SMTP servers of e-mail subscriptions at each connection.
+    lookup: Lookup,
+    /// This relay's id in `hookrelay-via`, new at each start.
+    relay_id: Arc<str>,
     /// The slots API subscriptions share (`delivery.api_max_in_flight`).
     api_pool: Arc<Semaphore>,
     /// The most of `api_pool` one API subscription may hold.
@@ -94,6 +94,7 @@ impl Dispatcher {
         shutdown: CancellationToken,
         attempts: TaskTracker,
     ) -> Result<Dispatcher, DeliverError> {
+        let lookup = Lookup::new(guard, settings.hosts.clone());
         // Config subscriptions have their own slots (validated against the total); the API
         // ones share what is kept beside them.
         let config_slots = push_slots(
@@ -114,9 +115,9 @@ impl Dispatcher {
             shared: Arc::new(Shared {
                 store,
                 metrics: metrics.clone(),
-                client: http_post::client(settings, None)?,
-                guarded_client: http_post::client(settings, Some(guard.clone()))?,
-                guard,
+                clients: Clients::new(settings, lookup.clone())?,
+                lookup,
+                relay_id: via::new_relay_id().into(),
                 api_pool: Arc::new(Semaphore::new(api_pool)),
                 api_share: DeliverySettings::api_share(api_pool),
                 shutdown,
@@ -145,26 +146,28 @@ impl Dispatcher {
                 );
             }
             Channel::Http { push, http } => {
-                let client = match sub.source {
-                    Source::Config => shared.client.clone(),
-                    Source::Api => shared.guarded_client.clone(),
-                };
+                let sender = shared.clients.sender(policy(&sub), &http.url);
                 let service = deliver::http_stack(
                     label,
                     push,
                     http,
-                    client,
+                    sender,
                     self.caps(&sub, push),
                     &shared.metrics,
                 );
                 let http = http.clone();
+                let relay = shared.relay_id.clone();
                 self.start_pump(&sub, push, service, move |d, n| {
-                    http_post::request(&http, d, n)
+                    http_post::request(&http, d, n, &relay)
                 });
             }
             Channel::Email { push, email } => {
-                let guard = (sub.source == Source::Api).then(|| shared.guard.clone());
-                let mailer = Arc::new(Mailer::new(email, guard, push.timeout));
+                let mailer = Arc::new(Mailer::new(
+                    email,
+                    shared.lookup.clone(),
+                    policy(&sub),
+                    push.timeout,
+                ));
                 let service = deliver::email_stack(
                     label,
                     push,
@@ -312,6 +315,19 @@ impl Dispatcher {
     /// The lane of `subscription`, which the catalog pairs with it in the matcher.
     pub fn lane(&self, subscription: &str) -> Option<Arc<Lane>> {
         self.with_lane(subscription, Arc::clone)
+    }
+
+    /// This relay's id in `hookrelay-via` (random at each start).
+    pub fn relay_id(&self) -> &str {
+        &self.shared.relay_id
+    }
+}
+
+/// The destination rules of a subscription: config ones are trusted but for own listeners.
+fn policy(sub: &Subscription) -> Policy {
+    match sub.source {
+        Source::Config => Policy::OwnListeners,
+        Source::Api => Policy::Guarded,
     }
 }
 

@@ -20,6 +20,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use crate::catalog::Catalog;
+use crate::deliver::via::{self, Via, ViaError};
 use crate::dispatch::{Dispatcher, Lane, Route};
 use crate::event::{self, Event, EventError, RawMeta};
 use crate::inbound::auth::require_bearer;
@@ -33,7 +34,9 @@ use crate::secret::Secret;
 use crate::store::{Accepted, Admission, Delivery, DeliveryId, NewDelivery, Store, StoreError};
 use crate::subscription::DeliveryOrder;
 use crate::time::rfc3339;
-use schema::{BatchReceipt, Envelope, EventView, Receipt, StoreRefused, Unauthorized};
+use schema::{
+    BatchReceipt, Envelope, EventView, LoopDetected, Receipt, StoreRefused, Unauthorized,
+};
 
 /// What the ingest handler needs.
 #[derive(Clone)]
@@ -132,6 +135,8 @@ fn count_refusal(metrics: &Metrics, reason: &str) {
             description = "Makes the post a raw event of this type: the body is its data, whatever its content type."),
         ("hookrelay-event-id" = Option<String>, Header, pattern = "^[A-Za-z0-9._:-]{1,128}$",
             description = "A raw event's id (without it, a UUIDv7); an id the store holds already makes the post a duplicate."),
+        ("hookrelay-via" = Option<String>, Header,
+            description = "Set by relays on their deliveries: the ids of the relays the event passed. A post naming this relay, or one that passed 8 relays, is refused with `508`; a raw event keeps the path (as the attribute `hookrelay-via`) for its own deliveries."),
         ("hookrelay-attr-NAME" = Option<String>, Header,
             description = "A raw event's attribute, for filters (`{attr: NAME, ...}`): any number of headers `hookrelay-attr-` + a name `[a-z0-9_-]{1,64}`, at most 32, each value visible ASCII (no tab or other control character) up to 512 bytes."),
     ),
@@ -155,6 +160,7 @@ fn count_refusal(metrics: &Metrics, reason: &str) {
         (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names the member (missing, invalid, given twice, or `data` nested deeper than `limits.max_depth`), `headers.<name>` for a raw event's header, `body` for a raw JSON body deeper than `limits.max_depth`.", body = ErrorBody,
             example = json!({"error": {"code": "invalid_event", "message": "type: missing", "fields": [{"field": "type", "reason": "missing"}]}})),
         StoreRefused,
+        LoopDetected,
     )
 )]
 async fn post_event(
@@ -163,13 +169,18 @@ async fn post_event(
     body: Body,
 ) -> Response {
     let result = async {
+        let via = came_via(&state, &headers)?;
         let (event, matched) = if event::is_raw(&headers) {
             // A raw event: the body is its data, whatever its content type.
             let body = read_body(body, state.limits.max_body, "limits.max_body").await?;
-            let event = Event::from_raw(&headers, body).map_err(|e| event_error(e, ""))?;
+            let mut event = Event::from_raw(&headers, body).map_err(|e| event_error(e, ""))?;
             event
                 .check_depth(state.limits.max_depth)
                 .map_err(|e| event_error(e, ""))?;
+            // Its deliveries carry the path on, so a loop through other relays ends too.
+            if let Some(raw) = event.raw.as_mut() {
+                via.record(Arc::make_mut(raw));
+            }
             let meta = event.raw.as_deref().expect("a raw event");
             let json = meta.is_json().then_some(&event.data[..]);
             let matched = state.catalog.matcher().matching_raw(
@@ -248,6 +259,7 @@ async fn post_event(
         NotJson,
         (status = 422, description = "JSON but not an array (`invalid_batch`), or an element is not a valid envelope (`invalid_event`, with `fields` such as `[1].type`, or `[1].data` nested deeper than `limits.max_depth`).", body = ErrorBody),
         StoreRefused,
+        LoopDetected,
     )
 )]
 async fn post_batch(
@@ -256,6 +268,8 @@ async fn post_batch(
     body: Body,
 ) -> Response {
     let result = async {
+        // Envelopes keep no path: a batch is checked, not carried on.
+        came_via(&state, &headers)?;
         if let Some(name) = event::raw_header(&headers) {
             return Err(HttpError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -319,6 +333,25 @@ async fn post_batch(
     respond(&state.metrics, result)
 }
 
+/// The relays a post passed (`hookrelay-via`); `508` when it went round a loop through this
+/// relay or passed too many, before anything is read or stored.
+fn came_via(state: &IngestState, headers: &HeaderMap) -> Result<Via, HttpError> {
+    let field = format!("headers.{}", via::HEADER);
+    let refuse = |status, code, e: ViaError| {
+        let message = e.to_string();
+        let reason = message
+            .strip_prefix(&format!("{}: ", via::HEADER))
+            .unwrap_or(&message)
+            .to_string();
+        HttpError::new(status, code, message).field(field.clone(), reason)
+    };
+    let via = Via::from_headers(headers)
+        .map_err(|e| refuse(StatusCode::UNPROCESSABLE_ENTITY, "invalid_event", e))?;
+    via.check(state.dispatcher.relay_id())
+        .map_err(|e| refuse(StatusCode::LOOP_DETECTED, "loop_detected", e))?;
+    Ok(via)
+}
+
 /// Counts the request's outcome and turns it into a response.
 fn respond<T: Serialize>(
     metrics: &Metrics,
@@ -331,6 +364,7 @@ fn respond<T: Serialize>(
             let reason = match error.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => "too_large",
                 StatusCode::SERVICE_UNAVAILABLE => "busy",
+                StatusCode::LOOP_DETECTED => "loop",
                 _ => "invalid",
             };
             count_refusal(metrics, reason);

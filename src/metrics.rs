@@ -53,7 +53,7 @@ impl FinalOutcome {
 /// Outcomes of an ingest request (`hookrelay_events_received_total{outcome}`).
 pub const RECEIVE_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
 /// Reasons an event was refused (`hookrelay_events_rejected_total{reason}`).
-pub const REJECT_REASONS: [&str; 4] = ["busy", "invalid", "too_large", "unauthorized"];
+pub const REJECT_REASONS: [&str; 5] = ["busy", "invalid", "loop", "too_large", "unauthorized"];
 /// Results of a config reload (`hookrelay_config_reloads_total{result}`).
 pub const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
 /// Where subscriptions come from (`hookrelay_subscriptions{source}`).

@@ -1,15 +1,20 @@
-//! Where subscriptions registered over the API may deliver. Anyone holding the API token can
-//! name a URL, so link-local and cloud metadata addresses and the relay's own listeners are
-//! refused (unless `api.allowed_destinations` names them), and when an allow-list is set only
-//! its hosts and networks are reachable. URLs are checked when registered; names are checked
-//! again after every DNS resolution, so a name cannot later be pointed somewhere refused.
+//! Where deliveries may connect. No subscription may reach the relay's own listeners (each
+//! delivery would be ingested as a new event: a loop). Subscriptions registered over the API
+//! are held to more: anyone holding the API token can name a URL, so link-local and cloud
+//! metadata addresses are refused (unless `api.allowed_destinations` names them), and when an
+//! allow-list is set only its hosts and networks are reachable. API URLs are checked when
+//! registered; every name, of any subscription, is checked again on the addresses it resolves
+//! to at each connection, so no name (an `/etc/hosts` alias, a wildcard DNS name) can point a
+//! delivery somewhere refused. Names in `delivery.hosts` resolve to their address first.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use tower::BoxError;
 
 use crate::subscription::Subscription;
 
@@ -85,7 +90,7 @@ impl DestinationGuard {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("scheme {:?} is not http or https", url.scheme()));
         }
-        if targets_listener(url, &self.own) {
+        if literal_targets_listener(url, self, true) {
             return Err("points at one of the relay's own listeners (a delivery loop)".into());
         }
         match url.host() {
@@ -130,28 +135,6 @@ impl DestinationGuard {
         self.check_url(&url)
     }
 
-    /// The first of `host`'s resolved addresses the guard allows.
-    pub fn first_allowed(
-        &self,
-        host: &str,
-        found: impl IntoIterator<Item = SocketAddr>,
-    ) -> Option<SocketAddr> {
-        self.permitted(host, found).into_iter().next()
-    }
-
-    /// The addresses `host` resolved to that may be reached.
-    fn permitted(
-        &self,
-        host: &str,
-        found: impl IntoIterator<Item = SocketAddr>,
-    ) -> Vec<SocketAddr> {
-        let named = self.host_allowed(host);
-        found
-            .into_iter()
-            .filter(|a| self.check_ip(a.ip(), named).is_ok())
-            .collect()
-    }
-
     /// True when `host` is named by the allow-list.
     fn host_allowed(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -192,56 +175,172 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A DNS resolver that drops refused addresses, for the client of API subscriptions.
-#[derive(Debug, Clone)]
-pub struct GuardedResolver(pub Arc<DestinationGuard>);
+/// Why a delivery may not connect to the relay itself: the reason its attempts fail with.
+pub const OWN_LISTENER: &str = "destination is one of the relay's own listeners";
 
-impl Resolve for GuardedResolver {
+/// Which rules the addresses of a delivery's destination must pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Config subscriptions, trusted otherwise: only the relay's own listeners are refused.
+    OwnListeners,
+    /// API subscriptions: the whole guard (allow-list, refused networks, own listeners).
+    Guarded,
+}
+
+impl DestinationGuard {
+    /// True when `ip:port` is one of the relay's listeners. A listener on an unspecified
+    /// address is reached through loopback and through addresses of this host that the relay
+    /// does not list; with `wide` (API subscriptions) any address on its port counts.
+    pub fn is_own(&self, ip: IpAddr, port: u16, wide: bool) -> bool {
+        let ip = canonical(ip);
+        self.own.iter().any(|l| {
+            l.port() == port
+                && (canonical(l.ip()) == ip
+                    || (ip.is_loopback() && (l.ip().is_loopback() || l.ip().is_unspecified()))
+                    || ip.is_unspecified()
+                    || (wide && l.ip().is_unspecified()))
+        })
+    }
+
+    /// The addresses of `host` (`found`) a delivery under `policy` may connect to; `port`
+    /// is the destination's (`None` behind a proxy, which resolves the destination itself).
+    pub fn reachable(
+        &self,
+        host: &str,
+        found: impl IntoIterator<Item = SocketAddr>,
+        port: Option<u16>,
+        policy: Policy,
+    ) -> Result<Vec<SocketAddr>, String> {
+        let named = self.host_allowed(host);
+        let (mut own, mut refused, mut any) = (None, None, false);
+        let kept: Vec<SocketAddr> = found
+            .into_iter()
+            .filter(|a| {
+                any = true;
+                let wide = policy == Policy::Guarded;
+                if port.is_some_and(|p| self.is_own(a.ip(), p, wide)) {
+                    own = Some(a.ip());
+                    return false;
+                }
+                if wide && let Err(reason) = self.check_ip(a.ip(), named) {
+                    refused = Some(reason);
+                    return false;
+                }
+                true
+            })
+            .collect();
+        match (kept.is_empty(), own, refused) {
+            (false, _, _) => Ok(kept),
+            (true, Some(ip), _) => Err(format!("{OWN_LISTENER} ({host} resolves to {ip})")),
+            (true, None, Some(reason)) => Err(format!("destination refused: {host}: {reason}")),
+            (true, None, None) if any => Err(format!("{host} has no usable address")),
+            (true, None, None) => Err(format!("{host} has no address")),
+        }
+    }
+}
+
+/// Resolves delivery destinations: names in `delivery.hosts` to their address, others
+/// through the system resolver (off the async threads).
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    guard: Arc<DestinationGuard>,
+    hosts: Arc<BTreeMap<String, IpAddr>>,
+}
+
+impl Lookup {
+    /// A lookup checking against `guard`, with `hosts` (lowercase names) taking precedence.
+    pub fn new(guard: Arc<DestinationGuard>, hosts: BTreeMap<String, IpAddr>) -> Lookup {
+        Lookup {
+            guard,
+            hosts: Arc::new(hosts),
+        }
+    }
+
+    /// The guard the addresses are checked against.
+    pub fn guard(&self) -> &Arc<DestinationGuard> {
+        &self.guard
+    }
+
+    /// The addresses `host` resolves to, with `port`.
+    pub async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        let name = host.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(ip) = self.hosts.get(&name) {
+            return Ok(vec![SocketAddr::new(*ip, port)]);
+        }
+        Ok(tokio::net::lookup_host((host, port)).await?.collect())
+    }
+
+    /// The addresses of `host` a delivery under `policy` may connect to (see
+    /// [`DestinationGuard::reachable`]).
+    pub async fn reachable(
+        &self,
+        host: &str,
+        port: Option<u16>,
+        policy: Policy,
+    ) -> Result<Vec<SocketAddr>, BoxError> {
+        let found = self
+            .resolve(host, port.unwrap_or(0))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+        Ok(self.guard.reachable(host, found, port, policy)?)
+    }
+}
+
+/// The DNS resolver of a delivery client: [`Lookup::reachable`] for one policy and
+/// destination port, so refused addresses are never connected to, at every connection.
+#[derive(Debug, Clone)]
+pub struct DeliveryResolver {
+    /// Names and checks.
+    pub lookup: Lookup,
+    /// The rules that apply.
+    pub policy: Policy,
+    /// The destination port (`None` behind a proxy).
+    pub port: Option<u16>,
+}
+
+impl Resolve for DeliveryResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let guard = self.0.clone();
+        let this = self.clone();
         Box::pin(async move {
-            let host = name.as_str().to_string();
-            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
-            let permitted = guard.permitted(&host, found);
-            if permitted.is_empty() {
-                let refused: Box<dyn std::error::Error + Send + Sync> = format!(
-                    "destination refused: {host} resolves only to addresses api.allowed_destinations does not allow"
-                )
-                .into();
-                return Err(refused);
-            }
-            Ok(Box::new(permitted.into_iter()) as Addrs)
+            let host = name.as_str();
+            let mut found = this.lookup.reachable(host, this.port, this.policy).await?;
+            // Port 0: reqwest puts the URL's port in (the lookup ran with the same one).
+            found.iter_mut().for_each(|a| a.set_port(0));
+            Ok(Box::new(found.into_iter()) as Addrs)
         })
     }
 }
 
-/// `::ffff:169.254.169.254`, the metadata address in IPv4-mapped form.
-/// True when `url` would reach one of the relay's own listeners.
-pub fn targets_listener(url: &Url, own: &[SocketAddr]) -> bool {
+/// True when `url`'s host is an address (or `localhost`) of one of the relay's listeners on
+/// its port; names are checked when resolved. `wide` as in [`DestinationGuard::is_own`].
+pub fn literal_targets_listener(url: &Url, guard: &DestinationGuard, wide: bool) -> bool {
     let Some(port) = url.port_or_known_default() else {
         return false;
     };
-    let host_ip: Option<IpAddr> = match url.host() {
-        Some(url::Host::Ipv4(ip)) => Some(ip.into()),
-        // `::ffff:127.0.0.1` is loopback too.
-        Some(url::Host::Ipv6(ip)) => Some(ip.to_ipv4_mapped().map_or(ip.into(), IpAddr::V4)),
-        // `localhost`, `localhost.` and `*.localhost` all resolve to loopback (RFC 6761).
-        Some(url::Host::Domain(d)) => {
+    literal_ip(url).is_some_and(|ip| guard.is_own(ip, port, wide))
+}
+
+/// The address `url`'s host names without DNS: an IP literal, or loopback for `localhost`,
+/// `localhost.` and `*.localhost` (RFC 6761).
+fn literal_ip(url: &Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(ip.into()),
+        url::Host::Ipv6(ip) => Some(canonical(ip.into())),
+        url::Host::Domain(d) => {
             let d = d.trim_end_matches('.').to_ascii_lowercase();
             (d == "localhost" || d.ends_with(".localhost")).then(|| IpAddr::from([127, 0, 0, 1]))
         }
-        None => None,
+    }
+}
+
+/// True when `url` would reach one of the relay's own listeners (`own`).
+pub fn targets_listener(url: &Url, own: &[SocketAddr]) -> bool {
+    let guard = DestinationGuard {
+        allowed: Vec::new(),
+        refused: Vec::new(),
+        own: own.to_vec(),
     };
-    let Some(host_ip) = host_ip else {
-        return false;
-    };
-    own.iter().any(|l| {
-        l.port() == port
-            && (l.ip() == host_ip
-                || (host_ip.is_loopback() && (l.ip().is_loopback() || l.ip().is_unspecified()))
-                || host_ip.is_unspecified()
-                || l.ip().is_unspecified())
-    })
+    literal_targets_listener(url, &guard, true)
 }
 
 #[cfg(test)]
@@ -351,13 +450,24 @@ mod tests {
             "192.168.1.1:25".parse().unwrap(),
             "10.0.0.7:25".parse().unwrap(),
         ];
-        assert_eq!(
-            g.first_allowed("mail.example.com", found.clone()),
-            Some("10.0.0.7:25".parse().unwrap())
+        let api = |found: &[SocketAddr]| {
+            g.reachable(
+                "mail.example.com",
+                found.to_vec(),
+                Some(25),
+                Policy::Guarded,
+            )
+        };
+        assert_eq!(api(&found), Ok(vec!["10.0.0.7:25".parse().unwrap()]));
+        assert!(
+            api(&found[..2])
+                .unwrap_err()
+                .contains("destination refused")
         );
+        // Config subscriptions are trusted: only own listeners are dropped.
         assert_eq!(
-            g.first_allowed("mail.example.com", found[..2].to_vec()),
-            None
+            g.reachable("m", found.clone(), Some(25), Policy::OwnListeners),
+            Ok(found)
         );
     }
 
@@ -372,20 +482,97 @@ mod tests {
         assert_eq!(Allowed::parse("http://x/"), None);
     }
 
+    #[test]
+    fn own_listeners_are_dropped_from_resolved_addresses_for_every_policy() {
+        let g = DestinationGuard::new(Vec::new(), listen());
+        let at = |a: &str| -> SocketAddr { a.parse().unwrap() };
+        for policy in [Policy::OwnListeners, Policy::Guarded] {
+            for own in [
+                "127.0.0.1:0",
+                "127.9.9.9:0",
+                "[::1]:0",
+                "[::ffff:127.0.0.1]:0",
+                "0.0.0.0:0",
+            ] {
+                let e = g
+                    .reachable("loop.test", [at(own)], Some(8787), policy)
+                    .unwrap_err();
+                assert!(e.starts_with(OWN_LISTENER), "{own}: {e}");
+                assert!(e.contains("loop.test"), "{e}");
+            }
+            // Another port of the same host is someone else (a receiver beside the relay).
+            assert!(
+                g.reachable("r", [at("127.0.0.1:0")], Some(9000), policy)
+                    .is_ok()
+            );
+            // Mixed answers keep the other addresses.
+            assert_eq!(
+                g.reachable(
+                    "m",
+                    [at("127.0.0.1:0"), at("10.0.0.1:0")],
+                    Some(8787),
+                    policy
+                ),
+                Ok(vec![at("10.0.0.1:0")])
+            );
+            // Behind a proxy the port is unknown here: nothing is dropped as own.
+            assert!(g.reachable("p", [at("127.0.0.1:0")], None, policy).is_ok());
+        }
+        // A listener on 0.0.0.0:9464 is any local address; only API subscriptions assume
+        // every address on that port is this host.
+        assert!(g.is_own("10.1.2.3".parse().unwrap(), 9464, true));
+        assert!(!g.is_own("10.1.2.3".parse().unwrap(), 9464, false));
+        assert!(g.is_own("127.0.0.1".parse().unwrap(), 9464, false));
+        assert!(
+            g.reachable("x", Vec::new(), Some(1), Policy::Guarded)
+                .unwrap_err()
+                .contains("no address")
+        );
+    }
+
     #[tokio::test]
-    async fn resolver_drops_refused_addresses() {
+    async fn resolver_applies_hosts_and_drops_refused_addresses() {
         let g = Arc::new(DestinationGuard::new(
             vec![Allowed::parse("10.0.0.0/8").unwrap()],
             listen(),
         ));
-        let resolver = GuardedResolver(g);
-        // localhost resolves to loopback, which the allow-list does not include.
-        let err = match resolver.resolve("localhost".parse().unwrap()).await {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("loopback passed an allow-list of 10/8"),
+        let hosts = BTreeMap::from([
+            (
+                "loop.hookrelay.test".to_string(),
+                IpAddr::from([127, 0, 0, 1]),
+            ),
+            ("pinned.test".to_string(), IpAddr::from([10, 1, 1, 1])),
+        ]);
+        let resolver = |policy, port| DeliveryResolver {
+            lookup: Lookup::new(g.clone(), hosts.clone()),
+            policy,
+            port: Some(port),
         };
-        assert!(err.contains("destination refused"), "{err}");
-        let open = GuardedResolver(Arc::new(DestinationGuard::new(Vec::new(), listen())));
-        assert!(open.resolve("localhost".parse().unwrap()).await.is_ok());
+        let err = |r: Resolving| async {
+            match r.await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("resolved"),
+            }
+        };
+        // localhost resolves to loopback, which the allow-list does not include.
+        let e = err(resolver(Policy::Guarded, 80).resolve("localhost".parse().unwrap())).await;
+        assert!(e.contains("destination refused"), "{e}");
+        // A name mapped to the relay's own app port, under either policy; case and a final
+        // dot do not matter.
+        for policy in [Policy::OwnListeners, Policy::Guarded] {
+            let r = resolver(policy, 8787);
+            let e = err(r.resolve("Loop.Hookrelay.Test.".parse().unwrap())).await;
+            assert!(e.contains(OWN_LISTENER), "{e}");
+        }
+        let found: Vec<SocketAddr> = resolver(Policy::Guarded, 443)
+            .resolve("pinned.test".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert_eq!(found, vec!["10.1.1.1:0".parse().unwrap()]);
+        let ok = resolver(Policy::OwnListeners, 9000)
+            .resolve("loop.hookrelay.test".parse().unwrap())
+            .await;
+        assert!(ok.is_ok());
     }
 }

@@ -1,9 +1,9 @@
 //! The e-mail transport: the mail of an attempt (the notification as received, with its
 //! content type) and the mailer that sends it over SMTP (lettre, rustls), resolving the
-//! server itself so the destination guard sees every address of an API subscription's host.
+//! server itself so every address is checked: never one of the relay's own listeners, and
+//! for an API subscription the whole destination guard.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
@@ -13,7 +13,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use tower::BoxError;
 
-use super::destination::DestinationGuard;
+use super::destination::{Lookup, Policy};
 use super::verdict::Reply;
 use crate::store::Delivery;
 use crate::subscription::email::{EmailSettings, SmtpServer, TlsMode};
@@ -63,11 +63,11 @@ pub fn message(
         .map_err(|e| format!("cannot build the mail: {e}"))
 }
 
-/// Sends a subscription's mails; API subscriptions' servers are checked against the guard
-/// at every connection.
+/// Sends a subscription's mails; the server's addresses are checked at every connection.
 pub struct Mailer {
     smtp: SmtpServer,
-    guard: Option<Arc<DestinationGuard>>,
+    lookup: Lookup,
+    policy: Policy,
     timeout: Duration,
 }
 
@@ -75,12 +75,14 @@ impl Mailer {
     /// A mailer for `settings`; `timeout` bounds each SMTP command.
     pub fn new(
         settings: &EmailSettings,
-        guard: Option<Arc<DestinationGuard>>,
+        lookup: Lookup,
+        policy: Policy,
         timeout: Duration,
     ) -> Mailer {
         Mailer {
             smtp: settings.smtp.clone(),
-            guard,
+            lookup,
+            policy,
             timeout,
         }
     }
@@ -121,25 +123,16 @@ impl Mailer {
         }
     }
 
-    /// The address to connect to: the first the host resolves to that the guard allows.
+    /// The address to connect to: the first the host resolves to that may be reached.
     async fn address(&self) -> Result<SocketAddr, BoxError> {
         let smtp = &self.smtp;
-        let found: Vec<SocketAddr> = tokio::net::lookup_host((smtp.host.as_str(), smtp.port))
-            .await
-            .map_err(|e| format!("cannot resolve {}: {e}", smtp.host))?
-            .collect();
-        let Some(guard) = &self.guard else {
-            return found
-                .into_iter()
-                .next()
-                .ok_or_else(|| format!("{} has no address", smtp.host).into());
-        };
-        guard.first_allowed(&smtp.host, found).ok_or_else(|| {
-            format!(
-                "destination refused: {} resolves only to addresses api.allowed_destinations does not allow",
-                smtp.host
-            )
-            .into()
-        })
+        let found = self
+            .lookup
+            .reachable(&smtp.host, Some(smtp.port), self.policy)
+            .await?;
+        found
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{} has no address", smtp.host).into())
     }
 }

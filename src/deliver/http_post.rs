@@ -1,18 +1,24 @@
-//! The HTTP transport: the shared clients (no redirects, no proxy unless configured, and for
-//! API subscriptions a resolver that is the destination guard), the POST of an attempt with
-//! its Standard Webhooks headers, and sending it.
+//! The HTTP transport: the delivery clients (no redirects, no proxy unless configured, and a
+//! resolver that checks every address a name resolves to: own listeners for every
+//! subscription, the whole destination guard for API ones), the POST of an attempt with its
+//! Standard Webhooks and `hookrelay-via` headers, and sending it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Method};
+use reqwest::Url;
 use tower::BoxError;
 
-use super::destination::{DestinationGuard, GuardedResolver};
+use super::destination::{
+    DeliveryResolver, Lookup, OWN_LISTENER, Policy, literal_targets_listener,
+};
 use super::payload::encode;
 use super::settings::DeliverySettings;
 use super::verdict::{Reply, parse_retry_after};
+use super::via;
 use crate::signing::signature_header;
 use crate::store::Delivery;
 use crate::subscription::HttpSettings;
@@ -30,29 +36,104 @@ pub enum DeliverError {
     Client(#[from] reqwest::Error),
 }
 
-/// Builds a shared HTTP client: no redirects, no proxy unless configured; with a `guard`,
-/// every resolved address is checked against it.
-pub fn client(
-    settings: &DeliverySettings,
-    guard: Option<Arc<DestinationGuard>>,
-) -> Result<reqwest::Client, DeliverError> {
-    let mut builder = reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .tcp_nodelay(true);
-    if let Some(guard) = guard {
-        builder = builder.dns_resolver(Arc::new(GuardedResolver(guard)));
+/// The delivery clients, one per policy and destination port: reqwest's resolver is given a
+/// name only, and whether an address is one of the relay's listeners depends on the port.
+/// Subscriptions to the same port share a client and its connection pool.
+pub struct Clients {
+    settings: DeliverySettings,
+    lookup: Lookup,
+    built: Mutex<HashMap<(Policy, Option<u16>), reqwest::Client>>,
+}
+
+impl Clients {
+    /// The clients for `settings`, resolving through `lookup`. One client is built now, so
+    /// settings it refuses (proxy, TLS) fail the start.
+    pub fn new(settings: &DeliverySettings, lookup: Lookup) -> Result<Clients, DeliverError> {
+        let clients = Clients {
+            settings: settings.clone(),
+            lookup,
+            built: Mutex::default(),
+        };
+        let first = clients.build(Policy::OwnListeners, None)?;
+        clients.cache().insert((Policy::OwnListeners, None), first);
+        Ok(clients)
     }
-    builder = match &settings.proxy {
-        Some(url) => builder.proxy(reqwest::Proxy::all(url.as_str())?),
-        None => builder.no_proxy(),
-    };
-    Ok(builder.build()?)
+
+    /// What sends the attempts of a subscription to `url` under `policy`.
+    pub fn sender(&self, policy: Policy, url: &Url) -> Sender {
+        // Behind a proxy the destination is resolved there; `hookrelay-via` still holds.
+        let port = match self.settings.proxy {
+            Some(_) => None,
+            None => url.port_or_known_default(),
+        };
+        let key = (policy, port);
+        let cached = self.cache().get(&key).cloned();
+        let client = cached.unwrap_or_else(|| {
+            let client = self.build(policy, port).unwrap_or_else(|e| {
+                // The same settings built a client at start; should this one fail anyway,
+                // the shared one still refuses own listeners by address, less exactly.
+                tracing::error!(error = %e, "cannot build a delivery client; using the shared one");
+                self.cache()[&(Policy::OwnListeners, None)].clone()
+            });
+            self.cache().entry(key).or_insert(client).clone()
+        });
+        // Literal addresses are not resolved, so the resolver never sees them.
+        let wide = policy == Policy::Guarded;
+        let own = port.is_some() && literal_targets_listener(url, self.lookup.guard(), wide);
+        Sender { client, own }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(Policy, Option<u16>), reqwest::Client>> {
+        self.built.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A client: no redirects, no proxy unless configured, every resolved address checked.
+    fn build(&self, policy: Policy, port: Option<u16>) -> Result<reqwest::Client, DeliverError> {
+        let resolver = DeliveryResolver {
+            lookup: self.lookup.clone(),
+            policy,
+            port,
+        };
+        let builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .dns_resolver(Arc::new(resolver));
+        let builder = match &self.settings.proxy {
+            Some(url) => builder.proxy(reqwest::Proxy::all(url.as_str())?),
+            None => builder.no_proxy(),
+        };
+        Ok(builder.build()?)
+    }
+}
+
+/// Sends a subscription's attempts.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    /// The URL names one of the relay's listeners by address: every attempt fails.
+    own: bool,
+}
+
+impl Sender {
+    /// Sends one POST; the status and `Retry-After` are the reply, anything else an error.
+    pub async fn send(self, req: reqwest::Request) -> Result<Reply, BoxError> {
+        if self.own {
+            return Err(OWN_LISTENER.into());
+        }
+        send(self.client, req).await
+    }
 }
 
 /// The POST of attempt number `attempt` (1-based) of a delivery.
-pub fn request(http: &HttpSettings, delivery: &Delivery, attempt: u32) -> reqwest::Request {
+/// `relay` is this relay's id, last in the `hookrelay-via` header.
+pub fn request(
+    http: &HttpSettings,
+    delivery: &Delivery,
+    attempt: u32,
+    relay: &str,
+) -> reqwest::Request {
     let mut req = reqwest::Request::new(Method::POST, http.url.clone());
     // Body and content type follow the subscription's encoding.
     let (body, content_type) = encode(&http.encoding, delivery);
@@ -82,11 +163,15 @@ pub fn request(http: &HttpSettings, delivery: &Delivery, attempt: u32) -> reqwes
     }
     set(h, "hookrelay-event-type", &delivery.event_type);
     set(h, "hookrelay-attempt", &attempt.to_string());
+    // The relays' own ingest refuses what went round a loop (custom headers cannot set it).
+    if let Some(path) = via::outgoing(delivery.raw.as_deref(), relay) {
+        h.insert(HeaderName::from_static(via::HEADER), path);
+    }
     req
 }
 
-/// Sends one POST; the status and `Retry-After` are the reply, anything else an error.
-pub async fn send(client: reqwest::Client, req: reqwest::Request) -> Result<Reply, BoxError> {
+/// Sends one POST on `client`.
+async fn send(client: reqwest::Client, req: reqwest::Request) -> Result<Reply, BoxError> {
     let mut response = client.execute(req).await?;
     let status = response.status();
     let retry_after = response

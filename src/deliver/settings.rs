@@ -1,9 +1,12 @@
 //! The `delivery` section: what all push subscriptions share (the relay-wide cap on
-//! attempts in flight, and an outbound proxy).
+//! attempts in flight, an outbound proxy, and host names pinned to addresses).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use reqwest::Url;
 
-use crate::yaml::{Issues, Section};
+use crate::yaml::{Issues, Section, as_string, kind};
 
 /// Outbound settings shared by all subscriptions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +18,8 @@ pub struct DeliverySettings {
     pub api_max_in_flight: Option<usize>,
     /// Proxy for outbound requests; never taken implicitly from the environment.
     pub proxy: Option<Url>,
+    /// Host names resolved to these addresses instead of through DNS (lowercase names).
+    pub hosts: BTreeMap<String, IpAddr>,
 }
 
 impl DeliverySettings {
@@ -22,7 +27,7 @@ impl DeliverySettings {
     pub fn parse(root: &Section<'_>, issues: &mut Issues) -> DeliverySettings {
         let d = root.section(
             "delivery",
-            &["max_in_flight_total", "api_max_in_flight", "proxy"],
+            &["max_in_flight_total", "api_max_in_flight", "proxy", "hosts"],
             issues,
         );
         DeliverySettings {
@@ -44,6 +49,7 @@ impl DeliverySettings {
                         None
                     }
                 }),
+            hosts: hosts(&d, issues),
         }
     }
 }
@@ -61,5 +67,107 @@ impl DeliverySettings {
     /// leaves the other half to the rest.
     pub fn api_share(pool: usize) -> usize {
         (pool / 2).max(1)
+    }
+}
+
+/// `delivery.hosts`: a mapping of host names to IP addresses, like `/etc/hosts`.
+fn hosts(d: &Section<'_>, issues: &mut Issues) -> BTreeMap<String, IpAddr> {
+    let mut hosts = BTreeMap::new();
+    let path = d.at("hosts");
+    let Some(value) = d.get("hosts") else {
+        return hosts;
+    };
+    let Some(map) = value.as_mapping() else {
+        issues.push(
+            &path,
+            format!(
+                "expected a mapping of host names to IP addresses, found {}",
+                kind(value)
+            ),
+        );
+        return hosts;
+    };
+    for (key, ip) in map {
+        let Some(name) = key.as_str() else {
+            issues.push(
+                &path,
+                format!("keys must be host names, found {}", kind(key)),
+            );
+            continue;
+        };
+        let at = format!("{path}.{name}");
+        if !is_host_name(name) {
+            issues.push(
+                &at,
+                "is not a host name (letters, digits and '-' in dot-separated labels)",
+            );
+            continue;
+        }
+        let Some(text) = as_string(ip, &at, issues) else {
+            continue;
+        };
+        match text.parse::<IpAddr>() {
+            Ok(ip) => {
+                if hosts
+                    .insert(name.trim_end_matches('.').to_ascii_lowercase(), ip)
+                    .is_some()
+                {
+                    issues.push(&at, "named twice (host names are case-insensitive)");
+                }
+            }
+            Err(_) => issues.push(&at, format!("{text:?} is not an IP address")),
+        }
+    }
+    hosts
+}
+
+/// True when `name` is a DNS host name (a final dot allowed), not an address.
+fn is_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.parse::<IpAddr>().is_err()
+        && name.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> (DeliverySettings, Issues) {
+        let root: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let mut issues = Issues::default();
+        let root = Section::new(Some(&root), "", &["delivery"], &mut issues);
+        (DeliverySettings::parse(&root, &mut issues), issues)
+    }
+
+    #[test]
+    fn hosts_map_names_to_addresses() {
+        let (d, issues) =
+            parse("delivery: {hosts: {Loop.Hookrelay.Test: 127.0.0.1, 'v6.test.': '::1'}}");
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(d.hosts["loop.hookrelay.test"], IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(d.hosts["v6.test"], "::1".parse::<IpAddr>().unwrap());
+        let (d, _) = parse("{}");
+        assert!(d.hosts.is_empty());
+    }
+
+    #[test]
+    fn hosts_report_every_bad_entry_with_its_path() {
+        let (_, issues) = parse(
+            "delivery: {hosts: {'bad host': 127.0.0.1, '10.0.0.1': 10.0.0.2, a.test: nowhere, b.test: 1.2.3.4, B.TEST: 1.2.3.5}}",
+        );
+        let text = format!("{issues:?}");
+        assert!(text.contains("delivery.hosts.bad host"), "{text}");
+        assert!(text.contains("delivery.hosts.10.0.0.1"), "{text}");
+        assert!(text.contains("is not an IP address"), "{text}");
+        assert!(text.contains("named twice"), "{text}");
+        let (_, issues) = parse("delivery: {hosts: [a]}");
+        assert!(format!("{issues:?}").contains("delivery.hosts"));
     }
 }

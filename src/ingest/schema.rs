@@ -111,3 +111,14 @@ pub(super) struct Unauthorized(ErrorBody<'static>);
 )]
 #[allow(dead_code)]
 pub(super) struct StoreRefused(ErrorBody<'static>);
+
+/// `508` when a post went round a delivery loop.
+// Only describes the response: the handlers answer it with an `HttpError`.
+#[derive(IntoResponses)]
+#[response(
+    status = 508,
+    description = "A delivery loop (`loop_detected`): the `hookrelay-via` header names this relay (its own delivery came back), or the event has passed 8 relays already. Nothing was stored; do not retry.",
+    example = json!({"error": {"code": "loop_detected", "message": "hookrelay-via: this relay delivered the event itself (a delivery loop)", "fields": [{"field": "headers.hookrelay-via", "reason": "this relay delivered the event itself (a delivery loop)"}]}})
+)]
+#[allow(dead_code)]
+pub(super) struct LoopDetected(ErrorBody<'static>);
