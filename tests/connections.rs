@@ -227,3 +227,64 @@ async fn shutdown_closes_idle_connections_and_answers_requests_in_progress() {
     assert!(closed_after(&mut half).await.is_some(), "half-sent closed");
     poll(|| async { !r.running() }).await;
 }
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookrelay.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\nstorage: {{path: '{}'}}\nlog: {{format: json}}\nreload: {{watch: false}}\n",
+            dir.path().join("db.sqlite").display()
+        ),
+    )
+    .unwrap();
+    // A file limit far below limits.max_connections, so accept itself fails (EMFILE).
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "ulimit -n 64 && exec \"$0\" --config \"$1\""])
+        .arg(common::bin())
+        .arg(&config)
+        .env_remove("RUST_LOG");
+    let mut relay = common::Binary::start(cmd);
+    let app: SocketAddr = relay.app.parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(connect(app).await);
+    }
+    // The connections left in the backlog keep accept failing: count its warnings for 2s.
+    let window = Instant::now() + Duration::from_secs(2);
+    let mut warnings = 0;
+    while let Some(left) = window.checked_duration_since(Instant::now()) {
+        match relay.lines.recv_timeout(left) {
+            Ok(line) if line["message"] == "accept failed; backing off" => warnings += 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(warnings >= 1, "accept never failed: the limit did not bite");
+    assert!(
+        warnings <= 20,
+        "{warnings} accept failures in 2s: a hot loop"
+    );
+
+    drop(held);
+    let served = common::deadline(|| async {
+        let Ok(mut s) = TcpStream::connect(app).await else {
+            return false;
+        };
+        let req = b"GET /v1/events/x HTTP/1.1\r\nhost: relay\r\n\r\n";
+        s.write_all(req).await.is_ok() && {
+            let mut buf = [0u8; 12];
+            let read = tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf));
+            matches!(read.await, Ok(Ok(_))) && buf.starts_with(b"HTTP/1.1 404")
+        }
+    })
+    .await;
+    assert!(
+        served,
+        "the relay did not serve again once descriptors were free"
+    );
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+}
