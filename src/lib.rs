@@ -15,8 +15,8 @@
 //!   the store schedules, and [`signing`] signs HTTP attempts (Standard Webhooks).
 //! - [`catalog`] holds the subscriptions in force, from the config and the [`api`], and swaps
 //!   the matcher; [`reload`] re-reads the config file on SIGHUP or change.
-//! - [`inbound`] is the HTTP edge the three listeners share (error shape, body helpers,
-//!   bearer check, request limits); [`ops`] serves the probes and the Prometheus
+//! - [`inbound`] is the HTTP edge the three listeners share (the accept loop with its
+//!   connection limits, error shape, body helpers, bearer check, request limits); [`ops`] serves the probes and the Prometheus
 //!   [`metrics`]; [`server`] wires it all to bound listeners and a shutdown future.
 //!   [`time`], [`secret`], [`media_type`] and [`json_depth`] are shared leaves.
 

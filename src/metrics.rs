@@ -56,6 +56,8 @@ pub const RECEIVE_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
 pub const REJECT_REASONS: [&str; 5] = ["busy", "invalid", "loop", "too_large", "unauthorized"];
 /// Results of a config reload (`hookrelay_config_reloads_total{result}`).
 pub const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
+/// The inbound listeners (`hookrelay_connections{listener}`).
+pub const LISTENERS: [&str; 3] = ["app", "api", "ops"];
 /// Where subscriptions come from (`hookrelay_subscriptions{source}`).
 pub const SUBSCRIPTION_SOURCES: [&str; 2] = ["config", "api"];
 
@@ -110,6 +112,10 @@ pub struct MetricSet {
     pub config_last_reload_success: prometheus::Gauge,
     /// Subscriptions in force, by source.
     pub subscriptions: IntGaugeVec,
+    /// Inbound connections open, by listener.
+    pub connections: IntGaugeVec,
+    /// Inbound connections closed at once because the listener had its most open.
+    pub connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -157,6 +163,11 @@ impl Metrics {
             "hookrelay_config_reloads_total",
             "Config reloads (SIGHUP or a changed file), by result.",
             &["result"],
+        );
+        let connections_refused = counter(
+            "hookrelay_connections_refused_total",
+            "Inbound connections closed at once because limits.max_connections were open, by listener.",
+            &["listener"],
         );
         let rate_limited = counter(
             "hookrelay_rate_limited_total",
@@ -273,6 +284,18 @@ impl Metrics {
             .register(Box::new(subscriptions.clone()))
             .expect("unique metric");
 
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "hookrelay_connections",
+                "Inbound connections open, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(connections.clone()))
+            .expect("unique metric");
+
         let build_info = IntGaugeVec::new(
             Opts::new("hookrelay_build_info", "Build information; always 1."),
             &["version"],
@@ -300,6 +323,10 @@ impl Metrics {
         for source in SUBSCRIPTION_SOURCES {
             subscriptions.with_label_values(&[source]);
         }
+        for listener in LISTENERS {
+            connections.with_label_values(&[listener]);
+            connections_refused.with_label_values(&[listener]);
+        }
 
         Metrics(std::sync::Arc::new(MetricSet {
             registry,
@@ -321,6 +348,8 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             subscriptions,
+            connections,
+            connections_refused,
         }))
     }
 

@@ -25,6 +25,7 @@ use crate::deliver::destination::DestinationGuard;
 use crate::deliver::http_post::DeliverError;
 use crate::dispatch::Dispatcher;
 use crate::inbound::error::json_errors;
+use crate::inbound::listener::{self, ConnectionMetrics};
 use crate::ingest::{self, IngestState};
 use crate::metrics::{FinalOutcome, Metrics};
 use crate::ops::{self, OpsState, Readiness};
@@ -55,9 +56,6 @@ pub enum ServerError {
     /// A subscription in the config has the name of one registered through the API.
     #[error("{0}")]
     NameConflict(String),
-    /// A listener failed while serving.
-    #[error("listener failed: {0}")]
-    Serve(std::io::Error),
 }
 
 /// A relay with its listeners bound, ready to run.
@@ -242,13 +240,24 @@ impl Relay {
         let api = harden(api, slots(), timeout).merge(pulls);
         let app = harden(app, slots(), timeout);
         let ops = harden(ops, slots(), timeout);
-        for (listener, router) in [(self.app, app), (self.api, api), (self.ops, ops)] {
-            let stopped = stop.clone().cancelled_owned();
-            servers.push(tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            }));
+        let listeners = [
+            ("app", self.app, app),
+            ("api", self.api, api),
+            ("ops", self.ops, ops),
+        ];
+        for (name, listener, router) in listeners {
+            let counted = ConnectionMetrics {
+                open: metrics.connections.with_label_values(&[name]),
+                refused: metrics.connections_refused.with_label_values(&[name]),
+            };
+            servers.push(tokio::spawn(listener::serve(
+                name,
+                listener,
+                router,
+                config.limits,
+                counted,
+                stop.clone(),
+            )));
         }
 
         readiness.set(true);
@@ -275,16 +284,16 @@ impl Relay {
                 "grace period over; attempts still in flight are abandoned and stay queued"
             );
         }
-        let mut result = Ok(());
         for server in servers {
-            match tokio::time::timeout(config.limits.request_timeout, server).await {
-                Ok(Ok(Err(e))) => result = Err(ServerError::Serve(e)),
-                Ok(_) => {}
-                Err(_) => tracing::warn!("a listener did not drain in time"),
+            if tokio::time::timeout(config.limits.request_timeout, server)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a listener did not drain in time");
             }
         }
         tracing::info!("hookrelay stopped");
-        result
+        Ok(())
     }
 }
 
