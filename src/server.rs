@@ -120,6 +120,9 @@ impl Relay {
         let addrs = self.local_addrs();
         let config = self.config;
         let metrics = Metrics::new();
+        // Held until `run` returns, not by the store: tasks finishing after shutdown may
+        // hold the store a little longer, and a restart in the same process must not fail.
+        let _lock = SqliteStore::lock(&config.storage)?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
             &config.storage,
             WriterMetrics {
