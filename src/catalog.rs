@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use crate::dispatch::{Dispatcher, Lane};
 use crate::matching::Matcher;
 use crate::metrics::{FinalOutcome, Metrics};
+use crate::secret::Keyring;
 use crate::store::{Store, StoreError, StoredSubscription};
 use crate::subscription::{self, SHARED_METRIC_LABEL, Source, Subscription};
 use crate::time::now_ms;
@@ -99,9 +100,21 @@ pub struct Catalog {
     /// `State::version` of the registry in force.
     published: AtomicU64,
     store: Arc<dyn Store>,
+    /// Seal the secrets of stored specs (`storage.encryption_keys`).
+    keys: Keyring,
     dispatcher: Dispatcher,
     metrics: Metrics,
     max_subscriptions: usize,
+}
+
+/// The API subscriptions read from the store at startup.
+#[derive(Debug, Default)]
+pub struct ApiLoaded {
+    /// Valid ones, in force.
+    pub subscriptions: Vec<Arc<Subscription>>,
+    /// The (id, name) of those left out (no longer valid, or a secret that cannot be read):
+    /// their names stay taken, and they can be deleted.
+    pub left_out: Vec<(String, String)>,
 }
 
 /// The authoritative set, changed under a short lock.
@@ -141,14 +154,14 @@ impl State {
 }
 
 impl Catalog {
-    /// The catalog of `config` subscriptions plus `api` ones (validated by the caller) and
-    /// the (id, name) of API subscriptions left out; the caller has checked that their names
-    /// do not collide.
+    /// The catalog of `config` subscriptions plus the API ones read from the store; the
+    /// caller has checked that their names do not collide. `keys` seal the secrets of the
+    /// API subscriptions it stores.
     pub fn new(
         config: Vec<Arc<Subscription>>,
-        api: Vec<Arc<Subscription>>,
-        left_out: Vec<(String, String)>,
+        api: ApiLoaded,
         store: Arc<dyn Store>,
+        keys: Keyring,
         dispatcher: Dispatcher,
         metrics: Metrics,
         max_subscriptions: usize,
@@ -162,6 +175,10 @@ impl Catalog {
             left_out: HashMap::new(),
             version: 0,
         };
+        let ApiLoaded {
+            subscriptions: api,
+            left_out,
+        } = api;
         for sub in state.config.iter().chain(api.iter()) {
             state.taken.insert(sub.id.clone(), sub.id.clone());
             state.taken.insert(sub.name.clone(), sub.id.clone());
@@ -184,6 +201,7 @@ impl Catalog {
             builder: Builder::start(),
             published: AtomicU64::new(version),
             store,
+            keys,
             dispatcher,
             metrics,
             max_subscriptions,
@@ -239,7 +257,11 @@ impl Catalog {
             state.own_metrics += usize::from(sub.own_metrics);
             state.creating += 1;
         }
-        if let Err(e) = self.store.save_subscription(stored(&sub)).await {
+        let saved = match stored(&sub, &self.keys) {
+            Ok(row) => self.store.save_subscription(row).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
             let mut state = self.lock();
             state.taken.remove(&sub.name);
             state.taken.remove(&sub.id);
@@ -294,7 +316,11 @@ impl Catalog {
                 state.own_metrics += 1;
             }
         }
-        if let Err(e) = self.store.save_subscription(stored(&sub)).await {
+        let saved = match stored(&sub, &self.keys) {
+            Ok(row) => self.store.save_subscription(row).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
             if sub.own_metrics && !old.own_metrics {
                 self.lock().own_metrics -= 1;
             }
@@ -584,14 +610,19 @@ fn lanes(dispatcher: &Dispatcher, subs: Vec<Arc<Subscription>>) -> Vec<Entry> {
         .collect()
 }
 
-/// What the store keeps of an API subscription.
-fn stored(sub: &Subscription) -> StoredSubscription {
+/// What the store keeps of an API subscription: its secrets sealed when keys are set (a
+/// row stored in plaintext before is sealed here the next time it is saved).
+fn stored(sub: &Subscription, keys: &Keyring) -> Result<StoredSubscription, StoreError> {
     let (created_at_ms, updated_at_ms) = sub.changed.unwrap_or((0, 0));
-    StoredSubscription {
+    let spec = sub
+        .spec
+        .sealed(keys)
+        .map_err(|e| StoreError::unavailable_from("cannot encrypt its secrets", e))?;
+    Ok(StoredSubscription {
         id: sub.id.clone(),
         name: sub.name.clone(),
-        spec: sub.spec.expose().to_string(),
+        spec: spec.to_string(),
         created_at_ms,
         updated_at_ms,
-    }
+    })
 }

@@ -2,6 +2,10 @@
 
 use std::fmt;
 
+mod keyring;
+
+pub use keyring::{KEY_LEN, Keyring, KeyringError, valid_id};
+
 /// A secret string whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

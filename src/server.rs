@@ -19,7 +19,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::api::{self, ApiState};
-use crate::catalog::Catalog;
+use crate::catalog::{ApiLoaded, Catalog};
 use crate::config::{Config, Listen};
 use crate::deliver::destination::DestinationGuard;
 use crate::deliver::http_post::DeliverError;
@@ -30,9 +30,11 @@ use crate::ingest::{self, IngestState};
 use crate::metrics::{FinalOutcome, Metrics};
 use crate::ops::{self, OpsState, Readiness};
 use crate::reload::Reloader;
+use crate::secret::{Keyring, KeyringError};
+use crate::store::settings::StorageLocation;
 use crate::store::sqlite::{SqliteStore, WriterMetrics};
 use crate::store::{Store, StoreError};
-use crate::subscription::{DeliveryOrder, SHARED_METRIC_LABEL, Subscription};
+use crate::subscription::{DeliveryOrder, SHARED_METRIC_LABEL, Subscription, open_secrets};
 
 /// Why the relay could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +120,9 @@ impl Relay {
         let addrs = self.local_addrs();
         let config = self.config;
         let metrics = Metrics::new();
+        // Held until `run` returns, not by the store: tasks finishing after shutdown may
+        // hold the store a little longer, and a restart in the same process must not fail.
+        let _lock = SqliteStore::lock(&config.storage)?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
             &config.storage,
             WriterMetrics {
@@ -131,8 +136,14 @@ impl Relay {
         ));
         let config_subs: Vec<Arc<Subscription>> =
             config.subscriptions.iter().cloned().map(Arc::new).collect();
-        let (api_subs, left_out) =
-            load_api_subscriptions(store.as_ref(), &config_subs, &guard).await?;
+        let keys = &config.storage.encryption_keys;
+        if keys.is_empty() && matches!(config.storage.location, StorageLocation::File(_)) {
+            tracing::warn!(
+                "API subscription secrets are stored unencrypted; set storage.encryption_keys"
+            );
+        }
+        let loaded = load_api_subscriptions(store.as_ref(), &config_subs, &guard, keys).await?;
+        let api_subs = loaded.subscriptions.clone();
         metrics.init_subscription(SHARED_METRIC_LABEL);
         for sub in config_subs.iter().chain(&api_subs) {
             if sub.own_metrics {
@@ -171,9 +182,9 @@ impl Relay {
         )?;
         let catalog = Arc::new(Catalog::new(
             config_subs,
-            api_subs,
-            left_out,
+            loaded,
             store.clone(),
+            keys.clone(),
             dispatcher.clone(),
             metrics.clone(),
             config.api.max_subscriptions,
@@ -300,12 +311,13 @@ impl Relay {
 /// Reads the API subscriptions kept in the store. One whose name the config now uses stops
 /// startup; one that no longer validates (a tighter destination policy) is left out, loudly,
 /// and its deliveries wait as orphans until the policy allows it again or it is deleted.
-/// Returns the subscriptions and the (id, name) of those left out.
+/// So is one whose secrets were sealed with a key no longer in `keys`.
 async fn load_api_subscriptions(
     store: &dyn Store,
     config: &[Arc<Subscription>],
     guard: &DestinationGuard,
-) -> Result<(Vec<Arc<Subscription>>, Vec<(String, String)>), ServerError> {
+    keys: &Keyring,
+) -> Result<ApiLoaded, ServerError> {
     let mut out = Vec::new();
     let mut left_out = Vec::new();
     for stored in store.subscriptions().await? {
@@ -316,7 +328,22 @@ async fn load_api_subscriptions(
             )));
         }
         let mut issues = crate::yaml::Issues::default();
-        let doc = serde_json::from_str(&stored.spec).unwrap_or(serde_json::Value::Null);
+        let mut doc = serde_json::from_str(&stored.spec).unwrap_or(serde_json::Value::Null);
+        if let Err(e) = open_secrets(&mut doc, keys) {
+            let key = match &e {
+                KeyringError::UnknownKey(id) | KeyringError::Forged(id) => id.as_str(),
+                _ => "",
+            };
+            tracing::error!(
+                subscription = stored.name.as_str(),
+                id = stored.id.as_str(),
+                key,
+                reason = %e,
+                "API subscription left out: its secrets cannot be decrypted (add the key it was encrypted with to storage.encryption_keys)"
+            );
+            left_out.push((stored.id, stored.name));
+            continue;
+        }
         let changed = (stored.created_at_ms, stored.updated_at_ms);
         let sub = Subscription::from_api(doc, &stored.id, changed, &mut issues);
         match sub {
@@ -344,7 +371,10 @@ async fn load_api_subscriptions(
             }
         }
     }
-    Ok((out, left_out))
+    Ok(ApiLoaded {
+        subscriptions: out,
+        left_out,
+    })
 }
 
 /// Expires overdue deliveries and prunes old rows, off the hot path, until stopped.

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::yaml::{Issues, Section};
+use base64::Engine;
+
+use crate::secret::{KEY_LEN, Keyring, valid_id};
+use crate::yaml::{Issues, Section, as_list, index};
 
 /// Queue storage settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +26,8 @@ pub struct StorageSettings {
     /// Space the relay holds beside the database and gives back when the disk fills, so
     /// accepted deliveries can still complete and prune.
     pub reserve: u64,
+    /// Keys that encrypt the secrets of API subscriptions in the file; empty: stored as sent.
+    pub encryption_keys: Keyring,
 }
 
 /// Where the database lives.
@@ -53,6 +58,7 @@ impl Default for StorageSettings {
             retention: Duration::from_secs(72 * 3600),
             max_size: None,
             reserve: 16 * 1024 * 1024,
+            encryption_keys: Keyring::default(),
         }
     }
 }
@@ -71,6 +77,7 @@ impl StorageSettings {
                 "retention",
                 "max_size",
                 "reserve",
+                "encryption_keys",
             ],
             issues,
         );
@@ -132,6 +139,86 @@ impl StorageSettings {
                 }
                 reserve
             },
+            encryption_keys: encryption_keys(&st, issues),
         }
+    }
+}
+
+/// Reads `encryption_keys`: a list of `{id, key}`, `key` the base64 of 32 bytes. Issues
+/// never quote a key.
+fn encryption_keys(st: &Section<'_>, issues: &mut Issues) -> Keyring {
+    let path = st.at("encryption_keys");
+    let Some(list) = st
+        .get("encryption_keys")
+        .and_then(|v| as_list(v, &path, issues))
+    else {
+        return Keyring::default();
+    };
+    let mut keys: Vec<(String, [u8; KEY_LEN])> = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let k = Section::new(Some(item), &index(&path, i), &["id", "key"], issues);
+        let id = k.required("id", issues).and(k.string("id", issues));
+        if let Some(id) = &id {
+            if !valid_id(id) {
+                issues.push(&k.at("id"), "must be 1 to 64 of A-Z a-z 0-9 _ - .");
+            } else if keys.iter().any(|(other, _)| other == id) {
+                issues.push(&k.at("id"), format!("{id:?} is used by an earlier key"));
+            }
+        }
+        let key = k.required("key", issues).and(k.string("key", issues));
+        let bytes = key.and_then(|key| {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(key.trim());
+            let bytes = decoded.ok().and_then(|b| <[u8; KEY_LEN]>::try_from(b).ok());
+            if bytes.is_none() {
+                issues.push(
+                    &k.at("key"),
+                    "must be the base64 of 32 random bytes (openssl rand -base64 32)",
+                );
+            }
+            bytes
+        });
+        if let (Some(id), Some(bytes)) = (id, bytes) {
+            keys.push((id, bytes));
+        }
+    }
+    Keyring::new(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> (StorageSettings, Vec<String>) {
+        let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let mut issues = Issues::default();
+        let root = Section::new(Some(&v), "", &["storage"], &mut issues);
+        let settings = StorageSettings::parse(&root, &mut issues);
+        (settings, issues.0.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn encryption_keys_are_checked_without_quoting_them() {
+        let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let (s, issues) = parse(&format!(
+            "storage: {{encryption_keys: [{{id: new, key: '{key}'}}, {{id: old, key: '{key}'}}]}}"
+        ));
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(format!("{:?}", s.encryption_keys), r#"["new", "old"]"#);
+        assert!(parse("storage: {}").0.encryption_keys.is_empty());
+
+        let (_, issues) = parse(&format!(
+            "storage: {{encryption_keys: [{{id: 'a:b', key: 'c2hvcnQ='}}, {{key: '{key}'}}, {{id: x, key: '{key}'}}, {{id: x, key: '{key}', extra: 1}}]}}"
+        ));
+        let text = issues.join("\n");
+        for expected in [
+            "storage.encryption_keys[0].id: must be 1 to 64",
+            "storage.encryption_keys[0].key: must be the base64 of 32 random bytes",
+            "storage.encryption_keys[1].id: missing",
+            "storage.encryption_keys[3].id: \"x\" is used by an earlier key",
+            "storage.encryption_keys[3].extra: unknown field",
+        ] {
+            assert!(text.contains(expected), "{expected} not in {text}");
+        }
+        assert!(!text.contains("c2hvcnQ") && !text.contains(key), "{text}");
     }
 }

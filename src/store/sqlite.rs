@@ -7,6 +7,7 @@
 //! `run_marking`. The SQL lives in the child files, one family of operations each:
 //!
 //! - `schema`: the schema version, migrations, opening and checking a file.
+//! - `file`: the file on disk: its modes (0600) and the lock that keeps a second relay out.
 //! - `writer`: the writer thread, group commit and the size check; `run`, `read`,
 //!   `run_marking`.
 //! - `accept`, `claims`, `outcomes` (attempt outcomes, coalesced into one job), `ordering`
@@ -48,6 +49,7 @@ macro_rules! states {
 mod accept;
 mod claims;
 mod dead_letters;
+mod file;
 mod housekeeping;
 mod ordering;
 mod outcomes;
@@ -62,6 +64,7 @@ mod subscriptions;
 mod tests;
 mod writer;
 
+pub use file::FileLock;
 pub use schema::SCHEMA_VERSION;
 pub use writer::WriterMetrics;
 
@@ -91,6 +94,15 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Locks the database file for this process (`None` in memory); a second relay on the
+    /// same file is refused here, before opening resets in-flight deliveries to pending.
+    pub fn lock(settings: &StorageSettings) -> Result<Option<FileLock>, StoreError> {
+        match &settings.location {
+            StorageLocation::File(path) => file::lock(path).map(Some),
+            StorageLocation::Memory => Ok(None),
+        }
+    }
+
     /// Opens (creating, migrating) the database and starts the writer thread.
     pub fn open(
         settings: &StorageSettings,

@@ -7,6 +7,7 @@ use std::fmt;
 use serde_json::Value as Json;
 
 use super::Subscription;
+use crate::secret::{Keyring, KeyringError};
 use crate::time::rfc3339;
 
 /// A subscription document as declared, secrets included. Its `Debug` shows the redacted
@@ -24,40 +25,151 @@ impl Spec {
     /// objects stay (a header's value shows as `{}`).
     pub fn redacted(&self) -> Json {
         let mut doc = self.0.clone();
-        // Custom headers often carry API keys, so their values count as secrets too.
-        if let Some(headers) = doc.get_mut("headers").and_then(Json::as_object_mut) {
-            for value in headers.values_mut() {
-                *value = Json::Object(Default::default());
-            }
-        }
-        if let Some(pull) = doc.get_mut("pull").and_then(Json::as_object_mut) {
-            pull.remove("token");
-        }
-        if let Some(smtp) = doc
-            .get_mut("email")
-            .and_then(|e| e.get_mut("smtp"))
-            .and_then(Json::as_object_mut)
-        {
-            smtp.remove("password");
-        }
-        if let Some(secrets) = doc
-            .get_mut("signing")
-            .and_then(|s| s.get_mut("secrets"))
-            .and_then(Json::as_array_mut)
-        {
-            for secret in secrets {
-                *secret = Json::Object(Default::default());
-            }
-        }
-        if let Some(auth) = doc.get_mut("auth").and_then(Json::as_object_mut) {
-            if let Some(basic) = auth.get_mut("basic").and_then(Json::as_object_mut) {
-                basic.remove("password");
-            }
-            if let Some(bearer) = auth.get_mut("bearer") {
-                *bearer = Json::Object(Default::default());
+        for (path, hide) in SECRETS {
+            match (hide, path.split_last()) {
+                (Hide::Remove, Some((Step::Key(key), parent))) => {
+                    visit(&mut doc, parent, &mut |v| {
+                        if let Some(map) = v.as_object_mut() {
+                            map.remove(*key);
+                        }
+                    })
+                }
+                _ => visit(&mut doc, path, &mut |v| {
+                    *v = Json::Object(Default::default())
+                }),
             }
         }
         doc
+    }
+
+    /// The document to store: with keys, every secret string becomes
+    /// `{"$enc": "v1:<key id>:..."}`; without, the document as it is.
+    pub fn sealed(&self, keys: &Keyring) -> Result<Json, KeyringError> {
+        let mut doc = self.0.clone();
+        if keys.is_empty() {
+            return Ok(doc);
+        }
+        let mut result = Ok(());
+        for (path, _) in SECRETS {
+            visit(&mut doc, path, &mut |v| seal_strings(v, keys, &mut result));
+        }
+        result.map(|()| doc)
+    }
+}
+
+/// The key that marks a sealed secret in a stored document.
+const SEALED: &str = "$enc";
+
+/// One step towards secrets in a subscription document.
+#[derive(Clone, Copy)]
+enum Step {
+    /// The value under a key of an object.
+    Key(&'static str),
+    /// Every value of an object.
+    Values,
+    /// Every item of a list.
+    Items,
+}
+
+/// How the API's view hides a secret.
+#[derive(Clone, Copy)]
+enum Hide {
+    /// The key is left out.
+    Remove,
+    /// The value shows as `{}`, so a client can send it back to keep it.
+    Empty,
+}
+
+/// Where secrets sit in a subscription document: the one list that the API's view
+/// (`redacted`), encryption at rest (`sealed`, `open_secrets`) and, checked by a test,
+/// `keep_secrets` follow.
+const SECRETS: &[(&[Step], Hide)] = &[
+    // Custom headers often carry API keys, so their values count as secrets too.
+    (&[Step::Key("headers"), Step::Values], Hide::Empty),
+    (&[Step::Key("pull"), Step::Key("token")], Hide::Remove),
+    (
+        &[Step::Key("email"), Step::Key("smtp"), Step::Key("password")],
+        Hide::Remove,
+    ),
+    (
+        &[Step::Key("signing"), Step::Key("secrets"), Step::Items],
+        Hide::Empty,
+    ),
+    (
+        &[Step::Key("auth"), Step::Key("basic"), Step::Key("password")],
+        Hide::Remove,
+    ),
+    // A string, or `{"token": ...}`.
+    (&[Step::Key("auth"), Step::Key("bearer")], Hide::Empty),
+];
+
+/// Calls `f` on every value at `path` in `doc`.
+fn visit(doc: &mut Json, path: &[Step], f: &mut dyn FnMut(&mut Json)) {
+    match path.split_first() {
+        None => f(doc),
+        Some((Step::Key(key), rest)) => {
+            if let Some(v) = doc.get_mut(*key) {
+                visit(v, rest, f);
+            }
+        }
+        Some((Step::Values, rest)) => {
+            for v in doc.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                visit(v, rest, f);
+            }
+        }
+        Some((Step::Items, rest)) => {
+            for v in doc.as_array_mut().into_iter().flatten() {
+                visit(v, rest, f);
+            }
+        }
+    }
+}
+
+/// Seals every string in `v` (a secret, or an object holding one); keeps the first error.
+fn seal_strings(v: &mut Json, keys: &Keyring, result: &mut Result<(), KeyringError>) {
+    match v {
+        Json::String(plain) => match keys.seal(plain) {
+            Some(Ok(sealed)) => *v = serde_json::json!({ SEALED: sealed }),
+            Some(Err(e)) => keep_first(result, e),
+            None => {}
+        },
+        Json::Object(map) => map.values_mut().for_each(|v| seal_strings(v, keys, result)),
+        Json::Array(items) => items.iter_mut().for_each(|v| seal_strings(v, keys, result)),
+        _ => {}
+    }
+}
+
+fn keep_first(result: &mut Result<(), KeyringError>, e: KeyringError) {
+    if result.is_ok() {
+        *result = Err(e);
+    }
+}
+
+/// Opens the sealed secrets of a stored document in place; plaintext ones (stored before a
+/// key was set) stay as they are.
+pub fn open_secrets(doc: &mut Json, keys: &Keyring) -> Result<(), KeyringError> {
+    let mut result = Ok(());
+    for (path, _) in SECRETS {
+        visit(doc, path, &mut |v| open_sealed(v, keys, &mut result));
+    }
+    result
+}
+
+fn open_sealed(v: &mut Json, keys: &Keyring, result: &mut Result<(), KeyringError>) {
+    match v {
+        Json::Object(map) if map.len() == 1 && map.contains_key(SEALED) => {
+            let opened = match &map[SEALED] {
+                Json::String(sealed) => keys.open(sealed),
+                _ => Err(KeyringError::Malformed),
+            };
+            match opened {
+                Ok(plain) => *v = Json::String(plain),
+                Err(e) => keep_first(result, e),
+            }
+        }
+        Json::Object(map) => map.values_mut().for_each(|v| open_sealed(v, keys, result)),
+        Json::Array(items) => items.iter_mut().for_each(|v| open_sealed(v, keys, result)),
+        _ => {}
     }
 }
 
@@ -184,5 +296,113 @@ impl Subscription {
             doc.insert("updated_at".into(), rfc3339(updated).into());
         }
         Json::Object(doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A document with a secret at every path in `SECRETS`.
+    fn every_secret() -> Json {
+        json!({
+            "url": "https://example.com/hook",
+            "headers": {"X-Api-Key": "header-secret", "X-Other": "header-secret-2"},
+            "auth": {"basic": {"username": "u", "password": "basic-secret"},
+                     "bearer": {"token": "bearer-secret"}},
+            "signing": {"secrets": ["whsec-secret-1", "whsec-secret-2"]},
+            "email": {"to": ["a@example.com"], "smtp": {"host": "mail", "username": "u",
+                      "password": "smtp-secret"}},
+            "pull": {"token": "pull-secret"},
+            "filter": {"data.kind": "not-a-secret"}
+        })
+    }
+
+    const PLAINTEXTS: &[&str] = &[
+        "header-secret",
+        "basic-secret",
+        "bearer-secret",
+        "whsec-secret",
+        "smtp-secret",
+        "pull-secret",
+    ];
+
+    fn ring(keys: &[(&str, u8)]) -> Keyring {
+        Keyring::new(
+            keys.iter()
+                .map(|(id, b)| (id.to_string(), [*b; crate::secret::KEY_LEN]))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn one_list_of_secret_paths_drives_the_view_the_refill_and_the_sealing() {
+        let doc = every_secret();
+        // Every path names something in the sample, so a path added to the list must be
+        // added here, and so is checked against `keep_secrets` below.
+        for (path, _) in SECRETS {
+            let mut found = 0;
+            visit(&mut doc.clone(), path, &mut |_| found += 1);
+            assert!(found > 0, "the sample has nothing at a secret path");
+        }
+        let shown = Spec(doc.clone()).redacted().to_string();
+        for plain in PLAINTEXTS {
+            assert!(!shown.contains(plain), "{plain} shown in {shown}");
+        }
+        assert!(shown.contains("not-a-secret"));
+        // What the API shows, sent back, keeps every stored secret.
+        let mut sent_back = Spec(doc.clone()).redacted();
+        keep_secrets(&mut sent_back, &doc, true);
+        assert_eq!(sent_back, doc);
+    }
+
+    #[test]
+    fn sealed_specs_hold_no_secret_and_open_to_the_original() {
+        let doc = every_secret();
+        let keys = ring(&[("k1", 1)]);
+        let mut stored = Spec(doc.clone()).sealed(&keys).unwrap();
+        let text = stored.to_string();
+        for plain in PLAINTEXTS {
+            assert!(!text.contains(plain), "{plain} in {text}");
+        }
+        assert_eq!(stored["auth"]["basic"]["username"], "u");
+        assert_eq!(stored["filter"]["data.kind"], "not-a-secret");
+        assert!(
+            stored["pull"]["token"]["$enc"]
+                .as_str()
+                .unwrap()
+                .starts_with("v1:k1:")
+        );
+        open_secrets(&mut stored, &keys).unwrap();
+        assert_eq!(stored, doc);
+    }
+
+    #[test]
+    fn without_keys_specs_are_stored_as_they_are() {
+        let doc = every_secret();
+        assert_eq!(Spec(doc.clone()).sealed(&Keyring::default()).unwrap(), doc);
+        // Plaintext rows stored before a key was set still load once one is.
+        let mut plain = doc.clone();
+        open_secrets(&mut plain, &ring(&[("k1", 1)])).unwrap();
+        assert_eq!(plain, doc);
+    }
+
+    #[test]
+    fn rotation_and_unknown_keys() {
+        let doc = every_secret();
+        let mut old = Spec(doc.clone()).sealed(&ring(&[("old", 1)])).unwrap();
+        let rotated = ring(&[("new", 2), ("old", 1)]);
+        let resealed = Spec(doc.clone()).sealed(&rotated).unwrap();
+        assert!(resealed.to_string().contains("v1:new:"));
+        assert!(!resealed.to_string().contains("v1:old:"));
+        let mut unknown = old.clone();
+        assert_eq!(
+            open_secrets(&mut unknown, &ring(&[("new", 2)])),
+            Err(KeyringError::UnknownKey("old".into()))
+        );
+        open_secrets(&mut old, &rotated).unwrap();
+        assert_eq!(old, doc);
     }
 }

@@ -104,13 +104,12 @@ pub(super) fn open_connection(settings: &StorageSettings) -> Result<Connection, 
     let (conn, shown) = match &settings.location {
         StorageLocation::Memory => (Connection::open_in_memory(), ":memory:".to_string()),
         StorageLocation::File(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-                    path: path.display().to_string(),
-                    context: format!("cannot create directory {}", dir.display()),
-                    source: Some(Arc::new(e)),
-                })?;
-            }
+            // Created private before SQLite opens it, which would create it 0644.
+            super::file::prepare(path).map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                context: "cannot create it or make it private".into(),
+                source: Some(Arc::new(e)),
+            })?;
             (Connection::open(path), path.display().to_string())
         }
     };
