@@ -315,6 +315,7 @@ async fn load_api_subscriptions(
                 stored.name, stored.id
             )));
         }
+        // Lenient: documents stored before the API typed its scalars strictly still load.
         let mut issues = crate::yaml::Issues::default();
         let doc = serde_json::from_str(&stored.spec).unwrap_or(serde_json::Value::Null);
         let changed = (stored.created_at_ms, stored.updated_at_ms);
