@@ -258,7 +258,11 @@ pub fn as_integer(
     issues: &mut Issues,
 ) -> Option<u64> {
     let n = match v {
-        Value::Number(n) => n.as_u64(),
+        // `3.0` is a whole number too (JSON Schema's `integer` allows it).
+        Value::Number(n) => n.as_u64().or_else(|| {
+            let f = n.as_f64()?;
+            (f.fract() == 0.0 && (0.0..u64::MAX as f64).contains(&f)).then_some(f as u64)
+        }),
         Value::String(s) if !issues.strict() => s.trim().parse::<u64>().ok(),
         _ => None,
     };

@@ -61,3 +61,26 @@ async fn json_scalars_of_the_wrong_type_are_refused_not_coerced() {
     assert_eq!(list, json!([]));
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_null_filter_combinator_is_refused() {
+    let relay = TestRelay::start("").await;
+    // It was stored as a filter that silently matched nothing, and echoed back.
+    let (status, answer) = relay
+        .api(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"url": "http://127.0.0.1:9/", "events": ["x"],
+                        "filter": {"any": [{"any": null}]}})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(
+        fields(&answer),
+        [(
+            "filter.any[0].any".to_string(),
+            "expected a list of filters, found null".to_string()
+        )]
+    );
+    relay.stop().await;
+}
