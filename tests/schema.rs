@@ -84,3 +84,29 @@ async fn a_null_filter_combinator_is_refused() {
     );
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_null_release_body_and_integral_float_ack_ids_are_taken_as_documented() {
+    let relay = TestRelay::start(
+        "subscriptions:
+  - {name: poll, mode: pull, events: ['*']}
+",
+    )
+    .await;
+    // The document's release body is optional and its scope nullable: `null` releases all.
+    let (status, answer) = relay
+        .api(Method::POST, "/v1/deliveries/release", Some(Value::Null))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    // JSON Schema's `integer` includes 8.0.
+    let (status, answer) = relay
+        .api(
+            Method::POST,
+            "/v1/subscriptions/poll/notifications/ack",
+            Some(json!({"ids": [8.0, 9]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"acked": 0, "unknown": [8, 9]}));
+    relay.stop().await;
+}
