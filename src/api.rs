@@ -199,7 +199,9 @@ async fn release(
         let obj = v
             .as_object()
             .filter(|o| o.keys().all(|k| k == "subscription"));
+        // `null` is no scope, as the document's optional body allows.
         match obj.map(|o| o.get("subscription")) {
+            _ if v.is_null() => None,
             Some(None) | Some(Some(serde_json::Value::Null)) => None,
             Some(Some(serde_json::Value::String(s))) => Some(s.clone()),
             _ => {

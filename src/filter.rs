@@ -118,8 +118,17 @@ impl Filter {
             .find(|k| map.contains_key(*k));
         if let Some(name) = combinator {
             let section = Section::new(Some(v), path, &[name], issues);
-            let inner = section.get(name)?;
             let inner_path = join(path, name);
+            // A null combinator is a mistake, never a filter left out.
+            let Some(inner) = section.get(name) else {
+                let expected = if name == "not" {
+                    "a filter"
+                } else {
+                    "a list of filters"
+                };
+                issues.push(&inner_path, format!("expected {expected}, found null"));
+                return None;
+            };
             return match name {
                 "not" => {
                     Filter::compile(inner, &inner_path, issues).map(|f| Filter::Not(Box::new(f)))

@@ -87,7 +87,19 @@ fn routes(max_body: usize, max_batch_body: usize) -> OpenApiRouter<Arc<IngestSta
 
 /// The OpenAPI description of the app listener (body limits do not show in it).
 pub(crate) fn openapi() -> OpenApi {
-    routes(0, 0).into_openapi()
+    let mut doc = routes(0, 0).into_openapi();
+    // A raw event may have an empty body (its type and attributes are in headers); the
+    // annotation cannot say so, since the envelope's schema is not optional.
+    if let Some(utoipa::openapi::RefOr::T(body)) = doc
+        .paths
+        .paths
+        .get_mut("/v1/events")
+        .and_then(|item| item.post.as_mut())
+        .and_then(|op| op.request_body.as_mut())
+    {
+        body.required = Some(utoipa::openapi::Required::False);
+    }
+    doc
 }
 
 /// Counts `413`s answered by the body-limit layer (the handlers count their own, in JSON).
@@ -146,7 +158,7 @@ fn count_refusal(metrics: &Metrics, reason: &str) {
                 example = json!({"type": "invoice.paid", "id": "inv-42-paid", "data": {"invoice": "in_42"}})),
             (String = "*/*", example = "<notification><domain>example.org</domain></notification>"),
         ),
-        description = "An event envelope (any `application/*+json` content type is accepted too), or, with `hookrelay-event-type`, a raw event's body of any content type.",
+        description = "An event envelope (any `application/*+json` content type is accepted too), or, with `hookrelay-event-type`, a raw event's body of any content type (empty too).",
     ),
     responses(
         (status = 202, description = "Stored, with a delivery for each matched subscription.", body = Receipt,

@@ -327,6 +327,7 @@ async fn load_api_subscriptions(
                 stored.name, stored.id
             )));
         }
+        // Lenient: documents stored before the API typed its scalars strictly still load.
         let mut issues = crate::yaml::Issues::default();
         let mut doc = serde_json::from_str(&stored.spec).unwrap_or(serde_json::Value::Null);
         if let Err(e) = open_secrets(&mut doc, keys) {

@@ -28,9 +28,28 @@ impl fmt::Display for Issue {
 
 /// Collects issues while a document is read.
 #[derive(Debug, Default)]
-pub struct Issues(pub Vec<Issue>);
+pub struct Issues(pub Vec<Issue>, Typing);
+
+/// Whether scalars may stand for other types, as YAML's unquoted and `${VAR}` values need.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Typing {
+    /// YAML: `"12"` reads as a number, `12` or `true` as a string.
+    #[default]
+    Lenient,
+    /// JSON: every scalar has its own type.
+    Strict,
+}
 
 impl Issues {
+    /// Issues of a JSON document, whose scalars must have their own type (`Typing::Strict`).
+    pub fn json() -> Issues {
+        Issues(Vec::new(), Typing::Strict)
+    }
+
+    fn strict(&self) -> bool {
+        self.1 == Typing::Strict
+    }
+
     /// Records one problem at `path`.
     pub fn push(&mut self, path: &str, reason: impl Into<String>) {
         self.0.push(Issue {
@@ -206,8 +225,8 @@ impl<'a> Section<'a> {
 pub fn as_string(v: &Value, path: &str, issues: &mut Issues) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) if !issues.strict() => Some(n.to_string()),
+        Value::Bool(b) if !issues.strict() => Some(b.to_string()),
         other => {
             issues.push(path, format!("expected a string, found {}", kind(other)));
             None
@@ -219,8 +238,8 @@ pub fn as_string(v: &Value, path: &str, issues: &mut Issues) -> Option<String> {
 pub fn as_bool(v: &Value, path: &str, issues: &mut Issues) -> Option<bool> {
     match v {
         Value::Bool(b) => Some(*b),
-        Value::String(s) if s == "true" => Some(true),
-        Value::String(s) if s == "false" => Some(false),
+        Value::String(s) if s == "true" && !issues.strict() => Some(true),
+        Value::String(s) if s == "false" && !issues.strict() => Some(false),
         other => {
             issues.push(
                 path,
@@ -239,8 +258,12 @@ pub fn as_integer(
     issues: &mut Issues,
 ) -> Option<u64> {
     let n = match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse::<u64>().ok(),
+        // `3.0` is a whole number too (JSON Schema's `integer` allows it).
+        Value::Number(n) => n.as_u64().or_else(|| {
+            let f = n.as_f64()?;
+            (f.fract() == 0.0 && (0.0..u64::MAX as f64).contains(&f)).then_some(f as u64)
+        }),
+        Value::String(s) if !issues.strict() => s.trim().parse::<u64>().ok(),
         _ => None,
     };
     match n {
@@ -269,7 +292,7 @@ pub fn as_integer(
 pub fn as_float(v: &Value, path: &str, issues: &mut Issues) -> Option<f64> {
     let n = match v {
         Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse::<f64>().ok(),
+        Value::String(s) if !issues.strict() => s.trim().parse::<f64>().ok(),
         _ => None,
     };
     if n.is_none() {
@@ -287,7 +310,7 @@ pub fn as_duration(
 ) -> Option<Duration> {
     let parsed = match v {
         Value::String(s) => humantime::parse_duration(s.trim()).ok(),
-        Value::Number(n) if n.as_u64() == Some(0) => Some(Duration::ZERO),
+        Value::Number(n) if n.as_u64() == Some(0) && !issues.strict() => Some(Duration::ZERO),
         _ => None,
     };
     match parsed {

@@ -107,6 +107,29 @@ fn authorize(
     Ok((sub, settings))
 }
 
+/// An integer, also written with a zero fraction (`8.0`), as JSON Schema's `integer` allows.
+fn integer(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        let f = v.as_f64()?;
+        // 2^63 itself is out of range: `as` would saturate it to i64::MAX.
+        (f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64).then_some(f as i64)
+    })
+}
+
+/// A `wait`: whole seconds or milliseconds (`20s`, `1500ms`) up to 30s; what the document's
+/// `pattern` for it allows, no more.
+fn parse_wait(text: &str) -> Option<Duration> {
+    let (digits, unit) = match text.strip_suffix("ms") {
+        Some(d) => (d, Duration::from_millis(1)),
+        None => (text.strip_suffix('s')?, Duration::from_secs(1)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u32 = digits.parse().ok()?;
+    unit.checked_mul(n).filter(|w| *w <= MAX_WAIT)
+}
+
 /// Reads `wait` (a duration up to 30s) and `limit` (where allowed) from the query.
 fn params(q: &HashMap<String, String>, with_limit: bool) -> Result<(Duration, usize), HttpError> {
     let mut error = HttpError::new(
@@ -121,11 +144,14 @@ fn params(q: &HashMap<String, String>, with_limit: bool) -> Result<(Duration, us
             bad = true;
         }
     }
-    let wait = match q.get("wait").map(|w| humantime::parse_duration(w)) {
+    let wait = match q.get("wait").map(|w| parse_wait(w)) {
         None => Duration::ZERO,
-        Some(Ok(w)) if w <= MAX_WAIT => w,
-        Some(_) => {
-            error = error.field("wait", "must be a duration of at most 30s, such as 20s");
+        Some(Some(w)) => w,
+        Some(None) => {
+            error = error.field(
+                "wait",
+                "must be whole seconds or milliseconds up to 30s, such as 20s or 1500ms",
+            );
             bad = true;
             Duration::ZERO
         }
@@ -368,7 +394,8 @@ fn refuse_head(method: &Method) -> Result<(), HttpError> {
     params(
         ("id" = String, Path, description = "Subscription id or name."),
         ("wait" = Option<String>, Query, example = "20s",
-            description = "Long poll: when nothing is available, wait up to this long (at most `30s`) for a notification; default no wait."),
+            pattern = "^0*([0-9]|[12][0-9]|30)s$|^0*([0-9]{1,4}|[12][0-9]{4}|30000)ms$",
+            description = "Long poll: when nothing is available, wait up to this long (whole seconds or milliseconds, at most `30s`: `20s`, `1500ms`) for a notification; default no wait."),
     ),
     responses(
         (status = 200, description = "The oldest available notification.", body = View),
@@ -413,7 +440,8 @@ async fn next(
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 100,
             description = "Most notifications to take, 1..=100; default 1."),
         ("wait" = Option<String>, Query, example = "20s",
-            description = "Long poll: when nothing is available, wait up to this long (at most `30s`) for a notification; default no wait."),
+            pattern = "^0*([0-9]|[12][0-9]|30)s$|^0*([0-9]{1,4}|[12][0-9]{4}|30000)ms$",
+            description = "Long poll: when nothing is available, wait up to this long (whole seconds or milliseconds, at most `30s`: `20s`, `1500ms`) for a notification; default no wait."),
     ),
     responses(
         (status = 200, description = "The notifications taken (maybe none) and how many remain.", body = List),
@@ -484,7 +512,7 @@ async fn ack(
         .filter(|o| o.len() == 1)
         .and_then(|o| o.get("ids"))
         .and_then(Value::as_array)
-        .and_then(|a| a.iter().map(Value::as_i64).collect());
+        .and_then(|a| a.iter().map(integer).collect());
     let Some(ids) = ids.filter(|ids| ids.len() <= 1000) else {
         return Err(HttpError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -512,4 +540,55 @@ async fn ack(
         .metrics
         .count_final(sub.metric_label(), FinalOutcome::Delivered, acked);
     Ok(Json(AckResult { acked, unknown }).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The `wait` parameter's pattern in the document: 0s..=30s or 0ms..=30000ms.
+    const WAIT_PATTERN: &str = "^0*([0-9]|[12][0-9]|30)s$|^0*([0-9]{1,4}|[12][0-9]{4}|30000)ms$";
+
+    #[test]
+    fn wait_takes_what_the_documented_pattern_allows() {
+        let doc: Value = serde_json::from_str(crate::api::openapi::json()).unwrap();
+        for path in ["notifications", "notifications/next"] {
+            let params =
+                &doc["paths"][format!("/v1/subscriptions/{{id}}/{path}")]["get"]["parameters"];
+            let wait = params
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "wait");
+            assert_eq!(wait.unwrap()["schema"]["pattern"], WAIT_PATTERN, "{path}");
+        }
+        for (text, ms) in [
+            ("0s", 0),
+            ("20s", 20_000),
+            ("030s", 30_000),
+            ("1500ms", 1500),
+        ] {
+            assert_eq!(parse_wait(text), Some(Duration::from_millis(ms)), "{text}");
+        }
+        for text in [
+            "", "s", "ms", "31s", "30001ms", "1m", "20 s", "+5s", "20sec", "1.5s",
+        ] {
+            assert_eq!(parse_wait(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn ack_ids_are_integers_with_or_without_a_zero_fraction() {
+        for (v, want) in [
+            (json!(8), Some(8)),
+            (json!(8.0), Some(8)),
+            (json!(-4.0), Some(-4)),
+            (json!(8.5), None),
+            (json!(9.3e18), None),
+            (json!("8"), None),
+        ] {
+            assert_eq!(integer(&v), want, "{v}");
+        }
+    }
 }

@@ -57,7 +57,7 @@ fn validate(
     id: &str,
     changed: (i64, i64),
 ) -> Result<Subscription, HttpError> {
-    let mut issues = Issues::default();
+    let mut issues = Issues::json();
     let sub = Subscription::from_api(Json::Object(doc), id, changed, &mut issues);
     if let Some(sub) = &sub
         && let Err((field, reason)) = state.guard.check_subscription(sub)

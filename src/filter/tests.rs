@@ -383,3 +383,22 @@ fn compile_errors_name_the_path() {
         );
     }
 }
+
+#[test]
+fn a_null_combinator_is_an_error_not_a_filter_left_out() {
+    // `{any: [{any: null}]}` compiled to an `any` of nothing: it silently matched nothing.
+    for (yaml, want) in [
+        (
+            "{any: [{any: null}]}",
+            "filter.any[0].any: expected a list of filters, found null",
+        ),
+        (
+            "{all: null}",
+            "filter.all: expected a list of filters, found null",
+        ),
+        ("{not: null}", "filter.not: expected a filter, found null"),
+    ] {
+        let got = compile(yaml).map(|_| ()).unwrap_err();
+        assert_eq!(got, [want], "{yaml}");
+    }
+}

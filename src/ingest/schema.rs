@@ -3,6 +3,7 @@
 //! status, and the error rows every route shares.
 
 use serde::Serialize;
+use utoipa::openapi::schema::{Object, SchemaType, Type};
 use utoipa::{IntoResponses, ToSchema};
 
 use crate::inbound::error::ErrorBody;
@@ -21,11 +22,31 @@ pub(super) struct Envelope {
     event_type: String,
     /// The app's event id, same characters; without one the relay assigns a lowercase
     /// UUIDv7. An id the store already holds makes the post a duplicate.
-    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", example = "inv-42-paid")]
+    #[schema(
+        nullable = false,
+        pattern = "^[A-Za-z0-9._:-]{1,128}$",
+        example = "inv-42-paid"
+    )]
     id: Option<String>,
     /// Any JSON value but `null`; subscribers receive these exact bytes.
-    #[schema(example = json!({"invoice": "in_42"}))]
+    #[schema(schema_with = not_null, example = json!({"invoice": "in_42"}))]
     data: serde_json::Value,
+}
+
+/// Any JSON value but `null` (the relay refuses a `null` `data`).
+fn not_null() -> Object {
+    Object::builder()
+        .schema_type(SchemaType::Array(vec![
+            Type::Object,
+            Type::Array,
+            Type::String,
+            Type::Number,
+            Type::Boolean,
+        ]))
+        .description(Some(
+            "Any JSON value but `null`; subscribers receive these exact bytes.",
+        ))
+        .build()
 }
 
 /// What ingest answers for one event.

@@ -465,14 +465,13 @@ fn parse_ordering(s: &Section<'_>, issues: &mut Issues) -> DeliveryOrder {
         Some(Value::String(mode)) if mode == "fifo" => DeliveryOrder::Fifo,
         Some(Value::Mapping(_)) => {
             let o = s.section("ordering", &["key"], issues);
-            match o.string("key", issues) {
-                Some(text) => FieldPath::parse(&text, &o.at("key"), issues)
-                    .map_or(DeliveryOrder::None, DeliveryOrder::Key),
-                None => {
-                    issues.push(&o.at("key"), "missing: a field path such as sender.id");
-                    DeliveryOrder::None
-                }
+            if o.get("key").is_none() {
+                issues.push(&o.at("key"), "missing: a field path such as sender.id");
+                return DeliveryOrder::None;
             }
+            o.string("key", issues)
+                .and_then(|text| FieldPath::parse(&text, &o.at("key"), issues))
+                .map_or(DeliveryOrder::None, DeliveryOrder::Key)
         }
         Some(other) => {
             issues.push(

@@ -437,6 +437,7 @@ pub struct Subscription {
 /// and `updated_at` may be sent back unchanged (changing one is `422`); on POST only `name`
 /// may be set.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "crm", "url": "http://127.0.0.1:9000/crm",
     "events": ["customer.*"], "retries": 3, "auth": {"bearer": "crm-s3cret"}}))]
 pub struct SubscriptionInput {
