@@ -7,6 +7,7 @@
 //! the reserve and a WAL's worth more, the reserve is laid again and ingest resumes.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,7 +122,13 @@ impl Space {
             return Ok(());
         }
         let result = (|| {
-            let mut file = std::fs::File::create(path)?;
+            // Private like the database beside it (it only holds zeros, but one rule is simpler).
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)?;
             let chunk = vec![0u8; 64 * 1024];
             let mut left = self.reserve;
             while left > 0 {
