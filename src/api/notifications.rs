@@ -111,8 +111,9 @@ fn authorize(
 fn integer(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| {
         let f = v.as_f64()?;
-        // 2^63 itself is out of range: `as` would saturate it to i64::MAX.
-        (f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64).then_some(f as i64)
+        // ±2^63 are out of range as floats: `as` would saturate a value just beyond either
+        // end to i64::MIN or i64::MAX. (i64::MIN written as an integer is `as_i64` above.)
+        (f.fract() == 0.0 && f > i64::MIN as f64 && f < i64::MAX as f64).then_some(f as i64)
     })
 }
 
@@ -587,6 +588,11 @@ mod tests {
             (json!(8.5), None),
             (json!(9.3e18), None),
             (json!("8"), None),
+            (serde_json::from_str("-9223372036854775809").unwrap(), None),
+            (
+                serde_json::from_str("-9223372036854775808").unwrap(),
+                Some(i64::MIN),
+            ),
         ] {
             assert_eq!(integer(&v), want, "{v}");
         }
