@@ -348,14 +348,14 @@ async fn post_batch(
 /// The relays a post passed (`hookrelay-via`); `508` when it went round a loop through this
 /// relay or passed too many, before anything is read or stored.
 fn came_via(state: &IngestState, headers: &HeaderMap) -> Result<Via, HttpError> {
-    let field = format!("headers.{}", via::HEADER);
+    // Built only on a refusal: every post passes through here.
     let refuse = |status, code, e: ViaError| {
         let message = e.to_string();
         let reason = message
             .strip_prefix(&format!("{}: ", via::HEADER))
             .unwrap_or(&message)
             .to_string();
-        HttpError::new(status, code, message).field(field.clone(), reason)
+        HttpError::new(status, code, message).field(format!("headers.{}", via::HEADER), reason)
     };
     let via = Via::from_headers(headers)
         .map_err(|e| refuse(StatusCode::UNPROCESSABLE_ENTITY, "invalid_event", e))?;
