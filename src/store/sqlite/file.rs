@@ -80,7 +80,7 @@ pub(super) fn prepare(path: &Path) -> std::io::Result<()> {
 }
 
 /// `path` with `suffix` appended to its file name (`hookrelay.db-wal`).
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(super) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
@@ -97,7 +97,8 @@ fn create_dir(path: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-fn private_options() -> OpenOptions {
+/// Options that create a file readable by its owner only.
+pub(super) fn private_options() -> OpenOptions {
     let mut options = OpenOptions::new();
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);

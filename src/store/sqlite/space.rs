@@ -7,12 +7,13 @@
 //! the reserve and a WAL's worth more, the reserve is laid again and ingest resumes.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rusqlite::Connection;
+
+use super::file;
 
 /// Free space below which a failed write counts as a full disk even when SQLite said
 /// otherwise (an I/O error while the volume is all but full).
@@ -44,11 +45,9 @@ impl Space {
                 .unwrap_or(Path::new("."))
                 .to_path_buf()
         });
-        let reserve_path = db.filter(|_| reserve > 0).map(|p| {
-            let mut name = p.as_os_str().to_owned();
-            name.push("-reserve");
-            PathBuf::from(name)
-        });
+        let reserve_path = db
+            .filter(|_| reserve > 0)
+            .map(|p| file::sibling(p, "-reserve"));
         let space = Space {
             reserve_path,
             reserve,
@@ -123,20 +122,19 @@ impl Space {
         }
         let result = (|| {
             // Private like the database beside it (it only holds zeros, but one rule is simpler).
-            let mut file = std::fs::OpenOptions::new()
+            let mut out = file::private_options()
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .mode(0o600)
                 .open(path)?;
             let chunk = vec![0u8; 64 * 1024];
             let mut left = self.reserve;
             while left > 0 {
                 let n = left.min(chunk.len() as u64) as usize;
-                file.write_all(&chunk[..n])?;
+                out.write_all(&chunk[..n])?;
                 left -= n as u64;
             }
-            file.sync_all()
+            out.sync_all()
         })();
         if result.is_err() {
             // A partial reserve would hold space it cannot promise.
