@@ -1,7 +1,7 @@
 //! A full disk degrades the relay visibly and it recovers by itself: on a small tmpfs, ingest
 //! answers 503 once the volume is full, the deliveries already accepted still complete and
 //! prune, and ingest resumes with no restart. Mounting needs root, so the test is ignored
-//! in a plain `cargo test` (with the reason) and `.ci/run` runs it with `--ignored`.
+//! in a plain `cargo test` (with the reason) and `.ci/run` runs it with `--include-ignored`.
 
 mod common;
 
@@ -58,7 +58,7 @@ fn used(path: &Path) -> u64 {
 }
 
 #[tokio::test]
-#[ignore = "mounts a tmpfs, which needs root; .ci/run runs it with --ignored"]
+#[ignore = "mounts a tmpfs, which needs root; .ci/run runs ignored tests"]
 async fn a_full_disk_refuses_ingest_then_frees_itself_and_resumes() {
     let volume = Volume::mount("24m");
     let db = volume.path.join("hookrelay.db");
