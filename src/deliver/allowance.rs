@@ -55,8 +55,7 @@ impl Allowance {
 
     /// Halves the limit (at least one stays); permits held by attempts in flight are taken
     /// back as those attempts end.
-    fn shrink(&self) {
-        let mut level = self.lock();
+    fn shrink(&self, level: &mut Level) {
         let target = (level.limit / 2).max(1);
         level.debt += level.limit - target;
         level.limit = target;
@@ -65,8 +64,7 @@ impl Allowance {
     }
 
     /// Grows the limit by one, up to `max`.
-    fn grow(&self) {
-        let mut level = self.lock();
+    fn grow(&self, level: &mut Level) {
         if level.limit >= self.max {
             return;
         }
@@ -79,8 +77,7 @@ impl Allowance {
     }
 
     /// Gives an ended attempt's permit back, unless the limit shrank meanwhile.
-    fn release(&self, permit: OwnedSemaphorePermit) {
-        let mut level = self.lock();
+    fn give_back(level: &mut Level, permit: OwnedSemaphorePermit) {
         if level.debt > 0 {
             level.debt -= 1;
             permit.forget();
@@ -88,13 +85,33 @@ impl Allowance {
     }
 
     /// Adjusts the limit to what the receiver did with one attempt.
-    fn learn(&self, verdict: &Verdict) {
+    fn adjust(&self, level: &mut Level, verdict: &Verdict) {
         match verdict {
             Verdict::Retryable { result, .. } if matches!(*result, "timeout" | "connect_error") => {
-                self.shrink()
+                self.shrink(level)
             }
-            _ => self.grow(),
+            _ => self.grow(level),
         }
+    }
+
+    /// Ends one attempt under one lock: learns from its verdict (none if the stack failed),
+    /// then gives its permit back.
+    fn settle(&self, verdict: Option<&Verdict>, permit: OwnedSemaphorePermit) {
+        let mut level = self.lock();
+        if let Some(verdict) = verdict {
+            self.adjust(&mut level, verdict);
+        }
+        Allowance::give_back(&mut level, permit);
+    }
+
+    #[cfg(test)]
+    fn learn(&self, verdict: &Verdict) {
+        self.adjust(&mut self.lock(), verdict);
+    }
+
+    #[cfg(test)]
+    fn release(&self, permit: OwnedSemaphorePermit) {
+        Allowance::give_back(&mut self.lock(), permit);
     }
 }
 
@@ -160,10 +177,7 @@ where
         let future = self.inner.call(req);
         Box::pin(async move {
             let result = future.await;
-            if let Ok(verdict) = &result {
-                allowance.learn(verdict);
-            }
-            allowance.release(permit);
+            allowance.settle(result.as_ref().ok(), permit);
             result
         })
     }
