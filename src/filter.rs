@@ -265,7 +265,8 @@ impl Condition {
                 _ => crate::yaml::as_bool(operand, &at, issues).map(Op::Exists),
             }
         };
-        if ignore_case && matches!(op, Some(Op::Range { .. }) | Some(Op::Exists(_))) {
+        // Even `false`: a flag that cannot apply is a mistake, whatever its value.
+        if s.has("ignore_case") && matches!(op, Some(Op::Range { .. }) | Some(Op::Exists(_))) {
             issues.push(
                 &s.at("ignore_case"),
                 "applies only to equals, in and contains",

@@ -23,7 +23,7 @@ use crate::secret::Secret;
 use crate::signing::SigningKey;
 pub use email::EmailSettings;
 pub use parse::valid_name;
-pub use spec::{Spec, keep_secrets, open_secrets};
+pub use spec::{Spec, keep_secrets, open_secrets, unkept_secrets};
 
 /// Metric label shared by API subscriptions without their own series.
 pub const SHARED_METRIC_LABEL: &str = "_api";

@@ -138,6 +138,28 @@ async fn create_list_get_update_delete() {
         .await;
     assert_eq!(status, 422);
     assert_eq!(fields(&refused), ["id", "name", "source"]);
+    // A document whose only fault is another name conflicts with the subscription: 409.
+    let (status, refused) = relay
+        .api(
+            Method::PATCH,
+            "/v1/subscriptions/crm",
+            Some(json!({"name": "other"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(fields(&refused), ["name"]);
+    // Keeping a secret (`{}`, as shown) that was never stored conflicts too, and changes nothing.
+    let mut keeps = patched.clone();
+    keeps["signing"] = json!({"secrets": [{}]});
+    keeps["headers"] = json!({"x-api-key": {}});
+    let (status, refused) = relay
+        .api(Method::PUT, "/v1/subscriptions/crm", Some(keeps))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(
+        fields(&refused),
+        ["headers.x-api-key", "signing.secrets[0]"]
+    );
     // Repeating them unchanged is fine (a client may PUT back what it got).
     let mut back = patched.clone();
     back["retries"] = json!(4);

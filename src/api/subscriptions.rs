@@ -14,13 +14,15 @@ use super::ApiState;
 use super::responses::{StoreUnavailable, Unauthorized, UnknownSubscription, unknown_subscription};
 use crate::inbound::body::{BadBody, BodyTooLarge, NotJson, malformed, read_body, require_json};
 use crate::inbound::error::{ErrorBody, HttpError};
-use crate::subscription::{Subscription, keep_secrets};
+use crate::subscription::{Subscription, keep_secrets, unkept_secrets};
 use crate::time::{new_id, now_ms};
 use crate::yaml::Issues;
 
+mod input;
 mod schema;
 
-use schema::{Subscription as SubscriptionView, SubscriptionInput, SubscriptionPatch};
+use input::{SubscriptionInput, SubscriptionReplacement};
+use schema::{Subscription as SubscriptionView, SubscriptionPatch};
 
 /// `500` when a change panicked.
 const INTERNAL: &str = "The change failed unexpectedly (`internal`); see the relay's log.";
@@ -224,7 +226,7 @@ async fn to_completion<T: Send + 'static>(
 }
 
 /// `409` for a change of a subscription.
-const CHANGE_CONFLICT: &str = "The subscription comes from the config file (change the YAML instead), or a 101st subscription asks for `metrics: true` (`conflict`).";
+const CHANGE_CONFLICT: &str = "The subscription comes from the config file (change the YAML instead), the body names it differently (a name never changes), the body keeps a secret (`{}`, or a password left out) that is not stored, or a 101st subscription asks for `metrics: true` (`conflict`).";
 
 /// Replace an API subscription.
 ///
@@ -238,7 +240,7 @@ const CHANGE_CONFLICT: &str = "The subscription comes from the config file (chan
     operation_id = "replaceSubscription",
     security(("apiToken" = []), ()),
     params(("id" = String, Path, description = "Subscription id or name.")),
-    request_body(content = SubscriptionInput, content_type = "application/json",
+    request_body(content = SubscriptionReplacement, content_type = "application/json",
         description = "A subscription document; any `application/*+json` content type is accepted too."),
     responses(
         (status = 200, description = "The subscription as changed.", body = SubscriptionView),
@@ -324,12 +326,17 @@ async fn update(
                 let mut doc = make(old.spec.expose())?;
                 let current = old.view();
                 let mut refused = invalid("the subscription is invalid; see fields");
-                let mut bad = false;
+                let (mut bad, mut renamed) = (false, false);
                 for field in READ_ONLY {
                     match doc.remove(*field) {
-                        Some(v) if Some(&v) != current.get(*field) => {
+                        // `null` is a member left out, as everywhere in the document.
+                        Some(v) if !v.is_null() && Some(&v) != current.get(*field) => {
                             refused = refused.field(*field, "is read-only");
-                            bad = true;
+                            if *field == "name" && v.is_string() {
+                                renamed = true;
+                            } else {
+                                bad = true;
+                            }
                         }
                         _ => {}
                     }
@@ -337,10 +344,34 @@ async fn update(
                 if bad {
                     return Err(refused);
                 }
+                if renamed {
+                    // A well-formed document whose only fault is another name: it conflicts
+                    // with the resource, whose name never changes.
+                    return Err(HttpError::new(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        format!("the name is {:?} and cannot change", old.name),
+                    )
+                    .field("name", "is immutable"));
+                }
                 // The name is immutable, also when the document never spelled it out.
                 doc.insert("name".into(), old.name.clone().into());
                 let mut doc = Json::Object(doc);
                 keep_secrets(&mut doc, old.spec.expose(), refill_pull_token);
+                // A well-formed request to keep a secret this subscription does not have: the
+                // body is valid, the stored state is what it conflicts with.
+                let unkept = unkept_secrets(&doc);
+                if !unkept.is_empty() {
+                    let mut e = HttpError::new(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        "the body keeps stored secrets that this subscription does not have",
+                    );
+                    for field in unkept {
+                        e = e.field(field, "keeps a stored secret, and none is stored here");
+                    }
+                    return Err(e);
+                }
                 let Json::Object(doc) = doc else {
                     unreachable!("still an object")
                 };

@@ -356,6 +356,10 @@ fn compile_errors_name_the_path() {
             "filter.ignore_case: applies only to",
         ),
         (
+            "{attr: a, to: 2000-01-01T00:00:00Z, ignore_case: false}",
+            "filter.ignore_case: applies only to",
+        ),
+        (
             "{field: 'a..b', equals: 1}",
             "filter.field: \"a..b\" is not a field path",
         ),

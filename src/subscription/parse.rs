@@ -446,9 +446,10 @@ fn parse_rate_limit(s: &Section<'_>, issues: &mut Issues) -> Option<RateLimit> {
     let per_second = r.required("per_second", issues).and_then(|v| {
         let at = r.at("per_second");
         match as_float(v, &at, issues)? {
-            p if p > 0.0 && p <= 1_000_000.0 => Some(p),
+            // The floor keeps the period between attempts (1 / rate) a representable duration.
+            p if (0.0001..=1_000_000.0).contains(&p) => Some(p),
             p => {
-                issues.push(&at, format!("{p} must be above 0 and at most 1000000"));
+                issues.push(&at, format!("{p} is out of range 0.0001..=1000000"));
                 None
             }
         }

@@ -34,8 +34,11 @@ impl Spec {
                         }
                     })
                 }
+                // A `null` stays: it shows a member left out, not a secret.
                 _ => visit(&mut doc, path, &mut |v| {
-                    *v = Json::Object(Default::default())
+                    if !v.is_null() {
+                        *v = Json::Object(Default::default())
+                    }
                 }),
             }
         }
@@ -281,6 +284,48 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json, refill_pull_token: bool) {
     }
 }
 
+/// Where `doc`, after [`keep_secrets`], still asks to keep a secret that was never stored: a
+/// `{}` header value, signing secret or bearer, or a basic or SMTP password left out.
+pub fn unkept_secrets(doc: &Json) -> Vec<String> {
+    let empty = |v: &Json| v.as_object().is_some_and(|o| o.is_empty());
+    let mut found = Vec::new();
+    if let Some(headers) = doc.get("headers").and_then(Json::as_object) {
+        for (name, _) in headers.iter().filter(|(_, v)| empty(v)) {
+            found.push(format!("headers.{name}"));
+        }
+    }
+    let secrets = doc.get("signing").and_then(|s| s.get("secrets"));
+    for (i, _) in secrets
+        .and_then(Json::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, v)| empty(v))
+    {
+        found.push(format!("signing.secrets[{i}]"));
+    }
+    let auth = doc.get("auth");
+    if auth.and_then(|a| a.get("bearer")).is_some_and(empty) {
+        found.push("auth.bearer".into());
+    }
+    if let Some(basic) = auth.and_then(|a| a.get("basic")).and_then(Json::as_object)
+        && basic.get("password").is_none_or(Json::is_null)
+    {
+        found.push("auth.basic.password".into());
+    }
+    let smtp = doc.get("email").and_then(|e| e.get("smtp"));
+    if smtp
+        .and_then(|s| s.get("username"))
+        .is_some_and(|u| !u.is_null())
+        && smtp
+            .and_then(|s| s.get("password"))
+            .is_none_or(Json::is_null)
+    {
+        found.push("email.smtp.password".into());
+    }
+    found
+}
+
 impl Subscription {
     /// The API's view: the document as declared without secrets, plus id, name and source.
     pub fn view(&self) -> Json {
@@ -335,6 +380,25 @@ mod tests {
                 .map(|(id, b)| (id.to_string(), [*b; crate::secret::KEY_LEN]))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_null_secret_member_shows_as_null_and_unkept_ones_are_named() {
+        let doc = serde_json::json!({"auth": {"basic": {"username": "u"}, "bearer": null},
+            "headers": {"x-a": {}, "x-b": "v"}, "signing": {"secrets": ["whsec_x", {}]},
+            "email": {"smtp": {"username": "relay"}}});
+        let shown = Spec(doc.clone()).redacted();
+        assert_eq!(shown["auth"]["bearer"], Json::Null);
+        assert_eq!(
+            unkept_secrets(&doc),
+            [
+                "headers.x-a",
+                "signing.secrets[1]",
+                "auth.basic.password",
+                "email.smtp.password"
+            ]
+        );
+        assert!(unkept_secrets(&every_secret()).is_empty());
     }
 
     #[test]

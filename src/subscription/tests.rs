@@ -76,7 +76,7 @@ fn every_problem_is_reported_with_its_path() {
         "subscriptions[0].retries: 42 is out of range 0..=20",
         "subscriptions[0].timeout: 50ms is out of range 100ms..=1m",
         "subscriptions[0].success_code: 700 is out of range 100..=599",
-        "subscriptions[0].rate_limit.per_second: 0 must be above 0",
+        "subscriptions[0].rate_limit.per_second: 0 is out of range 0.0001..=1000000",
         "subscriptions[0].max_in_flight: 0 is out of range 1..=1024",
         "subscriptions[0].auth.basic.password: missing",
         "subscriptions[0].headers.webhook-id: is set by the relay",

@@ -1,7 +1,7 @@
-//! Schemas of the subscription document, for the OpenAPI description only. The document is
-//! free-form JSON that [`Subscription::from_api`](crate::subscription::Subscription::from_api)
-//! checks with the YAML's rules and ranges; these types describe it and are never built.
-//! Their doc comments are the descriptions clients read.
+//! Schemas of the subscription as responses show it, for the OpenAPI description only: the
+//! document as sent (YAML spellings included, so looser than the input schemas in `input`),
+//! without secrets. These types describe it and are never built; their doc comments are the
+//! descriptions clients read.
 #![allow(dead_code)]
 
 use serde_json::Value;
@@ -58,13 +58,23 @@ pub enum SmtpTls {
     Tls,
 }
 
+/// Recipients: one address, or a list of 1 to 50.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum Recipients {
+    /// One address.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
 /// An e-mail subscription's settings (`mode: email` only), as responses show them: never the
 /// SMTP password.
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailSettings {
     /// Recipients, 1 to 50 (`a@example.com` or `Name <a@example.com>`).
-    to: Vec<String>,
+    to: Recipients,
     /// Sender address.
     from: String,
     /// Subject with `{type}` and `{id}` placeholders; default `{type} {id}`.
@@ -83,43 +93,6 @@ pub struct Smtp {
     tls: Option<SmtpTls>,
     /// SMTP AUTH user name.
     username: Option<String>,
-}
-
-/// An e-mail subscription's settings (`mode: email` only). Each delivery becomes one mail
-/// whose body is the event's data exactly as received, with its content type.
-#[derive(ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"to": ["ops@example.com"], "from": "Hookrelay <relay@example.com>",
-    "subject_template": "[{type}] {id}",
-    "smtp": {"host": "smtp.example.com", "tls": "starttls", "username": "relay", "password": "s3cret"}}))]
-pub struct EmailSettingsInput {
-    /// Recipients, 1 to 50 (`a@example.com` or `Name <a@example.com>`).
-    #[schema(min_items = 1, max_items = 50)]
-    to: Vec<String>,
-    /// Sender address (`From` and the envelope sender).
-    from: String,
-    /// Subject with `{type}` and `{id}` placeholders only, one line; default `{type} {id}`.
-    subject_template: Option<String>,
-    smtp: SmtpInput,
-}
-
-/// The SMTP server. Its host is checked by the destination guard
-/// (`api.allowed_destinations`) when registered and at each connection.
-#[derive(ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SmtpInput {
-    /// Host name or address.
-    host: String,
-    /// Port, 1..=65535; default by `tls`: 25 (`none`), 587 (`starttls`), 465 (`tls`).
-    #[schema(minimum = 1, maximum = 65535)]
-    port: Option<u16>,
-    tls: Option<SmtpTls>,
-    /// SMTP AUTH user name; with `password`.
-    username: Option<String>,
-    /// SMTP AUTH password; with `username`. A secret: never shown. On PUT, leaving it out
-    /// (same `username`) keeps the stored one.
-    #[schema(write_only)]
-    password: Option<String>,
 }
 
 /// `explicit` (default): a notification stays queued until acknowledged (at least once).
@@ -145,23 +118,6 @@ pub struct PullSettings {
     /// A notification not consumed or acknowledged this long after acceptance expires;
     /// `1s`..`365d`, default `72h` (replaces `storage.ttl` for this subscription).
     ttl: Option<DurationText>,
-}
-
-/// Settings of a pull subscription (`mode: pull` only).
-#[derive(ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PullSettingsInput {
-    ack: Option<Ack>,
-    /// `explicit` only: how long a taken, unacknowledged notification is hidden before it is
-    /// handed out again; `0s`..`12h`, default `30s` (`0s` hides nothing).
-    visibility_timeout: Option<DurationText>,
-    /// A notification not consumed or acknowledged this long after acceptance expires;
-    /// `1s`..`365d`, default `72h` (replaces `storage.ttl` for this subscription).
-    ttl: Option<DurationText>,
-    /// A bearer token for this subscription's notification endpoints (besides `api.token`).
-    /// A secret: never shown. On PUT, leaving it out keeps the stored one; `null` removes it.
-    #[schema(write_only, min_length = 1)]
-    token: Option<String>,
 }
 
 /// A filter on the event's `data`: a condition, or `all`, `any` or `not` over filters. An
@@ -303,8 +259,8 @@ pub struct Backoff {
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
-    /// Attempts per second, above 0 and at most 1000000.
-    #[schema(exclusive_minimum = 0, maximum = 1000000)]
+    /// Attempts per second, 0.0001 to 1000000.
+    #[schema(minimum = 0.0001, maximum = 1000000)]
     per_second: f64,
     /// Attempts allowed at once above the rate, 1..=100000; default 1.
     #[schema(minimum = 1, maximum = 100000)]
@@ -334,48 +290,6 @@ pub enum Auth {
 pub struct BasicAuthView {
     /// User name.
     username: String,
-}
-
-/// Credentials sent with every attempt: `basic` or `bearer`, not both. On PUT, leaving out
-/// `password`, or sending `bearer` as `{}` (as shown), keeps the stored secret.
-#[derive(ToSchema)]
-#[serde(untagged)]
-pub enum AuthInput {
-    /// HTTP basic.
-    Basic {
-        /// User name and password.
-        basic: BasicAuth,
-    },
-    /// A bearer token, as a string or `{"token": "..."}`.
-    Bearer {
-        /// The token.
-        bearer: BearerInput,
-    },
-}
-
-/// HTTP basic credentials.
-#[derive(ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BasicAuth {
-    /// User name, without `:`.
-    username: String,
-    /// Password; a secret, never shown.
-    #[schema(write_only)]
-    password: String,
-}
-
-/// A bearer token (visible ASCII); a secret, never shown.
-#[derive(ToSchema)]
-#[serde(untagged)]
-pub enum BearerInput {
-    /// The token.
-    Token(String),
-    /// The token as an object.
-    Object {
-        /// The token.
-        #[schema(write_only, min_length = 1)]
-        token: String,
-    },
 }
 
 /// A subscription as the API shows it: the document as sent (defaults not filled in),
@@ -421,7 +335,7 @@ pub struct Subscription {
     /// Standard Webhooks signing; each secret shows as `{}`.
     #[schema(value_type = Option<Object>, example = json!({"secrets": [{}]}))]
     signing: Option<Value>,
-    ordering: Option<OrderingInput>,
+    ordering: Option<Ordering>,
     /// API subscriptions: whether it has its own metric series.
     metrics: Option<bool>,
     /// API subscriptions: when it was created (RFC 3339, UTC).
@@ -432,65 +346,6 @@ pub struct Subscription {
     updated_at: Option<String>,
 }
 
-/// A subscription document, as POST and PUT take it: the YAML entry's fields as JSON, with
-/// the same rules and ranges, plus `metrics`. On PUT, `id`, `name`, `source`, `created_at`
-/// and `updated_at` may be sent back unchanged (changing one is `422`); on POST only `name`
-/// may be set.
-#[derive(ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"name": "crm", "url": "http://127.0.0.1:9000/crm",
-    "events": ["customer.*"], "retries": 3, "auth": {"bearer": "crm-s3cret"}}))]
-pub struct SubscriptionInput {
-    /// Optional on POST (defaults to the id); immutable afterwards.
-    name: Option<Name>,
-    mode: Option<Mode>,
-    /// Where attempts are POSTed: `http` or `https`, no credentials; required for push.
-    /// Checked by the destination guard (`api.allowed_destinations`).
-    #[schema(format = "uri", example = "https://billing.internal/hooks")]
-    url: Option<String>,
-    pull: Option<PullSettingsInput>,
-    email: Option<EmailSettingsInput>,
-    /// Event types to select: exact types, prefix globs (`invoice.*`) or `*`; at least one.
-    #[schema(min_items = 1, example = json!(["invoice.paid", "customer.*"]))]
-    events: Vec<String>,
-    filter: Option<Filter>,
-    /// Retries after the first attempt, 0..=20; default the schedule's length (6 for an
-    /// exponential backoff).
-    #[schema(minimum = 0, maximum = 20)]
-    retries: Option<u32>,
-    /// Per-attempt timeout, `100ms`..`60s`; default `10s`.
-    timeout: Option<DurationText>,
-    success_code: Option<SuccessCode>,
-    backoff: Option<Backoff>,
-    rate_limit: Option<RateLimit>,
-    /// Concurrent attempts at most, 1..=1024; default 8.
-    #[schema(minimum = 1, maximum = 1024)]
-    max_in_flight: Option<u32>,
-    auth: Option<AuthInput>,
-    encoding: Option<Encoding>,
-    /// Extra headers sent with every attempt (not the relay's own, nor `authorization` with
-    /// `auth`). On PUT, a value of `{}` (as shown) keeps the stored one.
-    #[schema(value_type = Option<HashMap<String, String>>)]
-    headers: Option<Value>,
-    signing: Option<SigningInput>,
-    ordering: Option<OrderingInput>,
-    /// Its own metric series (at most 100 API subscriptions); default `false`: the shared
-    /// `_api` series.
-    metrics: Option<bool>,
-}
-
-/// Standard Webhooks signing: every attempt carries `webhook-signature` with one `v1,`
-/// entry per secret (HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`).
-#[derive(ToSchema)]
-pub struct SigningInput {
-    /// 1 to 10 secrets, `whsec_` + base64 of 24 to 64 bytes. Two at once rotate a key
-    /// without downtime. On PUT, a secret sent back as `{}` (as shown) keeps the stored one
-    /// at that position.
-    #[schema(min_items = 1, max_items = 10, value_type = Vec<String>,
-        example = json!(["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]))]
-    secrets: Vec<Value>,
-}
-
 /// Delivery order (push only): `none` (default, fully parallel), `fifo` (one at a time, in
 /// acceptance order), or `{"key": FIELD}` (in acceptance order per value of that field of
 /// `data`; different values in parallel; events without the field share one key). While a
@@ -499,7 +354,7 @@ pub struct SigningInput {
 #[derive(ToSchema)]
 #[serde(untagged)]
 #[schema(example = json!({"key": "sender.id"}))]
-pub enum OrderingInput {
+pub enum Ordering {
     /// `none` or `fifo`.
     #[schema(example = "fifo")]
     Mode(OrderingMode),

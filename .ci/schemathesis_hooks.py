@@ -1,0 +1,99 @@
+"""Rules of the subscription document that JSON Schema cannot state, for .ci/schema-check.
+
+The served document states every rule it can (src/api/subscriptions/input.rs); the ones
+below relate two members, so a generated document may satisfy the schema and still break
+one. The relay answers those 422, as its descriptions say; these hooks keep such documents
+out of the generated cases so that every other schema-valid document must be accepted
+(positive_data_acceptance). Each rule is one the descriptions name.
+"""
+
+import re
+from datetime import datetime
+
+import schemathesis
+
+UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+RESERVED_HEADERS = {
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+}
+
+
+def seconds(text):
+    """A duration in one of the patterns' spellings, in seconds; None when it is not one."""
+    m = re.fullmatch(r"([0-9]+)(ms|s|m|h|d)", text) if isinstance(text, str) else None
+    return int(m.group(1)) * UNITS[m.group(2)] if m else None
+
+
+def backoff_ok(b):
+    """`max` is not below `initial` (defaults 5s and 1h)."""
+    if not isinstance(b, dict) or b.get("schedule") is not None:
+        return True
+    initial = seconds(b.get("initial") or "5s")
+    largest = seconds(b.get("max") or "1h")
+    return initial is None or largest is None or largest >= initial
+
+
+def bound(v):
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return v
+    if isinstance(v, str):
+        try:
+            return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def filter_ok(f):
+    """A range's `from` is not after its `to`, in every condition."""
+    if not isinstance(f, dict):
+        return True
+    for combinator in ("all", "any"):
+        if isinstance(f.get(combinator), list):
+            return all(filter_ok(child) for child in f[combinator])
+    if "not" in f:
+        return filter_ok(f["not"])
+    low, high = bound(f.get("from")), bound(f.get("to"))
+    return low is None or high is None or low <= high
+
+
+def headers_ok(doc):
+    """Not a header the relay sets, nor `authorization` beside `auth`."""
+    headers = doc.get("headers")
+    if not isinstance(headers, dict):
+        return True
+    for name in headers:
+        lower = name.lower()
+        if lower in RESERVED_HEADERS or lower.startswith(("webhook-", "hookrelay-")):
+            return False
+        if lower == "authorization" and doc.get("auth") is not None:
+            return False
+    return True
+
+
+def subscription_rules(context, body):
+    operation = getattr(context, "operation", None)
+    if operation is None or not operation.path.startswith("/v1/subscriptions"):
+        return True
+    if not isinstance(body, dict):
+        return True
+    return backoff_ok(body.get("backoff")) and filter_ok(body.get("filter")) and headers_ok(body)
+
+
+@schemathesis.hook("filter_body")
+def filter_body(context, body):
+    """Generated bodies (the fuzzing and stateful phases)."""
+    return subscription_rules(context, body)
+
+
+@schemathesis.hook("filter_case")
+def filter_case(context, case):
+    """Whole cases, which the coverage phase filters instead of bodies."""
+    return subscription_rules(context, case.body)

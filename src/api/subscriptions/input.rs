@@ -1,0 +1,778 @@
+//! The subscription document as POST and PUT take it, as exact JSON Schemas: one per `mode`,
+//! each member with the range the validator enforces, so that a document the schema accepts
+//! is one the relay registers. Written as JSON rather than derived, because the rules need
+//! `oneOf` shapes (a condition's target and operator, backoff's two forms, SMTP credentials
+//! that go together) that field attributes cannot state.
+//!
+//! What JSON Schema cannot state is in the descriptions: a backoff's `max` not below its
+//! `initial`, a range's `from` not after its `to`, header names the relay sets itself, and
+//! durations in other spellings than the patterns list (`1h30m`, `90 seconds`), which are
+//! accepted when in range.
+
+use std::borrow::Cow;
+
+use serde_json::{Value as Json, json};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::Schema;
+use utoipa::{PartialSchema, ToSchema};
+
+/// Durations within `100ms..=60s`.
+const TIMEOUT: &str = r"^(([1-9][0-9]{2,3}|[1-5][0-9]{4})ms|([1-9]|[1-5][0-9]|60)s|1m)$";
+/// Durations within `0s..=24h`.
+const UP_TO_A_DAY: &str = r"^([0-9]{1,5}ms|[0-9]{1,4}s|[0-9]{1,3}m|([0-9]|1[0-9]|2[0-4])h)$";
+/// Durations within `1ms..=24h`.
+const INITIAL: &str =
+    r"^([1-9][0-9]{0,4}ms|[1-9][0-9]{0,3}s|[1-9][0-9]{0,2}m|([1-9]|1[0-9]|2[0-4])h)$";
+/// Durations within `1ms..=7d`.
+const MAX: &str = r"^([1-9][0-9]{0,4}ms|[1-9][0-9]{0,4}s|[1-9][0-9]{0,3}m|([1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|[1-7]d)$";
+/// Durations within `0s..=12h`.
+const VISIBILITY: &str = r"^([0-9]{1,5}ms|[0-9]{1,4}s|[0-9]{1,2}m|([0-9]|1[0-2])h)$";
+/// Durations within `1s..=365d`.
+const TTL: &str = r"^([1-9][0-9]{0,5}s|[1-9][0-9]{0,4}m|([1-9][0-9]{0,2}|[1-7][0-9]{3})h|([1-9]|[1-9][0-9]|[12][0-9]{2}|3[0-5][0-9]|36[0-5])d)$";
+
+/// A subscription name: `[a-z0-9_-]{1,64}` but not `_api` (the shared metric label).
+const NAME: &str = r"^([a-z0-9-][a-z0-9_-]{0,63}|_([a-z0-9_-]{0,2}|[b-z0-9_-][a-z0-9_-]{2}|a[a-oq-z0-9_-][a-z0-9_-]|ap[a-hj-z0-9_-]|[a-z0-9_-]{4,63}))$";
+/// A host name of lowercase labels, none starting or ending with `-`.
+const HOST: &str = r"[a-z]([a-z0-9-]{0,18}[a-z0-9])?(\.[a-z]([a-z0-9-]{0,18}[a-z0-9])?){0,3}";
+/// A bearer or pull token: visible ASCII.
+const TOKEN: &str = r"^[!-~]+$";
+/// `whsec_` and the base64 of 24 to 64 bytes, padded or not, with canonical trailing bits.
+const SIGNING_SECRET: &str = r"^whsec_(([A-Za-z0-9+/]{4}){8,21}([A-Za-z0-9+/][AQgw]={0,2})?|([A-Za-z0-9+/]{4}){8,20}[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)$";
+/// A field of `data`: a JSON Pointer, or dot-separated non-empty segments.
+const FIELD_PATH: &str = r"^(/.*|[^.]+(\.[^.]+)*)$";
+/// An attribute name (`hookrelay-attr-NAME`).
+const ATTR: &str = r"^[a-z0-9_-]{1,64}$";
+
+/// `{}`, as the API shows a secret: on PUT, keeps the stored one (`409` when none is stored).
+fn placeholder() -> Json {
+    json!({"type": "object", "maxProperties": 0,
+        "description": "`{}`, as shown: keeps the stored secret (`409` when none is stored)."})
+}
+
+/// `secret`, or on PUT (`replace`) also the `{}` that keeps the stored one.
+fn or_kept(secret: Json, replace: bool) -> Json {
+    if replace {
+        json!({"oneOf": [secret, placeholder()]})
+    } else {
+        secret
+    }
+}
+
+/// The component `name` of POST's document, or of PUT's (`replace`) where they differ.
+fn variant(name: &str, replace: bool) -> Json {
+    reference(&if replace {
+        format!("{name}Replacement")
+    } else {
+        format!("{name}Input")
+    })
+}
+
+fn reference(name: &str) -> Json {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// `schema` or `null` (an explicit `null` is the same as leaving the member out).
+fn nullable(schema: Json) -> Json {
+    match schema {
+        Json::Object(mut map) if map.get("type").is_some_and(Json::is_string) => {
+            let t = map.remove("type").expect("checked");
+            map.insert("type".into(), json!([t, "null"]));
+            Json::Object(map)
+        }
+        other => json!({"oneOf": [other, {"type": "null"}]}),
+    }
+}
+
+fn pattern(p: &str, description: &str) -> Json {
+    json!({"type": "string", "pattern": p, "description": description})
+}
+
+fn duration(p: &str, description: &str) -> Json {
+    nullable(pattern(
+        p,
+        &format!("{description} Durations as `250ms`, `10s`, `5m`, `2h` or `3d`."),
+    ))
+}
+
+fn integer(min: u64, max: u64, description: &str) -> Json {
+    nullable(json!({"type": "integer", "minimum": min, "maximum": max, "description": description}))
+}
+
+/// An object with exactly `properties`, of which `required` must be there.
+fn object(properties: Json, required: &[&str]) -> Json {
+    let mut o = json!({"type": "object", "properties": properties, "additionalProperties": false});
+    if !required.is_empty() {
+        o["required"] = json!(required);
+    }
+    o
+}
+
+fn with_description(mut schema: Json, description: &str) -> Json {
+    schema["description"] = description.into();
+    schema
+}
+
+/// Members every mode has.
+fn common(properties: &mut serde_json::Map<String, Json>) {
+    properties.insert(
+        "name".into(),
+        nullable(pattern(
+            NAME,
+            "`[a-z0-9_-]{1,64}`, not `_api`. Optional on POST (defaults to the id); immutable \
+             afterwards (a different name on PUT is `409`).",
+        )),
+    );
+    properties.insert(
+        "events".into(),
+        json!({"type": "array", "minItems": 1,
+            "description": "Event types to select: exact types, prefix globs (`invoice.*`) or `*`.",
+            "items": {"type": "string", "pattern": r"^(\*|[A-Za-z0-9._:-]{1,128}\*?)$"},
+            "example": ["invoice.paid", "customer.*"]}),
+    );
+    properties.insert("filter".into(), nullable(reference("FilterInput")));
+    properties.insert(
+        "metrics".into(),
+        json!({"type": ["boolean", "null"], "description":
+            "Its own metric series (at most 100 API subscriptions); default `false`: the shared `_api` series."}),
+    );
+}
+
+/// Members of push and e-mail subscriptions: retries, timing, rate and order.
+fn delivery(properties: &mut serde_json::Map<String, Json>) {
+    properties.insert(
+        "retries".into(),
+        integer(
+            0,
+            20,
+            "Retries after the first attempt; default the schedule's length (6 for an exponential backoff).",
+        ),
+    );
+    properties.insert(
+        "timeout".into(),
+        duration(
+            TIMEOUT,
+            "Per-attempt timeout, `100ms`..`60s`; default `10s`.",
+        ),
+    );
+    properties.insert("backoff".into(), nullable(reference("BackoffInput")));
+    properties.insert("rate_limit".into(), nullable(reference("RateLimitInput")));
+    properties.insert(
+        "max_in_flight".into(),
+        integer(1, 1024, "Concurrent attempts at most; default 8."),
+    );
+    properties.insert("ordering".into(), nullable(reference("OrderingInput")));
+}
+
+fn push(replace: bool) -> Json {
+    let mut p = serde_json::Map::new();
+    common(&mut p);
+    delivery(&mut p);
+    p.insert(
+        "mode".into(),
+        json!({"type": ["string", "null"], "enum": ["push", null],
+            "description": "`push` (the default): each event is POSTed to `url`."}),
+    );
+    p.insert(
+        "url".into(),
+        pattern(
+            &format!(r"^https?://{HOST}(:[1-9][0-9]{{0,3}})?(/[A-Za-z0-9._~-]{{0,20}}){{0,4}}$"),
+            "Where attempts are POSTed: `http` or `https`, no credentials; checked by the \
+             destination guard (`api.allowed_destinations`). Any such URL is accepted; the \
+             pattern lists the plainest ones.",
+        ),
+    );
+    p.insert(
+        "success_code".into(),
+        nullable(reference("SuccessCodeInput")),
+    );
+    p.insert("auth".into(), nullable(variant("Auth", replace)));
+    p.insert(
+        "headers".into(),
+        nullable(json!({"type": "object",
+            "description": "Extra headers sent with every attempt: not the relay's own \
+                (`content-type`, `content-length`, `host`, `transfer-encoding`, `connection`, \
+                `user-agent`, `webhook-*`, `hookrelay-*`), nor `authorization` with `auth`. On \
+                PUT, a value of `{}` (as shown) keeps the stored one.",
+            "propertyNames": {"type": "string", "pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"},
+            "additionalProperties": or_kept(json!({"type": "string", "pattern": "^[\\t -~]*$"}), replace)})),
+    );
+    p.insert("encoding".into(), nullable(reference("EncodingInput")));
+    p.insert("signing".into(), nullable(variant("Signing", replace)));
+    with_description(
+        object(Json::Object(p), &["url", "events"]),
+        "A push subscription: each matching event is POSTed to `url`.",
+    )
+}
+
+fn email(replace: bool) -> Json {
+    let mut p = serde_json::Map::new();
+    common(&mut p);
+    delivery(&mut p);
+    p.insert("mode".into(), json!({"type": "string", "enum": ["email"]}));
+    p.insert("email".into(), variant("EmailSettings", replace));
+    with_description(
+        object(Json::Object(p), &["mode", "email", "events"]),
+        "An e-mail subscription: each matching event is mailed, with the push rules for \
+         retries and ordering.",
+    )
+}
+
+fn pull() -> Json {
+    let mut p = serde_json::Map::new();
+    common(&mut p);
+    p.insert("mode".into(), json!({"type": "string", "enum": ["pull"]}));
+    p.insert("pull".into(), nullable(reference("PullSettingsInput")));
+    with_description(
+        object(Json::Object(p), &["mode", "events"]),
+        "A pull subscription: matching events wait in a FIFO queue that a consumer takes \
+         from `/v1/subscriptions/{id}/notifications`.",
+    )
+}
+
+fn backoff() -> Json {
+    let floor = duration(
+        UP_TO_A_DAY,
+        "Least delay after a 429 or a timeout, `0s`..`24h`; default `60s`.",
+    );
+    let absent = json!({"type": "null"});
+    let schedule = object(
+        json!({
+            "schedule": {"type": "array", "minItems": 1, "maxItems": 20,
+                "description": "Delays before each retry, each `0s`..`24h`; the last repeats.",
+                "items": pattern(UP_TO_A_DAY, "A delay, `0s`..`24h`.")},
+            "overload_floor": floor,
+            "initial": absent, "max": absent, "multiplier": absent,
+        }),
+        &["schedule"],
+    );
+    let exponential = object(
+        json!({
+            "initial": duration(INITIAL, "First delay, `1ms`..`24h`; default `5s`."),
+            "max": duration(MAX, "Largest delay, `1ms`..`7d`, not below `initial`; default `1h`."),
+            "multiplier": nullable(json!({"type": "number", "minimum": 1, "maximum": 100,
+                "description": "Growth per retry; default 2."})),
+            "overload_floor": floor,
+            "schedule": absent,
+        }),
+        &[],
+    );
+    json!({"description": "Spacing of retries: `schedule`, or the exponential \
+        `initial`/`max`/`multiplier` (not both). Default schedule: 5s, 5m, 30m, 2h, 5h, 10h, \
+        the last step repeating. Every delay gets ±20% jitter.",
+        "oneOf": [schedule, exponential],
+        "example": {"schedule": ["1s", "30s", "5m"]}})
+}
+
+fn success_code() -> Json {
+    let one = json!({"oneOf": [
+        {"type": "integer", "minimum": 100, "maximum": 599},
+        {"type": "string", "pattern": "^[1-5]xx$"},
+    ]});
+    json!({"description": "Statuses that count as delivered: a status (100..=599), a class \
+        such as `\"2xx\"`, or a list of them; default `\"2xx\"`.",
+        "oneOf": [one, {"type": "array", "minItems": 1, "items": one}],
+        "example": [200, 202]})
+}
+
+fn auth(replace: bool) -> Json {
+    let absent = json!({"type": "null"});
+    let basic = object(
+        json!({
+            "basic": object(json!({
+                "username": {"type": "string", "pattern": "^[^:]*$", "description": "User name, without `:`."},
+                "password": {"type": "string", "writeOnly": true, "description": "A secret, never shown; on PUT, leaving it out keeps the stored one."},
+            }), if replace { &["username"] } else { &["username", "password"] }),
+            "bearer": absent,
+        }),
+        &["basic"],
+    );
+    let token = pattern(TOKEN, "The token: visible ASCII; a secret, never shown.");
+    let bearer = object(
+        json!({
+            // On PUT, `{}` is the object form without its token: the stored one is kept.
+            "bearer": {"oneOf": [token, object(json!({"token": token}),
+                if replace { &[] } else { &["token"] })]},
+            "basic": absent,
+        }),
+        &["bearer"],
+    );
+    json!({"description": "Credentials sent with every attempt: `basic` or `bearer`. On PUT, \
+        `bearer` sent as `{}` (as shown) keeps the stored token.",
+        "oneOf": [basic, bearer], "example": {"bearer": "crm-s3cret"}})
+}
+
+fn encoding() -> Json {
+    json!({"description": "How each attempt carries the event: `raw` (default: the data or \
+        body as received), `envelope` (JSON `{\"id\", \"type\", \"received_at\", \"data\"}`), \
+        or `{\"form\": {\"field\": NAME}}` (`application/x-www-form-urlencoded` with the data \
+        in that field).",
+        "oneOf": [
+            {"type": "string", "enum": ["raw", "envelope"]},
+            object(json!({"form": object(json!({"field": {"type": "string",
+                "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,128}$",
+                "description": "The field's name, 1 to 128 characters, no control characters."}}),
+                &["field"])}), &["form"]),
+        ],
+        "example": {"form": {"field": "request"}}})
+}
+
+fn signing(replace: bool) -> Json {
+    with_description(
+        object(
+            json!({"secrets": {"type": "array", "minItems": 1, "maxItems": 10,
+                "description": "Two at once rotate a key without downtime. On PUT, a secret \
+                    sent back as `{}` (as shown) keeps the stored one at that position.",
+                "items": or_kept(json!({"type": "string", "pattern": SIGNING_SECRET, "writeOnly": true}), replace),
+                "example": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]}}),
+            &["secrets"],
+        ),
+        "Standard Webhooks signing: every attempt carries `webhook-signature` with one `v1,` \
+         entry per secret (`whsec_` + base64 of 24 to 64 bytes).",
+    )
+}
+
+fn ordering() -> Json {
+    json!({"description": "Delivery order: `none` (default, fully parallel), `fifo` (one at \
+        a time, in acceptance order), or `{\"key\": FIELD}` (in acceptance order per value of \
+        that field of `data`). While a key's oldest delivery is retrying, the later ones wait.",
+        "oneOf": [
+            {"type": "string", "enum": ["none", "fifo"]},
+            object(json!({"key": pattern(FIELD_PATH, "A dotted path or a JSON Pointer.")}), &["key"]),
+        ],
+        "example": {"key": "sender.id"}})
+}
+
+fn rate_limit() -> Json {
+    with_description(
+        object(
+            json!({
+                "per_second": {"type": "number", "minimum": 0.0001, "maximum": 1_000_000,
+                    "description": "Attempts per second: one per 10,000 s at the slowest."},
+                "burst": integer(1, 100_000, "Attempts allowed at once above the rate; default 1."),
+            }),
+            &["per_second"],
+        ),
+        "An outbound rate limit; attempts wait for it, none is dropped.",
+    )
+}
+
+fn email_settings(replace: bool) -> Json {
+    let mailbox = pattern(
+        &format!("^[a-z0-9]{{1,8}}([._+-][a-z0-9]{{1,8}}){{0,3}}@{HOST}$"),
+        "An address; `Name <a@example.com>` is accepted too.",
+    );
+    let smtp = |credentials: bool| {
+        let mut p = json!({
+            "host": pattern(&format!("^{HOST}$"), "Host name or address; checked by the destination guard."),
+            "port": integer(1, 65_535, "Default by `tls`: 25 (`none`), 587 (`starttls`), 465 (`tls`)."),
+            "tls": {"type": ["string", "null"], "enum": ["none", "starttls", "tls", null],
+                "description": "`starttls` (default), `tls` (SMTPS) or `none`. Certificates are always verified."},
+        });
+        if credentials {
+            p["username"] = json!({"type": "string", "description": "SMTP AUTH user name."});
+            p["password"] = json!({"type": "string", "writeOnly": true,
+                "description": "A secret, never shown; on PUT, leaving it out (same `username`) keeps the stored one."});
+            object(
+                p,
+                if replace {
+                    &["host", "username"]
+                } else {
+                    &["host", "username", "password"]
+                },
+            )
+        } else {
+            p["username"] = json!({"type": "null"});
+            p["password"] = json!({"type": "null"});
+            object(p, &["host"])
+        }
+    };
+    with_description(
+        object(
+            json!({
+                "to": {"oneOf": [mailbox, {"type": "array", "minItems": 1, "maxItems": 50, "items": mailbox}],
+                    "description": "Recipients, 1 to 50."},
+                "from": mailbox,
+                "subject_template": nullable(pattern(r"^([^{}\r\n]|\{type\}|\{id\})*$",
+                    "One line with `{type}` and `{id}` placeholders only; default `{type} {id}`.")),
+                "smtp": {"description": "The SMTP server; `username` and `password` go together.",
+                    "oneOf": [smtp(true), smtp(false)]},
+            }),
+            &["to", "from", "smtp"],
+        ),
+        "Each delivery becomes one mail whose body is the event's data as received.",
+    )
+}
+
+fn pull_settings() -> Json {
+    with_description(
+        object(
+            json!({
+                "ack": {"type": ["string", "null"], "enum": ["explicit", "auto", null],
+                    "description": "`explicit` (default): queued until acknowledged; `auto`: taking consumes."},
+                "visibility_timeout": duration(VISIBILITY,
+                    "How long a taken, unacknowledged notification is hidden; `0s`..`12h`, default `30s`."),
+                "ttl": duration(TTL, "Expiry after acceptance, `1s`..`365d`; default `72h`."),
+                "token": nullable(pattern(TOKEN,
+                    "A bearer token for this subscription's notification endpoints; a secret, \
+                     never shown. On PUT, leaving it out keeps the stored one.")),
+            }),
+            &[],
+        ),
+        "Settings of a pull subscription.",
+    )
+}
+
+/// A filter: `{}` (everything), `all`, `any` (at least one), `not`, or one condition.
+fn filter() -> Json {
+    let me = reference("FilterInput");
+    let mut variants = vec![
+        json!({"type": "object", "maxProperties": 0, "description": "Matches everything."}),
+        object(json!({"all": {"type": "array", "items": me}}), &["all"]),
+        object(
+            json!({"any": {"type": "array", "minItems": 1, "items": me}}),
+            &["any"],
+        ),
+        object(json!({"not": me}), &["not"]),
+    ];
+    let scalar = json!({"type": ["string", "number", "boolean"]});
+    let number = json!({"type": "number"});
+    let instant = json!({"type": "string", "format": "date-time"});
+    let absent = json!({"type": "null"});
+    // (the operand members, the one required, whether `ignore_case` applies)
+    let operators: [(Json, &str, bool); 8] = [
+        (json!({"equals": scalar}), "equals", true),
+        (
+            json!({"in": {"type": "array", "minItems": 1, "items": scalar}}),
+            "in",
+            true,
+        ),
+        (json!({"contains": scalar}), "contains", true),
+        (json!({"exists": {"type": "boolean"}}), "exists", false),
+        (
+            json!({"from": number, "to": nullable(number.clone())}),
+            "from",
+            false,
+        ),
+        (json!({"to": number}), "to", false),
+        (
+            json!({"from": instant, "to": nullable(instant.clone())}),
+            "from",
+            false,
+        ),
+        (json!({"to": instant}), "to", false),
+    ];
+    for target in ["field", "attr"] {
+        for (operand, required, case) in &operators {
+            let mut p = serde_json::Map::new();
+            for key in [
+                "field", "attr", "equals", "in", "contains", "from", "to", "exists",
+            ] {
+                p.insert(key.into(), absent.clone());
+            }
+            p.insert(
+                target.into(),
+                if target == "field" {
+                    pattern(FIELD_PATH, "A dotted path (`sender.id`) or a JSON Pointer.")
+                } else {
+                    pattern(ATTR, "A raw event's attribute (`hookrelay-attr-NAME`).")
+                },
+            );
+            for (k, v) in operand.as_object().expect("an object") {
+                p.insert(k.clone(), v.clone());
+            }
+            p.insert(
+                "ignore_case".into(),
+                if *case {
+                    json!({"type": ["boolean", "null"]})
+                } else {
+                    absent.clone()
+                },
+            );
+            variants.push(object(Json::Object(p), &[target, required]));
+        }
+    }
+    json!({"description": "A filter on the event: a condition, or `all`, `any` or `not` over \
+        filters; `{}` matches everything. A condition looks at one `field` of `data` or one \
+        `attr` of a raw event, with one operator: `equals`, `in`, `contains`, `exists`, or a \
+        range `from`/`to` (both numbers or both RFC 3339 times, `from` not after `to`); \
+        `ignore_case` applies to `equals`, `in` and `contains`.",
+        "oneOf": variants,
+        "example": {"all": [{"field": "currency", "in": ["EUR", "USD"]},
+                            {"not": {"field": "test", "equals": true}}]}})
+}
+
+/// Declares a component whose schema is written as JSON by `build`.
+macro_rules! component {
+    ($(#[$doc:meta])* $name:ident, $build:expr $(, $dep:ident)*) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                serde_json::from_value($build).expect("a valid schema")
+            }
+        }
+
+        impl ToSchema for $name {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed(stringify!($name))
+            }
+
+            #[allow(unused_variables)]
+            fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                $(
+                    schemas.push(($dep::name().into(), $dep::schema()));
+                    <$dep as ToSchema>::schemas(schemas);
+                )*
+            }
+        }
+    };
+}
+
+component!(
+    /// A subscription document, one shape per `mode`.
+    SubscriptionInput,
+    json!({"description": "A subscription document, as POST and PUT take it: the YAML \
+        entry's fields as JSON, with the same rules and ranges, plus `metrics`. On PUT, `id`, \
+        `name`, `source`, `created_at` and `updated_at` may be sent back unchanged.",
+        "oneOf": [reference("PushSubscriptionInput"), reference("EmailSubscriptionInput"),
+            reference("PullSubscriptionInput")],
+        "example": {"name": "crm", "url": "http://127.0.0.1:9000/crm",
+            "events": ["customer.*"], "retries": 3, "auth": {"bearer": "crm-s3cret"}}}),
+    PushSubscriptionInput,
+    EmailSubscriptionInput,
+    PullSubscriptionInput
+);
+component!(
+    /// A subscription document as PUT takes it: secrets may be kept as shown.
+    SubscriptionReplacement,
+    json!({"description": "A subscription document, as PUT takes it: as POST's, except that \
+        secrets may be sent back as the API shows them to keep the stored ones (`{}` for a \
+        header value, a signing secret or `auth.bearer`; a basic or SMTP password left out). \
+        Keeping a secret that is not stored is `409`.",
+        "oneOf": [reference("PushSubscriptionReplacement"),
+            reference("EmailSubscriptionReplacement"), reference("PullSubscriptionInput")]}),
+    PushSubscriptionReplacement,
+    EmailSubscriptionReplacement,
+    PullSubscriptionInput
+);
+component!(
+    /// A push subscription's document on PUT.
+    PushSubscriptionReplacement,
+    push(true),
+    FilterInput,
+    BackoffInput,
+    RateLimitInput,
+    OrderingInput,
+    SuccessCodeInput,
+    AuthReplacement,
+    EncodingInput,
+    SigningReplacement
+);
+component!(
+    /// An e-mail subscription's document on PUT.
+    EmailSubscriptionReplacement,
+    email(true),
+    FilterInput,
+    BackoffInput,
+    RateLimitInput,
+    OrderingInput,
+    EmailSettingsReplacement
+);
+component!(
+    /// Credentials on PUT.
+    AuthReplacement,
+    auth(true)
+);
+component!(
+    /// Signing on PUT.
+    SigningReplacement,
+    signing(true)
+);
+component!(
+    /// E-mail settings on PUT.
+    EmailSettingsReplacement,
+    email_settings(true)
+);
+component!(
+    /// A push subscription's document.
+    PushSubscriptionInput,
+    push(false),
+    FilterInput,
+    BackoffInput,
+    RateLimitInput,
+    OrderingInput,
+    SuccessCodeInput,
+    AuthInput,
+    EncodingInput,
+    SigningInput
+);
+component!(
+    /// An e-mail subscription's document.
+    EmailSubscriptionInput,
+    email(false),
+    FilterInput,
+    BackoffInput,
+    RateLimitInput,
+    OrderingInput,
+    EmailSettingsInput
+);
+component!(
+    /// A pull subscription's document.
+    PullSubscriptionInput,
+    pull(),
+    FilterInput,
+    PullSettingsInput
+);
+component!(
+    /// A filter on the event.
+    FilterInput,
+    filter()
+);
+component!(
+    /// Spacing of retries.
+    BackoffInput,
+    backoff()
+);
+component!(
+    /// An outbound rate limit.
+    RateLimitInput,
+    rate_limit()
+);
+component!(
+    /// Delivery order.
+    OrderingInput,
+    ordering()
+);
+component!(
+    /// Statuses that count as delivered.
+    SuccessCodeInput,
+    success_code()
+);
+component!(
+    /// Credentials sent with every attempt.
+    AuthInput,
+    auth(false)
+);
+component!(
+    /// How each attempt carries the event.
+    EncodingInput,
+    encoding()
+);
+component!(
+    /// Standard Webhooks signing.
+    SigningInput,
+    signing(false)
+);
+component!(
+    /// An e-mail subscription's settings.
+    EmailSettingsInput,
+    email_settings(false)
+);
+component!(
+    /// A pull subscription's settings.
+    PullSettingsInput,
+    pull_settings()
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_component_is_registered_and_served_as_written() {
+        let mut all = Vec::new();
+        SubscriptionInput::schemas(&mut all);
+        SubscriptionReplacement::schemas(&mut all);
+        let written = [
+            ("PushSubscriptionInput", push(false)),
+            ("EmailSubscriptionInput", email(false)),
+            ("PullSubscriptionInput", pull()),
+            ("FilterInput", filter()),
+            ("BackoffInput", backoff()),
+            ("RateLimitInput", rate_limit()),
+            ("OrderingInput", ordering()),
+            ("SuccessCodeInput", success_code()),
+            ("AuthInput", auth(false)),
+            ("EncodingInput", encoding()),
+            ("SigningInput", signing(false)),
+            ("EmailSettingsInput", email_settings(false)),
+            ("PullSettingsInput", pull_settings()),
+            ("PushSubscriptionReplacement", push(true)),
+            ("EmailSubscriptionReplacement", email(true)),
+            ("AuthReplacement", auth(true)),
+            ("SigningReplacement", signing(true)),
+            ("EmailSettingsReplacement", email_settings(true)),
+        ];
+        for (name, json) in written {
+            let (_, schema) = all
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("{name} is registered"));
+            // The OpenAPI model keeps every keyword: nothing is dropped on the way out.
+            assert_eq!(serde_json::to_value(schema).unwrap(), json, "{name}");
+        }
+    }
+
+    /// Every duration a pattern matches is within the range the validator enforces, and
+    /// each range's ends are matched.
+    #[test]
+    fn duration_patterns_stay_within_their_ranges() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        let cases = [
+            (TIMEOUT, ms(100)..=s(60)),
+            (UP_TO_A_DAY, s(0)..=s(86_400)),
+            (INITIAL, ms(1)..=s(86_400)),
+            (MAX, ms(1)..=s(7 * 86_400)),
+            (VISIBILITY, s(0)..=s(12 * 3600)),
+            (TTL, s(1)..=s(365 * 86_400)),
+        ];
+        for (p, range) in cases {
+            let re = regex::Regex::new(p).unwrap();
+            let mut seen = (false, false);
+            for unit in ["ms", "s", "m", "h", "d"] {
+                for n in (0..1000).chain((1000..200_000).step_by(7)) {
+                    let text = format!("{n}{unit}");
+                    if !re.is_match(&text) {
+                        continue;
+                    }
+                    let d = humantime::parse_duration(&text).unwrap();
+                    assert!(range.contains(&d), "{p} matches {text}, outside {range:?}");
+                    seen.0 |= d == *range.start();
+                    seen.1 |= d == *range.end();
+                }
+            }
+            assert!(seen.0 && seen.1, "{p} reaches both ends of {range:?}");
+        }
+    }
+
+    #[test]
+    fn patterns_hold_what_the_validator_takes() {
+        let full = |p: &str, s: &str| regex::Regex::new(p).unwrap().is_match(s);
+        assert!(full(NAME, "billing") && full(NAME, "_apis") && full(NAME, "_ap"));
+        assert!(!full(NAME, "_api") && !full(NAME, "Billing") && !full(NAME, ""));
+        assert!(full(TIMEOUT, "100ms") && full(TIMEOUT, "60s") && full(TIMEOUT, "59999ms"));
+        assert!(!full(TIMEOUT, "99ms") && !full(TIMEOUT, "61s") && !full(TIMEOUT, "60000ms"));
+        assert!(full(MAX, "168h") && full(MAX, "7d") && !full(MAX, "169h") && !full(MAX, "8d"));
+        assert!(full(TTL, "365d") && !full(TTL, "366d") && !full(TTL, "0s"));
+        let key = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        assert!(full(
+            SIGNING_SECRET,
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwAA"
+        ));
+        assert!(full(SIGNING_SECRET, key));
+        assert!(crate::signing::SigningKey::parse(key).is_ok());
+        use base64::Engine;
+        for n in 20..70 {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+            let padded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            for text in [padded.clone(), padded.trim_end_matches('=').to_string()] {
+                let secret = format!("whsec_{text}");
+                let takes = crate::signing::SigningKey::parse(&secret).is_ok();
+                assert_eq!(full(SIGNING_SECRET, &secret), takes, "{n} bytes: {secret}");
+            }
+        }
+    }
+}
