@@ -290,6 +290,29 @@ async fn invalid_bodies_name_every_bad_field() {
     assert!(reason("retries").contains("0..=20"), "{answer}");
     assert!(reason("timeout").contains("100ms"), "{answer}");
     assert!(reason("success_code").contains("100..=599"), "{answer}");
+    // The slowest rate has a floor: the smallest positive float once panicked (500) when
+    // its period (1 / rate) did not fit a duration.
+    let (status, answer) = relay
+        .api(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"url": "http://127.0.0.1:9/", "events": ["x"],
+                "rate_limit": {"per_second": 5e-324}})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(fields(&answer), ["rate_limit.per_second"]);
+    // A filter flag that cannot apply is refused even when false.
+    let (status, answer) = relay
+        .api(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"url": "http://127.0.0.1:9/", "events": ["x"],
+                "filter": {"field": "n", "from": 1, "ignore_case": false}})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(fields(&answer), ["filter.ignore_case"]);
     let (_, list) = relay.api(Method::GET, "/v1/subscriptions", None).await;
     assert_eq!(list, json!([]));
     relay.stop().await;
