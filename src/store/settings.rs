@@ -282,4 +282,54 @@ mod tests {
         }
         assert!(!text.contains("c2hvcnQ") && !text.contains(key), "{text}");
     }
+
+    #[test]
+    fn postgres_is_read_whole_and_excludes_the_files_keys() {
+        let (s, issues) = parse(
+            "storage: {postgres: {url: 'postgres://app:pw@db:5432/relay', schema: relay_1, pool: 8, tls: {mode: require}, connect_timeout: 2s}, ttl: 1h, queue_capacity: 10}",
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        let StorageLocation::Postgres(pg) = &s.location else {
+            panic!("{s:?}")
+        };
+        assert_eq!(
+            (pg.schema.as_str(), pg.pool, pg.tls, pg.connect_timeout),
+            ("relay_1", 8, TlsMode::Require, Duration::from_secs(2))
+        );
+        assert_eq!((s.ttl, s.queue_capacity), (Duration::from_secs(3600), 10));
+        assert!(!format!("{s:?}").contains(":pw@"), "{s:?}");
+
+        let (_, issues) = parse(
+            "storage: {path: x.db, sync: normal, max_size: 1MiB, reserve: 0, postgres: {url: 'postgres://app:pw@db/relay', schema: Bad-Name, pool: 0, tls: {mode: prefer, ca: /nonexistent.pem}, extra: 1}}",
+        );
+        let text = issues.join("\n");
+        for expected in [
+            "storage.path: use either storage.path or storage.postgres, not both",
+            "storage.sync: applies to the SQLite file only",
+            "storage.max_size: applies to the SQLite file only",
+            "storage.reserve: applies to the SQLite file only",
+            "storage.postgres.schema: \"Bad-Name\" is not a schema name",
+            "storage.postgres.pool:",
+            "storage.postgres.tls.mode: \"prefer\" is not disable, require or verify-full",
+            "storage.postgres.tls.ca: only applies with mode: verify-full",
+            "storage.postgres.extra: unknown field",
+        ] {
+            assert!(text.contains(expected), "{expected} not in {text}");
+        }
+        let (_, issues) = parse(
+            "storage: {postgres: {url: 'mysql://app:pw@db/relay', tls: {mode: verify-full, ca: /nonexistent.pem}}}",
+        );
+        let text = issues.join("\n");
+        assert!(
+            text.contains("storage.postgres.url: must be a postgres:// URL"),
+            "{text}"
+        );
+        assert!(
+            text.contains("storage.postgres.tls.ca: cannot read /nonexistent.pem"),
+            "{text}"
+        );
+        assert!(!text.contains(":pw@"), "{text}");
+        let (_, issues) = parse("storage: {postgres: {schema: x}}");
+        assert_eq!(issues, ["storage.postgres.url: missing"]);
+    }
 }

@@ -100,8 +100,12 @@ impl Drop for SchemaGuard {
                     .await
                     .map_err(|e| e.to_string())?;
                 tokio::spawn(conn);
+                // Bounded: a session of the test's own still holding a lock would otherwise
+                // wait on this thread while this thread waits on it.
                 client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                    .batch_execute(&format!(
+                        "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                    ))
                     .await
                     .map_err(|e| e.to_string())
             })

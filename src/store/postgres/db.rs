@@ -54,9 +54,11 @@ impl Db {
             .expose()
             .parse()
             .map_err(|e| open_error("not a valid PostgreSQL URL".into(), Some(Arc::new(e))))?;
+        if config.get_application_name().is_none() {
+            config.application_name("hookrelay");
+        }
         config
             .connect_timeout(pg.connect_timeout)
-            .application_name("hookrelay")
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
             // A dead peer fails a statement in this time instead of the kernel's 15 minutes.

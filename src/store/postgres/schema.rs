@@ -89,6 +89,28 @@ pub(super) async fn migrate(db: &Db) -> Result<(), StoreError> {
         source: Some(std::sync::Arc::new(e)),
     })?;
     let tx = conn.transaction().await.map_err(failed(""))?;
+    match migrate_in(db, &tx).await {
+        Ok(()) => tx.commit().await.map_err(failed("")),
+        Err(e) => {
+            // Rolled back now, not when the connection happens to close: its locks would
+            // hold up whoever comes next.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The migration's statements inside `tx`.
+async fn migrate_in(db: &Db, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    let fail = |context: String, source: Option<tokio_postgres::Error>| StoreError::Open {
+        path: format!("{} (schema {})", db.shown, db.schema),
+        context,
+        source: source.map(|e| std::sync::Arc::new(e) as crate::store::Cause),
+    };
+    let failed = |context: &str| {
+        let context = context.to_string();
+        move |e| fail(context, Some(e))
+    };
     tx.query_typed(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         &[(&locks::MIGRATE, Type::INT4), (&db.schema, Type::TEXT)],
@@ -139,5 +161,5 @@ pub(super) async fn migrate(db: &Db) -> Result<(), StoreError> {
     )))
     .await
     .map_err(failed(""))?;
-    tx.commit().await.map_err(failed(""))
+    Ok(())
 }
