@@ -106,6 +106,8 @@ pub struct MetricSet {
     pub store_batch_size: Histogram,
     /// 1 while the store takes new events, 0 while it refuses them (disk full, size limit).
     pub store_writable: prometheus::IntGauge,
+    /// 1 while the store reaches its database, 0 while it cannot (PostgreSQL down).
+    pub store_up: prometheus::IntGauge,
     /// Config reloads, by result.
     pub config_reloads: IntCounterVec,
     /// Unix time of the last successful config load (startup included).
@@ -264,6 +266,16 @@ impl Metrics {
             .register(Box::new(store_writable.clone()))
             .expect("unique metric");
 
+        let store_up = prometheus::IntGauge::new(
+            "hookrelay_store_up",
+            "1 while the store reaches its database; 0 while it cannot (PostgreSQL down or unreachable: ingest answers 503 until it returns). Always 1 for SQLite.",
+        )
+        .expect("valid metric");
+        store_up.set(1);
+        registry
+            .register(Box::new(store_up.clone()))
+            .expect("unique metric");
+
         let config_last_reload_success = prometheus::Gauge::new(
             "hookrelay_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load, startup included.",
@@ -345,6 +357,7 @@ impl Metrics {
             store_commit_duration,
             store_batch_size,
             store_writable,
+            store_up,
             config_reloads,
             config_last_reload_success,
             subscriptions,

@@ -32,8 +32,7 @@ use crate::ops::{self, OpsState, Readiness};
 use crate::reload::Reloader;
 use crate::secret::{Keyring, KeyringError};
 use crate::store::settings::StorageLocation;
-use crate::store::sqlite::{SqliteStore, WriterMetrics};
-use crate::store::{Store, StoreError};
+use crate::store::{Opened, Store, StoreError, WriterMetrics};
 use crate::subscription::{DeliveryOrder, SHARED_METRIC_LABEL, Subscription, open_secrets};
 
 /// Why the relay could not start or serve.
@@ -120,16 +119,17 @@ impl Relay {
         let addrs = self.local_addrs();
         let config = self.config;
         let metrics = Metrics::new();
-        // Held until `run` returns, not by the store: tasks finishing after shutdown may
-        // hold the store a little longer, and a restart in the same process must not fail.
-        let _lock = SqliteStore::lock(&config.storage)?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
+        // The file lock is held until `run` returns, not by the store: tasks finishing after
+        // shutdown may hold the store a little longer, and a restart in the same process
+        // must not fail.
+        let Opened { store, lock: _lock } = crate::store::open(
             &config.storage,
             WriterMetrics {
                 commit_duration: metrics.store_commit_duration.clone(),
                 batch_size: metrics.store_batch_size.clone(),
             },
-        )?);
+        )
+        .await?;
         let guard = Arc::new(DestinationGuard::new(
             config.api.allowed_destinations.clone(),
             &addrs.addrs(),
@@ -137,7 +137,7 @@ impl Relay {
         let config_subs: Vec<Arc<Subscription>> =
             config.subscriptions.iter().cloned().map(Arc::new).collect();
         let keys = &config.storage.encryption_keys;
-        if keys.is_empty() && matches!(config.storage.location, StorageLocation::File(_)) {
+        if keys.is_empty() && !matches!(config.storage.location, StorageLocation::Memory) {
             tracing::warn!(
                 "API subscription secrets are stored unencrypted; set storage.encryption_keys"
             );

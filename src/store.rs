@@ -4,15 +4,41 @@
 //! after a restart exactly where it stopped.
 //!
 //! This file is the seam: the `Store` trait and the types that cross it. Behind it,
-//! [`sqlite`] is the backend and [`settings`] its configuration; `views` holds the HTTP
-//! API's JSON of a delivery (re-exported here).
+//! [`sqlite`] (the default) and [`postgres`] are the backends, [`settings`] their
+//! configuration and `open` picks one from it; `views` holds the HTTP API's JSON of a
+//! delivery (re-exported here).
 
+/// `states!(Pending, Waiting)` is the SQL text `"(0, 7)"`, for `state IN` lists.
+///
+/// States are written into the SQL as literals (through this and `state_code!`), never bound
+/// as parameters: SQLite uses a partial index only when the query's WHERE literally implies
+/// the index's own (`state = 0`, `state IN (0, 1, 5, 7)`), which `state = ?1` never does,
+/// and PostgreSQL proves a partial index's predicate from literals only too. Defined before
+/// the backends' modules, which all see it.
+macro_rules! states {
+    ($first:ident $(, $rest:ident)*) => {
+        concat!(
+            "(",
+            $crate::store::state_code!($first)
+            $(, ", ", $crate::store::state_code!($rest))*,
+            ")"
+        )
+    };
+}
+
+mod attributes;
+mod open;
+pub mod postgres;
 pub mod settings;
+pub mod sqlite;
+#[cfg(test)]
+mod tests;
+mod views;
+
+pub use open::{Opened, WriterMetrics, open};
 
 /// Room the WAL takes between two checkpoints; the storage reserve is at least this.
 pub const WAL_ROOM: u64 = 4 * 1024 * 1024;
-pub mod sqlite;
-mod views;
 
 pub use views::{DeliveryStatus, DeliveryView};
 
@@ -479,6 +505,12 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// False while the store cannot reach its database (`hookrelay_store_up`); an embedded
+    /// store is up while it is healthy.
+    fn up(&self) -> bool {
+        self.healthy()
+    }
+
     /// Stores events and their deliveries, all or nothing; returns once they are durable.
     async fn accept(&self, batch: Vec<Accepted>) -> Result<Vec<Admission>, StoreError>;
 
@@ -586,35 +618,4 @@ pub trait Store: Send + Sync + 'static {
 
     /// Expires overdue deliveries and prunes old terminal rows, in small batches.
     async fn housekeeping(&self, now_ms: i64) -> Result<Housekeeping, StoreError>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::DeliveryState;
-
-    #[test]
-    fn stored_state_codes_never_change() {
-        // Database files hold these numbers: a change here strands every existing delivery.
-        let codes: Vec<(&str, i64)> = DeliveryState::ALL
-            .iter()
-            .map(|s| (s.as_str(), s.code()))
-            .collect();
-        assert_eq!(
-            codes,
-            [
-                ("pending", 0),
-                ("in_flight", 1),
-                ("delivered", 2),
-                ("failed", 3),
-                ("expired", 4),
-                ("orphaned", 5),
-                ("cancelled", 6),
-                ("waiting", 7),
-            ]
-        );
-        for state in DeliveryState::ALL {
-            assert_eq!(DeliveryState::from_code(state.code()), state);
-        }
-        assert_eq!(DeliveryState::from_code(99), DeliveryState::Pending);
-    }
 }

@@ -22,6 +22,8 @@ fn example_keys() -> BTreeSet<String> {
     let mut stack: Vec<(usize, String)> = Vec::new();
     // Below a key whose children are not config keys: its indent.
     let mut opaque: Option<usize> = None;
+    // The indent of the `#` of a commented-out section's lines, while in one.
+    let mut commented_at: Option<usize> = None;
     for line in read("config.example.yaml").lines() {
         let indent = line.len() - line.trim_start().len();
         let rest = line.trim_start();
@@ -40,10 +42,29 @@ fn example_keys() -> BTreeSet<String> {
             }
             None => (indent, rest),
         };
+        // A commented-out key: `# name: value`, with no prose after the value, or a
+        // commented-out section `# name:` whose keys follow, indented after the `#`.
+        // Indented text after a `#` is a key only inside a commented-out section.
+        let (indent, rest) = match rest.strip_prefix("# ") {
+            Some(r) if r.starts_with(' ') && commented_at != Some(indent) => continue,
+            Some(r) => {
+                let inner = r.trim_start();
+                (indent + r.len() - inner.len(), format!("# {inner}"))
+            }
+            None => {
+                commented_at = None;
+                (indent, rest.to_string())
+            }
+        };
+        let outer = line.len() - line.trim_start().len();
+        let rest = rest.as_str();
         let (name, commented) = match rest.strip_prefix("# ") {
-            // A commented-out key: `# name: value`, with no prose after the value.
-            Some(r) => match r.split_once(": ") {
-                Some((k, v)) if is_key(k) && is_value(v.trim()) => (k, true),
+            Some(r) => match r.split_once(':') {
+                Some((k, "")) if is_key(k) => {
+                    commented_at = Some(outer);
+                    (k, false)
+                }
+                Some((k, v)) if is_key(k) && v.starts_with(' ') && is_value(v.trim()) => (k, true),
                 _ => continue,
             },
             None => match rest.split_once(':') {

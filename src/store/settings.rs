@@ -1,4 +1,9 @@
-//! The `storage` section: where the queue lives and how it is kept.
+//! The `storage` section: where the queue lives and how it is kept. `postgres` (its own
+//! file) puts it in PostgreSQL instead of the SQLite file.
+
+mod postgres;
+
+pub use postgres::{DatabaseUrl, PostgresSettings, TlsMode, read_ca, valid_schema};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +42,8 @@ pub enum StorageLocation {
     File(PathBuf),
     /// In memory: lost on exit. For ephemeral use.
     Memory,
+    /// A PostgreSQL database (`storage.postgres`).
+    Postgres(PostgresSettings),
 }
 
 /// Commit durability.
@@ -78,11 +85,15 @@ impl StorageSettings {
                 "max_size",
                 "reserve",
                 "encryption_keys",
+                "postgres",
             ],
             issues,
         );
         let defaults = StorageSettings::default();
         let memory = st.boolean("memory", false, issues);
+        if st.has("postgres") {
+            return StorageSettings::parse_postgres(&st, defaults, issues);
+        }
         let location = match (memory, st.string("path", issues)) {
             (true, Some(_)) => {
                 issues.push(st.path(), "use either memory: true or path, not both");
@@ -104,10 +115,30 @@ impl StorageSettings {
                 SyncMode::Full
             }
         };
-        let year = Duration::from_secs(365 * 86_400);
         StorageSettings {
             location,
             sync,
+            max_size: st
+                .has("max_size")
+                .then(|| st.size("max_size", 64 * 1024..=u64::MAX, u64::MAX, issues)),
+            reserve: {
+                let reserve = st.size("reserve", 0..=1024 * 1024 * 1024, defaults.reserve, issues);
+                if reserve != 0 && reserve < crate::store::WAL_ROOM {
+                    issues.push(
+                        &st.at("reserve"),
+                        format!("{reserve} bytes is below 4MiB, what a checkpoint of the WAL needs on a full disk (or 0 to keep no reserve)"),
+                    );
+                }
+                reserve
+            },
+            ..StorageSettings::common(&st, defaults, issues)
+        }
+    }
+
+    /// The keys both stores read: the queue, ttl, retention and encryption keys.
+    fn common(st: &Section<'_>, defaults: StorageSettings, issues: &mut Issues) -> StorageSettings {
+        let year = Duration::from_secs(365 * 86_400);
+        StorageSettings {
             queue_capacity: st.integer(
                 "queue_capacity",
                 1..=1_000_000,
@@ -126,20 +157,50 @@ impl StorageSettings {
                 defaults.retention,
                 issues,
             ),
-            max_size: st
-                .has("max_size")
-                .then(|| st.size("max_size", 64 * 1024..=u64::MAX, u64::MAX, issues)),
-            reserve: {
-                let reserve = st.size("reserve", 0..=1024 * 1024 * 1024, defaults.reserve, issues);
-                if reserve != 0 && reserve < crate::store::WAL_ROOM {
-                    issues.push(
-                        &st.at("reserve"),
-                        format!("{reserve} bytes is below 4MiB, what a checkpoint of the WAL needs on a full disk (or 0 to keep no reserve)"),
-                    );
-                }
-                reserve
-            },
-            encryption_keys: encryption_keys(&st, issues),
+            encryption_keys: encryption_keys(st, issues),
+            ..defaults
+        }
+    }
+
+    /// `storage` with `postgres`: the SQLite file's own keys are refused, naming each.
+    fn parse_postgres(
+        st: &Section<'_>,
+        defaults: StorageSettings,
+        issues: &mut Issues,
+    ) -> StorageSettings {
+        for (key, why) in [
+            (
+                "path",
+                "use either storage.path or storage.postgres, not both",
+            ),
+            (
+                "memory",
+                "use either storage.memory or storage.postgres, not both",
+            ),
+            (
+                "sync",
+                "applies to the SQLite file only; PostgreSQL's durability is its synchronous_commit",
+            ),
+            (
+                "max_size",
+                "applies to the SQLite file only; size PostgreSQL on its server",
+            ),
+            (
+                "reserve",
+                "applies to the SQLite file only; PostgreSQL's disk is its server's",
+            ),
+        ] {
+            if st.has(key) {
+                issues.push(&st.at(key), why);
+            }
+        }
+        let location = match PostgresSettings::parse(st, issues) {
+            Some(pg) => StorageLocation::Postgres(pg),
+            None => defaults.location.clone(),
+        };
+        StorageSettings {
+            location,
+            ..StorageSettings::common(st, defaults, issues)
         }
     }
 }
@@ -220,5 +281,55 @@ mod tests {
             assert!(text.contains(expected), "{expected} not in {text}");
         }
         assert!(!text.contains("c2hvcnQ") && !text.contains(key), "{text}");
+    }
+
+    #[test]
+    fn postgres_is_read_whole_and_excludes_the_files_keys() {
+        let (s, issues) = parse(
+            "storage: {postgres: {url: 'postgres://app:pw@db:5432/relay', schema: relay_1, pool: 8, tls: {mode: require}, connect_timeout: 2s}, ttl: 1h, queue_capacity: 10}",
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        let StorageLocation::Postgres(pg) = &s.location else {
+            panic!("{s:?}")
+        };
+        assert_eq!(
+            (pg.schema.as_str(), pg.pool, pg.tls, pg.connect_timeout),
+            ("relay_1", 8, TlsMode::Require, Duration::from_secs(2))
+        );
+        assert_eq!((s.ttl, s.queue_capacity), (Duration::from_secs(3600), 10));
+        assert!(!format!("{s:?}").contains(":pw@"), "{s:?}");
+
+        let (_, issues) = parse(
+            "storage: {path: x.db, sync: normal, max_size: 1MiB, reserve: 0, postgres: {url: 'postgres://app:pw@db/relay', schema: Bad-Name, pool: 0, tls: {mode: prefer, ca: /nonexistent.pem}, extra: 1}}",
+        );
+        let text = issues.join("\n");
+        for expected in [
+            "storage.path: use either storage.path or storage.postgres, not both",
+            "storage.sync: applies to the SQLite file only",
+            "storage.max_size: applies to the SQLite file only",
+            "storage.reserve: applies to the SQLite file only",
+            "storage.postgres.schema: \"Bad-Name\" is not a schema name",
+            "storage.postgres.pool:",
+            "storage.postgres.tls.mode: \"prefer\" is not disable, require or verify-full",
+            "storage.postgres.tls.ca: only applies with mode: verify-full",
+            "storage.postgres.extra: unknown field",
+        ] {
+            assert!(text.contains(expected), "{expected} not in {text}");
+        }
+        let (_, issues) = parse(
+            "storage: {postgres: {url: 'mysql://app:pw@db/relay', tls: {mode: verify-full, ca: /nonexistent.pem}}}",
+        );
+        let text = issues.join("\n");
+        assert!(
+            text.contains("storage.postgres.url: must be a postgres:// URL"),
+            "{text}"
+        );
+        assert!(
+            text.contains("storage.postgres.tls.ca: cannot read /nonexistent.pem"),
+            "{text}"
+        );
+        assert!(!text.contains(":pw@"), "{text}");
+        let (_, issues) = parse("storage: {postgres: {schema: x}}");
+        assert_eq!(issues, ["storage.postgres.url: missing"]);
     }
 }

@@ -26,25 +26,8 @@ use super::settings::{StorageLocation, StorageSettings};
 use super::{
     Accepted, Admission, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery, DeliveryState,
     EventStatus, Housekeeping, Outcome, PullMode, Pulled, QueueStats, Release, Store, StoreError,
-    StoredSubscription,
+    StoredSubscription, WriterMetrics,
 };
-
-/// `states!(Pending, Waiting)` is the SQL text `"(0, 7)"`, for `state IN` lists.
-///
-/// States are written into the SQL as literals (through this and `state_code!`), never bound
-/// as parameters: SQLite uses a partial index only when the query's WHERE literally implies
-/// the index's own (`state = 0`, `state IN (0, 1, 5, 7)`), which `state = ?1` never does.
-/// Defined before the child modules, which all see it.
-macro_rules! states {
-    ($first:ident $(, $rest:ident)*) => {
-        concat!(
-            "(",
-            $crate::store::state_code!($first)
-            $(, ", ", $crate::store::state_code!($rest))*,
-            ")"
-        )
-    };
-}
 
 mod accept;
 mod claims;
@@ -66,7 +49,6 @@ mod writer;
 
 pub use file::FileLock;
 pub use schema::SCHEMA_VERSION;
-pub use writer::WriterMetrics;
 
 use outcomes::Outcomes;
 use retired::Retired;
@@ -99,7 +81,7 @@ impl SqliteStore {
     pub fn lock(settings: &StorageSettings) -> Result<Option<FileLock>, StoreError> {
         match &settings.location {
             StorageLocation::File(path) => file::lock(path).map(Some),
-            StorageLocation::Memory => Ok(None),
+            StorageLocation::Memory | StorageLocation::Postgres(_) => Ok(None),
         }
     }
 
@@ -114,7 +96,7 @@ impl SqliteStore {
         let reader = schema::open_reader(settings)?;
         let db = match &settings.location {
             StorageLocation::File(path) => Some(path.as_path()),
-            StorageLocation::Memory => None,
+            StorageLocation::Memory | StorageLocation::Postgres(_) => None,
         };
         let space = Space::open(db, settings.reserve);
         let disk_full = space.full_flag();

@@ -4,9 +4,8 @@
 use rusqlite::{Connection, params};
 
 use super::retired::Retired;
-use super::rows::attributes_json;
 use super::{ordering, sql_error};
-use crate::store::{Accepted, Admission, DeliveryState, StoreError};
+use crate::store::{Accepted, Admission, DeliveryState, StoreError, attributes};
 
 /// Stores a batch of events and their deliveries; `ttl_ms` is the default delivery ttl.
 pub(super) fn accept(
@@ -41,7 +40,7 @@ pub(super) fn accept(
             None => (None, None),
             Some(raw) => (
                 Some(raw.content_type.as_str()),
-                attributes_json(&raw.attributes),
+                attributes::to_json(&raw.attributes),
             ),
         };
         let inserted = insert_event

@@ -7,7 +7,7 @@ use rusqlite::ToSql;
 use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 
 use crate::event::RawMeta;
-use crate::store::{DeliveryInfo, DeliveryState};
+use crate::store::{DeliveryInfo, DeliveryState, attributes};
 
 impl ToSql for DeliveryState {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -21,44 +21,13 @@ impl FromSql for DeliveryState {
     }
 }
 
-/// A raw event's attributes as stored: a JSON object, or NULL when it has none.
-pub(super) fn attributes_json(attributes: &[(String, String)]) -> Option<String> {
-    if attributes.is_empty() {
-        return None;
-    }
-    let map: serde_json::Map<String, serde_json::Value> = attributes
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-        .collect();
-    Some(serde_json::Value::Object(map).to_string())
-}
-
 /// A raw event's content type and attributes from columns `i` and `i + 1`; `None` (both
 /// NULL) for an envelope event.
 pub(super) fn raw_meta(
     row: &rusqlite::Row<'_>,
     i: usize,
 ) -> rusqlite::Result<Option<Arc<RawMeta>>> {
-    let Some(content_type) = row.get::<_, Option<String>>(i)? else {
-        return Ok(None);
-    };
-    let attributes = match row.get::<_, Option<String>>(i + 1)? {
-        None => Vec::new(),
-        Some(text) => {
-            let map: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&text).unwrap_or_default();
-            map.into_iter()
-                .filter_map(|(k, v)| match v {
-                    serde_json::Value::String(v) => Some((k, v)),
-                    _ => None,
-                })
-                .collect()
-        }
-    };
-    Ok(Some(Arc::new(RawMeta {
-        content_type,
-        attributes,
-    })))
+    Ok(attributes::raw_meta(row.get(i)?, row.get(i + 1)?))
 }
 
 /// The delivery columns `info` reads, of a delivery `d` joined to its event `e`.

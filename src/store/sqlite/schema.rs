@@ -103,6 +103,13 @@ ALTER TABLE events ADD COLUMN attributes TEXT;
 pub(super) fn open_connection(settings: &StorageSettings) -> Result<Connection, StoreError> {
     let (conn, shown) = match &settings.location {
         StorageLocation::Memory => (Connection::open_in_memory(), ":memory:".to_string()),
+        StorageLocation::Postgres(pg) => {
+            return Err(StoreError::Open {
+                path: pg.url.redacted(),
+                context: "not an SQLite database".into(),
+                source: None,
+            });
+        }
         StorageLocation::File(path) => {
             // Created private before SQLite opens it, which would create it 0644.
             super::file::prepare(path).map_err(|e| StoreError::Open {
@@ -143,7 +150,7 @@ pub(super) fn open_connection(settings: &StorageSettings) -> Result<Connection, 
         SyncMode::Normal => "NORMAL",
     };
     let journal = match settings.location {
-        StorageLocation::Memory => "MEMORY",
+        StorageLocation::Memory | StorageLocation::Postgres(_) => "MEMORY",
         StorageLocation::File(_) => "WAL",
     };
     // Only takes on a new file (before its first table): pruned pages can then be given

@@ -5,28 +5,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use prometheus::Histogram;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::retired::Mark;
 use super::space::Space;
 use super::{SqliteStore, sql_error};
-use crate::store::StoreError;
+use crate::store::{StoreError, WriterMetrics};
 
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 2048;
 /// How often the size limit is re-checked.
 const SIZE_CHECK_EVERY: Duration = Duration::from_millis(500);
-
-/// Histograms the writer fills.
-#[derive(Clone)]
-pub struct WriterMetrics {
-    /// Seconds per transaction, commit included.
-    pub commit_duration: Histogram,
-    /// Jobs per transaction.
-    pub batch_size: Histogram,
-}
 
 /// Called once the job's transaction has committed (or failed), with that result.
 pub(super) type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

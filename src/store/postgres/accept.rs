@@ -1,0 +1,266 @@
+//! Accepting events, grouped: every ingest request waiting for the writer goes into one
+//! transaction of one round trip (BEGIN, the locks, one statement, COMMIT, pipelined). The
+//! statement inserts all events and all deliveries from arrays (`unnest`), each event once:
+//! a repeated id (stored before, or earlier in the group) answers with the first result.
+
+use std::collections::HashMap;
+
+use futures_util::future::join4;
+use tokio::sync::oneshot;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::db::{Db, is_connection_error, locks};
+use crate::store::{Accepted, Admission, DeliveryId, StoreError, attributes, state_code};
+
+/// One ingest request waiting for the writer: its events and whom to answer.
+pub(super) type AcceptRequest = (
+    Vec<Accepted>,
+    oneshot::Sender<Result<Vec<Admission>, StoreError>>,
+);
+
+/// Parameters `$1..$7` are the events' columns, `$8..$12` the deliveries' (`$8` the
+/// 1-based position of the delivery's event). A delivery waits behind an unfinished one of
+/// its key, stored before or earlier in the group; a tombstone gives its state first.
+const INSERT: &str = concat!(
+    "WITH input AS (
+    SELECT t.*, t.ord = min(t.ord) OVER (PARTITION BY t.id) AS first
+    FROM unnest($1::text[], $2::text[], $3::int8[], $4::bytea[], $5::text[], $6::text[], $7::text[])
+         WITH ORDINALITY AS t(id, type, received_at, data, subscriptions, content_type, attributes, ord)
+), ins AS (
+    INSERT INTO {s}.events (id, type, received_at, data, subscriptions, content_type, attributes)
+    SELECT id, type, received_at, data, subscriptions, content_type, attributes
+    FROM input WHERE first ORDER BY ord
+    ON CONFLICT (id) DO NOTHING
+    RETURNING seq, id
+), wanted AS (
+    SELECT ins.seq, d.sub, d.handed, d.expires, d.key, input.received_at, d.ord,
+           t.state AS retired,
+           row_number() OVER (PARTITION BY d.sub, d.key ORDER BY d.ord) AS nth
+    FROM unnest($8::int8[], $9::text[], $10::bool[], $11::int8[], $12::text[])
+         WITH ORDINALITY AS d(ev, sub, handed, expires, key, ord)
+    JOIN input ON input.ord = d.ev AND input.first
+    JOIN ins ON ins.id = input.id
+    LEFT JOIN {s}.tombstones t ON t.name = d.sub
+), dl AS (
+    INSERT INTO {s}.deliveries (event_seq, subscription, state, received_at, next_attempt_at,
+                                expires_at, ordering_key, finished_at)
+    SELECT w.seq, w.sub, st.state, w.received_at, w.received_at, w.expires, w.key,
+           CASE WHEN st.state = ",
+    state_code!(Cancelled),
+    " THEN w.received_at END
+    FROM wanted w, LATERAL (SELECT CASE
+        WHEN w.retired IS NOT NULL THEN w.retired
+        WHEN w.key IS NOT NULL AND (w.nth > 1 OR EXISTS (
+            SELECT 1 FROM {s}.deliveries x
+            WHERE x.subscription = w.sub AND x.ordering_key = w.key AND x.state IN ",
+    states!(Pending, InFlight, Orphaned, Waiting),
+    ")) THEN ",
+    state_code!(Waiting),
+    "
+        WHEN w.handed THEN ",
+    state_code!(InFlight),
+    " ELSE ",
+    state_code!(Pending),
+    " END AS state) st
+    ORDER BY w.ord
+    RETURNING id, event_seq, subscription
+)
+SELECT 1, seq, NULL::int8, id, NULL::text FROM ins
+UNION ALL SELECT 2, event_seq, id, subscription, NULL FROM dl
+UNION ALL SELECT 3, NULL, NULL, e.id, e.subscriptions FROM {s}.events e
+    WHERE e.id IN (SELECT id FROM input)"
+);
+
+/// Stores every request of a group in one transaction and answers each. If the group
+/// fails for a reason of its own data (not the connection), each request is tried alone,
+/// so one bad request cannot fail the others.
+pub(super) async fn accept_group(db: &Db, group: Vec<AcceptRequest>, ttl_ms: i64) {
+    let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+    match write(db, &batches, ttl_ms).await {
+        Ok(mut admissions) => {
+            for (batch, reply) in batches.iter().zip(replies) {
+                let rest = admissions.split_off(batch.len());
+                let _ = reply.send(Ok(std::mem::replace(&mut admissions, rest)));
+            }
+        }
+        Err((e, connection)) if connection || batches.len() == 1 => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Err(_) => {
+            for (batch, reply) in batches.into_iter().zip(replies) {
+                let one = [batch];
+                let _ = reply.send(write(db, &one, ttl_ms).await.map_err(|(e, _)| e));
+            }
+        }
+    }
+}
+
+/// Column arrays of a group's events and deliveries.
+#[derive(Default)]
+struct Columns<'a> {
+    ids: Vec<&'a str>,
+    types: Vec<&'a str>,
+    received: Vec<i64>,
+    data: Vec<&'a [u8]>,
+    names: Vec<String>,
+    content_types: Vec<Option<&'a str>>,
+    attributes: Vec<Option<String>>,
+    d_event: Vec<i64>,
+    d_sub: Vec<&'a str>,
+    d_handed: Vec<bool>,
+    d_expires: Vec<i64>,
+    d_key: Vec<Option<&'a str>>,
+}
+
+/// One transaction for every event of `batches`; the admissions in order, or the error and
+/// whether the connection failed.
+async fn write(
+    db: &Db,
+    batches: &[Vec<Accepted>],
+    ttl_ms: i64,
+) -> Result<Vec<Admission>, (StoreError, bool)> {
+    let mut c = Columns::default();
+    for a in batches.iter().flatten() {
+        let e = &a.event;
+        c.ids.push(&e.id);
+        c.types.push(&e.event_type);
+        c.received.push(e.received_at_ms);
+        c.data.push(&e.data[..]);
+        let names: Vec<&str> = a.subscriptions().map(|s| &**s).collect();
+        c.names
+            .push(serde_json::to_string(&names).unwrap_or_else(|_| "[]".into()));
+        c.content_types
+            .push(e.raw.as_deref().map(|r| r.content_type.as_str()));
+        c.attributes.push(
+            e.raw
+                .as_deref()
+                .and_then(|r| attributes::to_json(&r.attributes)),
+        );
+        for d in &a.deliveries {
+            c.d_event.push(c.ids.len() as i64);
+            c.d_sub.push(&d.subscription);
+            c.d_handed.push(d.handed_off);
+            c.d_expires
+                .push(e.received_at_ms + d.ttl_ms.unwrap_or(ttl_ms));
+            c.d_key.push(d.ordering_key.as_deref());
+        }
+    }
+    let keyed = c.d_key.iter().any(Option::is_some);
+    let sql = db.sql(INSERT);
+    let params: [(&(dyn ToSql + Sync), Type); 12] = [
+        (&c.ids, Type::TEXT_ARRAY),
+        (&c.types, Type::TEXT_ARRAY),
+        (&c.received, Type::INT8_ARRAY),
+        (&c.data, Type::BYTEA_ARRAY),
+        (&c.names, Type::TEXT_ARRAY),
+        (&c.content_types, Type::TEXT_ARRAY),
+        (&c.attributes, Type::TEXT_ARRAY),
+        (&c.d_event, Type::INT8_ARRAY),
+        (&c.d_sub, Type::TEXT_ARRAY),
+        (&c.d_handed, Type::BOOL_ARRAY),
+        (&c.d_expires, Type::INT8_ARRAY),
+        (&c.d_key, Type::TEXT_ARRAY),
+    ];
+    // Shared: a delete or retire (exclusive) waits for this group, or this group for it,
+    // so no delivery of a retired name is stored pending. The ordering lock makes "is the
+    // key busy" and a head's promotion happen one after the other.
+    let lock = if keyed {
+        "SELECT pg_advisory_xact_lock_shared($1, hashtext($3)), pg_advisory_xact_lock($2, hashtext($3))"
+    } else {
+        "SELECT pg_advisory_xact_lock_shared($1, hashtext($3)), $2::int4"
+    };
+    let conn = db.conn().await.map_err(|e| (e, true))?;
+    let client: &tokio_postgres::Client = &conn;
+    // One round trip: the four are sent before the first answer is read. A failure aborts
+    // the transaction, and the COMMIT then rolls it back.
+    let (begin, locked, rows, commit) = join4(
+        client.batch_execute("BEGIN"),
+        client.query_typed(
+            lock,
+            &[
+                (&locks::RETIRE, Type::INT4),
+                (&locks::ORDER, Type::INT4),
+                (&db.schema, Type::TEXT),
+            ],
+        ),
+        client.query_typed(&sql, &params),
+        client.batch_execute("COMMIT"),
+    )
+    .await;
+    let result = begin
+        .and(locked)
+        .and(rows)
+        .and_then(|rows| commit.map(|()| rows));
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(e) => {
+            // Whatever state the session is in, it is not reused.
+            drop(deadpool_postgres::Object::take(conn));
+            let connection = is_connection_error(&e);
+            return Err((db.err(e), connection));
+        }
+    };
+    admissions(batches, &rows).map_err(|e| (e, false))
+}
+
+/// Each event's admission from the statement's rows: 1 = an event stored (seq, id), 2 = a
+/// delivery stored (event seq, id, subscription), 3 = an event stored before (id, names).
+fn admissions(
+    batches: &[Vec<Accepted>],
+    rows: &[tokio_postgres::Row],
+) -> Result<Vec<Admission>, StoreError> {
+    let mut stored: HashMap<&str, i64> = HashMap::new();
+    let mut delivery: HashMap<(i64, &str), DeliveryId> = HashMap::new();
+    let mut before: HashMap<&str, &str> = HashMap::new();
+    for row in rows {
+        match row.get::<_, i32>(0) {
+            1 => {
+                stored.insert(row.get(3), row.get(1));
+            }
+            2 => {
+                delivery.insert((row.get(1), row.get(3)), row.get(2));
+            }
+            _ => {
+                before.insert(row.get(3), row.get(4));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    // Names matched by the first occurrence of each id in this group.
+    let mut first: HashMap<&str, Vec<String>> = HashMap::new();
+    for a in batches.iter().flatten() {
+        let id = a.event.id.as_str();
+        if let Some(names) = first.get(id) {
+            out.push(Admission::Duplicate {
+                subscriptions: names.clone(),
+            });
+            continue;
+        }
+        let admission = match stored.get(id) {
+            Some(seq) => {
+                let ids = a
+                    .deliveries
+                    .iter()
+                    .map(|d| delivery.get(&(*seq, &*d.subscription)).copied())
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| StoreError::unavailable("a stored delivery went missing"))?;
+                first.insert(id, a.subscriptions().map(|s| s.to_string()).collect());
+                Admission::Stored(ids)
+            }
+            None => {
+                let names: Vec<String> = before
+                    .get(id)
+                    .and_then(|text| serde_json::from_str(text).ok())
+                    .unwrap_or_default();
+                first.insert(id, names.clone());
+                Admission::Duplicate {
+                    subscriptions: names,
+                }
+            }
+        };
+        out.push(admission);
+    }
+    Ok(out)
+}

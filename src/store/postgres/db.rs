@@ -1,0 +1,151 @@
+//! The connection side: the pool (deadpool, TLS by rustls), the schema's quoted name that
+//! every statement is written with, error mapping, and whether the database answers.
+//!
+//! Statements are sent with `query_typed` (unnamed, one round trip, nothing left on the
+//! server), so the store works through a pooler in transaction mode (PgBouncer): no named
+//! prepared statements, no session settings, no session locks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+
+use super::tls;
+use crate::store::settings::PostgresSettings;
+use crate::store::{Cause, StoreError};
+
+/// Advisory lock classes (the first half of a two-key lock; the second is the schema's
+/// hash, so relays on other schemas never wait for each other).
+pub(super) mod locks {
+    /// Held (per transaction) while the schema is created or migrated.
+    pub const MIGRATE: i32 = 0x6872_0001;
+    /// Held while an ordering key's head may change or a keyed delivery is stored.
+    pub const ORDER: i32 = 0x6872_0002;
+    /// Shared by ingest, exclusive for tombstone changes (delete, retire).
+    pub const RETIRE: i32 = 0x6872_0003;
+}
+
+/// The pool and what every operation needs to use it.
+pub(super) struct Db {
+    pool: Pool,
+    /// The schema as an SQL identifier: `"name"`.
+    quoted: String,
+    /// The schema's name, for lock keys.
+    pub(super) schema: String,
+    /// The URL, password shown as `***`, for messages.
+    pub(super) shown: String,
+    /// False since the last operation failed for want of a connection, until one succeeds.
+    up: AtomicBool,
+}
+
+impl Db {
+    /// A pool for `pg` (nothing connects until the first use).
+    pub(super) fn new(pg: &PostgresSettings) -> Result<Db, StoreError> {
+        let shown = pg.url.redacted();
+        let open_error = |context: String, source: Option<Cause>| StoreError::Open {
+            path: shown.clone(),
+            context,
+            source,
+        };
+        let mut config: tokio_postgres::Config = pg
+            .url
+            .expose()
+            .parse()
+            .map_err(|e| open_error("not a valid PostgreSQL URL".into(), Some(Arc::new(e))))?;
+        if config.get_application_name().is_none() {
+            config.application_name("hookrelay");
+        }
+        config
+            .connect_timeout(pg.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            // A dead peer fails a statement in this time instead of the kernel's 15 minutes.
+            .tcp_user_timeout(pg.connect_timeout.max(Duration::from_secs(10)));
+        let manager_config = ManagerConfig {
+            // `is_closed` drops connections the server ended; a statement that fails on a
+            // dead socket closes the client too, so the next checkout connects anew.
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager =
+            tls::manager(config, pg, manager_config).map_err(|why| open_error(why, None))?;
+        let pool = Pool::builder(manager)
+            .max_size(pg.pool)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(pg.connect_timeout))
+            .create_timeout(Some(pg.connect_timeout))
+            .recycle_timeout(Some(pg.connect_timeout))
+            .build()
+            .map_err(|e| {
+                open_error("cannot build the connection pool".into(), Some(Arc::new(e)))
+            })?;
+        Ok(Db {
+            pool,
+            quoted: format!("\"{}\"", pg.schema.replace('"', "\"\"")),
+            schema: pg.schema.clone(),
+            shown,
+            up: AtomicBool::new(true),
+        })
+    }
+
+    /// `template` with `{s}` replaced by the quoted schema: every table is qualified, so no
+    /// `search_path` (session state) is needed.
+    pub(super) fn sql(&self, template: &str) -> String {
+        template.replace("{s}", &self.quoted)
+    }
+
+    /// A pooled connection; unavailable within `connect_timeout` when none can be had.
+    pub(super) async fn conn(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(|e| {
+            self.up.store(false, Ordering::Relaxed);
+            StoreError::unavailable_from("cannot reach PostgreSQL", e)
+        })
+    }
+
+    /// A database error as a store error; a lost connection marks the store down.
+    pub(super) fn err(&self, e: tokio_postgres::Error) -> StoreError {
+        if is_connection_error(&e) {
+            self.up.store(false, Ordering::Relaxed);
+        }
+        StoreError::unavailable_from("", e)
+    }
+
+    /// Notes how an operation went: a success means the database answers.
+    pub(super) fn seen<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_ok() {
+            self.up.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Whether the database answered the last operation.
+    pub(super) fn up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+}
+
+/// A failure of the connection rather than of a statement: the socket, or the server
+/// ending the session (shutdown, terminated backend, not accepting connections).
+pub(super) fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        None => true,
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                ]
+                .contains(code)
+        }
+    }
+}
+
+/// A unique key refused the write.
+pub(super) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}

@@ -1,0 +1,165 @@
+//! The schema: its version in `schema_version`, and migrating it forward at start inside
+//! one transaction holding an advisory lock, so relays starting together do not race. A
+//! schema newer than this build stops the start.
+
+use tokio_postgres::types::Type;
+
+use super::db::{Db, locks};
+use crate::store::{StoreError, state_code};
+
+/// The schema this build writes; older ones are migrated forward at start.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Migrations: entry `i` upgrades a schema from version `i` to `i + 1`. `{s}` is the
+/// quoted schema. States are literals (`state_code!`, `states!`) so that the partial
+/// indexes serve the queries that spell the same literals.
+pub(super) const MIGRATIONS: &[&str] = &[concat!(
+    "
+CREATE TABLE {s}.events (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text NOT NULL UNIQUE,
+    type text NOT NULL,
+    received_at bigint NOT NULL,
+    data bytea NOT NULL,
+    subscriptions text NOT NULL,
+    content_type text,
+    attributes text
+);
+CREATE TABLE {s}.deliveries (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_seq bigint NOT NULL,
+    subscription text NOT NULL,
+    state integer NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    received_at bigint NOT NULL,
+    next_attempt_at bigint NOT NULL,
+    expires_at bigint NOT NULL,
+    last_status integer,
+    last_error text,
+    delivered_at bigint,
+    finished_at bigint,
+    ordering_key text
+);
+CREATE INDEX deliveries_due ON {s}.deliveries (subscription, next_attempt_at) WHERE state = ",
+    state_code!(Pending),
+    ";
+CREATE INDEX deliveries_fifo ON {s}.deliveries (subscription, id) WHERE state = ",
+    state_code!(Pending),
+    ";
+CREATE INDEX deliveries_state ON {s}.deliveries (state, subscription, id);
+CREATE INDEX deliveries_event ON {s}.deliveries (event_seq);
+CREATE INDEX deliveries_order ON {s}.deliveries (subscription, ordering_key, id)
+    WHERE state IN ",
+    states!(Pending, InFlight, Orphaned, Waiting),
+    " AND ordering_key IS NOT NULL;
+CREATE INDEX deliveries_expiry ON {s}.deliveries (expires_at) WHERE state IN ",
+    states!(Pending, Orphaned, Waiting),
+    ";
+CREATE INDEX deliveries_finished ON {s}.deliveries (finished_at) WHERE state IN ",
+    states!(Delivered, Failed, Expired, Cancelled),
+    ";
+CREATE TABLE {s}.releases (scope text PRIMARY KEY, released_at bigint NOT NULL);
+CREATE TABLE {s}.subscriptions (
+    id text PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    spec text NOT NULL,
+    created_at bigint NOT NULL,
+    updated_at bigint NOT NULL
+);
+CREATE TABLE {s}.tombstones (name text PRIMARY KEY, state integer NOT NULL);
+"
+)];
+
+/// Creates the schema if missing, refuses one newer than this build, applies the missing
+/// migrations, and (one relay per schema) puts in-flight deliveries back to pending and
+/// forgets the previous run's tombstones. All in one transaction under the migration lock.
+pub(super) async fn migrate(db: &Db) -> Result<(), StoreError> {
+    let fail = |context: String, source: Option<tokio_postgres::Error>| StoreError::Open {
+        path: format!("{} (schema {})", db.shown, db.schema),
+        context,
+        source: source.map(|e| std::sync::Arc::new(e) as crate::store::Cause),
+    };
+    let failed = |context: &str| {
+        let context = context.to_string();
+        move |e| fail(context, Some(e))
+    };
+    let mut conn = db.conn().await.map_err(|e| StoreError::Open {
+        path: db.shown.clone(),
+        context: String::new(),
+        source: Some(std::sync::Arc::new(e)),
+    })?;
+    let tx = conn.transaction().await.map_err(failed(""))?;
+    match migrate_in(db, &tx).await {
+        Ok(()) => tx.commit().await.map_err(failed("")),
+        Err(e) => {
+            // Rolled back now, not when the connection happens to close: its locks would
+            // hold up whoever comes next.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The migration's statements inside `tx`.
+async fn migrate_in(db: &Db, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    let fail = |context: String, source: Option<tokio_postgres::Error>| StoreError::Open {
+        path: format!("{} (schema {})", db.shown, db.schema),
+        context,
+        source: source.map(|e| std::sync::Arc::new(e) as crate::store::Cause),
+    };
+    let failed = |context: &str| {
+        let context = context.to_string();
+        move |e| fail(context, Some(e))
+    };
+    tx.query_typed(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[(&locks::MIGRATE, Type::INT4), (&db.schema, Type::TEXT)],
+    )
+    .await
+    .map_err(failed("cannot take the migration lock"))?;
+    tx.batch_execute(&db.sql(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer NOT NULL);",
+    ))
+    .await
+    .map_err(failed("cannot create the schema"))?;
+    let version: i32 = tx
+        .query_typed(&db.sql("SELECT max(version) FROM {s}.schema_version"), &[])
+        .await
+        .map_err(failed(""))?
+        .first()
+        .and_then(|r| r.get::<_, Option<i32>>(0))
+        .unwrap_or(0);
+    if version > SCHEMA_VERSION {
+        return Err(fail(
+            format!(
+                "its schema version {version} is newer than this hookrelay supports ({SCHEMA_VERSION}); run a newer hookrelay"
+            ),
+            None,
+        ));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let to = from + 1;
+        tx.batch_execute(&db.sql(sql))
+            .await
+            .map_err(failed(&format!("migration to schema version {to} failed")))?;
+    }
+    if version < SCHEMA_VERSION {
+        tx.batch_execute(&db.sql(&format!(
+            "DELETE FROM {{s}}.schema_version; INSERT INTO {{s}}.schema_version VALUES ({SCHEMA_VERSION});"
+        )))
+        .await
+        .map_err(failed(""))?;
+    }
+    // Attempts cut short by a stop are made again (at-least-once); tombstones last a run.
+    tx.batch_execute(&db.sql(concat!(
+        "UPDATE {s}.deliveries SET state = ",
+        state_code!(Pending),
+        " WHERE state = ",
+        state_code!(InFlight),
+        "; DELETE FROM {s}.tombstones;"
+    )))
+    .await
+    .map_err(failed(""))?;
+    Ok(())
+}
