@@ -2,12 +2,23 @@
 //! schema at `HOOKRELAY_TEST_DATABASE_URL` that is dropped when the test ends. Tests that
 //! exercise the store take a `Backend` and are instantiated for both by `both_backends!`.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 /// The server the PostgreSQL tests use.
 pub fn test_database_url() -> String {
     std::env::var("HOOKRELAY_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// The test server's address, from its URL.
+pub fn test_database_addr() -> SocketAddr {
+    let url = reqwest::Url::parse(&test_database_url()).unwrap();
+    (url.host_str().unwrap(), url.port().unwrap_or(5432))
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap()
 }
 
 /// Which store implementation a test runs on.
@@ -64,6 +75,21 @@ impl TestDb {
                 )
             }
         }
+    }
+}
+
+impl TestDb {
+    /// The `storage:` line for this schema on the test server reached at `addr` (a proxy
+    /// or a pooler), its sessions named after the schema (`application_name`), with
+    /// `pg` settings of `storage.postgres` (`"connect_timeout: 1s"`).
+    pub fn storage_at(&self, addr: SocketAddr, pg: &str) -> String {
+        let schema = self.schema.as_deref().expect("a PostgreSQL database");
+        let mut url = reqwest::Url::parse(&test_database_url()).unwrap();
+        url.set_ip_host(addr.ip()).unwrap();
+        url.set_port(Some(addr.port())).unwrap();
+        url.query_pairs_mut()
+            .append_pair("application_name", schema);
+        format!("storage: {{postgres: {{url: '{url}', schema: {schema}, pool: 4, {pg}}}}}\n")
     }
 }
 

@@ -17,8 +17,9 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 mod backend;
+pub mod proxy;
 #[allow(unused_imports)]
-pub use backend::{Backend, TestDb, test_database_url};
+pub use backend::{Backend, TestDb, test_database_addr, test_database_url};
 
 /// The relay binary: `HOOKRELAY_BIN` when set (CI points it at the static release build it
 /// ships in the image), else the one cargo built for these tests.
