@@ -9,7 +9,13 @@
 //!   depth stayed flat. The offered delivery rate is `BENCH_RATE_FANOUT1` (default 15000) and
 //!   `BENCH_RATE_FANOUT10` (default 25000) deliveries/s.
 //!
-//! Also the relay's peak RSS and CPU time. `BENCH_ONLY=full-1` (sync-fanout) runs one case.
+//! Also the relay's peak RSS and CPU time. `BENCH_ONLY=full-1` (store-fanout) runs one case.
+//!
+//! `cargo bench --bench e2e -- --store postgres` runs the PostgreSQL store (the server at
+//! `HOOKRELAY_TEST_DATABASE_URL`, default `postgres://root@127.0.0.1:5432/test`, a fresh
+//! schema per case) beside SQLite with `sync: full` (each commit durable, as PostgreSQL's
+//! default `synchronous_commit = on`), and reports the server's CPU time too (every
+//! `postgres` process on the machine). Cases are named `full`, `normal` and `postgres`.
 //! The load generator and receiver share the machine with the relay, as a sidecar's app would.
 
 use std::io::{BufRead, BufReader};
@@ -78,7 +84,7 @@ struct Relay {
 }
 
 impl Relay {
-    fn start(dir: &std::path::Path, sync: &str, fanout: usize, sink: SocketAddr) -> Relay {
+    fn start(dir: &std::path::Path, store: &str, fanout: usize, sink: SocketAddr) -> Relay {
         let subs: String = (0..fanout)
             .map(|i| {
                 format!(
@@ -86,12 +92,19 @@ impl Relay {
                 )
             })
             .collect();
+        let storage = match store {
+            "postgres" => format!(
+                "postgres: {{url: '{}', schema: {}}}",
+                database_url(),
+                bench_schema(dir)
+            ),
+            sync => format!("path: '{}', sync: {sync}", dir.join("bench.db").display()),
+        };
         let config = dir.join("bench.yaml");
         std::fs::write(
             &config,
             format!(
-                "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\nlog: {{format: json, level: warn}}\nlimits: {{max_concurrent_requests: 4096}}\nstorage: {{path: '{}', sync: {sync}, queue_capacity: 65536}}\ndelivery: {{max_in_flight_total: 4096}}\nsubscriptions:\n{subs}",
-                dir.join("bench.db").display()
+                "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\nlog: {{format: json, level: warn}}\nlimits: {{max_concurrent_requests: 4096}}\nstorage: {{{storage}, queue_capacity: 65536}}\ndelivery: {{max_in_flight_total: 4096}}\nsubscriptions:\n{subs}"
             ),
         )
         .unwrap();
@@ -145,6 +158,56 @@ impl Relay {
         });
         (hwm, ticks / 100.0)
     }
+}
+
+/// The PostgreSQL server the `postgres` cases use.
+fn database_url() -> String {
+    std::env::var("HOOKRELAY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// A schema name unique to the case's directory.
+fn bench_schema(dir: &std::path::Path) -> String {
+    let tag: String = dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    format!("hr_bench_{}", tag.to_ascii_lowercase())
+}
+
+/// Drops the case's schema.
+async fn drop_schema(schema: &str) {
+    let (client, conn) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL");
+    tokio::spawn(conn);
+    let _ = client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await;
+}
+
+/// CPU seconds used so far by every process named `postgres` (the server's backends).
+fn postgres_cpu() -> f64 {
+    let mut ticks = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with("(postgres") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields.get(11..13).map_or(0.0, |f| {
+            f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+        });
+    }
+    ticks / 100.0
 }
 
 /// The relay's /metrics exposition.
@@ -257,6 +320,7 @@ async fn load(app: &str, epoch: Instant, until: Instant, rate: u64) -> (u64, u64
 
 async fn case(sync: &str, fanout: usize) {
     let dir = tempfile::tempdir().unwrap();
+    let pg_cpu = postgres_cpu();
     let epoch = Instant::now();
     let sink = Sink {
         epoch,
@@ -280,7 +344,7 @@ async fn case(sync: &str, fanout: usize) {
     let (accepted, refused, lat) = load(&relay.app, epoch, t0 + burst, 0).await;
     let took = t0.elapsed().as_secs_f64();
     println!(
-        "sync={sync} fanout={fanout} burst: accepted {:.0}/s ({accepted} in {took:.1}s, {refused} refused), accept latency p50 {:.2} ms p99 {:.2} ms",
+        "store={sync} fanout={fanout} burst: accepted {:.0}/s ({accepted} in {took:.1}s, {refused} refused), accept latency p50 {:.2} ms p99 {:.2} ms",
         accepted as f64 / took,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
@@ -293,7 +357,7 @@ async fn case(sync: &str, fanout: usize) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     println!(
-        "sync={sync} fanout={fanout} drain: {} deliveries of the burst in {:.1}s ({:.0}/s)",
+        "store={sync} fanout={fanout} drain: {} deliveries of the burst in {:.1}s ({:.0}/s)",
         sink.delivered.load(Ordering::Relaxed),
         drain.elapsed().as_secs_f64(),
         sink.delivered.load(Ordering::Relaxed) as f64 / drain.elapsed().as_secs_f64()
@@ -339,7 +403,7 @@ async fn case(sync: &str, fanout: usize) {
             .unwrap_or(f64::NAN)
     };
     println!(
-        "sync={sync} fanout={fanout} store: {:.0} transactions, mean {:.2} ms each, mean {:.1} jobs each",
+        "store={sync} fanout={fanout} store: {:.0} transactions, mean {:.2} ms each, mean {:.1} jobs each",
         value("hookrelay_store_commit_duration_seconds_count"),
         1000.0 * value("hookrelay_store_commit_duration_seconds_sum")
             / value("hookrelay_store_commit_duration_seconds_count"),
@@ -351,7 +415,7 @@ async fn case(sync: &str, fanout: usize) {
     let flat =
         spread <= target as f64 * 0.5 && tail.last().copied().unwrap_or(0.0) <= target as f64;
     println!(
-        "sync={sync} fanout={fanout} steady: offered {event_rate} events/s ({target} deliveries/s) for {took:.0}s: accepted {:.0}/s ({refused} refused), delivered {:.0}/s, accept p50 {:.2} ms p99 {:.2} ms, event-to-delivery p50 {:.2} ms p99 {:.2} ms, queue depth samples {:?} -> {}",
+        "store={sync} fanout={fanout} steady: offered {event_rate} events/s ({target} deliveries/s) for {took:.0}s: accepted {:.0}/s ({refused} refused), delivered {:.0}/s, accept p50 {:.2} ms p99 {:.2} ms, event-to-delivery p50 {:.2} ms p99 {:.2} ms, queue depth samples {:?} -> {}",
         accepted as f64 / took,
         delivered as f64 / took,
         percentile(&lat, 0.5),
@@ -366,20 +430,39 @@ async fn case(sync: &str, fanout: usize) {
         }
     );
     println!(
-        "sync={sync} fanout={fanout} relay: peak RSS {:.1} MiB, CPU {cpu:.1} s over the case",
+        "store={sync} fanout={fanout} relay: peak RSS {:.1} MiB, CPU {cpu:.1} s over the case",
         rss as f64 / 1048576.0
     );
+    if sync == "postgres" {
+        println!(
+            "store={sync} fanout={fanout} PostgreSQL server: CPU {:.1} s over the case",
+            postgres_cpu() - pg_cpu
+        );
+        drop(relay);
+        drop_schema(&bench_schema(dir.path())).await;
+    }
 }
 
 fn main() {
-    // `cargo bench` passes --bench; other arguments are ignored.
+    // `cargo bench` passes --bench; `--store postgres` adds the PostgreSQL cases beside
+    // SQLite's durable ones; other arguments are ignored.
+    let args: Vec<String> = std::env::args().collect();
+    let postgres = args
+        .windows(2)
+        .any(|w| w[0] == "--store" && w[1] == "postgres")
+        || args.iter().any(|a| a == "--store=postgres");
+    let cases: &[(&str, usize)] = if postgres {
+        &[("full", 1), ("postgres", 1), ("full", 10), ("postgres", 10)]
+    } else {
+        &[("full", 1), ("full", 10), ("normal", 1), ("normal", 10)]
+    };
     let only = std::env::var("BENCH_ONLY").ok();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    for (sync, fanout) in [("full", 1), ("full", 10), ("normal", 1), ("normal", 10)] {
+    for &(sync, fanout) in cases {
         if only
             .as_deref()
             .is_some_and(|o| o != format!("{sync}-{fanout}"))

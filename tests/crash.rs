@@ -1,4 +1,5 @@
-//! At-least-once through `kill -9`: every event answered `202` is delivered after a restart.
+//! At-least-once through `kill -9`: every event answered `202` is delivered after a restart,
+//! on either store.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Binary, Receiver, bin, deadline};
+use common::{Backend, Binary, Receiver, TestDb, bin, deadline};
 use serde_json::json;
 
 const EVENTS: usize = 400;
@@ -25,23 +26,26 @@ fn spawn(config: &Path) -> (Child, String) {
     (relay.child, relay.app)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_accepted_event_survives_kill_9() {
+async fn every_accepted_event_survives_kill_9(backend: Backend) {
+    let db = TestDb::new(backend);
+    // SQLite syncs every commit; PostgreSQL keeps its own synchronous_commit.
+    let storage = match backend {
+        Backend::Sqlite => db.storage("sync: full"),
+        Backend::Postgres => db.storage(""),
+    };
     // A port with nothing listening yet: the receiver comes up there after the crash.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
+    let config = db.dir.path().join("config.yaml");
     std::fs::write(
         &config,
         format!(
             "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}
 log: {{format: json}}
-storage: {{path: '{}', sync: full}}
-subscriptions:
+{storage}subscriptions:
   - name: crash
     url: 'http://127.0.0.1:{port}/hook'
     events: ['*']
@@ -49,8 +53,7 @@ subscriptions:
     timeout: 1s
     max_in_flight: 16
     backoff: {{schedule: [100ms, 200ms, 500ms, 1s], overload_floor: 0s}}
-",
-            dir.path().join("relay.db").display()
+"
         ),
     )
     .unwrap();
@@ -145,3 +148,5 @@ subscriptions:
         "missing after restart: {missing:?}"
     );
 }
+
+crate::both_backends!(multi_thread: every_accepted_event_survives_kill_9);

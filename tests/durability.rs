@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Answer, Receiver, TestRelay, deadline, poll};
+use common::{Answer, Backend, Receiver, TestDb, TestRelay, deadline, poll};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -43,10 +43,10 @@ async fn wait_state(relay: &TestRelay, event: &str, state: &str) -> Value {
     now
 }
 
-#[tokio::test]
-async fn event_status_follows_each_delivery() {
+async fn event_status_follows_each_delivery(backend: Backend) {
+    let db = TestDb::new(backend);
     let rx = Receiver::ok().await;
-    let relay = TestRelay::start(&one_sub(&rx.url("/"), "")).await;
+    let relay = TestRelay::on(&db, &one_sub(&rx.url("/"), "")).await;
     let (s, _) = relay
         .post(&json!({"type": "order.done", "id": "op-1", "data": {}}))
         .await;
@@ -66,11 +66,11 @@ async fn event_status_follows_each_delivery() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn a_restart_mid_backoff_resumes_the_schedule() {
+async fn a_restart_mid_backoff_resumes_the_schedule(backend: Backend) {
+    let db = TestDb::new(backend);
     let (rx, healthy) = switchable().await;
     let yaml = one_sub(&rx.url("/"), "retries: 3, backoff: {schedule: [1500ms]}");
-    let relay = TestRelay::start(&yaml).await;
+    let relay = TestRelay::on(&db, &yaml).await;
     relay
         .post(&json!({"type": "t", "id": "e1", "data": {"n": 1}}))
         .await;
@@ -80,11 +80,10 @@ async fn a_restart_mid_backoff_resumes_the_schedule() {
     assert_eq!(pending["last_status"], 500);
     assert_eq!(pending["last_error"], "HTTP 500 Internal Server Error");
     assert!(pending["next_attempt_at"].is_string());
-    let dir = relay.dir.clone();
     relay.stop().await;
 
     healthy.store(true, Ordering::SeqCst);
-    let relay = TestRelay::start_in(&yaml, dir).await;
+    let relay = TestRelay::on(&db, &yaml).await;
     let d = wait_state(&relay, "e1", "delivered").await;
     assert_eq!(d["attempts"], 2);
     let got = rx.received();
@@ -99,10 +98,10 @@ async fn a_restart_mid_backoff_resumes_the_schedule() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn release_redispatches_dead_letters_once_per_interval() {
+async fn release_redispatches_dead_letters_once_per_interval(backend: Backend) {
+    let db = TestDb::new(backend);
     let (rx, healthy) = switchable().await;
-    let relay = TestRelay::start(&one_sub(&rx.url("/"), "retries: 0")).await;
+    let relay = TestRelay::on(&db, &one_sub(&rx.url("/"), "retries: 0")).await;
     relay
         .post(&json!({"type": "t", "id": "e1", "data": {}}))
         .await;
@@ -172,18 +171,17 @@ async fn release_redispatches_dead_letters_once_per_interval() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn the_release_interval_survives_a_restart() {
+async fn the_release_interval_survives_a_restart(backend: Backend) {
+    let db = TestDb::new(backend);
     let rx = Receiver::ok().await;
     let yaml = one_sub(&rx.url("/"), "");
-    let relay = TestRelay::start(&yaml).await;
+    let relay = TestRelay::on(&db, &yaml).await;
     let (s, _) = relay
         .api(Method::POST, "/v1/deliveries/release", None)
         .await;
     assert_eq!(s, 202);
-    let dir = relay.dir.clone();
     relay.stop().await;
-    let relay = TestRelay::start_in(&yaml, dir).await;
+    let relay = TestRelay::on(&db, &yaml).await;
     let (s, body) = relay
         .api(Method::POST, "/v1/deliveries/release", None)
         .await;
@@ -191,10 +189,13 @@ async fn the_release_interval_survives_a_restart() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn undelivered_notifications_expire_after_the_ttl_and_release_restores_them() {
+async fn undelivered_notifications_expire_after_the_ttl_and_release_restores_them(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend);
     let (rx, healthy) = switchable().await;
-    let (relay, _) = TestRelay::start_with_storage(
+    let relay = TestRelay::on_with(
+        &db,
         "ttl: 300ms",
         &one_sub(&rx.url("/"), "retries: 5, backoff: {schedule: [1h]}"),
     )
@@ -221,10 +222,10 @@ async fn undelivered_notifications_expire_after_the_ttl_and_release_restores_the
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn an_app_id_is_accepted_once() {
+async fn an_app_id_is_accepted_once(backend: Backend) {
+    let db = TestDb::new(backend);
     let rx = Receiver::ok().await;
-    let relay = TestRelay::start(&one_sub(&rx.url("/"), "")).await;
+    let relay = TestRelay::on(&db, &one_sub(&rx.url("/"), "")).await;
     let (s, first) = relay
         .post(&json!({"type": "t", "id": "same", "data": {"v": 1}}))
         .await;
@@ -256,13 +257,13 @@ async fn an_app_id_is_accepted_once() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn batches_are_all_or_nothing() {
+async fn batches_are_all_or_nothing(backend: Backend) {
+    let db = TestDb::new(backend);
     let rx = Receiver::ok().await;
-    let relay = TestRelay::start(&format!(
-        "limits: {{max_batch: 3}}\n{}",
-        one_sub(&rx.url("/"), "")
-    ))
+    let relay = TestRelay::on(
+        &db,
+        &format!("limits: {{max_batch: 3}}\n{}", one_sub(&rx.url("/"), "")),
+    )
     .await;
     let url = format!("http://{}/v1/events/batch", relay.addrs.app);
     let post = |body: Value| {
@@ -417,10 +418,10 @@ async fn above_max_size_ingest_answers_503() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn dead_letters_one_by_one() {
+async fn dead_letters_one_by_one(backend: Backend) {
+    let db = TestDb::new(backend);
     let (rx, healthy) = switchable().await;
-    let relay = TestRelay::start(&one_sub(&rx.url("/"), "retries: 0")).await;
+    let relay = TestRelay::on(&db, &one_sub(&rx.url("/"), "retries: 0")).await;
     for id in ["d1", "d2", "d3"] {
         relay
             .post(&json!({"type": "t", "id": id, "data": {}}))
@@ -496,29 +497,27 @@ async fn dead_letters_one_by_one() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn deliveries_of_a_removed_subscription_wait_as_orphans() {
+async fn deliveries_of_a_removed_subscription_wait_as_orphans(backend: Backend) {
+    let db = TestDb::new(backend);
     let (rx, healthy) = switchable().await;
     let with_a = one_sub(&rx.url("/"), "retries: 5, backoff: {schedule: [1h]}");
-    let relay = TestRelay::start(&with_a).await;
+    let relay = TestRelay::on(&db, &with_a).await;
     relay
         .post(&json!({"type": "t", "id": "o1", "data": {}}))
         .await;
     poll(|| async { delivery_state(&relay, "o1").await["attempts"] == 1 }).await;
-    let dir = relay.dir.clone();
     relay.stop().await;
 
-    let relay = TestRelay::start_in("subscriptions: []\n", dir).await;
+    let relay = TestRelay::on(&db, "subscriptions: []\n").await;
     assert_eq!(delivery_state(&relay, "o1").await["state"], "orphaned");
     assert_eq!(
         relay.metric("hookrelay_orphaned_deliveries", &[]).await,
         Some(1.0)
     );
-    let dir = relay.dir.clone();
     relay.stop().await;
 
     healthy.store(true, Ordering::SeqCst);
-    let relay = TestRelay::start_in(&with_a, dir).await;
+    let relay = TestRelay::on(&db, &with_a).await;
     let (s, _) = relay
         .api(
             Method::POST,
@@ -536,17 +535,16 @@ async fn deliveries_of_a_removed_subscription_wait_as_orphans() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn a_dead_letter_of_a_removed_subscription_is_not_retried() {
+async fn a_dead_letter_of_a_removed_subscription_is_not_retried(backend: Backend) {
+    let db = TestDb::new(backend);
     let rx = Receiver::scripted(|_| Answer::status(500)).await;
-    let relay = TestRelay::start(&one_sub(&rx.url("/"), "retries: 0")).await;
+    let relay = TestRelay::on(&db, &one_sub(&rx.url("/"), "retries: 0")).await;
     relay
         .post(&json!({"type": "t", "id": "gone-1", "data": {}}))
         .await;
     let failed = wait_state(&relay, "gone-1", "failed").await;
-    let dir = relay.dir.clone();
     relay.stop().await;
-    let relay = TestRelay::start_in("subscriptions: []\n", dir).await;
+    let relay = TestRelay::on(&db, "subscriptions: []\n").await;
     let (s, body) = relay
         .api(
             Method::POST,
@@ -585,3 +583,16 @@ async fn an_event_whose_client_gave_up_is_still_delivered() {
     wait_state(&relay, "gave-up", "delivered").await;
     relay.stop().await;
 }
+
+crate::both_backends!(
+    undelivered_notifications_expire_after_the_ttl_and_release_restores_them,
+    event_status_follows_each_delivery,
+    a_restart_mid_backoff_resumes_the_schedule,
+    release_redispatches_dead_letters_once_per_interval,
+    the_release_interval_survives_a_restart,
+    an_app_id_is_accepted_once,
+    batches_are_all_or_nothing,
+    dead_letters_one_by_one,
+    deliveries_of_a_removed_subscription_wait_as_orphans,
+    a_dead_letter_of_a_removed_subscription_is_not_retried,
+);

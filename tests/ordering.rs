@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
-use common::{TestRelay, poll};
+use common::{Backend, TestDb, TestRelay, poll};
 use serde_json::{Value, json};
 
 /// A receiver that answers `500` to the first attempt of the events `fail` picks, and
@@ -64,14 +64,17 @@ fn by_key(attempts: &[(String, u64)]) -> HashMap<String, Vec<u64>> {
     out
 }
 
-#[tokio::test]
-async fn each_key_arrives_in_order_while_keys_interleave() {
+async fn each_key_arrives_in_order_while_keys_interleave(backend: Backend) {
+    let db = TestDb::new(backend);
     // Every third event of each key fails its first attempt.
     let (rx, url) = OrderedReceiver::start(|seq| (seq / 3) % 3 == 0).await;
-    let relay = TestRelay::start(&format!(
-        "subscriptions:\n  - {{name: ordered, url: '{url}', events: ['*'], max_in_flight: 8, \
+    let relay = TestRelay::on(
+        &db,
+        &format!(
+            "subscriptions:\n  - {{name: ordered, url: '{url}', events: ['*'], max_in_flight: 8, \
          retries: 5, backoff: {{schedule: [30ms]}}, ordering: {{key: sender}}}}\n"
-    ))
+        ),
+    )
     .await;
     let keys = ["a", "b", "c"];
     for seq in 0..300u64 {
@@ -105,17 +108,16 @@ async fn each_key_arrives_in_order_while_keys_interleave() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn fifo_holds_across_a_restart() {
+async fn fifo_holds_across_a_restart(backend: Backend) {
+    let db = TestDb::new(backend);
     // Event 0 fails its first attempt; the others wait behind its retry, and still do after
     // the relay restarts. (A head that fails for good lets the next go: the store's tests.)
     let (rx, url) = OrderedReceiver::start(|seq| seq == 0).await;
-    let dir = Arc::new(tempfile::tempdir().unwrap());
     let yaml = format!(
         "subscriptions:\n  - {{name: fifo, url: '{url}', events: ['*'], max_in_flight: 4, \
          retries: 1, backoff: {{schedule: [1500ms]}}, ordering: fifo}}\n"
     );
-    let relay = TestRelay::start_in(&yaml, dir.clone()).await;
+    let relay = TestRelay::on(&db, &yaml).await;
     for seq in 0..5u64 {
         relay
             .post(&json!({"type": "t", "data": {"seq": seq}}))
@@ -126,9 +128,14 @@ async fn fifo_holds_across_a_restart() {
     relay.stop().await;
     assert_eq!(rx.attempts(), [(String::new(), 0)]);
 
-    let relay = TestRelay::start_in(&yaml, dir).await;
+    let relay = TestRelay::on(&db, &yaml).await;
     relay.wait_outcome("fifo", "delivered", 5.0).await;
     let seqs: Vec<u64> = rx.attempts().iter().map(|(_, s)| *s).collect();
     assert_eq!(seqs, [0, 0, 1, 2, 3, 4]);
     relay.stop().await;
 }
+
+crate::both_backends!(
+    each_key_arrives_in_order_while_keys_interleave,
+    fifo_holds_across_a_restart,
+);

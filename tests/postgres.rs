@@ -4,54 +4,21 @@
 
 mod common;
 
-use common::{Receiver, TestRelay, poll};
+use common::{Backend, Receiver, TestDb, TestRelay, poll};
 use serde_json::{Value, json};
-
-fn test_url() -> String {
-    std::env::var("HOOKRELAY_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
-}
-
-/// Drops its schema when dropped, test failed or not.
-struct Schema(String);
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let schema = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (client, conn) = tokio_postgres::connect(&test_url(), tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
-                client
-                    .batch_execute(&format!(
-                        "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-                    ))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .join();
-    }
-}
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL at HOOKRELAY_TEST_DATABASE_URL"]
 async fn events_are_accepted_delivered_and_their_status_read_on_postgres() {
-    let schema = Schema(format!("hr_it_{:016x}", fastrand::u64(..)));
+    let db = TestDb::new(Backend::Postgres);
     let rx = Receiver::ok().await;
-    let relay = TestRelay::start(&format!(
-        "storage: {{postgres: {{url: '{}', schema: {}, pool: 4}}}}\n\
-         subscriptions:\n  - {{name: hooks, url: '{}', events: ['*']}}\n",
-        test_url(),
-        schema.0,
-        rx.url("/hook"),
-    ))
+    let relay = TestRelay::on(
+        &db,
+        &format!(
+            "subscriptions:\n  - {{name: hooks, url: '{}', events: ['*']}}\n",
+            rx.url("/hook"),
+        ),
+    )
     .await;
     let (status, answer) = relay
         .post(&json!({"type": "order.paid", "id": "evt-1", "data": {"n": 1}}))

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestRelay, poll};
+use common::{Backend, TestDb, TestRelay, poll};
+
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -64,11 +65,10 @@ fn event_ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn fifo_across_a_thousand_notifications_and_a_restart() {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
+async fn fifo_across_a_thousand_notifications_and_a_restart(backend: Backend) {
+    let db = TestDb::new(backend);
     let yaml = config(&[pull_sub("poll", "ack: auto")]);
-    let relay = TestRelay::start_in(&yaml, dir.clone()).await;
+    let relay = TestRelay::on(&db, &yaml).await;
     post_many(&relay, "e", 1000).await;
     let mut got = Vec::new();
     for _ in 0..3 {
@@ -83,7 +83,7 @@ async fn fifo_across_a_thousand_notifications_and_a_restart() {
     assert!(one["received_at"].as_str().unwrap().ends_with('Z'));
     relay.stop().await;
 
-    let relay = TestRelay::start_in(&yaml, dir).await;
+    let relay = TestRelay::on(&db, &yaml).await;
     loop {
         let (_, list) = get(&relay, "/v1/subscriptions/poll/notifications?limit=100").await;
         let ids = event_ids(&list);
@@ -100,9 +100,9 @@ async fn fifo_across_a_thousand_notifications_and_a_restart() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn limit_bounds_remaining_and_the_empty_queue() {
-    let relay = TestRelay::start(&config(&[pull_sub("poll", "ack: auto")])).await;
+async fn limit_bounds_remaining_and_the_empty_queue(backend: Backend) {
+    let db = TestDb::new(backend);
+    let relay = TestRelay::on(&db, &config(&[pull_sub("poll", "ack: auto")])).await;
     let (status, _) = get(&relay, "/v1/subscriptions/poll/notifications/next").await;
     assert_eq!(status, 204);
     let (status, empty) = get(&relay, "/v1/subscriptions/poll/notifications?limit=5").await;
@@ -131,8 +131,9 @@ async fn limit_bounds_remaining_and_the_empty_queue() {
     relay.stop().await;
 }
 
-async fn concurrent_pullers_get_disjoint_sets(pullers: usize) {
-    let relay = Arc::new(TestRelay::start(&config(&[pull_sub("poll", "ack: auto")])).await);
+async fn concurrent_pullers_get_disjoint_sets(backend: Backend, pullers: usize) {
+    let db = TestDb::new(backend);
+    let relay = Arc::new(TestRelay::on(&db, &config(&[pull_sub("poll", "ack: auto")])).await);
     post_many(&relay, "e", 400).await;
     let mut tasks = Vec::new();
     for _ in 0..pullers {
@@ -161,22 +162,21 @@ async fn concurrent_pullers_get_disjoint_sets(pullers: usize) {
     Arc::into_inner(relay).unwrap().stop().await;
 }
 
-#[tokio::test]
-async fn two_concurrent_pullers_in_auto_mode_get_disjoint_sets() {
-    concurrent_pullers_get_disjoint_sets(2).await;
+async fn two_concurrent_pullers_in_auto_mode_get_disjoint_sets(backend: Backend) {
+    concurrent_pullers_get_disjoint_sets(backend, 2).await;
 }
 
 #[tokio::test]
 async fn eight_concurrent_pullers_in_auto_mode_get_disjoint_sets() {
-    concurrent_pullers_get_disjoint_sets(8).await;
+    concurrent_pullers_get_disjoint_sets(Backend::Sqlite, 8).await;
 }
 
-#[tokio::test]
-async fn explicit_without_visibility_timeout_returns_the_oldest_until_acked() {
-    let relay = TestRelay::start(&config(&[pull_sub(
-        "reg",
-        "ack: explicit, visibility_timeout: 0s",
-    )]))
+async fn explicit_without_visibility_timeout_returns_the_oldest_until_acked(backend: Backend) {
+    let db = TestDb::new(backend);
+    let relay = TestRelay::on(
+        &db,
+        &config(&[pull_sub("reg", "ack: explicit, visibility_timeout: 0s")]),
+    )
     .await;
     post_many(&relay, "e", 3).await;
     let (_, first) = get(&relay, "/v1/subscriptions/reg/notifications/next").await;
@@ -222,12 +222,12 @@ async fn explicit_without_visibility_timeout_returns_the_oldest_until_acked() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn explicit_with_visibility_timeout_hides_then_redelivers() {
-    let relay = TestRelay::start(&config(&[pull_sub(
-        "reg",
-        "ack: explicit, visibility_timeout: 300ms",
-    )]))
+async fn explicit_with_visibility_timeout_hides_then_redelivers(backend: Backend) {
+    let db = TestDb::new(backend);
+    let relay = TestRelay::on(
+        &db,
+        &config(&[pull_sub("reg", "ack: explicit, visibility_timeout: 300ms")]),
+    )
     .await;
     post_many(&relay, "e", 2).await;
     let (_, first) = get(&relay, "/v1/subscriptions/reg/notifications/next").await;
@@ -255,12 +255,17 @@ async fn explicit_with_visibility_timeout_hides_then_redelivers() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn unacknowledged_notifications_expire_after_the_ttl_and_release_restores_them() {
-    let relay = TestRelay::start(&config(&[pull_sub(
-        "slow",
-        "ack: explicit, visibility_timeout: 0s, ttl: 1s",
-    )]))
+async fn unacknowledged_notifications_expire_after_the_ttl_and_release_restores_them(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend);
+    let relay = TestRelay::on(
+        &db,
+        &config(&[pull_sub(
+            "slow",
+            "ack: explicit, visibility_timeout: 0s, ttl: 1s",
+        )]),
+    )
     .await;
     post_many(&relay, "e", 2).await;
     relay
@@ -341,9 +346,9 @@ async fn the_api_token_applies_when_the_subscription_has_none() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn a_long_poll_returns_when_an_event_arrives() {
-    let relay = Arc::new(TestRelay::start(&config(&[pull_sub("lp", "ack: auto")])).await);
+async fn a_long_poll_returns_when_an_event_arrives(backend: Backend) {
+    let db = TestDb::new(backend);
+    let relay = Arc::new(TestRelay::on(&db, &config(&[pull_sub("lp", "ack: auto")])).await);
     // An empty long poll holds for its wait (served past limits.request_timeout's budget).
     let started = Instant::now();
     let (status, _) = get(&relay, "/v1/subscriptions/lp/notifications/next?wait=1s").await;
@@ -387,9 +392,9 @@ async fn a_long_poll_returns_when_an_event_arrives() {
     Arc::into_inner(relay).unwrap().stop().await;
 }
 
-#[tokio::test]
-async fn a_pull_subscription_registered_through_the_api() {
-    let relay = TestRelay::start("").await;
+async fn a_pull_subscription_registered_through_the_api(backend: Backend) {
+    let db = TestDb::new(backend);
+    let relay = TestRelay::on(&db, "").await;
     let (status, created) = relay
         .api(
             Method::POST,
@@ -552,3 +557,14 @@ async fn a_long_poll_ends_when_its_subscription_changes() {
     assert_eq!(status, 401, "the token was kept");
     Arc::into_inner(relay).unwrap().stop().await;
 }
+
+crate::both_backends!(
+    two_concurrent_pullers_in_auto_mode_get_disjoint_sets,
+    fifo_across_a_thousand_notifications_and_a_restart,
+    limit_bounds_remaining_and_the_empty_queue,
+    explicit_without_visibility_timeout_returns_the_oldest_until_acked,
+    explicit_with_visibility_timeout_hides_then_redelivers,
+    unacknowledged_notifications_expire_after_the_ttl_and_release_restores_them,
+    a_long_poll_returns_when_an_event_arrives,
+    a_pull_subscription_registered_through_the_api,
+);

@@ -4,19 +4,22 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Answer, Receiver, TestRelay, poll};
+use common::{Answer, Backend, Receiver, TestDb, TestRelay, poll};
 use serde_json::json;
 
-/// A complete config file: loopback listeners on free ports, the store in `dir`.
-fn file(dir: &Path, subs: &[String]) -> String {
+/// A complete config file: loopback listeners on free ports, the store `db`.
+fn file(db: &TestDb, subs: &[String]) -> String {
+    with_storage(&db.storage(""), subs)
+}
+
+/// A complete config file with the given `storage:` line.
+fn with_storage(storage: &str, subs: &[String]) -> String {
     format!(
         "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\n\
-         storage: {{path: '{}', sync: normal}}\n\
+         {storage}\
          subscriptions:\n{}",
-        dir.join("hookrelay.db").display(),
         subs.concat()
     )
 }
@@ -32,12 +35,15 @@ fn replace(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A relay reloading `config.yaml` in its own temporary directory, which `file` fills.
-async fn start(subs: &[String]) -> (TestRelay, PathBuf) {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, file(dir.path(), subs)).unwrap();
-    (TestRelay::start_from_file(&path, dir).await, path)
+/// A relay on `db` reloading `config.yaml` in the database's temporary directory, which
+/// `file` fills.
+async fn start(db: &TestDb, subs: &[String]) -> (TestRelay, PathBuf) {
+    let path = db.dir.path().join("config.yaml");
+    std::fs::write(&path, file(db, subs)).unwrap();
+    (
+        TestRelay::start_from_file(&path, db.dir.clone()).await,
+        path,
+    )
 }
 
 async fn wait_reloads(relay: &TestRelay, result: &str, n: f64) {
@@ -46,8 +52,8 @@ async fn wait_reloads(relay: &TestRelay, result: &str, n: f64) {
         .await;
 }
 
-#[tokio::test]
-async fn a_changed_file_adds_changes_and_removes_subscriptions() {
+async fn a_changed_file_adds_changes_and_removes_subscriptions(backend: Backend) {
+    let db = TestDb::new(backend);
     let (old_rx, new_rx, added_rx) = (
         Receiver::ok().await,
         Receiver::ok().await,
@@ -61,8 +67,7 @@ async fn a_changed_file_adds_changes_and_removes_subscriptions() {
         &failing.url("/"),
         "backoff: {schedule: [3s]}, retries: 3",
     );
-    let (relay, path) = start(&[sub("kept", &old_rx.url("/"), ""), gone]).await;
-    let dir = relay.dir.clone();
+    let (relay, path) = start(&db, &[sub("kept", &old_rx.url("/"), ""), gone]).await;
     assert_eq!(
         relay
             .metric("hookrelay_subscriptions", &[("source", "config")])
@@ -93,7 +98,7 @@ async fn a_changed_file_adds_changes_and_removes_subscriptions() {
     replace(
         &path,
         &file(
-            dir.path(),
+            &db,
             &[
                 sub("kept", &new_rx.url("/"), ""),
                 sub("added", &added_rx.url("/"), ""),
@@ -137,7 +142,7 @@ async fn a_changed_file_adds_changes_and_removes_subscriptions() {
     replace(
         &path,
         &file(
-            dir.path(),
+            &db,
             &[
                 sub("kept", &new_rx.url("/"), ""),
                 sub("gone", &new_rx.url("/gone"), ""),
@@ -152,14 +157,15 @@ async fn a_changed_file_adds_changes_and_removes_subscriptions() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn attempts_in_flight_finish_under_their_settings_and_queued_ones_take_the_new() {
+async fn attempts_in_flight_finish_under_their_settings_and_queued_ones_take_the_new(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend);
     // The old receiver holds each request for a while, so one attempt is in flight and the
     // rest wait in the queue when the URL changes.
     let slow = Receiver::scripted(|_| Answer::status(200).after(Duration::from_millis(800))).await;
     let fast = Receiver::ok().await;
-    let (relay, path) = start(&[sub("one", &slow.url("/"), "max_in_flight: 1")]).await;
-    let dir = relay.dir.clone();
+    let (relay, path) = start(&db, &[sub("one", &slow.url("/"), "max_in_flight: 1")]).await;
     for i in 0..3 {
         relay
             .post(&json!({"type": "t", "id": format!("e{i}"), "data": {}}))
@@ -168,10 +174,7 @@ async fn attempts_in_flight_finish_under_their_settings_and_queued_ones_take_the
     slow.wait_for(1).await;
     replace(
         &path,
-        &file(
-            dir.path(),
-            &[sub("one", &fast.url("/"), "max_in_flight: 1")],
-        ),
+        &file(&db, &[sub("one", &fast.url("/"), "max_in_flight: 1")]),
     );
     wait_reloads(&relay, "success", 1.0).await;
     let got = fast.wait_for(2).await;
@@ -192,7 +195,8 @@ async fn attempts_in_flight_finish_under_their_settings_and_queued_ones_take_the
 #[tokio::test]
 async fn a_configmap_symlink_swap_is_seen() {
     let (first, second) = (Receiver::ok().await, Receiver::ok().await);
-    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let db = TestDb::new(Backend::Sqlite);
+    let dir = db.dir.clone();
     let mount = dir.path().join("etc");
     std::fs::create_dir(&mount).unwrap();
     // The kubelet's layout: config.yaml -> ..data/config.yaml, ..data -> ..<timestamp>.
@@ -204,12 +208,12 @@ async fn a_configmap_symlink_swap_is_seen() {
         std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
         std::fs::rename(&tmp, mount.join("..data")).unwrap();
     };
-    publish("v1", &file(dir.path(), &[sub("a", &first.url("/"), "")]));
+    publish("v1", &file(&db, &[sub("a", &first.url("/"), "")]));
     let path = mount.join("config.yaml");
     std::os::unix::fs::symlink("..data/config.yaml", &path).unwrap();
     let relay = TestRelay::start_from_file(&path, dir.clone()).await;
 
-    publish("v2", &file(dir.path(), &[sub("a", &second.url("/"), "")]));
+    publish("v2", &file(&db, &[sub("a", &second.url("/"), "")]));
     std::fs::remove_dir_all(mount.join("..v1")).unwrap();
     wait_reloads(&relay, "success", 1.0).await;
     relay.post(&json!({"type": "t", "data": {}})).await;
@@ -220,14 +224,11 @@ async fn a_configmap_symlink_swap_is_seen() {
 
 #[tokio::test]
 async fn an_invalid_file_keeps_the_running_config() {
+    let db = TestDb::new(Backend::Sqlite);
     let rx = Receiver::ok().await;
-    let (relay, path) = start(&[sub("a", &rx.url("/"), "")]).await;
-    let dir = relay.dir.clone();
+    let (relay, path) = start(&db, &[sub("a", &rx.url("/"), "")]).await;
 
-    replace(
-        &path,
-        &file(dir.path(), &[sub("a", &rx.url("/"), "retries: 99")]),
-    );
+    replace(&path, &file(&db, &[sub("a", &rx.url("/"), "retries: 99")]));
     wait_reloads(&relay, "failure", 1.0).await;
     replace(&path, "subscriptions: [unclosed");
     wait_reloads(&relay, "failure", 2.0).await;
@@ -241,15 +242,15 @@ async fn an_invalid_file_keeps_the_running_config() {
     );
 
     // Fixed again: a good file reloads.
-    replace(&path, &file(dir.path(), &[sub("b", &rx.url("/b"), "")]));
+    replace(&path, &file(&db, &[sub("b", &rx.url("/b"), "")]));
     wait_reloads(&relay, "success", 1.0).await;
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn a_name_used_by_an_api_subscription_fails_the_reload() {
+async fn a_name_used_by_an_api_subscription_fails_the_reload(backend: Backend) {
+    let db = TestDb::new(backend);
     let rx = Receiver::ok().await;
-    let (relay, path) = start(&[sub("a", &rx.url("/"), "")]).await;
+    let (relay, path) = start(&db, &[sub("a", &rx.url("/"), "")]).await;
     let (status, _) = relay
         .api(
             reqwest::Method::POST,
@@ -272,12 +273,16 @@ async fn a_name_used_by_an_api_subscription_fails_the_reload() {
 
 #[tokio::test]
 async fn sections_that_need_a_restart_keep_their_running_values() {
+    let db = TestDb::new(Backend::Sqlite);
     let rx = Receiver::ok().await;
-    let (relay, path) = start(&[sub("a", &rx.url("/"), "")]).await;
-    let dir = relay.dir.clone();
+    let (relay, path) = start(&db, &[sub("a", &rx.url("/"), "")]).await;
     // A new app port and store path, plus a new subscription: only the last applies.
-    let moved = file(
-        &dir.path().join("elsewhere"),
+    let elsewhere = db.dir.path().join("elsewhere");
+    let moved = with_storage(
+        &format!(
+            "storage: {{path: '{}'}}\n",
+            elsewhere.join("hookrelay.db").display()
+        ),
         &[sub("b", &rx.url("/b"), "")],
     )
     .replace("app: '127.0.0.1:0'", "app: '127.0.0.1:1'");
@@ -289,6 +294,12 @@ async fn sections_that_need_a_restart_keep_their_running_values() {
         (202, json!(["b"]))
     );
     poll(|| async { rx.received().iter().any(|r| r.path == "/b") }).await;
-    assert!(!dir.path().join("elsewhere").exists());
+    assert!(!elsewhere.exists());
     relay.stop().await;
 }
+
+crate::both_backends!(
+    a_changed_file_adds_changes_and_removes_subscriptions,
+    attempts_in_flight_finish_under_their_settings_and_queued_ones_take_the_new,
+    a_name_used_by_an_api_subscription_fails_the_reload,
+);

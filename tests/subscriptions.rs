@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Answer, Binary, Receiver, TestRelay, api_request, poll};
+use common::{Answer, Backend, Binary, Receiver, TestDb, TestRelay, api_request, poll};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -29,9 +29,9 @@ fn fields(answer: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test]
-async fn create_list_get_update_delete() {
-    let relay = TestRelay::start(CONFIG_SUB).await;
+async fn create_list_get_update_delete(backend: Backend) {
+    let db = TestDb::new(backend);
+    let relay = TestRelay::on(&db, CONFIG_SUB).await;
     let (status, list) = relay.api(Method::GET, "/v1/subscriptions", None).await;
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 1);
@@ -318,11 +318,10 @@ async fn invalid_bodies_name_every_bad_field() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn a_registered_subscription_receives_events_also_after_a_restart() {
+async fn a_registered_subscription_receives_events_also_after_a_restart(backend: Backend) {
+    let db = TestDb::new(backend);
     let rx = Receiver::ok().await;
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let relay = TestRelay::start_in("", dir.clone()).await;
+    let relay = TestRelay::on(&db, "").await;
     // Nothing matches before it exists.
     let (_, answer) = relay
         .post(&json!({"type": "invoice.paid", "data": {"n": 0}}))
@@ -353,7 +352,7 @@ async fn a_registered_subscription_receives_events_also_after_a_restart() {
     relay.wait_outcome("billing", "delivered", 1.0).await;
     relay.stop().await;
 
-    let relay = TestRelay::start_in("", dir).await;
+    let relay = TestRelay::on(&db, "").await;
     let (status, kept) = relay
         .api(Method::GET, "/v1/subscriptions/billing", None)
         .await;
@@ -369,12 +368,14 @@ async fn a_registered_subscription_receives_events_also_after_a_restart() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn a_deleted_subscription_gets_nothing_more_and_its_pending_deliveries_are_cancelled() {
+async fn a_deleted_subscription_gets_nothing_more_and_its_pending_deliveries_are_cancelled(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend);
     // Fails every attempt with a long backoff, so deliveries stay pending.
     let rx = Receiver::scripted(|_| Answer::status(503)).await;
     let ok = Receiver::ok().await;
-    let relay = TestRelay::start("").await;
+    let relay = TestRelay::on(&db, "").await;
     let body = json!({
         "name": "flaky", "url": rx.url("/"), "events": ["*"],
         "backoff": {"schedule": ["1h"]}, "retries": 5
@@ -432,9 +433,9 @@ async fn a_deleted_subscription_gets_nothing_more_and_its_pending_deliveries_are
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn concurrent_creates_of_one_name_have_one_winner() {
-    let relay = Arc::new(TestRelay::start("").await);
+async fn concurrent_creates_of_one_name_have_one_winner(backend: Backend) {
+    let db = TestDb::new(backend);
+    let relay = Arc::new(TestRelay::on(&db, "").await);
     let mut tasks = Vec::new();
     for i in 0..8 {
         let relay = relay.clone();
@@ -915,10 +916,11 @@ async fn ten_thousand_subscriptions_and_matching_stays_indexed() {
     Arc::into_inner(relay).unwrap().stop().await;
 }
 
-#[tokio::test]
-async fn a_subscription_the_policy_no_longer_allows_is_left_out_but_keeps_its_name() {
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let relay = TestRelay::start_in("", dir.clone()).await;
+async fn a_subscription_the_policy_no_longer_allows_is_left_out_but_keeps_its_name(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend);
+    let relay = TestRelay::on(&db, "").await;
     let body = json!({"name": "legacy", "url": "http://127.0.0.1:9/", "events": ["x"]});
     let (status, _) = relay
         .api(Method::POST, "/v1/subscriptions", Some(body.clone()))
@@ -927,7 +929,7 @@ async fn a_subscription_the_policy_no_longer_allows_is_left_out_but_keeps_its_na
     relay.stop().await;
 
     // The allow-list now excludes its URL: it is left out, its name stays taken.
-    let relay = TestRelay::start_in("api: {allowed_destinations: ['10.0.0.0/8']}", dir).await;
+    let relay = TestRelay::on(&db, "api: {allowed_destinations: ['10.0.0.0/8']}").await;
     let (status, _) = relay
         .api(Method::GET, "/v1/subscriptions/legacy", None)
         .await;
@@ -947,3 +949,11 @@ async fn a_subscription_the_policy_no_longer_allows_is_left_out_but_keeps_its_na
     assert_eq!(status, 201, "{created}");
     relay.stop().await;
 }
+
+crate::both_backends!(
+    create_list_get_update_delete,
+    a_registered_subscription_receives_events_also_after_a_restart,
+    a_deleted_subscription_gets_nothing_more_and_its_pending_deliveries_are_cancelled,
+    concurrent_creates_of_one_name_have_one_winner,
+    a_subscription_the_policy_no_longer_allows_is_left_out_but_keeps_its_name,
+);

@@ -11,15 +11,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
-use super::STORE_ERROR_PAUSE;
 use crate::deliver::AttemptService;
 use crate::deliver::verdict::{Verdict, stack_error};
 use crate::store::{Delivery, DeliveryId, Outcome, Store};
 use crate::subscription::{DeliveryOrder, PushSettings, Subscription};
 use crate::time::now_ms;
 
-/// Tries to record one attempt's outcome before leaving it to the next start.
-const OUTCOME_TRIES: u32 = 60;
+/// The first pause before recording an outcome again after the store refused it; it
+/// doubles up to `OUTCOME_PAUSE_MAX`.
+const OUTCOME_PAUSE: Duration = Duration::from_millis(100);
+/// The longest pause between tries to record an outcome.
+const OUTCOME_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// How long a pump stopping with the relay waits for deliveries on their way into its queue.
 const DRAIN_WAIT: Duration = Duration::from_secs(1);
 /// The same for a pump retired at run time; senders finish within one store call.
@@ -124,6 +126,7 @@ impl Pump {
             store: self.store.clone(),
             counters: self.outcomes.clone(),
             wake: self.wake.clone(),
+            relay_stopping: self.relay_stopping.clone(),
         }
     }
 }
@@ -144,6 +147,7 @@ struct Recorder {
     store: Arc<dyn Store>,
     counters: Arc<FinalCounters>,
     wake: Arc<Notify>,
+    relay_stopping: CancellationToken,
 }
 
 impl Recorder {
@@ -152,18 +156,23 @@ impl Recorder {
         let outcome = decide(&self.push, number, &attempt, now_ms(), fastrand::f64());
         let name = self.sub.name.as_str();
         let event_id = &*self.delivery.event_id;
-        // Recorded before anything is counted; a store that fails for a while is retried, so a
-        // delivery is not left in flight until the next restart.
-        let mut tries = 0;
+        // Recorded before anything is counted. A store that cannot take it (the database
+        // unreachable) is tried again with backoff until it does, so the delivery does not
+        // stay in flight until the next start; only the relay stopping ends the tries (the
+        // next start makes the row pending again: at-least-once). One outcome per attempt
+        // in flight waits here, so the wait is bounded by the subscription's caps.
+        let mut pause = OUTCOME_PAUSE;
         while let Err(e) = self.store.complete(self.delivery.id, outcome.clone()).await {
-            tries += 1;
-            if tries >= OUTCOME_TRIES {
-                // It stays in flight; the next start makes it pending again (at-least-once).
-                tracing::error!(subscription = name, event_id, error = %e, "cannot record attempt outcome; giving up");
+            if self.relay_stopping.is_cancelled() {
+                tracing::error!(subscription = name, event_id, error = %e, "cannot record attempt outcome; the relay is stopping, the next start retries the delivery");
                 return;
             }
-            tracing::warn!(subscription = name, event_id, error = %e, "cannot record attempt outcome; retrying");
-            tokio::time::sleep(STORE_ERROR_PAUSE).await;
+            tracing::warn!(subscription = name, event_id, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot record attempt outcome; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.relay_stopping.cancelled() => {}
+            }
+            pause = (pause * 2).min(OUTCOME_PAUSE_MAX);
         }
         match &outcome {
             Outcome::Delivered { status } => {

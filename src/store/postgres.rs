@@ -143,7 +143,11 @@ impl Store for PostgresStore {
     async fn accept(&self, batch: Vec<Accepted>) -> Result<Vec<Admission>, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.accepts.try_send((batch, tx))?;
-        self.db.seen(rx.await.map_err(|_| stopped())?)
+        // Answered within connect_timeout whatever the server does: a 503 the app retries
+        // (the event may have been kept after all: the retry is then a duplicate, 200).
+        let db = &self.db;
+        let answer = async { rx.await.map_err(|_| stopped())? };
+        db.seen(db.within(db.connect_timeout, answer).await)
     }
 
     async fn claim_due(
@@ -153,12 +157,13 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         let db = &self.db;
-        db.seen(claims::claim_due(db, subscription, now_ms, limit).await)
+        db.run(claims::claim_due(db, subscription, now_ms, limit))
+            .await
     }
 
     async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, StoreError> {
         let db = &self.db;
-        db.seen(claims::next_due_ms(db, subscription).await)
+        db.run(claims::next_due_ms(db, subscription)).await
     }
 
     async fn complete(&self, id: DeliveryId, outcome: Outcome) -> Result<(), StoreError> {
@@ -169,22 +174,22 @@ impl Store for PostgresStore {
 
     async fn unclaim(&self, ids: Vec<DeliveryId>) -> Result<(), StoreError> {
         let db = &self.db;
-        db.seen(claims::unclaim(db, &ids).await)
+        db.run(claims::unclaim(db, &ids)).await
     }
 
     async fn stats(&self) -> Result<HashMap<String, QueueStats>, StoreError> {
         let db = &self.db;
-        db.seen(queries::stats(db).await)
+        db.run(queries::stats(db)).await
     }
 
     async fn event_status(&self, id: &str) -> Result<Option<EventStatus>, StoreError> {
         let db = &self.db;
-        db.seen(queries::event_status(db, id).await)
+        db.run(queries::event_status(db, id)).await
     }
 
     async fn deliveries(&self, q: DeliveryQuery) -> Result<Vec<DeliveryInfo>, StoreError> {
         let db = &self.db;
-        db.seen(queries::deliveries(db, &q).await)
+        db.run(queries::deliveries(db, &q)).await
     }
 
     async fn release(
@@ -202,9 +207,8 @@ impl Store for PostgresStore {
             now_ms,
             min_interval_ms,
             self.ttl_ms,
-        )
-        .await;
-        db.seen(released)
+        );
+        db.run(released).await
     }
 
     async fn retry_delivery(
@@ -214,22 +218,29 @@ impl Store for PostgresStore {
         subscriptions: Vec<String>,
     ) -> Result<Option<(DeliveryState, String)>, StoreError> {
         let db = &self.db;
-        db.seen(dead_letters::retry_delivery(db, id, now_ms, &subscriptions, self.ttl_ms).await)
+        db.run(dead_letters::retry_delivery(
+            db,
+            id,
+            now_ms,
+            &subscriptions,
+            self.ttl_ms,
+        ))
+        .await
     }
 
     async fn delete_delivery(&self, id: DeliveryId) -> Result<Option<DeliveryState>, StoreError> {
         let db = &self.db;
-        db.seen(dead_letters::delete_delivery(db, id).await)
+        db.run(dead_letters::delete_delivery(db, id)).await
     }
 
     async fn subscriptions(&self) -> Result<Vec<StoredSubscription>, StoreError> {
         let db = &self.db;
-        db.seen(subscriptions::subscriptions(db).await)
+        db.run(subscriptions::subscriptions(db)).await
     }
 
     async fn save_subscription(&self, sub: StoredSubscription) -> Result<(), StoreError> {
         let db = &self.db;
-        db.seen(subscriptions::save_subscription(db, &sub).await)
+        db.run(subscriptions::save_subscription(db, &sub)).await
     }
 
     async fn delete_subscription(
@@ -239,7 +250,8 @@ impl Store for PostgresStore {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         let db = &self.db;
-        db.seen(subscriptions::delete_subscription(db, &id, &name, now_ms).await)
+        db.run(subscriptions::delete_subscription(db, &id, &name, now_ms))
+            .await
     }
 
     async fn pull(
@@ -250,7 +262,8 @@ impl Store for PostgresStore {
         mode: PullMode,
     ) -> Result<Pulled, StoreError> {
         let db = &self.db;
-        db.seen(pull::pull(db, &subscription, now_ms, limit, mode).await)
+        db.run(pull::pull(db, &subscription, now_ms, limit, mode))
+            .await
     }
 
     async fn ack(
@@ -260,7 +273,7 @@ impl Store for PostgresStore {
         now_ms: i64,
     ) -> Result<Vec<DeliveryId>, StoreError> {
         let db = &self.db;
-        db.seen(pull::ack(db, &subscription, &ids, now_ms).await)
+        db.run(pull::ack(db, &subscription, &ids, now_ms)).await
     }
 
     async fn retire_subscriptions(
@@ -269,22 +282,29 @@ impl Store for PostgresStore {
         restored: Vec<String>,
     ) -> Result<(u64, u64), StoreError> {
         let db = &self.db;
-        db.seen(subscriptions::retire_subscriptions(db, &removed, &restored).await)
+        db.run(subscriptions::retire_subscriptions(db, &removed, &restored))
+            .await
     }
 
     async fn clear_ordering(&self, subscriptions: Vec<String>) -> Result<u64, StoreError> {
         let db = &self.db;
-        db.seen(ordering::clear_ordering(db, &subscriptions).await)
+        db.run(ordering::clear_ordering(db, &subscriptions)).await
     }
 
     async fn sync_subscriptions(&self, known: Vec<String>) -> Result<(u64, u64), StoreError> {
         let db = &self.db;
-        db.seen(subscriptions::sync_subscriptions(db, &known).await)
+        db.run(subscriptions::sync_subscriptions(db, &known)).await
     }
 
     async fn housekeeping(&self, now_ms: i64) -> Result<Housekeeping, StoreError> {
         let db = &self.db;
         let cutoff = now_ms - self.retention_ms;
-        db.seen(housekeeping::housekeeping(db, now_ms, cutoff, &self.prune_cursor).await)
+        db.run(housekeeping::housekeeping(
+            db,
+            now_ms,
+            cutoff,
+            &self.prune_cursor,
+        ))
+        .await
     }
 }

@@ -16,6 +16,11 @@ use hookrelay::{Config, Relay};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+mod backend;
+pub mod proxy;
+#[allow(unused_imports)]
+pub use backend::{Backend, TestDb, test_database_addr, test_database_url};
+
 /// The relay binary: `HOOKRELAY_BIN` when set (CI points it at the static release build it
 /// ships in the image), else the one cargo built for these tests.
 pub fn bin() -> String {
@@ -151,6 +156,17 @@ impl TestRelay {
         let config = Config::from_yaml(&yaml, "test.yaml", &|_| None)
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
         TestRelay::launch(Relay::bind(config).await.expect("bind"), dir).await
+    }
+
+    /// Starts a relay on `db` (again, to restart on the same database).
+    pub async fn on(db: &TestDb, yaml: &str) -> TestRelay {
+        TestRelay::on_with(db, "", yaml).await
+    }
+
+    /// Starts a relay on `db` with extra `storage` settings (`"ttl: 1s"`).
+    pub async fn on_with(db: &TestDb, storage: &str, yaml: &str) -> TestRelay {
+        let yaml = format!("{}{yaml}", db.storage(storage));
+        TestRelay::start_in(&yaml, db.dir.clone()).await
     }
 
     /// Starts a relay from a config file that it reloads on change (`reload.watch`); the

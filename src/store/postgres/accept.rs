@@ -76,7 +76,7 @@ UNION ALL SELECT 3, NULL, NULL, e.id, e.subscriptions FROM {s}.events e
 /// so one bad request cannot fail the others.
 pub(super) async fn accept_group(db: &Db, group: Vec<AcceptRequest>, ttl_ms: i64) {
     let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-    match write(db, &batches, ttl_ms).await {
+    match write_within(db, &batches, ttl_ms).await {
         Ok(mut admissions) => {
             for (batch, reply) in batches.iter().zip(replies) {
                 let rest = admissions.split_off(batch.len());
@@ -91,10 +91,23 @@ pub(super) async fn accept_group(db: &Db, group: Vec<AcceptRequest>, ttl_ms: i64
         Err(_) => {
             for (batch, reply) in batches.into_iter().zip(replies) {
                 let one = [batch];
-                let _ = reply.send(write(db, &one, ttl_ms).await.map_err(|(e, _)| e));
+                let _ = reply.send(write_within(db, &one, ttl_ms).await.map_err(|(e, _)| e));
             }
         }
     }
+}
+
+/// `write`, given up (as a lost connection) when the server does not answer in twice
+/// `connect_timeout`: a connection wait and the group's one round trip.
+async fn write_within(
+    db: &Db,
+    batches: &[Vec<Accepted>],
+    ttl_ms: i64,
+) -> Result<Vec<Admission>, (StoreError, bool)> {
+    let limit = db.connect_timeout * 2;
+    tokio::time::timeout(limit, write(db, batches, ttl_ms))
+        .await
+        .unwrap_or_else(|_| Err((db.abandon(limit), true)))
 }
 
 /// Column arrays of a group's events and deliveries.

@@ -5,11 +5,12 @@
 //! server), so the store works through a pooler in transaction mode (PgBouncer): no named
 //! prepared statements, no session settings, no session locks.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use deadpool_postgres::{ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{HookError, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
 use super::tls;
@@ -38,6 +39,13 @@ pub(super) struct Db {
     pub(super) shown: String,
     /// False since the last operation failed for want of a connection, until one succeeds.
     up: AtomicBool,
+    /// `connect_timeout`: how long ingest waits for its group's commit.
+    pub(super) connect_timeout: Duration,
+    /// The longest any other operation may take before it is abandoned.
+    op_timeout: Duration,
+    /// When an operation was last abandoned, as ms after `epoch` + 1 (0: never).
+    abandoned: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 impl Db {
@@ -70,7 +78,22 @@ impl Db {
         };
         let manager =
             tls::manager(config, pg, manager_config).map_err(|why| open_error(why, None))?;
+        let (epoch, abandoned) = (Instant::now(), Arc::new(AtomicU64::new(0)));
+        let seen_abandoned = abandoned.clone();
         let pool = Pool::builder(manager)
+            // A connection handed out before an operation was abandoned may be the one
+            // still waiting for a server that does not answer (or inside its transaction):
+            // it is dropped instead of reused. Timeouts are rare, so the cost is a reconnect.
+            .pre_recycle(deadpool_postgres::Hook::sync_fn(move |_, metrics| {
+                let at = seen_abandoned.load(Ordering::Relaxed);
+                let out = metrics.recycled.unwrap_or(metrics.created);
+                if at > 0 && out <= epoch + Duration::from_millis(at - 1) {
+                    return Err(HookError::Message(
+                        "out when an operation was abandoned".into(),
+                    ));
+                }
+                Ok(())
+            }))
             .max_size(pg.pool)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(pg.connect_timeout))
@@ -86,7 +109,42 @@ impl Db {
             schema: pg.schema.clone(),
             shown,
             up: AtomicBool::new(true),
+            connect_timeout: pg.connect_timeout,
+            op_timeout: (pg.connect_timeout * 2).max(Duration::from_secs(30)),
+            abandoned,
+            epoch,
         })
+    }
+
+    /// Runs one store operation, abandoned after the operation timeout: a server that
+    /// accepts but never answers cannot hold a caller for ever. Notes how it went (`seen`).
+    pub(super) async fn run<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = self.within(self.op_timeout, op).await;
+        self.seen(result)
+    }
+
+    /// `op`, or unavailable after `limit`; the connections out at that moment are not reused.
+    pub(super) async fn within<T>(
+        &self,
+        limit: Duration,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(limit, op).await {
+            Ok(result) => result,
+            Err(_) => Err(self.abandon(limit)),
+        }
+    }
+
+    /// Records that an operation was given up after `limit`: the store is marked down and
+    /// the connections in use are not reused.
+    pub(super) fn abandon(&self, limit: Duration) -> StoreError {
+        let at = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.abandoned.fetch_max(at, Ordering::Relaxed);
+        self.up.store(false, Ordering::Relaxed);
+        StoreError::unavailable(format!("PostgreSQL did not answer within {limit:?}"))
     }
 
     /// `template` with `{s}` replaced by the quoted schema: every table is qualified, so no

@@ -16,7 +16,8 @@ pub(super) type OutcomeRequest = (DeliveryId, Outcome, oneshot::Sender<Result<()
 
 /// Records a group of outcomes in one transaction and answers each.
 pub(super) async fn record_group(db: &Db, group: Vec<OutcomeRequest>) {
-    let result = record(db, &group).await;
+    // Given up when the server does not answer: the pumps try again.
+    let result = db.within(db.connect_timeout * 2, record(db, &group)).await;
     for (_, _, reply) in group {
         let _ = reply.send(result.clone());
     }
