@@ -190,8 +190,12 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     clip(text)
 }
 
-/// `text` cut to the longest `last_error` kept.
+/// `text` cut to the longest `last_error` kept, without NUL (a peer's reply can hold one,
+/// and PostgreSQL's text cannot).
 fn clip(mut text: String) -> String {
+    if text.contains('\0') {
+        text = text.replace('\0', "\u{fffd}");
+    }
     if text.len() > ERROR_LIMIT {
         let mut cut = ERROR_LIMIT;
         while !text.is_char_boundary(cut) {
@@ -224,6 +228,12 @@ mod tests {
             status: StatusCode::from_u16(code).unwrap(),
             retry_after: None,
         })
+    }
+
+    #[test]
+    fn an_error_text_is_bounded_and_holds_no_nul() {
+        assert_eq!(clip("550 no\0such".into()), "550 no\u{fffd}such");
+        assert!(clip("é".repeat(ERROR_LIMIT)).len() <= ERROR_LIMIT);
     }
 
     fn smtp(code: u16) -> Result<Reply, BoxError> {

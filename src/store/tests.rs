@@ -187,6 +187,7 @@ store_tests!(
     raw_events_keep_their_content_type_and_attributes,
     concurrent_claims_and_pulls_never_share_a_delivery,
     concurrent_accepts_are_all_stored,
+    keys_holding_nul_or_backslash_are_stored_and_kept_apart,
 );
 
 pub(crate) fn accepted(id: &str, at: i64, subs: &[&str]) -> Accepted {
@@ -447,6 +448,26 @@ pub(crate) fn ordered(id: &str, at: i64, sub: &str, key: &str) -> Accepted {
     let mut a = accepted(id, at, &[sub]);
     a.deliveries[0].ordering_key = Some(key.to_string());
     a
+}
+
+/// A key is any value of the data: a NUL in it (which PostgreSQL's text cannot hold) is
+/// stored, and keys that differ only by an escape stay different keys.
+async fn keys_holding_nul_or_backslash_are_stored_and_kept_apart(b: Backend) {
+    let s = b.open().await;
+    s.accept(vec![
+        ordered("n1", 1, "o", "\"a\u{0}\""),
+        ordered("n2", 2, "o", "\"a\\0\""),
+        ordered("n3", 3, "o", "\"a\u{0}\""),
+    ])
+    .await
+    .unwrap();
+    // Two keys, so two heads; the third waits behind the first.
+    assert_eq!(claim_ids(&s, "o").await, ["n1", "n2"]);
+    let n1 = s.event_status("n1").await.unwrap().unwrap().deliveries[0].id;
+    s.complete(n1, Outcome::Delivered { status: 200 })
+        .await
+        .unwrap();
+    assert_eq!(claim_ids(&s, "o").await, ["n3"]);
 }
 
 async fn claim_ids(s: &TestStore, sub: &str) -> Vec<String> {

@@ -3,6 +3,7 @@
 //! statement inserts all events and all deliveries from arrays (`unnest`), each event once:
 //! a repeated id (stored before, or earlier in the group) answers with the first result.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use futures_util::future::join4;
@@ -71,6 +72,25 @@ UNION ALL SELECT 3, NULL, NULL, e.id, e.subscriptions FROM {s}.events e
     WHERE e.id IN (SELECT id FROM input)"
 );
 
+/// An ordering key as a `text` value: PostgreSQL's text cannot hold NUL, which a key (a
+/// value of the event's data) may. Keys are only compared with each other in the store, so an
+/// injective escape is enough: a key with a backslash or a NUL gets each escaped (`\\`,
+/// `\0`); any other key, which has neither, stays as it is.
+fn storable_key(key: &str) -> Cow<'_, str> {
+    if !key.contains(['\\', '\0']) {
+        return Cow::Borrowed(key);
+    }
+    let mut out = String::with_capacity(key.len() + 2);
+    for c in key.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Stores every request of a group in one transaction and answers each. If the group
 /// fails for a reason of its own data (not the connection), each request is tried alone,
 /// so one bad request cannot fail the others.
@@ -124,7 +144,7 @@ struct Columns<'a> {
     d_sub: Vec<&'a str>,
     d_handed: Vec<bool>,
     d_expires: Vec<i64>,
-    d_key: Vec<Option<&'a str>>,
+    d_key: Vec<Option<Cow<'a, str>>>,
 }
 
 /// One transaction for every event of `batches`; the admissions in order, or the error and
@@ -157,7 +177,7 @@ async fn write(
             c.d_handed.push(d.handed_off);
             c.d_expires
                 .push(e.received_at_ms + d.ttl_ms.unwrap_or(ttl_ms));
-            c.d_key.push(d.ordering_key.as_deref());
+            c.d_key.push(d.ordering_key.as_deref().map(storable_key));
         }
     }
     let keyed = c.d_key.iter().any(Option::is_some);
@@ -276,4 +296,18 @@ fn admissions(
         out.push(admission);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::storable_key;
+
+    #[test]
+    fn keys_with_nul_or_backslash_are_escaped_apart() {
+        assert_eq!(storable_key("plain"), "plain");
+        assert_eq!(storable_key("a\0b"), "a\\0b");
+        assert_eq!(storable_key("a\\0b"), "a\\\\0b");
+        assert_ne!(storable_key("a\0"), storable_key("a\\0"));
+        assert!(!storable_key("\0\0").contains('\0'));
+    }
 }
