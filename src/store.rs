@@ -381,6 +381,12 @@ pub struct DeliveryQuery {
     pub limit: usize,
 }
 
+/// The key under which a release's clock is kept: `*` for all subscriptions, or
+/// `subscription:NAME`. Stored, so the same for every backend.
+pub(crate) fn release_scope_key(scope: Option<&str>) -> String {
+    scope.map_or_else(|| "*".to_string(), |s| format!("subscription:{s}"))
+}
+
 /// The result of a release request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {

@@ -462,15 +462,16 @@ async fn keys_holding_nul_or_backslash_are_stored_and_kept_apart(b: Backend) {
     .await
     .unwrap();
     // Two keys, so two heads; the third waits behind the first.
-    assert_eq!(claim_ids(&s, "o").await, ["n1", "n2"]);
+    assert_eq!(claim_ids(&*s, "o").await, ["n1", "n2"]);
     let n1 = s.event_status("n1").await.unwrap().unwrap().deliveries[0].id;
     s.complete(n1, Outcome::Delivered { status: 200 })
         .await
         .unwrap();
-    assert_eq!(claim_ids(&s, "o").await, ["n3"]);
+    assert_eq!(claim_ids(&*s, "o").await, ["n3"]);
 }
 
-async fn claim_ids(s: &TestStore, sub: &str) -> Vec<String> {
+/// The event ids of the deliveries `sub` can claim now (far in the future).
+pub(crate) async fn claim_ids(s: &dyn Store, sub: &str) -> Vec<String> {
     s.claim_due(sub, 1_000_000, 100)
         .await
         .unwrap()
@@ -490,7 +491,7 @@ async fn ordered_deliveries_go_one_at_a_time_per_key(b: Backend) {
     .await
     .unwrap();
     // Only the head of each key is claimable.
-    assert_eq!(claim_ids(&s, "o").await, ["a1", "b1"]);
+    assert_eq!(claim_ids(&*s, "o").await, ["a1", "b1"]);
     assert_eq!(
         s.event_status("a2").await.unwrap().unwrap().deliveries[0].state,
         DeliveryState::Waiting
@@ -508,7 +509,7 @@ async fn ordered_deliveries_go_one_at_a_time_per_key(b: Backend) {
     )
     .await
     .unwrap();
-    assert_eq!(claim_ids(&s, "o").await, ["a1"]);
+    assert_eq!(claim_ids(&*s, "o").await, ["a1"]);
     // It finally fails: the next one goes.
     s.complete(
         a1,
@@ -519,24 +520,24 @@ async fn ordered_deliveries_go_one_at_a_time_per_key(b: Backend) {
     )
     .await
     .unwrap();
-    assert_eq!(claim_ids(&s, "o").await, ["a2"]);
+    assert_eq!(claim_ids(&*s, "o").await, ["a2"]);
     let a2 = id_of(s.event_status("a2").await.unwrap().unwrap());
     s.complete(a2, Outcome::Delivered { status: 200 })
         .await
         .unwrap();
-    assert_eq!(claim_ids(&s, "o").await, ["a3"]);
+    assert_eq!(claim_ids(&*s, "o").await, ["a3"]);
     // Released, the dead letter goes out again without blocking its key.
     s.accept(vec![ordered("a4", 5, "o", "\"a\"")])
         .await
         .unwrap();
     let released = s.release(None, vec!["o".into()], 100, 0).await.unwrap();
     assert_eq!(released, Release::Released(1));
-    assert_eq!(claim_ids(&s, "o").await, ["a1"]);
+    assert_eq!(claim_ids(&*s, "o").await, ["a1"]);
     let a3 = id_of(s.event_status("a3").await.unwrap().unwrap());
     s.complete(a3, Outcome::Delivered { status: 200 })
         .await
         .unwrap();
-    assert_eq!(claim_ids(&s, "o").await, ["a4"]);
+    assert_eq!(claim_ids(&*s, "o").await, ["a4"]);
 }
 
 async fn an_expired_head_lets_its_key_go_and_unordering_frees_the_rest(b: Backend) {
@@ -566,7 +567,7 @@ async fn an_expired_head_lets_its_key_go_and_unordering_frees_the_rest(b: Backen
     );
     // Ordering turned off: nothing waits any more.
     assert_eq!(s.clear_ordering(vec!["o".into()]).await.unwrap(), 2);
-    assert_eq!(claim_ids(&s, "o").await, ["n1", "n2"]);
+    assert_eq!(claim_ids(&*s, "o").await, ["n1", "n2"]);
 }
 async fn pulls_take_the_oldest_and_hide_or_consume_them(b: Backend) {
     let s = b.open().await;

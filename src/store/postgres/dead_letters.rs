@@ -6,7 +6,7 @@ use tokio_postgres::types::Type;
 
 use super::db::Db;
 use super::rows::state;
-use crate::store::{DeliveryId, DeliveryState, Release, StoreError, state_code};
+use crate::store::{DeliveryId, DeliveryState, Release, StoreError, release_scope_key, state_code};
 
 /// Puts the failed and expired deliveries of `scope` (or of all `subscriptions`) back to
 /// pending with a fresh budget and ttl, unless the scope was released too recently.
@@ -18,9 +18,7 @@ pub(super) async fn release(
     min_interval_ms: i64,
     ttl_ms: i64,
 ) -> Result<Release, StoreError> {
-    let key = scope
-        .as_deref()
-        .map_or_else(|| "*".to_string(), |s| format!("subscription:{s}"));
+    let key = release_scope_key(scope.as_deref());
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(|e| db.err(e))?;
     // The clock moves only if the interval has passed; the row lock makes concurrent

@@ -70,27 +70,33 @@ CREATE TABLE {s}.tombstones (name text PRIMARY KEY, state integer NOT NULL);
 "
 )];
 
+/// A failure to open the store, naming the server (redacted) and the schema.
+fn open_error(db: &Db, context: String, source: Option<tokio_postgres::Error>) -> StoreError {
+    StoreError::Open {
+        path: format!("{} (schema {})", db.shown, db.schema),
+        context,
+        source: source.map(|e| std::sync::Arc::new(e) as crate::store::Cause),
+    }
+}
+
+/// `open_error` with `context`, for `map_err`.
+fn failed(db: &Db, context: &str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    let context = context.to_string();
+    move |e| open_error(db, context, Some(e))
+}
+
 /// Creates the schema if missing, refuses one newer than this build, applies the missing
 /// migrations, and (one relay per schema) puts in-flight deliveries back to pending and
 /// forgets the previous run's tombstones. All in one transaction under the migration lock.
 pub(super) async fn migrate(db: &Db) -> Result<(), StoreError> {
-    let fail = |context: String, source: Option<tokio_postgres::Error>| StoreError::Open {
-        path: format!("{} (schema {})", db.shown, db.schema),
-        context,
-        source: source.map(|e| std::sync::Arc::new(e) as crate::store::Cause),
-    };
-    let failed = |context: &str| {
-        let context = context.to_string();
-        move |e| fail(context, Some(e))
-    };
     let mut conn = db.conn().await.map_err(|e| StoreError::Open {
         path: db.shown.clone(),
         context: String::new(),
         source: Some(std::sync::Arc::new(e)),
     })?;
-    let tx = conn.transaction().await.map_err(failed(""))?;
+    let tx = conn.transaction().await.map_err(failed(db, ""))?;
     match migrate_in(db, &tx).await {
-        Ok(()) => tx.commit().await.map_err(failed("")),
+        Ok(()) => tx.commit().await.map_err(failed(db, "")),
         Err(e) => {
             // Rolled back now, not when the connection happens to close: its locks would
             // hold up whoever comes next.
@@ -102,36 +108,28 @@ pub(super) async fn migrate(db: &Db) -> Result<(), StoreError> {
 
 /// The migration's statements inside `tx`.
 async fn migrate_in(db: &Db, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
-    let fail = |context: String, source: Option<tokio_postgres::Error>| StoreError::Open {
-        path: format!("{} (schema {})", db.shown, db.schema),
-        context,
-        source: source.map(|e| std::sync::Arc::new(e) as crate::store::Cause),
-    };
-    let failed = |context: &str| {
-        let context = context.to_string();
-        move |e| fail(context, Some(e))
-    };
     tx.query_typed(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         &[(&locks::MIGRATE, Type::INT4), (&db.schema, Type::TEXT)],
     )
     .await
-    .map_err(failed("cannot take the migration lock"))?;
+    .map_err(failed(db, "cannot take the migration lock"))?;
     tx.batch_execute(&db.sql(
         "CREATE SCHEMA IF NOT EXISTS {s};
          CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer NOT NULL);",
     ))
     .await
-    .map_err(failed("cannot create the schema"))?;
+    .map_err(failed(db, "cannot create the schema"))?;
     let version: i32 = tx
         .query_typed(&db.sql("SELECT max(version) FROM {s}.schema_version"), &[])
         .await
-        .map_err(failed(""))?
+        .map_err(failed(db, ""))?
         .first()
         .and_then(|r| r.get::<_, Option<i32>>(0))
         .unwrap_or(0);
     if version > SCHEMA_VERSION {
-        return Err(fail(
+        return Err(open_error(
+            db,
             format!(
                 "its schema version {version} is newer than this hookrelay supports ({SCHEMA_VERSION}); run a newer hookrelay"
             ),
@@ -140,16 +138,17 @@ async fn migrate_in(db: &Db, tx: &tokio_postgres::Transaction<'_>) -> Result<(),
     }
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let to = from + 1;
-        tx.batch_execute(&db.sql(sql))
-            .await
-            .map_err(failed(&format!("migration to schema version {to} failed")))?;
+        tx.batch_execute(&db.sql(sql)).await.map_err(failed(
+            db,
+            &format!("migration to schema version {to} failed"),
+        ))?;
     }
     if version < SCHEMA_VERSION {
         tx.batch_execute(&db.sql(&format!(
             "DELETE FROM {{s}}.schema_version; INSERT INTO {{s}}.schema_version VALUES ({SCHEMA_VERSION});"
         )))
         .await
-        .map_err(failed(""))?;
+        .map_err(failed(db, ""))?;
     }
     // Attempts cut short by a stop are made again (at-least-once); tombstones last a run.
     tx.batch_execute(&db.sql(concat!(
@@ -160,6 +159,6 @@ async fn migrate_in(db: &Db, tx: &tokio_postgres::Transaction<'_>) -> Result<(),
         "; DELETE FROM {s}.tombstones;"
     )))
     .await
-    .map_err(failed(""))?;
+    .map_err(failed(db, ""))?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::sql_error;
-use crate::store::{DeliveryId, DeliveryState, Release, StoreError, state_code};
+use crate::store::{DeliveryId, DeliveryState, Release, StoreError, release_scope_key, state_code};
 
 /// Puts the failed and expired deliveries of `scope` (or of all `subscriptions`) back to
 /// pending with a fresh budget and ttl, unless the scope was released too recently.
@@ -16,9 +16,7 @@ pub(super) fn release(
     min_interval_ms: i64,
     ttl_ms: i64,
 ) -> Result<Release, StoreError> {
-    let key = scope
-        .as_deref()
-        .map_or_else(|| "*".to_string(), |s| format!("subscription:{s}"));
+    let key = release_scope_key(scope.as_deref());
     let last: Option<i64> = conn
         .query_row(
             "SELECT released_at FROM releases WHERE scope = ?1",

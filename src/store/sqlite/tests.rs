@@ -13,17 +13,8 @@ use super::schema::{self, MIGRATIONS, SCHEMA_VERSION, check_file};
 use super::{SqliteStore, sql_error};
 use crate::event::RawMeta;
 use crate::store::settings::{StorageLocation, StorageSettings};
-use crate::store::tests::{accepted, metrics, ordered};
+use crate::store::tests::{accepted, claim_ids, metrics, ordered};
 use crate::store::{Store, StoreError, state_code};
-
-async fn claim_ids(s: &SqliteStore, sub: &str) -> Vec<String> {
-    s.claim_due(sub, 1_000_000, 100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|d| d.event_id.to_string())
-        .collect()
-}
 
 #[tokio::test]
 async fn a_version_3_file_is_migrated_and_keeps_its_deliveries() {
