@@ -129,18 +129,7 @@ subscriptions:
     relay
         .wait_metric("hookrelay_store_writable", &[], 0.0)
         .await;
-    let ready: serde_json::Value = serde_json::from_str(
-        &relay
-            .http
-            .get(format!("http://{}/readyz", relay.addrs.ops))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let (_, ready) = relay.readyz().await;
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["store"], "the disk is full", "{ready}");
     let full = used(&volume.path);

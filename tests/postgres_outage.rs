@@ -32,20 +32,6 @@ async fn relay_via_proxy(db: &TestDb, url: &str) -> (TestRelay, Proxy) {
     (TestRelay::start_in(&yaml, db.dir.clone()).await, proxy)
 }
 
-async fn readyz(relay: &TestRelay) -> (u16, Value) {
-    let r = relay
-        .http
-        .get(format!("http://{}/readyz", relay.addrs.ops))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (
-        status,
-        serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null),
-    )
-}
-
 /// Posts events `{prefix}{n}` one after another until `stop`; returns the ids answered
 /// `202` and every other status seen. A status other than 202 or 503 fails the test.
 fn post_until(
@@ -115,7 +101,7 @@ async fn down_then_back_refuses_with_503_and_recovers_without_a_restart() {
     // Down: the port closed, every connection cut.
     proxy.set(Mode::Refuse);
     poll(|| async { relay.metric("hookrelay_store_up", &[]).await == Some(0.0) }).await;
-    let (status, probe) = readyz(&relay).await;
+    let (status, probe) = relay.readyz().await;
     assert_eq!(status, 200, "as with a full disk: ready, and says why");
     assert_eq!(probe["store"], "the database is unreachable");
     let (status, answer) = relay.post(&json!({"type": "t", "data": {}})).await;
@@ -126,7 +112,7 @@ async fn down_then_back_refuses_with_503_and_recovers_without_a_restart() {
     // Pumps back off meanwhile: the relay stays up and answers its probes.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(relay.running());
-    assert_eq!(readyz(&relay).await.0, 200);
+    assert_eq!(relay.readyz().await.0, 200);
 
     // Back: nothing restarted, ingest accepts again, and everything accepted arrives.
     proxy.set(Mode::Forward);
@@ -151,7 +137,7 @@ async fn down_then_back_refuses_with_503_and_recovers_without_a_restart() {
     let (accepted, refused) = posting.await.unwrap();
     assert!(refused > 0, "the outage refused nothing");
     all_delivered(&rx, &accepted).await;
-    assert_eq!(readyz(&relay).await.1["store"], Value::Null);
+    assert_eq!(relay.readyz().await.1["store"], Value::Null);
     Arc::into_inner(relay).unwrap().stop().await;
 }
 

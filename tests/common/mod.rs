@@ -266,12 +266,19 @@ impl TestRelay {
 
     /// `GET /v1/events/{id}` on the app listener.
     pub async fn event_status(&self, id: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("http://{}/v1/events/{id}", self.addrs.app))
-            .send()
+        self.get_json(format!("http://{}/v1/events/{id}", self.addrs.app))
             .await
-            .unwrap();
+    }
+
+    /// `GET /readyz` on the ops listener.
+    pub async fn readyz(&self) -> (u16, Value) {
+        self.get_json(format!("http://{}/readyz", self.addrs.ops))
+            .await
+    }
+
+    /// A GET's status and JSON body (`null` when the body is not JSON).
+    async fn get_json(&self, url: String) -> (u16, Value) {
+        let r = self.http.get(url).send().await.unwrap();
         let status = r.status().as_u16();
         (
             status,
