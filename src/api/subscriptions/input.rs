@@ -16,6 +16,10 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::Schema;
 use utoipa::{PartialSchema, ToSchema};
 
+use filter::filter;
+
+mod filter;
+
 /// Durations within `100ms..=60s`.
 const TIMEOUT: &str = r"^(([1-9][0-9]{2,3}|[1-5][0-9]{4})ms|([1-9]|[1-5][0-9]|60)s|1m)$";
 /// Durations within `0s..=24h`.
@@ -40,8 +44,6 @@ const TOKEN: &str = r"^[!-~]+$";
 const SIGNING_SECRET: &str = r"^whsec_(([A-Za-z0-9+/]{4}){8,21}([A-Za-z0-9+/][AQgw]={0,2})?|([A-Za-z0-9+/]{4}){8,20}[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=?)$";
 /// A field of `data`: a JSON Pointer, or dot-separated non-empty segments.
 const FIELD_PATH: &str = r"^(/.*|[^.]+(\.[^.]+)*)$";
-/// An attribute name (`hookrelay-attr-NAME`).
-const ATTR: &str = r"^[a-z0-9_-]{1,64}$";
 
 /// `{}`, as the API shows a secret: on PUT, keeps the stored one (`409` when none is stored).
 fn placeholder() -> Json {
@@ -422,85 +424,6 @@ fn pull_settings() -> Json {
     )
 }
 
-/// A filter: `{}` (everything), `all`, `any` (at least one), `not`, or one condition.
-fn filter() -> Json {
-    let me = reference("FilterInput");
-    let mut variants = vec![
-        json!({"type": "object", "maxProperties": 0, "description": "Matches everything."}),
-        object(json!({"all": {"type": "array", "items": me}}), &["all"]),
-        object(
-            json!({"any": {"type": "array", "minItems": 1, "items": me}}),
-            &["any"],
-        ),
-        object(json!({"not": me}), &["not"]),
-    ];
-    let scalar = json!({"type": ["string", "number", "boolean"]});
-    let number = json!({"type": "number"});
-    let instant = json!({"type": "string", "format": "date-time"});
-    let absent = json!({"type": "null"});
-    // (the operand members, the one required, whether `ignore_case` applies)
-    let operators: [(Json, &str, bool); 8] = [
-        (json!({"equals": scalar}), "equals", true),
-        (
-            json!({"in": {"type": "array", "minItems": 1, "items": scalar}}),
-            "in",
-            true,
-        ),
-        (json!({"contains": scalar}), "contains", true),
-        (json!({"exists": {"type": "boolean"}}), "exists", false),
-        (
-            json!({"from": number, "to": nullable(number.clone())}),
-            "from",
-            false,
-        ),
-        (json!({"to": number}), "to", false),
-        (
-            json!({"from": instant, "to": nullable(instant.clone())}),
-            "from",
-            false,
-        ),
-        (json!({"to": instant}), "to", false),
-    ];
-    for target in ["field", "attr"] {
-        for (operand, required, case) in &operators {
-            let mut p = serde_json::Map::new();
-            for key in [
-                "field", "attr", "equals", "in", "contains", "from", "to", "exists",
-            ] {
-                p.insert(key.into(), absent.clone());
-            }
-            p.insert(
-                target.into(),
-                if target == "field" {
-                    pattern(FIELD_PATH, "A dotted path (`sender.id`) or a JSON Pointer.")
-                } else {
-                    pattern(ATTR, "A raw event's attribute (`hookrelay-attr-NAME`).")
-                },
-            );
-            for (k, v) in operand.as_object().expect("an object") {
-                p.insert(k.clone(), v.clone());
-            }
-            p.insert(
-                "ignore_case".into(),
-                if *case {
-                    json!({"type": ["boolean", "null"]})
-                } else {
-                    absent.clone()
-                },
-            );
-            variants.push(object(Json::Object(p), &[target, required]));
-        }
-    }
-    json!({"description": "A filter on the event: a condition, or `all`, `any` or `not` over \
-        filters; `{}` matches everything. A condition looks at one `field` of `data` or one \
-        `attr` of a raw event, with one operator: `equals`, `in`, `contains`, `exists`, or a \
-        range `from`/`to` (both numbers or both RFC 3339 times, `from` not after `to`); \
-        `ignore_case` applies to `equals`, `in` and `contains`.",
-        "oneOf": variants,
-        "example": {"all": [{"field": "currency", "in": ["EUR", "USD"]},
-                            {"not": {"field": "test", "equals": true}}]}})
-}
-
 /// Declares a component whose schema is written as JSON by `build`.
 macro_rules! component {
     ($(#[$doc:meta])* $name:ident, $build:expr $(, $dep:ident)*) => {
@@ -676,103 +599,4 @@ component!(
 );
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_component_is_registered_and_served_as_written() {
-        let mut all = Vec::new();
-        SubscriptionInput::schemas(&mut all);
-        SubscriptionReplacement::schemas(&mut all);
-        let written = [
-            ("PushSubscriptionInput", push(false)),
-            ("EmailSubscriptionInput", email(false)),
-            ("PullSubscriptionInput", pull()),
-            ("FilterInput", filter()),
-            ("BackoffInput", backoff()),
-            ("RateLimitInput", rate_limit()),
-            ("OrderingInput", ordering()),
-            ("SuccessCodeInput", success_code()),
-            ("AuthInput", auth(false)),
-            ("EncodingInput", encoding()),
-            ("SigningInput", signing(false)),
-            ("EmailSettingsInput", email_settings(false)),
-            ("PullSettingsInput", pull_settings()),
-            ("PushSubscriptionReplacement", push(true)),
-            ("EmailSubscriptionReplacement", email(true)),
-            ("AuthReplacement", auth(true)),
-            ("SigningReplacement", signing(true)),
-            ("EmailSettingsReplacement", email_settings(true)),
-        ];
-        for (name, json) in written {
-            let (_, schema) = all
-                .iter()
-                .find(|(n, _)| n == name)
-                .unwrap_or_else(|| panic!("{name} is registered"));
-            // The OpenAPI model keeps every keyword: nothing is dropped on the way out.
-            assert_eq!(serde_json::to_value(schema).unwrap(), json, "{name}");
-        }
-    }
-
-    /// Every duration a pattern matches is within the range the validator enforces, and
-    /// each range's ends are matched.
-    #[test]
-    fn duration_patterns_stay_within_their_ranges() {
-        use std::time::Duration;
-        let ms = Duration::from_millis;
-        let s = Duration::from_secs;
-        let cases = [
-            (TIMEOUT, ms(100)..=s(60)),
-            (UP_TO_A_DAY, s(0)..=s(86_400)),
-            (INITIAL, ms(1)..=s(86_400)),
-            (MAX, ms(1)..=s(7 * 86_400)),
-            (VISIBILITY, s(0)..=s(12 * 3600)),
-            (TTL, s(1)..=s(365 * 86_400)),
-        ];
-        for (p, range) in cases {
-            let re = regex::Regex::new(p).unwrap();
-            let mut seen = (false, false);
-            for unit in ["ms", "s", "m", "h", "d"] {
-                for n in (0..1000).chain((1000..200_000).step_by(7)) {
-                    let text = format!("{n}{unit}");
-                    if !re.is_match(&text) {
-                        continue;
-                    }
-                    let d = humantime::parse_duration(&text).unwrap();
-                    assert!(range.contains(&d), "{p} matches {text}, outside {range:?}");
-                    seen.0 |= d == *range.start();
-                    seen.1 |= d == *range.end();
-                }
-            }
-            assert!(seen.0 && seen.1, "{p} reaches both ends of {range:?}");
-        }
-    }
-
-    #[test]
-    fn patterns_hold_what_the_validator_takes() {
-        let full = |p: &str, s: &str| regex::Regex::new(p).unwrap().is_match(s);
-        assert!(full(NAME, "billing") && full(NAME, "_apis") && full(NAME, "_ap"));
-        assert!(!full(NAME, "_api") && !full(NAME, "Billing") && !full(NAME, ""));
-        assert!(full(TIMEOUT, "100ms") && full(TIMEOUT, "60s") && full(TIMEOUT, "59999ms"));
-        assert!(!full(TIMEOUT, "99ms") && !full(TIMEOUT, "61s") && !full(TIMEOUT, "60000ms"));
-        assert!(full(MAX, "168h") && full(MAX, "7d") && !full(MAX, "169h") && !full(MAX, "8d"));
-        assert!(full(TTL, "365d") && !full(TTL, "366d") && !full(TTL, "0s"));
-        let key = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-        assert!(full(
-            SIGNING_SECRET,
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwAA"
-        ));
-        assert!(full(SIGNING_SECRET, key));
-        assert!(crate::signing::SigningKey::parse(key).is_ok());
-        use base64::Engine;
-        for n in 20..70 {
-            let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
-            let padded = base64::engine::general_purpose::STANDARD.encode(&bytes);
-            for text in [padded.clone(), padded.trim_end_matches('=').to_string()] {
-                let secret = format!("whsec_{text}");
-                let takes = crate::signing::SigningKey::parse(&secret).is_ok();
-                assert_eq!(full(SIGNING_SECRET, &secret), takes, "{n} bytes: {secret}");
-            }
-        }
-    }
-}
+mod tests;
