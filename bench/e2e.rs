@@ -16,6 +16,8 @@
 //! schema per case) beside SQLite with `sync: full` (each commit durable, as PostgreSQL's
 //! default `synchronous_commit = on`), and reports the server's CPU time too (every
 //! `postgres` process on the machine). Cases are named `full`, `normal` and `postgres`.
+//! `BENCH_POSTGRES` adds keys to `storage.postgres` (`BENCH_POSTGRES='prepared_statements:
+//! false'`).
 //! The load generator and receiver share the machine with the relay, as a sidecar's app would.
 
 use std::io::{BufRead, BufReader};
@@ -94,9 +96,12 @@ impl Relay {
             .collect();
         let storage = match store {
             "postgres" => format!(
-                "postgres: {{url: '{}', schema: {}}}",
+                "postgres: {{url: '{}', schema: {}{}}}",
                 database_url(),
-                bench_schema(dir)
+                bench_schema(dir),
+                std::env::var("BENCH_POSTGRES")
+                    .map(|keys| format!(", {keys}"))
+                    .unwrap_or_default()
             ),
             sync => format!("path: '{}', sync: {sync}", dir.join("bench.db").display()),
         };

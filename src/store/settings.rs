@@ -286,7 +286,7 @@ mod tests {
     #[test]
     fn postgres_is_read_whole_and_excludes_the_files_keys() {
         let (s, issues) = parse(
-            "storage: {postgres: {url: 'postgres://app:pw@db:5432/relay', schema: relay_1, pool: 8, tls: {mode: require}, connect_timeout: 2s}, ttl: 1h, queue_capacity: 10}",
+            "storage: {postgres: {url: 'postgres://app:pw@db:5432/relay', schema: relay_1, pool: 8, tls: {mode: require}, connect_timeout: 2s, prepared_statements: false}, ttl: 1h, queue_capacity: 10}",
         );
         assert!(issues.is_empty(), "{issues:?}");
         let StorageLocation::Postgres(pg) = &s.location else {
@@ -296,11 +296,12 @@ mod tests {
             (pg.schema.as_str(), pg.pool, pg.tls, pg.connect_timeout),
             ("relay_1", 8, TlsMode::Require, Duration::from_secs(2))
         );
+        assert!(!pg.prepared_statements);
         assert_eq!((s.ttl, s.queue_capacity), (Duration::from_secs(3600), 10));
         assert!(!format!("{s:?}").contains(":pw@"), "{s:?}");
 
         let (_, issues) = parse(
-            "storage: {path: x.db, sync: normal, max_size: 1MiB, reserve: 0, postgres: {url: 'postgres://app:pw@db/relay', schema: Bad-Name, pool: 0, tls: {mode: prefer, ca: /nonexistent.pem}, extra: 1}}",
+            "storage: {path: x.db, sync: normal, max_size: 1MiB, reserve: 0, postgres: {url: 'postgres://app:pw@db/relay', schema: Bad-Name, pool: 0, tls: {mode: prefer, ca: /nonexistent.pem}, prepared_statements: maybe, extra: 1}}",
         );
         let text = issues.join("\n");
         for expected in [
@@ -312,6 +313,7 @@ mod tests {
             "storage.postgres.pool:",
             "storage.postgres.tls.mode: \"prefer\" is not disable, require or verify-full",
             "storage.postgres.tls.ca: only applies with mode: verify-full",
+            "storage.postgres.prepared_statements:",
             "storage.postgres.extra: unknown field",
         ] {
             assert!(text.contains(expected), "{expected} not in {text}");

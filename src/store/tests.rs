@@ -73,6 +73,7 @@ pub(crate) fn pg_settings(schema: &str) -> PostgresSettings {
         tls: TlsMode::Disable,
         ca: None,
         connect_timeout: Duration::from_secs(5),
+        prepared_statements: true,
     }
 }
 

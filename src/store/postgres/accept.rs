@@ -1,5 +1,6 @@
 //! Accepting events, grouped: every ingest request waiting for the writer goes into one
-//! transaction of one round trip (BEGIN, the locks, one statement, COMMIT, pipelined). The
+//! transaction of one round trip (BEGIN, the locks, one statement, COMMIT, pipelined; the
+//! statements prepared once per connection). The
 //! statement inserts all events and all deliveries from arrays (`unnest`), each event once:
 //! a repeated id (stored before, or earlier in the group) answers with the first result.
 
@@ -8,9 +9,9 @@ use std::collections::HashMap;
 
 use futures_util::future::join4;
 use tokio::sync::oneshot;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 
-use super::db::{Db, is_connection_error, locks};
+use super::db::{Db, Param, is_connection_error, locks};
 use crate::store::{Accepted, Admission, DeliveryId, StoreError, attributes, state_code};
 
 /// One ingest request waiting for the writer: its events and whom to answer.
@@ -182,7 +183,7 @@ async fn write(
     }
     let keyed = c.d_key.iter().any(Option::is_some);
     let sql = db.sql(INSERT);
-    let params: [(&(dyn ToSql + Sync), Type); 12] = [
+    let params: [Param<'_>; 12] = [
         (&c.ids, Type::TEXT_ARRAY),
         (&c.types, Type::TEXT_ARRAY),
         (&c.received, Type::INT8_ARRAY),
@@ -204,28 +205,32 @@ async fn write(
     } else {
         "SELECT pg_advisory_xact_lock_shared($1, hashtext($3)), $2::int4"
     };
+    let lock_params: [Param<'_>; 3] = [
+        (&locks::RETIRE, Type::INT4),
+        (&locks::ORDER, Type::INT4),
+        (&db.schema, Type::TEXT),
+    ];
     let conn = db.conn().await.map_err(|e| (e, true))?;
-    let client: &tokio_postgres::Client = &conn;
-    // One round trip: the four are sent before the first answer is read. A failure aborts
-    // the transaction, and the COMMIT then rolls it back.
-    let (begin, locked, rows, commit) = join4(
-        client.batch_execute("BEGIN"),
-        client.query_typed(
-            lock,
-            &[
-                (&locks::RETIRE, Type::INT4),
-                (&locks::ORDER, Type::INT4),
-                (&db.schema, Type::TEXT),
-            ],
-        ),
-        client.query_typed(&sql, &params),
-        client.batch_execute("COMMIT"),
-    )
+    let session = db.session(&conn);
+    let result = async {
+        // Prepared first: a statement that waited for its Parse would go after the COMMIT.
+        let lock = session.ready(lock, &lock_params).await?;
+        let insert = session.ready(&sql, &params).await?;
+        // One round trip: the four are sent before the first answer is read. A failure
+        // aborts the transaction, and the COMMIT then rolls it back.
+        let (begin, locked, rows, commit) = join4(
+            conn.batch_execute("BEGIN"),
+            session.run(&lock, &lock_params),
+            session.run(&insert, &params),
+            conn.batch_execute("COMMIT"),
+        )
+        .await;
+        begin
+            .and(locked)
+            .and(rows)
+            .and_then(|rows| commit.map(|()| rows))
+    }
     .await;
-    let result = begin
-        .and(locked)
-        .and(rows)
-        .and_then(|rows| commit.map(|()| rows));
     let rows = match result {
         Ok(rows) => rows,
         Err(e) => {

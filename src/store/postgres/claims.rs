@@ -38,8 +38,9 @@ pub(super) async fn claim_due(
     limit: usize,
 ) -> Result<Vec<Delivery>, StoreError> {
     let conn = db.conn().await?;
-    let rows = conn
-        .query_typed(
+    let rows = db
+        .session(&conn)
+        .query(
             &db.sql(CLAIM_DUE),
             &[
                 (&sub, Type::TEXT),
@@ -74,8 +75,9 @@ pub(super) async fn claim_due(
 /// When the next pending delivery of `sub` is due, if any.
 pub(super) async fn next_due_ms(db: &Db, sub: &str) -> Result<Option<i64>, StoreError> {
     let conn = db.conn().await?;
-    let row = conn
-        .query_typed_one(
+    let rows = db
+        .session(&conn)
+        .query(
             &db.sql(concat!(
                 "SELECT min(next_attempt_at) FROM {s}.deliveries WHERE subscription = $1 AND state = ",
                 state_code!(Pending)
@@ -84,22 +86,23 @@ pub(super) async fn next_due_ms(db: &Db, sub: &str) -> Result<Option<i64>, Store
         )
         .await
         .map_err(|e| db.err(e))?;
-    Ok(row.get(0))
+    Ok(rows.first().and_then(|row| row.get(0)))
 }
 
 /// Returns claimed deliveries that were never attempted to pending.
 pub(super) async fn unclaim(db: &Db, ids: &[DeliveryId]) -> Result<(), StoreError> {
     let conn = db.conn().await?;
-    conn.execute_typed(
-        &db.sql(concat!(
-            "UPDATE {s}.deliveries SET state = ",
-            state_code!(Pending),
-            " WHERE id = ANY($1) AND state = ",
-            state_code!(InFlight)
-        )),
-        &[(&ids, Type::INT8_ARRAY)],
-    )
-    .await
-    .map_err(|e| db.err(e))?;
+    db.session(&conn)
+        .query(
+            &db.sql(concat!(
+                "UPDATE {s}.deliveries SET state = ",
+                state_code!(Pending),
+                " WHERE id = ANY($1) AND state = ",
+                state_code!(InFlight)
+            )),
+            &[(&ids, Type::INT8_ARRAY)],
+        )
+        .await
+        .map_err(|e| db.err(e))?;
     Ok(())
 }

@@ -1,17 +1,24 @@
 //! The connection side: the pool (deadpool, TLS by rustls), the schema's quoted name that
 //! every statement is written with, error mapping, and whether the database answers.
 //!
-//! Statements are sent with `query_typed` (unnamed, one round trip, nothing left on the
-//! server), so the store works through a pooler in transaction mode (PgBouncer): no named
-//! prepared statements, no session settings, no session locks.
+//! The hot statements (accept, claim, outcome, pull) run through a [`Session`]: prepared
+//! once per connection and then only bound and executed, so the server does not parse and
+//! plan them on every use. With `prepared_statements: false` they are sent unnamed
+//! (`query_typed`, nothing left on the server), as every other statement is, for a pooler in
+//! transaction mode that keeps no prepared statements (PgBouncer before 1.21). No session
+//! settings and no session locks either way.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{HookError, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    ClientWrapper, HookError, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, StatementCache,
+};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row, Statement};
 
 use super::tls;
 use crate::store::settings::PostgresSettings;
@@ -43,6 +50,8 @@ pub(super) struct Db {
     pub(super) connect_timeout: Duration,
     /// The longest any other operation may take before it is abandoned.
     op_timeout: Duration,
+    /// `prepared_statements`: whether a [`Session`] prepares its statements.
+    prepared: bool,
     /// When an operation was last abandoned, as ms after `epoch` + 1 (0: never).
     abandoned: Arc<AtomicU64>,
     epoch: Instant,
@@ -111,6 +120,7 @@ impl Db {
             up: AtomicBool::new(true),
             connect_timeout: pg.connect_timeout,
             op_timeout: (pg.connect_timeout * 2).max(Duration::from_secs(30)),
+            prepared: pg.prepared_statements,
             abandoned,
             epoch,
         })
@@ -180,6 +190,82 @@ impl Db {
     /// Whether the database answered the last operation.
     pub(super) fn up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Hot statements on a pooled connection.
+    pub(super) fn session<'a>(&self, conn: &'a ClientWrapper) -> Session<'a> {
+        Session {
+            client: conn,
+            cache: &conn.statement_cache,
+            prepared: self.prepared,
+        }
+    }
+
+    /// Hot statements inside a transaction.
+    pub(super) fn session_in<'a>(&self, tx: &'a deadpool_postgres::Transaction<'_>) -> Session<'a> {
+        Session {
+            client: tx.client(),
+            cache: &tx.statement_cache,
+            prepared: self.prepared,
+        }
+    }
+}
+
+/// A parameter and its type, as `query_typed` takes them.
+pub(super) type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// Runs statements on one connection, prepared (and cached per connection) or unnamed.
+pub(super) struct Session<'a> {
+    client: &'a Client,
+    cache: &'a StatementCache,
+    prepared: bool,
+}
+
+/// A statement ready to run: named on the server, or text sent unnamed with each run.
+pub(super) enum Ready<'q> {
+    Named(Statement),
+    Unnamed(&'q str),
+}
+
+impl Session<'_> {
+    /// `sql` made ready for `params`' types: prepared once per connection, then cached.
+    /// Running a ready statement sends it at once, so several can be pipelined in order.
+    pub(super) async fn ready<'q>(
+        &self,
+        sql: &'q str,
+        params: &[Param<'_>],
+    ) -> Result<Ready<'q>, tokio_postgres::Error> {
+        if !self.prepared {
+            return Ok(Ready::Unnamed(sql));
+        }
+        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+        let statement = self.cache.prepare_typed(self.client, sql, &types).await?;
+        Ok(Ready::Named(statement))
+    }
+
+    /// The rows of a ready statement with `params`.
+    pub(super) async fn run(
+        &self,
+        statement: &Ready<'_>,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        match statement {
+            Ready::Unnamed(sql) => self.client.query_typed(sql, params).await,
+            Ready::Named(statement) => {
+                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+                self.client.query(statement, &values).await
+            }
+        }
+    }
+
+    /// The rows of `sql` with `params` (none for a statement that returns none).
+    pub(super) async fn query(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.ready(sql, params).await?;
+        self.run(&statement, params).await
     }
 }
 

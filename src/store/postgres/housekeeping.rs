@@ -48,7 +48,7 @@ pub(super) async fn housekeeping(
         *report.expired.entry(name).or_default() += 1;
     }
     // An expired head lets the next delivery of its key go.
-    ordering::promote_next(db, &tx, keys).await?;
+    ordering::promote_next(db, &db.session_in(&tx), keys).await?;
     // Terminal deliveries past retention, then their events once nothing refers to them;
     // events that never had a delivery are found by a cursor over `seq`. One statement:
     // its parts see the table as it was before it, hence the check against `gone`.

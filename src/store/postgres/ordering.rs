@@ -5,15 +5,14 @@
 
 use std::collections::BTreeSet;
 
-use tokio_postgres::Transaction;
 use tokio_postgres::types::Type;
 
-use super::db::{Db, locks};
+use super::db::{Db, Session, locks};
 use crate::store::{StoreError, state_code};
 
-/// Takes the ordering lock for the rest of `tx`.
-pub(super) async fn lock(db: &Db, tx: &Transaction<'_>) -> Result<(), StoreError> {
-    tx.query_typed(
+/// Takes the ordering lock for the rest of the transaction `tx` runs in.
+pub(super) async fn lock(db: &Db, tx: &Session<'_>) -> Result<(), StoreError> {
+    tx.query(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         &[(&locks::ORDER, Type::INT4), (&db.schema, Type::TEXT)],
     )
@@ -27,7 +26,7 @@ pub(super) async fn lock(db: &Db, tx: &Transaction<'_>) -> Result<(), StoreError
 /// or orphaned.
 pub(super) async fn promote_next(
     db: &Db,
-    tx: &Transaction<'_>,
+    tx: &Session<'_>,
     keys: BTreeSet<(String, String)>,
 ) -> Result<(), StoreError> {
     if keys.is_empty() {
@@ -35,7 +34,7 @@ pub(super) async fn promote_next(
     }
     lock(db, tx).await?;
     let (subs, keys): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
-    tx.execute_typed(
+    tx.query(
         &db.sql(concat!(
             "UPDATE {s}.deliveries d SET state = ",
             state_code!(Pending),
@@ -61,7 +60,7 @@ pub(super) async fn promote_next(
 pub(super) async fn clear_ordering(db: &Db, subscriptions: &[String]) -> Result<u64, StoreError> {
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(|e| db.err(e))?;
-    lock(db, &tx).await?;
+    lock(db, &db.session_in(&tx)).await?;
     let changed = tx
         .execute_typed(
             &db.sql(concat!(

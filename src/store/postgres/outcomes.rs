@@ -76,8 +76,9 @@ async fn record(db: &Db, group: &[OutcomeRequest]) -> Result<(), StoreError> {
     }
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(|e| db.err(e))?;
-    let rows = tx
-        .query_typed(
+    let session = db.session_in(&tx);
+    let rows = session
+        .query(
             &db.sql(concat!(
                 "UPDATE {s}.deliveries d SET state = o.state, attempts = d.attempts + 1,
                  last_status = o.status, last_error = o.error,
@@ -108,6 +109,6 @@ async fn record(db: &Db, group: &[OutcomeRequest]) -> Result<(), StoreError> {
         .filter(|r| r.get::<_, i32>(2) != DeliveryState::Pending.code() as i32)
         .filter_map(|r| Some((r.get(0), r.get::<_, Option<String>>(1)?)))
         .collect();
-    ordering::promote_next(db, &tx, keys).await?;
+    ordering::promote_next(db, &session, keys).await?;
     tx.commit().await.map_err(|e| db.err(e))
 }

@@ -51,8 +51,9 @@ pub(super) async fn pull(
         PullMode::Hide(ms) => (false, now_ms + ms),
     };
     let conn = db.conn().await?;
-    let rows = conn
-        .query_typed(
+    let session = db.session(&conn);
+    let rows = session
+        .query(
             &db.sql(TAKE),
             &[
                 (&subscription, Type::TEXT),
@@ -77,8 +78,8 @@ pub(super) async fn pull(
             raw: attributes::raw_meta(r.get(6), r.get(7)),
         })
         .collect();
-    let left = conn
-        .query_typed_one(
+    let left = session
+        .query(
             &db.sql(concat!(
                 "SELECT count(*) FILTER (WHERE next_attempt_at <= $2 AND expires_at > $2),
                         min(next_attempt_at) FILTER (WHERE next_attempt_at > $2)
@@ -89,6 +90,9 @@ pub(super) async fn pull(
         )
         .await
         .map_err(|e| db.err(e))?;
+    let left = left
+        .first()
+        .ok_or_else(|| StoreError::unavailable("an aggregate returned no row"))?;
     Ok(Pulled {
         notifications,
         remaining: left.get::<_, i64>(0) as u64,
@@ -104,8 +108,9 @@ pub(super) async fn ack(
     now_ms: i64,
 ) -> Result<Vec<DeliveryId>, StoreError> {
     let conn = db.conn().await?;
-    let rows = conn
-        .query_typed(
+    let rows = db
+        .session(&conn)
+        .query(
             &db.sql(concat!(
                 "UPDATE {s}.deliveries SET state = ",
                 state_code!(Delivered),

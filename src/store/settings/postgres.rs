@@ -23,6 +23,9 @@ pub struct PostgresSettings {
     pub ca: Option<PathBuf>,
     /// How long connecting (and waiting for a pooled connection) may take.
     pub connect_timeout: Duration,
+    /// Whether hot statements are prepared once per connection (named) rather than parsed
+    /// and planned on every use; off for a pooler that keeps no prepared statements.
+    pub prepared_statements: bool,
 }
 
 /// TLS to the database server (rustls).
@@ -158,7 +161,14 @@ impl PostgresSettings {
     pub fn parse(st: &Section<'_>, issues: &mut Issues) -> Option<PostgresSettings> {
         let pg = st.section(
             "postgres",
-            &["url", "schema", "pool", "tls", "connect_timeout"],
+            &[
+                "url",
+                "schema",
+                "pool",
+                "tls",
+                "connect_timeout",
+                "prepared_statements",
+            ],
             issues,
         );
         let before = issues.0.len();
@@ -211,6 +221,7 @@ impl PostgresSettings {
             Duration::from_secs(5),
             issues,
         );
+        let prepared_statements = pg.boolean("prepared_statements", true, issues);
         if issues.0.len() > before {
             return None;
         }
@@ -221,6 +232,7 @@ impl PostgresSettings {
             tls: mode,
             ca,
             connect_timeout,
+            prepared_statements,
         })
     }
 }
