@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounter;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
@@ -58,9 +58,18 @@ impl Pump {
         build: impl Fn(&Delivery, u32) -> R + Send,
     ) {
         let name = self.sub.name.as_str();
+        // An attempt keeps a permit until its outcome is recorded, so attempts whose outcomes
+        // wait for the store are bounded too (`max_in_flight` beyond those in flight): a slow
+        // store slows the pump down instead of piling finished attempts up in memory.
+        let recording = Arc::new(Semaphore::new(self.push.max_in_flight * 2));
         loop {
             // Biased towards stopping: once a pump is stopped (its subscription deleted or
             // replaced), nothing more leaves through it.
+            let permit = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                p = recording.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
             let delivery = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break,
@@ -84,9 +93,13 @@ impl Pump {
                     let call = service.call(req);
                     self.attempts.spawn(async move {
                         outcome.finish(call.await.unwrap_or_else(stack_error)).await;
+                        drop(permit);
                     });
                 }
-                Err(e) => outcome.finish(stack_error(e)).await,
+                Err(e) => {
+                    outcome.finish(stack_error(e)).await;
+                    drop(permit);
+                }
             }
         }
         // Deliveries claimed but never sent go back to the queue.
