@@ -248,3 +248,45 @@ async fn a_server_that_never_answers_holds_ingest_no_longer_than_connect_timeout
         .await;
     relay.stop().await;
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL at HOOKRELAY_TEST_DATABASE_URL"]
+async fn attempts_stop_while_their_outcomes_cannot_be_recorded_and_resume_after() {
+    let db = TestDb::new(Backend::Postgres);
+    let rx = Receiver::scripted(|_| Answer::status(200).after(Duration::from_millis(300))).await;
+    let proxy = Proxy::start(test_database_addr()).await;
+    let yaml = format!(
+        "{}subscriptions:\n  - {{name: hooks, url: '{}', events: ['*'], max_in_flight: 2, \
+         retries: 20, backoff: {{schedule: [100ms], overload_floor: 0s}}}}\n",
+        db.storage_at(proxy.addr, "connect_timeout: 1s"),
+        rx.url("/")
+    );
+    let relay = TestRelay::start_in(&yaml, db.dir.clone()).await;
+    let ids: Vec<String> = (0..40).map(|i| format!("b{i}")).collect();
+    for id in &ids {
+        let event = json!({"type": "t", "id": id, "data": {}});
+        assert_eq!(relay.post(&event).await.0, 202);
+    }
+    rx.wait_for(1).await;
+    proxy.set(Mode::Refuse);
+    let at_cut = rx.count();
+    // The attempts under way finish, then their outcomes wait: with max_in_flight 2, at
+    // most 4 attempts hold a permit, so at most 4 more start. Without the bound every
+    // queued delivery would be sent, 300 ms each, two at a time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stalled = rx.count();
+    assert!(
+        stalled <= at_cut + 4,
+        "{stalled} attempts with the store away ({at_cut} at the cut)"
+    );
+    assert!(
+        stalled < ids.len(),
+        "everything was sent with the store away"
+    );
+    proxy.set(Mode::Forward);
+    all_delivered(&rx, &ids).await;
+    relay
+        .wait_outcome("hooks", "delivered", ids.len() as f64)
+        .await;
+    relay.stop().await;
+}
