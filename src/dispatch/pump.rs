@@ -59,9 +59,9 @@ impl Pump {
     ) {
         let name = self.sub.name.as_str();
         // An attempt keeps a permit until its outcome is recorded, so attempts whose outcomes
-        // wait for the store are bounded too (`max_in_flight` beyond those in flight): a slow
+        // wait for the store are bounded too (`3 × max_in_flight` beyond those in flight): a slow
         // store slows the pump down instead of piling finished attempts up in memory.
-        let recording = Arc::new(Semaphore::new(self.push.max_in_flight * 2));
+        let recording = Arc::new(Semaphore::new(self.push.max_in_flight * 4));
         loop {
             // Biased towards stopping: once a pump is stopped (its subscription deleted or
             // replaced), nothing more leaves through it.
