@@ -23,6 +23,9 @@ pub struct PostgresSettings {
     pub ca: Option<PathBuf>,
     /// How long connecting (and waiting for a pooled connection) may take.
     pub connect_timeout: Duration,
+    /// How long a claim lasts without renewal before other relays may take it over
+    /// (at least the subscription's timeout plus 10 s for each claim).
+    pub lease: Duration,
 }
 
 /// TLS to the database server (rustls).
@@ -158,7 +161,7 @@ impl PostgresSettings {
     pub fn parse(st: &Section<'_>, issues: &mut Issues) -> Option<PostgresSettings> {
         let pg = st.section(
             "postgres",
-            &["url", "schema", "pool", "tls", "connect_timeout"],
+            &["url", "schema", "pool", "tls", "connect_timeout", "lease"],
             issues,
         );
         let before = issues.0.len();
@@ -211,6 +214,12 @@ impl PostgresSettings {
             Duration::from_secs(5),
             issues,
         );
+        let lease = pg.duration(
+            "lease",
+            Duration::from_secs(5)..=Duration::from_secs(3600),
+            DEFAULT_LEASE,
+            issues,
+        );
         if issues.0.len() > before {
             return None;
         }
@@ -221,9 +230,13 @@ impl PostgresSettings {
             tls: mode,
             ca,
             connect_timeout,
+            lease,
         })
     }
 }
+
+/// `storage.postgres.lease` when not set.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// The certificates of a PEM file of roots; an error says why it cannot serve.
 pub fn read_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
