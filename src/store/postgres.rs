@@ -47,6 +47,8 @@ mod ordering;
 mod outcomes;
 mod pull;
 mod queries;
+#[cfg(test)]
+mod replica_tests;
 mod replicas;
 mod rows;
 mod schema;
