@@ -4,8 +4,11 @@
 //! as claimed and hands them to the pump's queue after the commit, when it has room. Each
 //! pump only waits on its own subscriber, so a slow or dead receiver never delays another's.
 //! A pull subscription has a lane too, without feeder or pump: it wakes the long polls.
+//! On a store shared by several relays, `pickup` takes over lapsed claims and wakes the
+//! feeders of subscriptions with work another relay handed back.
 
 mod feeder;
+mod pickup;
 mod pump;
 
 use std::collections::HashMap;
@@ -77,6 +80,8 @@ pub struct Lane {
     /// An ordered subscription's deliveries are never handed over in memory: the store
     /// decides which one of a key goes next.
     ordering: DeliveryOrder,
+    /// A push subscription's attempt timeout (zero for pull), which a claim outlasts.
+    timeout: Duration,
 }
 
 /// A reserved place in a pump's queue.
@@ -127,6 +132,9 @@ impl Dispatcher {
         for sub in subs {
             dispatcher.add(sub.clone());
         }
+        if dispatcher.shared.store.shared() {
+            tokio::spawn(pickup::run(dispatcher.clone()));
+        }
         Ok(dispatcher)
     }
 
@@ -143,6 +151,7 @@ impl Dispatcher {
                     None,
                     Some(pull.ttl.as_millis() as i64),
                     DeliveryOrder::None,
+                    Duration::ZERO,
                 );
             }
             Channel::Http { push, http } => {
@@ -209,10 +218,17 @@ impl Dispatcher {
         let shared = &self.shared;
         // Bounded: when full, new deliveries stay pending in the store for the feeder.
         let (queue, claimed) = mpsc::channel((push.max_in_flight * 4).max(256));
-        let (wake, stop) = self.install(sub, Some(queue.clone()), None, push.ordering.clone());
+        let (wake, stop) = self.install(
+            sub,
+            Some(queue.clone()),
+            None,
+            push.ordering.clone(),
+            push.timeout,
+        );
         let feeder = Feeder {
             sub: sub.clone(),
             batch: push.max_in_flight.max(32),
+            timeout: push.timeout,
             store: shared.store.clone(),
             wake: wake.clone(),
             queue,
@@ -244,6 +260,7 @@ impl Dispatcher {
         queue: Option<mpsc::Sender<Delivery>>,
         ttl_ms: Option<i64>,
         ordering: DeliveryOrder,
+        timeout: Duration,
     ) -> (Arc<Notify>, CancellationToken) {
         let shared = &self.shared;
         let mut lanes = self.lanes.write().unwrap_or_else(|e| e.into_inner());
@@ -267,6 +284,7 @@ impl Dispatcher {
                 stop: stop.clone(),
                 ttl_ms,
                 ordering,
+                timeout,
             }),
         );
         drop(lanes);
@@ -300,6 +318,16 @@ impl Dispatcher {
     /// Tells a subscription's feeder (or its long polls) that new deliveries are waiting.
     pub fn wake(&self, subscription: &str) {
         self.with_lane(subscription, |p| p.wake());
+    }
+
+    /// Tells a push subscription's feeder that deliveries wait in the store; a pull
+    /// subscription's long polls are left alone.
+    fn wake_feeder(&self, subscription: &str) {
+        self.with_lane(subscription, |p| {
+            if p.queue.is_some() {
+                p.wake();
+            }
+        });
     }
 
     /// Cancelled when the relay stops (long polls end then).
@@ -381,6 +409,12 @@ impl Route {
     /// The subscription's ordering, which gives the delivery its key.
     pub fn ordering(&self) -> &DeliveryOrder {
         &self.lane.ordering
+    }
+
+    /// The subscription's attempt timeout (zero for pull), which the claim of a delivery
+    /// handed over outlasts.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.lane.timeout
     }
 
     /// After the commit: counts the match, then hands the delivery to the pump, or tells the

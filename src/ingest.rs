@@ -427,6 +427,8 @@ impl Handoff {
             raw: self.raw.clone(),
             attempts: 0,
             received_at_ms: self.received_at_ms,
+            // Its first claim: stored claimed with the event.
+            token: 1,
         }
     }
 }
@@ -470,6 +472,7 @@ async fn commit_and_hand_off(
                 handed_off: r.slot.is_some(),
                 ttl_ms: r.ttl_ms(),
                 ordering_key: r.ordering().key_of(data.as_ref()),
+                attempt_timeout: r.attempt_timeout(),
             })
             .collect();
         handoffs.push((Handoff::of(&event), routes));

@@ -108,6 +108,10 @@ pub struct MetricSet {
     pub store_writable: prometheus::IntGauge,
     /// 1 while the store reaches its database, 0 while it cannot (PostgreSQL down).
     pub store_up: prometheus::IntGauge,
+    /// Live relays sharing the store, this one included (1 for SQLite).
+    pub replicas: prometheus::IntGauge,
+    /// Claims put back to pending by this relay because their lease ran out.
+    pub lease_takeovers: IntCounter,
     /// Config reloads, by result.
     pub config_reloads: IntCounterVec,
     /// Unix time of the last successful config load (startup included).
@@ -276,6 +280,24 @@ impl Metrics {
             .register(Box::new(store_up.clone()))
             .expect("unique metric");
 
+        let replicas = prometheus::IntGauge::new(
+            "hookrelay_replicas",
+            "Live relays sharing the store (heartbeat within 6 s), this one included; always 1 for SQLite. Every relay reports the same figure: aggregate with max, not sum.",
+        )
+        .expect("valid metric");
+        replicas.set(1);
+        registry
+            .register(Box::new(replicas.clone()))
+            .expect("unique metric");
+        let lease_takeovers = IntCounter::new(
+            "hookrelay_lease_takeovers_total",
+            "In-flight deliveries this relay put back to pending because their claim's lease ran out (their relay died or lost the database); they are attempted again.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(lease_takeovers.clone()))
+            .expect("unique metric");
+
         let config_last_reload_success = prometheus::Gauge::new(
             "hookrelay_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load, startup included.",
@@ -358,6 +380,8 @@ impl Metrics {
             store_batch_size,
             store_writable,
             store_up,
+            replicas,
+            lease_takeovers,
             config_reloads,
             config_last_reload_success,
             subscriptions,

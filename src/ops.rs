@@ -153,6 +153,7 @@ async fn metrics(State(state): State<OpsState>) -> Response {
         .store_writable
         .set(i64::from(state.store.refusing().is_none()));
     state.metrics.store_up.set(i64::from(state.store.up()));
+    state.metrics.replicas.set(state.store.replicas() as i64);
     // Queue gauges are read from the store at scrape time, so they are never stale.
     match state.store.stats().await {
         Ok(stats) => {

@@ -303,6 +303,18 @@ impl Relay {
                 tracing::warn!("a listener did not drain in time");
             }
         }
+        // Claims still held (never attempted, or attempts abandoned) go to the other relays
+        // sharing the store now rather than when their leases run out.
+        match store.leave().await {
+            Ok(0) => {}
+            Ok(returned) => tracing::info!(
+                returned,
+                "claims handed back for the other relays sharing the store"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand claims back; they are taken over when their leases run out")
+            }
+        }
         tracing::info!("hookrelay stopped");
         Ok(())
     }

@@ -44,6 +44,7 @@ pub use views::{DeliveryStatus, DeliveryView};
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -87,6 +88,9 @@ pub struct NewDelivery {
     /// The ordering key of an ordered subscription's delivery, which then waits for the
     /// earlier unfinished deliveries of that key.
     pub ordering_key: Option<String>,
+    /// The subscription's attempt timeout: a shared store's claim of a handed-off delivery
+    /// lasts at least this long plus a margin (zero: no floor).
+    pub attempt_timeout: Duration,
 }
 
 impl NewDelivery {
@@ -97,6 +101,7 @@ impl NewDelivery {
             handed_off: false,
             ttl_ms: None,
             ordering_key: None,
+            attempt_timeout: Duration::ZERO,
         }
     }
 }
@@ -160,6 +165,24 @@ pub struct Delivery {
     pub attempts: u32,
     /// When the event was accepted (ms since the epoch).
     pub received_at_ms: i64,
+    /// The claim's token: a store shared by several relays records an outcome, or takes a
+    /// claim back, only while the delivery is still held by this claim (PostgreSQL counts
+    /// claims per delivery: a handed-off delivery's is 1; SQLite ignores it, always 0).
+    pub token: ClaimToken,
+}
+
+/// Which claim of a delivery an attempt holds (see [`Delivery::token`]).
+pub type ClaimToken = i64;
+
+/// What became of an attempt's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completed {
+    /// Recorded; or nothing was left to record because the delivery left flight otherwise
+    /// (deleted or retired meanwhile).
+    Recorded,
+    /// Not recorded: the claim had lapsed and the delivery is held by a later claim (another
+    /// relay's), whose outcome counts instead.
+    Fenced,
 }
 
 /// Content type of an envelope event's data (JSON).
@@ -521,21 +544,59 @@ pub trait Store: Send + Sync + 'static {
     async fn accept(&self, batch: Vec<Accepted>) -> Result<Vec<Admission>, StoreError>;
 
     /// Claims up to `limit` deliveries of `subscription` due at `now_ms`, oldest due first.
+    /// `attempt_timeout` is the subscription's: a shared store's claims last at least that
+    /// long plus a margin.
     async fn claim_due(
         &self,
         subscription: &str,
         now_ms: i64,
         limit: usize,
+        attempt_timeout: Duration,
     ) -> Result<Vec<Delivery>, StoreError>;
 
     /// When the next pending delivery of `subscription` is due, if any.
     async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, StoreError>;
 
-    /// Records the result of an attempt on a claimed delivery.
-    async fn complete(&self, id: DeliveryId, outcome: Outcome) -> Result<(), StoreError>;
+    /// Records the result of an attempt on a delivery held by claim `token`.
+    async fn complete(
+        &self,
+        id: DeliveryId,
+        token: ClaimToken,
+        outcome: Outcome,
+    ) -> Result<Completed, StoreError>;
 
-    /// Returns claimed deliveries that were never attempted to pending.
-    async fn unclaim(&self, ids: Vec<DeliveryId>) -> Result<(), StoreError>;
+    /// Returns claimed deliveries that were never attempted to pending, each while still
+    /// held by its claim `(id, token)`.
+    async fn unclaim(&self, claims: Vec<(DeliveryId, ClaimToken)>) -> Result<(), StoreError>;
+
+    /// True when several relays may share this store (PostgreSQL): claims then carry
+    /// leases that lapse, and work another relay hands back wakes no feeder here by itself.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Live relays on this store, this one included (`hookrelay_replicas`).
+    fn replicas(&self) -> u64 {
+        1
+    }
+
+    /// Puts deliveries whose claim lapsed (their relay died or lost the database) back to
+    /// pending; returns the subscription of each.
+    async fn take_over_lapsed(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Subscriptions with a pending delivery due at `now_ms`.
+    async fn due_subscriptions(&self, _now_ms: i64) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// At stop, once attempts have finished or been abandoned: hands every claim this relay
+    /// still holds back to pending for the other relays, and leaves the relays' registry.
+    /// Returns how many claims went back.
+    async fn leave(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 
     /// Per-subscription queue figures, for gauges.
     async fn stats(&self) -> Result<HashMap<String, QueueStats>, StoreError>;

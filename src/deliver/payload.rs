@@ -136,6 +136,7 @@ mod tests {
             raw: raw.map(Arc::new),
             attempts: 0,
             received_at_ms: 1_700_000_000_123,
+            token: 0,
         }
     }
 

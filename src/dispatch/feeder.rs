@@ -1,6 +1,6 @@
 //! The feeder of a push subscription: claims due deliveries from the store (retries, released
-//! dead letters, rows recovered at start, deliveries ingest could not hand over) into the
-//! pump's queue, only as many as the queue has room for.
+//! dead letters, rows recovered at start or from other relays, deliveries ingest could not
+//! hand over) into the pump's queue, only as many as the queue has room for.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,8 @@ pub(super) struct Feeder {
     pub(super) sub: Arc<Subscription>,
     /// Deliveries claimed at most per store call.
     pub(super) batch: usize,
+    /// The subscription's attempt timeout, which a claim's lease outlasts.
+    pub(super) timeout: Duration,
     /// Where due deliveries are claimed.
     pub(super) store: Arc<dyn Store>,
     /// Signals new work (shared with the lane).
@@ -50,7 +52,11 @@ impl Feeder {
                     Err(_) => break,
                 }
             }
-            match self.store.claim_due(name, now_ms(), slots.len()).await {
+            let claimed = self
+                .store
+                .claim_due(name, now_ms(), slots.len(), self.timeout)
+                .await;
+            match claimed {
                 Ok(due) => {
                     let full = due.len() == slots.len();
                     for (slot, delivery) in slots.drain(..).zip(due) {

@@ -13,7 +13,7 @@ use tower::{Service, ServiceExt};
 
 use crate::deliver::AttemptService;
 use crate::deliver::verdict::{Verdict, stack_error};
-use crate::store::{Delivery, DeliveryId, Outcome, Store};
+use crate::store::{ClaimToken, Completed, Delivery, DeliveryId, Outcome, Store};
 use crate::subscription::{DeliveryOrder, PushSettings, Subscription};
 use crate::time::now_ms;
 
@@ -83,7 +83,7 @@ impl Pump {
                 r = service.ready() => Some(r.map(|_| ())),
             };
             let Some(ready) = ready.filter(|_| !self.shutdown.is_cancelled()) else {
-                self.unclaim(vec![delivery.id]).await;
+                self.unclaim(vec![(delivery.id, delivery.token)]).await;
                 break;
             };
             let req = build(&delivery, delivery.attempts + 1);
@@ -108,14 +108,15 @@ impl Pump {
         // `recv` also waits for slots reserved before the close (a feeder or an ingest request
         // between its commit and its hand-off), so those are returned too. A pump replaced or
         // removed at run time waits for all of them (its senders are gone once they are used);
-        // when the relay stops, the next start returns whatever is left in flight.
+        // when the relay stops, whatever is left in flight goes back when the store is left
+        // (a shared store), or at the next start.
         let wait = if self.relay_stopping.is_cancelled() {
             DRAIN_WAIT
         } else {
             RETIRE_DRAIN_WAIT
         };
         while let Ok(Some(d)) = tokio::time::timeout(wait, claimed.recv()).await {
-            ids.push(d.id);
+            ids.push((d.id, d.token));
         }
         tracing::debug!(subscription = name, returned = ids.len(), "pump stopped");
         self.unclaim(ids).await;
@@ -123,7 +124,7 @@ impl Pump {
         self.wake.notify_one();
     }
 
-    async fn unclaim(&self, ids: Vec<DeliveryId>) {
+    async fn unclaim(&self, ids: Vec<(DeliveryId, ClaimToken)>) {
         if !ids.is_empty()
             && let Err(e) = self.store.unclaim(ids).await
         {
@@ -172,20 +173,37 @@ impl Recorder {
         // Recorded before anything is counted. A store that cannot take it (the database
         // unreachable) is tried again with backoff until it does, so the delivery does not
         // stay in flight until the next start; only the relay stopping ends the tries (the
-        // next start makes the row pending again: at-least-once). One outcome per attempt
-        // in flight waits here, so the wait is bounded by the subscription's caps.
+        // delivery is then attempted again: at-least-once). One outcome per attempt in
+        // flight waits here, so the wait is bounded by the subscription's caps.
         let mut pause = OUTCOME_PAUSE;
-        while let Err(e) = self.store.complete(self.delivery.id, outcome.clone()).await {
-            if self.relay_stopping.is_cancelled() {
-                tracing::error!(subscription = name, event_id, error = %e, "cannot record attempt outcome; the relay is stopping, the next start retries the delivery");
-                return;
+        let (id, token) = (self.delivery.id, self.delivery.token);
+        let completed = loop {
+            match self.store.complete(id, token, outcome.clone()).await {
+                Ok(completed) => break completed,
+                Err(e) if self.relay_stopping.is_cancelled() => {
+                    tracing::error!(subscription = name, event_id, error = %e, "cannot record attempt outcome; the relay is stopping, the delivery will be attempted again");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(subscription = name, event_id, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot record attempt outcome; retrying");
+                }
             }
-            tracing::warn!(subscription = name, event_id, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot record attempt outcome; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = self.relay_stopping.cancelled() => {}
             }
             pause = (pause * 2).min(OUTCOME_PAUSE_MAX);
+        };
+        if completed == Completed::Fenced {
+            // This relay's claim lapsed (it could not renew it in time) and another relay
+            // claimed the delivery since: its outcome counts, not this one.
+            tracing::debug!(
+                subscription = name,
+                event_id,
+                attempt = number,
+                "attempt outcome not recorded: the claim was taken over by another relay"
+            );
+            return;
         }
         match &outcome {
             Outcome::Delivered { status } => {

@@ -1,14 +1,16 @@
-//! The PostgreSQL store, for one relay: the same behaviour as the SQLite store through the
-//! same trait, on a database a platform team already runs. This file is the
-//! `PostgresStore` itself: what it holds, how it opens, and where each operation runs.
+//! The PostgreSQL store: the same behaviour as the SQLite store through the same trait, on
+//! a database a platform team already runs, and shared by any number of relays (replicas)
+//! on one schema. This file is the `PostgresStore` itself: what it holds, how it opens, and
+//! where each operation runs.
 //!
 //! Ingest and attempt outcomes go to a writer task each (`writer`), which groups every
 //! request waiting into one transaction (group commit); everything else runs as its own
 //! statement or short transaction on a pooled connection. Concurrency that SQLite's single
 //! writer rules out is handled in the database: claims and pulls take rows with
 //! `FOR UPDATE SKIP LOCKED`, and transaction-scoped advisory locks order ingest against
-//! tombstone changes and ordering-key promotions (`db::locks`). The SQL lives in the child
-//! files, one family of operations each:
+//! tombstone changes and ordering-key promotions (`db::locks`). A claim belongs to one
+//! relay, with a token and a lease (`leases`); each relay registers itself (`replicas`).
+//! The SQL lives in the child files, one family of operations each:
 //!
 //! - `db`: the pool, the schema's name in SQL, errors, whether the database answers;
 //!   `tls`: rustls for the connection.
@@ -16,19 +18,23 @@
 //! - `writer`: group commit; `accept`, `outcomes`: what the two writers write.
 //! - `claims`, `ordering`, `pull`, `queries`, `dead_letters`, `subscriptions`
 //!   (tombstones included), `housekeeping`; `rows`: row mappers.
+//! - `replicas`: the relays' registry and heartbeats; `leases`: the claims this relay holds,
+//!   their renewal, and taking over lapsed ones.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use super::settings::{PostgresSettings, StorageSettings};
 use super::{
-    Accepted, Admission, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery, DeliveryState,
-    EventStatus, Housekeeping, Outcome, PullMode, Pulled, QueueStats, Release, Store, StoreError,
-    StoredSubscription, WriterMetrics,
+    Accepted, Admission, ClaimToken, Completed, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery,
+    DeliveryState, EventStatus, Housekeeping, Outcome, PullMode, Pulled, QueueStats, Release,
+    Store, StoreError, StoredSubscription, WriterMetrics,
 };
 
 mod accept;
@@ -36,10 +42,14 @@ mod claims;
 mod db;
 mod dead_letters;
 mod housekeeping;
+mod leases;
 mod ordering;
 mod outcomes;
 mod pull;
 mod queries;
+#[cfg(test)]
+mod replica_tests;
+mod replicas;
 mod rows;
 mod schema;
 mod subscriptions;
@@ -52,7 +62,9 @@ pub use schema::SCHEMA_VERSION;
 
 use accept::AcceptRequest;
 use db::Db;
+use leases::{Claimer, Held};
 use outcomes::OutcomeRequest;
+use replicas::Replica;
 use writer::{Writer, stopped};
 
 /// Ingest requests in one transaction at most.
@@ -69,6 +81,20 @@ pub struct PostgresStore {
     prune_cursor: AtomicI64,
     ttl_ms: i64,
     retention_ms: i64,
+    /// This relay in the registry.
+    me: Arc<Replica>,
+    /// Who claims, for how long.
+    claimer: Claimer,
+    /// The claims this relay holds.
+    held: Arc<Held>,
+    /// Stops the heartbeat and renewal (at `leave`, or when the store is dropped).
+    upkeep: CancellationToken,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.upkeep.cancel();
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -81,15 +107,39 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects, creates or migrates the schema (refusing one newer than this build), puts
-    /// in-flight deliveries back to pending and starts the writers.
+    /// Connects, creates or migrates the schema (refusing one newer than this build),
+    /// registers this relay under its host name (`HOSTNAME`), and starts the writers, the
+    /// heartbeat and the renewal of leases.
     pub async fn open(
         pg: &PostgresSettings,
         settings: &StorageSettings,
         metrics: WriterMetrics,
     ) -> Result<PostgresStore, StoreError> {
+        PostgresStore::open_as(pg, settings, metrics, &replicas::host_from_env()).await
+    }
+
+    /// `open` for a relay on `host`: the claims of an earlier relay registered on the same
+    /// host (which crashed) go back to pending at once.
+    pub(crate) async fn open_as(
+        pg: &PostgresSettings,
+        settings: &StorageSettings,
+        metrics: WriterMetrics,
+        host: &str,
+    ) -> Result<PostgresStore, StoreError> {
         let db = Arc::new(Db::new(pg)?);
         schema::migrate(&db).await?;
+        let (me, returned) = db.run(replicas::register(&db, host)).await?;
+        tracing::info!(
+            replica = me.id.as_str(),
+            live = me.live(),
+            returned,
+            "registered with the relays sharing the schema"
+        );
+        let me = Arc::new(me);
+        let claimer = Claimer {
+            owner: me.num,
+            lease: pg.lease,
+        };
         let ttl_ms = settings.ttl.as_millis() as i64;
         let accepts = {
             let db = db.clone();
@@ -99,7 +149,7 @@ impl PostgresStore {
                 metrics.clone(),
                 move |group| {
                     let db = db.clone();
-                    async move { accept::accept_group(&db, group, ttl_ms).await }
+                    async move { accept::accept_group(&db, group, ttl_ms, &claimer).await }
                 },
             )
         };
@@ -115,6 +165,15 @@ impl PostgresStore {
                 },
             )
         };
+        let held = Arc::new(Held::default());
+        let upkeep = CancellationToken::new();
+        tokio::spawn(leases::keep(
+            db.clone(),
+            me.clone(),
+            held.clone(),
+            pg.lease,
+            upkeep.clone(),
+        ));
         Ok(PostgresStore {
             db,
             accepts,
@@ -122,6 +181,10 @@ impl PostgresStore {
             prune_cursor: AtomicI64::new(0),
             ttl_ms,
             retention_ms: settings.retention.as_millis() as i64,
+            me,
+            claimer,
+            held,
+            upkeep,
         })
     }
 }
@@ -141,13 +204,38 @@ impl Store for PostgresStore {
     }
 
     async fn accept(&self, batch: Vec<Accepted>) -> Result<Vec<Admission>, StoreError> {
+        // The lease of each delivery handed off, which this relay then holds (token 1).
+        let handed: Vec<Vec<Option<i64>>> = batch
+            .iter()
+            .map(|a| {
+                a.deliveries
+                    .iter()
+                    .map(|d| {
+                        d.handed_off
+                            .then(|| self.claimer.lease_ms(d.attempt_timeout))
+                    })
+                    .collect()
+            })
+            .collect();
         let (tx, rx) = oneshot::channel();
         self.accepts.try_send((batch, tx))?;
         // Answered within connect_timeout whatever the server does: a 503 the app retries
-        // (the event may have been kept after all: the retry is then a duplicate, 200).
+        // (the event may have been kept after all: the retry is then a duplicate, 200, and
+        // its handed-off deliveries, held by no one here, are taken over when their leases
+        // run out).
         let db = &self.db;
         let answer = async { rx.await.map_err(|_| stopped())? };
-        db.seen(db.within(db.connect_timeout, answer).await)
+        let admissions = db.seen(db.within(db.connect_timeout, answer).await)?;
+        for (admission, leases) in admissions.iter().zip(handed) {
+            if let Admission::Stored(ids) = admission {
+                for (id, lease) in ids.iter().zip(leases) {
+                    if let Some(lease) = lease {
+                        self.held.hold(*id, 1, lease);
+                    }
+                }
+            }
+        }
+        Ok(admissions)
     }
 
     async fn claim_due(
@@ -155,10 +243,20 @@ impl Store for PostgresStore {
         subscription: &str,
         now_ms: i64,
         limit: usize,
+        attempt_timeout: Duration,
     ) -> Result<Vec<Delivery>, StoreError> {
         let db = &self.db;
-        db.run(claims::claim_due(db, subscription, now_ms, limit))
-            .await
+        let lease_ms = self.claimer.lease_ms(attempt_timeout);
+        db.run(claims::claim_due(
+            db,
+            &self.claimer,
+            &self.held,
+            subscription,
+            now_ms,
+            limit,
+            lease_ms,
+        ))
+        .await
     }
 
     async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, StoreError> {
@@ -166,15 +264,58 @@ impl Store for PostgresStore {
         db.run(claims::next_due_ms(db, subscription)).await
     }
 
-    async fn complete(&self, id: DeliveryId, outcome: Outcome) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        id: DeliveryId,
+        token: ClaimToken,
+        outcome: Outcome,
+    ) -> Result<Completed, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.outcomes.send((id, outcome, tx)).await?;
-        self.db.seen(rx.await.map_err(|_| stopped())?)
+        self.outcomes.send((id, token, outcome, tx)).await?;
+        let completed = self.db.seen(rx.await.map_err(|_| stopped())?)?;
+        self.held.release(id, token);
+        Ok(completed)
     }
 
-    async fn unclaim(&self, ids: Vec<DeliveryId>) -> Result<(), StoreError> {
+    async fn unclaim(&self, claims: Vec<(DeliveryId, ClaimToken)>) -> Result<(), StoreError> {
         let db = &self.db;
-        db.run(claims::unclaim(db, &ids)).await
+        db.run(claims::unclaim(db, &claims)).await?;
+        for (id, token) in claims {
+            self.held.release(id, token);
+        }
+        Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn replicas(&self) -> u64 {
+        self.me.live()
+    }
+
+    async fn take_over_lapsed(&self) -> Result<Vec<String>, StoreError> {
+        let db = &self.db;
+        db.run(leases::take_over_lapsed(db)).await
+    }
+
+    async fn due_subscriptions(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let db = &self.db;
+        db.run(claims::due_subscriptions(db, now_ms)).await
+    }
+
+    async fn leave(&self) -> Result<u64, StoreError> {
+        // No renewal from here on: what is not handed back lapses.
+        self.upkeep.cancel();
+        let claims = self.held.take_all();
+        let db = &self.db;
+        let returned = if claims.is_empty() {
+            0
+        } else {
+            db.run(claims::unclaim(db, &claims)).await?
+        };
+        db.run(replicas::deregister(db, &self.me)).await?;
+        Ok(returned)
     }
 
     async fn stats(&self) -> Result<HashMap<String, QueueStats>, StoreError> {
@@ -299,11 +440,14 @@ impl Store for PostgresStore {
     async fn housekeeping(&self, now_ms: i64) -> Result<Housekeeping, StoreError> {
         let db = &self.db;
         let cutoff = now_ms - self.retention_ms;
+        // A relay silent for a lease is gone: its claims have lapsed by then.
+        let dead_ms = self.claimer.lease.as_millis() as i64;
         db.run(housekeeping::housekeeping(
             db,
             now_ms,
             cutoff,
             &self.prune_cursor,
+            dead_ms,
         ))
         .await
     }

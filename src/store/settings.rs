@@ -334,4 +334,33 @@ mod tests {
         let (_, issues) = parse("storage: {postgres: {schema: x}}");
         assert_eq!(issues, ["storage.postgres.url: missing"]);
     }
+
+    #[test]
+    fn the_lease_defaults_to_a_minute_and_stays_within_5s_to_1h() {
+        let lease = |yaml: &str| {
+            let (s, issues) = parse(yaml);
+            match s.location {
+                StorageLocation::Postgres(pg) if issues.is_empty() => Ok(pg.lease),
+                _ => Err(issues.join("\n")),
+            }
+        };
+        let url = "url: 'postgres://app@db/relay'";
+        assert_eq!(
+            lease(&format!("storage: {{postgres: {{{url}}}}}")),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(
+            lease(&format!("storage: {{postgres: {{{url}, lease: 5s}}}}")),
+            Ok(Duration::from_secs(5))
+        );
+        assert_eq!(
+            lease(&format!("storage: {{postgres: {{{url}, lease: 1h}}}}")),
+            Ok(Duration::from_secs(3600))
+        );
+        for bad in ["4s", "61m", "soon"] {
+            let err =
+                lease(&format!("storage: {{postgres: {{{url}, lease: {bad}}}}}")).unwrap_err();
+            assert!(err.contains("storage.postgres.lease"), "{bad}: {err}");
+        }
+    }
 }

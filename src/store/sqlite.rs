@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::Connection;
@@ -24,9 +25,9 @@ use tokio::sync::mpsc;
 
 use super::settings::{StorageLocation, StorageSettings};
 use super::{
-    Accepted, Admission, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery, DeliveryState,
-    EventStatus, Housekeeping, Outcome, PullMode, Pulled, QueueStats, Release, Store, StoreError,
-    StoredSubscription, WriterMetrics,
+    Accepted, Admission, ClaimToken, Completed, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery,
+    DeliveryState, EventStatus, Housekeeping, Outcome, PullMode, Pulled, QueueStats, Release,
+    Store, StoreError, StoredSubscription, WriterMetrics,
 };
 
 mod accept;
@@ -169,6 +170,7 @@ impl Store for SqliteStore {
         subscription: &str,
         now_ms: i64,
         limit: usize,
+        _attempt_timeout: Duration,
     ) -> Result<Vec<Delivery>, StoreError> {
         let sub = subscription.to_string();
         self.run(false, move |conn| {
@@ -182,11 +184,19 @@ impl Store for SqliteStore {
         self.read(move |conn| claims::next_due_ms(conn, &sub)).await
     }
 
-    async fn complete(&self, id: DeliveryId, outcome: Outcome) -> Result<(), StoreError> {
-        self.outcomes.complete(&self.jobs, id, outcome).await
+    /// One relay per file: every claim is this relay's, so tokens are not kept.
+    async fn complete(
+        &self,
+        id: DeliveryId,
+        _token: ClaimToken,
+        outcome: Outcome,
+    ) -> Result<Completed, StoreError> {
+        self.outcomes.complete(&self.jobs, id, outcome).await?;
+        Ok(Completed::Recorded)
     }
 
-    async fn unclaim(&self, ids: Vec<DeliveryId>) -> Result<(), StoreError> {
+    async fn unclaim(&self, claims: Vec<(DeliveryId, ClaimToken)>) -> Result<(), StoreError> {
+        let ids: Vec<DeliveryId> = claims.into_iter().map(|(id, _)| id).collect();
         self.run(false, move |conn| claims::unclaim(conn, &ids))
             .await
     }

@@ -74,6 +74,7 @@ pub(crate) fn pg_settings(schema: &str) -> PostgresSettings {
         ca: None,
         connect_timeout: Duration::from_secs(5),
         prepared_statements: true,
+        lease: Duration::from_secs(60),
     }
 }
 
@@ -211,17 +212,26 @@ async fn claims_in_order_and_schedules_retries(b: Backend) {
     ])
     .await
     .unwrap();
-    assert!(s.claim_due("a", 50, 10).await.unwrap().is_empty());
-    let claimed = s.claim_due("a", 1000, 10).await.unwrap();
+    assert!(
+        s.claim_due("a", 50, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = s.claim_due("a", 1000, 10, Duration::ZERO).await.unwrap();
     let ids: Vec<_> = claimed.iter().map(|d| d.event_id.to_string()).collect();
     assert_eq!(ids, ["e1", "e2"]);
     assert_eq!(&claimed[0].data[..], b"{\"k\":1}");
     assert!(
-        s.claim_due("a", 1000, 10).await.unwrap().is_empty(),
+        s.claim_due("a", 1000, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
         "claimed once"
     );
     s.complete(
         claimed[0].id,
+        claimed[0].token,
         Outcome::Retry {
             at_ms: 5000,
             status: Some(500),
@@ -230,14 +240,19 @@ async fn claims_in_order_and_schedules_retries(b: Backend) {
     )
     .await
     .unwrap();
-    s.complete(claimed[1].id, Outcome::Delivered { status: 200 })
-        .await
-        .unwrap();
+    s.complete(
+        claimed[1].id,
+        claimed[1].token,
+        Outcome::Delivered { status: 200 },
+    )
+    .await
+    .unwrap();
     assert_eq!(s.next_due_ms("a").await.unwrap(), Some(5000));
-    let again = s.claim_due("a", 5000, 10).await.unwrap();
+    let again = s.claim_due("a", 5000, 10, Duration::ZERO).await.unwrap();
     assert_eq!(again[0].attempts, 1);
     s.complete(
         again[0].id,
+        again[0].token,
         Outcome::Failed {
             status: None,
             error: "x".into(),
@@ -297,9 +312,10 @@ async fn duplicates_return_the_original_result(b: Backend) {
 async fn release_is_rate_limited_per_scope(b: Backend) {
     let s = b.open().await;
     s.accept(vec![accepted("e1", 1, &["a"])]).await.unwrap();
-    let d = s.claim_due("a", 10, 1).await.unwrap();
+    let d = s.claim_due("a", 10, 1, Duration::ZERO).await.unwrap();
     s.complete(
         d[0].id,
+        d[0].token,
         Outcome::Failed {
             status: Some(500),
             error: "x".into(),
@@ -329,7 +345,7 @@ async fn release_is_rate_limited_per_scope(b: Backend) {
         s.release(None, all, 1100, 1000).await.unwrap(),
         Release::Released(0)
     );
-    let again = s.claim_due("a", 200, 1).await.unwrap();
+    let again = s.claim_due("a", 200, 1, Duration::ZERO).await.unwrap();
     assert_eq!(again[0].attempts, 0, "fresh retry budget");
 }
 
@@ -343,8 +359,8 @@ async fn expiry_and_pruning(b: Backend) {
     s.accept(vec![accepted("e1", 0, &["a"]), accepted("e2", 0, &["a"])])
         .await
         .unwrap();
-    let d = s.claim_due("a", 0, 1).await.unwrap();
-    s.complete(d[0].id, Outcome::Delivered { status: 200 })
+    let d = s.claim_due("a", 0, 1, Duration::ZERO).await.unwrap();
+    s.complete(d[0].id, d[0].token, Outcome::Delivered { status: 200 })
         .await
         .unwrap();
     let report = s.housekeeping(100).await.unwrap();
@@ -375,12 +391,12 @@ async fn deleting_a_subscription_cancels_its_deliveries_also_those_stored_later(
     s.accept(vec![accepted("e0", 0, &["api-sub"])])
         .await
         .unwrap();
-    let dead = s.claim_due("api-sub", 0, 1).await.unwrap();
+    let dead = s.claim_due("api-sub", 0, 1, Duration::ZERO).await.unwrap();
     let failed = Outcome::Failed {
         status: Some(500),
         error: "HTTP 500".into(),
     };
-    s.complete(dead[0].id, failed).await.unwrap();
+    s.complete(dead[0].id, dead[0].token, failed).await.unwrap();
     s.accept(vec![accepted("e1", 0, &["api-sub", "other"])])
         .await
         .unwrap();
@@ -396,8 +412,19 @@ async fn deleting_a_subscription_cancels_its_deliveries_also_those_stored_later(
         .unwrap();
     let status = s.event_status("e2").await.unwrap().unwrap();
     assert_eq!(status.deliveries[0].state, DeliveryState::Cancelled);
-    assert!(s.claim_due("api-sub", 100, 10).await.unwrap().is_empty());
-    assert_eq!(s.claim_due("other", 100, 10).await.unwrap().len(), 1);
+    assert!(
+        s.claim_due("api-sub", 100, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.claim_due("other", 100, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     // The name in use again: new deliveries are pending as usual.
     let again = StoredSubscription {
         id: "id-2".into(),
@@ -416,7 +443,13 @@ async fn deleting_a_subscription_cancels_its_deliveries_also_those_stored_later(
     s.accept(vec![accepted("e3", 8, &["api-sub"])])
         .await
         .unwrap();
-    assert_eq!(s.claim_due("api-sub", 100, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.claim_due("api-sub", 100, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn retiring_a_config_subscription_orphans_its_deliveries_until_it_returns(b: Backend) {
@@ -433,8 +466,19 @@ async fn retiring_a_config_subscription_orphans_its_deliveries_until_it_returns(
     s.accept(vec![accepted("e1", 1, &["gone"])]).await.unwrap();
     let status = s.event_status("e1").await.unwrap().unwrap();
     assert_eq!(status.deliveries[0].state, DeliveryState::Orphaned);
-    assert!(s.claim_due("gone", 100, 10).await.unwrap().is_empty());
-    assert_eq!(s.claim_due("kept", 100, 10).await.unwrap().len(), 1);
+    assert!(
+        s.claim_due("gone", 100, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.claim_due("kept", 100, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     // Back in the config: both resume, and new deliveries are pending as usual.
     let (orphaned, resumed) = s
         .retire_subscriptions(vec![], vec!["gone".into()])
@@ -442,7 +486,13 @@ async fn retiring_a_config_subscription_orphans_its_deliveries_until_it_returns(
         .unwrap();
     assert_eq!((orphaned, resumed), (0, 2));
     s.accept(vec![accepted("e2", 2, &["gone"])]).await.unwrap();
-    assert_eq!(s.claim_due("gone", 100, 10).await.unwrap().len(), 3);
+    assert_eq!(
+        s.claim_due("gone", 100, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 pub(crate) fn ordered(id: &str, at: i64, sub: &str, key: &str) -> Accepted {
@@ -465,7 +515,8 @@ async fn keys_holding_nul_or_backslash_are_stored_and_kept_apart(b: Backend) {
     // Two keys, so two heads; the third waits behind the first.
     assert_eq!(claim_ids(&*s, "o").await, ["n1", "n2"]);
     let n1 = s.event_status("n1").await.unwrap().unwrap().deliveries[0].id;
-    s.complete(n1, Outcome::Delivered { status: 200 })
+    // Its first claim (PostgreSQL counts a delivery's claims; SQLite ignores tokens).
+    s.complete(n1, 1, Outcome::Delivered { status: 200 })
         .await
         .unwrap();
     assert_eq!(claim_ids(&*s, "o").await, ["n3"]);
@@ -473,7 +524,7 @@ async fn keys_holding_nul_or_backslash_are_stored_and_kept_apart(b: Backend) {
 
 /// The event ids of the deliveries `sub` can claim now (far in the future).
 pub(crate) async fn claim_ids(s: &dyn Store, sub: &str) -> Vec<String> {
-    s.claim_due(sub, 1_000_000, 100)
+    s.claim_due(sub, 1_000_000, 100, Duration::ZERO)
         .await
         .unwrap()
         .iter()
@@ -502,6 +553,7 @@ async fn ordered_deliveries_go_one_at_a_time_per_key(b: Backend) {
     // A retry keeps the key blocked; the head is retried first.
     s.complete(
         a1,
+        1,
         Outcome::Retry {
             at_ms: 50,
             status: Some(500),
@@ -514,6 +566,7 @@ async fn ordered_deliveries_go_one_at_a_time_per_key(b: Backend) {
     // It finally fails: the next one goes.
     s.complete(
         a1,
+        2,
         Outcome::Failed {
             status: Some(500),
             error: "HTTP 500".into(),
@@ -523,7 +576,7 @@ async fn ordered_deliveries_go_one_at_a_time_per_key(b: Backend) {
     .unwrap();
     assert_eq!(claim_ids(&*s, "o").await, ["a2"]);
     let a2 = id_of(s.event_status("a2").await.unwrap().unwrap());
-    s.complete(a2, Outcome::Delivered { status: 200 })
+    s.complete(a2, 1, Outcome::Delivered { status: 200 })
         .await
         .unwrap();
     assert_eq!(claim_ids(&*s, "o").await, ["a3"]);
@@ -535,7 +588,7 @@ async fn ordered_deliveries_go_one_at_a_time_per_key(b: Backend) {
     assert_eq!(released, Release::Released(1));
     assert_eq!(claim_ids(&*s, "o").await, ["a1"]);
     let a3 = id_of(s.event_status("a3").await.unwrap().unwrap());
-    s.complete(a3, Outcome::Delivered { status: 200 })
+    s.complete(a3, 1, Outcome::Delivered { status: 200 })
         .await
         .unwrap();
     assert_eq!(claim_ids(&*s, "o").await, ["a4"]);
@@ -655,14 +708,25 @@ async fn orphans_wait_for_their_subscription(b: Backend) {
         (1, 0)
     );
     assert_eq!(s.stats().await.unwrap()["gone"].orphaned, 1);
-    assert!(s.claim_due("gone", 10, 10).await.unwrap().is_empty());
+    assert!(
+        s.claim_due("gone", 10, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         s.sync_subscriptions(vec!["kept".into(), "gone".into()])
             .await
             .unwrap(),
         (0, 1)
     );
-    assert_eq!(s.claim_due("gone", 10, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.claim_due("gone", 10, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn dead_letters_can_be_listed_retried_and_deleted(b: Backend) {
@@ -670,9 +734,10 @@ async fn dead_letters_can_be_listed_retried_and_deleted(b: Backend) {
     s.accept(vec![accepted("e1", 0, &["a"]), accepted("e2", 0, &["a"])])
         .await
         .unwrap();
-    for d in s.claim_due("a", 10, 10).await.unwrap() {
+    for d in s.claim_due("a", 10, 10, Duration::ZERO).await.unwrap() {
         s.complete(
             d.id,
+            d.token,
             Outcome::Failed {
                 status: Some(500),
                 error: "HTTP 500".into(),
@@ -706,7 +771,13 @@ async fn dead_letters_can_be_listed_retried_and_deleted(b: Backend) {
             .0,
         DeliveryState::Failed
     );
-    assert_eq!(s.claim_due("a", 20, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.claim_due("a", 20, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(
         s.delete_delivery(next[0].id).await.unwrap(),
         Some(DeliveryState::Failed)
@@ -733,16 +804,21 @@ async fn handed_off_deliveries_are_claimed_already_and_unclaim_returns_them(b: B
         ]
     );
     // In memory already: the feeder does not claim it again.
-    assert!(s.claim_due("a", 100, 10).await.unwrap().is_empty());
-    s.unclaim(vec![ids[0]]).await.unwrap();
-    let claimed = s.claim_due("a", 100, 10).await.unwrap();
+    assert!(
+        s.claim_due("a", 100, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.unclaim(vec![(ids[0], 1)]).await.unwrap();
+    let claimed = s.claim_due("a", 100, 10, Duration::ZERO).await.unwrap();
     assert_eq!(claimed.iter().map(|d| d.id).collect::<Vec<_>>(), [ids[0]]);
     // An outcome for a delivery no longer in flight changes nothing.
-    s.unclaim(vec![ids[0]]).await.unwrap();
+    s.unclaim(vec![(ids[0], claimed[0].token)]).await.unwrap();
     s.delete_subscription("x".into(), "a".into(), 20)
         .await
         .unwrap();
-    s.complete(ids[0], Outcome::Delivered { status: 200 })
+    s.complete(ids[0], claimed[0].token, Outcome::Delivered { status: 200 })
         .await
         .unwrap();
     let status = s.event_status("e1").await.unwrap().unwrap();
@@ -803,7 +879,7 @@ async fn raw_events_keep_their_content_type_and_attributes(b: Backend) {
         attributes: vec![],
     }));
     s.accept(vec![xml, bare]).await.unwrap();
-    let claimed = s.claim_due("a", 100, 10).await.unwrap();
+    let claimed = s.claim_due("a", 100, 10, Duration::ZERO).await.unwrap();
     assert_eq!(&claimed[0].data[..], b"<a>\x00\xff</a>");
     assert_eq!(claimed[0].raw.as_deref(), Some(&*raw));
     assert_eq!(claimed[0].content_type(), "application/xml");
@@ -829,7 +905,10 @@ async fn concurrent_claims_and_pulls_never_share_a_delivery(b: Backend) {
             let mut got = Vec::new();
             loop {
                 let ids: Vec<i64> = if i % 2 == 0 {
-                    let claimed = store.claim_due("push", 1_000, 7).await.unwrap();
+                    let claimed = store
+                        .claim_due("push", 1_000, 7, Duration::ZERO)
+                        .await
+                        .unwrap();
                     claimed.iter().map(|d| d.id).collect()
                 } else {
                     let pulled = store

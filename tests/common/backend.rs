@@ -93,6 +93,25 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The `storage:` line for this schema on the test server, its sessions named `app`
+    /// (`application_name`, so a test can find and kill one relay's connections), with `pg`
+    /// settings of `storage.postgres` (`"lease: 5s"`).
+    pub fn storage_named(&self, app: &str, pg: &str) -> String {
+        let schema = self.schema.as_deref().expect("a PostgreSQL database");
+        let mut url = reqwest::Url::parse(&test_database_url()).unwrap();
+        url.query_pairs_mut().append_pair("application_name", app);
+        let pg = if pg.is_empty() {
+            String::new()
+        } else {
+            format!(", {pg}")
+        };
+        format!(
+            "storage: {{postgres: {{url: '{url}', schema: {schema}, pool: 4, connect_timeout: 2s{pg}}}}}\n"
+        )
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some(schema) = self.schema.clone() else {

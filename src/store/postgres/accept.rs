@@ -11,7 +11,8 @@ use futures_util::future::join4;
 use tokio::sync::oneshot;
 use tokio_postgres::types::Type;
 
-use super::db::{Db, Param, is_connection_error, locks};
+use super::db::{Db, Param, db_now_ms, is_connection_error, locks};
+use super::leases::Claimer;
 use crate::store::{Accepted, Admission, DeliveryId, StoreError, attributes, state_code};
 
 /// One ingest request waiting for the writer: its events and whom to answer.
@@ -20,9 +21,11 @@ pub(super) type AcceptRequest = (
     oneshot::Sender<Result<Vec<Admission>, StoreError>>,
 );
 
-/// Parameters `$1..$7` are the events' columns, `$8..$12` the deliveries' (`$8` the
-/// 1-based position of the delivery's event). A delivery waits behind an unfinished one of
-/// its key, stored before or earlier in the group; a tombstone gives its state first.
+/// Parameters `$1..$7` are the events' columns, `$8..$12` and `$14` the deliveries' (`$8`
+/// the 1-based position of the delivery's event, `$14` a handed-off one's lease in ms);
+/// `$13` is this relay's `replicas` row. A delivery waits behind an unfinished one of its
+/// key, stored before or earlier in the group; a tombstone gives its state first. A handed-
+/// off delivery is this relay's first claim of it (token 1), with a lease if in flight.
 const INSERT: &str = concat!(
     "WITH input AS (
     SELECT t.*, t.ord = min(t.ord) OVER (PARTITION BY t.id) AS first
@@ -35,21 +38,31 @@ const INSERT: &str = concat!(
     ON CONFLICT (id) DO NOTHING
     RETURNING seq, id
 ), wanted AS (
-    SELECT ins.seq, d.sub, d.handed, d.expires, d.key, input.received_at, d.ord,
+    SELECT ins.seq, d.sub, d.handed, d.expires, d.key, d.lease, input.received_at, d.ord,
            t.state AS retired,
            row_number() OVER (PARTITION BY d.sub, d.key ORDER BY d.ord) AS nth
-    FROM unnest($8::int8[], $9::text[], $10::bool[], $11::int8[], $12::text[])
-         WITH ORDINALITY AS d(ev, sub, handed, expires, key, ord)
+    FROM unnest($8::int8[], $9::text[], $10::bool[], $11::int8[], $12::text[], $14::int8[])
+         WITH ORDINALITY AS d(ev, sub, handed, expires, key, lease, ord)
     JOIN input ON input.ord = d.ev AND input.first
     JOIN ins ON ins.id = input.id
     LEFT JOIN {s}.tombstones t ON t.name = d.sub
 ), dl AS (
     INSERT INTO {s}.deliveries (event_seq, subscription, state, received_at, next_attempt_at,
-                                expires_at, ordering_key, finished_at)
+                                expires_at, ordering_key, finished_at, claim_owner, claim_token,
+                                lease_until)
     SELECT w.seq, w.sub, st.state, w.received_at, w.received_at, w.expires, w.key,
            CASE WHEN st.state = ",
     state_code!(Cancelled),
-    " THEN w.received_at END
+    " THEN w.received_at END,
+           CASE WHEN st.state = ",
+    state_code!(InFlight),
+    " THEN $13::int8 END,
+           CASE WHEN w.handed THEN 1 ELSE 0 END,
+           CASE WHEN st.state = ",
+    state_code!(InFlight),
+    " THEN ",
+    db_now_ms!(),
+    " + w.lease END
     FROM wanted w, LATERAL (SELECT CASE
         WHEN w.retired IS NOT NULL THEN w.retired
         WHEN w.key IS NOT NULL AND (w.nth > 1 OR EXISTS (
@@ -95,9 +108,14 @@ fn storable_key(key: &str) -> Cow<'_, str> {
 /// Stores every request of a group in one transaction and answers each. If the group
 /// fails for a reason of its own data (not the connection), each request is tried alone,
 /// so one bad request cannot fail the others.
-pub(super) async fn accept_group(db: &Db, group: Vec<AcceptRequest>, ttl_ms: i64) {
+pub(super) async fn accept_group(
+    db: &Db,
+    group: Vec<AcceptRequest>,
+    ttl_ms: i64,
+    claimer: &Claimer,
+) {
     let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-    match write_within(db, &batches, ttl_ms).await {
+    match write_within(db, &batches, ttl_ms, claimer).await {
         Ok(mut admissions) => {
             for (batch, reply) in batches.iter().zip(replies) {
                 let rest = admissions.split_off(batch.len());
@@ -112,7 +130,8 @@ pub(super) async fn accept_group(db: &Db, group: Vec<AcceptRequest>, ttl_ms: i64
         Err(_) => {
             for (batch, reply) in batches.into_iter().zip(replies) {
                 let one = [batch];
-                let _ = reply.send(write_within(db, &one, ttl_ms).await.map_err(|(e, _)| e));
+                let written = write_within(db, &one, ttl_ms, claimer).await;
+                let _ = reply.send(written.map_err(|(e, _)| e));
             }
         }
     }
@@ -124,9 +143,10 @@ async fn write_within(
     db: &Db,
     batches: &[Vec<Accepted>],
     ttl_ms: i64,
+    claimer: &Claimer,
 ) -> Result<Vec<Admission>, (StoreError, bool)> {
     let limit = db.connect_timeout * 2;
-    tokio::time::timeout(limit, write(db, batches, ttl_ms))
+    tokio::time::timeout(limit, write(db, batches, ttl_ms, claimer))
         .await
         .unwrap_or_else(|_| Err((db.abandon(limit), true)))
 }
@@ -146,6 +166,7 @@ struct Columns<'a> {
     d_handed: Vec<bool>,
     d_expires: Vec<i64>,
     d_key: Vec<Option<Cow<'a, str>>>,
+    d_lease: Vec<i64>,
 }
 
 /// One transaction for every event of `batches`; the admissions in order, or the error and
@@ -154,6 +175,7 @@ async fn write(
     db: &Db,
     batches: &[Vec<Accepted>],
     ttl_ms: i64,
+    claimer: &Claimer,
 ) -> Result<Vec<Admission>, (StoreError, bool)> {
     let mut c = Columns::default();
     for a in batches.iter().flatten() {
@@ -179,11 +201,12 @@ async fn write(
             c.d_expires
                 .push(e.received_at_ms + d.ttl_ms.unwrap_or(ttl_ms));
             c.d_key.push(d.ordering_key.as_deref().map(storable_key));
+            c.d_lease.push(claimer.lease_ms(d.attempt_timeout));
         }
     }
     let keyed = c.d_key.iter().any(Option::is_some);
     let sql = db.sql(INSERT);
-    let params: [Param<'_>; 12] = [
+    let params: [Param<'_>; 14] = [
         (&c.ids, Type::TEXT_ARRAY),
         (&c.types, Type::TEXT_ARRAY),
         (&c.received, Type::INT8_ARRAY),
@@ -196,6 +219,8 @@ async fn write(
         (&c.d_handed, Type::BOOL_ARRAY),
         (&c.d_expires, Type::INT8_ARRAY),
         (&c.d_key, Type::TEXT_ARRAY),
+        (&claimer.owner, Type::INT8),
+        (&c.d_lease, Type::INT8_ARRAY),
     ];
     // Shared: a delete or retire (exclusive) waits for this group, or this group for it,
     // so no delivery of a retired name is stored pending. The ordering lock makes "is the

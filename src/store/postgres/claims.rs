@@ -1,17 +1,19 @@
-//! Claiming due deliveries for their pump (pending -> in flight) in one statement, when the
-//! next one is due, and handing back claims that were never attempted. `SKIP LOCKED`: a
-//! row another transaction is changing is left to it.
+//! Claiming due deliveries for their pump (pending -> in flight, this relay's claim with a
+//! new token and a lease) in one statement, when the next one is due, which subscriptions
+//! have due work, and handing back claims that were never attempted. `SKIP LOCKED`: a row
+//! another transaction (another relay) is changing is left to it.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio_postgres::types::Type;
 
-use super::db::Db;
-use crate::store::{Delivery, DeliveryId, StoreError, attributes, state_code};
+use super::db::{Db, db_now_ms};
+use super::leases::{Claimer, Held};
+use crate::store::{ClaimToken, Delivery, DeliveryId, StoreError, attributes, state_code};
 
-/// `$1` subscription, `$2` now, `$3` limit: due deliveries (through `deliveries_due`),
-/// marked in flight and returned with their events.
+/// `$1` subscription, `$2` now, `$3` limit, `$4` this relay, `$5` the lease in ms: due
+/// deliveries (through `deliveries_due`), claimed and returned with their events.
 const CLAIM_DUE: &str = concat!(
     "WITH due AS (
     SELECT id FROM {s}.deliveries
@@ -23,19 +25,25 @@ const CLAIM_DUE: &str = concat!(
 )
 UPDATE {s}.deliveries d SET state = ",
     state_code!(InFlight),
-    "
+    ", claim_owner = $4, claim_token = d.claim_token + 1, lease_until = ",
+    db_now_ms!(),
+    " + $5
 FROM due, {s}.events e
 WHERE d.id = due.id AND e.seq = d.event_seq
 RETURNING d.id, d.attempts, e.id, e.type, e.data, e.received_at, e.content_type, e.attributes,
-          d.next_attempt_at"
+          d.next_attempt_at, d.claim_token"
 );
 
-/// Claims up to `limit` deliveries of `sub` due at `now_ms`, oldest due first.
+/// Claims up to `limit` deliveries of `sub` due at `now_ms`, oldest due first, each for
+/// `lease_ms`; notes them in `held`.
 pub(super) async fn claim_due(
     db: &Db,
+    claimer: &Claimer,
+    held: &Held,
     sub: &str,
     now_ms: i64,
     limit: usize,
+    lease_ms: i64,
 ) -> Result<Vec<Delivery>, StoreError> {
     let conn = db.conn().await?;
     let rows = db
@@ -46,6 +54,8 @@ pub(super) async fn claim_due(
                 (&sub, Type::TEXT),
                 (&now_ms, Type::INT8),
                 (&(limit as i64), Type::INT8),
+                (&claimer.owner, Type::INT8),
+                (&lease_ms, Type::INT8),
             ],
         )
         .await
@@ -63,7 +73,9 @@ pub(super) async fn claim_due(
                 received_at_ms: r.get(5),
                 raw: attributes::raw_meta(r.get(6), r.get(7)),
                 subscription: name.clone(),
+                token: r.get(9),
             };
+            held.hold(delivery.id, delivery.token, lease_ms);
             (r.get(8), delivery)
         })
         .collect();
@@ -89,20 +101,55 @@ pub(super) async fn next_due_ms(db: &Db, sub: &str) -> Result<Option<i64>, Store
     Ok(rows.first().and_then(|row| row.get(0)))
 }
 
-/// Returns claimed deliveries that were never attempted to pending.
-pub(super) async fn unclaim(db: &Db, ids: &[DeliveryId]) -> Result<(), StoreError> {
+/// Subscriptions with a pending delivery due at `now_ms`: a skip scan over the distinct
+/// names of `deliveries_due`, then each one's earliest due time from the same index.
+pub(super) async fn due_subscriptions(db: &Db, now_ms: i64) -> Result<Vec<String>, StoreError> {
     let conn = db.conn().await?;
-    db.session(&conn)
-        .query(
+    let rows = conn
+        .query_typed(
             &db.sql(concat!(
-                "UPDATE {s}.deliveries SET state = ",
+                "WITH RECURSIVE names AS (
+                    (SELECT subscription AS name FROM {s}.deliveries WHERE state = ",
                 state_code!(Pending),
-                " WHERE id = ANY($1) AND state = ",
-                state_code!(InFlight)
+                " ORDER BY subscription LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT d.subscription FROM {s}.deliveries d WHERE d.state = ",
+                state_code!(Pending),
+                " AND d.subscription > names.name ORDER BY d.subscription LIMIT 1)
+                    FROM names WHERE names.name IS NOT NULL
+                 )
+                 SELECT name FROM names WHERE name IS NOT NULL
+                   AND (SELECT min(d.next_attempt_at) FROM {s}.deliveries d
+                        WHERE d.subscription = names.name AND d.state = ",
+                state_code!(Pending),
+                ") <= $1"
             )),
-            &[(&ids, Type::INT8_ARRAY)],
+            &[(&now_ms, Type::INT8)],
         )
         .await
         .map_err(|e| db.err(e))?;
-    Ok(())
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Returns claimed deliveries that were never attempted to pending, each only while its
+/// claim `(id, token)` still holds it; returns how many went back.
+pub(super) async fn unclaim(
+    db: &Db,
+    claims: &[(DeliveryId, ClaimToken)],
+) -> Result<u64, StoreError> {
+    let (ids, tokens): (Vec<DeliveryId>, Vec<ClaimToken>) = claims.iter().copied().unzip();
+    let conn = db.conn().await?;
+    conn.execute_typed(
+        &db.sql(concat!(
+            "UPDATE {s}.deliveries d SET state = ",
+            state_code!(Pending),
+            ", claim_owner = NULL, lease_until = NULL
+             FROM unnest($1::int8[], $2::int8[]) AS c(id, token)
+             WHERE d.id = c.id AND d.claim_token = c.token AND d.state = ",
+            state_code!(InFlight)
+        )),
+        &[(&ids, Type::INT8_ARRAY), (&tokens, Type::INT8_ARRAY)],
+    )
+    .await
+    .map_err(|e| db.err(e))
 }

@@ -33,7 +33,19 @@ pub(super) mod locks {
     pub const ORDER: i32 = 0x6872_0002;
     /// Shared by ingest, exclusive for tombstone changes (delete, retire).
     pub const RETIRE: i32 = 0x6872_0003;
+    /// Tried (never waited for) by a housekeeping pass: one relay at a time does it.
+    pub const HOUSEKEEPING: i32 = 0x6872_0004;
 }
+
+/// The database's clock, in ms since the epoch, as SQL text for `concat!`. Leases and
+/// heartbeats are written and compared by this clock alone, so relays whose clocks differ
+/// cannot end each other's leases early.
+macro_rules! db_now_ms {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000)::int8"
+    };
+}
+pub(super) use db_now_ms;
 
 /// The pool and what every operation needs to use it.
 pub(super) struct Db {

@@ -1,29 +1,47 @@
 //! Housekeeping: expires overdue deliveries and prunes terminal ones past retention, then
-//! their events, in small batches so a pass never holds locks long.
+//! their events, in small batches so a pass never holds locks long; forgets relays that
+//! died without leaving. One relay at a time: a pass that cannot take the housekeeping lock
+//! at once (another relay's pass holds it) is skipped.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio_postgres::types::Type;
 
-use super::db::Db;
-use super::ordering;
+use super::db::{Db, locks};
+use super::{ordering, replicas};
 use crate::store::{Housekeeping, StoreError, state_code};
 
 /// Rows changed per housekeeping statement.
 const BATCH: i64 = 1000;
 
 /// One pass at `now_ms`: rows finished at or before `cutoff` are pruned; `cursor` is the
-/// highest event `seq` the scan for events without deliveries has passed.
+/// highest event `seq` the scan for events without deliveries has passed; relays silent
+/// for `dead_ms` are removed from the registry.
 pub(super) async fn housekeeping(
     db: &Db,
     now_ms: i64,
     cutoff: i64,
     cursor: &AtomicI64,
+    dead_ms: i64,
 ) -> Result<Housekeeping, StoreError> {
     let mut report = Housekeeping::default();
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(|e| db.err(e))?;
+    let ours: bool = tx
+        .query_typed_one(
+            "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+            &[(&locks::HOUSEKEEPING, Type::INT4), (&db.schema, Type::TEXT)],
+        )
+        .await
+        .map_err(|e| db.err(e))?
+        .get(0);
+    if !ours {
+        // Another relay's pass is running; the next tick tries again.
+        tx.rollback().await.map_err(|e| db.err(e))?;
+        return Ok(report);
+    }
+    replicas::forget_dead(db, &tx, dead_ms).await?;
     let expired = tx
         .query_typed(
             &db.sql(concat!(

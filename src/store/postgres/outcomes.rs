@@ -1,25 +1,38 @@
 //! Attempt outcomes, grouped: every outcome waiting for the writer is recorded by one
-//! statement from arrays (only rows still in flight change), and the keys whose head
-//! finished let their next delivery go, in the same transaction.
+//! statement from arrays, and the keys whose head finished let their next delivery go, in
+//! the same transaction. Only rows still in flight under the outcome's own claim (its
+//! token) change: an outcome whose claim lapsed and was taken by a later one is fenced.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use tokio::sync::oneshot;
 use tokio_postgres::types::Type;
 
 use super::db::Db;
 use super::ordering;
-use crate::store::{DeliveryId, DeliveryState, Outcome, StoreError, state_code};
+use crate::store::{
+    ClaimToken, Completed, DeliveryId, DeliveryState, Outcome, StoreError, state_code,
+};
 
-/// One outcome waiting for the writer, with whom to tell once it is kept.
-pub(super) type OutcomeRequest = (DeliveryId, Outcome, oneshot::Sender<Result<(), StoreError>>);
+/// One outcome of claim `token` waiting for the writer, with whom to tell once it is kept.
+pub(super) type OutcomeRequest = (
+    DeliveryId,
+    ClaimToken,
+    Outcome,
+    oneshot::Sender<Result<Completed, StoreError>>,
+);
 
-/// Records a group of outcomes in one transaction and answers each.
+/// Records a group of outcomes in one transaction and answers each: recorded or fenced.
 pub(super) async fn record_group(db: &Db, group: Vec<OutcomeRequest>) {
     // Given up when the server does not answer: the pumps try again.
     let result = db.within(db.connect_timeout * 2, record(db, &group)).await;
-    for (_, _, reply) in group {
-        let _ = reply.send(result.clone());
+    for (id, token, _, reply) in group {
+        let answer = match &result {
+            Ok(fenced) if fenced.contains(&(id, token)) => Ok(Completed::Fenced),
+            Ok(_) => Ok(Completed::Recorded),
+            Err(e) => Err(e.clone()),
+        };
+        let _ = reply.send(answer);
     }
 }
 
@@ -28,10 +41,15 @@ fn text(s: &str) -> String {
     s.replace('\0', "")
 }
 
-async fn record(db: &Db, group: &[OutcomeRequest]) -> Result<(), StoreError> {
+/// Records the group; returns the outcomes that were fenced, as (id, token).
+async fn record(
+    db: &Db,
+    group: &[OutcomeRequest],
+) -> Result<HashSet<(DeliveryId, ClaimToken)>, StoreError> {
     let now = crate::time::now_ms();
     let n = group.len();
-    let (mut ids, mut states, mut statuses, mut errors) = (
+    let (mut ids, mut tokens, mut states, mut statuses, mut errors) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -42,7 +60,7 @@ async fn record(db: &Db, group: &[OutcomeRequest]) -> Result<(), StoreError> {
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for (id, outcome, _) in group {
+    for (id, token, outcome, _) in group {
         let (state, status, error, at, done) = match outcome {
             Outcome::Delivered { status } => {
                 (DeliveryState::Delivered, Some(*status), None, None, true)
@@ -67,6 +85,7 @@ async fn record(db: &Db, group: &[OutcomeRequest]) -> Result<(), StoreError> {
             ),
         };
         ids.push(*id);
+        tokens.push(*token);
         states.push(state.code() as i32);
         statuses.push(status.map(i32::from));
         errors.push(error);
@@ -76,20 +95,32 @@ async fn record(db: &Db, group: &[OutcomeRequest]) -> Result<(), StoreError> {
     }
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(|e| db.err(e))?;
+    // Kind 1: a row recorded (its subscription, key and new state); kind 2: an outcome
+    // fenced, its delivery claimed again since (the statement sees the tokens before it,
+    // which it does not change).
     let session = db.session_in(&tx);
     let rows = session
         .query(
             &db.sql(concat!(
-                "UPDATE {s}.deliveries d SET state = o.state, attempts = d.attempts + 1,
-                 last_status = o.status, last_error = o.error,
-                 next_attempt_at = coalesce(o.next, d.next_attempt_at),
-                 delivered_at = o.delivered, finished_at = o.finished
-                 FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::int8[], $6::int8[], $7::int8[])
-                      AS o(id, state, status, error, next, delivered, finished)
-                 WHERE d.id = o.id AND d.state = ",
+                "WITH o AS (
+                    SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::int8[])
+                      AS o(id, state, status, error, next, delivered, finished, token)
+                 ), recorded AS (
+                    UPDATE {s}.deliveries d SET state = o.state, attempts = d.attempts + 1,
+                    last_status = o.status, last_error = o.error,
+                    next_attempt_at = coalesce(o.next, d.next_attempt_at),
+                    delivered_at = o.delivered, finished_at = o.finished,
+                    claim_owner = NULL, lease_until = NULL
+                    FROM o
+                    WHERE d.id = o.id AND d.claim_token = o.token AND d.state = ",
                 state_code!(InFlight),
                 "
-                 RETURNING d.subscription, d.ordering_key, d.state"
+                    RETURNING d.subscription, d.ordering_key, d.state
+                 )
+                 SELECT 1, subscription, ordering_key, state, NULL::int8, NULL::int8 FROM recorded
+                 UNION ALL
+                 SELECT 2, NULL, NULL, NULL, o.id, o.token FROM o
+                 JOIN {s}.deliveries d ON d.id = o.id AND d.claim_token <> o.token"
             )),
             &[
                 (&ids, Type::INT8_ARRAY),
@@ -99,16 +130,19 @@ async fn record(db: &Db, group: &[OutcomeRequest]) -> Result<(), StoreError> {
                 (&next, Type::INT8_ARRAY),
                 (&delivered, Type::INT8_ARRAY),
                 (&finished, Type::INT8_ARRAY),
+                (&tokens, Type::INT8_ARRAY),
             ],
         )
         .await
         .map_err(|e| db.err(e))?;
+    let (recorded, fenced): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.get::<_, i32>(0) == 1);
     // A finished head lets the next delivery of its key go.
-    let keys: BTreeSet<(String, String)> = rows
+    let keys: BTreeSet<(String, String)> = recorded
         .iter()
-        .filter(|r| r.get::<_, i32>(2) != DeliveryState::Pending.code() as i32)
-        .filter_map(|r| Some((r.get(0), r.get::<_, Option<String>>(1)?)))
+        .filter(|r| r.get::<_, i32>(3) != DeliveryState::Pending.code() as i32)
+        .filter_map(|r| Some((r.get(1), r.get::<_, Option<String>>(2)?)))
         .collect();
     ordering::promote_next(db, &session, keys).await?;
-    tx.commit().await.map_err(|e| db.err(e))
+    tx.commit().await.map_err(|e| db.err(e))?;
+    Ok(fenced.iter().map(|r| (r.get(4), r.get(5))).collect())
 }

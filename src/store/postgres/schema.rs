@@ -8,12 +8,15 @@ use super::db::{Db, locks};
 use crate::store::{StoreError, state_code};
 
 /// The schema this build writes; older ones are migrated forward at start.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Migrations: entry `i` upgrades a schema from version `i` to `i + 1`. `{s}` is the
 /// quoted schema. States are literals (`state_code!`, `states!`) so that the partial
 /// indexes serve the queries that spell the same literals.
-pub(super) const MIGRATIONS: &[&str] = &[concat!(
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
+
+/// The tables of one relay's queue.
+const V1: &str = concat!(
     "
 CREATE TABLE {s}.events (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -68,7 +71,34 @@ CREATE TABLE {s}.subscriptions (
 );
 CREATE TABLE {s}.tombstones (name text PRIMARY KEY, state integer NOT NULL);
 "
-)];
+);
+
+/// Several relays on one schema: each claim names its relay (`claim_owner`, a `replicas`
+/// row), counts the claims of its delivery (`claim_token`, which fences outcomes) and
+/// lasts until `lease_until` (ms, the database's clock). Version 1 claims have no owner:
+/// they are pending again.
+const V2: &str = concat!(
+    "
+ALTER TABLE {s}.deliveries ADD COLUMN claim_owner bigint,
+    ADD COLUMN claim_token bigint NOT NULL DEFAULT 0,
+    ADD COLUMN lease_until bigint;
+UPDATE {s}.deliveries SET state = ",
+    state_code!(Pending),
+    " WHERE state = ",
+    state_code!(InFlight),
+    ";
+CREATE INDEX deliveries_lease ON {s}.deliveries (lease_until) WHERE state = ",
+    state_code!(InFlight),
+    ";
+CREATE TABLE {s}.replicas (
+    num bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text UNIQUE NOT NULL,
+    host text NOT NULL,
+    started_at bigint,
+    heartbeat_at bigint
+);
+"
+);
 
 /// A failure to open the store, naming the server (redacted) and the schema.
 fn open_error(db: &Db, context: String, source: Option<tokio_postgres::Error>) -> StoreError {
@@ -85,9 +115,9 @@ fn failed(db: &Db, context: &str) -> impl FnOnce(tokio_postgres::Error) -> Store
     move |e| open_error(db, context, Some(e))
 }
 
-/// Creates the schema if missing, refuses one newer than this build, applies the missing
-/// migrations, and (one relay per schema) puts in-flight deliveries back to pending and
-/// forgets the previous run's tombstones. All in one transaction under the migration lock.
+/// Creates the schema if missing, refuses one newer than this build and applies the missing
+/// migrations, in one transaction under the migration lock. Other relays may be running on
+/// the schema: their claims and tombstones are left alone.
 pub(super) async fn migrate(db: &Db) -> Result<(), StoreError> {
     let mut conn = db.conn().await.map_err(|e| StoreError::Open {
         path: db.shown.clone(),
@@ -150,15 +180,5 @@ async fn migrate_in(db: &Db, tx: &tokio_postgres::Transaction<'_>) -> Result<(),
         .await
         .map_err(failed(db, ""))?;
     }
-    // Attempts cut short by a stop are made again (at-least-once); tombstones last a run.
-    tx.batch_execute(&db.sql(concat!(
-        "UPDATE {s}.deliveries SET state = ",
-        state_code!(Pending),
-        " WHERE state = ",
-        state_code!(InFlight),
-        "; DELETE FROM {s}.tombstones;"
-    )))
-    .await
-    .map_err(failed(db, ""))?;
     Ok(())
 }

@@ -171,14 +171,23 @@ pub(super) async fn retire_subscriptions(
 }
 
 /// Orphans the undelivered deliveries of subscriptions not in `known` and resumes the
-/// orphans of those in it; returns (orphaned, resumed).
+/// orphans of those in it; returns (orphaned, resumed). The tombstones of `known` names go
+/// (a name retired or deleted before and in force again); those of other names stay, for
+/// the relays sharing the schema that may still match them.
 pub(super) async fn sync_subscriptions(
     db: &Db,
     known: &[String],
 ) -> Result<(u64, u64), StoreError> {
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(|e| db.err(e))?;
+    lock_retire(db, &tx).await?;
     let moved = move_orphans(db, &tx, known, known, true).await?;
+    tx.execute_typed(
+        &db.sql("DELETE FROM {s}.tombstones WHERE name = ANY($1)"),
+        &[(&known, Type::TEXT_ARRAY)],
+    )
+    .await
+    .map_err(|e| db.err(e))?;
     tx.commit().await.map_err(|e| db.err(e))?;
     Ok(moved)
 }

@@ -15,7 +15,7 @@ use crate::store::tests::{SchemaGuard, accepted, metrics, pg_settings, test_url}
 use crate::store::{Store, StoreError, WriterMetrics};
 
 /// Storage settings around `pg`.
-fn storage(pg: &PostgresSettings) -> StorageSettings {
+pub(super) fn storage(pg: &PostgresSettings) -> StorageSettings {
     StorageSettings {
         location: StorageLocation::Postgres(pg.clone()),
         ..StorageSettings::default()
@@ -27,7 +27,7 @@ async fn open(pg: &PostgresSettings) -> Result<PostgresStore, StoreError> {
 }
 
 /// A direct connection to the test server.
-async fn admin() -> tokio_postgres::Client {
+pub(super) async fn admin() -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&test_url(), tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -36,7 +36,7 @@ async fn admin() -> tokio_postgres::Client {
 }
 
 /// Polls `cond` every 20 ms for up to 10 s.
-async fn eventually<F, Fut>(mut cond: F) -> bool
+pub(super) async fn eventually<F, Fut>(mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -61,7 +61,14 @@ async fn relays_starting_together_migrate_once_and_reopening_changes_nothing() {
     a.accept(vec![accepted("e1", 1, &["x"])]).await.unwrap();
     drop((a, b));
     let again = open(&pg).await.unwrap();
-    assert_eq!(again.claim_due("x", 10, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        again
+            .claim_due("x", 10, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let versions: Vec<i32> = admin()
         .await
         .query(
@@ -214,7 +221,7 @@ async fn an_unreachable_server_is_unavailable_within_connect_timeout_and_recover
     assert!(!store.up());
     assert_eq!(store.refusing(), Some("the database is unreachable"));
     assert!(store.healthy(), "the store keeps running");
-    assert!(store.claim_due("a", 10, 10).await.is_err());
+    assert!(store.claim_due("a", 10, 10, Duration::ZERO).await.is_err());
 
     // The server is back on the same address: the same store works again.
     let _proxy = Proxy::start(port).await;
@@ -228,7 +235,7 @@ async fn an_unreachable_server_is_unavailable_within_connect_timeout_and_recover
         .await
     );
     assert!(store.up() && store.refusing().is_none());
-    let claimed = store.claim_due("a", 10, 10).await.unwrap();
+    let claimed = store.claim_due("a", 10, 10, Duration::ZERO).await.unwrap();
     let ids: Vec<_> = claimed.iter().map(|d| d.event_id.to_string()).collect();
     assert_eq!(ids, ["before", "after"], "nothing refused was stored");
 }
@@ -288,7 +295,7 @@ async fn killed_connections_are_replaced_without_reopening_the_store() {
     assert!(
         eventually(|| async {
             store
-                .claim_due("a", 10, 10)
+                .claim_due("a", 10, 10, Duration::ZERO)
                 .await
                 .is_ok_and(|c| c.len() == 2)
         })

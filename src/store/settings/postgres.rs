@@ -26,6 +26,9 @@ pub struct PostgresSettings {
     /// Whether hot statements are prepared once per connection (named) rather than parsed
     /// and planned on every use; off for a pooler that keeps no prepared statements.
     pub prepared_statements: bool,
+    /// How long a claim lasts without renewal before other relays may take it over
+    /// (at least the subscription's timeout plus 10 s for each claim).
+    pub lease: Duration,
 }
 
 /// TLS to the database server (rustls).
@@ -168,6 +171,7 @@ impl PostgresSettings {
                 "tls",
                 "connect_timeout",
                 "prepared_statements",
+                "lease",
             ],
             issues,
         );
@@ -222,6 +226,12 @@ impl PostgresSettings {
             issues,
         );
         let prepared_statements = pg.boolean("prepared_statements", true, issues);
+        let lease = pg.duration(
+            "lease",
+            Duration::from_secs(5)..=Duration::from_secs(3600),
+            DEFAULT_LEASE,
+            issues,
+        );
         if issues.0.len() > before {
             return None;
         }
@@ -233,9 +243,13 @@ impl PostgresSettings {
             ca,
             connect_timeout,
             prepared_statements,
+            lease,
         })
     }
 }
+
+/// `storage.postgres.lease` when not set.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// The certificates of a PEM file of roots; an error says why it cannot serve.
 pub fn read_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {

@@ -48,6 +48,7 @@ pub(super) fn claim_due(
                 received_at_ms: r.get(5)?,
                 raw: raw_meta(r, 6)?,
                 subscription: name.clone(),
+                token: 0,
             })
         })
         .map_err(sql_error)?

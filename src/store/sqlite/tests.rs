@@ -3,6 +3,7 @@
 //! backend in `store/tests.rs`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use rusqlite::Connection;
@@ -81,7 +82,7 @@ async fn a_version_3_file_migrates_in_place_and_keeps_raw_events() {
     xml.event.data = Bytes::from_static(b"<a/>");
     xml.event.raw = Some(raw.clone());
     s.accept(vec![xml]).await.unwrap();
-    let claimed = s.claim_due("a", 1_000, 10).await.unwrap();
+    let claimed = s.claim_due("a", 1_000, 10, Duration::ZERO).await.unwrap();
     assert_eq!(claimed.len(), 2);
     assert_eq!(
         (&*claimed[0].event_id, claimed[0].raw.as_ref()),
