@@ -1,14 +1,14 @@
 //! Leases on claims, for relays sharing a schema. Every claim (a fresh delivery stored
 //! handed off, or one claimed from the table) names its relay, counts up its delivery's
 //! `claim_token` and lasts until `lease_until` on the database's clock. This relay keeps the
-//! claims it holds (`Held`) and renews them every third of the lease; an outcome or a hand-
+//! claims it holds (`Held`) and renews those held for a third of their lease; an outcome or a hand-
 //! back counts only where the token still matches, so a relay that lost a claim cannot
 //! overwrite its new owner's result. Claims whose lease ran out (their relay died, or lost
 //! the database) are put back to pending by whichever relay looks first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
@@ -39,25 +39,41 @@ impl Claimer {
     }
 }
 
-/// The claims this relay holds: delivery id -> (token, lease in ms).
+/// One claim held: its token, its lease in ms, and when it was taken or last renewed.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    token: ClaimToken,
+    lease_ms: i64,
+    since: Instant,
+}
+
+/// The claims this relay holds, by delivery id.
 #[derive(Debug, Default)]
-pub(super) struct Held(Mutex<HashMap<DeliveryId, (ClaimToken, i64)>>);
+pub(super) struct Held(Mutex<HashMap<DeliveryId, Claim>>);
 
 impl Held {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<DeliveryId, (ClaimToken, i64)>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<DeliveryId, Claim>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Notes a claim taken.
     pub(super) fn hold(&self, id: DeliveryId, token: ClaimToken, lease_ms: i64) {
-        self.map().insert(id, (token, lease_ms));
+        let since = Instant::now();
+        self.map().insert(
+            id,
+            Claim {
+                token,
+                lease_ms,
+                since,
+            },
+        );
     }
 
     /// Forgets a claim (its outcome is recorded, or it went back), unless a later claim of
     /// the same delivery replaced it.
     pub(super) fn release(&self, id: DeliveryId, token: ClaimToken) {
         let mut map = self.map();
-        if map.get(&id).is_some_and(|(t, _)| *t == token) {
+        if map.get(&id).is_some_and(|c| c.token == token) {
             map.remove(&id);
         }
     }
@@ -68,32 +84,42 @@ impl Held {
         self.map().len()
     }
 
-    /// Every claim held, as columns: ids, tokens, leases.
-    fn columns(&self) -> (Vec<DeliveryId>, Vec<ClaimToken>, Vec<i64>) {
+    /// The claims held for a third of their lease or more since taken or renewed, as
+    /// columns: ids, tokens, leases. Most claims end within seconds and are never renewed;
+    /// renewing every claim would rewrite thousands of rows (and lock them against their
+    /// outcomes) at each round.
+    fn due_for_renewal(&self) -> (Vec<DeliveryId>, Vec<ClaimToken>, Vec<i64>) {
         let map = self.map();
-        let mut cols = (
-            Vec::with_capacity(map.len()),
-            Vec::with_capacity(map.len()),
-            Vec::with_capacity(map.len()),
-        );
-        for (id, (token, lease)) in map.iter() {
-            cols.0.push(*id);
-            cols.1.push(*token);
-            cols.2.push(*lease);
+        let mut cols = (Vec::new(), Vec::new(), Vec::new());
+        for (id, c) in map.iter() {
+            if c.since.elapsed().as_millis() as i64 >= c.lease_ms / 3 {
+                cols.0.push(*id);
+                cols.1.push(c.token);
+                cols.2.push(c.lease_ms);
+            }
         }
         cols
     }
 
+    /// Notes that a claim's lease was renewed at `at`, if it is still the one held.
+    fn renewed(&self, id: DeliveryId, token: ClaimToken, at: Instant) {
+        if let Some(c) = self.map().get_mut(&id).filter(|c| c.token == token) {
+            c.since = at;
+        }
+    }
+
     /// Takes every claim out.
     pub(super) fn take_all(&self) -> Vec<(DeliveryId, ClaimToken)> {
-        self.map().drain().map(|(id, (t, _))| (id, t)).collect()
+        self.map().drain().map(|(id, c)| (id, c.token)).collect()
     }
 }
 
-/// Extends the lease of every claim held that is still this relay's; the others were lost
-/// (taken over after their lease ran out) and are forgotten. Returns how many were lost.
+/// Extends the lease of every claim held for a third of its lease that is still this
+/// relay's; the others were lost (taken over after their lease ran out) and are forgotten.
+/// Returns how many were lost.
 pub(super) async fn renew(db: &Db, held: &Held) -> Result<usize, StoreError> {
-    let (ids, tokens, leases) = held.columns();
+    let (ids, tokens, leases) = held.due_for_renewal();
+    let at = Instant::now();
     if ids.is_empty() {
         return Ok(0);
     }
@@ -121,7 +147,9 @@ pub(super) async fn renew(db: &Db, held: &Held) -> Result<usize, StoreError> {
     let kept: std::collections::HashSet<DeliveryId> = rows.iter().map(|r| r.get(0)).collect();
     let mut lost = 0;
     for (id, token) in ids.into_iter().zip(tokens) {
-        if !kept.contains(&id) {
+        if kept.contains(&id) {
+            held.renewed(id, token, at);
+        } else {
             held.release(id, token);
             lost += 1;
         }
@@ -157,8 +185,8 @@ pub(super) async fn take_over_lapsed(db: &Db) -> Result<Vec<String>, StoreError>
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Until `stop`: beats the heartbeat every `HEARTBEAT` and renews the claims held every
-/// third of the lease. Failures (the database unreachable) are retried at the next tick;
+/// Until `stop`: beats the heartbeat every `HEARTBEAT` and, every third of the lease,
+/// renews the claims held for a third of theirs (so each is renewed before it ends). Failures (the database unreachable) are retried at the next tick;
 /// claims whose lease runs out meanwhile are lost to other relays, which is what renewal
 /// finds out when the database is back.
 pub(super) async fn keep(
@@ -226,5 +254,20 @@ mod tests {
         held.hold(8, 3, 1000);
         assert_eq!(held.take_all(), [(8, 3)]);
         assert_eq!(held.len(), 0);
+    }
+
+    #[test]
+    fn only_claims_held_a_third_of_their_lease_are_renewed() {
+        let held = Held::default();
+        held.hold(1, 1, 0);
+        held.hold(2, 1, 60_000);
+        assert_eq!(held.due_for_renewal().0, [1], "a fresh claim waits");
+        held.renewed(1, 2, Instant::now());
+        held.renewed(2, 1, Instant::now());
+        assert_eq!(
+            held.due_for_renewal().0,
+            [1],
+            "another token's renewal changes nothing"
+        );
     }
 }

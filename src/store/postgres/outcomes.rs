@@ -3,7 +3,7 @@
 //! the same transaction. Only rows still in flight under the outcome's own claim (its
 //! token) change: an outcome whose claim lapsed and was taken by a later one is fenced.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use tokio::sync::oneshot;
 use tokio_postgres::types::Type;
@@ -95,32 +95,23 @@ async fn record(
     }
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(|e| db.err(e))?;
-    // Kind 1: a row recorded (its subscription, key and new state); kind 2: an outcome
-    // fenced, its delivery claimed again since (the statement sees the tokens before it,
-    // which it does not change).
+    // The rows still held by the outcome's claim change; the statement joins the arrays to
+    // the rows by primary key (the shape the planner keeps to whatever its row estimates).
     let session = db.session_in(&tx);
     let rows = session
         .query(
             &db.sql(concat!(
-                "WITH o AS (
-                    SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::int8[])
+                "UPDATE {s}.deliveries d SET state = o.state, attempts = d.attempts + 1,
+                 last_status = o.status, last_error = o.error,
+                 next_attempt_at = coalesce(o.next, d.next_attempt_at),
+                 delivered_at = o.delivered, finished_at = o.finished,
+                 claim_owner = NULL, lease_until = NULL
+                 FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::int8[])
                       AS o(id, state, status, error, next, delivered, finished, token)
-                 ), recorded AS (
-                    UPDATE {s}.deliveries d SET state = o.state, attempts = d.attempts + 1,
-                    last_status = o.status, last_error = o.error,
-                    next_attempt_at = coalesce(o.next, d.next_attempt_at),
-                    delivered_at = o.delivered, finished_at = o.finished,
-                    claim_owner = NULL, lease_until = NULL
-                    FROM o
-                    WHERE d.id = o.id AND d.claim_token = o.token AND d.state = ",
+                 WHERE d.id = o.id AND d.claim_token = o.token AND d.state = ",
                 state_code!(InFlight),
                 "
-                    RETURNING d.subscription, d.ordering_key, d.state
-                 )
-                 SELECT 1, subscription, ordering_key, state, NULL::int8, NULL::int8 FROM recorded
-                 UNION ALL
-                 SELECT 2, NULL, NULL, NULL, o.id, o.token FROM o
-                 JOIN {s}.deliveries d ON d.id = o.id AND d.claim_token <> o.token"
+                 RETURNING d.id, d.subscription, d.ordering_key, d.state"
             )),
             &[
                 (&ids, Type::INT8_ARRAY),
@@ -135,14 +126,41 @@ async fn record(
         )
         .await
         .map_err(|e| db.err(e))?;
-    let (recorded, fenced): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.get::<_, i32>(0) == 1);
     // A finished head lets the next delivery of its key go.
-    let keys: BTreeSet<(String, String)> = recorded
+    let keys: BTreeSet<(String, String)> = rows
         .iter()
         .filter(|r| r.get::<_, i32>(3) != DeliveryState::Pending.code() as i32)
         .filter_map(|r| Some((r.get(1), r.get::<_, Option<String>>(2)?)))
         .collect();
     ordering::promote_next(db, &session, keys).await?;
+    // Rarely, an outcome changed nothing: fenced where its delivery was claimed again since
+    // (another token); otherwise it left flight some other way (deleted, retired).
+    let recorded: HashSet<DeliveryId> = rows.iter().map(|r| r.get(0)).collect();
+    let missed: Vec<(DeliveryId, ClaimToken)> = ids
+        .iter()
+        .zip(&tokens)
+        .filter(|(id, _)| !recorded.contains(id))
+        .map(|(id, token)| (*id, *token))
+        .collect();
+    let mut fenced = HashSet::new();
+    if !missed.is_empty() {
+        let missed_ids: Vec<DeliveryId> = missed.iter().map(|(id, _)| *id).collect();
+        let now: HashMap<DeliveryId, ClaimToken> = tx
+            .query_typed(
+                &db.sql("SELECT id, claim_token FROM {s}.deliveries WHERE id = ANY($1)"),
+                &[(&missed_ids, Type::INT8_ARRAY)],
+            )
+            .await
+            .map_err(|e| db.err(e))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        fenced.extend(
+            missed
+                .into_iter()
+                .filter(|(id, token)| now.get(id).is_some_and(|t| t != token)),
+        );
+    }
     tx.commit().await.map_err(|e| db.err(e))?;
-    Ok(fenced.iter().map(|r| (r.get(4), r.get(5))).collect())
+    Ok(fenced)
 }

@@ -95,7 +95,7 @@ UPDATE {s}.deliveries SET state = ",
     ";
 CREATE INDEX deliveries_lease ON {s}.deliveries (lease_until) WHERE state = ",
     state_code!(InFlight),
-    ";
+    " AND lease_until IS NOT NULL;
 CREATE TABLE {s}.replicas (
     num bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id text UNIQUE NOT NULL,
