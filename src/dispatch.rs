@@ -5,7 +5,8 @@
 //! pump only waits on its own subscriber, so a slow or dead receiver never delays another's.
 //! A pull subscription has a lane too, without feeder or pump: it wakes the long polls.
 //! On a store shared by several relays, `pickup` takes over lapsed claims and wakes the
-//! feeders of subscriptions with work another relay handed back.
+//! feeders of subscriptions with work another relay handed back, and the long polls of pull
+//! subscriptions with notifications another relay accepted.
 
 mod feeder;
 mod pickup;
@@ -328,16 +329,6 @@ impl Dispatcher {
         self.with_lane(subscription, |p| p.wake());
     }
 
-    /// Tells a push subscription's feeder that deliveries wait in the store; a pull
-    /// subscription's long polls are left alone.
-    fn wake_feeder(&self, subscription: &str) {
-        self.with_lane(subscription, |p| {
-            if p.queue.is_some() {
-                p.wake();
-            }
-        });
-    }
-
     /// Cancelled when the relay stops (long polls end then).
     pub fn stopping(&self) -> CancellationToken {
         self.shared.shutdown.clone()
@@ -423,6 +414,11 @@ impl Route {
     /// handed over outlasts.
     pub fn attempt_timeout(&self) -> Duration {
         self.lane.timeout
+    }
+
+    /// The delivery goes to a pull subscription's queue (its lane has no pump).
+    pub fn pulled(&self) -> bool {
+        self.lane.queue.is_none()
     }
 
     /// After the commit: counts the match, then hands the delivery to the pump, or tells the

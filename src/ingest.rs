@@ -473,6 +473,7 @@ async fn commit_and_hand_off(
                 ttl_ms: r.ttl_ms(),
                 ordering_key: r.ordering().key_of(data.as_ref()),
                 attempt_timeout: r.attempt_timeout(),
+                pulled: r.pulled(),
             })
             .collect();
         handoffs.push((Handoff::of(&event), routes));

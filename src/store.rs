@@ -91,6 +91,9 @@ pub struct NewDelivery {
     /// The subscription's attempt timeout: a shared store's claim of a handed-off delivery
     /// lasts at least this long plus a margin (zero: no floor).
     pub attempt_timeout: Duration,
+    /// It goes to a pull subscription's queue, which consumers take in id order: a shared
+    /// store then gives its id in commit order.
+    pub pulled: bool,
 }
 
 impl NewDelivery {
@@ -102,6 +105,7 @@ impl NewDelivery {
             ttl_ms: None,
             ordering_key: None,
             attempt_timeout: Duration::ZERO,
+            pulled: false,
         }
     }
 }

@@ -2,8 +2,11 @@
 //! are counted (every rate limit takes its share of them); claims whose
 //! lease ran out (their relay died, or lost the database) go back to pending, counted in
 //! `hookrelay_lease_takeovers_total`; then the feeders of the subscriptions with due work
-//! are woken. A hand-back or takeover by another relay notifies no feeder here, and an idle
-//! feeder otherwise looks again only after its own recheck.
+//! are woken, and the long polls of pull subscriptions with available notifications. A
+//! hand-back or takeover by another relay notifies no feeder here, and an idle feeder
+//! otherwise looks again only after its own recheck; an event another relay accepted
+//! notifies no long poll here, which would otherwise wait to its end: so a long poll learns
+//! of it within `EVERY`.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -47,7 +50,7 @@ pub(super) async fn run(dispatcher: Dispatcher) {
             Err(e) => tracing::warn!(error = %e, "cannot look for due deliveries"),
         }
         for name in &wake {
-            dispatcher.wake_feeder(name);
+            dispatcher.wake(name);
         }
     }
 }

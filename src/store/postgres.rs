@@ -46,6 +46,8 @@ mod leases;
 mod ordering;
 mod outcomes;
 mod pull;
+#[cfg(test)]
+mod pull_tests;
 mod queries;
 #[cfg(test)]
 mod replica_tests;

@@ -105,6 +105,26 @@ fn storable_key(key: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The group's advisory locks: the retire lock shared, then the ordering lock if it stores
+/// a keyed delivery, then the queue lock if it stores a pull delivery (`$1..$3` the classes,
+/// `$4` the schema; an unused class is only read, so every variant has the same parameters).
+fn lock_statement(keyed: bool, pulled: bool) -> &'static str {
+    match (keyed, pulled) {
+        (false, false) => {
+            "SELECT pg_advisory_xact_lock_shared($1, hashtext($4)), $2::int4, $3::int4"
+        }
+        (true, false) => {
+            "SELECT pg_advisory_xact_lock_shared($1, hashtext($4)), pg_advisory_xact_lock($2, hashtext($4)), $3::int4"
+        }
+        (false, true) => {
+            "SELECT pg_advisory_xact_lock_shared($1, hashtext($4)), $2::int4, pg_advisory_xact_lock($3, hashtext($4))"
+        }
+        (true, true) => {
+            "SELECT pg_advisory_xact_lock_shared($1, hashtext($4)), pg_advisory_xact_lock($2, hashtext($4)), pg_advisory_xact_lock($3, hashtext($4))"
+        }
+    }
+}
+
 /// Stores every request of a group in one transaction and answers each. If the group
 /// fails for a reason of its own data (not the connection), each request is tried alone,
 /// so one bad request cannot fail the others.
@@ -205,6 +225,11 @@ async fn write(
         }
     }
     let keyed = c.d_key.iter().any(Option::is_some);
+    let pulled = batches
+        .iter()
+        .flatten()
+        .flat_map(|a| &a.deliveries)
+        .any(|d| d.pulled);
     let sql = db.sql(INSERT);
     let params: [Param<'_>; 14] = [
         (&c.ids, Type::TEXT_ARRAY),
@@ -224,15 +249,14 @@ async fn write(
     ];
     // Shared: a delete or retire (exclusive) waits for this group, or this group for it,
     // so no delivery of a retired name is stored pending. The ordering lock makes "is the
-    // key busy" and a head's promotion happen one after the other.
-    let lock = if keyed {
-        "SELECT pg_advisory_xact_lock_shared($1, hashtext($3)), pg_advisory_xact_lock($2, hashtext($3))"
-    } else {
-        "SELECT pg_advisory_xact_lock_shared($1, hashtext($3)), $2::int4"
-    };
-    let lock_params: [Param<'_>; 3] = [
+    // key busy" and a head's promotion happen one after the other. The queue lock, held
+    // from before the INSERT to the COMMIT by every group with a pull delivery, gives those
+    // ids in commit order (see `locks::QUEUE`). Always taken in this order.
+    let lock = lock_statement(keyed, pulled);
+    let lock_params: [Param<'_>; 4] = [
         (&locks::RETIRE, Type::INT4),
         (&locks::ORDER, Type::INT4),
+        (&locks::QUEUE, Type::INT4),
         (&db.schema, Type::TEXT),
     ];
     let conn = db.conn().await.map_err(|e| (e, true))?;

@@ -35,6 +35,10 @@ pub(super) mod locks {
     pub const RETIRE: i32 = 0x6872_0003;
     /// Tried (never waited for) by a housekeeping pass: one relay at a time does it.
     pub const HOUSEKEEPING: i32 = 0x6872_0004;
+    /// Held (exclusive, to the commit) by every accept group that stores a pull delivery,
+    /// from before its INSERT: ids are then given in commit order, so a pull taking the
+    /// lowest ids never passes one that commits later. Taken after `RETIRE` and `ORDER`.
+    pub const QUEUE: i32 = 0x6872_0005;
 }
 
 /// The database's clock, in ms since the epoch, as SQL text for `concat!`. Leases and
