@@ -103,7 +103,11 @@ async fn api_subscriptions_are_shared(pg: &str) {
     }
     assert!(deadline(|| async { yaml_rx.count() >= 6 }).await);
     // C's file lacks yaml-x (a rolling update in progress): its start must not orphan it.
-    let c = Replica::start(&db, "cat-c", pg, "");
+    let c_own = format!(
+        "subscriptions:\n  - {{name: c-own, url: '{}', events: ['c.*']}}\n",
+        yaml_rx.url("/c")
+    );
+    let c = Replica::start(&db, "cat-c", pg, &c_own);
     for id in &yaml_ids {
         let states = matched(&a, id).await;
         assert!(
@@ -181,6 +185,34 @@ async fn api_subscriptions_are_shared(pg: &str) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(ids(&second), ["api-c2"]);
     assert_eq!(ids(&first).len(), 2);
+
+    // An API subscription named as C's config one: in force on A and B, left out on C,
+    // whose config subscription keeps the name.
+    let (status, clash) = api(
+        &a,
+        Method::POST,
+        "/v1/subscriptions",
+        Some(json!({"name": "c-own", "url": first.url("/clash"), "events": ["c.*"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{clash}");
+    let logged = deadline(|| async {
+        !c.take_logged("API subscription registered through another relay left out: this relay's config file declares the name").is_empty()
+    })
+    .await;
+    assert!(logged, "C did not leave the clashing subscription out");
+    let (status, own) = api(&c, Method::GET, "/v1/subscriptions/c-own", None).await;
+    assert_eq!(
+        (status, own["source"].as_str()),
+        (200, Some("config")),
+        "{own}"
+    );
+    let (status, on_b) = api(&b, Method::GET, "/v1/subscriptions/c-own", None).await;
+    assert_eq!(
+        (status, on_b["source"].as_str()),
+        (200, Some("api")),
+        "{on_b}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,6 +97,13 @@ impl Catalog {
             return Ok(out);
         }
 
+        // Stopped first: a name deleted and created again through another relay (a new id)
+        // is stopped under its old id, then started under its new one.
+        let mut waiters = Vec::new();
+        for sub in &stop {
+            waiters.extend(self.dispatcher.arrivals(&sub.name));
+            self.dispatcher.remove(&sub.name);
+        }
         for (sub, old) in &start {
             if sub.own_metrics {
                 self.metrics.init_subscription(&sub.name);
@@ -108,11 +115,6 @@ impl Catalog {
                 self.unorder(vec![sub.name.clone()]).await;
             }
             self.dispatcher.add(sub.clone());
-        }
-        let mut waiters = Vec::new();
-        for sub in &stop {
-            waiters.extend(self.dispatcher.arrivals(&sub.name));
-            self.dispatcher.remove(&sub.name);
         }
         let version = {
             let mut state = self.lock();
@@ -133,7 +135,11 @@ impl Catalog {
             }
             for (id, name) in &left_out {
                 state.taken.insert(id.clone(), id.clone());
-                state.taken.insert(name.clone(), id.clone());
+                // A config subscription of the name keeps it.
+                state
+                    .taken
+                    .entry(name.clone())
+                    .or_insert_with(|| id.clone());
                 state.left_out.insert(id.clone(), name.clone());
             }
             state.version += 1;
@@ -146,7 +152,8 @@ impl Catalog {
             waiters.notify_waiters();
         }
         for sub in &stop {
-            if sub.own_metrics {
+            let restarted = start.iter().any(|(s, _)| s.name == sub.name);
+            if sub.own_metrics && !restarted {
                 self.metrics.remove_subscription(&sub.name);
             }
             tracing::info!(
