@@ -22,11 +22,11 @@ use arc_swap::ArcSwap;
 use crate::dispatch::{Dispatcher, Lane};
 use crate::matching::Matcher;
 use crate::metrics::{FinalOutcome, Metrics};
-use crate::secret::Keyring;
-use crate::store::{Store, StoreError, StoredSubscription};
+use crate::store::{Store, StoreError};
 use crate::subscription::{self, SHARED_METRIC_LABEL, Source, Subscription};
 use crate::time::now_ms;
 pub use load::Policy;
+use load::stored;
 use rebuild::Builder;
 
 /// API subscriptions that may have their own metric series; the rest share `_api`.
@@ -621,21 +621,4 @@ fn lanes(dispatcher: &Dispatcher, subs: Vec<Arc<Subscription>>) -> Vec<Entry> {
             }
         })
         .collect()
-}
-
-/// What the store keeps of an API subscription: its secrets sealed when keys are set (a
-/// row stored in plaintext before is sealed here the next time it is saved).
-fn stored(sub: &Subscription, keys: &Keyring) -> Result<StoredSubscription, StoreError> {
-    let (created_at_ms, updated_at_ms) = sub.changed.unwrap_or((0, 0));
-    let spec = sub
-        .spec
-        .sealed(keys)
-        .map_err(|e| StoreError::unavailable_from("cannot encrypt its secrets", e))?;
-    Ok(StoredSubscription {
-        id: sub.id.clone(),
-        name: sub.name.clone(),
-        spec: spec.to_string(),
-        created_at_ms,
-        updated_at_ms,
-    })
 }

@@ -1,5 +1,6 @@
-//! Reading API subscriptions from the store: all of them at startup (`load`), and one at a
-//! time when another relay sharing the store changed them (`admit`, from `sync`). A stored
+//! API subscriptions to and from the store: their rows, secrets sealed (`stored`); all of
+//! them read at startup (`load`), and one at a time when another relay sharing the store
+//! changed them (`admit`, from `sync`). A stored
 //! subscription that no longer validates (a tighter destination policy), or whose secrets
 //! were sealed with a key no longer in `storage.encryption_keys`, is left out, loudly: its
 //! name stays taken and it can be deleted.
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use super::{ApiLoaded, CatalogError};
 use crate::deliver::destination::DestinationGuard;
 use crate::secret::{Keyring, KeyringError};
-use crate::store::{Store, StoredSubscription};
+use crate::store::{Store, StoreError, StoredSubscription};
 use crate::subscription::{Subscription, open_secrets};
 
 /// What API subscriptions read from the store are admitted under.
@@ -99,4 +100,21 @@ pub(super) fn admit(
             None
         }
     }
+}
+
+/// What the store keeps of an API subscription: its secrets sealed when keys are set (a
+/// row stored in plaintext before is sealed here the next time it is saved).
+pub(super) fn stored(sub: &Subscription, keys: &Keyring) -> Result<StoredSubscription, StoreError> {
+    let (created_at_ms, updated_at_ms) = sub.changed.unwrap_or((0, 0));
+    let spec = sub
+        .spec
+        .sealed(keys)
+        .map_err(|e| StoreError::unavailable_from("cannot encrypt its secrets", e))?;
+    Ok(StoredSubscription {
+        id: sub.id.clone(),
+        name: sub.name.clone(),
+        spec: spec.to_string(),
+        created_at_ms,
+        updated_at_ms,
+    })
 }
