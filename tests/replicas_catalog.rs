@@ -2,7 +2,8 @@
 //! created through A's API receives the events posted to B and C, an update through B is in
 //! force on C, a delete through C stops deliveries on A, each within a second. A subscription
 //! that two relays' config files declare and the third's lacks (mid rolling update) is not
-//! orphaned when the third starts. Once with the `LISTEN` connection, once by the periodic
+//! orphaned when the third starts, nor is one a relay's file gains by a reload when a fourth starts
+//! without it. Once with the `LISTEN` connection, once by the periodic
 //! resync alone (its listener pointed at a port where nothing listens, as through a pooler).
 
 mod common;
@@ -213,6 +214,33 @@ async fn api_subscriptions_are_shared(pg: &str) {
         (200, Some("api")),
         "{on_b}"
     );
+    // C's file gains c-new by a reload; its deliveries (to a refusing receiver) stay
+    // pending when D starts without it.
+    refusing.store(true, Ordering::SeqCst);
+    let path = db.dir.path().join("cat-c.yaml");
+    let mut file = std::fs::read_to_string(&path).unwrap();
+    file.push_str(&format!(
+        "  - {{name: c-new, url: '{}', events: ['new.*'], retries: 20, backoff: {{schedule: [300ms], overload_floor: 0s}}}}\n",
+        yaml_rx.url("/new")
+    ));
+    std::fs::write(&path, file).unwrap();
+    let reloaded = deadline(|| async { !c.take_logged("config reloaded").is_empty() }).await;
+    assert!(reloaded, "C did not reload its file");
+    assert_eq!(c.post(&event("new.e", "n-1")).await, 202);
+    let d = Replica::start(&db, "cat-d", pg, "");
+    let states = matched(&d, "n-1").await;
+    assert_eq!(states.len(), 1, "{states:?}");
+    assert_eq!(states[0].0, "c-new");
+    assert_ne!(
+        states[0].1, "orphaned",
+        "D's start orphaned c-new, which C declares"
+    );
+    refusing.store(false, Ordering::SeqCst);
+    let delivered = deadline(|| async {
+        matched(&d, "n-1").await == [("c-new".to_string(), "delivered".to_string())]
+    })
+    .await;
+    assert!(delivered, "c-new's delivery was not delivered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
