@@ -418,6 +418,10 @@ async fn every_change_to_api_subscriptions_moves_the_revision_and_notifies() {
     })
     .await
     .unwrap();
+    // One notification per change, each taken before the next change.
+    tokio::time::timeout(Duration::from_secs(2), signal.notified())
+        .await
+        .expect("a notification for the update");
     let r2 = b.catalog_revision().await.unwrap().unwrap();
     assert!(r2 > r1, "{r1} -> {r2}");
     a.delete_subscription("id-1".into(), "n".into(), 3)
