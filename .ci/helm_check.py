@@ -178,7 +178,7 @@ def hookrelay_container(spec: dict[str, Any], name: str = "hookrelay") -> tuple[
 
 
 def assert_sidecar(r: Rendered, workload: dict[str, Any], mode: str, persistence: bool,
-                   cm_name: str) -> None:
+                   cm_name: str, shared: bool = False) -> None:
     spec = pod_spec(workload)
     where, c = hookrelay_container(spec)
     if mode == "native":
@@ -216,14 +216,23 @@ def assert_sidecar(r: Rendered, workload: dict[str, Any], mode: str, persistence
           f"{r.label}: the ConfigMap must be mounted as a directory, without subPath (hot reload)")
     for m in c.get("volumeMounts") or []:
         check("subPath" not in m, f"{r.label}: mount {m['name']} uses subPath")
-    check(mounts.get("hookrelay-data", {}).get("mountPath") == "/var/lib/hookrelay",
-          f"{r.label}: data volume must be mounted at /var/lib/hookrelay")
+    if shared:
+        check("hookrelay-data" not in mounts, f"{r.label}: sharedStore needs no data volume")
+    else:
+        check(mounts.get("hookrelay-data", {}).get("mountPath") == "/var/lib/hookrelay",
+              f"{r.label}: data volume must be mounted at /var/lib/hookrelay")
     check(mounts.get("hookrelay-tmp", {}).get("mountPath") == "/tmp", f"{r.label}: /tmp volume missing")
 
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
     check(volumes.get("hookrelay-config", {}).get("configMap", {}).get("name") == cm_name,
           f"{r.label}: hookrelay-config volume must use ConfigMap {cm_name}")
-    if persistence:
+    if shared:
+        check(workload["kind"] == "Deployment", f"{r.label}: sharedStore runs a Deployment")
+        check("hookrelay-data" not in volumes, f"{r.label}: sharedStore needs no data volume")
+        env = {e["name"]: e for e in c.get("env") or []}
+        ref = env.get("HOOKRELAY_DATABASE_URL", {}).get("valueFrom", {}).get("secretKeyRef", {})
+        check(ref.get("name") and ref.get("key"), f"{r.label}: HOOKRELAY_DATABASE_URL must come from a Secret")
+    elif persistence:
         check(workload["kind"] == "StatefulSet", f"{r.label}: persistence needs a StatefulSet")
         vct = workload["spec"].get("volumeClaimTemplates") or []
         check([t["metadata"]["name"] for t in vct] == ["hookrelay-data"],
@@ -236,13 +245,20 @@ def assert_sidecar(r: Rendered, workload: dict[str, Any], mode: str, persistence
         check("emptyDir" in volumes.get("hookrelay-data", {}), f"{r.label}: hookrelay-data must be an emptyDir")
 
 
-def assert_configmap(r: Rendered, cm_name: str) -> dict[str, Any]:
+def assert_configmap(r: Rendered, cm_name: str, shared: bool = False) -> dict[str, Any]:
     cms = [o for o in r.of_kind("ConfigMap") if o["metadata"]["name"] == cm_name]
     check(len(cms) == 1, f"{r.label}: ConfigMap {cm_name} missing")
     config = yaml.safe_load(cms[0]["data"]["config.yaml"])
     check(isinstance(config, dict), f"{r.label}: config.yaml is not a mapping")
-    check(config.get("storage", {}).get("path") == "/var/lib/hookrelay/hookrelay.db",
-          f"{r.label}: storage.path must be /var/lib/hookrelay/hookrelay.db")
+    storage = config.get("storage", {})
+    if shared:
+        check(storage.get("postgres", {}).get("url") == "${HOOKRELAY_DATABASE_URL}",
+              f"{r.label}: storage.postgres.url must be ${{HOOKRELAY_DATABASE_URL}}")
+        check(not {"path", "sync", "max_size", "reserve", "memory"} & set(storage),
+              f"{r.label}: the SQLite file's keys must go with sharedStore: {sorted(storage)}")
+    else:
+        check(storage.get("path") == "/var/lib/hookrelay/hookrelay.db",
+              f"{r.label}: storage.path must be /var/lib/hookrelay/hookrelay.db")
     for key in ("app", "api", "ops"):
         check(config.get("listen", {}).get(key), f"{r.label}: listen.{key} missing")
     relay_check(r.label, cms[0]["data"]["config.yaml"])
@@ -256,7 +272,9 @@ def relay_check(label: str, text: str) -> None:
     if not binary:
         return
     env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
-    env.update({name: "placeholder-secret" for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text)})
+    for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text):
+        env[name] = ("postgres://relay:placeholder-secret@db.invalid:5432/app"
+                     if name.endswith("DATABASE_URL") else "placeholder-secret")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         f.write(text)
         f.flush()
@@ -512,6 +530,11 @@ def main() -> None:
             ({"service": {"enabled": True}}, "config.listen.api", "Service with a loopback listen.api"),
             ({"config": {"listen": {"api": "0.0.0.0:8788"}}}, "config.api.token", "non-loopback api without token"),
             ({"monitoring": {"serviceMonitor": {"enabled": True}}}, "needs service.enabled", "ServiceMonitor without Service"),
+            ({"sharedStore": {"enabled": True, "urlSecret": {"name": "db", "key": "url"}}, "persistence": {"enabled": True}},
+             "set persistence.enabled=false", "sharedStore with a data volume"),
+            ({"sharedStore": {"enabled": True}}, "sharedStore.urlSecret.name", "sharedStore without the URL's Secret"),
+            ({"sharedStore": {"enabled": True, "urlSecret": {"name": "db", "key": "url"}, "postgres": {"url": "postgres://u:p@h/d"}}},
+             "sharedStore/postgres/url", "an inlined database URL"),
         ):
             expect_render_failure(values, needle, what)
 
@@ -522,13 +545,21 @@ def main() -> None:
             values = dict(value_sets).get(r.label, {})
             merged_mode = (values.get("sidecar") or {}).get("mode", "native")
             persistence = bool((values.get("persistence") or {}).get("enabled"))
+            shared = bool((values.get("sharedStore") or {}).get("enabled"))
             fullname = "hookrelay" if r.label == "release-hookrelay" else f"{RELEASE}-hookrelay"
             cm_name = f"{fullname}-config"
-            config = assert_configmap(r, cm_name)
+            config = assert_configmap(r, cm_name, shared)
             workloads = r.workloads()
             check(len(workloads) == 1, f"{r.label}: expected one workload, found {len(workloads)}")
             w = workloads[0]
-            assert_sidecar(r, w, merged_mode, persistence, cm_name)
+            assert_sidecar(r, w, merged_mode, persistence, cm_name, shared)
+            check(w["spec"]["replicas"] == values.get("replicaCount", 1), f"{r.label}: replicas")
+            pdbs = r.of_kind("PodDisruptionBudget")
+            want_pdb = bool((values.get("podDisruptionBudget") or {}).get("enabled"))
+            check(len(pdbs) == int(want_pdb), f"{r.label}: PodDisruptionBudget only when enabled")
+            for pdb in pdbs:
+                check(matches(pdb["spec"]["selector"]["matchLabels"], pod_labels(w)),
+                      f"{r.label}: the PodDisruptionBudget must select the pods")
             spec = pod_spec(w)
             check(spec.get("terminationGracePeriodSeconds") == 30, f"{r.label}: terminationGracePeriodSeconds 30")
             app = [c for c in spec["containers"] if c["name"] == "app"]
@@ -564,6 +595,7 @@ def main() -> None:
         check(json.loads(dash[0]["data"]["hookrelay.json"])["uid"] == "hookrelay", "dashboard ConfigMap content")
         container = [r for r in renders if r.label == "container-values.yaml"]
         check(container, "ci/container-values.yaml missing")
+        check(any(r.label == "shared-values.yaml" for r in renders), "ci/shared-values.yaml missing")
 
     step("chart assertions (sidecar placement, ConfigMap without subPath, securityContext, persistence, monitors)", assertions)
 

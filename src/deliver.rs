@@ -29,7 +29,7 @@ use allowance::{Allowance, AllowanceLayer};
 use auth::AuthLayer;
 use classify::{ClassifyConfig, ClassifyLayer};
 use email::{MailAttempt, Mailer};
-use rate_limit::RateLimitLayer;
+use rate_limit::{RateLimitLayer, Relays};
 use verdict::{Reply, Verdict};
 
 /// The concurrency a subscription's stack is held to.
@@ -40,6 +40,8 @@ pub struct Caps {
     /// The pool it shares with others, if any: API subscriptions share
     /// `delivery.api_max_in_flight`; config ones have their own slots.
     pub pool: Option<Arc<Semaphore>>,
+    /// The relays its `rate_limit` is shared by (each sends its share).
+    pub relays: Relays,
 }
 
 /// A subscription's attempt service: its channel's request in, a verdict out.
@@ -102,10 +104,13 @@ where
 {
     let service = ServiceBuilder::new()
         // Rate limit first, so waiting for a token holds no concurrency slot.
-        .option_layer(
-            push.rate_limit
-                .map(|r| RateLimitLayer::new(r, metrics.rate_limited.with_label_values(&[label]))),
-        )
+        .option_layer(push.rate_limit.map(|r| {
+            RateLimitLayer::new(
+                r,
+                caps.relays.clone(),
+                metrics.rate_limited.with_label_values(&[label]),
+            )
+        }))
         // Per-subscription cap, adapted to the receiver: a slow receiver only ever holds its
         // own slots, and a hanging one soon holds one. Outside the classification, which it
         // learns from.

@@ -12,6 +12,7 @@ mod pickup;
 mod pump;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use crate::deliver::allowance::Allowance;
 use crate::deliver::destination::{DestinationGuard, Lookup, Policy};
 use crate::deliver::email::{self, Mailer};
 use crate::deliver::http_post::{self, Clients, DeliverError};
+use crate::deliver::rate_limit::Relays;
 use crate::deliver::settings::DeliverySettings;
 use crate::deliver::{self, AttemptService, Caps, via};
 use crate::metrics::{FinalOutcome, Metrics};
@@ -57,6 +59,8 @@ struct Shared {
     api_pool: Arc<Semaphore>,
     /// The most of `api_pool` one API subscription may hold.
     api_share: usize,
+    /// The live relays on the store, which share every rate limit (1 unless shared).
+    relays: Relays,
     shutdown: CancellationToken,
     attempts: TaskTracker,
 }
@@ -115,6 +119,7 @@ impl Dispatcher {
                 "no slots are left for API subscriptions: they cannot deliver; raise delivery.max_in_flight_total"
             );
         }
+        let relays = Arc::new(AtomicU64::new(store.replicas().max(1)));
         let dispatcher = Dispatcher {
             lanes: Arc::default(),
             shared: Arc::new(Shared {
@@ -125,6 +130,7 @@ impl Dispatcher {
                 relay_id: via::new_relay_id().into(),
                 api_pool: Arc::new(Semaphore::new(api_pool)),
                 api_share: DeliverySettings::api_share(api_pool),
+                relays,
                 shutdown,
                 attempts,
             }),
@@ -199,10 +205,12 @@ impl Dispatcher {
             Source::Config => Caps {
                 allowance: Allowance::new(push.max_in_flight),
                 pool: None,
+                relays: self.shared.relays.clone(),
             },
             Source::Api => Caps {
                 allowance: Allowance::new(push.max_in_flight.min(self.shared.api_share)),
                 pool: Some(self.shared.api_pool.clone()),
+                relays: self.shared.relays.clone(),
             },
         }
     }

@@ -1,7 +1,8 @@
 //! Three relay processes on one PostgreSQL schema behave as one queue: a relay killed with
 //! `kill -9` loses nothing (its claims are taken over when their leases run out), a relay
 //! stopped by SIGTERM hands its claims back at once, and a relay whose database connections
-//! are killed mid-load recovers without losing anything.
+//! are killed mid-load recovers without losing anything, and a subscription's rate limit
+//! is what its receiver sees from the three together.
 
 mod common;
 
@@ -23,6 +24,8 @@ use tokio::sync::Notify;
 struct Hit {
     id: String,
     via: String,
+    /// When it arrived.
+    at: Instant,
 }
 
 /// A receiver that can be paused (requests wait until it resumes) and that can hang the
@@ -89,6 +92,7 @@ async fn receive(State(hooks): State<Arc<Hooks>>, headers: HeaderMap) -> &'stati
             .unwrap_or_default()
             .trim()
             .to_string(),
+        at: Instant::now(),
     };
     hooks.arrived.lock().unwrap().push(hit.clone());
     if hooks.hang_once.lock().unwrap().remove(&hit.id) {
@@ -400,4 +404,75 @@ async fn a_relay_whose_connections_are_killed_mid_load_recovers_and_loses_nothin
         .await
     );
     wait_replicas(&relays.iter().collect::<Vec<_>>(), 3.0).await;
+}
+
+/// (f) `rate_limit: 20/s` (burst 5) with three relays each posting: each takes a third, so
+/// the receiver sees at most 20 a second plus the burst, not three times that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL at HOOKRELAY_TEST_DATABASE_URL"]
+async fn a_rate_limit_is_shared_by_the_relays() {
+    let db = TestDb::new(Backend::Postgres);
+    let (hooks, url) = Hooks::start().await;
+    let yaml = subscription(&url, "rate_limit: {per_second: 20, burst: 5}");
+    let relays = start_all(&db, &["rate-a", "rate-b", "rate-c"], "lease: 5s", &yaml);
+    wait_replicas(&relays.iter().collect::<Vec<_>>(), 3.0).await;
+    // The rate limits learn the count at the next pick-up round (every second): one event
+    // per relay first, delivered once each relay's share is in force.
+    let warm: Vec<String> = (0..3).map(|i| format!("w-{i}")).collect();
+    for (relay, id) in relays.iter().zip(&warm) {
+        assert_eq!(relay.post(&event(id)).await, 202);
+    }
+    assert!(
+        within(Duration::from_secs(10), || async {
+            hooks.answered().len() == 3
+        })
+        .await
+    );
+
+    let ids: Vec<String> = (0..120).map(|i| format!("r-{i}")).collect();
+    let started = Instant::now();
+    // The three post at once, 40 each.
+    let post = |r: usize| {
+        let (relay, ids) = (&relays[r], &ids);
+        async move {
+            for id in ids.iter().skip(r).step_by(3) {
+                assert_eq!(relay.post(&event(id)).await, 202);
+            }
+        }
+    };
+    tokio::join!(post(0), post(1), post(2));
+    assert!(
+        within(Duration::from_secs(30), || async {
+            hooks.answered().len() == 3 + ids.len()
+        })
+        .await,
+        "delivered {} of {}",
+        hooks.answered().len() - 3,
+        ids.len()
+    );
+    let times: Vec<Instant> = hooks
+        .arrived()
+        .iter()
+        .filter(|h| h.id.starts_with("r-"))
+        .map(|h| h.at)
+        .collect();
+    // The busiest second: the rate plus the burst, and one more for a second's edges.
+    let busiest = times
+        .iter()
+        .map(|t| {
+            times
+                .iter()
+                .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    let took = times.iter().max().unwrap().duration_since(started);
+    println!("rate share: busiest second {busiest}, 120 delivered in {took:?}");
+    assert!(
+        busiest <= 20 + 5 + 1,
+        "{busiest} deliveries within one second"
+    );
+    // Alone, each relay would send 20 a second: 120 in about 2 s.
+    assert!(took >= Duration::from_secs(4), "120 delivered in {took:?}");
 }

@@ -1,10 +1,12 @@
-//! Work other relays left, on a store several relays share. Every `EVERY`: claims whose
+//! Work other relays left, on a store several relays share. Every `EVERY`: the live relays
+//! are counted (every rate limit takes its share of them); claims whose
 //! lease ran out (their relay died, or lost the database) go back to pending, counted in
 //! `hookrelay_lease_takeovers_total`; then the feeders of the subscriptions with due work
 //! are woken. A hand-back or takeover by another relay notifies no feeder here, and an idle
 //! feeder otherwise looks again only after its own recheck.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::Dispatcher;
@@ -23,6 +25,10 @@ pub(super) async fn run(dispatcher: Dispatcher) {
             _ = tick.tick() => {}
             _ = shared.shutdown.cancelled() => return,
         }
+        // Every rate limit is shared by the live relays.
+        let relays = shared.store.replicas().max(1);
+        shared.relays.store(relays, Ordering::Relaxed);
+        shared.metrics.replicas.set(relays as i64);
         let mut wake = BTreeSet::new();
         match shared.store.take_over_lapsed().await {
             Ok(taken) if !taken.is_empty() => {

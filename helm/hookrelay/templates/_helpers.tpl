@@ -98,7 +98,15 @@ hookrelay.io/instance: {{ include "hookrelay.fullname" . }}
 
 {{/* The configuration file, as mounted at /etc/hookrelay/config.yaml. */}}
 {{- define "hookrelay.configYaml" -}}
-{{- toYaml (.Values.config | default dict) }}
+{{- $config := deepCopy (.Values.config | default dict) }}
+{{- if .Values.sharedStore.enabled }}
+{{- /* The queue is in PostgreSQL: the file's keys go, the rest of storage stays. */}}
+{{- $storage := omit (get $config "storage" | default dict) "path" "memory" "sync" "max_size" "reserve" }}
+{{- $pg := merge (dict "url" "${HOOKRELAY_DATABASE_URL}") (deepCopy (.Values.sharedStore.postgres | default dict)) }}
+{{- $_ := set $storage "postgres" $pg }}
+{{- $_ := set $config "storage" $storage }}
+{{- end }}
+{{- toYaml $config }}
 {{- end }}
 
 {{/*
@@ -125,6 +133,12 @@ Checks that fail rendering with a clear message instead of a relay that refuses 
 {{- end }}
 {{- if and .Values.service.enabled (not .Values.service.api.enabled) (not .Values.service.ops.enabled) }}
 {{- fail "service.enabled with neither service.api.enabled nor service.ops.enabled" }}
+{{- end }}
+{{- if and .Values.sharedStore.enabled .Values.persistence.enabled }}
+{{- fail "sharedStore.enabled keeps the queue in PostgreSQL: set persistence.enabled=false (no data volume is needed)" }}
+{{- end }}
+{{- if and .Values.sharedStore.enabled (not .Values.sharedStore.urlSecret.name) }}
+{{- fail "sharedStore.enabled needs sharedStore.urlSecret.name: an existing Secret holding the database URL (postgres://user:password@host:5432/db)" }}
 {{- end }}
 {{- end }}
 
@@ -187,8 +201,15 @@ containers. "hookrelay.initContainers" and "hookrelay.containers" place it for y
     - name: hookrelay-ops
       containerPort: {{ include "hookrelay.opsPort" . }}
       protocol: TCP
-  {{- if or .Values.secretEnv .Values.env }}
+  {{- if or .Values.secretEnv .Values.env .Values.sharedStore.enabled }}
   env:
+    {{- if .Values.sharedStore.enabled }}
+    - name: HOOKRELAY_DATABASE_URL
+      valueFrom:
+        secretKeyRef:
+          name: {{ .Values.sharedStore.urlSecret.name }}
+          key: {{ .Values.sharedStore.urlSecret.key }}
+    {{- end }}
     {{- range .Values.secretEnv }}
     - name: {{ .name }}
       valueFrom:
@@ -227,8 +248,10 @@ containers. "hookrelay.initContainers" and "hookrelay.containers" place it for y
     - name: hookrelay-config
       mountPath: /etc/hookrelay
       readOnly: true
+    {{- if not .Values.sharedStore.enabled }}
     - name: hookrelay-data
       mountPath: /var/lib/hookrelay
+    {{- end }}
     - name: hookrelay-tmp
       mountPath: /tmp
 {{- end }}
@@ -250,7 +273,7 @@ containers. "hookrelay.initContainers" and "hookrelay.containers" place it for y
 {{/*
 The pod volumes hookrelay mounts: its ConfigMap (as a directory), /tmp, and the data volume
 as an emptyDir unless persistence.enabled (then the StatefulSet's volumeClaimTemplates,
-"hookrelay.volumeClaimTemplates", provide it).
+"hookrelay.volumeClaimTemplates", provide it) or sharedStore.enabled (no data volume).
 */}}
 {{- define "hookrelay.volumes" -}}
 - name: hookrelay-config
@@ -259,7 +282,7 @@ as an emptyDir unless persistence.enabled (then the StatefulSet's volumeClaimTem
 - name: hookrelay-tmp
   emptyDir:
     {{- toYaml .Values.tmpVolume | nindent 4 }}
-{{- if not .Values.persistence.enabled }}
+{{- if not (or .Values.persistence.enabled .Values.sharedStore.enabled) }}
 - name: hookrelay-data
   emptyDir:
     {{- toYaml (.Values.persistence.emptyDir | default dict) | nindent 4 }}

@@ -14,7 +14,7 @@ use crate::store::{ClaimToken, Delivery, DeliveryId, StoreError, attributes, sta
 
 /// `$1` subscription, `$2` now, `$3` limit, `$4` this relay, `$5` the lease in ms: due
 /// deliveries (through `deliveries_due`), claimed and returned with their events.
-const CLAIM_DUE: &str = concat!(
+pub(super) const CLAIM_DUE: &str = concat!(
     "WITH due AS (
     SELECT id FROM {s}.deliveries
     WHERE subscription = $1 AND state = ",
@@ -48,7 +48,7 @@ pub(super) async fn claim_due(
     let conn = db.conn().await?;
     let rows = db
         .session(&conn)
-        .query(
+        .query_in_order(
             &db.sql(CLAIM_DUE),
             &[
                 (&sub, Type::TEXT),

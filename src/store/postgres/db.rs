@@ -223,6 +223,9 @@ impl Db {
     }
 }
 
+/// Opens the transaction of [`Session::query_in_order`].
+pub(super) const BEGIN_IN_ORDER: &str = "BEGIN; SET LOCAL enable_bitmapscan = off";
+
 /// A parameter and its type, as `query_typed` takes them.
 pub(super) type Param<'a> = (&'a (dyn ToSql + Sync), Type);
 
@@ -268,6 +271,28 @@ impl Session<'_> {
                 self.client.query(statement, &values).await
             }
         }
+    }
+
+    /// The rows of a claim `sql` with `params`, in a transaction of its own (one round trip)
+    /// with bitmap scans off. A backlog of one subscription is a correlation the planner
+    /// does not see (it guesses a few due rows where there are thousands), and would read
+    /// and sort every due row for a batch; this way it walks the index in the claim's order
+    /// and reads only the rows it takes, whatever the backlog. A failed statement aborts
+    /// the transaction, which the COMMIT then ends.
+    pub(super) async fn query_in_order(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        // Prepared first: a statement that waited for its Parse would go after the COMMIT.
+        let statement = self.ready(sql, params).await?;
+        let (begin, rows, commit) = futures_util::future::join3(
+            self.client.batch_execute(BEGIN_IN_ORDER),
+            self.run(&statement, params),
+            self.client.batch_execute("COMMIT"),
+        )
+        .await;
+        begin.and(rows).and_then(|rows| commit.map(|()| rows))
     }
 
     /// The rows of `sql` with `params` (none for a statement that returns none).

@@ -53,7 +53,7 @@ pub(super) async fn pull(
     let conn = db.conn().await?;
     let session = db.session(&conn);
     let rows = session
-        .query(
+        .query_in_order(
             &db.sql(TAKE),
             &[
                 (&subscription, Type::TEXT),

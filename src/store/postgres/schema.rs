@@ -76,9 +76,15 @@ CREATE TABLE {s}.tombstones (name text PRIMARY KEY, state integer NOT NULL);
 /// Several relays on one schema: each claim names its relay (`claim_owner`, a `replicas`
 /// row), counts the claims of its delivery (`claim_token`, which fences outcomes) and
 /// lasts until `lease_until` (ms, the database's clock). Version 1 claims have no owner:
-/// they are pending again.
+/// they are pending again. The due index also orders by id and holds `expires_at`, so a
+/// claim walks it in the claim's order and reads only the rows it takes.
 const V2: &str = concat!(
     "
+DROP INDEX {s}.deliveries_due;
+CREATE INDEX deliveries_due ON {s}.deliveries (subscription, next_attempt_at, id)
+    INCLUDE (expires_at) WHERE state = ",
+    state_code!(Pending),
+    ";
 ALTER TABLE {s}.deliveries ADD COLUMN claim_owner bigint,
     ADD COLUMN claim_token bigint NOT NULL DEFAULT 0,
     ADD COLUMN lease_until bigint;

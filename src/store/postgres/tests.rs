@@ -316,3 +316,59 @@ fn the_store_and_its_settings_never_show_the_password() {
     let db = super::db::Db::new(&pg).unwrap();
     assert_eq!(db.shown, "postgres://u:***@db:5432/x");
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL at HOOKRELAY_TEST_DATABASE_URL"]
+async fn a_claim_reads_only_the_rows_it_takes_whatever_the_backlog() {
+    let schema = SchemaGuard::new();
+    let pg = pg_settings(&schema.0);
+    let store = open(&pg).await.unwrap();
+    let s = format!("\"{}\"", schema.0);
+    let admin = admin().await;
+    // 20,000 deliveries of `busy` due now among 180,000 finished ones of nine others: a
+    // backlog the planner's row estimate does not see (it multiplies the selectivities).
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO {s}.events (id, type, received_at, data, subscriptions)
+               SELECT 'e' || g, 't', 1, '\\x7b7d', '[]' FROM generate_series(1, 20000) g;
+             INSERT INTO {s}.deliveries (event_seq, subscription, state, received_at,
+                                         next_attempt_at, expires_at, finished_at)
+               SELECT g % 20000 + 1, CASE WHEN g % 10 = 9 THEN 'busy' ELSE 's' || g % 10 END,
+                      CASE WHEN g % 10 = 9 THEN 0 ELSE 2 END, 1,
+                      CASE WHEN g % 10 = 9 THEN 1 ELSE 3600000 END, 86400000,
+                      CASE WHEN g % 10 = 9 THEN NULL ELSE 1 END
+               FROM generate_series(0, 199999) g;
+             ANALYZE {s}.deliveries;"
+        ))
+        .await
+        .unwrap();
+    let db = &store.db;
+    let conn = db.conn().await.unwrap();
+    conn.batch_execute(super::db::BEGIN_IN_ORDER).await.unwrap();
+    let explain = format!(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {}",
+        db.sql(super::claims::CLAIM_DUE)
+    );
+    let params: [super::db::Param<'_>; 5] = [
+        (&"busy", tokio_postgres::types::Type::TEXT),
+        (&2_i64, tokio_postgres::types::Type::INT8),
+        (&256_i64, tokio_postgres::types::Type::INT8),
+        (&1_i64, tokio_postgres::types::Type::INT8),
+        (&60_000_i64, tokio_postgres::types::Type::INT8),
+    ];
+    let rows = conn.query_typed(&explain, &params).await.unwrap();
+    conn.batch_execute("ROLLBACK").await.unwrap();
+    let plan: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let text = plan.join("\n");
+    assert!(!text.contains("Bitmap") && !text.contains("Sort"), "{text}");
+    // The scan of the due index stops at the batch: it reads 256 of the 20,000.
+    let scans: Vec<&String> = plan
+        .iter()
+        .filter(|l| l.contains("on deliveries_due") || l.contains("using deliveries_due"))
+        .collect();
+    assert_eq!(scans.len(), 1, "{text}");
+    assert!(
+        scans[0].contains("Index Scan using deliveries_due") && scans[0].contains("rows=256 "),
+        "{text}"
+    );
+}
