@@ -6,7 +6,12 @@
 //! so the next matched event already sees it. Rebuilds are coalesced: when many creates
 //! arrive at once, one rebuild publishes them all.
 
+mod load;
 mod rebuild;
+mod sync;
+
+pub use load::load;
+pub use sync::keep_in_sync;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,10 +22,11 @@ use arc_swap::ArcSwap;
 use crate::dispatch::{Dispatcher, Lane};
 use crate::matching::Matcher;
 use crate::metrics::{FinalOutcome, Metrics};
-use crate::secret::Keyring;
-use crate::store::{Store, StoreError, StoredSubscription};
+use crate::store::{Store, StoreError};
 use crate::subscription::{self, SHARED_METRIC_LABEL, Source, Subscription};
 use crate::time::now_ms;
+pub use load::Policy;
+use load::stored;
 use rebuild::Builder;
 
 /// API subscriptions that may have their own metric series; the rest share `_api`.
@@ -100,8 +106,9 @@ pub struct Catalog {
     /// `State::version` of the registry in force.
     published: AtomicU64,
     store: Arc<dyn Store>,
-    /// Seal the secrets of stored specs (`storage.encryption_keys`).
-    keys: Keyring,
+    /// Seal the secrets of stored specs and check the destinations of those another relay
+    /// stored (`sync`).
+    policy: Policy,
     dispatcher: Dispatcher,
     metrics: Metrics,
     max_subscriptions: usize,
@@ -155,13 +162,13 @@ impl State {
 
 impl Catalog {
     /// The catalog of `config` subscriptions plus the API ones read from the store; the
-    /// caller has checked that their names do not collide. `keys` seal the secrets of the
-    /// API subscriptions it stores.
+    /// caller has checked that their names do not collide. `policy.keys` seal the secrets of
+    /// the API subscriptions it stores.
     pub fn new(
         config: Vec<Arc<Subscription>>,
         api: ApiLoaded,
         store: Arc<dyn Store>,
-        keys: Keyring,
+        policy: Policy,
         dispatcher: Dispatcher,
         metrics: Metrics,
         max_subscriptions: usize,
@@ -201,7 +208,7 @@ impl Catalog {
             builder: Builder::start(),
             published: AtomicU64::new(version),
             store,
-            keys,
+            policy,
             dispatcher,
             metrics,
             max_subscriptions,
@@ -257,7 +264,7 @@ impl Catalog {
             state.own_metrics += usize::from(sub.own_metrics);
             state.creating += 1;
         }
-        let saved = match stored(&sub, &self.keys) {
+        let saved = match stored(&sub, &self.policy.keys) {
             Ok(row) => self.store.save_subscription(row).await,
             Err(e) => Err(e),
         };
@@ -316,7 +323,7 @@ impl Catalog {
                 state.own_metrics += 1;
             }
         }
-        let saved = match stored(&sub, &self.keys) {
+        let saved = match stored(&sub, &self.policy.keys) {
             Ok(row) => self.store.save_subscription(row).await,
             Err(e) => Err(e),
         };
@@ -457,10 +464,16 @@ impl Catalog {
             }
         }
         if !change.added.is_empty() || !change.removed.is_empty() {
-            let stored = self
-                .store
-                .retire_subscriptions(change.removed.clone(), change.added.clone())
-                .await;
+            // Declared first: relays sharing the store keep the new names in force.
+            let names = next.iter().map(|s| s.name.clone()).collect();
+            let stored = match self.store.declare(names).await {
+                Ok(()) => {
+                    self.store
+                        .retire_subscriptions(change.removed.clone(), change.added.clone())
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             match stored {
                 Ok((orphaned, resumed)) => (change.orphaned, change.resumed) = (orphaned, resumed),
                 Err(e) => {
@@ -608,21 +621,4 @@ fn lanes(dispatcher: &Dispatcher, subs: Vec<Arc<Subscription>>) -> Vec<Entry> {
             }
         })
         .collect()
-}
-
-/// What the store keeps of an API subscription: its secrets sealed when keys are set (a
-/// row stored in plaintext before is sealed here the next time it is saved).
-fn stored(sub: &Subscription, keys: &Keyring) -> Result<StoredSubscription, StoreError> {
-    let (created_at_ms, updated_at_ms) = sub.changed.unwrap_or((0, 0));
-    let spec = sub
-        .spec
-        .sealed(keys)
-        .map_err(|e| StoreError::unavailable_from("cannot encrypt its secrets", e))?;
-    Ok(StoredSubscription {
-        id: sub.id.clone(),
-        name: sub.name.clone(),
-        spec: spec.to_string(),
-        created_at_ms,
-        updated_at_ms,
-    })
 }

@@ -19,7 +19,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::api::{self, ApiState};
-use crate::catalog::{ApiLoaded, Catalog};
+use crate::catalog::{Catalog, CatalogError, Policy};
 use crate::config::{Config, Listen};
 use crate::deliver::destination::DestinationGuard;
 use crate::deliver::http_post::DeliverError;
@@ -30,10 +30,9 @@ use crate::ingest::{self, IngestState};
 use crate::metrics::{FinalOutcome, Metrics};
 use crate::ops::{self, OpsState, Readiness};
 use crate::reload::Reloader;
-use crate::secret::{Keyring, KeyringError};
 use crate::store::settings::StorageLocation;
 use crate::store::{Opened, Store, StoreError, WriterMetrics};
-use crate::subscription::{DeliveryOrder, SHARED_METRIC_LABEL, Subscription, open_secrets};
+use crate::subscription::{DeliveryOrder, SHARED_METRIC_LABEL, Subscription};
 
 /// Why the relay could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +141,14 @@ impl Relay {
                 "API subscription secrets are stored unencrypted; set storage.encryption_keys"
             );
         }
-        let loaded = load_api_subscriptions(store.as_ref(), &config_subs, &guard, keys).await?;
+        // Read before the subscriptions, so a change made meanwhile is found by the resync.
+        let revision = store.catalog_revision().await?;
+        let loaded = crate::catalog::load(store.as_ref(), &config_subs, &guard, keys)
+            .await
+            .map_err(|e| match e {
+                CatalogError::Store(e) => ServerError::Store(e),
+                other => ServerError::NameConflict(other.to_string()),
+            })?;
         let api_subs = loaded.subscriptions.clone();
         metrics.init_subscription(SHARED_METRIC_LABEL);
         for sub in config_subs.iter().chain(&api_subs) {
@@ -152,6 +158,10 @@ impl Relay {
         }
         let all: Vec<Arc<Subscription>> = config_subs.iter().chain(&api_subs).cloned().collect();
         let known = all.iter().map(|s| s.name.clone()).collect();
+        // Before orphaning: relays starting together leave each other's names alone.
+        store
+            .declare(config_subs.iter().map(|s| s.name.clone()).collect())
+            .await?;
         let (orphaned, resumed) = store.sync_subscriptions(known).await?;
         if orphaned + resumed > 0 {
             tracing::info!(
@@ -184,7 +194,10 @@ impl Relay {
             config_subs,
             loaded,
             store.clone(),
-            keys.clone(),
+            Policy {
+                keys: keys.clone(),
+                guard: guard.clone(),
+            },
             dispatcher.clone(),
             metrics.clone(),
             config.api.max_subscriptions,
@@ -198,6 +211,17 @@ impl Relay {
                 .spawn(stop.clone()),
             None => "off",
         };
+
+        if let (Some(revision), StorageLocation::Postgres(pg)) =
+            (revision, &config.storage.location)
+        {
+            tokio::spawn(crate::catalog::keep_in_sync(
+                catalog.clone(),
+                revision,
+                pg.sync_interval,
+                stop.clone(),
+            ));
+        }
 
         tokio::spawn(housekeeping(
             store.clone(),
@@ -318,76 +342,6 @@ impl Relay {
         tracing::info!("hookrelay stopped");
         Ok(())
     }
-}
-
-/// Reads the API subscriptions kept in the store. One whose name the config now uses stops
-/// startup; one that no longer validates (a tighter destination policy) is left out, loudly,
-/// and its deliveries wait as orphans until the policy allows it again or it is deleted.
-/// So is one whose secrets were sealed with a key no longer in `keys`.
-async fn load_api_subscriptions(
-    store: &dyn Store,
-    config: &[Arc<Subscription>],
-    guard: &DestinationGuard,
-    keys: &Keyring,
-) -> Result<ApiLoaded, ServerError> {
-    let mut out = Vec::new();
-    let mut left_out = Vec::new();
-    for stored in store.subscriptions().await? {
-        if let Some(i) = config.iter().position(|c| c.name == stored.name) {
-            return Err(ServerError::NameConflict(format!(
-                "subscriptions[{i}].name: {:?} is already used by a subscription registered through the API (id {}); rename one",
-                stored.name, stored.id
-            )));
-        }
-        // Lenient: documents stored before the API typed its scalars strictly still load.
-        let mut issues = crate::yaml::Issues::default();
-        let mut doc = serde_json::from_str(&stored.spec).unwrap_or(serde_json::Value::Null);
-        if let Err(e) = open_secrets(&mut doc, keys) {
-            let key = match &e {
-                KeyringError::UnknownKey(id) | KeyringError::Forged(id) => id.as_str(),
-                _ => "",
-            };
-            tracing::error!(
-                subscription = stored.name.as_str(),
-                id = stored.id.as_str(),
-                key,
-                reason = %e,
-                "API subscription left out: its secrets cannot be decrypted (add the key it was encrypted with to storage.encryption_keys)"
-            );
-            left_out.push((stored.id, stored.name));
-            continue;
-        }
-        let changed = (stored.created_at_ms, stored.updated_at_ms);
-        let sub = Subscription::from_api(doc, &stored.id, changed, &mut issues);
-        match sub {
-            Some(sub) if issues.is_empty() => match guard.check_subscription(&sub) {
-                Ok(()) => out.push(Arc::new(sub)),
-                Err((field, reason)) => {
-                    tracing::error!(
-                        subscription = stored.name.as_str(),
-                        id = stored.id.as_str(),
-                        field,
-                        reason,
-                        "API subscription left out: its destination is no longer allowed"
-                    );
-                    left_out.push((stored.id, stored.name));
-                }
-            },
-            _ => {
-                tracing::error!(
-                    subscription = stored.name.as_str(),
-                    id = stored.id.as_str(),
-                    issues = ?issues.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "API subscription left out: it no longer validates"
-                );
-                left_out.push((stored.id, stored.name));
-            }
-        }
-    }
-    Ok(ApiLoaded {
-        subscriptions: out,
-        left_out,
-    })
 }
 
 /// Expires overdue deliveries and prunes old rows, off the hot path, until stopped.

@@ -602,6 +602,24 @@ pub trait Store: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// Records the subscription names this relay's config file declares, which the relays
+    /// sharing the store then leave in force (no orphaning) while this one is live.
+    async fn declare(&self, _names: Vec<String>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The revision of the stored API subscriptions, bumped by every change through any
+    /// relay; `None` when no other relay can change them (not shared).
+    async fn catalog_revision(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
+
+    /// Signalled when another relay may have changed the API subscriptions (a database
+    /// notification, or the listener reconnected); `None` without a listener.
+    fn catalog_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Per-subscription queue figures, for gauges.
     async fn stats(&self) -> Result<HashMap<String, QueueStats>, StoreError>;
 

@@ -1,6 +1,7 @@
 //! The relay on PostgreSQL through PgBouncer in transaction pooling mode (Debian's
 //! `pgbouncer`, started here on a free port in front of the test server): accept, deliver in
-//! order, pull and ack, and event status, with no session state the pooler would break.
+//! order, pull and ack, and event status, with no session state the pooler would break; and
+//! API subscriptions shared between two relays by the periodic resync.
 
 mod common;
 
@@ -225,5 +226,58 @@ async fn the_core_path_works_through_pgbouncer_in_transaction_mode() {
     );
     rx.wait_for(61).await;
     relay.stop().await;
+    drop(bouncer);
+}
+
+/// Two relays on one schema through PgBouncer in transaction mode, with no `direct_url`:
+/// their `LISTEN` goes through the pooler and hears nothing, but the periodic resync (the
+/// catalog revision, read through the pool) brings an API subscription created through one
+/// to the other within a second.
+#[tokio::test]
+#[ignore = "needs pgbouncer (/usr/sbin/pgbouncer) and PostgreSQL at HOOKRELAY_TEST_DATABASE_URL"]
+async fn api_subscriptions_reach_the_other_relay_through_pgbouncer_by_the_periodic_resync() {
+    let bouncer = Bouncer::start().await;
+    let db = TestDb::new(Backend::Postgres);
+    let rx = Receiver::ok().await;
+    let yaml = db.storage_at(
+        bouncer.addr,
+        "connect_timeout: 2s, prepared_statements: false, sync_interval: 250ms",
+    );
+    let a = TestRelay::start_in(&yaml, db.dir.clone()).await;
+    let b = TestRelay::start_in(&yaml, db.dir.clone()).await;
+    let (status, created) = a
+        .api(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"name": "shared", "url": rx.url("/s"), "events": ["*"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let start = std::time::Instant::now();
+    while b.api(Method::GET, "/v1/subscriptions/shared", None).await.0 != 200 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "b did not see the subscription within 1 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    println!(
+        "create via a seen on b through PgBouncer: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        b.post(&json!({"type": "t", "id": "via-b", "data": {}}))
+            .await
+            .0,
+        202
+    );
+    rx.wait_for(1).await;
+    let (status, _) = b
+        .api(Method::DELETE, "/v1/subscriptions/shared", None)
+        .await;
+    assert_eq!(status, 204);
+    poll(|| async { a.api(Method::GET, "/v1/subscriptions/shared", None).await.0 == 404 }).await;
+    a.stop().await;
+    b.stop().await;
     drop(bouncer);
 }

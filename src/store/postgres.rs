@@ -20,6 +20,8 @@
 //!   (tombstones included), `housekeeping`; `rows`: row mappers.
 //! - `replicas`: the relays' registry and heartbeats; `leases`: the claims this relay holds,
 //!   their renewal, and taking over lapsed ones.
+//! - `notify`: the `LISTEN` connection by which changes to API subscriptions made through
+//!   other relays arrive (`subscriptions` bumps `catalog_revision` and notifies).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +45,7 @@ mod db;
 mod dead_letters;
 mod housekeeping;
 mod leases;
+mod notify;
 mod ordering;
 mod outcomes;
 mod pull;
@@ -91,6 +94,8 @@ pub struct PostgresStore {
     held: Arc<Held>,
     /// Stops the heartbeat and renewal (at `leave`, or when the store is dropped).
     upkeep: CancellationToken,
+    /// Signalled by the listener (`notify`) when API subscriptions may have changed.
+    catalog_signal: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Drop for PostgresStore {
@@ -176,6 +181,12 @@ impl PostgresStore {
             pg.lease,
             upkeep.clone(),
         ));
+        let catalog_signal = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(notify::listen(
+            pg.clone(),
+            catalog_signal.clone(),
+            upkeep.clone(),
+        ));
         Ok(PostgresStore {
             db,
             accepts,
@@ -187,6 +198,7 @@ impl PostgresStore {
             claimer,
             held,
             upkeep,
+            catalog_signal: Some(catalog_signal),
         })
     }
 }
@@ -320,6 +332,20 @@ impl Store for PostgresStore {
         Ok(returned)
     }
 
+    async fn declare(&self, names: Vec<String>) -> Result<(), StoreError> {
+        let db = &self.db;
+        db.run(replicas::declare(db, &self.me, &names)).await
+    }
+
+    async fn catalog_revision(&self) -> Result<Option<i64>, StoreError> {
+        let db = &self.db;
+        db.run(subscriptions::catalog_revision(db)).await.map(Some)
+    }
+
+    fn catalog_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.catalog_signal.clone()
+    }
+
     async fn stats(&self) -> Result<HashMap<String, QueueStats>, StoreError> {
         let db = &self.db;
         db.run(queries::stats(db)).await
@@ -425,8 +451,13 @@ impl Store for PostgresStore {
         restored: Vec<String>,
     ) -> Result<(u64, u64), StoreError> {
         let db = &self.db;
-        db.run(subscriptions::retire_subscriptions(db, &removed, &restored))
-            .await
+        db.run(subscriptions::retire_subscriptions(
+            db,
+            self.me.num,
+            &removed,
+            &restored,
+        ))
+        .await
     }
 
     async fn clear_ordering(&self, subscriptions: Vec<String>) -> Result<u64, StoreError> {
@@ -436,7 +467,8 @@ impl Store for PostgresStore {
 
     async fn sync_subscriptions(&self, known: Vec<String>) -> Result<(u64, u64), StoreError> {
         let db = &self.db;
-        db.run(subscriptions::sync_subscriptions(db, &known)).await
+        db.run(subscriptions::sync_subscriptions(db, self.me.num, &known))
+            .await
     }
 
     async fn housekeeping(&self, now_ms: i64) -> Result<Housekeeping, StoreError> {

@@ -75,6 +75,8 @@ pub(crate) fn pg_settings(schema: &str) -> PostgresSettings {
         connect_timeout: Duration::from_secs(5),
         prepared_statements: true,
         lease: Duration::from_secs(60),
+        direct_url: None,
+        sync_interval: Duration::from_secs(1),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Relays sharing a schema, through the store: claims with tokens and leases, renewal,
 //! takeover, hand-back at stop, a restarted relay on its host, one housekeeping pass at a
-//! time, tombstones kept for the others, and the migration to schema version 2.
+//! time, tombstones kept for the others, names declared by the others left in force, the
+//! catalog revision and its notifications, and the migration to schema version 2.
 
 use std::time::Duration;
 
@@ -316,6 +317,138 @@ async fn housekeeping_runs_on_one_relay_at_a_time_and_forgets_dead_relays() {
         .unwrap()
         .get(0);
     assert_eq!(left, 1, "only the live relay is left");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL at HOOKRELAY_TEST_DATABASE_URL"]
+async fn names_another_live_relay_declares_are_not_orphaned() {
+    let schema = SchemaGuard::new();
+    let pg = pg_settings(&schema.0);
+    let (a, b) = (open_on(&pg, "host-a").await, open_on(&pg, "host-b").await);
+    b.declare(vec!["only-b".into()]).await.unwrap();
+    a.accept(vec![accepted("e1", 1, &["only-b"])])
+        .await
+        .unwrap();
+    let state = |s: crate::store::EventStatus| s.deliveries[0].state;
+    // a starts (its file lacks only-b) and reloads a file that drops it: b still has it.
+    a.declare(vec!["kept".into()]).await.unwrap();
+    assert_eq!(
+        a.sync_subscriptions(vec!["kept".into()]).await.unwrap(),
+        (0, 0)
+    );
+    assert_eq!(
+        a.retire_subscriptions(vec!["only-b".into()], vec![])
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+    a.accept(vec![accepted("e2", 2, &["only-b"])])
+        .await
+        .unwrap();
+    for id in ["e1", "e2"] {
+        assert_eq!(
+            state(a.event_status(id).await.unwrap().unwrap()),
+            crate::store::DeliveryState::Pending,
+            "{id}"
+        );
+    }
+    // Once no live relay declares it, a start orphans it.
+    b.declare(vec![]).await.unwrap();
+    assert_eq!(
+        a.sync_subscriptions(vec!["kept".into()]).await.unwrap(),
+        (2, 0)
+    );
+    // A relay registered anew (taken for dead) declares its names again.
+    b.declare(vec!["only-b".into()]).await.unwrap();
+    admin()
+        .await
+        .execute(
+            &format!(
+                "DELETE FROM \"{}\".replicas WHERE host = 'host-b'",
+                schema.0
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    super::replicas::heartbeat(&b.db, &b.me).await.unwrap();
+    let declared: Vec<String> = admin()
+        .await
+        .query_one(
+            &format!(
+                "SELECT declared FROM \"{}\".replicas WHERE host = 'host-b'",
+                schema.0
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(declared, ["only-b"]);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL at HOOKRELAY_TEST_DATABASE_URL"]
+async fn every_change_to_api_subscriptions_moves_the_revision_and_notifies() {
+    let schema = SchemaGuard::new();
+    let pg = pg_settings(&schema.0);
+    let (a, b) = (open_on(&pg, "host-a").await, open_on(&pg, "host-b").await);
+    let signal = b.catalog_signal().expect("a listener");
+    // The listener signals once connected; take that one first.
+    tokio::time::timeout(Duration::from_secs(5), signal.notified())
+        .await
+        .expect("the listener connects");
+    let r0 = b.catalog_revision().await.unwrap().unwrap();
+    let sub = crate::store::StoredSubscription {
+        id: "id-1".into(),
+        name: "n".into(),
+        spec: "{}".into(),
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    a.save_subscription(sub.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), signal.notified())
+        .await
+        .expect("a notification for the create");
+    let r1 = b.catalog_revision().await.unwrap().unwrap();
+    assert!(r1 > r0, "{r0} -> {r1}");
+    a.save_subscription(crate::store::StoredSubscription {
+        updated_at_ms: 2,
+        ..sub
+    })
+    .await
+    .unwrap();
+    // One notification per change, each taken before the next change.
+    tokio::time::timeout(Duration::from_secs(2), signal.notified())
+        .await
+        .expect("a notification for the update");
+    let r2 = b.catalog_revision().await.unwrap().unwrap();
+    assert!(r2 > r1, "{r1} -> {r2}");
+    a.delete_subscription("id-1".into(), "n".into(), 3)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), signal.notified())
+        .await
+        .expect("a notification for the delete");
+    assert!(b.catalog_revision().await.unwrap().unwrap() > r2);
+    // Another schema's changes are not signalled here.
+    let other = SchemaGuard::new();
+    let c = open_on(&pg_settings(&other.0), "host-c").await;
+    c.save_subscription(crate::store::StoredSubscription {
+        id: "id-2".into(),
+        name: "m".into(),
+        spec: "{}".into(),
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    })
+    .await
+    .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), signal.notified())
+            .await
+            .is_err(),
+        "signalled for another schema"
+    );
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use crate::store::{StoreError, state_code};
 /// How often a relay beats its heartbeat.
 pub(super) const HEARTBEAT: Duration = Duration::from_millis(2000);
 /// A relay whose heartbeat is older than this is not counted live.
-const LIVE_WITHIN_MS: i64 = 3 * HEARTBEAT.as_millis() as i64;
+pub(super) const LIVE_WITHIN_MS: i64 = 3 * HEARTBEAT.as_millis() as i64;
 
 /// This relay's entry in the registry.
 #[derive(Debug)]
@@ -31,6 +31,8 @@ pub(super) struct Replica {
     pub(super) host: String,
     /// Relays live at the last heartbeat, this one included.
     live: AtomicU64,
+    /// The subscription names its config file declares (kept for a registration anew).
+    declared: std::sync::Mutex<Vec<String>>,
 }
 
 impl Replica {
@@ -106,6 +108,7 @@ pub(super) async fn register(db: &Db, host: &str) -> Result<(Replica, u64), Stor
         id,
         host: host.to_string(),
         live: AtomicU64::new(others as u64 + 1),
+        declared: std::sync::Mutex::new(Vec::new()),
     };
     Ok((replica, returned))
 }
@@ -136,9 +139,9 @@ pub(super) async fn heartbeat(db: &Db, me: &Replica) -> Result<(), StoreError> {
         );
         conn.execute_typed(
             &db.sql(concat!(
-                "INSERT INTO {s}.replicas (num, id, host, started_at, heartbeat_at)
+                "INSERT INTO {s}.replicas (num, id, host, started_at, heartbeat_at, declared)
                  OVERRIDING SYSTEM VALUE
-                 SELECT $1, $2, $3, n, n FROM (SELECT ",
+                 SELECT $1, $2, $3, n, n, $4 FROM (SELECT ",
                 db_now_ms!(),
                 " AS n) now
                  ON CONFLICT DO NOTHING"
@@ -147,6 +150,7 @@ pub(super) async fn heartbeat(db: &Db, me: &Replica) -> Result<(), StoreError> {
                 (&me.num, Type::INT8),
                 (&me.id, Type::TEXT),
                 (&me.host, Type::TEXT),
+                (&me.declared(), Type::TEXT_ARRAY),
             ],
         )
         .await
@@ -155,6 +159,45 @@ pub(super) async fn heartbeat(db: &Db, me: &Replica) -> Result<(), StoreError> {
     let others: i64 = row.get(1);
     me.live.store(others as u64 + 1, Ordering::Relaxed);
     Ok(())
+}
+
+impl Replica {
+    /// The names its config file declares, as last recorded.
+    fn declared(&self) -> Vec<String> {
+        self.declared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Records the subscription names this relay's config file declares, so that the others
+/// do not orphan their deliveries while it is live (`declared_elsewhere`).
+pub(super) async fn declare(db: &Db, me: &Replica, names: &[String]) -> Result<(), StoreError> {
+    *me.declared.lock().unwrap_or_else(|e| e.into_inner()) = names.to_vec();
+    let conn = db.conn().await?;
+    conn.execute_typed(
+        &db.sql("UPDATE {s}.replicas SET declared = $2 WHERE num = $1"),
+        &[(&me.num, Type::INT8), (&names, Type::TEXT_ARRAY)],
+    )
+    .await
+    .map_err(|e| db.err(e))?;
+    Ok(())
+}
+
+/// SQL: true when `name` (an SQL expression) is declared by a live relay other than the
+/// one numbered `$me` (a parameter placeholder); `$live` is `LIVE_WITHIN_MS`.
+pub(super) fn declared_elsewhere(name: &str, me: &str, live: &str) -> String {
+    format!(
+        concat!(
+            "EXISTS (SELECT 1 FROM {{s}}.replicas r WHERE r.num <> {me} AND r.heartbeat_at >= ",
+            db_now_ms!(),
+            " - {live} AND {name} = ANY(r.declared))"
+        ),
+        me = me,
+        live = live,
+        name = name
+    )
 }
 
 /// Removes this relay's row (it stops).

@@ -8,12 +8,12 @@ use super::db::{Db, locks};
 use crate::store::{StoreError, state_code};
 
 /// The schema this build writes; older ones are migrated forward at start.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Migrations: entry `i` upgrades a schema from version `i` to `i + 1`. `{s}` is the
 /// quoted schema. States are literals (`state_code!`, `states!`) so that the partial
 /// indexes serve the queries that spell the same literals.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The tables of one relay's queue.
 const V1: &str = concat!(
@@ -105,6 +105,16 @@ CREATE TABLE {s}.replicas (
 );
 "
 );
+
+/// Shared API subscriptions: every change to `subscriptions` bumps `catalog_revision` in
+/// its transaction, so a relay sees that its catalog is stale by reading one row (which
+/// works through any pooler); each relay records the names its config file declares
+/// (`declared`), so one whose file lacks a name another's has does not orphan it.
+const V3: &str = "
+CREATE TABLE {s}.catalog_revision (revision bigint NOT NULL);
+INSERT INTO {s}.catalog_revision (revision) VALUES (0);
+ALTER TABLE {s}.replicas ADD COLUMN declared text[] NOT NULL DEFAULT '{}';
+";
 
 /// A failure to open the store, naming the server (redacted) and the schema.
 fn open_error(db: &Db, context: String, source: Option<tokio_postgres::Error>) -> StoreError {

@@ -8,6 +8,7 @@ use tokio_postgres::Transaction;
 use tokio_postgres::types::Type;
 
 use super::db::{Db, is_unique_violation, locks};
+use super::replicas::{LIVE_WITHIN_MS, declared_elsewhere};
 use crate::store::{StoreError, StoredSubscription, state_code};
 
 /// Subscriptions registered through the API, oldest first.
@@ -68,7 +69,43 @@ pub(super) async fn save_subscription(db: &Db, sub: &StoredSubscription) -> Resu
     )
     .await
     .map_err(|e| db.err(e))?;
+    changed(db, &tx).await?;
     tx.commit().await.map_err(|e| db.err(e))
+}
+
+/// The catalog's revision: bumped by every change to `subscriptions`.
+pub(super) async fn catalog_revision(db: &Db) -> Result<i64, StoreError> {
+    let conn = db.conn().await?;
+    let row = conn
+        .query_typed_one(
+            &db.sql("SELECT max(revision) FROM {s}.catalog_revision"),
+            &[],
+        )
+        .await
+        .map_err(|e| db.err(e))?;
+    Ok(row.get::<_, Option<i64>>(0).unwrap_or(0))
+}
+
+/// The channel every relay's listener `LISTEN`s on; the payload is `<schema>\tc`.
+pub(super) const CHANNEL: &str = "hookrelay";
+
+/// In the transaction of a change to `subscriptions`: bumps the catalog's revision (the
+/// periodic resync reads it) and notifies the listening relays (at commit). The update
+/// serialises concurrent changes on the row, so revisions are never reused.
+async fn changed(db: &Db, tx: &Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_typed(
+        &db.sql("UPDATE {s}.catalog_revision SET revision = revision + 1"),
+        &[],
+    )
+    .await
+    .map_err(|e| db.err(e))?;
+    tx.query_typed(
+        "SELECT pg_notify($1, $2 || E'\\tc')",
+        &[(&CHANNEL, Type::TEXT), (&db.schema, Type::TEXT)],
+    )
+    .await
+    .map_err(|e| db.err(e))?;
+    Ok(())
 }
 
 /// Takes the retire lock exclusively: ingest groups in progress finish first, later ones
@@ -144,22 +181,45 @@ pub(super) async fn delete_subscription(
     .await
     .map_err(|e| db.err(e))?;
     tombstone(db, &tx, &[name.to_string()], state_code!(Cancelled)).await?;
+    changed(db, &tx).await?;
     tx.commit().await.map_err(|e| db.err(e))?;
     Ok(cancelled)
 }
 
 /// Orphans the undelivered deliveries of `removed` and resumes the orphans of `restored`,
 /// with their tombstones; returns (orphaned, resumed).
+///
+/// Names another live relay's config file declares stay in force (that relay still
+/// delivers them: the files differ mid rolling update), as do names of API subscriptions.
 pub(super) async fn retire_subscriptions(
     db: &Db,
+    me: i64,
     removed: &[String],
     restored: &[String],
 ) -> Result<(u64, u64), StoreError> {
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(|e| db.err(e))?;
     lock_retire(db, &tx).await?;
-    let (orphaned, resumed) = move_orphans(db, &tx, removed, restored, false).await?;
-    tombstone(db, &tx, removed, state_code!(Orphaned)).await?;
+    let removed: Vec<String> = tx
+        .query_typed(
+            &db.sql(&format!(
+                "SELECT n FROM unnest($1::text[]) AS n
+                 WHERE NOT {} AND NOT EXISTS (SELECT 1 FROM {{s}}.subscriptions WHERE name = n)",
+                declared_elsewhere("n", "$2", "$3")
+            )),
+            &[
+                (&removed, Type::TEXT_ARRAY),
+                (&me, Type::INT8),
+                (&LIVE_WITHIN_MS, Type::INT8),
+            ],
+        )
+        .await
+        .map_err(|e| db.err(e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (orphaned, resumed) = move_orphans(db, &tx, me, &removed, restored, false).await?;
+    tombstone(db, &tx, &removed, state_code!(Orphaned)).await?;
     tx.execute_typed(
         &db.sql("DELETE FROM {s}.tombstones WHERE name = ANY($1)"),
         &[(&restored, Type::TEXT_ARRAY)],
@@ -174,14 +234,16 @@ pub(super) async fn retire_subscriptions(
 /// orphans of those in it; returns (orphaned, resumed). The tombstones of `known` names go
 /// (a name retired or deleted before and in force again); those of other names stay, for
 /// the relays sharing the schema that may still match them.
+/// Names another live relay's config file declares count as known.
 pub(super) async fn sync_subscriptions(
     db: &Db,
+    me: i64,
     known: &[String],
 ) -> Result<(u64, u64), StoreError> {
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(|e| db.err(e))?;
     lock_retire(db, &tx).await?;
-    let moved = move_orphans(db, &tx, known, known, true).await?;
+    let moved = move_orphans(db, &tx, me, known, known, true).await?;
     tx.execute_typed(
         &db.sql("DELETE FROM {s}.tombstones WHERE name = ANY($1)"),
         &[(&known, Type::TEXT_ARRAY)],
@@ -193,18 +255,23 @@ pub(super) async fn sync_subscriptions(
 }
 
 /// Orphans pending and in-flight deliveries of `orphan` (with `unknown`: of every name
-/// not in it) and resumes the orphans of `resume`.
+/// not in it that no other live relay `me` declares) and resumes the orphans of `resume`.
 async fn move_orphans(
     db: &Db,
     tx: &Transaction<'_>,
+    me: i64,
     orphan: &[String],
     resume: &[String],
     unknown: bool,
 ) -> Result<(u64, u64), StoreError> {
     let which = if unknown {
-        "NOT (subscription = ANY($1))"
+        format!(
+            "NOT (subscription = ANY($1)) AND NOT {}",
+            declared_elsewhere("subscription", "$2", "$3")
+        )
     } else {
-        "subscription = ANY($1)"
+        // `$2`, `$3` unused but typed, so both forms take the same parameters.
+        "subscription = ANY($1) AND $2::int8 IS NOT NULL AND $3::int8 IS NOT NULL".to_string()
     };
     let orphaned = tx
         .execute_typed(
@@ -218,7 +285,11 @@ async fn move_orphans(
                 ),
                 which
             )),
-            &[(&orphan, Type::TEXT_ARRAY)],
+            &[
+                (&orphan, Type::TEXT_ARRAY),
+                (&me, Type::INT8),
+                (&LIVE_WITHIN_MS, Type::INT8),
+            ],
         )
         .await
         .map_err(|e| db.err(e))?;

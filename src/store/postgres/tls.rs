@@ -22,9 +22,21 @@ pub(super) fn manager(
     pg: &PostgresSettings,
     manager_config: ManagerConfig,
 ) -> Result<Manager, String> {
+    Ok(match connector(&mut config, pg)? {
+        None => Manager::from_config(config, NoTls, manager_config),
+        Some(tls) => Manager::from_config(config, tls, manager_config),
+    })
+}
+
+/// The TLS connector that `pg.tls` asks for (`None`: plain), with `config`'s `sslmode` set
+/// to match; an error says why TLS cannot be set up. The pool and the listener share it.
+pub(super) fn connector(
+    config: &mut tokio_postgres::Config,
+    pg: &PostgresSettings,
+) -> Result<Option<MakeRustlsConnect>, String> {
     if pg.tls == TlsMode::Disable {
         config.ssl_mode(SslMode::Disable);
-        return Ok(Manager::from_config(config, NoTls, manager_config));
+        return Ok(None);
     }
     config.ssl_mode(SslMode::Require);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -55,11 +67,7 @@ pub(super) fn manager(
             )))
             .with_no_client_auth(),
     };
-    Ok(Manager::from_config(
-        config,
-        MakeRustlsConnect::new(client),
-        manager_config,
-    ))
+    Ok(Some(MakeRustlsConnect::new(client)))
 }
 
 /// `require`: any certificate is taken (the link is encrypted, the peer not identified),

@@ -29,6 +29,12 @@ pub struct PostgresSettings {
     /// How long a claim lasts without renewal before other relays may take it over
     /// (at least the subscription's timeout plus 10 s for each claim).
     pub lease: Duration,
+    /// A direct (not pooled) connection for `LISTEN`, by which changes to API subscriptions
+    /// through other relays arrive at once; unset: `url` itself.
+    pub direct_url: Option<DatabaseUrl>,
+    /// How often the relay checks whether another relay changed the API subscriptions
+    /// (works through any pooler; the `LISTEN` connection makes it faster).
+    pub sync_interval: Duration,
 }
 
 /// TLS to the database server (rustls).
@@ -172,6 +178,8 @@ impl PostgresSettings {
                 "connect_timeout",
                 "prepared_statements",
                 "lease",
+                "direct_url",
+                "sync_interval",
             ],
             issues,
         );
@@ -232,6 +240,21 @@ impl PostgresSettings {
             DEFAULT_LEASE,
             issues,
         );
+        let direct_url = pg
+            .string("direct_url", issues)
+            .and_then(|text| match DatabaseUrl::parse(&text) {
+                Ok(url) => Some(url),
+                Err(why) => {
+                    issues.push(&pg.at("direct_url"), why);
+                    None
+                }
+            });
+        let sync_interval = pg.duration(
+            "sync_interval",
+            Duration::from_millis(100)..=Duration::from_secs(3600),
+            DEFAULT_SYNC_INTERVAL,
+            issues,
+        );
         if issues.0.len() > before {
             return None;
         }
@@ -244,9 +267,14 @@ impl PostgresSettings {
             connect_timeout,
             prepared_statements,
             lease,
+            direct_url,
+            sync_interval,
         })
     }
 }
+
+/// `storage.postgres.sync_interval` when not set.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `storage.postgres.lease` when not set.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
