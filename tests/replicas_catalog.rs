@@ -1,7 +1,7 @@
 //! (a) Three relay processes on one PostgreSQL schema share their API subscriptions: one
 //! created through A's API receives the events posted to B and C, an update through B is in
-//! force on C, a delete through C stops deliveries on A, each within a second. A subscription
-//! that two relays' config files declare and the third's lacks (mid rolling update) is not
+//! force on C, a delete through C stops deliveries on A, each within `PROPAGATION` (measured:
+//! well under a second). A subscription that two relays' config files declare and the third's lacks (mid rolling update) is not
 //! orphaned when the third starts, nor is one a relay's file gains by a reload when a fourth
 //! starts without it. Once with the `LISTEN` connection, once by the periodic resync alone
 //! (its listener pointed at a port where nothing listens, as through a pooler).
@@ -17,8 +17,11 @@ use common::{Answer, Backend, Receiver, TestDb, api_request, deadline};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-/// How soon a change through one relay must be in force on the others.
-const PROPAGATION: Duration = Duration::from_secs(1);
+/// How soon a change through one relay must be in force on the others. The times printed
+/// are tens to hundreds of milliseconds (docs/operations.md); the bound leaves room for a
+/// loaded CI machine and still fails a relay that waits for the next `sync_interval: 30s`
+/// (the LISTEN test) or never resyncs.
+const PROPAGATION: Duration = Duration::from_secs(5);
 
 /// `method path` on `relay`'s API: status and JSON answer.
 async fn api(relay: &Replica, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -130,7 +133,7 @@ async fn api_subscriptions_are_shared(pg: &str) {
     .await;
     assert!(all_delivered, "yaml-x deliveries were not all delivered");
 
-    // Created through A: in force on B and C within a second.
+    // Created through A: in force on B and C within `PROPAGATION`.
     let (status, created) = api(
         &a,
         Method::POST,
@@ -152,7 +155,7 @@ async fn api_subscriptions_are_shared(pg: &str) {
     got.sort();
     assert_eq!(got, ["api-b", "api-c"]);
 
-    // Updated through B (a new URL): in force on C within a second.
+    // Updated through B (a new URL): in force on C within `PROPAGATION`.
     let (status, updated) = api(
         &b,
         Method::PATCH,
@@ -172,7 +175,7 @@ async fn api_subscriptions_are_shared(pg: &str) {
     assert!(deadline(|| async { second.count() >= 1 }).await);
     assert_eq!(ids(&second), ["api-c2"]);
 
-    // Deleted through C: gone from A within a second; A matches nothing to it any more.
+    // Deleted through C: gone from A within `PROPAGATION`; A matches nothing to it any more.
     let (status, _) = api(&c, Method::DELETE, "/v1/subscriptions/shared", None).await;
     assert_eq!(status, 204);
     let took = seen_within(&a, PROPAGATION, |s, _| s == 404).await;

@@ -21,7 +21,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, Statement};
 
 use super::tls;
-use crate::store::settings::PostgresSettings;
+use crate::store::settings::{DatabaseUrl, PostgresSettings};
 use crate::store::{Cause, StoreError};
 
 /// Advisory lock classes (the first half of a two-key lock; the second is the schema's
@@ -82,20 +82,8 @@ impl Db {
             context,
             source,
         };
-        let mut config: tokio_postgres::Config = pg
-            .url
-            .expose()
-            .parse()
+        let config = client_config(&pg.url, pg)
             .map_err(|e| open_error("not a valid PostgreSQL URL".into(), Some(Arc::new(e))))?;
-        if config.get_application_name().is_none() {
-            config.application_name("hookrelay");
-        }
-        config
-            .connect_timeout(pg.connect_timeout)
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30))
-            // A dead peer fails a statement in this time instead of the kernel's 15 minutes.
-            .tcp_user_timeout(pg.connect_timeout.max(Duration::from_secs(10)));
         let manager_config = ManagerConfig {
             // `is_closed` drops connections the server ended; a statement that fails on a
             // dead socket closes the client too, so the next checkout connects anew.
@@ -308,6 +296,25 @@ impl Session<'_> {
         let statement = self.ready(sql, params).await?;
         self.run(&statement, params).await
     }
+}
+
+/// The settings of every connection to `url`: the application name (unless the URL names
+/// one), `connect_timeout`, keepalives, and a bound on a dead peer.
+pub(super) fn client_config(
+    url: &DatabaseUrl,
+    pg: &PostgresSettings,
+) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.expose().parse()?;
+    if config.get_application_name().is_none() {
+        config.application_name("hookrelay");
+    }
+    config
+        .connect_timeout(pg.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        // A dead peer fails a statement in this time instead of the kernel's 15 minutes.
+        .tcp_user_timeout(pg.connect_timeout.max(Duration::from_secs(10)));
+    Ok(config)
 }
 
 /// A failure of the connection rather than of a statement: the socket, or the server

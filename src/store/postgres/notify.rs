@@ -6,7 +6,6 @@
 //! what was notified while it was away is found by the resync. Reconnects with backoff; the
 //! periodic resync (`catalog_revision`) covers the gaps and works without it.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{AsyncMessage, Socket};
 use tokio_util::sync::CancellationToken;
 
+use super::db::client_config;
 use super::subscriptions::CHANNEL;
 use super::tls;
 use crate::store::settings::PostgresSettings;
@@ -69,16 +69,8 @@ async fn listen_once(
     backoff: &mut Duration,
 ) -> Result<(), ListenError> {
     let url = pg.direct_url.as_ref().unwrap_or(&pg.url);
-    let mut config = tokio_postgres::Config::from_str(url.expose())
+    let mut config = client_config(url, pg)
         .map_err(|_| ListenError::Setup(format!("{url} is not a valid PostgreSQL URL")))?;
-    if config.get_application_name().is_none() {
-        config.application_name("hookrelay");
-    }
-    config
-        .connect_timeout(pg.connect_timeout)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30))
-        .tcp_user_timeout(pg.connect_timeout.max(Duration::from_secs(10)));
     match tls::connector(&mut config, pg).map_err(ListenError::Setup)? {
         None => listen_with(config, tokio_postgres::NoTls, &pg.schema, signal, backoff).await,
         Some(tls) => listen_with(config, tls, &pg.schema, signal, backoff).await,
