@@ -1,10 +1,11 @@
 //! (a) Three relay processes on one PostgreSQL schema share their API subscriptions: one
 //! created through A's API receives the events posted to B and C, an update through B is in
 //! force on C, a delete through C stops deliveries on A, each within `PROPAGATION` (measured:
-//! well under a second). A subscription that two relays' config files declare and the third's lacks (mid rolling update) is not
-//! orphaned when the third starts, nor is one a relay's file gains by a reload when a fourth
-//! starts without it. Once with the `LISTEN` connection, once by the periodic resync alone
-//! (its listener pointed at a port where nothing listens, as through a pooler).
+//! well under a second). A subscription that two relays' config files declare and the third's
+//! lacks (mid rolling update) is not orphaned when the third starts, nor is one a relay's file
+//! gains by a reload when a fourth starts without it. Once with the `LISTEN` connection, once
+//! by the periodic resync alone (its listener pointed at a port where nothing listens, as
+//! through a pooler).
 
 mod common;
 
