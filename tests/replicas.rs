@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use common::replicas::{Replica, start_all};
+use common::replicas::{Replica, start_all, wait_replicas};
 use common::{Backend, TestDb, test_database_url};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -131,22 +131,6 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until every relay counts `n` live relays.
-async fn wait_replicas(relays: &[&Replica], n: f64) {
-    for r in relays {
-        let seen = within(Duration::from_secs(10), || async {
-            r.metric("hookrelay_replicas", &[]).await == Some(n)
-        })
-        .await;
-        assert!(
-            seen,
-            "{} counts {:?} relays, not {n}",
-            r.host,
-            r.metric("hookrelay_replicas", &[]).await
-        );
     }
 }
 

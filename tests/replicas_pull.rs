@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use common::replicas::{Replica, start_all};
-use common::{Backend, TestDb, api_request, poll};
+use common::replicas::{start_all, wait_replicas};
+use common::{Backend, TestDb, api_request};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -40,13 +40,6 @@ async fn post(app: &str, event: &Value) -> u16 {
         .unwrap()
         .status()
         .as_u16()
-}
-
-/// Waits until every relay counts `n` live relays.
-async fn wait_replicas(relays: &[Replica], n: f64) {
-    for r in relays {
-        poll(|| async { r.metric("hookrelay_replicas", &[]).await == Some(n) }).await;
-    }
 }
 
 /// When an event's post was sent and when its 202 came back.
@@ -103,7 +96,7 @@ async fn a_consumer_on_one_relay_takes_every_relays_events_oldest_first_each_onc
     const EACH: usize = 150;
     let db = TestDb::new(Backend::Postgres);
     let relays = start_all(&db, &["pull-a", "pull-b", "pull-c"], "", PULL_YAML);
-    wait_replicas(&relays, 3.0).await;
+    wait_replicas(&relays.iter().collect::<Vec<_>>(), 3.0).await;
     let consumer = relays[2].binary.api;
 
     let posters: Vec<_> = [(0, "a-"), (1, "b-")]
@@ -276,7 +269,7 @@ async fn one_ordering_key_posted_to_two_relays_arrives_in_post_order_one_at_a_ti
          retries: 5, backoff: {{schedule: [100ms], overload_floor: 0s}}, ordering: {{key: sender}}}}\n"
     );
     let relays = start_all(&db, &["key-a", "key-b", "key-c"], "", &yaml);
-    wait_replicas(&relays, 3.0).await;
+    wait_replicas(&relays.iter().collect::<Vec<_>>(), 3.0).await;
 
     for seq in 0..EVENTS {
         let relay = &relays[(seq % 2) as usize];

@@ -85,11 +85,13 @@ impl Limiter {
     /// A token now, or when the next one is due.
     fn check(&self) -> Result<(), NotUntil<<DefaultClock as Clock>::Instant>> {
         let n = self.relays.load(Ordering::Relaxed).max(1);
-        let mut share = self.share.load_full();
-        if share.n != n {
-            share = Arc::new(Share::new(self.limit, n, true));
-            self.share.store(share.clone());
+        let share = self.share.load();
+        if share.n == n {
+            // The common case: no Arc is cloned per attempt.
+            return share.limiter.check();
         }
+        let share = Arc::new(Share::new(self.limit, n, true));
+        self.share.store(share.clone());
         share.limiter.check()
     }
 }

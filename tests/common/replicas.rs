@@ -125,6 +125,21 @@ impl Drop for Replica {
     }
 }
 
+/// Waits until every relay in `relays` counts `n` live relays (`hookrelay_replicas`).
+pub async fn wait_replicas(relays: &[&Replica], n: f64) {
+    for r in relays {
+        let seen =
+            super::deadline(|| async { r.metric("hookrelay_replicas", &[]).await == Some(n) })
+                .await;
+        assert!(
+            seen,
+            "{} counts {:?} relays, not {n}",
+            r.host,
+            r.metric("hookrelay_replicas", &[]).await
+        );
+    }
+}
+
 /// Starts one relay per host in `hosts` on `db`, each as `Replica::start`.
 pub fn start_all(db: &TestDb, hosts: &[&str], pg: &str, yaml: &str) -> Vec<Replica> {
     hosts
