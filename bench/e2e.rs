@@ -18,6 +18,11 @@
 //! `postgres` process on the machine). Cases are named `full`, `normal` and `postgres`.
 //! `BENCH_POSTGRES` adds keys to `storage.postgres` (`BENCH_POSTGRES='prepared_statements:
 //! false'`).
+//!
+//! `cargo bench --bench e2e -- --replicas 1,2,3` runs the PostgreSQL fan-out 10 case once per
+//! count, with that many relays sharing one schema (each its own `HOSTNAME`); the load
+//! generator spreads its connections over their app ports. CPU is summed over the relays,
+//! peak RSS is the largest one's. Cases are named `postgres-10-r2` and so on.
 //! The load generator and receiver share the machine with the relay, as a sidecar's app would.
 
 use std::io::{BufRead, BufReader};
@@ -86,7 +91,14 @@ struct Relay {
 }
 
 impl Relay {
-    fn start(dir: &std::path::Path, store: &str, fanout: usize, sink: SocketAddr) -> Relay {
+    /// Starts relay `index` of a case (the relays of one case share its store).
+    fn start(
+        dir: &std::path::Path,
+        index: usize,
+        store: &str,
+        fanout: usize,
+        sink: SocketAddr,
+    ) -> Relay {
         let subs: String = (0..fanout)
             .map(|i| {
                 format!(
@@ -105,7 +117,7 @@ impl Relay {
             ),
             sync => format!("path: '{}', sync: {sync}", dir.join("bench.db").display()),
         };
-        let config = dir.join("bench.yaml");
+        let config = dir.join(format!("bench-{index}.yaml"));
         std::fs::write(
             &config,
             format!(
@@ -117,6 +129,7 @@ impl Relay {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "hookrelay=info")
+            .env("HOSTNAME", format!("bench-{index}"))
             .stderr(Stdio::piped())
             .spawn()
             .expect("release binary");
@@ -258,23 +271,23 @@ fn payload(epoch: Instant) -> String {
     format!("{head}{}\"}}}}", "x".repeat(pad))
 }
 
-/// Posts events until `until`, at most `rate` per second (0 = as fast as possible).
-async fn load(app: &str, epoch: Instant, until: Instant, rate: u64) -> (u64, u64, Vec<u32>) {
+/// Posts events until `until`, at most `rate` per second (0 = as fast as possible), spreading
+/// the connections over `apps`.
+async fn load(apps: &[String], epoch: Instant, until: Instant, rate: u64) -> (u64, u64, Vec<u32>) {
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(CONNECTIONS)
         .build()
         .unwrap();
-    let url = format!("http://{app}/v1/events");
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let issued = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..CONNECTIONS {
+    for connection in 0..CONNECTIONS {
         let (http, url, accepted, refused, issued) = (
             http.clone(),
-            url.clone(),
+            format!("http://{}/v1/events", apps[connection % apps.len()]),
             accepted.clone(),
             refused.clone(),
             issued.clone(),
@@ -323,7 +336,12 @@ async fn load(app: &str, epoch: Instant, until: Instant, rate: u64) -> (u64, u64
     )
 }
 
-async fn case(sync: &str, fanout: usize) {
+async fn case(sync: &str, fanout: usize, replicas: usize) {
+    let name = if replicas > 1 {
+        format!("store={sync} fanout={fanout} replicas={replicas}")
+    } else {
+        format!("store={sync} fanout={fanout}")
+    };
     let dir = tempfile::tempdir().unwrap();
     let pg_cpu = postgres_cpu();
     let epoch = Instant::now();
@@ -340,16 +358,21 @@ async fn case(sync: &str, fanout: usize) {
         .fallback(receive)
         .with_state(sink.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let relay = Relay::start(dir.path(), sync, fanout, sink_addr);
+    let relays: Vec<Relay> = (0..replicas)
+        .map(|i| Relay::start(dir.path(), i, sync, fanout, sink_addr))
+        .collect();
+    let apps: Vec<String> = relays.iter().map(|r| r.app.clone()).collect();
+    // The store's queue depth is the same from every relay; ask the first.
+    let ops = relays[0].ops.clone();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
     // Burst ingest with the receiver paused.
     let burst = Duration::from_secs(env_u64("BENCH_BURST_SECS", 10));
     let t0 = Instant::now();
-    let (accepted, refused, lat) = load(&relay.app, epoch, t0 + burst, 0).await;
+    let (accepted, refused, lat) = load(&apps, epoch, t0 + burst, 0).await;
     let took = t0.elapsed().as_secs_f64();
     println!(
-        "store={sync} fanout={fanout} burst: accepted {:.0}/s ({accepted} in {took:.1}s, {refused} refused), accept latency p50 {:.2} ms p99 {:.2} ms",
+        "{name} burst: accepted {:.0}/s ({accepted} in {took:.1}s, {refused} refused), accept latency p50 {:.2} ms p99 {:.2} ms",
         accepted as f64 / took,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
@@ -358,11 +381,11 @@ async fn case(sync: &str, fanout: usize) {
     sink.paused.store(false, Ordering::SeqCst);
     sink.resume.notify_waiters();
     let drain = Instant::now();
-    while queue_depth(&http, &relay.ops).await > 0.0 && drain.elapsed() < Duration::from_secs(300) {
+    while queue_depth(&http, &ops).await > 0.0 && drain.elapsed() < Duration::from_secs(300) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     println!(
-        "store={sync} fanout={fanout} drain: {} deliveries of the burst in {:.1}s ({:.0}/s)",
+        "{name} drain: {} deliveries of the burst in {:.1}s ({:.0}/s)",
         sink.delivered.load(Ordering::Relaxed),
         drain.elapsed().as_secs_f64(),
         sink.delivered.load(Ordering::Relaxed) as f64 / drain.elapsed().as_secs_f64()
@@ -382,7 +405,7 @@ async fn case(sync: &str, fanout: usize) {
     let until = t0 + steady;
     let sampler = {
         let http = http.clone();
-        let ops = relay.ops.clone();
+        let ops = ops.clone();
         tokio::spawn(async move {
             let mut samples = Vec::new();
             while Instant::now() < until {
@@ -392,23 +415,31 @@ async fn case(sync: &str, fanout: usize) {
             samples
         })
     };
-    let (accepted, refused, lat) = load(&relay.app, epoch, until, event_rate).await;
+    let (accepted, refused, lat) = load(&apps, epoch, until, event_rate).await;
     let took = t0.elapsed().as_secs_f64();
     let delivered = sink.delivered.load(Ordering::Relaxed) - delivered_before;
     let depths = sampler.await.unwrap();
     let mut e2e = sink.latencies_us.lock().unwrap().clone();
     e2e.sort_unstable();
-    let (rss, cpu) = relay.usage();
-    let metrics = metrics_text(&http, &relay.ops).await;
+    let (rss, cpu) = relays
+        .iter()
+        .map(Relay::usage)
+        .fold((0, 0.0), |(rss, cpu), (r, c)| (rss.max(r), cpu + c));
+    let mut metrics = Vec::new();
+    for relay in &relays {
+        metrics.push(metrics_text(&http, &relay.ops).await);
+    }
+    // Each relay's own counters, summed.
     let value = |name: &str| -> f64 {
         metrics
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(f64::NAN)
+            .iter()
+            .flat_map(|m| m.lines())
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
     println!(
-        "store={sync} fanout={fanout} store: {:.0} transactions, mean {:.2} ms each, mean {:.1} jobs each",
+        "{name} store: {:.0} transactions, mean {:.2} ms each, mean {:.1} jobs each",
         value("hookrelay_store_commit_duration_seconds_count"),
         1000.0 * value("hookrelay_store_commit_duration_seconds_sum")
             / value("hookrelay_store_commit_duration_seconds_count"),
@@ -420,7 +451,7 @@ async fn case(sync: &str, fanout: usize) {
     let flat =
         spread <= target as f64 * 0.5 && tail.last().copied().unwrap_or(0.0) <= target as f64;
     println!(
-        "store={sync} fanout={fanout} steady: offered {event_rate} events/s ({target} deliveries/s) for {took:.0}s: accepted {:.0}/s ({refused} refused), delivered {:.0}/s, accept p50 {:.2} ms p99 {:.2} ms, event-to-delivery p50 {:.2} ms p99 {:.2} ms, queue depth samples {:?} -> {}",
+        "{name} steady: offered {event_rate} events/s ({target} deliveries/s) for {took:.0}s: accepted {:.0}/s ({refused} refused), delivered {:.0}/s, accept p50 {:.2} ms p99 {:.2} ms, event-to-delivery p50 {:.2} ms p99 {:.2} ms, queue depth samples {:?} -> {}",
         accepted as f64 / took,
         delivered as f64 / took,
         percentile(&lat, 0.5),
@@ -435,15 +466,15 @@ async fn case(sync: &str, fanout: usize) {
         }
     );
     println!(
-        "store={sync} fanout={fanout} relay: peak RSS {:.1} MiB, CPU {cpu:.1} s over the case",
+        "{name} relay: peak RSS {:.1} MiB (the largest relay), CPU {cpu:.1} s over the case (all relays)",
         rss as f64 / 1048576.0
     );
     if sync == "postgres" {
         println!(
-            "store={sync} fanout={fanout} PostgreSQL server: CPU {:.1} s over the case",
+            "{name} PostgreSQL server: CPU {:.1} s over the case",
             postgres_cpu() - pg_cpu
         );
-        drop(relay);
+        drop(relays);
         drop_schema(&bench_schema(dir.path())).await;
     }
 }
@@ -456,10 +487,28 @@ fn main() {
         .windows(2)
         .any(|w| w[0] == "--store" && w[1] == "postgres")
         || args.iter().any(|a| a == "--store=postgres");
-    let cases: &[(&str, usize)] = if postgres {
-        &[("full", 1), ("postgres", 1), ("full", 10), ("postgres", 10)]
-    } else {
-        &[("full", 1), ("full", 10), ("normal", 1), ("normal", 10)]
+    let replicas: Option<Vec<usize>> = args.windows(2).find(|w| w[0] == "--replicas").map(|w| {
+        w[1].split(',')
+            .map(|n| n.parse().expect("--replicas 1,2,3"))
+            .collect()
+    });
+    let cases: Vec<(&str, usize, usize)> = match replicas {
+        Some(counts) => counts
+            .into_iter()
+            .map(|n| ("postgres", 10, n.max(1)))
+            .collect(),
+        None if postgres => vec![
+            ("full", 1, 1),
+            ("postgres", 1, 1),
+            ("full", 10, 1),
+            ("postgres", 10, 1),
+        ],
+        None => vec![
+            ("full", 1, 1),
+            ("full", 10, 1),
+            ("normal", 1, 1),
+            ("normal", 10, 1),
+        ],
     };
     let only = std::env::var("BENCH_ONLY").ok();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -467,13 +516,14 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    for &(sync, fanout) in cases {
-        if only
-            .as_deref()
-            .is_some_and(|o| o != format!("{sync}-{fanout}"))
-        {
+    for (sync, fanout, replicas) in cases {
+        let id = match replicas {
+            1 => format!("{sync}-{fanout}"),
+            n => format!("{sync}-{fanout}-r{n}"),
+        };
+        if only.as_deref().is_some_and(|o| o != id) {
             continue;
         }
-        runtime.block_on(case(sync, fanout));
+        runtime.block_on(case(sync, fanout, replicas));
     }
 }
