@@ -17,8 +17,10 @@ use utoipa::openapi::schema::Schema;
 use utoipa::{PartialSchema, ToSchema};
 
 use filter::filter;
+use policy::{final_statuses, max_in_flight};
 
 mod filter;
+mod policy;
 
 /// Durations within `100ms..=60s`.
 const TIMEOUT: &str = r"^(([1-9][0-9]{2,3}|[1-5][0-9]{4})ms|([1-9]|[1-5][0-9]|60)s|1m)$";
@@ -158,20 +160,7 @@ fn delivery(properties: &mut serde_json::Map<String, Json>) {
     );
     properties.insert("backoff".into(), nullable(reference("BackoffInput")));
     properties.insert("rate_limit".into(), nullable(reference("RateLimitInput")));
-    properties.insert(
-        "max_in_flight".into(),
-        json!({"description": "Concurrent attempts at most: a fixed `N` (1..=1024; default 8), \
-            or `auto` (`{\"auto\": true, \"max\": N}`, `max` default 64): the limit adapts \
-            to the receiver's latency and failures (AIMD) within 1..=`max`.",
-            "oneOf": [
-                {"type": "integer", "minimum": 1, "maximum": 1024},
-                {"type": "string", "enum": ["auto"]},
-                object(json!({"auto": {"type": "boolean", "enum": [true]},
-                    "max": integer(1, 1024, "The ceiling; default 64.")}), &["auto"]),
-                {"type": "null"},
-            ],
-            "example": {"auto": true, "max": 32}}),
-    );
+    properties.insert("max_in_flight".into(), max_in_flight());
     properties.insert("ordering".into(), nullable(reference("OrderingInput")));
 }
 
@@ -197,22 +186,7 @@ fn push(replace: bool) -> Json {
         "success_code".into(),
         nullable(reference("SuccessCodeInput")),
     );
-    p.insert(
-        "final_statuses".into(),
-        nullable(
-            json!({"type": "array", "uniqueItems": true, "maxItems": 500,
-            "description": "Statuses that fail a delivery at once, without retries: statuses \
-                (100..=599) and classes such as `\"4xx\"`; a class leaves 408 and 429 \
-                retryable unless they are named too. None may also be a `success_code`, and \
-                none may be listed twice (a status inside a listed class counts as listed). \
-                Default none: every status but the success codes and 410 is retried.",
-            "items": {"oneOf": [
-                {"type": "integer", "minimum": 100, "maximum": 599},
-                {"type": "string", "pattern": "^[1-5]xx$"},
-            ]},
-            "example": [400, 401, 403, 404, 422]}),
-        ),
-    );
+    p.insert("final_statuses".into(), final_statuses());
     p.insert("auth".into(), nullable(variant("Auth", replace)));
     p.insert(
         "headers".into(),
