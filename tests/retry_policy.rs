@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Answer, Receiver, TestRelay, deadline, poll};
+use common::{Answer, Backend, Receiver, TestDb, TestRelay, deadline, poll};
 use hookrelay::Config;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -36,18 +36,22 @@ async fn delivery(relay: &TestRelay, event: &str, subscription: &str) -> Value {
         .clone()
 }
 
-#[tokio::test]
-async fn a_final_status_fails_the_delivery_after_one_attempt() {
+/// On both stores: the dead letter is the store's, whichever it is.
+async fn a_final_status_fails_the_delivery_after_one_attempt(backend: Backend) {
+    let db = TestDb::new(backend);
     let finals = Receiver::scripted(|_| Answer::status(422)).await;
     let control = Receiver::scripted(|_| Answer::status(422)).await;
-    let relay = TestRelay::start(&config(&[
-        sub(
-            "strict",
-            &finals.url("/"),
-            &format!("{QUICK}, final_statuses: [400, 422]"),
-        ),
-        sub("lenient", &control.url("/"), QUICK),
-    ]))
+    let relay = TestRelay::on(
+        &db,
+        &config(&[
+            sub(
+                "strict",
+                &finals.url("/"),
+                &format!("{QUICK}, final_statuses: [400, 422]"),
+            ),
+            sub("lenient", &control.url("/"), QUICK),
+        ]),
+    )
     .await;
     relay
         .post(&json!({"type": "t", "id": "e1", "data": {}}))
@@ -74,6 +78,8 @@ async fn a_final_status_fails_the_delivery_after_one_attempt() {
     );
     relay.stop().await;
 }
+
+crate::both_backends!(a_final_status_fails_the_delivery_after_one_attempt);
 
 #[tokio::test]
 async fn a_class_fails_at_once_but_429_and_408_still_retry() {
