@@ -107,7 +107,7 @@ impl Allowance {
     /// Adjusts the limit to what the receiver did with one attempt, which took `latency`.
     fn adjust(&self, level: &mut Level, verdict: &Verdict, latency: Duration) {
         let target = match &mut level.aimd {
-            // Held now: the permits out plus the one this attempt still holds.
+            // Attempts in flight now, this one included (its permit is not back yet).
             Some(aimd) => {
                 let held =
                     (level.limit + level.debt).saturating_sub(self.permits.available_permits());
