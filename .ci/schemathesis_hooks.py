@@ -1,7 +1,7 @@
 """Rules of the subscription document that JSON Schema cannot state, for .ci/schema-check.
 
 The served document states every rule it can (src/api/subscriptions/input.rs); the ones
-below relate two members, so a generated document may satisfy the schema and still break
+below relate two members (or a list's items), so a generated document may satisfy the schema and still break
 one. The relay answers those 422, as its descriptions say; these hooks keep such documents
 out of the generated cases so that every other schema-valid document must be accepted
 (positive_data_acceptance). Each rule is one the descriptions name.
@@ -78,13 +78,53 @@ def headers_ok(doc):
     return True
 
 
+def statuses(entry):
+    """The statuses a `success_code` or `final_statuses` entry names, as a set."""
+    if isinstance(entry, bool):
+        return set()
+    if isinstance(entry, int):
+        return {entry}
+    if isinstance(entry, str) and re.fullmatch(r"[1-5]xx", entry):
+        c = int(entry[0]) * 100
+        return set(range(c, c + 100))
+    return set()
+
+
+def final_statuses_ok(doc):
+    """No final status is also a success code, and none is listed twice (a status inside a
+    listed class counts as listed; a class leaves 408 and 429 out)."""
+    finals = doc.get("final_statuses")
+    if not isinstance(finals, list):
+        return True
+    success = doc.get("success_code")
+    if success is None:
+        success = "2xx"
+    ok = set()
+    for entry in success if isinstance(success, list) else [success]:
+        ok |= statuses(entry)
+    seen = set()
+    for entry in finals:
+        named = statuses(entry)
+        if isinstance(entry, str):
+            named -= {408, 429}
+        if named & ok or named & seen:
+            return False
+        seen |= named
+    return True
+
+
 def subscription_rules(context, body):
     operation = getattr(context, "operation", None)
     if operation is None or not operation.path.startswith("/v1/subscriptions"):
         return True
     if not isinstance(body, dict):
         return True
-    return backoff_ok(body.get("backoff")) and filter_ok(body.get("filter")) and headers_ok(body)
+    return (
+        backoff_ok(body.get("backoff"))
+        and filter_ok(body.get("filter"))
+        and headers_ok(body)
+        and final_statuses_ok(body)
+    )
 
 
 @schemathesis.hook("filter_body")

@@ -4,6 +4,7 @@
 //! transport (HTTP with its credentials layer, or SMTP). Retries are not made here: the
 //! verdict goes back to the store, which schedules them.
 
+pub mod aimd;
 pub mod allowance;
 pub mod auth;
 pub mod classify;
@@ -24,7 +25,7 @@ use tower::util::BoxCloneService;
 use tower::{BoxError, Service, ServiceBuilder};
 
 use crate::metrics::{ATTEMPT_RESULTS, Metrics};
-use crate::subscription::{HttpSettings, PushSettings, SuccessCodes};
+use crate::subscription::{FinalStatuses, HttpSettings, PushSettings, SuccessCodes};
 use allowance::{Allowance, AllowanceLayer};
 use auth::AuthLayer;
 use classify::{ClassifyConfig, ClassifyLayer};
@@ -62,7 +63,8 @@ pub fn http_stack(
         // Credentials last, marked sensitive so no layer can log them.
         .option_layer(http.auth.as_ref().map(AuthLayer::new))
         .service(send);
-    stack(label, push, http.success.clone(), transport, caps, metrics)
+    let policy = (http.success.clone(), http.final_statuses.clone());
+    stack(label, push, policy, transport, caps, metrics)
 }
 
 /// The stack of an e-mail subscription: its `mailer` sends.
@@ -77,22 +79,18 @@ pub fn email_stack(
         let mailer = mailer.clone();
         async move { mailer.send(mail?).await }
     });
-    // SMTP replies are judged by their class; `success_code` is HTTP's.
-    stack(
-        label,
-        push,
-        SuccessCodes::default_2xx(),
-        send,
-        caps,
-        metrics,
-    )
+    // SMTP replies are judged by their class (5xx is final already); `success_code` and
+    // `final_statuses` are HTTP's.
+    let policy = (SuccessCodes::default_2xx(), FinalStatuses::default());
+    stack(label, push, policy, send, caps, metrics)
 }
 
-/// The layers every push channel shares, around its `transport`.
+/// The layers every push channel shares, around its `transport`; `policy` is what counts as
+/// delivered and what as final.
 fn stack<R, T>(
     label: &str,
     push: &PushSettings,
-    success: SuccessCodes,
+    (success, finals): (SuccessCodes, FinalStatuses),
     transport: T,
     caps: Caps,
     metrics: &Metrics,
@@ -121,6 +119,7 @@ where
         // Outside the timeout so timeouts are seen, classified and timed like any result.
         .layer(ClassifyLayer(Arc::new(ClassifyConfig {
             success,
+            finals,
             timeout: push.timeout,
             attempts: ATTEMPT_RESULTS.map(|r| metrics.attempts.with_label_values(&[label, r])),
             duration: metrics.attempt_duration.with_label_values(&[label]),

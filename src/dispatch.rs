@@ -201,15 +201,23 @@ impl Dispatcher {
 
     /// The concurrency a push subscription is held to: its own `max_in_flight` for a config
     /// subscription; for an API one, at most its share of the pool the API ones share.
+    /// Its limit shows in `hookrelay_delivery_concurrency_limit` when it has its own series.
     fn caps(&self, sub: &Subscription, push: &PushSettings) -> Caps {
+        let gauge = sub.own_metrics.then(|| {
+            self.shared
+                .metrics
+                .concurrency_limit
+                .with_label_values(&[sub.metric_label()])
+        });
+        let allowance = |max| Allowance::new(max, push.concurrency, gauge.clone());
         match sub.source {
             Source::Config => Caps {
-                allowance: Allowance::new(push.max_in_flight),
+                allowance: allowance(push.max_in_flight),
                 pool: None,
                 relays: self.shared.relays.clone(),
             },
             Source::Api => Caps {
-                allowance: Allowance::new(push.max_in_flight.min(self.shared.api_share)),
+                allowance: allowance(push.max_in_flight.min(self.shared.api_share)),
                 pool: Some(self.shared.api_pool.clone()),
                 relays: self.shared.relays.clone(),
             },

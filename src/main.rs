@@ -12,7 +12,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookrelay::config::{Config, LogFormat};
 use hookrelay::signing::SigningKey;
-use hookrelay::subscription::{Auth, Channel, DeliveryOrder, Encoding, EventPattern, Subscription};
+use hookrelay::subscription::{
+    Auth, Channel, Concurrency, DeliveryOrder, Encoding, EventPattern, Subscription,
+};
 use hookrelay::{Relay, yaml::fmt_duration};
 
 #[derive(Parser)]
@@ -280,12 +282,16 @@ fn summary(sub: &Subscription) -> String {
         Some(Encoding::Form { field }) => format!(" encoding=form({field})"),
     };
     format!(
-        "{}: {} -> {} retries={} timeout={} max_in_flight={}{encoding}{rate}{auth}{signed}{ordered}{filter}",
+        "{}: {} -> {} retries={} timeout={} max_in_flight={}{}{encoding}{rate}{auth}{signed}{ordered}{filter}",
         sub.name,
         events.join(","),
         target,
         push.retries,
         fmt_duration(push.timeout),
+        match push.concurrency {
+            Concurrency::Fixed => String::new(),
+            Concurrency::Auto => "auto<=".to_string(),
+        },
         push.max_in_flight,
     )
 }

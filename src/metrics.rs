@@ -98,6 +98,8 @@ pub struct MetricSet {
     pub orphaned: prometheus::IntGauge,
     /// Attempts that had to wait for the rate limiter, per subscription.
     pub rate_limited: IntCounterVec,
+    /// Attempts a push subscription may have in flight now (its allowance).
+    pub concurrency_limit: IntGaugeVec,
     /// Pull notifications handed out again after they were pulled and not acknowledged.
     pub pull_redelivered: IntCounterVec,
     /// Seconds per store transaction, commit included.
@@ -193,6 +195,17 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(attempt_duration.clone()))
+            .expect("unique metric");
+        let concurrency_limit = IntGaugeVec::new(
+            Opts::new(
+                "hookrelay_delivery_concurrency_limit",
+                "Attempts a push subscription may have in flight now: max_in_flight, or less while the receiver is slow or failing.",
+            ),
+            &["subscription"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(concurrency_limit.clone()))
             .expect("unique metric");
         let queue_depth = IntGaugeVec::new(
             Opts::new(
@@ -375,6 +388,7 @@ impl Metrics {
             dead_letters,
             orphaned,
             rate_limited,
+            concurrency_limit,
             pull_redelivered,
             store_commit_duration,
             store_batch_size,
@@ -433,6 +447,7 @@ impl Metrics {
         let _ = self.oldest_pending.remove_label_values(&[label]);
         let _ = self.dead_letters.remove_label_values(&[label]);
         let _ = self.rate_limited.remove_label_values(&[label]);
+        let _ = self.concurrency_limit.remove_label_values(&[label]);
         let _ = self.pull_redelivered.remove_label_values(&[label]);
     }
 

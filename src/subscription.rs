@@ -111,8 +111,10 @@ pub struct PushSettings {
     pub backoff: Backoff,
     /// Optional outbound rate limit.
     pub rate_limit: Option<RateLimit>,
-    /// Concurrent attempts at most.
+    /// Concurrent attempts at most (the ceiling, when adaptive).
     pub max_in_flight: usize,
+    /// Whether the limit stays at `max_in_flight` or adapts to the receiver's latency.
+    pub concurrency: Concurrency,
     /// Whether deliveries wait for earlier ones (of the same key).
     pub ordering: DeliveryOrder,
 }
@@ -124,6 +126,8 @@ pub struct HttpSettings {
     pub url: Url,
     /// Statuses that count as delivered.
     pub success: SuccessCodes,
+    /// Statuses that fail a delivery at once (`final_statuses`).
+    pub final_statuses: FinalStatuses,
     /// Credentials sent with every attempt.
     pub auth: Option<Auth>,
     /// Extra headers sent with every attempt.
@@ -286,6 +290,38 @@ pub struct RateLimit {
 /// Statuses counted as success.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SuccessCodes(Vec<(u16, u16)>);
+
+/// Statuses that fail a delivery at once, without retries (`final_statuses`): exact codes,
+/// and classes (`4`, from `"4xx"`) that never cover 408 and 429 unless those are named.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinalStatuses {
+    codes: Vec<u16>,
+    classes: Vec<u16>,
+}
+
+impl FinalStatuses {
+    /// True when an answer with `status` fails the delivery at once.
+    pub fn contains(&self, status: u16) -> bool {
+        self.codes.contains(&status)
+            || (!matches!(status, 408 | 429) && self.classes.contains(&(status / 100)))
+    }
+
+    /// True when no status is final (besides the relay's own rules).
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty() && self.classes.is_empty()
+    }
+}
+
+/// How a push subscription's concurrency limit is set (`max_in_flight`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Concurrency {
+    /// `max_in_flight: N`: up to N, halved while the receiver times out or cannot be reached.
+    #[default]
+    Fixed,
+    /// `max_in_flight: auto` or `{auto: true, max: N}`: an AIMD controller on latency and
+    /// failures moves the limit within 1..=N.
+    Auto,
+}
 
 /// Credentials for a subscriber.
 #[derive(Clone)]

@@ -1,19 +1,24 @@
-//! The per-subscription concurrency layer, with an allowance that adapts to the receiver:
-//! it halves (down to one attempt) each time an attempt times out or cannot connect, and
-//! grows back by one with each attempt the receiver answers, up to `max_in_flight`. A
-//! receiver that hangs therefore holds one slot, not all of them, and a recovering one gets
-//! its concurrency back as it proves it can take it.
+//! The per-subscription concurrency layer, with an allowance that adapts to the receiver.
+//! With a fixed `max_in_flight` it halves (down to one attempt) each time an attempt times
+//! out or cannot connect, and grows back by one with each attempt the receiver answers, up
+//! to `max_in_flight`: a receiver that hangs holds one slot, not all of them. With
+//! `max_in_flight: auto`, the [`Aimd`] controller sets it from latency and failures.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use prometheus::IntGauge;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 use tower::{BoxError, Layer, Service};
 
+use super::aimd::{Aimd, Signal};
 use super::verdict::Verdict;
+use crate::subscription::Concurrency;
 
 /// The adaptive limit of one subscription, shared by every clone of its stack.
 #[derive(Debug)]
@@ -21,6 +26,8 @@ pub struct Allowance {
     permits: Arc<Semaphore>,
     max: usize,
     state: Mutex<Level>,
+    /// `hookrelay_delivery_concurrency_limit` of a subscription with its own series.
+    gauge: Option<IntGauge>,
 }
 
 /// The current limit and the permits still to take back from attempts in flight.
@@ -28,19 +35,32 @@ pub struct Allowance {
 struct Level {
     limit: usize,
     debt: usize,
+    /// The controller of `max_in_flight: auto`.
+    aimd: Option<Aimd>,
 }
 
 impl Allowance {
-    /// An allowance of `max` attempts at once, starting at `max`.
-    pub fn new(max: usize) -> Arc<Allowance> {
+    /// An allowance of `max` attempts at once: starting at `max` when fixed, at one
+    /// attempt when `auto`. `gauge` shows the limit.
+    pub fn new(max: usize, mode: Concurrency, gauge: Option<IntGauge>) -> Arc<Allowance> {
         let max = max.max(1);
+        let aimd = match mode {
+            Concurrency::Fixed => None,
+            Concurrency::Auto => Some(Aimd::new(max)),
+        };
+        let limit = aimd.as_ref().map_or(max, Aimd::limit);
+        if let Some(g) = &gauge {
+            g.set(limit as i64);
+        }
         Arc::new(Allowance {
-            permits: Arc::new(Semaphore::new(max)),
+            permits: Arc::new(Semaphore::new(limit)),
             max,
             state: Mutex::new(Level {
-                limit: max,
+                limit,
                 debt: 0,
+                aimd,
             }),
+            gauge,
         })
     }
 
@@ -49,31 +69,31 @@ impl Allowance {
         self.lock().limit
     }
 
+    /// Moves the limit to `target` (within 1..=max): permits are added or taken at once
+    /// where idle, and those held by attempts in flight are taken back as they end.
+    fn resize(&self, level: &mut Level, target: usize) {
+        let target = target.clamp(1, self.max);
+        if target < level.limit {
+            level.debt += level.limit - target;
+            level.limit = target;
+            let taken = self.permits.forget_permits(level.debt);
+            level.debt -= taken;
+        } else if target > level.limit {
+            let more = target - level.limit;
+            level.limit = target;
+            let repaid = more.min(level.debt);
+            level.debt -= repaid;
+            if more > repaid {
+                self.permits.add_permits(more - repaid);
+            }
+        }
+        if let Some(g) = &self.gauge {
+            g.set(level.limit as i64);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Level> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Halves the limit (at least one stays); permits held by attempts in flight are taken
-    /// back as those attempts end.
-    fn shrink(&self, level: &mut Level) {
-        let target = (level.limit / 2).max(1);
-        level.debt += level.limit - target;
-        level.limit = target;
-        let taken = self.permits.forget_permits(level.debt);
-        level.debt -= taken;
-    }
-
-    /// Grows the limit by one, up to `max`.
-    fn grow(&self, level: &mut Level) {
-        if level.limit >= self.max {
-            return;
-        }
-        level.limit += 1;
-        if level.debt > 0 {
-            level.debt -= 1;
-        } else {
-            self.permits.add_permits(1);
-        }
     }
 
     /// Gives an ended attempt's permit back, unless the limit shrank meanwhile.
@@ -84,34 +104,60 @@ impl Allowance {
         }
     }
 
-    /// Adjusts the limit to what the receiver did with one attempt.
-    fn adjust(&self, level: &mut Level, verdict: &Verdict) {
-        match verdict {
-            Verdict::Retryable { result, .. } if matches!(*result, "timeout" | "connect_error") => {
-                self.shrink(level)
+    /// Adjusts the limit to what the receiver did with one attempt, which took `latency`.
+    fn adjust(&self, level: &mut Level, verdict: &Verdict, latency: Duration) {
+        let target = match &mut level.aimd {
+            // Attempts in flight now, this one included (its permit is not back yet).
+            Some(aimd) => {
+                let held =
+                    (level.limit + level.debt).saturating_sub(self.permits.available_permits());
+                aimd.observe(latency, signal(verdict), held.max(1))
             }
-            _ => self.grow(level),
-        }
+            None if overloaded(verdict) => level.limit / 2,
+            None => level.limit + 1,
+        };
+        self.resize(level, target);
     }
 
     /// Ends one attempt under one lock: learns from its verdict (none if the stack failed),
     /// then gives its permit back.
-    fn settle(&self, verdict: Option<&Verdict>, permit: OwnedSemaphorePermit) {
+    fn settle(&self, verdict: Option<&Verdict>, latency: Duration, permit: OwnedSemaphorePermit) {
         let mut level = self.lock();
         if let Some(verdict) = verdict {
-            self.adjust(&mut level, verdict);
+            self.adjust(&mut level, verdict, latency);
         }
         Allowance::give_back(&mut level, permit);
     }
 
     #[cfg(test)]
     fn learn(&self, verdict: &Verdict) {
-        self.adjust(&mut self.lock(), verdict);
+        self.adjust(&mut self.lock(), verdict, Duration::from_millis(10));
     }
 
     #[cfg(test)]
     fn release(&self, permit: OwnedSemaphorePermit) {
         Allowance::give_back(&mut self.lock(), permit);
+    }
+}
+
+/// Whether a fixed allowance halves: the receiver hangs or cannot be reached.
+fn overloaded(verdict: &Verdict) -> bool {
+    matches!(verdict, Verdict::Retryable { result, .. } if matches!(*result, "timeout" | "connect_error"))
+}
+
+/// What a verdict tells the AIMD controller: 5xx, 408, 429, timeouts, no connection and
+/// SMTP's "try later" are signs of overload; any other answer is an answer.
+fn signal(verdict: &Verdict) -> Signal {
+    match verdict {
+        Verdict::Retryable { status: None, .. } => Signal::Failed,
+        Verdict::Retryable {
+            result: "smtp_error",
+            ..
+        } => Signal::Failed,
+        Verdict::Retryable {
+            status: Some(s), ..
+        } if s.is_server_error() || matches!(s.as_u16(), 408 | 429) => Signal::Failed,
+        _ => Signal::Answered,
     }
 }
 
@@ -174,10 +220,11 @@ where
     fn call(&mut self, req: R) -> Self::Future {
         let permit = self.permit.take().expect("call after poll_ready");
         let allowance = self.allowance.clone();
+        let started = Instant::now();
         let future = self.inner.call(req);
         Box::pin(async move {
             let result = future.await;
-            allowance.settle(result.as_ref().ok(), permit);
+            allowance.settle(result.as_ref().ok(), started.elapsed(), permit);
             result
         })
     }
@@ -200,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_hanging_receiver_shrinks_to_one_and_recovers_one_by_one() {
-        let a = Allowance::new(8);
+        let a = Allowance::new(8, Concurrency::Fixed, None);
         assert_eq!(a.permits.available_permits(), 8);
         a.learn(&timeout());
         assert_eq!(a.limit(), 4);
@@ -226,7 +273,7 @@ mod tests {
 
     #[test]
     fn permits_held_while_it_shrinks_are_taken_back_when_released() {
-        let a = Allowance::new(4);
+        let a = Allowance::new(4, Concurrency::Fixed, None);
         let held: Vec<_> = (0..4)
             .map(|_| a.permits.clone().try_acquire_owned().unwrap())
             .collect();
@@ -236,5 +283,59 @@ mod tests {
             a.release(p);
         }
         assert_eq!(a.permits.available_permits(), 2);
+    }
+}
+
+#[cfg(test)]
+mod auto_tests {
+    use super::*;
+    use crate::backoff::Pressure;
+    use http::StatusCode;
+
+    fn server_error() -> Verdict {
+        Verdict::Retryable {
+            result: "http_error",
+            status: Some(StatusCode::SERVICE_UNAVAILABLE),
+            pressure: Pressure::Normal,
+            retry_after: None,
+            error: "HTTP 503".into(),
+        }
+    }
+
+    #[test]
+    fn auto_starts_at_one_grows_on_used_answers_and_shrinks_on_failures() {
+        let gauge = IntGauge::new("limit", "limit").unwrap();
+        let a = Allowance::new(16, Concurrency::Auto, Some(gauge.clone()));
+        assert_eq!((a.limit(), a.permits.available_permits()), (1, 1));
+        assert_eq!(gauge.get(), 1);
+        let ok = Verdict::Delivered(StatusCode::OK);
+        let fast = Duration::from_millis(5);
+        // Each attempt holds every permit, as a busy subscription does.
+        for _ in 0..40 {
+            let held: Vec<_> = (0..a.limit())
+                .map(|_| a.permits.clone().try_acquire_owned().unwrap())
+                .collect();
+            for p in held {
+                a.settle(Some(&ok), fast, p);
+            }
+        }
+        assert_eq!(a.limit(), 16);
+        assert_eq!(a.permits.available_permits(), 16);
+        assert_eq!(gauge.get(), 16);
+        let p = a.permits.clone().try_acquire_owned().unwrap();
+        a.settle(Some(&server_error()), fast, p);
+        assert_eq!((a.limit(), a.permits.available_permits()), (8, 8));
+        assert_eq!(gauge.get(), 8);
+        // A 4xx the receiver chose is an answer, not overload.
+        assert_eq!(
+            signal(&Verdict::Retryable {
+                result: "http_error",
+                status: Some(StatusCode::NOT_FOUND),
+                pressure: Pressure::Normal,
+                retry_after: None,
+                error: String::new(),
+            }),
+            Signal::Answered
+        );
     }
 }

@@ -12,7 +12,7 @@ use tower::{BoxError, Layer, Service};
 
 use super::verdict::{Reply, Verdict, classify};
 use crate::metrics::ATTEMPT_RESULTS;
-use crate::subscription::SuccessCodes;
+use crate::subscription::{FinalStatuses, SuccessCodes};
 
 /// Classifies each attempt once and records its result and duration.
 #[derive(Clone)]
@@ -22,6 +22,8 @@ pub struct ClassifyLayer(pub Arc<ClassifyConfig>);
 pub struct ClassifyConfig {
     /// Statuses that count as delivered.
     pub success: SuccessCodes,
+    /// Statuses that fail the delivery at once.
+    pub finals: FinalStatuses,
     /// The attempt timeout, named in the error of a timed-out attempt.
     pub timeout: Duration,
     /// `hookrelay_delivery_attempts_total`, one counter per result, in `ATTEMPT_RESULTS` order.
@@ -68,7 +70,7 @@ where
         let config = self.config.clone();
         Box::pin(async move {
             let result = future.await.map_err(Into::into);
-            let attempt = classify(result, &config.success, config.timeout);
+            let attempt = classify(result, &config.success, &config.finals, config.timeout);
             config.duration.observe(started.elapsed().as_secs_f64());
             let i = ATTEMPT_RESULTS
                 .iter()

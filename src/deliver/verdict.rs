@@ -8,7 +8,7 @@ use http::StatusCode;
 use tower::BoxError;
 
 use crate::backoff::Pressure;
-use crate::subscription::SuccessCodes;
+use crate::subscription::{FinalStatuses, SuccessCodes};
 
 /// Longest `last_error` kept.
 const ERROR_LIMIT: usize = 300;
@@ -51,7 +51,7 @@ pub enum Verdict {
         /// Short reason, free of secrets.
         error: String,
     },
-    /// Never worth retrying (`410 Gone`, an SMTP 5xx).
+    /// Never worth retrying (`410 Gone`, a status in `final_statuses`, an SMTP 5xx).
     Permanent {
         /// Metric label: `http_error` or `smtp_error`.
         result: &'static str,
@@ -82,9 +82,12 @@ impl Verdict {
 }
 
 /// Classifies an attempt's result; the one place that decides success, retry or failure.
+/// `finals` are the subscription's `final_statuses` (HTTP only: an SMTP reply is judged by
+/// its class).
 pub fn classify(
     result: Result<Reply, BoxError>,
     success: &SuccessCodes,
+    finals: &FinalStatuses,
     timeout: Duration,
 ) -> Verdict {
     match result {
@@ -95,6 +98,11 @@ pub fn classify(
             result: "http_error",
             status,
             error: "HTTP 410 Gone: the receiver asked to stop".to_string(),
+        },
+        Ok(Reply::Http { status, .. }) if finals.contains(status.as_u16()) => Verdict::Permanent {
+            result: "http_error",
+            status,
+            error: format!("HTTP {status}: a final status (final_statuses), not retried"),
         },
         Ok(Reply::Http {
             status,
@@ -164,7 +172,12 @@ pub fn classify(
 
 /// An attempt that failed in the stack's outer layers, before it could be classified there.
 pub fn stack_error(e: BoxError) -> Verdict {
-    classify(Err(e), &SuccessCodes::default(), Duration::ZERO)
+    classify(
+        Err(e),
+        &SuccessCodes::default(),
+        &FinalStatuses::default(),
+        Duration::ZERO,
+    )
 }
 
 /// An error and its causes on one line, without URLs (which may carry tokens in queries).
@@ -246,19 +259,20 @@ mod tests {
     #[test]
     fn smtp_classification() {
         let ok = SuccessCodes::default_2xx();
+        let none = FinalStatuses::default();
         let t = Duration::from_secs(1);
         assert_eq!(
-            classify(smtp(250), &ok, t),
+            classify(smtp(250), &ok, &none, t),
             Verdict::Delivered(StatusCode::from_u16(250).unwrap())
         );
-        let retry = classify(smtp(451), &ok, t);
+        let retry = classify(smtp(451), &ok, &none, t);
         assert!(
             matches!(&retry, Verdict::Retryable { status: Some(s), error, .. }
                 if s.as_u16() == 451 && error == "SMTP 451: text"),
             "{retry:?}"
         );
         assert_eq!(retry.result_label(), "smtp_error");
-        let refused = classify(smtp(550), &ok, t);
+        let refused = classify(smtp(550), &ok, &none, t);
         assert!(matches!(refused, Verdict::Permanent { .. }), "{refused:?}");
         assert_eq!(refused.result_label(), "smtp_error");
         assert_eq!(refused.status(), Some(550));
@@ -267,25 +281,29 @@ mod tests {
     #[test]
     fn classification() {
         let ok = SuccessCodes::default_2xx();
+        let none = FinalStatuses::default();
         let t = Duration::from_secs(1);
         assert_eq!(
-            classify(reply(204), &ok, t),
+            classify(reply(204), &ok, &none, t),
             Verdict::Delivered(StatusCode::NO_CONTENT)
         );
-        assert_eq!(classify(reply(302), &ok, t).result_label(), "http_error");
+        assert_eq!(
+            classify(reply(302), &ok, &none, t).result_label(),
+            "http_error"
+        );
         assert!(matches!(
-            classify(reply(410), &ok, t),
+            classify(reply(410), &ok, &none, t),
             Verdict::Permanent { .. }
         ));
         assert!(matches!(
-            classify(reply(429), &ok, t),
+            classify(reply(429), &ok, &none, t),
             Verdict::Retryable {
                 pressure: Pressure::Overloaded,
                 ..
             }
         ));
         assert!(matches!(
-            classify(reply(500), &ok, t),
+            classify(reply(500), &ok, &none, t),
             Verdict::Retryable {
                 pressure: Pressure::Normal,
                 status: Some(_),
@@ -293,10 +311,53 @@ mod tests {
             }
         ));
         let elapsed: BoxError = Box::new(tower::timeout::error::Elapsed::new());
-        let a = classify(Err(elapsed), &ok, t);
+        let a = classify(Err(elapsed), &ok, &none, t);
         assert_eq!(a.result_label(), "timeout");
         let other: BoxError = "connection refused".into();
-        assert_eq!(classify(Err(other), &ok, t).result_label(), "connect_error");
+        assert_eq!(
+            classify(Err(other), &ok, &none, t).result_label(),
+            "connect_error"
+        );
+        assert!(
+            matches!(
+                classify(reply(422), &ok, &none, t),
+                Verdict::Retryable { .. }
+            ),
+            "without final_statuses a 4xx is retried, as before"
+        );
+    }
+
+    #[test]
+    fn final_statuses_fail_at_once_but_a_class_leaves_408_and_429() {
+        let ok = SuccessCodes::default_2xx();
+        let t = Duration::from_secs(1);
+        let finals = crate::subscription::tests::final_statuses("[\"4xx\", 503]");
+        for code in [400, 404, 422, 451, 503] {
+            let v = classify(reply(code), &ok, &finals, t);
+            assert!(
+                matches!(&v, Verdict::Permanent { status, error, .. }
+                    if status.as_u16() == code && error.contains("final_statuses")),
+                "{code}: {v:?}"
+            );
+            assert_eq!(v.result_label(), "http_error");
+        }
+        for code in [408, 429, 500, 502] {
+            let v = classify(reply(code), &ok, &finals, t);
+            assert!(matches!(v, Verdict::Retryable { .. }), "{code}: {v:?}");
+        }
+        let named = crate::subscription::tests::final_statuses("[\"4xx\", 429]");
+        assert!(matches!(
+            classify(reply(429), &ok, &named, t),
+            Verdict::Permanent { .. }
+        ));
+        assert!(matches!(
+            classify(smtp(550), &ok, &finals, t),
+            Verdict::Permanent { .. }
+        ));
+        assert!(matches!(
+            classify(smtp(451), &ok, &finals, t),
+            Verdict::Retryable { .. }
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use http::{HeaderName, HeaderValue};
 use reqwest::Url;
 use serde_yaml::Value;
 
-use super::{Auth, Encoding, SuccessCodes};
+use super::{Auth, Encoding, FinalStatuses, SuccessCodes};
 use crate::secret::{Secret, TOKEN_RULE, is_token};
 use crate::signing::SigningKey;
 use crate::yaml::{Issues, Section, as_integer, as_list, as_string, describe, index, kind};
@@ -82,6 +82,100 @@ pub(super) fn parse_success(v: &Value, path: &str, issues: &mut Issues) -> Optio
         }
         other => one(other, path, issues).map(|c| SuccessCodes(vec![c])),
     }
+}
+
+/// One `final_statuses` entry: a status or a class such as `"4xx"`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FinalEntry {
+    Code(u16),
+    Class(u16),
+}
+
+impl FinalEntry {
+    fn show(self) -> String {
+        match self {
+            FinalEntry::Code(c) => c.to_string(),
+            FinalEntry::Class(c) => format!("\"{c}xx\""),
+        }
+    }
+}
+
+/// `final_statuses`: a list of statuses and classes, none of them a success code, none
+/// listed twice (a status inside a listed class counts as listed, except 408 and 429,
+/// which a class leaves retryable).
+pub(super) fn parse_final(
+    v: &Value,
+    path: &str,
+    success: &SuccessCodes,
+    issues: &mut Issues,
+) -> FinalStatuses {
+    let mut out = FinalStatuses::default();
+    let Some(items) = as_list(v, path, issues) else {
+        return out;
+    };
+    let mut seen: Vec<FinalEntry> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = index(path, i);
+        let entry = match item {
+            Value::String(s) if s.len() == 3 && s.ends_with("xx") => match s[..1].parse::<u16>() {
+                Ok(c @ 1..=5) => FinalEntry::Class(c),
+                _ => {
+                    issues.push(&at, format!("{s:?} is not a class from \"1xx\" to \"5xx\""));
+                    continue;
+                }
+            },
+            Value::String(s) if s.trim().parse::<u64>().is_err() => {
+                issues.push(
+                    &at,
+                    format!("{s:?} is not a status code or a class such as \"4xx\""),
+                );
+                continue;
+            }
+            other => match as_integer(other, &at, &(100..=599), issues) {
+                Some(c) => FinalEntry::Code(c as u16),
+                None => continue,
+            },
+        };
+        let covered = seen.iter().find(|e| match (**e, entry) {
+            (a, b) if a == b => true,
+            (FinalEntry::Class(c), FinalEntry::Code(s))
+            | (FinalEntry::Code(s), FinalEntry::Class(c)) => {
+                s / 100 == c && !matches!(s, 408 | 429)
+            }
+            _ => false,
+        });
+        if let Some(earlier) = covered {
+            issues.push(
+                &at,
+                format!("{} is listed twice (with {})", entry.show(), earlier.show()),
+            );
+            continue;
+        }
+        let statuses = match entry {
+            FinalEntry::Code(c) => c..=c,
+            FinalEntry::Class(c) => c * 100..=c * 100 + 99,
+        };
+        let both: Vec<u16> = statuses
+            .filter(|s| success.contains(*s))
+            .filter(|s| matches!(entry, FinalEntry::Code(_)) || !matches!(s, 408 | 429))
+            .collect();
+        if let Some(first) = both.first() {
+            issues.push(
+                &at,
+                format!(
+                    "{} contradicts success_code: {first} would be both delivered and final",
+                    entry.show()
+                ),
+            );
+            continue;
+        }
+        seen.push(entry);
+        match entry {
+            FinalEntry::Code(c) => out.codes.push(c),
+            FinalEntry::Class(c) => out.classes.push(c),
+        }
+    }
+    out
 }
 
 pub(super) fn parse_auth(s: &Section<'_>, issues: &mut Issues) -> Option<Auth> {

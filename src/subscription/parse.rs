@@ -8,11 +8,12 @@ use serde_json::Value as Json;
 use serde_yaml::Value;
 
 use super::http_push::{
-    parse_auth, parse_encoding, parse_headers, parse_signing, parse_success, parse_url,
+    parse_auth, parse_encoding, parse_final, parse_headers, parse_signing, parse_success, parse_url,
 };
 use super::{
-    AckMode, Channel, DeliveryOrder, EmailSettings, EventPattern, HttpSettings, PullSettings,
-    PushSettings, RateLimit, SHARED_METRIC_LABEL, Source, Spec, Subscription, SuccessCodes,
+    AckMode, Channel, Concurrency, DeliveryOrder, EmailSettings, EventPattern, HttpSettings,
+    PullSettings, PushSettings, RateLimit, SHARED_METRIC_LABEL, Source, Spec, Subscription,
+    SuccessCodes,
 };
 use crate::backoff::{Backoff, Curve};
 use crate::filter::{FieldPath, Filter};
@@ -31,6 +32,7 @@ const KEYS: &[&str] = &[
     "retries",
     "timeout",
     "success_code",
+    "final_statuses",
     "backoff",
     "rate_limit",
     "max_in_flight",
@@ -48,6 +50,7 @@ const PUSH_KEYS: &[&str] = &[
     "retries",
     "timeout",
     "success_code",
+    "final_statuses",
     "backoff",
     "rate_limit",
     "max_in_flight",
@@ -61,6 +64,7 @@ const PUSH_KEYS: &[&str] = &[
 const HTTP_KEYS: &[&str] = &[
     "url",
     "success_code",
+    "final_statuses",
     "auth",
     "headers",
     "signing",
@@ -240,8 +244,12 @@ impl Subscription {
             Some(v) => parse_success(v, &s.at("success_code"), issues)
                 .unwrap_or_else(SuccessCodes::default_2xx),
         };
+        let final_statuses = match s.get("final_statuses") {
+            None => Default::default(),
+            Some(v) => parse_final(v, &s.at("final_statuses"), &success, issues),
+        };
         let rate_limit = parse_rate_limit(&s, issues);
-        let max_in_flight = s.integer("max_in_flight", 1..=1024, 8, issues) as usize;
+        let (max_in_flight, concurrency) = parse_max_in_flight(&s, issues);
         let auth = parse_auth(&s, issues);
         let headers = parse_headers(&s, auth.is_some(), issues);
         let signing = parse_signing(&s, issues);
@@ -262,6 +270,7 @@ impl Subscription {
             backoff,
             rate_limit,
             max_in_flight,
+            concurrency,
             ordering,
         };
         let channel = match (url, email, pull) {
@@ -270,6 +279,7 @@ impl Subscription {
                 http: Arc::new(HttpSettings {
                     url,
                     success,
+                    final_statuses,
                     auth,
                     headers,
                     signing,
@@ -456,6 +466,45 @@ fn parse_rate_limit(s: &Section<'_>, issues: &mut Issues) -> Option<RateLimit> {
     });
     let burst = r.integer("burst", 1..=100_000, 1, issues) as u32;
     per_second.map(|per_second| RateLimit { per_second, burst })
+}
+
+/// Ceiling of `max_in_flight: auto` when no `max` is given.
+const AUTO_MAX_IN_FLIGHT: u64 = 64;
+
+/// `max_in_flight`: a fixed `N` (default 8), `auto` (adaptive up to 64) or
+/// `{auto: true, max: N}`.
+fn parse_max_in_flight(s: &Section<'_>, issues: &mut Issues) -> (usize, Concurrency) {
+    const RANGE: std::ops::RangeInclusive<u64> = 1..=1024;
+    match s.get("max_in_flight") {
+        Some(Value::String(t)) if t == "auto" => (AUTO_MAX_IN_FLIGHT as usize, Concurrency::Auto),
+        Some(Value::Mapping(_)) => {
+            let m = s.section("max_in_flight", &["auto", "max"], issues);
+            if !m.has("auto") {
+                issues.push(
+                    m.path(),
+                    "needs auto: true (or write a number for a fixed limit)",
+                );
+            } else if !m.boolean("auto", false, issues) {
+                issues.push(
+                    &m.at("auto"),
+                    "must be true; for a fixed limit write max_in_flight: N",
+                );
+            }
+            let max = m.integer("max", RANGE, AUTO_MAX_IN_FLIGHT, issues);
+            (max as usize, Concurrency::Auto)
+        }
+        Some(Value::String(t)) if t.trim().parse::<u64>().is_err() => {
+            issues.push(
+                &s.at("max_in_flight"),
+                format!("{t:?} is not a number, auto or {{auto: true, max: N}}"),
+            );
+            (8, Concurrency::Fixed)
+        }
+        _ => (
+            s.integer("max_in_flight", RANGE, 8, issues) as usize,
+            Concurrency::Fixed,
+        ),
+    }
 }
 
 fn parse_ordering(s: &Section<'_>, issues: &mut Issues) -> DeliveryOrder {

@@ -5,6 +5,8 @@ use serde_yaml::Value;
 use super::*;
 use crate::yaml::Issues;
 
+mod policy;
+
 /// A subscription entry validated as `subscriptions[0]`, or its problems.
 pub(crate) fn parse(yaml: &str) -> Result<Subscription, Vec<String>> {
     let v: Value = serde_yaml::from_str(yaml).unwrap();
@@ -15,6 +17,15 @@ pub(crate) fn parse(yaml: &str) -> Result<Subscription, Vec<String>> {
     } else {
         Err(issues.0.iter().map(|i| i.to_string()).collect())
     }
+}
+
+/// The `final_statuses` of a push subscription that lists `list` (a YAML flow sequence).
+pub(crate) fn final_statuses(list: &str) -> FinalStatuses {
+    let s = parse(&format!(
+        "{{name: a, url: 'http://h/', events: [x], final_statuses: {list}}}"
+    ))
+    .unwrap();
+    s.http().unwrap().final_statuses.clone()
 }
 
 /// A valid push subscription for `events`.

@@ -17,8 +17,10 @@ use utoipa::openapi::schema::Schema;
 use utoipa::{PartialSchema, ToSchema};
 
 use filter::filter;
+use policy::{final_statuses, max_in_flight};
 
 mod filter;
+mod policy;
 
 /// Durations within `100ms..=60s`.
 const TIMEOUT: &str = r"^(([1-9][0-9]{2,3}|[1-5][0-9]{4})ms|([1-9]|[1-5][0-9]|60)s|1m)$";
@@ -158,10 +160,7 @@ fn delivery(properties: &mut serde_json::Map<String, Json>) {
     );
     properties.insert("backoff".into(), nullable(reference("BackoffInput")));
     properties.insert("rate_limit".into(), nullable(reference("RateLimitInput")));
-    properties.insert(
-        "max_in_flight".into(),
-        integer(1, 1024, "Concurrent attempts at most; default 8."),
-    );
+    properties.insert("max_in_flight".into(), max_in_flight());
     properties.insert("ordering".into(), nullable(reference("OrderingInput")));
 }
 
@@ -187,6 +186,7 @@ fn push(replace: bool) -> Json {
         "success_code".into(),
         nullable(reference("SuccessCodeInput")),
     );
+    p.insert("final_statuses".into(), final_statuses());
     p.insert("auth".into(), nullable(variant("Auth", replace)));
     p.insert(
         "headers".into(),

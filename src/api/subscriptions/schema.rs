@@ -325,8 +325,11 @@ pub struct Subscription {
     success_code: Option<SuccessCode>,
     backoff: Option<Backoff>,
     rate_limit: Option<RateLimit>,
-    /// Concurrent attempts at most, 1..=1024; default 8.
-    max_in_flight: Option<u32>,
+    max_in_flight: Option<MaxInFlight>,
+    /// Statuses that fail a delivery at once (push only): statuses and classes such as
+    /// `"4xx"` (a class leaves 408 and 429 retryable unless they are named); default none.
+    #[schema(example = json!([400, 404, "5xx"]))]
+    final_statuses: Option<Vec<StatusCode>>,
     auth: Option<Auth>,
     encoding: Option<Encoding>,
     /// Names of the extra headers sent with every attempt; values are secret and show as `{}`.
@@ -344,6 +347,25 @@ pub struct Subscription {
     /// API subscriptions: when it last changed (RFC 3339, UTC).
     #[schema(read_only, format = DateTime)]
     updated_at: Option<String>,
+}
+
+/// Concurrent attempts at most: a fixed `N` (1..=1024; default 8), `auto`, or
+/// `{"auto": true, "max": N}` (adapted to the receiver's latency and failures within
+/// 1..=`max`, default 64).
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum MaxInFlight {
+    /// A fixed limit.
+    Fixed(u32),
+    /// `auto`.
+    Auto(String),
+    /// Adaptive with a ceiling.
+    Adaptive {
+        /// Always `true`.
+        auto: bool,
+        /// The ceiling; default 64.
+        max: Option<u32>,
+    },
 }
 
 /// Delivery order (push only): `none` (default, fully parallel), `fifo` (one at a time, in
