@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::tests::{admin, eventually, storage};
 use super::{PostgresStore, SCHEMA_VERSION};
 use crate::store::settings::PostgresSettings;
-use crate::store::tests::{SchemaGuard, accepted, metrics, pg_settings};
+use crate::store::tests::{ATTEMPT, SchemaGuard, accepted, metrics, pg_settings};
 use crate::store::{Admission, Store};
 
 /// A store on `pg` for a relay on `host`.
@@ -75,7 +75,12 @@ async fn an_outcome_of_a_claim_taken_over_is_fenced_and_changes_nothing() {
     assert_eq!((theirs[0].id, theirs[0].token), (id, 2));
     // The first claim's late outcome is fenced: the row stays the second claim's.
     let late = a
-        .complete(id, 1, crate::store::Outcome::Delivered { status: 200 })
+        .complete(
+            id,
+            1,
+            crate::store::Outcome::Delivered { status: 200 },
+            ATTEMPT,
+        )
         .await
         .unwrap();
     assert_eq!(late, crate::store::Completed::Fenced);
@@ -89,7 +94,7 @@ async fn an_outcome_of_a_claim_taken_over_is_fenced_and_changes_nothing() {
         error: "HTTP 503".into(),
     };
     assert_eq!(
-        b.complete(id, 2, retry).await.unwrap(),
+        b.complete(id, 2, retry, ATTEMPT).await.unwrap(),
         crate::store::Completed::Recorded
     );
     let status = b.event_status("e1").await.unwrap().unwrap();
