@@ -14,8 +14,8 @@ use super::schema::{self, MIGRATIONS, SCHEMA_VERSION, check_file};
 use super::{SqliteStore, sql_error};
 use crate::event::RawMeta;
 use crate::store::settings::{StorageLocation, StorageSettings};
-use crate::store::tests::{accepted, claim_ids, metrics, ordered};
 use crate::store::tests::ATTEMPT;
+use crate::store::tests::{accepted, claim_ids, metrics, ordered};
 use crate::store::{Outcome, Store, StoreError, state_code};
 
 #[tokio::test]
@@ -141,7 +141,10 @@ async fn a_version_5_file_carries_each_undelivered_count_into_the_budget() {
     assert_eq!(history.len(), 1, "the history starts at the upgrade");
     assert_eq!(history[0].number, 3);
     let status = s.event_status("old").await.unwrap().unwrap();
-    assert_eq!(status.deliveries[1].budget_used, 0, "finished: no budget carried");
+    assert_eq!(
+        status.deliveries[1].budget_used, 0,
+        "finished: no budget carried"
+    );
 }
 
 #[test]
