@@ -6,7 +6,7 @@
 //! This file is the seam: the `Store` trait and the types that cross it. Behind it,
 //! [`sqlite`] (the default) and [`postgres`] are the backends, [`settings`] their
 //! configuration and `open` picks one from it; `views` holds the HTTP API's JSON of a
-//! delivery (re-exported here).
+//! delivery (re-exported here); `history` the types of attempt history and replay.
 
 /// `states!(Pending, Waiting)` is the SQL text `"(0, 7)"`, for `state IN` lists.
 ///
@@ -27,6 +27,7 @@ macro_rules! states {
 }
 
 mod attributes;
+mod history;
 #[cfg(test)]
 mod history_tests;
 mod open;
@@ -37,6 +38,7 @@ pub mod sqlite;
 mod tests;
 mod views;
 
+pub use history::{AttemptInfo, Attempted, RECENT_ATTEMPTS, Replayed};
 pub use open::{Opened, WriterMetrics, open};
 
 /// Room the WAL takes between two checkpoints; the storage reserve is at least this.
@@ -230,48 +232,6 @@ pub enum Outcome {
         /// Short reason, never containing secrets.
         error: String,
     },
-}
-
-/// How one attempt went, besides its outcome's status and error: kept in the delivery's
-/// attempt history with the outcome, in the same write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attempted {
-    /// When it was sent, ms since the epoch.
-    pub at_ms: i64,
-    /// How long it took until the verdict, in microseconds.
-    pub duration_us: i64,
-    /// The `result` label of `hookrelay_delivery_attempts_total` (`success`, `http_error`...).
-    pub result: &'static str,
-}
-
-/// One attempt of a delivery, as its history keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptInfo {
-    /// Its number among the delivery's attempts (1-based; never reset).
-    pub number: u32,
-    /// When it was sent, ms since the epoch.
-    pub at_ms: i64,
-    /// How long it took, in microseconds.
-    pub duration_us: i64,
-    /// The status the receiver answered, if any.
-    pub status: Option<u16>,
-    /// The `result` label of `hookrelay_delivery_attempts_total`.
-    pub result: String,
-    /// Why it failed (short, free of secrets).
-    pub error: Option<String>,
-}
-
-/// Attempts an event's status shows per delivery: the latest few (the rest through
-/// `GET /v1/deliveries/{id}/attempts`).
-pub const RECENT_ATTEMPTS: usize = 5;
-
-/// What a replay of an event did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Replayed {
-    /// New deliveries, one per named subscription, in order.
-    Queued(Vec<DeliveryId>),
-    /// The event is unknown, or pruned after `storage.retention`.
-    NoEvent,
 }
 
 /// Undelivered work of one subscription.

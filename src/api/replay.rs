@@ -198,7 +198,12 @@ fn named_subscriptions(
     let obj = v
         .as_object()
         .filter(|o| o.keys().all(|k| k == "subscriptions"))
-        .ok_or_else(|| invalid().field("subscriptions", "must be the only member"))?;
+        .ok_or_else(|| {
+            invalid().field(
+                "subscriptions",
+                "the body must be an object whose only member is subscriptions",
+            )
+        })?;
     let list = match obj.get("subscriptions") {
         None | Some(serde_json::Value::Null) => return Ok(None),
         Some(serde_json::Value::Array(list)) if !list.is_empty() => list,
