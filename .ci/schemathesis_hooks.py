@@ -4,7 +4,8 @@ The served document states every rule it can (src/api/subscriptions/input.rs); t
 below relate two members (or a list's items), so a generated document may satisfy the schema and still break
 one. The relay answers those 422, as its descriptions say; these hooks keep such documents
 out of the generated cases so that every other schema-valid document must be accepted
-(positive_data_acceptance). Each rule is one the descriptions name.
+(positive_data_acceptance). Each rule is one the descriptions name; a bulk replay's range
+(`from` before `to`) is one more.
 """
 
 import re
@@ -113,12 +114,20 @@ def final_statuses_ok(doc):
     return True
 
 
+def replay_range_ok(body):
+    """A bulk replay's `from` is before its `to`."""
+    low, high = bound(body.get("from")), bound(body.get("to"))
+    return low is None or high is None or low < high
+
+
 def subscription_rules(context, body):
     operation = getattr(context, "operation", None)
     if operation is None or not operation.path.startswith("/v1/subscriptions"):
         return True
     if not isinstance(body, dict):
         return True
+    if operation.path.endswith("/replay"):
+        return replay_range_ok(body)
     return (
         backoff_ok(body.get("backoff"))
         and filter_ok(body.get("filter"))

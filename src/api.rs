@@ -1,8 +1,11 @@
 //! The management API on `listen.api`: subscriptions (in [`subscriptions`]), release of dead
-//! letters, and dead letters one by one. Guarded by `api.token` when set.
+//! letters, dead letters one by one, attempt histories (`attempts`) and replay (`replay`).
+//! Guarded by `api.token` when set.
 
+mod attempts;
 pub mod notifications;
 pub mod openapi;
+mod replay;
 mod responses;
 pub mod settings;
 mod subscriptions;
@@ -88,6 +91,9 @@ fn guarded() -> OpenApiRouter<ApiState> {
         .routes(routes!(list))
         .routes(routes!(retry))
         .routes(routes!(remove))
+        .routes(routes!(attempts::attempts))
+        .routes(routes!(replay::replay_event))
+        .routes(routes!(replay::replay_range))
 }
 
 /// The routes open to all.
@@ -145,8 +151,9 @@ struct Released {
 
 /// Release dead letters.
 ///
-/// Puts every `failed` and `expired` delivery back to `pending` (attempts start over), for
-/// one subscription or all of them. At most once per `release.min_interval` per scope.
+/// Puts every `failed` and `expired` delivery back to `pending` with a fresh retry budget
+/// (`budget_used` starts over; `attempts` and the attempt history are kept), for one
+/// subscription or all of them. At most once per `release.min_interval` per scope.
 /// Deliveries of subscriptions that no longer exist are left alone.
 #[utoipa::path(
     post,
@@ -242,20 +249,25 @@ async fn release(
             }
             Ok((StatusCode::ACCEPTED, Json(Released { released: n })).into_response())
         }
-        Release::TooSoon { next_allowed_ms } => {
-            let wait = ((next_allowed_ms - now).max(0) as u64)
-                .div_ceil(1000)
-                .max(1);
-            Err(HttpError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_soon",
-                format!(
-                    "this scope was released less than release.min_interval ago; retry in {wait}s"
-                ),
-            )
-            .retry_after(wait))
-        }
+        Release::TooSoon { next_allowed_ms } => Err(too_soon(
+            next_allowed_ms,
+            now,
+            "this scope was released less than release.min_interval ago",
+        )),
     }
+}
+
+/// `429` (`too_soon`) with `Retry-After` until `next_allowed_ms`.
+fn too_soon(next_allowed_ms: i64, now: i64, why: &str) -> HttpError {
+    let wait = ((next_allowed_ms - now).max(0) as u64)
+        .div_ceil(1000)
+        .max(1);
+    HttpError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_soon",
+        format!("{why}; retry in {wait}s"),
+    )
+    .retry_after(wait)
 }
 
 /// A page of deliveries.
@@ -385,7 +397,8 @@ struct Requeued {
 
 /// Retry one dead letter.
 ///
-/// Puts one `failed` or `expired` delivery back to `pending`; its attempts start over.
+/// Puts one `failed` or `expired` delivery back to `pending` with a fresh retry budget
+/// (`budget_used` starts over; `attempts` and the attempt history are kept).
 #[utoipa::path(
     post,
     path = "/v1/deliveries/{id}/retry",

@@ -426,6 +426,7 @@ impl Handoff {
             data: self.data.clone(),
             raw: self.raw.clone(),
             attempts: 0,
+            budget_used: 0,
             received_at_ms: self.received_at_ms,
             // Its first claim: stored claimed with the event.
             token: 1,

@@ -6,7 +6,7 @@
 //! This file is the seam: the `Store` trait and the types that cross it. Behind it,
 //! [`sqlite`] (the default) and [`postgres`] are the backends, [`settings`] their
 //! configuration and `open` picks one from it; `views` holds the HTTP API's JSON of a
-//! delivery (re-exported here).
+//! delivery (re-exported here); `history` the types of attempt history and replay.
 
 /// `states!(Pending, Waiting)` is the SQL text `"(0, 7)"`, for `state IN` lists.
 ///
@@ -27,6 +27,9 @@ macro_rules! states {
 }
 
 mod attributes;
+mod history;
+#[cfg(test)]
+mod history_tests;
 mod open;
 pub mod postgres;
 pub mod settings;
@@ -35,12 +38,13 @@ pub mod sqlite;
 mod tests;
 mod views;
 
+pub use history::{AttemptInfo, Attempted, RECENT_ATTEMPTS, Replayed};
 pub use open::{Opened, WriterMetrics, open};
 
 /// Room the WAL takes between two checkpoints; the storage reserve is at least this.
 pub const WAL_ROOM: u64 = 4 * 1024 * 1024;
 
-pub use views::{DeliveryStatus, DeliveryView};
+pub use views::{AttemptView, DeliveryStatus, DeliveryView};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -165,8 +169,11 @@ pub struct Delivery {
     pub data: Bytes,
     /// Content type and attributes of a raw event; `None` for an envelope event (JSON).
     pub raw: Option<Arc<RawMeta>>,
-    /// Attempts already made.
+    /// Attempts already made, ever (a release does not reset it).
     pub attempts: u32,
+    /// Attempts counted against the retry budget: since the delivery was created, released,
+    /// retried or replayed.
+    pub budget_used: u32,
     /// When the event was accepted (ms since the epoch).
     pub received_at_ms: i64,
     /// The claim's token: a store shared by several relays records an outcome, or takes a
@@ -366,8 +373,13 @@ pub struct DeliveryInfo {
     pub event_type: String,
     /// Current state.
     pub state: DeliveryState,
-    /// Attempts made.
+    /// Attempts made, ever.
     pub attempts: u32,
+    /// Attempts counted against the retry budget (since creation, release or retry).
+    pub budget_used: u32,
+    /// The latest attempts (at most `RECENT_ATTEMPTS`, oldest first): set by an event's
+    /// status only.
+    pub recent_attempts: Option<Vec<AttemptInfo>>,
     /// Status of the last attempt.
     pub last_status: Option<u16>,
     /// Reason of the last failure.
@@ -412,6 +424,11 @@ pub struct DeliveryQuery {
 /// `subscription:NAME`. Stored, so the same for every backend.
 pub(crate) fn release_scope_key(scope: Option<&str>) -> String {
     scope.map_or_else(|| "*".to_string(), |s| format!("subscription:{s}"))
+}
+
+/// The key of a bulk replay's clock for one subscription (kept beside the releases').
+pub(crate) fn replay_scope_key(subscription: &str) -> String {
+    format!("replay:{subscription}")
 }
 
 /// The result of a release request.
@@ -561,12 +578,14 @@ pub trait Store: Send + Sync + 'static {
     /// When the next pending delivery of `subscription` is due, if any.
     async fn next_due_ms(&self, subscription: &str) -> Result<Option<i64>, StoreError>;
 
-    /// Records the result of an attempt on a delivery held by claim `token`.
+    /// Records the result of an attempt on a delivery held by claim `token`, and the attempt
+    /// in its history, in one write.
     async fn complete(
         &self,
         id: DeliveryId,
         token: ClaimToken,
         outcome: Outcome,
+        attempt: Attempted,
     ) -> Result<Completed, StoreError>;
 
     /// Returns claimed deliveries that were never attempted to pending, each while still
@@ -648,6 +667,30 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         subscriptions: Vec<String>,
     ) -> Result<Option<(DeliveryState, String)>, StoreError>;
+
+    /// The attempts of one delivery, oldest first; `None` for an unknown (or pruned) one.
+    async fn attempts(&self, id: DeliveryId) -> Result<Option<Vec<AttemptInfo>>, StoreError>;
+
+    /// New deliveries of stored event `event_id` to `subscriptions` (push ones, in force),
+    /// pending now with a fresh budget and ttl, unordered.
+    async fn replay(
+        &self,
+        event_id: String,
+        subscriptions: Vec<String>,
+        now_ms: i64,
+    ) -> Result<Replayed, StoreError>;
+
+    /// New deliveries to `subscription` of every stored event received in `[from_ms, to_ms)`
+    /// that matched it, as `replay` makes them; at most once per `min_interval_ms` per
+    /// subscription (the release clock, scope `replay:NAME`). `Released(n)`: n queued.
+    async fn replay_range(
+        &self,
+        subscription: String,
+        from_ms: i64,
+        to_ms: i64,
+        now_ms: i64,
+        min_interval_ms: i64,
+    ) -> Result<Release, StoreError>;
 
     /// Removes one delivery unless an attempt is under way or due; returns its state before.
     async fn delete_delivery(&self, id: DeliveryId) -> Result<Option<DeliveryState>, StoreError>;

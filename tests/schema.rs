@@ -110,3 +110,26 @@ async fn a_null_release_body_and_integral_float_ack_ids_are_taken_as_documented(
     assert_eq!(answer, json!({"acked": 0, "unknown": [8, 9]}));
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn replay_bodies_the_document_allows_are_taken_as_the_default() {
+    let rx = common::Receiver::ok().await;
+    let relay = TestRelay::start(&format!(
+        "subscriptions:\n  - {{name: a, url: '{}', events: ['*']}}\n",
+        rx.url("/")
+    ))
+    .await;
+    relay
+        .post(&json!({"id": "e1", "type": "t", "data": {}}))
+        .await;
+    // The body is optional and `subscriptions` nullable: each means every subscription.
+    for body in [Value::Null, json!({}), json!({"subscriptions": null})] {
+        let (status, answer) = relay
+            .api(Method::POST, "/v1/events/e1/replay", Some(body))
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["deliveries"][0]["subscription"], "a", "{answer}");
+    }
+    rx.wait_for(4).await;
+    relay.stop().await;
+}

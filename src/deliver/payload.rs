@@ -135,6 +135,7 @@ mod tests {
             data: Bytes::from_static(data),
             raw: raw.map(Arc::new),
             attempts: 0,
+            budget_used: 0,
             received_at_ms: 1_700_000_000_123,
             token: 0,
         }

@@ -3,7 +3,7 @@
 //! delivered, a retry at a time the backoff gives, or failed.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -13,7 +13,7 @@ use tower::{Service, ServiceExt};
 
 use crate::deliver::AttemptService;
 use crate::deliver::verdict::{Verdict, stack_error};
-use crate::store::{ClaimToken, Completed, Delivery, DeliveryId, Outcome, Store};
+use crate::store::{Attempted, ClaimToken, Completed, Delivery, DeliveryId, Outcome, Store};
 use crate::subscription::{DeliveryOrder, PushSettings, Subscription};
 use crate::time::now_ms;
 
@@ -86,18 +86,22 @@ impl Pump {
                 self.unclaim(vec![(delivery.id, delivery.token)]).await;
                 break;
             };
+            // Numbered among all its attempts (the `hookrelay-attempt` header).
             let req = build(&delivery, delivery.attempts + 1);
             let outcome = self.recorder(delivery);
+            // Timed from the send to the verdict, for the attempt's history.
+            let (at_ms, started) = (now_ms(), Instant::now());
             match ready {
                 Ok(()) => {
                     let call = service.call(req);
                     self.attempts.spawn(async move {
-                        outcome.finish(call.await.unwrap_or_else(stack_error)).await;
+                        let verdict = call.await.unwrap_or_else(stack_error);
+                        outcome.finish(verdict, at_ms, started).await;
                         drop(permit);
                     });
                 }
                 Err(e) => {
-                    outcome.finish(stack_error(e)).await;
+                    outcome.finish(stack_error(e), at_ms, started).await;
                     drop(permit);
                 }
             }
@@ -165,9 +169,18 @@ struct Recorder {
 }
 
 impl Recorder {
-    async fn finish(self, attempt: Verdict) {
+    /// Records the verdict of the attempt sent at `at_ms` (`started` on the monotonic clock).
+    async fn finish(self, attempt: Verdict, at_ms: i64, started: Instant) {
+        let attempted = Attempted {
+            at_ms,
+            // At least 1 µs: an attempt takes time, however little.
+            duration_us: (started.elapsed().as_micros() as i64).max(1),
+            result: attempt.result_label(),
+        };
+        // Its number among all attempts, for logs; the budget counts since the last release.
         let number = self.delivery.attempts + 1;
-        let outcome = decide(&self.push, number, &attempt, now_ms(), fastrand::f64());
+        let spent = self.delivery.budget_used + 1;
+        let outcome = decide(&self.push, spent, &attempt, now_ms(), fastrand::f64());
         let name = self.sub.name.as_str();
         let event_id = &*self.delivery.event_id;
         // Recorded before anything is counted. A store that cannot take it (the database
@@ -178,7 +191,11 @@ impl Recorder {
         let mut pause = OUTCOME_PAUSE;
         let (id, token) = (self.delivery.id, self.delivery.token);
         let completed = loop {
-            match self.store.complete(id, token, outcome.clone()).await {
+            match self
+                .store
+                .complete(id, token, outcome.clone(), attempted)
+                .await
+            {
                 Ok(completed) => break completed,
                 Err(e) if self.relay_stopping.is_cancelled() => {
                     tracing::error!(subscription = name, event_id, error = %e, "cannot record attempt outcome; the relay is stopping, the delivery will be attempted again");
@@ -245,7 +262,8 @@ impl Recorder {
     }
 }
 
-/// The store's next step after attempt `number` (1-based); `unit` is a random draw for jitter.
+/// The store's next step after attempt `number` (1-based) of the retry budget; `unit` is a
+/// random draw for jitter.
 pub fn decide(
     push: &PushSettings,
     number: u32,

@@ -70,6 +70,16 @@ impl HttpError {
         self
     }
 
+    /// Whether any invalid field was added.
+    pub fn has_fields(&self) -> bool {
+        !self.fields.is_empty()
+    }
+
+    /// The invalid fields added.
+    pub fn fields(&self) -> &[FieldError] {
+        &self.fields
+    }
+
     /// Asks the client to retry after `secs` seconds.
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);

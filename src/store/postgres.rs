@@ -16,8 +16,9 @@
 //!   `tls`: rustls for the connection.
 //! - `schema`: the version table and migrations, under an advisory lock.
 //! - `writer`: group commit; `accept`, `outcomes`: what the two writers write.
-//! - `claims`, `ordering`, `pull`, `queries`, `dead_letters`, `subscriptions`
-//!   (tombstones included), `housekeeping`; `rows`: row mappers.
+//! - `claims`, `ordering`, `pull`, `queries`, `history` (attempts read back; the outcome's
+//!   statement writes them), `dead_letters`, `replay`, `subscriptions` (tombstones
+//!   included), `housekeeping`; `rows`: row mappers.
 //! - `replicas`: the relays' registry and heartbeats; `leases`: the claims this relay holds,
 //!   their renewal, and taking over lapsed ones.
 //! - `notify`: the `LISTEN` connection by which changes to API subscriptions made through
@@ -34,15 +35,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::settings::{PostgresSettings, StorageSettings};
 use super::{
-    Accepted, Admission, ClaimToken, Completed, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery,
-    DeliveryState, EventStatus, Housekeeping, Outcome, PullMode, Pulled, QueueStats, Release,
-    Store, StoreError, StoredSubscription, WriterMetrics,
+    Accepted, Admission, AttemptInfo, Attempted, ClaimToken, Completed, Delivery, DeliveryId,
+    DeliveryInfo, DeliveryQuery, DeliveryState, EventStatus, Housekeeping, Outcome, PullMode,
+    Pulled, QueueStats, Release, Replayed, Store, StoreError, StoredSubscription, WriterMetrics,
 };
 
 mod accept;
 mod claims;
 mod db;
 mod dead_letters;
+mod history;
 mod housekeeping;
 mod leases;
 mod notify;
@@ -52,6 +54,7 @@ mod pull;
 #[cfg(test)]
 mod pull_tests;
 mod queries;
+mod replay;
 #[cfg(test)]
 mod replica_tests;
 mod replicas;
@@ -283,9 +286,12 @@ impl Store for PostgresStore {
         id: DeliveryId,
         token: ClaimToken,
         outcome: Outcome,
+        attempt: Attempted,
     ) -> Result<Completed, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.outcomes.send((id, token, outcome, tx)).await?;
+        self.outcomes
+            .send((id, token, outcome, attempt, tx))
+            .await?;
         let completed = self.db.seen(rx.await.map_err(|_| stopped())?)?;
         self.held.release(id, token);
         Ok(completed)
@@ -392,6 +398,48 @@ impl Store for PostgresStore {
             id,
             now_ms,
             &subscriptions,
+            self.ttl_ms,
+        ))
+        .await
+    }
+
+    async fn attempts(&self, id: DeliveryId) -> Result<Option<Vec<AttemptInfo>>, StoreError> {
+        let db = &self.db;
+        db.run(history::attempts(db, id)).await
+    }
+
+    async fn replay(
+        &self,
+        event_id: String,
+        subscriptions: Vec<String>,
+        now_ms: i64,
+    ) -> Result<Replayed, StoreError> {
+        let db = &self.db;
+        db.run(replay::replay(
+            db,
+            &event_id,
+            &subscriptions,
+            now_ms,
+            self.ttl_ms,
+        ))
+        .await
+    }
+
+    async fn replay_range(
+        &self,
+        subscription: String,
+        from_ms: i64,
+        to_ms: i64,
+        now_ms: i64,
+        min_interval_ms: i64,
+    ) -> Result<Release, StoreError> {
+        let db = &self.db;
+        db.run(replay::replay_range(
+            db,
+            &subscription,
+            (from_ms, to_ms),
+            now_ms,
+            min_interval_ms,
             self.ttl_ms,
         ))
         .await

@@ -10,8 +10,9 @@
 //! - `file`: the file on disk: its modes (0600) and the lock that keeps a second relay out.
 //! - `writer`: the writer thread, group commit and the size check; `run`, `read`,
 //!   `run_marking`.
-//! - `accept`, `claims`, `outcomes` (attempt outcomes, coalesced into one job), `ordering`
-//!   (ordered delivery), `pull`, `queries`, `dead_letters`, `subscriptions`, `housekeeping`.
+//! - `accept`, `claims`, `outcomes` (attempt outcomes with their history rows, coalesced
+//!   into one job), `ordering` (ordered delivery), `pull`, `queries`, `history` (attempts
+//!   read back), `dead_letters`, `replay`, `subscriptions`, `housekeeping`.
 //! - `retired`: tombstones of deleted and removed subscriptions; `rows`: row mappers.
 
 use std::collections::HashMap;
@@ -25,20 +26,22 @@ use tokio::sync::mpsc;
 
 use super::settings::{StorageLocation, StorageSettings};
 use super::{
-    Accepted, Admission, ClaimToken, Completed, Delivery, DeliveryId, DeliveryInfo, DeliveryQuery,
-    DeliveryState, EventStatus, Housekeeping, Outcome, PullMode, Pulled, QueueStats, Release,
-    Store, StoreError, StoredSubscription, WriterMetrics,
+    Accepted, Admission, AttemptInfo, Attempted, ClaimToken, Completed, Delivery, DeliveryId,
+    DeliveryInfo, DeliveryQuery, DeliveryState, EventStatus, Housekeeping, Outcome, PullMode,
+    Pulled, QueueStats, Release, Replayed, Store, StoreError, StoredSubscription, WriterMetrics,
 };
 
 mod accept;
 mod claims;
 mod dead_letters;
 mod file;
+mod history;
 mod housekeeping;
 mod ordering;
 mod outcomes;
 mod pull;
 mod queries;
+mod replay;
 mod retired;
 mod rows;
 mod schema;
@@ -190,8 +193,11 @@ impl Store for SqliteStore {
         id: DeliveryId,
         _token: ClaimToken,
         outcome: Outcome,
+        attempt: Attempted,
     ) -> Result<Completed, StoreError> {
-        self.outcomes.complete(&self.jobs, id, outcome).await?;
+        self.outcomes
+            .complete(&self.jobs, id, outcome, attempt)
+            .await?;
         Ok(Completed::Recorded)
     }
 
@@ -238,6 +244,47 @@ impl Store for SqliteStore {
         let ttl_ms = self.ttl_ms;
         self.run(false, move |conn| {
             dead_letters::retry_delivery(conn, id, now_ms, &subscriptions, ttl_ms)
+        })
+        .await
+    }
+
+    async fn attempts(&self, id: DeliveryId) -> Result<Option<Vec<AttemptInfo>>, StoreError> {
+        self.read(move |conn| history::attempts(conn, id)).await
+    }
+
+    async fn replay(
+        &self,
+        event_id: String,
+        subscriptions: Vec<String>,
+        now_ms: i64,
+    ) -> Result<Replayed, StoreError> {
+        let (ttl_ms, retired) = (self.ttl_ms, self.retired.clone());
+        self.run(false, move |conn| {
+            replay::replay(conn, &event_id, &subscriptions, now_ms, ttl_ms, &retired)
+        })
+        .await
+    }
+
+    async fn replay_range(
+        &self,
+        subscription: String,
+        from_ms: i64,
+        to_ms: i64,
+        now_ms: i64,
+        min_interval_ms: i64,
+    ) -> Result<Release, StoreError> {
+        let (ttl_ms, retired) = (self.ttl_ms, self.retired.clone());
+        self.run(false, move |conn| {
+            replay::replay_range(
+                conn,
+                &subscription,
+                from_ms,
+                to_ms,
+                now_ms,
+                min_interval_ms,
+                ttl_ms,
+                &retired,
+            )
         })
         .await
     }

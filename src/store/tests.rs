@@ -15,8 +15,15 @@ use crate::store::settings::{
     DatabaseUrl, PostgresSettings, StorageLocation, StorageSettings, TlsMode,
 };
 use crate::store::{
-    Accepted, Admission, DeliveryQuery, DeliveryState, EventStatus, NewDelivery, Outcome, PullMode,
-    Pulled, QueueStats, Release, Store, StoredSubscription, WriterMetrics,
+    Accepted, Admission, Attempted, DeliveryQuery, DeliveryState, EventStatus, NewDelivery,
+    Outcome, PullMode, Pulled, QueueStats, Release, Store, StoredSubscription, WriterMetrics,
+};
+
+/// The attempt tests record with an outcome when its history is not what they check.
+pub(crate) const ATTEMPT: Attempted = Attempted {
+    at_ms: 1,
+    duration_us: 1,
+    result: "success",
 };
 
 /// Which store a test runs on.
@@ -172,6 +179,7 @@ macro_rules! store_tests {
         }
     };
 }
+pub(crate) use store_tests;
 
 store_tests!(
     claims_in_order_and_schedules_retries,
@@ -239,6 +247,7 @@ async fn claims_in_order_and_schedules_retries(b: Backend) {
             status: Some(500),
             error: "HTTP 500".into(),
         },
+        ATTEMPT,
     )
     .await
     .unwrap();
@@ -246,6 +255,7 @@ async fn claims_in_order_and_schedules_retries(b: Backend) {
         claimed[1].id,
         claimed[1].token,
         Outcome::Delivered { status: 200 },
+        ATTEMPT,
     )
     .await
     .unwrap();
@@ -259,6 +269,7 @@ async fn claims_in_order_and_schedules_retries(b: Backend) {
             status: None,
             error: "x".into(),
         },
+        ATTEMPT,
     )
     .await
     .unwrap();
@@ -322,6 +333,7 @@ async fn release_is_rate_limited_per_scope(b: Backend) {
             status: Some(500),
             error: "x".into(),
         },
+        ATTEMPT,
     )
     .await
     .unwrap();
@@ -348,7 +360,11 @@ async fn release_is_rate_limited_per_scope(b: Backend) {
         Release::Released(0)
     );
     let again = s.claim_due("a", 200, 1, Duration::ZERO).await.unwrap();
-    assert_eq!(again[0].attempts, 0, "fresh retry budget");
+    assert_eq!(
+        (again[0].attempts, again[0].budget_used),
+        (1, 0),
+        "fresh retry budget, the count kept"
+    );
 }
 
 async fn expiry_and_pruning(b: Backend) {
@@ -362,9 +378,14 @@ async fn expiry_and_pruning(b: Backend) {
         .await
         .unwrap();
     let d = s.claim_due("a", 0, 1, Duration::ZERO).await.unwrap();
-    s.complete(d[0].id, d[0].token, Outcome::Delivered { status: 200 })
-        .await
-        .unwrap();
+    s.complete(
+        d[0].id,
+        d[0].token,
+        Outcome::Delivered { status: 200 },
+        ATTEMPT,
+    )
+    .await
+    .unwrap();
     let report = s.housekeeping(100).await.unwrap();
     assert_eq!(report.expired.get("a"), Some(&1));
     assert_eq!(
@@ -398,7 +419,9 @@ async fn deleting_a_subscription_cancels_its_deliveries_also_those_stored_later(
         status: Some(500),
         error: "HTTP 500".into(),
     };
-    s.complete(dead[0].id, dead[0].token, failed).await.unwrap();
+    s.complete(dead[0].id, dead[0].token, failed, ATTEMPT)
+        .await
+        .unwrap();
     s.accept(vec![accepted("e1", 0, &["api-sub", "other"])])
         .await
         .unwrap();
@@ -518,7 +541,7 @@ async fn keys_holding_nul_or_backslash_are_stored_and_kept_apart(b: Backend) {
     assert_eq!(claim_ids(&*s, "o").await, ["n1", "n2"]);
     let n1 = s.event_status("n1").await.unwrap().unwrap().deliveries[0].id;
     // Its first claim (PostgreSQL counts a delivery's claims; SQLite ignores tokens).
-    s.complete(n1, 1, Outcome::Delivered { status: 200 })
+    s.complete(n1, 1, Outcome::Delivered { status: 200 }, ATTEMPT)
         .await
         .unwrap();
     assert_eq!(claim_ids(&*s, "o").await, ["n3"]);
@@ -561,6 +584,7 @@ async fn ordered_deliveries_go_one_at_a_time_per_key(b: Backend) {
             status: Some(500),
             error: "HTTP 500".into(),
         },
+        ATTEMPT,
     )
     .await
     .unwrap();
@@ -573,12 +597,13 @@ async fn ordered_deliveries_go_one_at_a_time_per_key(b: Backend) {
             status: Some(500),
             error: "HTTP 500".into(),
         },
+        ATTEMPT,
     )
     .await
     .unwrap();
     assert_eq!(claim_ids(&*s, "o").await, ["a2"]);
     let a2 = id_of(s.event_status("a2").await.unwrap().unwrap());
-    s.complete(a2, 1, Outcome::Delivered { status: 200 })
+    s.complete(a2, 1, Outcome::Delivered { status: 200 }, ATTEMPT)
         .await
         .unwrap();
     assert_eq!(claim_ids(&*s, "o").await, ["a3"]);
@@ -590,7 +615,7 @@ async fn ordered_deliveries_go_one_at_a_time_per_key(b: Backend) {
     assert_eq!(released, Release::Released(1));
     assert_eq!(claim_ids(&*s, "o").await, ["a1"]);
     let a3 = id_of(s.event_status("a3").await.unwrap().unwrap());
-    s.complete(a3, 1, Outcome::Delivered { status: 200 })
+    s.complete(a3, 1, Outcome::Delivered { status: 200 }, ATTEMPT)
         .await
         .unwrap();
     assert_eq!(claim_ids(&*s, "o").await, ["a4"]);
@@ -744,6 +769,7 @@ async fn dead_letters_can_be_listed_retried_and_deleted(b: Backend) {
                 status: Some(500),
                 error: "HTTP 500".into(),
             },
+            ATTEMPT,
         )
         .await
         .unwrap();
@@ -820,9 +846,14 @@ async fn handed_off_deliveries_are_claimed_already_and_unclaim_returns_them(b: B
     s.delete_subscription("x".into(), "a".into(), 20)
         .await
         .unwrap();
-    s.complete(ids[0], claimed[0].token, Outcome::Delivered { status: 200 })
-        .await
-        .unwrap();
+    s.complete(
+        ids[0],
+        claimed[0].token,
+        Outcome::Delivered { status: 200 },
+        ATTEMPT,
+    )
+    .await
+    .unwrap();
     let status = s.event_status("e1").await.unwrap().unwrap();
     assert_eq!(status.deliveries[0].state, DeliveryState::Cancelled);
 }

@@ -31,7 +31,7 @@ UPDATE {s}.deliveries d SET state = ",
 FROM due, {s}.events e
 WHERE d.id = due.id AND e.seq = d.event_seq
 RETURNING d.id, d.attempts, e.id, e.type, e.data, e.received_at, e.content_type, e.attributes,
-          d.next_attempt_at, d.claim_token"
+          d.next_attempt_at, d.claim_token, d.budget_used"
 );
 
 /// Claims up to `limit` deliveries of `sub` due at `now_ms`, oldest due first, each for
@@ -67,6 +67,7 @@ pub(super) async fn claim_due(
             let delivery = Delivery {
                 id: r.get(0),
                 attempts: r.get::<_, i32>(1) as u32,
+                budget_used: r.get::<_, i32>(10) as u32,
                 event_id: Arc::from(r.get::<_, &str>(2)),
                 event_type: Arc::from(r.get::<_, &str>(3)),
                 data: Bytes::copy_from_slice(r.get::<_, &[u8]>(4)),

@@ -21,8 +21,46 @@ pub(super) async fn release(
     let key = release_scope_key(scope.as_deref());
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(|e| db.err(e))?;
-    // The clock moves only if the interval has passed; the row lock makes concurrent
-    // releases of one scope take turns.
+    if let Some(next_allowed_ms) = take_clock(db, &tx, &key, now_ms, min_interval_ms).await? {
+        return Ok(Release::TooSoon { next_allowed_ms });
+    }
+    let names = match scope {
+        Some(s) => vec![s],
+        None => subscriptions,
+    };
+    let released = tx
+        .execute_typed(
+            &db.sql(concat!(
+                "UPDATE {s}.deliveries SET state = ",
+                state_code!(Pending),
+                ", budget_used = 0, next_attempt_at = $1, expires_at = $2,
+                 finished_at = NULL, ordering_key = NULL
+                 WHERE state IN ",
+                states!(Failed, Expired),
+                " AND subscription = ANY($3)"
+            )),
+            &[
+                (&now_ms, Type::INT8),
+                (&(now_ms + ttl_ms), Type::INT8),
+                (&names, Type::TEXT_ARRAY),
+            ],
+        )
+        .await
+        .map_err(|e| db.err(e))?;
+    tx.commit().await.map_err(|e| db.err(e))?;
+    Ok(Release::Released(released))
+}
+
+/// Moves the clock of `key` (a release's or a bulk replay's scope) to `now_ms` in `tx`,
+/// unless it moved less than `min_interval_ms` ago: then the answer is when it may move
+/// next. The row lock makes concurrent requests of one scope take turns.
+pub(super) async fn take_clock(
+    db: &Db,
+    tx: &tokio_postgres::Transaction<'_>,
+    key: &str,
+    now_ms: i64,
+    min_interval_ms: i64,
+) -> Result<Option<i64>, StoreError> {
     let moved = tx
         .query_typed(
             &db.sql(
@@ -39,44 +77,18 @@ pub(super) async fn release(
         )
         .await
         .map_err(|e| db.err(e))?;
-    if moved.is_empty() {
-        let last: i64 = tx
-            .query_typed_one(
-                &db.sql("SELECT released_at FROM {s}.releases WHERE scope = $1"),
-                &[(&key, Type::TEXT)],
-            )
-            .await
-            .map_err(|e| db.err(e))?
-            .get(0);
-        return Ok(Release::TooSoon {
-            next_allowed_ms: last + min_interval_ms,
-        });
+    if !moved.is_empty() {
+        return Ok(None);
     }
-    let names = match scope {
-        Some(s) => vec![s],
-        None => subscriptions,
-    };
-    let released = tx
-        .execute_typed(
-            &db.sql(concat!(
-                "UPDATE {s}.deliveries SET state = ",
-                state_code!(Pending),
-                ", attempts = 0, next_attempt_at = $1, expires_at = $2,
-                 finished_at = NULL, ordering_key = NULL
-                 WHERE state IN ",
-                states!(Failed, Expired),
-                " AND subscription = ANY($3)"
-            )),
-            &[
-                (&now_ms, Type::INT8),
-                (&(now_ms + ttl_ms), Type::INT8),
-                (&names, Type::TEXT_ARRAY),
-            ],
+    let last: i64 = tx
+        .query_typed_one(
+            &db.sql("SELECT released_at FROM {s}.releases WHERE scope = $1"),
+            &[(&key, Type::TEXT)],
         )
         .await
-        .map_err(|e| db.err(e))?;
-    tx.commit().await.map_err(|e| db.err(e))?;
-    Ok(Release::Released(released))
+        .map_err(|e| db.err(e))?
+        .get(0);
+    Ok(Some(last + min_interval_ms))
 }
 
 /// Puts one failed or expired delivery of one of `subscriptions` back to pending; returns
@@ -97,7 +109,7 @@ pub(super) async fn retry_delivery(
                  ), retried AS (
                     UPDATE {s}.deliveries d SET state = ",
                 state_code!(Pending),
-                ", attempts = 0, next_attempt_at = $2, expires_at = $3,
+                ", budget_used = 0, next_attempt_at = $2, expires_at = $3,
                         finished_at = NULL, ordering_key = NULL
                     FROM before b
                     WHERE d.id = b.id AND b.state IN ",
@@ -134,6 +146,9 @@ pub(super) async fn delete_delivery(
                     WHERE d.id = b.id AND b.state NOT IN ",
                 states!(Pending, InFlight),
                 "
+                    RETURNING d.id
+                 ), forgotten AS (
+                    DELETE FROM {s}.attempts a USING gone g WHERE a.delivery_id = g.id
                  )
                  SELECT state FROM before"
             )),

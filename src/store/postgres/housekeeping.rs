@@ -67,7 +67,8 @@ pub(super) async fn housekeeping(
     }
     // An expired head lets the next delivery of its key go.
     ordering::promote_next(db, &db.session_in(&tx), keys).await?;
-    // Terminal deliveries past retention, then their events once nothing refers to them;
+    // Terminal deliveries past retention (and their attempts), then their events once
+    // nothing refers to them;
     // events that never had a delivery are found by a cursor over `seq`. One statement:
     // its parts see the table as it was before it, hence the check against `gone`.
     let last = cursor.load(Ordering::Relaxed);
@@ -80,6 +81,8 @@ pub(super) async fn housekeeping(
                 states!(Delivered, Failed, Expired, Cancelled),
                 " AND finished_at <= $1 LIMIT $2)
                     RETURNING id, event_seq
+                 ), forgotten AS (
+                    DELETE FROM {s}.attempts a USING gone g WHERE a.delivery_id = g.id
                  ), scanned AS (
                     SELECT seq, received_at FROM {s}.events WHERE seq > $3 ORDER BY seq LIMIT $2
                  ), passed AS (

@@ -11,7 +11,7 @@ use tokio_postgres::types::Type;
 use super::db::Db;
 use super::ordering;
 use crate::store::{
-    ClaimToken, Completed, DeliveryId, DeliveryState, Outcome, StoreError, state_code,
+    Attempted, ClaimToken, Completed, DeliveryId, DeliveryState, Outcome, StoreError, state_code,
 };
 
 /// One outcome of claim `token` waiting for the writer, with whom to tell once it is kept.
@@ -19,6 +19,7 @@ pub(super) type OutcomeRequest = (
     DeliveryId,
     ClaimToken,
     Outcome,
+    Attempted,
     oneshot::Sender<Result<Completed, StoreError>>,
 );
 
@@ -26,7 +27,7 @@ pub(super) type OutcomeRequest = (
 pub(super) async fn record_group(db: &Db, group: Vec<OutcomeRequest>) {
     // Given up when the server does not answer: the pumps try again.
     let result = db.within(db.connect_timeout * 2, record(db, &group)).await;
-    for (id, token, _, reply) in group {
+    for (id, token, _, _, reply) in group {
         let answer = match &result {
             Ok(fenced) if fenced.contains(&(id, token)) => Ok(Completed::Fenced),
             Ok(_) => Ok(Completed::Recorded),
@@ -60,7 +61,12 @@ async fn record(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for (id, token, outcome, _) in group {
+    let (mut sent, mut durations, mut results) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (id, token, outcome, attempt, _) in group {
         let (state, status, error, at, done) = match outcome {
             Outcome::Delivered { status } => {
                 (DeliveryState::Delivered, Some(*status), None, None, true)
@@ -92,26 +98,41 @@ async fn record(
         next.push(at);
         delivered.push((state == DeliveryState::Delivered).then_some(now));
         finished.push(done.then_some(now));
+        sent.push(attempt.at_ms);
+        durations.push(attempt.duration_us);
+        results.push(attempt.result);
     }
     let mut conn = db.conn().await?;
     let tx = conn.transaction().await.map_err(|e| db.err(e))?;
     // The rows still held by the outcome's claim change; the statement joins the arrays to
     // the rows by primary key (the shape the planner keeps to whatever its row estimates).
+    // The same statement writes each changed row's attempt into the history, numbered by
+    // the count it just raised: no round trip more.
     let session = db.session_in(&tx);
     let rows = session
         .query(
             &db.sql(concat!(
-                "UPDATE {s}.deliveries d SET state = o.state, attempts = d.attempts + 1,
-                 last_status = o.status, last_error = o.error,
-                 next_attempt_at = coalesce(o.next, d.next_attempt_at),
-                 delivered_at = o.delivered, finished_at = o.finished,
-                 claim_owner = NULL, lease_until = NULL
-                 FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::int8[])
-                      AS o(id, state, status, error, next, delivered, finished, token)
-                 WHERE d.id = o.id AND d.claim_token = o.token AND d.state = ",
+                "WITH o AS (
+                    SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[])
+                         AS o(id, state, status, error, next, delivered, finished, token, at, duration, result)
+                 ), changed AS (
+                    UPDATE {s}.deliveries d SET state = o.state, attempts = d.attempts + 1,
+                    budget_used = d.budget_used + 1,
+                    last_status = o.status, last_error = o.error,
+                    next_attempt_at = coalesce(o.next, d.next_attempt_at),
+                    delivered_at = o.delivered, finished_at = o.finished,
+                    claim_owner = NULL, lease_until = NULL
+                    FROM o
+                    WHERE d.id = o.id AND d.claim_token = o.token AND d.state = ",
                 state_code!(InFlight),
                 "
-                 RETURNING d.id, d.subscription, d.ordering_key, d.state"
+                    RETURNING d.id, d.subscription, d.ordering_key, d.state, d.attempts, d.claim_token
+                 ), history AS (
+                    INSERT INTO {s}.attempts (delivery_id, number, at, duration_us, status, result, error)
+                    SELECT c.id, c.attempts, o.at, o.duration, o.status, o.result, o.error
+                    FROM changed c JOIN o ON o.id = c.id AND o.token = c.claim_token
+                 )
+                 SELECT id, subscription, ordering_key, state FROM changed"
             )),
             &[
                 (&ids, Type::INT8_ARRAY),
@@ -122,6 +143,9 @@ async fn record(
                 (&delivered, Type::INT8_ARRAY),
                 (&finished, Type::INT8_ARRAY),
                 (&tokens, Type::INT8_ARRAY),
+                (&sent, Type::INT8_ARRAY),
+                (&durations, Type::INT8_ARRAY),
+                (&results, Type::TEXT_ARRAY),
             ],
         )
         .await

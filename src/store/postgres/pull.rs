@@ -23,7 +23,7 @@ const TAKE: &str = concat!(
     ORDER BY id LIMIT $3
     FOR UPDATE SKIP LOCKED
 ), taken AS (
-    UPDATE {s}.deliveries d SET attempts = d.attempts + 1,
+    UPDATE {s}.deliveries d SET attempts = d.attempts + 1, budget_used = d.budget_used + 1,
         state = CASE WHEN $5 THEN ",
     state_code!(Delivered),
     " ELSE d.state END,
@@ -31,9 +31,9 @@ const TAKE: &str = concat!(
         delivered_at = CASE WHEN $5 THEN $4 END,
         finished_at = CASE WHEN $5 THEN $4 END
     FROM picked WHERE d.id = picked.id
-    RETURNING d.id, d.attempts, d.event_seq
+    RETURNING d.id, d.budget_used, d.event_seq
 )
-SELECT t.id, e.id, e.type, e.received_at, e.data, t.attempts, e.content_type, e.attributes
+SELECT t.id, e.id, e.type, e.received_at, e.data, t.budget_used, e.content_type, e.attributes
 FROM taken t JOIN {s}.events e ON e.seq = t.event_seq
 ORDER BY t.id"
 );
@@ -117,7 +117,7 @@ pub(super) async fn ack(
                 ", delivered_at = $3, finished_at = $3
                  WHERE id = ANY($1) AND subscription = $2 AND state = ",
                 state_code!(Pending),
-                " AND attempts > 0 RETURNING id"
+                " AND budget_used > 0 RETURNING id"
             )),
             &[
                 (&ids, Type::INT8_ARRAY),

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use tokio_postgres::types::Type;
 
 use super::db::Db;
+use super::history;
 use super::rows::{INFO_COLUMNS, info};
 use crate::store::{
     DeliveryInfo, DeliveryQuery, EventStatus, QueueStats, StoreError, attributes, state_code,
@@ -78,12 +79,14 @@ pub(super) async fn event_status(db: &Db, id: &str) -> Result<Option<EventStatus
         )
         .await
         .map_err(|e| db.err(e))?;
+    let mut deliveries: Vec<_> = rows.iter().map(info).collect();
+    history::attach_recent(db, &conn, &mut deliveries).await?;
     Ok(Some(EventStatus {
         id: id.to_string(),
         event_type: head.get(1),
         received_at_ms: head.get(2),
         raw: attributes::raw_meta(head.get(3), head.get(4)),
-        deliveries: rows.iter().map(info).collect(),
+        deliveries,
     }))
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::tests::{admin, eventually, storage};
 use super::{PostgresStore, SCHEMA_VERSION};
 use crate::store::settings::PostgresSettings;
-use crate::store::tests::{SchemaGuard, accepted, metrics, pg_settings};
+use crate::store::tests::{ATTEMPT, SchemaGuard, accepted, metrics, pg_settings};
 use crate::store::{Admission, Store};
 
 /// A store on `pg` for a relay on `host`.
@@ -75,7 +75,12 @@ async fn an_outcome_of_a_claim_taken_over_is_fenced_and_changes_nothing() {
     assert_eq!((theirs[0].id, theirs[0].token), (id, 2));
     // The first claim's late outcome is fenced: the row stays the second claim's.
     let late = a
-        .complete(id, 1, crate::store::Outcome::Delivered { status: 200 })
+        .complete(
+            id,
+            1,
+            crate::store::Outcome::Delivered { status: 200 },
+            ATTEMPT,
+        )
         .await
         .unwrap();
     assert_eq!(late, crate::store::Completed::Fenced);
@@ -89,7 +94,7 @@ async fn an_outcome_of_a_claim_taken_over_is_fenced_and_changes_nothing() {
         error: "HTTP 503".into(),
     };
     assert_eq!(
-        b.complete(id, 2, retry).await.unwrap(),
+        b.complete(id, 2, retry, ATTEMPT).await.unwrap(),
         crate::store::Completed::Recorded
     );
     let status = b.event_status("e1").await.unwrap().unwrap();
@@ -509,4 +514,43 @@ async fn a_version_1_schema_is_migrated_with_its_claims_pending_again() {
         .unwrap()
         .get(0);
     assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL at HOOKRELAY_TEST_DATABASE_URL"]
+async fn a_version_3_schema_carries_each_undelivered_count_into_the_budget() {
+    let schema = SchemaGuard::new();
+    let quoted = format!("\"{}\"", schema.0);
+    let client = admin().await;
+    let before: String = super::schema::MIGRATIONS[..3]
+        .iter()
+        .map(|m| m.replace("{s}", &quoted))
+        .collect();
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {quoted};
+             CREATE TABLE {quoted}.schema_version (version integer NOT NULL);
+             INSERT INTO {quoted}.schema_version VALUES (3);
+             {before}
+             INSERT INTO {quoted}.events (id, type, received_at, data, subscriptions)
+                 VALUES ('e1', 't', 1, '\\x7b7d', '[\"x\"]');
+             INSERT INTO {quoted}.deliveries (event_seq, subscription, state, attempts, received_at, next_attempt_at, expires_at)
+                 SELECT seq, 'x', 0, 2, 1, 1, 9000000000000 FROM {quoted}.events;"
+        ))
+        .await
+        .unwrap();
+    let store = open_on(&pg_settings(&schema.0), "host-a").await;
+    let claimed = store.claim_due("x", 10, 10, Duration::ZERO).await.unwrap();
+    assert_eq!((claimed[0].attempts, claimed[0].budget_used), (2, 2));
+    store
+        .complete(
+            claimed[0].id,
+            claimed[0].token,
+            crate::store::Outcome::Delivered { status: 200 },
+            ATTEMPT,
+        )
+        .await
+        .unwrap();
+    let history = store.attempts(claimed[0].id).await.unwrap().unwrap();
+    assert_eq!(history.iter().map(|a| a.number).collect::<Vec<_>>(), [3]);
 }

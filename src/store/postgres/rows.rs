@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 use crate::store::{DeliveryInfo, DeliveryState};
 
 /// The delivery columns `info` reads, of a delivery `d` joined to its event `e`.
-pub(super) const INFO_COLUMNS: &str = "d.id, d.subscription, e.id, e.type, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at, d.delivered_at, d.received_at";
+pub(super) const INFO_COLUMNS: &str = "d.id, d.subscription, e.id, e.type, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at, d.delivered_at, d.received_at, d.budget_used";
 
 /// A state from its stored code.
 pub(super) fn state(code: i32) -> DeliveryState {
@@ -29,5 +29,7 @@ pub(super) fn info(row: &Row) -> DeliveryInfo {
         next_attempt_at_ms: (state == DeliveryState::Pending).then(|| row.get(8)),
         delivered_at_ms: row.get(9),
         received_at_ms: row.get(10),
+        budget_used: row.get::<_, i32>(11) as u32,
+        recent_attempts: None,
     }
 }

@@ -8,12 +8,12 @@ use super::db::{Db, locks};
 use crate::store::{StoreError, state_code};
 
 /// The schema this build writes; older ones are migrated forward at start.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Migrations: entry `i` upgrades a schema from version `i` to `i + 1`. `{s}` is the
 /// quoted schema. States are literals (`state_code!`, `states!`) so that the partial
 /// indexes serve the queries that spell the same literals.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The tables of one relay's queue.
 const V1: &str = concat!(
@@ -115,6 +115,30 @@ CREATE TABLE {s}.catalog_revision (revision bigint NOT NULL);
 INSERT INTO {s}.catalog_revision (revision) VALUES (0);
 ALTER TABLE {s}.replicas ADD COLUMN declared text[] NOT NULL DEFAULT '{}';
 ";
+
+/// Attempt history: one row per attempt, written by the outcome's statement; `attempts`
+/// counts them ever, `budget_used` since the last release (the retry budget). Undelivered
+/// rows carry their count over; finished ones need no budget. No foreign key: the check
+/// would cost every outcome a lookup, and the two deletes of deliveries delete their
+/// attempts in the same statement.
+const V4: &str = concat!(
+    "
+CREATE TABLE {s}.attempts (
+    delivery_id bigint NOT NULL,
+    number integer NOT NULL,
+    at bigint NOT NULL,
+    duration_us bigint NOT NULL,
+    status integer,
+    result text NOT NULL,
+    error text,
+    PRIMARY KEY (delivery_id, number)
+);
+ALTER TABLE {s}.deliveries ADD COLUMN budget_used integer NOT NULL DEFAULT 0;
+UPDATE {s}.deliveries SET budget_used = attempts WHERE state IN ",
+    states!(Pending, InFlight, Orphaned, Waiting),
+    ";
+"
+);
 
 /// A failure to open the store, naming the server (redacted) and the schema.
 fn open_error(db: &Db, context: String, source: Option<tokio_postgres::Error>) -> StoreError {

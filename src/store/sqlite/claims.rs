@@ -13,7 +13,8 @@ use crate::store::{Delivery, DeliveryId, StoreError, state_code};
 /// `?1` subscription, `?2` now, `?3` limit: due deliveries, oldest due first (through
 /// `deliveries_due`).
 pub(super) const CLAIM_DUE: &str = concat!(
-    "SELECT d.id, d.attempts, e.id, e.type, e.data, e.received_at, e.content_type, e.attributes
+    "SELECT d.id, d.attempts, e.id, e.type, e.data, e.received_at, e.content_type, e.attributes,
+            d.budget_used
      FROM deliveries d JOIN events e ON e.seq = d.event_seq
      WHERE d.subscription = ?1 AND d.state = ",
     state_code!(Pending),
@@ -42,6 +43,7 @@ pub(super) fn claim_due(
             Ok(Delivery {
                 id: r.get(0)?,
                 attempts: r.get(1)?,
+                budget_used: r.get(8)?,
                 event_id: Arc::from(r.get::<_, String>(2)?),
                 event_type: Arc::from(r.get::<_, String>(3)?),
                 data: Bytes::from(r.get::<_, Vec<u8>>(4)?),

@@ -17,20 +17,8 @@ pub(super) fn release(
     ttl_ms: i64,
 ) -> Result<Release, StoreError> {
     let key = release_scope_key(scope.as_deref());
-    let last: Option<i64> = conn
-        .query_row(
-            "SELECT released_at FROM releases WHERE scope = ?1",
-            [&key],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(sql_error)?;
-    if let Some(at) = last
-        && now_ms < at + min_interval_ms
-    {
-        return Ok(Release::TooSoon {
-            next_allowed_ms: at + min_interval_ms,
-        });
+    if let Some(next_allowed_ms) = take_clock(conn, &key, now_ms, min_interval_ms)? {
+        return Ok(Release::TooSoon { next_allowed_ms });
     }
     let names = match &scope {
         Some(s) => vec![s.clone()],
@@ -42,7 +30,7 @@ pub(super) fn release(
             concat!(
                 "UPDATE deliveries SET state = ",
                 state_code!(Pending),
-                ", attempts = 0, next_attempt_at = ?1, expires_at = ?2,
+                ", budget_used = 0, next_attempt_at = ?1, expires_at = ?2,
              finished_at = NULL, ordering_key = NULL
              WHERE state IN ",
                 states!(Failed, Expired),
@@ -51,13 +39,38 @@ pub(super) fn release(
             params![now_ms, now_ms + ttl_ms, names_json],
         )
         .map_err(sql_error)?;
+    Ok(Release::Released(released as u64))
+}
+
+/// Moves the clock of `key` (a release's or a bulk replay's scope) to `now_ms`, unless it
+/// moved less than `min_interval_ms` ago: then nothing changes and the answer is when it may
+/// move next. Within the caller's writer job, so the work it allows is in the same commit.
+pub(super) fn take_clock(
+    conn: &Connection,
+    key: &str,
+    now_ms: i64,
+    min_interval_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    let last: Option<i64> = conn
+        .query_row(
+            "SELECT released_at FROM releases WHERE scope = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql_error)?;
+    if let Some(at) = last
+        && now_ms < at + min_interval_ms
+    {
+        return Ok(Some(at + min_interval_ms));
+    }
     conn.execute(
         "INSERT INTO releases (scope, released_at) VALUES (?1, ?2)
          ON CONFLICT (scope) DO UPDATE SET released_at = excluded.released_at",
         params![key, now_ms],
     )
     .map_err(sql_error)?;
-    Ok(Release::Released(released as u64))
+    Ok(None)
 }
 
 /// Puts one failed or expired delivery of one of `subscriptions` back to pending; returns its
@@ -84,7 +97,7 @@ pub(super) fn retry_delivery(
             concat!(
                 "UPDATE deliveries SET state = ",
                 state_code!(Pending),
-                ", attempts = 0, next_attempt_at = ?2, expires_at = ?3,
+                ", budget_used = 0, next_attempt_at = ?2, expires_at = ?3,
              finished_at = NULL, ordering_key = NULL WHERE id = ?1"
             ),
             params![id, now_ms, now_ms + ttl_ms],
@@ -109,6 +122,8 @@ pub(super) fn delete_delivery(
         && !matches!(state, DeliveryState::Pending | DeliveryState::InFlight)
     {
         conn.execute("DELETE FROM deliveries WHERE id = ?1", [id])
+            .map_err(sql_error)?;
+        conn.execute("DELETE FROM attempts WHERE delivery_id = ?1", [id])
             .map_err(sql_error)?;
     }
     Ok(before)

@@ -48,19 +48,30 @@ pub(super) fn housekeeping(
     for (name, key) in keys {
         ordering::promote_next(conn, &name, &key)?;
     }
-    // Terminal deliveries past retention, then their events once nothing refers to
-    // them: driven by what was deleted, so old events still in use are not rescanned.
-    let mut touched: Vec<i64> = conn
+    // Terminal deliveries past retention with their attempts, then their events once
+    // nothing refers to them: driven by what was deleted, so old events still in use are
+    // not rescanned.
+    let gone: Vec<(i64, i64)> = conn
         .prepare_cached(
             concat!("DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries INDEXED BY deliveries_finished
-             WHERE state IN ", states!(Delivered, Failed, Expired, Cancelled), " AND finished_at <= ?1 LIMIT ?2) RETURNING event_seq"),
+             WHERE state IN ", states!(Delivered, Failed, Expired, Cancelled), " AND finished_at <= ?1 LIMIT ?2) RETURNING id, event_seq"),
         )
         .and_then(|mut s| {
-            s.query_map(params![cutoff, HOUSEKEEPING_BATCH], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()
+            s.query_map(params![cutoff, HOUSEKEEPING_BATCH], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()
         })
         .map_err(sql_error)?;
-    let pruned = touched.len();
+    let pruned = gone.len();
+    let mut forget = conn
+        .prepare_cached("DELETE FROM attempts WHERE delivery_id = ?1")
+        .map_err(sql_error)?;
+    let mut touched = Vec::with_capacity(gone.len());
+    for (id, seq) in gone {
+        forget.execute([id]).map_err(sql_error)?;
+        touched.push(seq);
+    }
     touched.sort_unstable();
     touched.dedup();
     // Events that never had a delivery (matched nothing) are found by a cursor over

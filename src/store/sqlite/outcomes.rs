@@ -8,10 +8,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::writer::{Finish, Job, stopped};
 use super::{ordering, sql_error};
-use crate::store::{DeliveryId, DeliveryState, Outcome, StoreError, state_code};
+use crate::store::{Attempted, DeliveryId, DeliveryState, Outcome, StoreError, state_code};
 
 /// An attempt outcome waiting for the writer, with whom to tell once it is kept.
-type QueuedOutcome = (DeliveryId, Outcome, oneshot::Sender<Result<(), StoreError>>);
+type QueuedOutcome = (
+    DeliveryId,
+    Outcome,
+    Attempted,
+    oneshot::Sender<Result<(), StoreError>>,
+);
 
 #[derive(Default)]
 struct OutcomeQueue {
@@ -31,11 +36,12 @@ impl Outcomes {
         jobs: &mpsc::Sender<Job>,
         id: DeliveryId,
         outcome: Outcome,
+        attempt: Attempted,
     ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         let send_job = {
             let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            q.items.push((id, outcome, tx));
+            q.items.push((id, outcome, attempt, tx));
             !std::mem::replace(&mut q.job_queued, true)
         };
         if send_job {
@@ -49,7 +55,7 @@ impl Outcomes {
                 let ok = result.is_ok();
                 let finish: Finish = Box::new(move |commit| {
                     let outcome = commit.and(result);
-                    for (_, _, tx) in batch {
+                    for (_, _, _, tx) in batch {
                         let _ = tx.send(outcome.clone());
                     }
                 });
@@ -81,19 +87,21 @@ impl OutcomeBatch {
 impl Drop for OutcomeBatch {
     fn drop(&mut self) {
         if !self.taken {
-            for (_, _, tx) in self.take() {
+            for (_, _, _, tx) in self.take() {
                 let _ = tx.send(Err(stopped()));
             }
         }
     }
 }
 
-/// Writes a batch of attempt outcomes; only rows still in flight change.
+/// Writes a batch of attempt outcomes, each with its attempt's history row; only rows still
+/// in flight change.
 fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), StoreError> {
     let now = crate::time::now_ms();
     let mut update = conn
         .prepare_cached(concat!(
-            "UPDATE deliveries SET state = ?2, attempts = attempts + 1, last_status = ?3,
+            "UPDATE deliveries SET state = ?2, attempts = attempts + 1,
+             budget_used = budget_used + 1, last_status = ?3,
              last_error = ?4, next_attempt_at = coalesce(?5, next_attempt_at),
              delivered_at = ?6, finished_at = ?7
              WHERE id = ?1 AND state = ",
@@ -108,7 +116,16 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
              WHERE id = ?1 AND ordering_key IS NOT NULL",
         )
         .map_err(sql_error)?;
-    for (id, outcome, _) in batch {
+    // Numbered by the count just raised: a rowid lookup on a page the update just read. A
+    // cached statement per row costs SQLite what a row of a multi-row INSERT would (no
+    // round trip), without a statement per batch size.
+    let mut history = conn
+        .prepare_cached(
+            "INSERT INTO attempts (delivery_id, number, at, duration_us, status, result, error)
+             SELECT id, attempts, ?2, ?3, ?4, ?5, ?6 FROM deliveries WHERE id = ?1",
+        )
+        .map_err(sql_error)?;
+    for (id, outcome, attempt, _) in batch {
         let (state, status, error, next, delivered, finished) = match outcome {
             Outcome::Delivered { status } => (
                 DeliveryState::Delivered,
@@ -142,6 +159,18 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
         let changed = update
             .execute(params![id, state, status, error, next, delivered, finished])
             .map_err(sql_error)?;
+        if changed == 1 {
+            history
+                .execute(params![
+                    id,
+                    attempt.at_ms,
+                    attempt.duration_us,
+                    status,
+                    attempt.result,
+                    error
+                ])
+                .map_err(sql_error)?;
+        }
         // A finished head lets the next delivery of its key go.
         if changed == 1 && state != DeliveryState::Pending {
             let ordered = keyed

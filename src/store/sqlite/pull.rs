@@ -38,7 +38,7 @@ pub(super) fn pull(
         .prepare_cached(
             // INDEXED BY: without statistics the planner prefers the due-time
             // index, reading and sorting the whole backlog to return its head.
-            concat!("SELECT d.id, e.id, e.type, e.received_at, e.data, d.attempts, e.content_type, e.attributes
+            concat!("SELECT d.id, e.id, e.type, e.received_at, e.data, d.budget_used, e.content_type, e.attributes
              FROM deliveries d INDEXED BY deliveries_fifo
              JOIN events e ON e.seq = d.event_seq
              WHERE d.subscription = ?1 AND d.state = ", state_code!(Pending), " AND d.next_attempt_at <= ?2
@@ -65,11 +65,12 @@ pub(super) fn pull(
         PullMode::Consume => conn.prepare_cached(concat!(
             "UPDATE deliveries SET state = ",
             state_code!(Delivered),
-            ", attempts = attempts + 1,
+            ", attempts = attempts + 1, budget_used = budget_used + 1,
              delivered_at = ?2, finished_at = ?2 WHERE id = ?1",
         )),
         PullMode::Hide(_) => conn.prepare_cached(
-            "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?2
+            "UPDATE deliveries SET attempts = attempts + 1, budget_used = budget_used + 1,
+             next_attempt_at = ?2
              WHERE id = ?1",
         ),
     }
@@ -110,7 +111,7 @@ pub(super) fn ack(
             ", delivered_at = ?3, finished_at = ?3
              WHERE id = ?1 AND subscription = ?2 AND state = ",
             state_code!(Pending),
-            " AND attempts > 0"
+            " AND budget_used > 0"
         ))
         .map_err(sql_error)?;
     let mut unknown = Vec::new();

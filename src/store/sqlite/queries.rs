@@ -1,12 +1,12 @@
-//! Read-only queries: per-subscription queue figures, an event's status, and pages of
-//! deliveries by state. They run on the read connection, never delaying a commit.
+//! Read-only queries: per-subscription queue figures, an event's status (with each
+//! delivery's latest attempts), and pages of deliveries by state. They run on the read connection, never delaying a commit.
 
 use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{INFO_COLUMNS, info, raw_meta};
-use super::sql_error;
+use super::{history, sql_error};
 use crate::store::{DeliveryInfo, DeliveryQuery, EventStatus, QueueStats, StoreError, state_code};
 
 /// Per-subscription queue figures, for gauges.
@@ -93,11 +93,12 @@ pub(super) fn event_status(conn: &Connection, id: &str) -> Result<Option<EventSt
              WHERE d.event_seq = ?1 ORDER BY d.id"
         ))
         .map_err(sql_error)?;
-    let deliveries = s
+    let mut deliveries: Vec<DeliveryInfo> = s
         .query_map([seq], info)
         .map_err(sql_error)?
         .collect::<Result<_, _>>()
         .map_err(sql_error)?;
+    history::attach_recent(conn, &mut deliveries)?;
     Ok(Some(EventStatus {
         id: id.to_string(),
         event_type,

@@ -31,7 +31,7 @@ pub(super) fn raw_meta(
 }
 
 /// The delivery columns `info` reads, of a delivery `d` joined to its event `e`.
-pub(super) const INFO_COLUMNS: &str = "d.id, d.subscription, e.id, e.type, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at, d.delivered_at, d.received_at";
+pub(super) const INFO_COLUMNS: &str = "d.id, d.subscription, e.id, e.type, d.state, d.attempts, d.last_status, d.last_error, d.next_attempt_at, d.delivered_at, d.received_at, d.budget_used";
 
 /// A `DeliveryInfo` from a row of `INFO_COLUMNS`.
 pub(super) fn info(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
@@ -52,5 +52,7 @@ pub(super) fn info(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
         },
         delivered_at_ms: row.get(9)?,
         received_at_ms: row.get(10)?,
+        budget_used: row.get(11)?,
+        recent_attempts: None,
     })
 }

@@ -10,7 +10,7 @@ use crate::store::settings::{StorageLocation, StorageSettings, SyncMode};
 use crate::store::{Cause, DeliveryState, StoreError, state_code};
 
 /// The schema this build writes; older files are migrated forward on open.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -96,6 +96,27 @@ CREATE INDEX deliveries_expiry ON deliveries(expires_at) WHERE state IN ",
 ALTER TABLE events ADD COLUMN content_type TEXT;
 ALTER TABLE events ADD COLUMN attributes TEXT;
 ",
+    // Attempt history: one row per attempt, written with its outcome; `attempts` counts
+    // them ever, `budget_used` since the last release (the retry budget). Undelivered rows
+    // carry their count over; finished ones need no budget.
+    concat!(
+        "
+CREATE TABLE attempts (
+    delivery_id INTEGER NOT NULL,
+    number INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL,
+    status INTEGER,
+    result TEXT NOT NULL,
+    error TEXT,
+    PRIMARY KEY (delivery_id, number)
+) WITHOUT ROWID;
+ALTER TABLE deliveries ADD COLUMN budget_used INTEGER NOT NULL DEFAULT 0;
+UPDATE deliveries SET budget_used = attempts WHERE state IN ",
+        states!(Pending, InFlight, Orphaned, Waiting),
+        ";
+"
+    ),
 ];
 
 /// Opens the writer's connection: creates the file, refuses one that is not a hookrelay

@@ -14,8 +14,9 @@ use super::schema::{self, MIGRATIONS, SCHEMA_VERSION, check_file};
 use super::{SqliteStore, sql_error};
 use crate::event::RawMeta;
 use crate::store::settings::{StorageLocation, StorageSettings};
+use crate::store::tests::ATTEMPT;
 use crate::store::tests::{accepted, claim_ids, metrics, ordered};
-use crate::store::{Store, StoreError, state_code};
+use crate::store::{Outcome, Store, StoreError, state_code};
 
 #[tokio::test]
 async fn a_version_3_file_is_migrated_and_keeps_its_deliveries() {
@@ -99,6 +100,51 @@ async fn a_version_3_file_migrates_in_place_and_keeps_raw_events() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[tokio::test]
+async fn a_version_5_file_carries_each_undelivered_count_into_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v5.db");
+    {
+        // Two attempts made before the upgrade: one still pending, one delivered.
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 5;
+             INSERT INTO events (seq, id, type, received_at, data, subscriptions)
+                 VALUES (1, 'old', 't', 100, CAST('{}' AS BLOB), '[\"a\", \"b\"]');
+             INSERT INTO deliveries (event_seq, subscription, state, attempts, received_at, next_attempt_at, expires_at)
+                 VALUES (1, 'a', 0, 2, 100, 100, 9000000000000),
+                        (1, 'b', 2, 2, 100, 100, 9000000000000);",
+        )
+        .unwrap();
+    }
+    let settings = StorageSettings {
+        location: StorageLocation::File(path.clone()),
+        ..StorageSettings::default()
+    };
+    let s = SqliteStore::open(&settings, metrics()).unwrap();
+    let claimed = s.claim_due("a", 1_000, 10, Duration::ZERO).await.unwrap();
+    assert_eq!((claimed[0].attempts, claimed[0].budget_used), (2, 2));
+    s.complete(
+        claimed[0].id,
+        claimed[0].token,
+        Outcome::Delivered { status: 200 },
+        ATTEMPT,
+    )
+    .await
+    .unwrap();
+    let history = s.attempts(claimed[0].id).await.unwrap().unwrap();
+    assert_eq!(history.len(), 1, "the history starts at the upgrade");
+    assert_eq!(history[0].number, 3);
+    let status = s.event_status("old").await.unwrap().unwrap();
+    assert_eq!(
+        status.deliveries[1].budget_used, 0,
+        "finished: no budget carried"
+    );
 }
 
 #[test]
