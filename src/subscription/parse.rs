@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use serde_yaml::Value;
 
+use super::control::{parse_circuit, parse_on_gone};
 use super::http_push::{
     parse_auth, parse_encoding, parse_headers, parse_signing, parse_success, parse_url,
 };
@@ -39,6 +40,9 @@ const KEYS: &[&str] = &[
     "signing",
     "ordering",
     "encoding",
+    "circuit",
+    "on_gone",
+    "paused",
 ];
 
 /// Keys that only push subscriptions may have.
@@ -55,6 +59,9 @@ const PUSH_KEYS: &[&str] = &[
     "headers",
     "signing",
     "ordering",
+    "circuit",
+    "on_gone",
+    "paused",
 ];
 
 /// Push keys that make no sense for e-mail (HTTP only).
@@ -65,6 +72,7 @@ const HTTP_KEYS: &[&str] = &[
     "headers",
     "signing",
     "encoding",
+    "on_gone",
 ];
 
 /// Extra keys of a subscription registered through the API.
@@ -247,6 +255,9 @@ impl Subscription {
         let signing = parse_signing(&s, issues);
         let ordering = parse_ordering(&s, issues);
         let encoding = parse_encoding(&s, issues);
+        let circuit = parse_circuit(&s, issues);
+        let on_gone = parse_on_gone(&s, issues);
+        let paused = s.boolean("paused", false, issues);
 
         if issues.0.len() != before {
             return None;
@@ -263,6 +274,9 @@ impl Subscription {
             rate_limit,
             max_in_flight,
             ordering,
+            circuit,
+            on_gone,
+            paused,
         };
         let channel = match (url, email, pull) {
             (Some(url), None, None) => Channel::Http {

@@ -16,8 +16,10 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::Schema;
 use utoipa::{PartialSchema, ToSchema};
 
+use control::{control, on_gone};
 use filter::filter;
 
+mod control;
 mod filter;
 
 /// Durations within `100ms..=60s`.
@@ -163,6 +165,7 @@ fn delivery(properties: &mut serde_json::Map<String, Json>) {
         integer(1, 1024, "Concurrent attempts at most; default 8."),
     );
     properties.insert("ordering".into(), nullable(reference("OrderingInput")));
+    control(properties);
 }
 
 fn push(replace: bool) -> Json {
@@ -200,6 +203,7 @@ fn push(replace: bool) -> Json {
     );
     p.insert("encoding".into(), nullable(reference("EncodingInput")));
     p.insert("signing".into(), nullable(variant("Signing", replace)));
+    on_gone(&mut p);
     with_description(
         object(Json::Object(p), &["url", "events"]),
         "A push subscription: each matching event is POSTed to `url`.",
