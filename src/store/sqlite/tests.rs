@@ -101,6 +101,32 @@ async fn a_version_3_file_migrates_in_place_and_keeps_raw_events() {
     assert_eq!(version, SCHEMA_VERSION);
 }
 
+#[tokio::test]
+async fn a_version_5_file_gains_the_pause_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v5.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch("PRAGMA user_version = 5;").unwrap();
+    }
+    let settings = StorageSettings {
+        location: StorageLocation::File(path.clone()),
+        ..StorageSettings::default()
+    };
+    let s = SqliteStore::open(&settings, metrics()).unwrap();
+    let paused = crate::store::PauseState {
+        name: "a".into(),
+        paused: true,
+        reason: "api".into(),
+        since_ms: 1,
+    };
+    s.set_pause_state(paused.clone()).await.unwrap();
+    assert_eq!(s.pause_states().await.unwrap(), vec![paused]);
+}
+
 #[test]
 fn errors_keep_their_cause_as_source() {
     use std::error::Error;
