@@ -15,8 +15,8 @@ use crate::store::settings::{
     DatabaseUrl, PostgresSettings, StorageLocation, StorageSettings, TlsMode,
 };
 use crate::store::{
-    Accepted, Admission, DeliveryQuery, DeliveryState, EventStatus, NewDelivery, Outcome, PullMode,
-    PauseState, Pulled, QueueStats, Release, Store, StoredSubscription, WriterMetrics,
+    Accepted, Admission, DeliveryQuery, DeliveryState, EventStatus, NewDelivery, Outcome,
+    PauseState, PullMode, Pulled, QueueStats, Release, Store, StoredSubscription, WriterMetrics,
 };
 
 /// Which store a test runs on.
