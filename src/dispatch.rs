@@ -95,7 +95,8 @@ pub struct Lane {
     ordering: DeliveryOrder,
     /// A push subscription's attempt timeout (zero for pull), which a claim outlasts.
     timeout: Duration,
-    /// A push subscription's breaker and pause (kept when the lane is replaced).
+    /// A push subscription's breaker and pause (new with each lane: the breaker starts
+    /// closed, the pause comes from the store or the document).
     control: Option<Arc<Control>>,
 }
 
@@ -406,6 +407,8 @@ impl Dispatcher {
             reason: reason.to_string(),
             since_ms: crate::time::now_ms(),
         };
+        // A re-read of the store that began before this write must not undo it.
+        self.shared.pauses.touch();
         self.shared.store.set_pause_state(row.clone()).await?;
         self.shared.pauses.local(row);
         if paused {

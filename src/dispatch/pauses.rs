@@ -39,9 +39,14 @@ impl Pauses {
         }
     }
 
+    /// Before this relay writes a state: a re-read already under way is not taken.
+    pub(super) fn touch(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Records a change this relay made (and wrote to the store).
     pub(super) fn local(&self, row: PauseState) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.touch();
         self.lock().insert(row.name.clone(), row);
     }
 
