@@ -96,6 +96,8 @@ async fn the_breaker_opens_after_the_threshold_and_holds_every_attempt() {
     holds_for(Duration::from_millis(800), || async { rx.count() == 3 }).await;
     assert_eq!(state_gauge(&relay, "open").await, Some(1.0));
     assert_eq!(state_gauge(&relay, "active").await, Some(0.0));
+    let (_, list) = relay.api(Method::GET, "/v1/subscriptions", None).await;
+    assert_eq!(list[0]["delivery"]["state"], "open", "{list}");
     // The deliveries wait in the queue, none failed.
     for i in 0..5 {
         let (_, body) = relay.event_status(&format!("e-{i}")).await;
@@ -264,6 +266,13 @@ async fn pull_subscriptions_have_no_delivery_state() {
     let (s, body) = relay.api(Method::GET, "/v1/subscriptions/a", None).await;
     assert_eq!(s, 200);
     assert!(body.get("delivery").is_none(), "{body}");
+    // No state series either: a pull subscription has no delivery state.
+    assert!(
+        !relay
+            .metrics()
+            .await
+            .contains("hookrelay_subscription_state{")
+    );
     let (s, body) = relay
         .api(Method::POST, "/v1/subscriptions/a/pause", None)
         .await;
