@@ -39,6 +39,16 @@ def backoff_ok(b):
     return initial is None or largest is None or largest >= initial
 
 
+def circuit_ok(c):
+    """`max_cool_down` is not below `cool_down` (default 30s; without `max_cool_down`, its
+    default follows `cool_down`)."""
+    if not isinstance(c, dict) or c.get("max_cool_down") is None:
+        return True
+    cool_down = seconds(c.get("cool_down") or "30s")
+    largest = seconds(c["max_cool_down"])
+    return cool_down is None or largest is None or largest >= cool_down
+
+
 def bound(v):
     if isinstance(v, bool):
         return None
@@ -130,6 +140,7 @@ def subscription_rules(context, body):
         return replay_range_ok(body)
     return (
         backoff_ok(body.get("backoff"))
+        and circuit_ok(body.get("circuit"))
         and filter_ok(body.get("filter"))
         and headers_ok(body)
         and final_statuses_ok(body)

@@ -87,6 +87,8 @@ fn guarded() -> OpenApiRouter<ApiState> {
             subscriptions::patch,
             subscriptions::remove
         ))
+        .routes(routes!(subscriptions::pause::pause))
+        .routes(routes!(subscriptions::pause::resume))
         .routes(routes!(release))
         .routes(routes!(list))
         .routes(routes!(retry))

@@ -8,7 +8,10 @@
 //! feeders of subscriptions with work another relay handed back, and the long polls of pull
 //! subscriptions with notifications another relay accepted.
 
+mod breaker;
+mod control;
 mod feeder;
+mod pauses;
 mod pickup;
 mod pump;
 
@@ -30,9 +33,12 @@ use crate::deliver::rate_limit::Relays;
 use crate::deliver::settings::DeliverySettings;
 use crate::deliver::{self, AttemptService, Caps, via};
 use crate::metrics::{FinalOutcome, Metrics};
-use crate::store::{Delivery, Store};
+use crate::store::{Delivery, PauseState, Store, StoreError};
 use crate::subscription::{Channel, DeliveryOrder, PushSettings, Source, Subscription, push_slots};
+pub use control::ControlState;
+use control::{Control, Paused};
 use feeder::Feeder;
+use pauses::Pauses;
 pub use pump::decide;
 use pump::{FinalCounters, Pump};
 
@@ -62,6 +68,8 @@ struct Shared {
     api_share: usize,
     /// The live relays on the store, which share every rate limit (1 unless shared).
     relays: Relays,
+    /// The pause states kept in the store.
+    pauses: Pauses,
     shutdown: CancellationToken,
     attempts: TaskTracker,
 }
@@ -87,6 +95,9 @@ pub struct Lane {
     ordering: DeliveryOrder,
     /// A push subscription's attempt timeout (zero for pull), which a claim outlasts.
     timeout: Duration,
+    /// A push subscription's breaker and pause (new with each lane: the breaker starts
+    /// closed, the pause comes from the store or the document).
+    control: Option<Arc<Control>>,
 }
 
 /// A reserved place in a pump's queue.
@@ -94,9 +105,11 @@ pub type HandoffSlot = mpsc::OwnedPermit<Delivery>;
 
 impl Dispatcher {
     /// Starts a lane per subscription; pumps stop when `shutdown` is cancelled, leaving
-    /// attempts already sent to finish on `attempts`.
+    /// attempts already sent to finish on `attempts`. `pauses` are the store's pause states.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         subs: &[Arc<Subscription>],
+        pauses: Vec<PauseState>,
         store: Arc<dyn Store>,
         metrics: &Metrics,
         settings: &DeliverySettings,
@@ -132,6 +145,7 @@ impl Dispatcher {
                 api_pool: Arc::new(Semaphore::new(api_pool)),
                 api_share: DeliverySettings::api_share(api_pool),
                 relays,
+                pauses: Pauses::new(pauses),
                 shutdown,
                 attempts,
             }),
@@ -235,14 +249,16 @@ impl Dispatcher {
         let shared = &self.shared;
         // Bounded: when full, new deliveries stay pending in the store for the feeder.
         let (queue, claimed) = mpsc::channel((push.max_in_flight * 4).max(256));
-        let (wake, stop) = self.install(
+        let (wake, stop, control) = self.install(
             sub,
             Some(queue.clone()),
             None,
             push.ordering.clone(),
             push.timeout,
         );
+        let control = control.expect("a push lane has a control");
         let feeder = Feeder {
+            control: control.clone(),
             sub: sub.clone(),
             batch: push.max_in_flight.max(32),
             timeout: push.timeout,
@@ -254,6 +270,7 @@ impl Dispatcher {
         tokio::spawn(feeder.run());
         let label = sub.metric_label();
         let pump = Pump {
+            control,
             sub: sub.clone(),
             push: Arc::new(push.clone()),
             store: shared.store.clone(),
@@ -265,12 +282,14 @@ impl Dispatcher {
             shutdown: stop,
             relay_stopping: shared.shutdown.clone(),
             attempts: shared.attempts.clone(),
+            dispatcher: self.clone(),
         };
         tokio::spawn(pump.run(service, claimed, build));
     }
 
     /// Puts a subscription's new lane in place and stops the one it replaces (whose wake-up
-    /// it keeps); returns the wake-up and the new lane's stop token.
+    /// it keeps); returns the wake-up, the new lane's stop token and, for a push
+    /// subscription, its control.
     fn install(
         &self,
         sub: &Subscription,
@@ -278,13 +297,23 @@ impl Dispatcher {
         ttl_ms: Option<i64>,
         ordering: DeliveryOrder,
         timeout: Duration,
-    ) -> (Arc<Notify>, CancellationToken) {
+    ) -> (Arc<Notify>, CancellationToken, Option<Arc<Control>>) {
         let shared = &self.shared;
         let mut lanes = self.lanes.write().unwrap_or_else(|e| e.into_inner());
         let previous = lanes.remove(sub.name.as_str());
         let wake = previous
             .as_ref()
             .map_or_else(|| Arc::new(Notify::new()), |p| p.wake.clone());
+        // A new breaker, closed; the pause comes from the store (or the document).
+        let control = sub.push().map(|push| {
+            Arc::new(Control::new(
+                Arc::from(sub.name.as_str()),
+                push.circuit,
+                push.paused,
+                shared.pauses.wanted(&sub.name, push.paused),
+                sub.own_metrics.then_some(&shared.metrics),
+            ))
+        });
         let stop = shared.shutdown.child_token();
         let matched = shared
             .metrics
@@ -302,13 +331,14 @@ impl Dispatcher {
                 ttl_ms,
                 ordering,
                 timeout,
+                control: control.clone(),
             }),
         );
         drop(lanes);
         if let Some(old) = previous {
             old.stop.cancel();
         }
-        (wake, stop)
+        (wake, stop, control)
     }
 
     /// Stops the lane of a removed subscription; attempts already sent finish.
@@ -320,6 +350,15 @@ impl Dispatcher {
             .remove(name);
         if let Some(p) = removed {
             p.stop.cancel();
+            if p.control.is_some() {
+                for state in crate::metrics::DELIVERY_STATES {
+                    let _ = self
+                        .shared
+                        .metrics
+                        .subscription_state
+                        .remove_label_values(&[name, state]);
+                }
+            }
         }
     }
 
@@ -352,6 +391,73 @@ impl Dispatcher {
         self.with_lane(subscription, Arc::clone)
     }
 
+    /// A push subscription's delivery state (`None` for pull or unknown ones).
+    pub fn delivery_state(&self, subscription: &str) -> Option<ControlState> {
+        self.with_lane(subscription, |l| l.control.as_ref().map(|c| c.state()))
+            .flatten()
+    }
+
+    /// Pauses (`paused`) or resumes a push subscription for `reason`: kept in the store
+    /// first, then applied here (other relays on a shared store follow within a second).
+    /// `Ok(None)` when it has no delivery state (pull, or unknown).
+    pub async fn set_paused(
+        &self,
+        subscription: &str,
+        paused: bool,
+        reason: &str,
+    ) -> Result<Option<ControlState>, StoreError> {
+        let Some(control) = self.control(subscription) else {
+            return Ok(None);
+        };
+        let row = PauseState {
+            name: subscription.to_string(),
+            paused,
+            reason: reason.to_string(),
+            since_ms: crate::time::now_ms(),
+        };
+        // A re-read of the store that began before this write must not undo it.
+        self.shared.pauses.touch();
+        self.shared.store.set_pause_state(row.clone()).await?;
+        self.shared.pauses.local(row);
+        if paused {
+            control.pause(Paused {
+                reason: reason.to_string(),
+            });
+        } else {
+            control.resume(reason);
+        }
+        Ok(Some(control.state()))
+    }
+
+    /// A push subscription's control.
+    fn control(&self, subscription: &str) -> Option<Arc<Control>> {
+        self.with_lane(subscription, |l| l.control.clone())
+            .flatten()
+    }
+
+    /// Takes the pause states another relay may have changed (a shared store).
+    async fn sync_pauses(&self) -> Result<(), StoreError> {
+        let pauses = &self.shared.pauses;
+        let epoch = pauses.epoch();
+        let rows = self.shared.store.pause_states().await?;
+        if !pauses.replace(rows, epoch) {
+            return Ok(());
+        }
+        let lanes: Vec<Arc<Lane>> = self
+            .lanes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for lane in lanes {
+            if let Some(control) = &lane.control {
+                control.settle(pauses.wanted(&lane.name, control.in_document()));
+            }
+        }
+        Ok(())
+    }
+
     /// This relay's id in `hookrelay-via` (random at each start).
     pub fn relay_id(&self) -> &str {
         &self.shared.relay_id
@@ -377,10 +483,12 @@ impl Lane {
     /// commit.
     pub fn route(self: &Arc<Self>) -> Route {
         Route {
+            // Never while paused or not closed: the delivery waits in the store.
             slot: self
                 .queue
                 .clone()
                 .filter(|_| self.ordering == DeliveryOrder::None)
+                .filter(|_| self.control.as_ref().is_none_or(|c| c.flowing()))
                 .and_then(|q| q.try_reserve_owned().ok()),
             lane: self.clone(),
         }

@@ -8,6 +8,9 @@ use prometheus::{
 
 use crate::store::QueueStats;
 
+/// The `state` values of `hookrelay_subscription_state`.
+pub const DELIVERY_STATES: [&str; 4] = ["active", "open", "half_open", "paused"];
+
 /// Results of one attempt (`hookrelay_delivery_attempts_total{result}`).
 /// `connect_error` stays last: it is the label of errors nothing else claims.
 pub const ATTEMPT_RESULTS: [&str; 5] = [
@@ -120,6 +123,9 @@ pub struct MetricSet {
     pub config_last_reload_success: prometheus::Gauge,
     /// Subscriptions in force, by source.
     pub subscriptions: IntGaugeVec,
+    /// 1 for a push subscription's delivery state (active, open, half_open, paused), 0 for
+    /// the others; only subscriptions with their own series.
+    pub subscription_state: IntGaugeVec,
     /// Inbound connections open, by listener.
     pub connections: IntGaugeVec,
     /// Inbound connections closed at once because the listener had its most open.
@@ -330,6 +336,17 @@ impl Metrics {
         registry
             .register(Box::new(subscriptions.clone()))
             .expect("unique metric");
+        let subscription_state = IntGaugeVec::new(
+            Opts::new(
+                "hookrelay_subscription_state",
+                "1 for a push subscription's delivery state (active, open, half_open, paused), 0 for the others.",
+            ),
+            &["subscription", "state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(subscription_state.clone()))
+            .expect("unique metric");
 
         let connections = IntGaugeVec::new(
             Opts::new(
@@ -399,6 +416,7 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             subscriptions,
+            subscription_state,
             connections,
             connections_refused,
         }))
@@ -449,6 +467,9 @@ impl Metrics {
         let _ = self.rate_limited.remove_label_values(&[label]);
         let _ = self.concurrency_limit.remove_label_values(&[label]);
         let _ = self.pull_redelivered.remove_label_values(&[label]);
+        for state in DELIVERY_STATES {
+            let _ = self.subscription_state.remove_label_values(&[label, state]);
+        }
     }
 
     /// Sets the queue gauges from store figures; `subs` pairs each subscription's name with

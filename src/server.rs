@@ -181,8 +181,10 @@ impl Relay {
 
         let stop = CancellationToken::new();
         let attempts = TaskTracker::new();
+        let pauses = store.pause_states().await?;
         let dispatcher = Dispatcher::start(
             &all,
+            pauses,
             store.clone(),
             &metrics,
             &config.delivery,

@@ -452,6 +452,20 @@ pub struct Housekeeping {
     pub pruned: u64,
 }
 
+/// Whether a subscription is paused, as set through the API or by a `410 Gone`: operational
+/// state kept in the store (config subscriptions included), not in its document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PauseState {
+    /// The subscription's name.
+    pub name: String,
+    /// Paused (`true`) or resumed (`false`).
+    pub paused: bool,
+    /// Why: `api`, `gone`, `config`...
+    pub reason: String,
+    /// When it was set, ms since the epoch.
+    pub since_ms: i64,
+}
+
 /// A subscription registered through the API, as kept in the store.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredSubscription {
@@ -698,11 +712,18 @@ pub trait Store: Send + Sync + 'static {
     /// Subscriptions registered through the API, oldest first.
     async fn subscriptions(&self) -> Result<Vec<StoredSubscription>, StoreError>;
 
+    /// Every subscription's stored pause state.
+    async fn pause_states(&self) -> Result<Vec<PauseState>, StoreError>;
+
+    /// Records a subscription's pause state, replacing the one before.
+    async fn set_pause_state(&self, state: PauseState) -> Result<(), StoreError>;
+
     /// Creates an API subscription, or replaces the one with the same id.
     async fn save_subscription(&self, sub: StoredSubscription) -> Result<(), StoreError>;
 
     /// Removes an API subscription and cancels its undelivered deliveries (also those of
-    /// events stored later that were matched before); returns how many were cancelled.
+    /// events stored later that were matched before), and forgets its pause state; returns
+    /// how many were cancelled.
     async fn delete_subscription(
         &self,
         id: String,

@@ -2,6 +2,7 @@
 //! invalid subscription cannot be built. Parsing lives in `parse` (shared by the config file
 //! and the API), the declared document in `spec`, the e-mail channel's settings in `email`.
 
+mod control;
 pub mod email;
 mod http_push;
 mod parse;
@@ -21,6 +22,7 @@ use crate::backoff::Backoff;
 use crate::filter::{FieldPath, Filter};
 use crate::secret::Secret;
 use crate::signing::SigningKey;
+pub use control::{CircuitSettings, OnGone};
 pub use email::EmailSettings;
 pub use parse::valid_name;
 pub use spec::{Spec, keep_secrets, open_secrets, unkept_secrets};
@@ -117,6 +119,12 @@ pub struct PushSettings {
     pub concurrency: Concurrency,
     /// Whether deliveries wait for earlier ones (of the same key).
     pub ordering: DeliveryOrder,
+    /// Its circuit breaker; `None` when `circuit: off`.
+    pub circuit: Option<CircuitSettings>,
+    /// What a `410 Gone` does (HTTP only).
+    pub on_gone: OnGone,
+    /// `paused: true`: starts paused unless the store holds a state set through the API.
+    pub paused: bool,
 }
 
 /// Where an HTTP push subscription's POST goes and what it carries.

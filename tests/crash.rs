@@ -53,6 +53,8 @@ log: {{format: json}}
     timeout: 1s
     max_in_flight: 16
     backoff: {{schedule: [100ms, 200ms, 500ms, 1s], overload_floor: 0s}}
+    # The receiver is down until after the restart: probe it as often as the retries go.
+    circuit: {{cool_down: 200ms, max_cool_down: 1s}}
 "
         ),
     )

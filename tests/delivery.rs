@@ -173,12 +173,12 @@ async fn redirects_are_not_followed() {
 }
 
 #[tokio::test]
-async fn gone_fails_at_once() {
+async fn gone_fails_at_once_with_on_gone_fail() {
     let rx = Receiver::scripted(|_| Answer::status(410)).await;
     let relay = TestRelay::start(&config(&[sub(
         "g",
         &rx.url("/"),
-        "retries: 5, backoff: {schedule: [10ms]}",
+        "retries: 5, backoff: {schedule: [10ms]}, on_gone: fail",
     )]))
     .await;
     relay.post(&json!({"type": "t", "data": {}})).await;

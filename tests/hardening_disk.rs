@@ -76,7 +76,8 @@ async fn a_full_disk_refuses_ingest_then_frees_itself_and_resumes() {
         "storage: {{path: '{}', sync: normal, reserve: 5MiB, max_size: 1GiB, retention: 1s}}
 shutdown: {{grace: 0s}}
 subscriptions:
-  - {{name: sink, url: '{}', events: ['*'], retries: 20, backoff: {{schedule: [3s]}}}}
+  - {{name: sink, url: '{}', events: ['*'], retries: 20, backoff: {{schedule: [3s]}},
+     circuit: {{cool_down: 1s, max_cool_down: 2s}}}}
 ",
         db.display(),
         rx.url("/")

@@ -96,7 +96,7 @@ async fn api_subscriptions_are_shared(pg: &str) {
     let first = Receiver::ok().await;
     let second = Receiver::ok().await;
     let with_x = format!(
-        "subscriptions:\n  - {{name: yaml-x, url: '{}', events: ['yaml.*'], retries: 20, backoff: {{schedule: [300ms], overload_floor: 0s}}}}\n",
+        "subscriptions:\n  - {{name: yaml-x, url: '{}', events: ['yaml.*'], retries: 20, backoff: {{schedule: [300ms], overload_floor: 0s}}, circuit: {{cool_down: 300ms}}}}\n",
         yaml_rx.url("/x")
     );
     let a = Replica::start(&db, "cat-a", pg, &with_x);
@@ -225,7 +225,7 @@ async fn api_subscriptions_are_shared(pg: &str) {
     let path = db.dir.path().join("cat-c.yaml");
     let mut file = std::fs::read_to_string(&path).unwrap();
     file.push_str(&format!(
-        "  - {{name: c-new, url: '{}', events: ['new.*'], retries: 20, backoff: {{schedule: [300ms], overload_floor: 0s}}}}\n",
+        "  - {{name: c-new, url: '{}', events: ['new.*'], retries: 20, backoff: {{schedule: [300ms], overload_floor: 0s}}, circuit: {{cool_down: 300ms}}}}\n",
         yaml_rx.url("/new")
     ));
     std::fs::write(&path, file).unwrap();

@@ -518,6 +518,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("api", "PUT", "/v1/subscriptions/{id}"),
     ("api", "PATCH", "/v1/subscriptions/{id}"),
     ("api", "DELETE", "/v1/subscriptions/{id}"),
+    ("api", "POST", "/v1/subscriptions/{id}/pause"),
+    ("api", "POST", "/v1/subscriptions/{id}/resume"),
     ("api", "GET", "/v1/subscriptions/{id}/notifications/next"),
     ("api", "GET", "/v1/subscriptions/{id}/notifications"),
     ("api", "POST", "/v1/subscriptions/{id}/notifications/ack"),

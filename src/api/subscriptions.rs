@@ -19,6 +19,7 @@ use crate::time::{new_id, now_ms};
 use crate::yaml::Issues;
 
 mod input;
+pub(super) mod pause;
 mod schema;
 
 use input::{SubscriptionInput, SubscriptionReplacement};
@@ -36,6 +37,18 @@ fn invalid(message: &str) -> HttpError {
         "invalid_subscription",
         message,
     )
+}
+
+/// A subscription as the API shows it, with its delivery state on this relay.
+fn view(state: &ApiState, sub: &Subscription) -> Json {
+    let mut doc = sub.view();
+    if let (Json::Object(map), Some(d)) = (&mut doc, state.dispatcher.delivery_state(&sub.name)) {
+        map.insert(
+            "delivery".into(),
+            serde_json::to_value(d).unwrap_or(Json::Null),
+        );
+    }
+    doc
 }
 
 /// Reads a JSON body (any JSON value; callers decide what shape they need).
@@ -136,7 +149,7 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        axum::Json(sub.view()),
+        axum::Json(view(&state, &sub)),
     )
         .into_response())
 }
@@ -175,11 +188,11 @@ pub async fn list(
     }
     let registry = state.catalog.matcher();
     let views: Vec<Json> = match q.get("event") {
-        None => registry.all().iter().map(|s| s.view()).collect(),
+        None => registry.all().iter().map(|s| view(&state, s)).collect(),
         Some(event_type) => registry
             .candidates(event_type)
             .into_iter()
-            .map(|i| registry.all()[i].view())
+            .map(|i| view(&state, &registry.all()[i]))
             .collect(),
     };
     Ok(axum::Json(Json::Array(views)).into_response())
@@ -207,7 +220,7 @@ pub async fn show(
         .catalog
         .find(&key)
         .ok_or_else(|| unknown_subscription(&key))?;
-    Ok(axum::Json(sub.view()).into_response())
+    Ok(axum::Json(view(&state, &sub)).into_response())
 }
 
 /// Runs a catalog change on its own task: a client that gives up, or a request timeout,
@@ -320,10 +333,14 @@ async fn update(
     make: impl FnOnce(&Json) -> Result<Map<String, Json>, HttpError> + Send + 'static,
 ) -> Result<Response, HttpError> {
     let catalog = state.catalog.clone();
+    let shown = state.clone();
     let sub = to_completion(async move {
         catalog
             .update(&key, |old| {
                 let mut doc = make(old.spec.expose())?;
+                // The delivery state is the relay's, shown beside the document: a body
+                // that sends it back is not changing it.
+                doc.remove("delivery");
                 let current = old.view();
                 let mut refused = invalid("the subscription is invalid; see fields");
                 let (mut bad, mut renamed) = (false, false);
@@ -381,7 +398,7 @@ async fn update(
             .await
     })
     .await?;
-    Ok(axum::Json(sub.view()).into_response())
+    Ok(axum::Json(view(&shown, &sub)).into_response())
 }
 
 /// Delete an API subscription.

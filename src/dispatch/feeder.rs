@@ -1,6 +1,8 @@
 //! The feeder of a push subscription: claims due deliveries from the store (retries, released
 //! dead letters, rows recovered at start or from other relays, deliveries ingest could not
-//! hand over) into the pump's queue, only as many as the queue has room for.
+//! hand over) into the pump's queue, only as many as the queue has room for. While its
+//! subscription is paused or its breaker open it claims nothing (the deliveries wait in the
+//! store, holding no slot); when the cool-down is over it claims one, the probe.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::STORE_ERROR_PAUSE;
+use super::control::{Control, Gate};
 use crate::store::{Delivery, Store};
 use crate::subscription::Subscription;
 use crate::time::now_ms;
@@ -19,6 +22,8 @@ const IDLE_RECHECK: Duration = Duration::from_secs(30);
 
 /// Moves due deliveries from the store into the pump's queue, as room frees up.
 pub(super) struct Feeder {
+    /// The subscription's breaker and pause.
+    pub(super) control: Arc<Control>,
     /// Its subscription.
     pub(super) sub: Arc<Subscription>,
     /// Deliveries claimed at most per store call.
@@ -38,8 +43,25 @@ pub(super) struct Feeder {
 impl Feeder {
     pub(super) async fn run(self) {
         let name = self.sub.name.as_str();
-        let batch = self.batch;
         loop {
+            let (batch, probing) = match self.control.gate() {
+                Gate::Claim => (self.batch, false),
+                Gate::Probe => (1, true),
+                Gate::Wait(until) => {
+                    let cool_down = async {
+                        match until {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = self.control.changed.notified() => {}
+                        _ = cool_down => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                    continue;
+                }
+            };
             // Room first, so nothing claimed ever waits outside the bounded queue.
             let first = tokio::select! {
                 p = self.queue.reserve() => match p { Ok(p) => p, Err(_) => return },
@@ -58,6 +80,10 @@ impl Feeder {
                 .await;
             match claimed {
                 Ok(due) => {
+                    if probing && due.is_empty() {
+                        // Nothing due to probe with: the next due delivery will be.
+                        self.control.no_probe();
+                    }
                     let full = due.len() == slots.len();
                     for (slot, delivery) in slots.drain(..).zip(due) {
                         slot.send(delivery);
@@ -68,6 +94,9 @@ impl Feeder {
                     }
                 }
                 Err(e) => {
+                    if probing {
+                        self.control.no_probe();
+                    }
                     tracing::warn!(subscription = name, error = %e, "cannot claim deliveries");
                     drop(slots);
                     tokio::select! {

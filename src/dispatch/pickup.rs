@@ -6,7 +6,8 @@
 //! hand-back or takeover by another relay notifies no feeder here, and an idle feeder
 //! otherwise looks again only after its own recheck; an event another relay accepted
 //! notifies no long poll here, which would otherwise wait to its end: so a long poll learns
-//! of it within `EVERY`.
+//! of it within `EVERY`. Each round also re-reads the pause states, so a pause or resume
+//! through another relay holds here within `EVERY`.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -51,6 +52,9 @@ pub(super) async fn run(dispatcher: Dispatcher) {
         }
         for name in &wake {
             dispatcher.wake(name);
+        }
+        if let Err(e) = dispatcher.sync_pauses().await {
+            tracing::warn!(error = %e, "cannot read the subscriptions' pause states");
         }
     }
 }

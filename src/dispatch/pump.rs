@@ -1,6 +1,8 @@
 //! The pump of a push subscription: takes claimed deliveries from its queue, waits until the
 //! attempt stack is ready (rate limit, caps), spawns each attempt, and records its outcome:
-//! delivered, a retry at a time the backoff gives, or failed.
+//! delivered, a retry at a time the backoff gives, or failed. Before each attempt it asks the
+//! subscription's control: while paused or open, what it holds goes back to the store
+//! unsent (no attempt counted). A `410 Gone` pauses the subscription (`on_gone: pause`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,10 +13,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
+use super::Dispatcher;
+use super::breaker::Admit;
+use super::control::{Control, Paused};
 use crate::deliver::AttemptService;
 use crate::deliver::verdict::{Verdict, stack_error};
 use crate::store::{Attempted, ClaimToken, Completed, Delivery, DeliveryId, Outcome, Store};
-use crate::subscription::{DeliveryOrder, PushSettings, Subscription};
+use crate::subscription::{DeliveryOrder, OnGone, PushSettings, Subscription};
 use crate::time::now_ms;
 
 /// The first pause before recording an outcome again after the store refused it; it
@@ -29,6 +34,8 @@ const RETIRE_DRAIN_WAIT: Duration = Duration::from_secs(60);
 
 /// Sends the claimed deliveries of one subscription.
 pub(super) struct Pump {
+    /// The subscription's breaker and pause.
+    pub(super) control: Arc<Control>,
     /// Its subscription.
     pub(super) sub: Arc<Subscription>,
     /// How its attempts are repeated.
@@ -45,6 +52,8 @@ pub(super) struct Pump {
     pub(super) relay_stopping: CancellationToken,
     /// Where attempts run, so shutdown can wait for them.
     pub(super) attempts: TaskTracker,
+    /// Pauses the subscription after a `410 Gone`.
+    pub(super) dispatcher: Dispatcher,
 }
 
 impl Pump {
@@ -75,6 +84,11 @@ impl Pump {
                 _ = self.shutdown.cancelled() => break,
                 d = claimed.recv() => match d { Some(d) => d, None => break },
             };
+            // Paused or open: back to the store at once, without waiting for a slot.
+            if self.control.holding() {
+                self.hold(delivery, &mut claimed).await;
+                continue;
+            }
             // Wait for a rate-limit token and a concurrency slot before sending it.
             let mut service = service.clone();
             let ready = tokio::select! {
@@ -86,9 +100,18 @@ impl Pump {
                 self.unclaim(vec![(delivery.id, delivery.token)]).await;
                 break;
             };
+            // Asked last, just before sending: a half-open breaker lets one probe through.
+            let probe = match self.control.admit() {
+                Admit::Send { probe } => probe,
+                Admit::Hold => {
+                    drop(service);
+                    self.hold(delivery, &mut claimed).await;
+                    continue;
+                }
+            };
             // Numbered among all its attempts (the `hookrelay-attempt` header).
             let req = build(&delivery, delivery.attempts + 1);
-            let outcome = self.recorder(delivery);
+            let outcome = self.recorder(delivery, probe);
             // Timed from the send to the verdict, for the attempt's history.
             let (at_ms, started) = (now_ms(), Instant::now());
             match ready {
@@ -128,6 +151,15 @@ impl Pump {
         self.wake.notify_one();
     }
 
+    /// Returns `first` and whatever else the queue holds to the store, unsent.
+    async fn hold(&self, first: Delivery, claimed: &mut mpsc::Receiver<Delivery>) {
+        let mut ids = vec![(first.id, first.token)];
+        while let Ok(d) = claimed.try_recv() {
+            ids.push((d.id, d.token));
+        }
+        self.unclaim(ids).await;
+    }
+
     async fn unclaim(&self, ids: Vec<(DeliveryId, ClaimToken)>) {
         if !ids.is_empty()
             && let Err(e) = self.store.unclaim(ids).await
@@ -136,8 +168,11 @@ impl Pump {
         }
     }
 
-    fn recorder(&self, delivery: Delivery) -> Recorder {
+    fn recorder(&self, delivery: Delivery, probe: bool) -> Recorder {
         Recorder {
+            control: self.control.clone(),
+            probe,
+            dispatcher: self.dispatcher.clone(),
             sub: self.sub.clone(),
             push: self.push.clone(),
             delivery,
@@ -159,6 +194,10 @@ pub(super) struct FinalCounters {
 
 /// Turns one classified attempt into the store's next step for the delivery.
 struct Recorder {
+    control: Arc<Control>,
+    /// The half-open breaker's probe.
+    probe: bool,
+    dispatcher: Dispatcher,
     sub: Arc<Subscription>,
     push: Arc<PushSettings>,
     delivery: Delivery,
@@ -180,8 +219,25 @@ impl Recorder {
         // Its number among all attempts, for logs; the budget counts since the last release.
         let number = self.delivery.attempts + 1;
         let spent = self.delivery.budget_used + 1;
-        let outcome = decide(&self.push, spent, &attempt, now_ms(), fastrand::f64());
+        self.control.record(&attempt, self.probe);
         let name = self.sub.name.as_str();
+        let outcome = match gone(&self.push, &attempt) {
+            // The delivery stays queued for when the subscription is resumed.
+            Some(error) => {
+                self.control.pause(Paused {
+                    reason: "gone".into(),
+                });
+                if let Err(e) = self.dispatcher.set_paused(name, true, "gone").await {
+                    tracing::warn!(subscription = name, error = %e, "cannot keep the pause after 410 Gone in the store; it holds until the relay stops");
+                }
+                Outcome::Retry {
+                    at_ms: now_ms(),
+                    status: Some(410),
+                    error,
+                }
+            }
+            None => decide(&self.push, spent, &attempt, now_ms(), fastrand::f64()),
+        };
         let event_id = &*self.delivery.event_id;
         // Recorded before anything is counted. A store that cannot take it (the database
         // unreachable) is tried again with backoff until it does, so the delivery does not
@@ -259,6 +315,20 @@ impl Recorder {
             // delivery of this key was released by this final outcome.
             self.wake.notify_one();
         }
+    }
+}
+
+/// The error of a `410 Gone` that pauses the subscription (`on_gone: pause`).
+fn gone(push: &PushSettings, attempt: &Verdict) -> Option<String> {
+    match attempt {
+        Verdict::Permanent {
+            result: "http_error",
+            status,
+            error,
+        } if push.on_gone == OnGone::Pause && *status == http::StatusCode::GONE => {
+            Some(error.clone())
+        }
+        _ => None,
     }
 }
 

@@ -36,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 use super::settings::{PostgresSettings, StorageSettings};
 use super::{
     Accepted, Admission, AttemptInfo, Attempted, ClaimToken, Completed, Delivery, DeliveryId,
-    DeliveryInfo, DeliveryQuery, DeliveryState, EventStatus, Housekeeping, Outcome, PullMode,
-    Pulled, QueueStats, Release, Replayed, Store, StoreError, StoredSubscription, WriterMetrics,
+    DeliveryInfo, DeliveryQuery, DeliveryState, EventStatus, Housekeeping, Outcome, PauseState,
+    PullMode, Pulled, QueueStats, Release, Replayed, Store, StoreError, StoredSubscription,
+    WriterMetrics,
 };
 
 mod accept;
@@ -453,6 +454,16 @@ impl Store for PostgresStore {
     async fn subscriptions(&self) -> Result<Vec<StoredSubscription>, StoreError> {
         let db = &self.db;
         db.run(subscriptions::subscriptions(db)).await
+    }
+
+    async fn pause_states(&self) -> Result<Vec<PauseState>, StoreError> {
+        let db = &self.db;
+        db.run(subscriptions::pause_states(db)).await
+    }
+
+    async fn set_pause_state(&self, state: PauseState) -> Result<(), StoreError> {
+        let db = &self.db;
+        db.run(subscriptions::set_pause_state(db, &state)).await
     }
 
     async fn save_subscription(&self, sub: StoredSubscription) -> Result<(), StoreError> {

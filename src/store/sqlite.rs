@@ -27,8 +27,9 @@ use tokio::sync::mpsc;
 use super::settings::{StorageLocation, StorageSettings};
 use super::{
     Accepted, Admission, AttemptInfo, Attempted, ClaimToken, Completed, Delivery, DeliveryId,
-    DeliveryInfo, DeliveryQuery, DeliveryState, EventStatus, Housekeeping, Outcome, PullMode,
-    Pulled, QueueStats, Release, Replayed, Store, StoreError, StoredSubscription, WriterMetrics,
+    DeliveryInfo, DeliveryQuery, DeliveryState, EventStatus, Housekeeping, Outcome, PauseState,
+    PullMode, Pulled, QueueStats, Release, Replayed, Store, StoreError, StoredSubscription,
+    WriterMetrics,
 };
 
 mod accept;
@@ -296,6 +297,17 @@ impl Store for SqliteStore {
 
     async fn subscriptions(&self) -> Result<Vec<StoredSubscription>, StoreError> {
         self.read(subscriptions::subscriptions).await
+    }
+
+    async fn pause_states(&self) -> Result<Vec<PauseState>, StoreError> {
+        self.read(subscriptions::pause_states).await
+    }
+
+    async fn set_pause_state(&self, state: PauseState) -> Result<(), StoreError> {
+        self.run(false, move |conn| {
+            subscriptions::set_pause_state(conn, &state)
+        })
+        .await
     }
 
     async fn save_subscription(&self, sub: StoredSubscription) -> Result<(), StoreError> {

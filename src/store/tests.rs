@@ -16,7 +16,8 @@ use crate::store::settings::{
 };
 use crate::store::{
     Accepted, Admission, Attempted, DeliveryQuery, DeliveryState, EventStatus, NewDelivery,
-    Outcome, PullMode, Pulled, QueueStats, Release, Store, StoredSubscription, WriterMetrics,
+    Outcome, PauseState, PullMode, Pulled, QueueStats, Release, Store, StoredSubscription,
+    WriterMetrics,
 };
 
 /// The attempt tests record with an outcome when its history is not what they check.
@@ -200,7 +201,52 @@ store_tests!(
     concurrent_claims_and_pulls_never_share_a_delivery,
     concurrent_accepts_are_all_stored,
     keys_holding_nul_or_backslash_are_stored_and_kept_apart,
+    pause_states_are_kept_replaced_and_forgotten_with_the_api_subscription,
 );
+
+async fn pause_states_are_kept_replaced_and_forgotten_with_the_api_subscription(b: Backend) {
+    let s = b.open().await;
+    assert_eq!(s.pause_states().await.unwrap(), vec![]);
+    let state = |name: &str, paused: bool, reason: &str, since_ms: i64| PauseState {
+        name: name.into(),
+        paused,
+        reason: reason.into(),
+        since_ms,
+    };
+    s.set_pause_state(state("from-yaml", true, "api", 1))
+        .await
+        .unwrap();
+    s.set_pause_state(state("api-sub", true, "gone", 2))
+        .await
+        .unwrap();
+    s.set_pause_state(state("from-yaml", false, "api", 3))
+        .await
+        .unwrap();
+    let mut got = s.pause_states().await.unwrap();
+    got.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(
+        got,
+        vec![
+            state("api-sub", true, "gone", 2),
+            state("from-yaml", false, "api", 3)
+        ]
+    );
+    let sub = StoredSubscription {
+        id: "id-1".into(),
+        name: "api-sub".into(),
+        spec: r#"{"url":"http://h/"}"#.into(),
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    s.save_subscription(sub).await.unwrap();
+    s.delete_subscription("id-1".into(), "api-sub".into(), 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.pause_states().await.unwrap(),
+        vec![state("from-yaml", false, "api", 3)]
+    );
+}
 
 pub(crate) fn accepted(id: &str, at: i64, subs: &[&str]) -> Accepted {
     let event = Event {

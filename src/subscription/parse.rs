@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use serde_yaml::Value;
 
+use super::control::{parse_circuit, parse_on_gone};
 use super::http_push::{
     parse_auth, parse_encoding, parse_final, parse_headers, parse_signing, parse_success, parse_url,
 };
@@ -41,6 +42,9 @@ const KEYS: &[&str] = &[
     "signing",
     "ordering",
     "encoding",
+    "circuit",
+    "on_gone",
+    "paused",
 ];
 
 /// Keys that only push subscriptions may have.
@@ -58,6 +62,9 @@ const PUSH_KEYS: &[&str] = &[
     "headers",
     "signing",
     "ordering",
+    "circuit",
+    "on_gone",
+    "paused",
 ];
 
 /// Push keys that make no sense for e-mail (HTTP only).
@@ -69,6 +76,7 @@ const HTTP_KEYS: &[&str] = &[
     "headers",
     "signing",
     "encoding",
+    "on_gone",
 ];
 
 /// Extra keys of a subscription registered through the API.
@@ -255,6 +263,9 @@ impl Subscription {
         let signing = parse_signing(&s, issues);
         let ordering = parse_ordering(&s, issues);
         let encoding = parse_encoding(&s, issues);
+        let circuit = parse_circuit(&s, issues);
+        let on_gone = parse_on_gone(&s, issues);
+        let paused = s.boolean("paused", false, issues);
 
         if issues.0.len() != before {
             return None;
@@ -272,6 +283,9 @@ impl Subscription {
             max_in_flight,
             concurrency,
             ordering,
+            circuit,
+            on_gone,
+            paused,
         };
         let channel = match (url, email, pull) {
             (Some(url), None, None) => Channel::Http {

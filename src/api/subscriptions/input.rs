@@ -5,7 +5,7 @@
 //! that go together) that field attributes cannot state.
 //!
 //! What JSON Schema cannot state is in the descriptions: a backoff's `max` not below its
-//! `initial`, a range's `from` not after its `to`, header names the relay sets itself, and
+//! `initial`, a circuit's `max_cool_down` not below its `cool_down`, a range's `from` not after its `to`, header names the relay sets itself, and
 //! durations in other spellings than the patterns list (`1h30m`, `90 seconds`), which are
 //! accepted when in range.
 
@@ -16,9 +16,11 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::Schema;
 use utoipa::{PartialSchema, ToSchema};
 
+use control::{control, on_gone};
 use filter::filter;
 use policy::{final_statuses, max_in_flight};
 
+mod control;
 mod filter;
 mod policy;
 
@@ -162,6 +164,7 @@ fn delivery(properties: &mut serde_json::Map<String, Json>) {
     properties.insert("rate_limit".into(), nullable(reference("RateLimitInput")));
     properties.insert("max_in_flight".into(), max_in_flight());
     properties.insert("ordering".into(), nullable(reference("OrderingInput")));
+    control(properties);
 }
 
 fn push(replace: bool) -> Json {
@@ -200,6 +203,7 @@ fn push(replace: bool) -> Json {
     );
     p.insert("encoding".into(), nullable(reference("EncodingInput")));
     p.insert("signing".into(), nullable(variant("Signing", replace)));
+    on_gone(&mut p);
     with_description(
         object(Json::Object(p), &["url", "events"]),
         "A push subscription: each matching event is POSTed to `url`.",

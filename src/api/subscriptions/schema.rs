@@ -339,6 +339,13 @@ pub struct Subscription {
     #[schema(value_type = Option<Object>, example = json!({"secrets": [{}]}))]
     signing: Option<Value>,
     ordering: Option<Ordering>,
+    circuit: Option<Circuit>,
+    on_gone: Option<OnGone>,
+    /// Starts paused (push and e-mail) while no state is stored through the API.
+    paused: Option<bool>,
+    /// Push and e-mail: the delivery state now, on this relay.
+    #[schema(read_only)]
+    delivery: Option<Delivery>,
     /// API subscriptions: whether it has its own metric series.
     metrics: Option<bool>,
     /// API subscriptions: when it was created (RFC 3339, UTC).
@@ -402,3 +409,69 @@ pub enum OrderingMode {
 #[derive(ToSchema)]
 #[schema(example = json!({"events": ["customer.*", "invoice.paid"], "retries": null}))]
 pub struct SubscriptionPatch(std::collections::HashMap<String, Value>);
+
+/// The circuit breaker (push and e-mail): `off`, or its settings; on by default.
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum Circuit {
+    /// `off`.
+    Off(String),
+    /// Its settings.
+    Settings(CircuitSettings),
+}
+
+/// A circuit breaker's settings.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitSettings {
+    /// `false` turns it off; default `true`.
+    enabled: Option<bool>,
+    /// Consecutive failed attempts that open it, 1..=1000; default 5.
+    failures: Option<u32>,
+    /// A streak of failures older than this starts again, `100ms`..`1h`; default `30s`.
+    window: Option<DurationText>,
+    /// Open this long before one probe, `100ms`..`1h`; default `30s`.
+    cool_down: Option<DurationText>,
+    /// The longest cool-down after failed probes, `100ms`..`24h`; default `10m`.
+    max_cool_down: Option<DurationText>,
+}
+
+/// What a `410 Gone` does (HTTP push): `pause` (default) or `fail`.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnGone {
+    /// Pauses the subscription; the delivery stays queued.
+    Pause,
+    /// Fails the delivery.
+    Fail,
+}
+
+/// A push subscription's delivery state on the relay that answers (each relay has its own
+/// breaker; a pause holds on all).
+#[derive(ToSchema)]
+pub struct Delivery {
+    state: DeliveryStateName,
+    /// When it entered this state (RFC 3339, UTC).
+    #[schema(format = DateTime)]
+    since: String,
+    /// Why: `failures`, `probe_failed`, `cool_down`, `probe_succeeded`, `api`, `gone`,
+    /// `config`, `resumed`.
+    reason: Option<String>,
+    /// The last failed attempt's error.
+    last_error: Option<String>,
+}
+
+/// `active` (attempts go out), `open` (the breaker holds them), `half_open` (one probe is
+/// out) or `paused`.
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStateName {
+    /// Attempts go out.
+    Active,
+    /// The breaker holds them.
+    Open,
+    /// One probe is out.
+    HalfOpen,
+    /// Paused.
+    Paused,
+}

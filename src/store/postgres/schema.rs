@@ -8,12 +8,12 @@ use super::db::{Db, locks};
 use crate::store::{StoreError, state_code};
 
 /// The schema this build writes; older ones are migrated forward at start.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Migrations: entry `i` upgrades a schema from version `i` to `i + 1`. `{s}` is the
 /// quoted schema. States are literals (`state_code!`, `states!`) so that the partial
 /// indexes serve the queries that spell the same literals.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The tables of one relay's queue.
 const V1: &str = concat!(
@@ -139,6 +139,17 @@ UPDATE {s}.deliveries SET budget_used = attempts WHERE state IN ",
     ";
 "
 );
+
+/// Delivery control: whether a subscription is paused, set through the API or by a
+/// `410 Gone`, by name; every relay reads it each second.
+const V5: &str = "
+CREATE TABLE {s}.pause_states (
+    name text PRIMARY KEY,
+    paused boolean NOT NULL,
+    reason text NOT NULL,
+    since bigint NOT NULL
+);
+";
 
 /// A failure to open the store, naming the server (redacted) and the schema.
 fn open_error(db: &Db, context: String, source: Option<tokio_postgres::Error>) -> StoreError {

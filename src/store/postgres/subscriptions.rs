@@ -9,7 +9,7 @@ use tokio_postgres::types::Type;
 
 use super::db::{Db, is_unique_violation, locks};
 use super::replicas::{LIVE_WITHIN_MS, declared_elsewhere};
-use crate::store::{StoreError, StoredSubscription, state_code};
+use crate::store::{PauseState, StoreError, StoredSubscription, state_code};
 
 /// Subscriptions registered through the API, oldest first.
 pub(super) async fn subscriptions(db: &Db) -> Result<Vec<StoredSubscription>, StoreError> {
@@ -34,6 +34,48 @@ pub(super) async fn subscriptions(db: &Db) -> Result<Vec<StoredSubscription>, St
             updated_at_ms: r.get(4),
         })
         .collect())
+}
+
+/// Every stored pause state.
+pub(super) async fn pause_states(db: &Db) -> Result<Vec<PauseState>, StoreError> {
+    let conn = db.conn().await?;
+    let rows = conn
+        .query_typed(
+            &db.sql("SELECT name, paused, reason, since FROM {s}.pause_states"),
+            &[],
+        )
+        .await
+        .map_err(|e| db.err(e))?;
+    Ok(rows
+        .iter()
+        .map(|r| PauseState {
+            name: r.get(0),
+            paused: r.get(1),
+            reason: r.get(2),
+            since_ms: r.get(3),
+        })
+        .collect())
+}
+
+/// Records a subscription's pause state.
+pub(super) async fn set_pause_state(db: &Db, p: &PauseState) -> Result<(), StoreError> {
+    let conn = db.conn().await?;
+    conn.execute_typed(
+        &db.sql(
+            "INSERT INTO {s}.pause_states (name, paused, reason, since) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET paused = excluded.paused,
+                 reason = excluded.reason, since = excluded.since",
+        ),
+        &[
+            (&p.name, Type::TEXT),
+            (&p.paused, Type::BOOL),
+            (&p.reason, Type::TEXT),
+            (&p.since_ms, Type::INT8),
+        ],
+    )
+    .await
+    .map_err(|e| db.err(e))?;
+    Ok(())
 }
 
 /// Creates an API subscription, or replaces the one with the same id; its name, if
@@ -176,6 +218,12 @@ pub(super) async fn delete_subscription(
             " WHERE subscription = $1 AND state IN ",
             states!(Failed, Expired)
         )),
+        &[(&name, Type::TEXT)],
+    )
+    .await
+    .map_err(|e| db.err(e))?;
+    tx.execute_typed(
+        &db.sql("DELETE FROM {s}.pause_states WHERE name = $1"),
         &[(&name, Type::TEXT)],
     )
     .await

@@ -107,6 +107,32 @@ async fn a_newer_schema_stops_the_start() {
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL at HOOKRELAY_TEST_DATABASE_URL"]
+async fn a_version_3_schema_gains_the_pause_states() {
+    let schema = SchemaGuard::new();
+    let pg = pg_settings(&schema.0);
+    drop(open(&pg).await.unwrap());
+    // As version 3 left it: no pause_states.
+    admin()
+        .await
+        .batch_execute(&format!(
+            "DROP TABLE \"{0}\".pause_states; UPDATE \"{0}\".schema_version SET version = 3",
+            schema.0
+        ))
+        .await
+        .unwrap();
+    let s = open(&pg).await.unwrap();
+    let paused = crate::store::PauseState {
+        name: "a".into(),
+        paused: true,
+        reason: "api".into(),
+        since_ms: 1,
+    };
+    s.set_pause_state(paused.clone()).await.unwrap();
+    assert_eq!(s.pause_states().await.unwrap(), vec![paused]);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL at HOOKRELAY_TEST_DATABASE_URL"]
 async fn concurrent_accepts_share_transactions() {
     let schema = SchemaGuard::new();
     let pg = pg_settings(&schema.0);

@@ -10,7 +10,7 @@ use crate::store::settings::{StorageLocation, StorageSettings, SyncMode};
 use crate::store::{Cause, DeliveryState, StoreError, state_code};
 
 /// The schema this build writes; older files are migrated forward on open.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -117,6 +117,16 @@ UPDATE deliveries SET budget_used = attempts WHERE state IN ",
         ";
 "
     ),
+    // Delivery control: whether a subscription is paused, set through the API or by a
+    // `410 Gone`, by name (config subscriptions have no row in `subscriptions`).
+    "
+CREATE TABLE pause_states (
+    name TEXT PRIMARY KEY,
+    paused INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    since INTEGER NOT NULL
+);
+",
 ];
 
 /// Opens the writer's connection: creates the file, refuses one that is not a hookrelay

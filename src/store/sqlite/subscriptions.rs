@@ -5,7 +5,7 @@ use rusqlite::{Connection, params};
 
 use super::retired::Retired;
 use super::sql_error;
-use crate::store::{DeliveryState, StoreError, StoredSubscription};
+use crate::store::{DeliveryState, PauseState, StoreError, StoredSubscription};
 
 /// Subscriptions registered through the API, oldest first.
 pub(super) fn subscriptions(conn: &Connection) -> Result<Vec<StoredSubscription>, StoreError> {
@@ -24,6 +24,36 @@ pub(super) fn subscriptions(conn: &Connection) -> Result<Vec<StoredSubscription>
         })
         .map_err(sql_error)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)
+}
+
+/// Every stored pause state.
+pub(super) fn pause_states(conn: &Connection) -> Result<Vec<PauseState>, StoreError> {
+    let mut s = conn
+        .prepare_cached("SELECT name, paused, reason, since FROM pause_states")
+        .map_err(sql_error)?;
+    let rows = s
+        .query_map([], |r| {
+            Ok(PauseState {
+                name: r.get(0)?,
+                paused: r.get(1)?,
+                reason: r.get(2)?,
+                since_ms: r.get(3)?,
+            })
+        })
+        .map_err(sql_error)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(sql_error)
+}
+
+/// Records a subscription's pause state.
+pub(super) fn set_pause_state(conn: &Connection, p: &PauseState) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO pause_states (name, paused, reason, since) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, reason = excluded.reason,
+             since = excluded.since",
+    )
+    .and_then(|mut s| s.execute(params![p.name, p.paused, p.reason, p.since_ms]))
+    .map_err(sql_error)?;
+    Ok(())
 }
 
 /// Creates an API subscription, or replaces the one with the same id; its name, if deleted
@@ -67,6 +97,8 @@ pub(super) fn delete_subscription(
     now_ms: i64,
 ) -> Result<u64, StoreError> {
     conn.execute("DELETE FROM subscriptions WHERE id = ?1", [&id])
+        .map_err(sql_error)?;
+    conn.execute("DELETE FROM pause_states WHERE name = ?1", [&name])
         .map_err(sql_error)?;
     let cancelled = conn
         .execute(

@@ -103,7 +103,7 @@ async fn a_version_3_file_migrates_in_place_and_keeps_raw_events() {
 }
 
 #[tokio::test]
-async fn a_version_5_file_carries_each_undelivered_count_into_the_budget() {
+async fn a_version_5_file_carries_its_counts_into_the_budget_and_gains_pause_states() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v5.db");
     {
@@ -145,6 +145,14 @@ async fn a_version_5_file_carries_each_undelivered_count_into_the_budget() {
         status.deliveries[1].budget_used, 0,
         "finished: no budget carried"
     );
+    let paused = crate::store::PauseState {
+        name: "a".into(),
+        paused: true,
+        reason: "api".into(),
+        since_ms: 1,
+    };
+    s.set_pause_state(paused.clone()).await.unwrap();
+    assert_eq!(s.pause_states().await.unwrap(), vec![paused]);
 }
 
 #[test]

@@ -49,6 +49,8 @@ fn duration_patterns_stay_within_their_ranges() {
         (MAX, ms(1)..=s(7 * 86_400)),
         (VISIBILITY, s(0)..=s(12 * 3600)),
         (TTL, s(1)..=s(365 * 86_400)),
+        (control::HOUR_OR_LESS, ms(100)..=s(3600)),
+        (control::DAY_OR_LESS, ms(100)..=s(86_400)),
     ];
     for (p, range) in cases {
         let re = regex::Regex::new(p).unwrap();
