@@ -41,8 +41,12 @@ def backoff_ok(b):
 
 def circuit_ok(c):
     """`max_cool_down` is not below `cool_down` (default 30s; without `max_cool_down`, its
-    default follows `cool_down`)."""
-    if not isinstance(c, dict) or c.get("max_cool_down") is None:
+    default follows `cool_down`); `min_attempts` comes only with a `failure_ratio`."""
+    if not isinstance(c, dict):
+        return True
+    if c.get("min_attempts") is not None and c.get("failure_ratio") is None:
+        return False
+    if c.get("max_cool_down") is None:
         return True
     cool_down = seconds(c.get("cool_down") or "30s")
     largest = seconds(c["max_cool_down"])

@@ -295,10 +295,17 @@ pub fn as_float(v: &Value, path: &str, issues: &mut Issues) -> Option<f64> {
         Value::String(s) if !issues.strict() => s.trim().parse::<f64>().ok(),
         _ => None,
     };
-    if n.is_none() {
-        issues.push(path, format!("expected a number, found {}", describe(v)));
+    match n {
+        Some(f) if f.is_finite() => Some(f),
+        Some(f) => {
+            issues.push(path, format!("expected a finite number, found {f}"));
+            None
+        }
+        None => {
+            issues.push(path, format!("expected a number, found {}", describe(v)));
+            None
+        }
     }
-    n.filter(|f| f.is_finite())
 }
 
 /// Reads a duration such as `10s`, `250ms`, `1h 30m` within `range`.

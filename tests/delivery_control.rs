@@ -156,6 +156,24 @@ async fn a_failed_probe_reopens_it_for_longer() {
     relay.stop().await;
 }
 
+#[tokio::test]
+async fn the_breaker_opens_on_the_failure_ratio_without_a_streak() {
+    // Two of every three requests fail: never 50 in a row, but 4 of the first 6.
+    let rx = Receiver::scripted(|n| Answer::status(if n % 3 == 2 { 200 } else { 500 })).await;
+    let circuit = "circuit: {failures: 50, failure_ratio: 0.5, min_attempts: 6, cool_down: 5s}";
+    let relay = TestRelay::start(&one_sub(&rx.url("/"), circuit)).await;
+    for i in 0..4 {
+        post(&relay, &format!("e-{i}")).await;
+    }
+    let open = wait_delivery_state(&relay, "open").await;
+    assert_eq!(open["reason"], "failure_ratio", "{open}");
+    assert_eq!(rx.count(), 6);
+    // Open: nothing more goes out before the cool-down, though retries fall due every 50 ms.
+    holds_for(Duration::from_millis(800), || async { rx.count() == 6 }).await;
+    assert_eq!(delivery(&relay).await["state"], "open");
+    relay.stop().await;
+}
+
 async fn pause(relay: &TestRelay, what: &str) -> Value {
     let (s, body) = relay
         .api(Method::POST, &format!("/v1/subscriptions/a/{what}"), None)
@@ -297,6 +315,14 @@ async fn bad_circuit_settings_name_the_field() {
         (json!({"window": "2h"}), "circuit.window"),
         (json!({"failures": 3, "colldown": "1s"}), "circuit.colldown"),
         (json!("on"), "circuit"),
+        (json!({"failure_ratio": 0}), "circuit.failure_ratio"),
+        (json!({"failure_ratio": 1.5}), "circuit.failure_ratio"),
+        (json!({"failure_ratio": "half"}), "circuit.failure_ratio"),
+        (
+            json!({"failure_ratio": 0.5, "min_attempts": 0}),
+            "circuit.min_attempts",
+        ),
+        (json!({"min_attempts": 10}), "circuit.min_attempts"),
     ];
     for (circuit, field) in bad {
         let doc = json!({"url": "http://127.0.0.1:9/", "events": ["*"], "circuit": circuit});
@@ -327,9 +353,21 @@ async fn bad_circuit_settings_name_the_field() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("subscriptions[0].circuit.failures"), "{err}");
+    let err = hookrelay::Config::from_yaml(
+        "subscriptions:\n  - {name: a, url: 'http://h/', events: ['*'], circuit: {min_attempts: 5}}\n",
+        "t.yaml",
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("subscriptions[0].circuit.min_attempts") && err.contains("failure_ratio"),
+        "{err}"
+    );
     // `off` and an API subscription with a breaker of its own are fine.
     let doc = json!({"name": "b", "url": "http://127.0.0.1:9/", "events": ["*"],
-        "circuit": {"failures": 2, "cool_down": "500ms"}, "paused": true});
+        "circuit": {"failures": 2, "cool_down": "500ms", "failure_ratio": 1, "min_attempts": 3},
+        "paused": true});
     let (s, body) = relay
         .api(Method::POST, "/v1/subscriptions", Some(doc))
         .await;

@@ -1,7 +1,8 @@
 //! The circuit breaker of one push subscription, as pure state: it counts consecutive failed
-//! attempts, opens at the threshold, lets one probe out after the cool-down (half-open), and
-//! closes on its success or reopens with a doubled cool-down on its failure. Time is passed
-//! in, so the tests below need no clock.
+//! attempts, opens at the threshold (or when the share of failed attempts in a window reaches
+//! `failure_ratio`), lets one probe out after the cool-down (half-open), and closes on its
+//! success or reopens with a doubled cool-down on its failure. Time is passed in, so the
+//! tests below need no clock.
 
 use std::time::Duration;
 
@@ -12,12 +13,19 @@ use crate::subscription::CircuitSettings;
 /// Where the breaker is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Breaker {
-    /// Attempts go out; `failures` consecutive ones failed, the first at `since`.
+    /// Attempts go out; `failures` consecutive ones failed, the first at `since`; of the
+    /// `attempts` since `window_start`, `failed` failed.
     Closed {
         /// The current streak of failures.
         failures: u32,
         /// When the streak began.
         since: Option<Instant>,
+        /// Attempts in the ratio's window: a fixed window starting at its first attempt.
+        attempts: u32,
+        /// Failed attempts in that window.
+        failed: u32,
+        /// The window's first attempt.
+        window_start: Option<Instant>,
     },
     /// No attempt goes out before `until`; `cool_down` is the pause this time.
     Open {
@@ -52,6 +60,8 @@ pub(super) enum Admit {
 pub(super) enum Change {
     /// Opened by a streak of failures or a failed probe.
     Opened,
+    /// Opened by the share of failed attempts in the window (`failure_ratio`).
+    OpenedByRatio,
     /// The probe may go.
     HalfOpened,
     /// Closed by a successful probe.
@@ -63,6 +73,9 @@ impl Default for Breaker {
         Breaker::Closed {
             failures: 0,
             since: None,
+            attempts: 0,
+            failed: 0,
+            window_start: None,
         }
     }
 }
@@ -128,28 +141,55 @@ impl Breaker {
         failed: bool,
     ) -> Option<Change> {
         match self {
-            Breaker::Closed { failures, since } if !probe => {
+            Breaker::Closed {
+                failures,
+                since,
+                attempts,
+                failed: failed_in_window,
+                window_start,
+            } if !probe => {
+                // The ratio's window is fixed: it starts at its first attempt and, once
+                // over, the next attempt starts a new one.
+                match window_start {
+                    Some(start) if now.duration_since(*start) <= settings.window => {}
+                    _ => {
+                        *attempts = 0;
+                        *failed_in_window = 0;
+                        *window_start = Some(now);
+                    }
+                }
+                *attempts += 1;
+                *failed_in_window += u32::from(failed);
                 if !failed {
                     *failures = 0;
                     *since = None;
-                    return None;
-                }
-                // A streak older than the window starts again.
-                match since {
-                    Some(start) if now.duration_since(*start) <= settings.window => *failures += 1,
-                    _ => {
-                        *failures = 1;
-                        *since = Some(now);
+                } else {
+                    // A streak older than the window starts again.
+                    match since {
+                        Some(start) if now.duration_since(*start) <= settings.window => {
+                            *failures += 1
+                        }
+                        _ => {
+                            *failures = 1;
+                            *since = Some(now);
+                        }
                     }
                 }
-                if *failures < settings.failures {
+                let change = if failed && *failures >= settings.failures {
+                    Change::Opened
+                } else if settings.failure_ratio.is_some_and(|ratio| {
+                    *attempts >= settings.min_attempts
+                        && f64::from(*failed_in_window) / f64::from(*attempts) >= ratio
+                }) {
+                    Change::OpenedByRatio
+                } else {
                     return None;
-                }
+                };
                 *self = Breaker::Open {
                     until: now + settings.cool_down,
                     cool_down: settings.cool_down,
                 };
-                Some(Change::Opened)
+                Some(change)
             }
             Breaker::HalfOpen { cool_down, .. } if probe => {
                 if failed {
@@ -179,6 +219,18 @@ mod tests {
             window: Duration::from_secs(10),
             cool_down: Duration::from_secs(1),
             max_cool_down: Duration::from_secs(3),
+            failure_ratio: None,
+            min_attempts: 20,
+        }
+    }
+
+    /// The ratio rule at 0.5 over at least 6 attempts, beside a streak of 5.
+    fn ratio() -> CircuitSettings {
+        CircuitSettings {
+            failures: 5,
+            failure_ratio: Some(0.5),
+            min_attempts: 6,
+            ..settings()
         }
     }
 
@@ -252,5 +304,81 @@ mod tests {
         b.no_probe(later);
         assert_eq!(b.open_until(), Some(later));
         assert_eq!(b.try_half_open(later), Some(Change::HalfOpened));
+    }
+
+    #[test]
+    fn alternating_failures_open_by_ratio_after_min_attempts() {
+        let (mut b, t) = (Breaker::default(), Instant::now());
+        for i in 0..5 {
+            assert_eq!(b.record(&ratio(), t, false, i % 2 == 1), None, "{i}");
+        }
+        // The sixth attempt: 3 of 6 failed, never two in a row.
+        assert_eq!(
+            b.record(&ratio(), t, false, true),
+            Some(Change::OpenedByRatio)
+        );
+        assert_eq!(b.open_until(), Some(t + Duration::from_secs(1)));
+        // A successful probe closes it with the counts reset.
+        let later = t + Duration::from_secs(1);
+        b.try_half_open(later);
+        b.admit();
+        assert_eq!(b.record(&ratio(), later, true, false), Some(Change::Closed));
+        assert_eq!(b, Breaker::default());
+    }
+
+    #[test]
+    fn below_the_ratio_it_stays_closed() {
+        let (mut b, t) = (Breaker::default(), Instant::now());
+        // One in three fails, 100 times over.
+        for i in 0..300 {
+            assert_eq!(b.record(&ratio(), t, false, i % 3 == 0), None, "{i}");
+        }
+        // Without `failure_ratio`, even all but the streak's last failing stays closed.
+        let (mut b, plain) = (Breaker::default(), settings());
+        for i in 0..100 {
+            assert_eq!(b.record(&plain, t, false, i % 3 != 2), None, "{i}");
+        }
+    }
+
+    #[test]
+    fn a_window_rollover_resets_the_counts() {
+        let (mut b, t) = (Breaker::default(), Instant::now());
+        for i in 0..5 {
+            b.record(&ratio(), t, false, i % 2 == 0);
+        }
+        // 3 of 5 failed; a sixth attempt would reach min_attempts at 0.5, but it comes
+        // after the 10s window: a new window starts with it.
+        let next = t + Duration::from_secs(11);
+        assert_eq!(b.record(&ratio(), next, false, false), None);
+        assert!(matches!(
+            b,
+            Breaker::Closed {
+                attempts: 1,
+                failed: 0,
+                ..
+            }
+        ));
+        for i in 0..4 {
+            assert_eq!(b.record(&ratio(), next, false, i % 2 == 0), None, "{i}");
+        }
+        assert_eq!(
+            b.record(&ratio(), next, false, true),
+            Some(Change::OpenedByRatio)
+        );
+    }
+
+    #[test]
+    fn the_streak_still_opens_alongside_the_ratio() {
+        let settings = CircuitSettings {
+            failures: 3,
+            failure_ratio: Some(0.9),
+            min_attempts: 100,
+            ..settings()
+        };
+        let (mut b, t) = (Breaker::default(), Instant::now());
+        b.record(&settings, t, false, false);
+        b.record(&settings, t, false, true);
+        b.record(&settings, t, false, true);
+        assert_eq!(b.record(&settings, t, false, true), Some(Change::Opened));
     }
 }

@@ -36,7 +36,7 @@ pub struct ControlState {
     pub state: &'static str,
     /// When it entered this state (RFC 3339, UTC).
     pub since: String,
-    /// Why: `failures`, `cool_down`, `probe`, `api`, `gone`, `config`...
+    /// Why: `failures`, `failure_ratio`, `cool_down`, `probe`, `api`, `gone`, `config`...
     pub reason: Option<String>,
     /// The last failed attempt's error, if any.
     pub last_error: Option<String>,
@@ -201,6 +201,7 @@ impl Control {
                 let reason = if probe { "probe_failed" } else { "failures" };
                 self.enter(&mut inner, reason);
             }
+            Some(Change::OpenedByRatio) => self.enter(&mut inner, "failure_ratio"),
             Some(Change::Closed) => self.enter(&mut inner, "probe_succeeded"),
             Some(Change::HalfOpened) | None => {}
         }

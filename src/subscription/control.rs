@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_yaml::Value;
 
-use crate::yaml::{Issues, Section, describe};
+use crate::yaml::{Issues, Section, as_float, describe};
 
 /// Keys of the `circuit` mapping.
 const CIRCUIT_KEYS: &[&str] = &[
@@ -14,6 +14,8 @@ const CIRCUIT_KEYS: &[&str] = &[
     "window",
     "cool_down",
     "max_cool_down",
+    "failure_ratio",
+    "min_attempts",
 ];
 
 /// Durations the breaker accepts (short ones keep tests quick).
@@ -23,9 +25,14 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// The longest `max_cool_down`.
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// Default `min_attempts` of the failure ratio rule.
+const MIN_ATTEMPTS: u32 = 20;
+
 /// A push subscription's circuit breaker: it opens after `failures` consecutive failed
-/// attempts within `window`, holds every attempt for `cool_down`, then lets one probe out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// attempts within `window` (or, with `failure_ratio`, when that share of at least
+/// `min_attempts` attempts in a window failed), holds every attempt for `cool_down`, then
+/// lets one probe out.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CircuitSettings {
     /// Consecutive failed attempts that open it.
     pub failures: u32,
@@ -35,6 +42,10 @@ pub struct CircuitSettings {
     pub cool_down: Duration,
     /// The longest pause while open.
     pub max_cool_down: Duration,
+    /// Share of failed attempts in a window, in (0, 1], that opens it; `None`: rule off.
+    pub failure_ratio: Option<f64>,
+    /// Attempts in a window before the ratio counts.
+    pub min_attempts: u32,
 }
 
 impl Default for CircuitSettings {
@@ -44,6 +55,8 @@ impl Default for CircuitSettings {
             window: Duration::from_secs(30),
             cool_down: Duration::from_secs(30),
             max_cool_down: Duration::from_secs(600),
+            failure_ratio: None,
+            min_attempts: MIN_ATTEMPTS,
         }
     }
 }
@@ -69,7 +82,8 @@ pub(super) fn parse_circuit(s: &Section<'_>, issues: &mut Issues) -> Option<Circ
             issues.push(
                 &at,
                 format!(
-                    "expected off or a mapping of failures, window, cool_down, max_cool_down, found {}",
+                    "expected off or a mapping of failures, window, cool_down, max_cool_down, \
+                     failure_ratio, min_attempts, found {}",
                     describe(other)
                 ),
             );
@@ -91,11 +105,27 @@ pub(super) fn parse_circuit(s: &Section<'_>, issues: &mut Issues) -> Option<Circ
     if max_cool_down < cool_down {
         issues.push(&c.at("max_cool_down"), "must not be below cool_down");
     }
+    let failure_ratio = c.get("failure_ratio").and_then(|v| {
+        let at = c.at("failure_ratio");
+        match as_float(v, &at, issues)? {
+            r if r > 0.0 && r <= 1.0 => Some(r),
+            r => {
+                issues.push(&at, format!("{r} is out of range: above 0, at most 1"));
+                None
+            }
+        }
+    });
+    let min_attempts = c.integer("min_attempts", 1..=100_000, MIN_ATTEMPTS.into(), issues) as u32;
+    if c.has("min_attempts") && !c.has("failure_ratio") {
+        issues.push(&c.at("min_attempts"), "needs failure_ratio");
+    }
     enabled.then_some(CircuitSettings {
         failures,
         window,
         cool_down,
         max_cool_down,
+        failure_ratio,
+        min_attempts,
     })
 }
 

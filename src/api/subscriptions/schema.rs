@@ -434,6 +434,14 @@ pub struct CircuitSettings {
     cool_down: Option<DurationText>,
     /// The longest cool-down after failed probes, `100ms`..`24h`; default `10m`.
     max_cool_down: Option<DurationText>,
+    /// Also opens it when this share of the attempts in a `window` failed, above 0 and at
+    /// most 1; default none (off).
+    #[schema(exclusive_minimum = 0, maximum = 1)]
+    failure_ratio: Option<f64>,
+    /// Attempts in a window before `failure_ratio` counts, 1..=100000; default 20; only
+    /// with `failure_ratio`.
+    #[schema(minimum = 1, maximum = 100000)]
+    min_attempts: Option<u32>,
 }
 
 /// What a `410 Gone` does (HTTP push): `pause` (default) or `fail`.
@@ -454,7 +462,7 @@ pub struct Delivery {
     /// When it entered this state (RFC 3339, UTC).
     #[schema(format = DateTime)]
     since: String,
-    /// Why: `failures`, `probe_failed`, `cool_down`, `probe_succeeded`, `api`, `gone`,
+    /// Why: `failures`, `failure_ratio`, `probe_failed`, `cool_down`, `probe_succeeded`, `api`, `gone`,
     /// `config`, `resumed`.
     reason: Option<String>,
     /// The last failed attempt's error.

@@ -32,6 +32,12 @@ pub(super) fn control(properties: &mut Map<String, Json>) {
                 "How long it stays open before one probe, `100ms`..`1h`; default `30s`; doubled by each failed probe."),
             "max_cool_down": duration(DAY_OR_LESS,
                 "The longest cool-down, `100ms`..`24h`, not below `cool_down`; default `10m`."),
+            "failure_ratio": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1,
+                "description": "Also opens it when this share of the attempts in a `window` \
+                    failed (a fixed window from its first attempt), once there were \
+                    `min_attempts`; default none (the rule is off)."},
+            "min_attempts": integer(1, 100_000,
+                "Attempts in a window before `failure_ratio` counts; default 20; only with `failure_ratio`."),
         }),
         &[],
     );
@@ -39,7 +45,8 @@ pub(super) fn control(properties: &mut Map<String, Json>) {
         "circuit".into(),
         json!({"oneOf": [{"type": "string", "enum": ["off"]}, settings, {"type": "null"}],
             "description": "The circuit breaker, on by default: after `failures` consecutive \
-                failed attempts no attempt goes out (deliveries wait queued) until one probe \
+                failed attempts (or, with `failure_ratio`, that share of the attempts in a \
+                window) no attempt goes out (deliveries wait queued) until one probe \
                 after `cool_down` succeeds. `off` turns it off.",
             "example": {"failures": 5, "window": "30s", "cool_down": "30s", "max_cool_down": "10m"}}),
     );
