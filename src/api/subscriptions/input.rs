@@ -6,7 +6,8 @@
 //!
 //! What JSON Schema cannot state is in the descriptions: a backoff's `max` not below its
 //! `initial`, a circuit's `max_cool_down` not below its `cool_down` and its `min_attempts`
-//! only with a `failure_ratio`, a range's `from` not after its `to`, header names the relay sets itself, and
+//! only with a `failure_ratio`, a range's `from` not after its `to`, header names the relay
+//! sets itself, and
 //! durations in other spellings than the patterns list (`1h30m`, `90 seconds`), which are
 //! accepted when in range.
 
