@@ -107,15 +107,15 @@ async fn a_newer_schema_stops_the_start() {
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL at HOOKRELAY_TEST_DATABASE_URL"]
-async fn a_version_3_schema_gains_the_pause_states() {
+async fn a_version_4_schema_gains_the_pause_states() {
     let schema = SchemaGuard::new();
     let pg = pg_settings(&schema.0);
     drop(open(&pg).await.unwrap());
-    // As version 3 left it: no pause_states.
+    // As version 4 left it: no pause_states.
     admin()
         .await
         .batch_execute(&format!(
-            "DROP TABLE \"{0}\".pause_states; UPDATE \"{0}\".schema_version SET version = 3",
+            "DROP TABLE \"{0}\".pause_states; UPDATE \"{0}\".schema_version SET version = 4",
             schema.0
         ))
         .await
