@@ -345,7 +345,7 @@ pub struct Subscription {
     paused: Option<bool>,
     /// Push and e-mail: the delivery state now, on this relay.
     #[schema(read_only)]
-    delivery: Option<Delivery>,
+    delivery: Option<DeliveryControl>,
     /// API subscriptions: whether it has its own metric series.
     metrics: Option<bool>,
     /// API subscriptions: when it was created (RFC 3339, UTC).
@@ -457,8 +457,8 @@ pub enum OnGone {
 /// A push subscription's delivery state on the relay that answers (each relay has its own
 /// breaker; a pause holds on all).
 #[derive(ToSchema)]
-pub struct Delivery {
-    state: DeliveryStateName,
+pub struct DeliveryControl {
+    state: DeliveryControlState,
     /// When it entered this state (RFC 3339, UTC).
     #[schema(format = DateTime)]
     since: String,
@@ -473,7 +473,7 @@ pub struct Delivery {
 /// out) or `paused`.
 #[derive(ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum DeliveryStateName {
+pub enum DeliveryControlState {
     /// Attempts go out.
     Active,
     /// The breaker holds them.
