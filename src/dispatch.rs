@@ -399,7 +399,8 @@ impl Dispatcher {
 
     /// Pauses (`paused`) or resumes a push subscription for `reason`: kept in the store
     /// first, then applied here (other relays on a shared store follow within a second).
-    /// `Ok(None)` when it has no delivery state (pull, or unknown).
+    /// A subscription already in that state is left as it is (its reason and stored state
+    /// too). `Ok(None)` when it has no delivery state (pull, or unknown).
     pub async fn set_paused(
         &self,
         subscription: &str,
@@ -409,16 +410,11 @@ impl Dispatcher {
         let Some(control) = self.control(subscription) else {
             return Ok(None);
         };
-        let row = PauseState {
-            name: subscription.to_string(),
-            paused,
-            reason: reason.to_string(),
-            since_ms: crate::time::now_ms(),
-        };
-        // A re-read of the store that began before this write must not undo it.
-        self.shared.pauses.touch();
-        self.shared.store.set_pause_state(row.clone()).await?;
-        self.shared.pauses.local(row);
+        if control.is_paused() == paused {
+            return Ok(Some(control.state()));
+        }
+        let _writing = self.shared.pauses.writing();
+        self.keep_pause(subscription, paused, reason).await?;
         if paused {
             control.pause(Paused {
                 reason: reason.to_string(),
@@ -427,6 +423,54 @@ impl Dispatcher {
             control.resume(reason);
         }
         Ok(Some(control.state()))
+    }
+
+    /// Pauses a subscription at once for a `410 Gone`, then keeps the pause in the store,
+    /// trying again with backoff until it is kept or `stopping` (re-reads of the store cannot
+    /// undo it meanwhile). Nothing when it was paused already.
+    pub(super) async fn pause_for_gone(
+        &self,
+        control: &Control,
+        subscription: &str,
+        stopping: &CancellationToken,
+    ) {
+        let _writing = self.shared.pauses.writing();
+        if !control.pause(Paused {
+            reason: "gone".into(),
+        }) {
+            return;
+        }
+        let mut wait = Duration::from_millis(100);
+        while let Err(e) = self.keep_pause(subscription, true, "gone").await {
+            if stopping.is_cancelled() {
+                tracing::warn!(subscription, error = %e, "cannot keep the pause after 410 Gone in the store; the relay is stopping");
+                return;
+            }
+            tracing::warn!(subscription, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot keep the pause after 410 Gone in the store; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopping.cancelled() => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Writes a pause state to the store and takes it as this relay's own.
+    async fn keep_pause(
+        &self,
+        subscription: &str,
+        paused: bool,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let row = PauseState {
+            name: subscription.to_string(),
+            paused,
+            reason: reason.to_string(),
+            since_ms: crate::time::now_ms(),
+        };
+        self.shared.store.set_pause_state(row.clone()).await?;
+        self.shared.pauses.local(row);
+        Ok(())
     }
 
     /// A push subscription's control.

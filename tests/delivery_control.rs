@@ -158,7 +158,8 @@ async fn a_failed_probe_reopens_it_for_longer() {
 
 #[tokio::test]
 async fn the_breaker_opens_on_the_failure_ratio_without_a_streak() {
-    // Two of every three requests fail: never 50 in a row, but 4 of the first 6.
+    // Two of every three requests fail: never 50 in a row. The sixth succeeds, and only a
+    // failure opens the breaker: the seventh (5 of 7).
     let rx = Receiver::scripted(|n| Answer::status(if n % 3 == 2 { 200 } else { 500 })).await;
     let circuit = "circuit: {failures: 50, failure_ratio: 0.5, min_attempts: 6, cool_down: 5s}";
     let relay = TestRelay::start(&one_sub(&rx.url("/"), circuit)).await;
@@ -167,9 +168,9 @@ async fn the_breaker_opens_on_the_failure_ratio_without_a_streak() {
     }
     let open = wait_delivery_state(&relay, "open").await;
     assert_eq!(open["reason"], "failure_ratio", "{open}");
-    assert_eq!(rx.count(), 6);
+    assert_eq!(rx.count(), 7);
     // Open: nothing more goes out before the cool-down, though retries fall due every 50 ms.
-    holds_for(Duration::from_millis(800), || async { rx.count() == 6 }).await;
+    holds_for(Duration::from_millis(800), || async { rx.count() == 7 }).await;
     assert_eq!(delivery(&relay).await["state"], "open");
     relay.stop().await;
 }

@@ -145,19 +145,13 @@ fn overloaded(verdict: &Verdict) -> bool {
     matches!(verdict, Verdict::Retryable { result, .. } if matches!(*result, "timeout" | "connect_error"))
 }
 
-/// What a verdict tells the AIMD controller: 5xx, 408, 429, timeouts, no connection and
-/// SMTP's "try later" are signs of overload; any other answer is an answer.
+/// What a verdict tells the AIMD controller: overload (see [`Verdict::is_overload`]), or
+/// an answer.
 fn signal(verdict: &Verdict) -> Signal {
-    match verdict {
-        Verdict::Retryable { status: None, .. } => Signal::Failed,
-        Verdict::Retryable {
-            result: "smtp_error",
-            ..
-        } => Signal::Failed,
-        Verdict::Retryable {
-            status: Some(s), ..
-        } if s.is_server_error() || matches!(s.as_u16(), 408 | 429) => Signal::Failed,
-        _ => Signal::Answered,
+    if verdict.is_overload() {
+        Signal::Failed
+    } else {
+        Signal::Answered
     }
 }
 

@@ -72,6 +72,22 @@ impl Verdict {
         }
     }
 
+    /// A sign the receiver cannot take it now: no answer (timeout, connection), 408, 429,
+    /// a 5xx, or SMTP's "try later". Any other answer shows a live receiver.
+    pub fn is_overload(&self) -> bool {
+        match self {
+            Verdict::Retryable { status: None, .. } => true,
+            Verdict::Retryable {
+                result: "smtp_error",
+                ..
+            } => true,
+            Verdict::Retryable {
+                status: Some(s), ..
+            } => s.is_server_error() || matches!(s.as_u16(), 408 | 429),
+            Verdict::Delivered(_) | Verdict::Permanent { .. } => false,
+        }
+    }
+
     /// The status the receiver answered, if any.
     pub fn status(&self) -> Option<u16> {
         match self {

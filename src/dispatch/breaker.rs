@@ -177,10 +177,12 @@ impl Breaker {
                 }
                 let change = if failed && *failures >= settings.failures {
                     Change::Opened
-                } else if settings.failure_ratio.is_some_and(|ratio| {
-                    *attempts >= settings.min_attempts
-                        && f64::from(*failed_in_window) / f64::from(*attempts) >= ratio
-                }) {
+                } else if failed
+                    && settings.failure_ratio.is_some_and(|ratio| {
+                        *attempts >= settings.min_attempts
+                            && f64::from(*failed_in_window) / f64::from(*attempts) >= ratio
+                    })
+                {
                     Change::OpenedByRatio
                 } else {
                     return None;
@@ -324,6 +326,21 @@ mod tests {
         b.admit();
         assert_eq!(b.record(&ratio(), later, true, false), Some(Change::Closed));
         assert_eq!(b, Breaker::default());
+    }
+
+    #[test]
+    fn a_success_never_opens_it() {
+        let (mut b, t) = (Breaker::default(), Instant::now());
+        // Fail, fail, succeed, fail, fail: 4 of 5, never `failures` in a row.
+        for failed in [true, true, false, true, true] {
+            assert_eq!(b.record(&ratio(), t, false, failed), None);
+        }
+        // The sixth reaches min_attempts with the ratio met, but it succeeded.
+        assert_eq!(b.record(&ratio(), t, false, false), None);
+        assert_eq!(
+            b.record(&ratio(), t, false, true),
+            Some(Change::OpenedByRatio)
+        );
     }
 
     #[test]

@@ -129,6 +129,11 @@ impl Control {
         }
     }
 
+    /// Whether it is paused.
+    pub(super) fn is_paused(&self) -> bool {
+        self.lock().paused.is_some()
+    }
+
     /// The document's `paused`, which applies while the store holds no state.
     pub(super) fn in_document(&self) -> bool {
         self.lock().in_document
@@ -292,21 +297,10 @@ impl Control {
     }
 }
 
-/// Whether a verdict counts against the breaker: the receiver did not answer (timeout,
-/// connection), or answered that it cannot take it now (408, 429, 5xx, an SMTP 4xx). Any
-/// other answer shows a live receiver.
+/// Whether a verdict counts against the breaker: a sign of overload
+/// ([`Verdict::is_overload`]); any other answer shows a live receiver.
 fn is_failure(verdict: &Verdict) -> bool {
-    match verdict {
-        Verdict::Retryable { status: None, .. } => true,
-        Verdict::Retryable {
-            result: "smtp_error",
-            ..
-        } => true,
-        Verdict::Retryable {
-            status: Some(s), ..
-        } => s.is_server_error() || matches!(s.as_u16(), 408 | 429),
-        Verdict::Delivered(_) | Verdict::Permanent { .. } => false,
-    }
+    verdict.is_overload()
 }
 
 #[cfg(test)]

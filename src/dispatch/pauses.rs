@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::control::Paused;
 use crate::store::PauseState;
@@ -16,6 +16,19 @@ pub(super) struct Pauses {
     rows: Mutex<HashMap<String, PauseState>>,
     /// Counts this relay's own changes, so a read that began before one cannot undo it.
     epoch: AtomicU64,
+    /// Writes of this relay's own changes under way: no re-read is taken meanwhile.
+    writers: AtomicUsize,
+}
+
+/// A change of this relay's under way (applied here, being kept in the store): re-reads of
+/// the store that overlap it in any way are not taken.
+pub(super) struct Writing<'a>(&'a Pauses);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.writers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Pauses {
@@ -24,6 +37,7 @@ impl Pauses {
         Pauses {
             rows: Mutex::new(rows.into_iter().map(|r| (r.name.clone(), r)).collect()),
             epoch: AtomicU64::new(0),
+            writers: AtomicUsize::new(0),
         }
     }
 
@@ -39,8 +53,15 @@ impl Pauses {
         }
     }
 
-    /// Before this relay writes a state: a re-read already under way is not taken.
-    pub(super) fn touch(&self) {
+    /// Before this relay changes a state: until the guard is dropped (after the store has
+    /// it), no re-read is taken, whenever it began.
+    pub(super) fn writing(&self) -> Writing<'_> {
+        self.writers.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        Writing(self)
+    }
+
+    fn touch(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -56,10 +77,10 @@ impl Pauses {
     }
 
     /// Takes a re-read of the store, unless this relay changed a state since it began
-    /// (`epoch`, then the next round takes it); true when taken.
+    /// (`epoch`) or is writing one (then the next round takes it); true when taken.
     pub(super) fn replace(&self, rows: Vec<PauseState>, epoch: u64) -> bool {
         let mut held = self.lock();
-        if self.epoch() != epoch {
+        if self.epoch() != epoch || self.writers.load(Ordering::SeqCst) > 0 {
             return false;
         }
         *held = rows.into_iter().map(|r| (r.name.clone(), r)).collect();
@@ -102,5 +123,22 @@ mod tests {
         assert!(p.wanted("a", false).is_some());
         assert!(p.replace(vec![], p.epoch()));
         assert_eq!(p.wanted("a", false), None);
+    }
+
+    #[test]
+    fn no_read_is_taken_while_a_change_is_being_written() {
+        let p = Pauses::new(vec![]);
+        let writing = p.writing();
+        // A read that began after the change was applied here but before the store had it.
+        let during = p.epoch();
+        assert!(!p.replace(vec![], during));
+        p.local(row("a", true));
+        drop(writing);
+        assert!(
+            !p.replace(vec![], during),
+            "it began before the write ended"
+        );
+        assert!(p.replace(vec![row("a", true)], p.epoch()));
+        assert!(p.wanted("a", false).is_some());
     }
 }

@@ -15,7 +15,7 @@ use tower::{Service, ServiceExt};
 
 use super::Dispatcher;
 use super::breaker::Admit;
-use super::control::{Control, Paused};
+use super::control::Control;
 use crate::deliver::AttemptService;
 use crate::deliver::verdict::{Verdict, stack_error};
 use crate::store::{Attempted, ClaimToken, Completed, Delivery, DeliveryId, Outcome, Store};
@@ -160,11 +160,26 @@ impl Pump {
         self.unclaim(ids).await;
     }
 
+    /// Returns unsent deliveries to the queue, trying again with backoff while the store
+    /// cannot take them (they would stay in flight until the next start or their lease);
+    /// only the relay stopping ends the tries.
     async fn unclaim(&self, ids: Vec<(DeliveryId, ClaimToken)>) {
-        if !ids.is_empty()
-            && let Err(e) = self.store.unclaim(ids).await
-        {
-            tracing::warn!(subscription = self.sub.name.as_str(), error = %e, "cannot return unsent deliveries");
+        if ids.is_empty() {
+            return;
+        }
+        let mut pause = OUTCOME_PAUSE;
+        while let Err(e) = self.store.unclaim(ids.clone()).await {
+            let name = self.sub.name.as_str();
+            if self.relay_stopping.is_cancelled() {
+                tracing::warn!(subscription = name, error = %e, "cannot return unsent deliveries; the relay is stopping, they go back at the next start or when their lease ends");
+                return;
+            }
+            tracing::warn!(subscription = name, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot return unsent deliveries; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.relay_stopping.cancelled() => {}
+            }
+            pause = (pause * 2).min(OUTCOME_PAUSE_MAX);
         }
     }
 
@@ -224,12 +239,9 @@ impl Recorder {
         let outcome = match gone(&self.push, &attempt) {
             // The delivery stays queued for when the subscription is resumed.
             Some(error) => {
-                self.control.pause(Paused {
-                    reason: "gone".into(),
-                });
-                if let Err(e) = self.dispatcher.set_paused(name, true, "gone").await {
-                    tracing::warn!(subscription = name, error = %e, "cannot keep the pause after 410 Gone in the store; it holds until the relay stops");
-                }
+                self.dispatcher
+                    .pause_for_gone(&self.control, name, &self.relay_stopping)
+                    .await;
                 Outcome::Retry {
                     at_ms: now_ms(),
                     status: Some(410),

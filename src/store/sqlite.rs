@@ -121,7 +121,7 @@ impl SqliteStore {
             reader,
             prune_cursor: Arc::default(),
             retired: Retired::default(),
-            outcomes: Outcomes::default(),
+            outcomes: Outcomes::new(disk_full.clone()),
             over_size,
             disk_full,
             ttl_ms: settings.ttl.as_millis() as i64,

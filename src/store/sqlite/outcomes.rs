@@ -1,6 +1,7 @@
 //! Attempt outcomes, coalesced: the first one queued sends a writer job that records all
 //! queued by the time it runs, so a busy relay writes them in bulk.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -26,10 +27,23 @@ struct OutcomeQueue {
 }
 
 /// Attempt outcomes waiting for the writer; one job records all of them.
-#[derive(Clone, Default)]
-pub(super) struct Outcomes(Arc<Mutex<OutcomeQueue>>);
+#[derive(Clone)]
+pub(super) struct Outcomes {
+    queue: Arc<Mutex<OutcomeQueue>>,
+    /// Raised while the disk is full: outcomes are then kept without their history rows, so
+    /// they complete in the space the reserve freed (see `space`).
+    disk_full: Arc<AtomicBool>,
+}
 
 impl Outcomes {
+    /// No outcome queued yet; `disk_full` is the store's full-disk flag.
+    pub(super) fn new(disk_full: Arc<AtomicBool>) -> Outcomes {
+        Outcomes {
+            queue: Arc::default(),
+            disk_full,
+        }
+    }
+
     /// Records the outcome of an attempt on claimed delivery `id`; returns once committed.
     pub(super) async fn complete(
         &self,
@@ -40,7 +54,7 @@ impl Outcomes {
     ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         let send_job = {
-            let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.items.push((id, outcome, attempt, tx));
             !std::mem::replace(&mut q.job_queued, true)
         };
@@ -49,9 +63,11 @@ impl Outcomes {
                 outcomes: self.clone(),
                 taken: false,
             };
+            let disk_full = self.disk_full.clone();
             let job: Job = Box::new(move |conn| {
                 let batch = guard.take();
-                let result = conn.and_then(|conn| record_outcomes(conn, &batch));
+                let history = !disk_full.load(Ordering::Relaxed);
+                let result = conn.and_then(|conn| record_outcomes(conn, &batch, history));
                 let ok = result.is_ok();
                 let finish: Finish = Box::new(move |commit| {
                     let outcome = commit.and(result);
@@ -78,7 +94,11 @@ struct OutcomeBatch {
 impl OutcomeBatch {
     fn take(&mut self) -> Vec<QueuedOutcome> {
         self.taken = true;
-        let mut q = self.outcomes.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self
+            .outcomes
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         q.job_queued = false;
         std::mem::take(&mut q.items)
     }
@@ -94,9 +114,13 @@ impl Drop for OutcomeBatch {
     }
 }
 
-/// Writes a batch of attempt outcomes, each with its attempt's history row; only rows still
-/// in flight change.
-fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), StoreError> {
+/// Writes a batch of attempt outcomes, each with its attempt's history row unless `history`
+/// is false (a full disk); only rows still in flight change.
+fn record_outcomes(
+    conn: &Connection,
+    batch: &[QueuedOutcome],
+    history: bool,
+) -> Result<(), StoreError> {
     let now = crate::time::now_ms();
     let mut update = conn
         .prepare_cached(concat!(
@@ -119,7 +143,7 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
     // Numbered by the count just raised: a rowid lookup on a page the update just read. A
     // cached statement per row costs SQLite what a row of a multi-row INSERT would (no
     // round trip), without a statement per batch size.
-    let mut history = conn
+    let mut insert_history = conn
         .prepare_cached(
             "INSERT INTO attempts (delivery_id, number, at, duration_us, status, result, error)
              SELECT id, attempts, ?2, ?3, ?4, ?5, ?6 FROM deliveries WHERE id = ?1",
@@ -159,8 +183,8 @@ fn record_outcomes(conn: &Connection, batch: &[QueuedOutcome]) -> Result<(), Sto
         let changed = update
             .execute(params![id, state, status, error, next, delivered, finished])
             .map_err(sql_error)?;
-        if changed == 1 {
-            history
+        if changed == 1 && history {
+            insert_history
                 .execute(params![
                     id,
                     attempt.at_ms,

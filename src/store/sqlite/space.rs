@@ -1,7 +1,8 @@
 //! The disk under the database. A full volume must not wedge the relay: claiming, recording
 //! outcomes and pruning need writes too. So the relay keeps a reserve file of its own beside
 //! the database and gives it back the moment the disk fills. Ingest is then refused (`503`),
-//! while the deliveries already accepted complete and prune in the space the reserve freed.
+//! while the deliveries already accepted complete and prune in the space the reserve freed
+//! (their attempts are then not added to the history, which would eat that space).
 //! The WAL is checkpointed and truncated, and pruned pages are given back to the volume
 //! (incremental auto-vacuum), so they return their space too. Once the volume has room for
 //! the reserve and a WAL's worth more, the reserve is laid again and ingest resumes.
