@@ -3,16 +3,11 @@
 //! `BENCH_DEAD_EVENTS` (default 100,000) events queued for a subscription whose receiver
 //! refuses connections, once its retries come due.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-
 use crate::env_u64;
-use crate::harness::{
-    Relay, Sink, bench_schema, drop_schema, load, metrics_text, queue_depth, receive,
-};
+use crate::harness::{Relay, Sink, bench_schema, drop_schema, load, metrics_text, queue_depth};
 
 /// What one phase measured.
 struct Phase {
@@ -62,19 +57,7 @@ async fn phase(relay: &Relay, sink: &Sink, http: &reqwest::Client, secs: Duratio
 /// Runs the case on `store` (`full`, `normal` or `postgres`).
 pub async fn case(store: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink {
-        epoch: Instant::now(),
-        paused: Arc::new(AtomicBool::new(false)),
-        resume: Arc::new(Notify::new()),
-        delivered: Arc::new(AtomicU64::new(0)),
-        latencies_us: Arc::new(Mutex::new(Vec::new())),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sink_addr = listener.local_addr().unwrap();
-    let app = axum::Router::new()
-        .fallback(receive)
-        .with_state(sink.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (sink, sink_addr) = Sink::serve(false).await;
     // A port nothing listens on: every attempt is refused at once.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -29,7 +29,27 @@ pub struct Sink {
     pub latencies_us: Arc<Mutex<Vec<u32>>>,
 }
 
-pub async fn receive(State(sink): State<Sink>, body: Bytes) -> StatusCode {
+impl Sink {
+    /// A receiver on a loopback port, holding requests from the start if `paused`.
+    pub async fn serve(paused: bool) -> (Sink, std::net::SocketAddr) {
+        let sink = Sink {
+            epoch: Instant::now(),
+            paused: Arc::new(AtomicBool::new(paused)),
+            resume: Arc::new(Notify::new()),
+            delivered: Arc::new(AtomicU64::new(0)),
+            latencies_us: Arc::new(Mutex::new(Vec::new())),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .fallback(receive)
+            .with_state(sink.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (sink, addr)
+    }
+}
+
+async fn receive(State(sink): State<Sink>, body: Bytes) -> StatusCode {
     while sink.paused.load(Ordering::SeqCst) {
         let wait = sink.resume.notified();
         if !sink.paused.load(Ordering::SeqCst) {

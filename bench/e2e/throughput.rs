@@ -1,16 +1,13 @@
 //! The throughput case: burst ingest with the receiver holding every request, the backlog
 //! drained, then a steady offered rate.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-use tokio::sync::Notify;
 
 use crate::env_u64;
 use crate::harness::{
     Relay, Sink, bench_schema, drop_schema, load, metrics_text, percentile, postgres_cpu,
-    queue_depth, receive,
+    queue_depth,
 };
 
 /// Burst, drain and steady phases of one store, fan-out and relay count.
@@ -22,20 +19,8 @@ pub async fn case(sync: &str, fanout: usize, replicas: usize) {
     };
     let dir = tempfile::tempdir().unwrap();
     let pg_cpu = postgres_cpu();
-    let epoch = Instant::now();
-    let sink = Sink {
-        epoch,
-        paused: Arc::new(AtomicBool::new(true)),
-        resume: Arc::new(Notify::new()),
-        delivered: Arc::new(AtomicU64::new(0)),
-        latencies_us: Arc::new(Mutex::new(Vec::new())),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sink_addr = listener.local_addr().unwrap();
-    let app = axum::Router::new()
-        .fallback(receive)
-        .with_state(sink.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (sink, sink_addr) = Sink::serve(true).await;
+    let epoch = sink.epoch;
     let subs: String = (0..fanout)
         .map(|i| {
             format!(
