@@ -1,6 +1,6 @@
 //! The operator docs stay true: every config key documented is in the example config and
 //! the other way round, and every metric the dashboard and the alert rules query is one the
-//! relay exports.
+//! relay exports; every relative link in the Markdown files resolves inside the repository.
 
 mod common;
 
@@ -185,4 +185,205 @@ async fn the_dashboard_and_alerts_query_only_exported_metrics() {
             "{file} queries metrics the relay does not export: {unknown:?}"
         );
     }
+}
+
+/// Every Markdown file of the repository, `target/` and hidden folders left out.
+fn markdown_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name.starts_with('.') || name == "target" {
+            continue;
+        }
+        if path.is_dir() {
+            markdown_files(&path, out);
+        } else if name.ends_with(".md") {
+            out.push(path);
+        }
+    }
+}
+
+/// The lines of a Markdown text outside fenced code blocks, inline code spans blanked (a
+/// `[i](x)` or `# x` in code is neither a link nor a heading).
+fn prose_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut fence: Option<&str> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let marker = ["```", "~~~"].into_iter().find(|m| trimmed.starts_with(m));
+        match (fence, marker) {
+            (None, Some(m)) => fence = Some(m),
+            (Some(f), Some(m)) if f == m => fence = None,
+            (None, None) => {
+                let mut prose = String::new();
+                for (i, part) in line.split('`').enumerate() {
+                    prose.push_str(if i % 2 == 0 { part } else { "" });
+                }
+                lines.push(prose);
+            }
+            _ => {}
+        }
+    }
+    lines
+}
+
+/// The GitHub anchor of a heading's text: inline links reduced to their text, lowercase,
+/// punctuation dropped, spaces turned into hyphens.
+fn anchor(heading: &str) -> String {
+    let text = regex::Regex::new(r"\[([^\]]*)\]\([^)]*\)")
+        .unwrap()
+        .replace_all(heading.trim(), "$1");
+    text.to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors a Markdown file's headings produce, repeats numbered as GitHub does. Code
+/// spans count for their text, so they are read from the raw line here.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut fence: Option<&str> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if let Some(m) = ["```", "~~~"].into_iter().find(|m| trimmed.starts_with(m)) {
+            fence = match fence {
+                None => Some(m),
+                Some(f) if f == m => None,
+                other => other,
+            };
+            continue;
+        }
+        if fence.is_some() {
+            continue;
+        }
+        let hashes = line.len() - line.trim_start_matches('#').len();
+        if !(1..=6).contains(&hashes) || !line[hashes..].starts_with(' ') {
+            continue;
+        }
+        let base = anchor(&line[hashes..].replace('`', ""));
+        let mut name = base.clone();
+        let mut n = 0;
+        while !seen.insert(name.clone()) {
+            n += 1;
+            name = format!("{base}-{n}");
+        }
+    }
+    seen
+}
+
+/// The relative link targets of a Markdown text (`[text](target)`, images too), with a
+/// link's text allowed to run over lines. Web and mail links are left out.
+fn relative_links(text: &str) -> Vec<String> {
+    let prose = prose_lines(text).join("\n");
+    let mut links = Vec::new();
+    let mut rest = prose.as_str();
+    while let Some(i) = rest.find("](") {
+        rest = &rest[i + 2..];
+        let Some(end) = rest.find(')') else { break };
+        // `(path "title")` and `(<path>)`: the path alone.
+        let target = rest[..end].split_whitespace().next().unwrap_or("");
+        let target = target.trim_start_matches('<').trim_end_matches('>');
+        let web = ["http://", "https://", "mailto:"]
+            .iter()
+            .any(|s| target.starts_with(s));
+        if !web && !target.is_empty() {
+            links.push(target.to_string());
+        }
+        rest = &rest[end..];
+    }
+    links
+}
+
+/// The broken relative links of the Markdown file at `file`: a target that does not exist
+/// or lies outside the repository, or an anchor no heading of the target Markdown file
+/// produces.
+fn broken_links(file: &std::path::Path, text: &str) -> Vec<String> {
+    let dir = file.parent().unwrap();
+    let mut broken = Vec::new();
+    for link in relative_links(text) {
+        let (path, fragment) = match link.split_once('#') {
+            Some((p, f)) => (p, Some(f)),
+            None => (link.as_str(), None),
+        };
+        let target = if path.is_empty() {
+            file.to_path_buf()
+        } else {
+            dir.join(path)
+        };
+        if !path.is_empty() && !target.exists() {
+            broken.push(format!("{link}: no such file"));
+            continue;
+        }
+        // A clone has only the repository: a file beside it on this machine does not count.
+        let inside = std::fs::canonicalize(&target)
+            .is_ok_and(|t| t.starts_with(std::fs::canonicalize(ROOT).unwrap()));
+        if !path.is_empty() && !inside {
+            broken.push(format!("{link}: outside the repository"));
+            continue;
+        }
+        if let Some(fragment) = fragment
+            && target.extension().is_some_and(|e| e == "md")
+        {
+            let target_text = if path.is_empty() {
+                text.to_string()
+            } else {
+                std::fs::read_to_string(&target).unwrap()
+            };
+            if !anchors(&target_text).contains(fragment) {
+                broken.push(format!("{link}: no heading makes #{fragment}"));
+            }
+        }
+    }
+    broken
+}
+
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    let root = std::path::Path::new(ROOT);
+    let mut files = Vec::new();
+    markdown_files(root, &mut files);
+    let names: Vec<_> = files
+        .iter()
+        .map(|f| f.strip_prefix(root).unwrap().to_string_lossy().into_owned())
+        .collect();
+    for expected in ["README.md", "ARCHITECTURE.md", "docs/operations.md"] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for (file, name) in files.iter().zip(&names) {
+        let text = std::fs::read_to_string(file).unwrap();
+        checked += relative_links(&text).len();
+        for b in broken_links(file, &text) {
+            broken.push(format!("{name}: {b}"));
+        }
+    }
+    assert!(checked > 50, "only {checked} relative links found");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn the_link_check_finds_missing_files_and_anchors() {
+    let file = std::path::Path::new(ROOT).join("docs/sample.md");
+    let text = "# Top\n\n## A `code` heading, with: punctuation\n\n## Top\n\n\
+                [ok](#a-code-heading-with-punctuation) [ok](#top-1) [ok](operations.md#metrics)\n\
+                [web](https://example.com/x.md) `[code](nowhere.md)`\n\
+                ```\n[fenced](nowhere.md)\n# fenced heading\n```\n\
+                [gone](../shared/seeds/README.md) [a\nwrapped text](operations.md#no-such-part)\n\
+                [bad anchor](#fenced-heading) [out](../../)\n";
+    assert_eq!(
+        broken_links(&file, text),
+        [
+            "../shared/seeds/README.md: no such file",
+            "operations.md#no-such-part: no heading makes #no-such-part",
+            "#fenced-heading: no heading makes #fenced-heading",
+            "../../: outside the repository",
+        ]
+    );
 }
