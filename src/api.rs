@@ -322,7 +322,10 @@ async fn list(
     let st = match q.get("state").map(String::as_str) {
         None => DeliveryState::Failed,
         Some(s) => DeliveryState::parse(s).unwrap_or_else(|| {
-            error = error.clone().field("state", "must be one of pending, in_flight, delivered, failed, expired, orphaned, cancelled");
+            let every: Vec<&str> = DeliveryState::ALL.map(DeliveryState::as_str).into();
+            error = error
+                .clone()
+                .field("state", format!("must be one of {}", every.join(", ")));
             bad = true;
             DeliveryState::Failed
         }),

@@ -21,13 +21,15 @@ impl Secret {
         &self.0
     }
 
-    /// True when `headers` carry `Authorization: Bearer <this secret>` (constant time).
+    /// True when `headers` carry `Authorization: Bearer <this secret>` (constant time). The
+    /// scheme is case-insensitive (RFC 9110 11.1): `bearer` and `BEARER` count too.
     pub fn is_bearer_of(&self, headers: &http::HeaderMap) -> bool {
         let given = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim_start_matches(' '));
         bool::from(subtle::ConstantTimeEq::ct_eq(
             given.as_bytes(),
             self.0.as_bytes(),
@@ -55,6 +57,34 @@ impl fmt::Debug for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let secret = Secret::new("s3cret".into());
+        let with = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+            secret.is_bearer_of(&headers)
+        };
+        for ok in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "Bearer  s3cret",
+        ] {
+            assert!(with(ok), "{ok}");
+        }
+        for bad in [
+            "Bearer S3CRET",
+            "Basic s3cret",
+            "Bearers3cret",
+            "s3cret",
+            "Bearer",
+        ] {
+            assert!(!with(bad), "{bad}");
+        }
+        assert!(!secret.is_bearer_of(&http::HeaderMap::new()));
+    }
 
     #[test]
     fn tokens_are_visible_ascii_without_spaces() {

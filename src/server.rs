@@ -302,6 +302,7 @@ impl Relay {
             app = %addrs.app,
             api = %addrs.api,
             ops = %addrs.ops,
+            store = %config.storage.location.describe(),
             subscriptions = catalog.matcher().all().len(),
             reload,
             "hookrelay listening"

@@ -376,6 +376,27 @@ impl SuccessCodes {
     }
 }
 
+/// As configured: `200`, `2xx`, or a list such as `200, 202 or 3xx`.
+impl std::fmt::Display for SuccessCodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<String> = self
+            .0
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{}xx", lo / 100)
+                }
+            })
+            .collect();
+        match shown.split_last() {
+            Some((last, rest)) if !rest.is_empty() => write!(f, "{} or {last}", rest.join(", ")),
+            _ => f.write_str(&shown.join(", ")),
+        }
+    }
+}
+
 impl EventPattern {
     /// True when `event_type` is selected by this pattern.
     pub fn matches(&self, event_type: &str) -> bool {

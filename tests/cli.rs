@@ -179,6 +179,18 @@ async fn sigterm_lets_the_attempt_in_flight_finish_then_exits_0() {
     let mut cmd = Command::new(bin());
     cmd.arg("--config").arg(&path).env_remove("RUST_LOG");
     let relay = Binary::start(cmd);
+    // The start line names the store and all three listeners.
+    let db = dir.path().join("db.sqlite");
+    assert_eq!(
+        relay.started["store"],
+        format!("sqlite:{}", db.display()),
+        "{}",
+        relay.started
+    );
+    for listener in ["app", "api", "ops"] {
+        let addr = relay.started[listener].as_str().unwrap_or_default();
+        assert!(addr.starts_with("127.0.0.1:"), "{}", relay.started);
+    }
     let mut child = relay.child;
     let lines = relay.lines;
     let status = {
@@ -219,7 +231,67 @@ async fn sigterm_lets_the_attempt_in_flight_finish_then_exits_0() {
         .position(|m| *m == "delivered")
         .expect("in-flight attempt finished");
     assert!(shut < delivered, "{messages:?}");
+    // One debug line per delivery, with what an operator greps for.
+    let line = rest.iter().find(|l| l["message"] == "delivered").unwrap();
+    assert_eq!(
+        (
+            &line["level"],
+            &line["subscription"],
+            &line["event_id"],
+            &line["attempt"],
+            &line["status"]
+        ),
+        (
+            &json!("DEBUG"),
+            &json!("a"),
+            &json!("drain-1"),
+            &json!(1),
+            &json!(200)
+        ),
+        "{line}"
+    );
+    assert!(line["duration_ms"].as_f64().unwrap() >= 800.0, "{line}");
     assert!(messages.contains(&"hookrelay stopped"), "{messages:?}");
+}
+
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        &format!(
+            "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\nstorage: {{path: '{}'}}\nlog: {{format: text}}\n",
+            dir.path().join("db.sqlite").display()
+        ),
+    );
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "hookrelay=info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let started = std::iter::from_fn(|| lines.recv_timeout(DEADLINE).ok())
+        .inspect(|l| seen.push(l.clone()))
+        .any(|l| l.contains("hookrelay listening"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(started, "no listening line: {seen:?}");
+    assert!(!seen.iter().any(|l| l.contains('\x1b')), "{seen:?}");
+    let start = seen.last().unwrap();
+    assert!(start.contains("store=sqlite:"), "{start}");
 }
 
 #[tokio::test]

@@ -155,6 +155,17 @@ async fn success_code_200_rejects_204() {
     relay.post(&json!({"type": "t", "data": {}})).await;
     relay.wait_outcome("strict", "failed", 1.0).await;
     assert_eq!(rx.count(), 2);
+    let (_, dead) = relay
+        .api(
+            reqwest::Method::GET,
+            "/v1/deliveries?subscription=strict",
+            None,
+        )
+        .await;
+    assert_eq!(
+        dead["deliveries"][0]["last_error"],
+        "HTTP 204 No Content, expected 200 (after 2 attempts)"
+    );
     relay.stop().await;
 }
 

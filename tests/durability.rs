@@ -494,6 +494,16 @@ async fn dead_letters_one_by_one(backend: Backend) {
         .await;
     assert_eq!(s, 422);
     assert_eq!(body["error"]["fields"].as_array().unwrap().len(), 2);
+    let state = body["error"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "state")
+        .unwrap();
+    assert_eq!(
+        state["reason"],
+        "must be one of pending, in_flight, delivered, failed, expired, orphaned, cancelled, waiting"
+    );
     relay.stop().await;
 }
 

@@ -19,6 +19,7 @@ use crate::time::{new_id, now_ms};
 use crate::yaml::Issues;
 
 mod input;
+mod page;
 pub(super) mod pause;
 mod schema;
 
@@ -159,43 +160,77 @@ const INVALID: &str = "The body is not an object, sets a read-only field, or has
 
 /// List subscriptions.
 ///
-/// The config file's first (in file order), then the API's, oldest first.
+/// The config file's first (in file order), then the API's, oldest first; a page at a time.
 #[utoipa::path(
     get,
     path = "/v1/subscriptions",
     tag = "api",
     operation_id = "listSubscriptions",
     security(("apiToken" = []), ()),
-    params(("event" = Option<String>, Query,
-        description = "Only subscriptions whose `events` select this event type (filters are not applied).")),
+    params(
+        ("event" = Option<String>, Query,
+            description = "Only subscriptions whose `events` select this event type (filters are not applied)."),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000,
+            description = "Subscriptions on the page at most; default 100."),
+        ("after" = Option<String>, Query,
+            description = "Start after this subscription (name or id): the last one of the previous page."),
+    ),
     responses(
-        (status = 200, description = "The subscriptions.", body = Vec<SubscriptionView>),
+        (status = 200, description = "A page of subscriptions. When more follow, a `Link: <...>; rel=\"next\"` header gives the next page's address.",
+            body = Vec<SubscriptionView>,
+            headers(("Link" = String, description = "`<next page>; rel=\"next\"`, when more follow."))),
         Unauthorized,
-        (status = 422, description = "An unknown query parameter (`invalid_query`).", body = ErrorBody),
+        (status = 422, description = "An unknown query parameter, a `limit` out of range, or an `after` that names no listed subscription (`invalid_query`); `fields` names each.", body = ErrorBody),
     )
 )]
 pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, HttpError> {
-    if let Some(key) = q.keys().find(|k| *k != "event") {
-        return Err(HttpError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_query",
-            "invalid query parameters",
-        )
-        .field(key.clone(), "unknown parameter"));
+    let mut error = HttpError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_query",
+        "invalid query parameters",
+    );
+    for key in q
+        .keys()
+        .filter(|k| !["event", "limit", "after"].contains(&k.as_str()))
+    {
+        error = error.field(key.clone(), "unknown parameter");
+    }
+    let (page, error) = page::PageQuery::parse(&q, error);
+    if error.has_fields() {
+        return Err(error);
     }
     let registry = state.catalog.matcher();
-    let views: Vec<Json> = match q.get("event") {
-        None => registry.all().iter().map(|s| view(&state, s)).collect(),
+    let listed: Vec<&Subscription> = match q.get("event") {
+        None => registry.all().iter().map(|s| &**s).collect(),
         Some(event_type) => registry
             .candidates(event_type)
             .into_iter()
-            .map(|i| view(&state, &registry.all()[i]))
+            .map(|i| &*registry.all()[i])
             .collect(),
     };
-    Ok(axum::Json(Json::Array(views)).into_response())
+    let keys: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|s| (s.name.as_str(), s.id.as_str()))
+        .collect();
+    let Some((range, more)) = page.window(&keys) else {
+        return Err(error.field(
+            "after",
+            "names no listed subscription (deleted since?); start again without it",
+        ));
+    };
+    let on_page = &listed[range];
+    let views: Vec<Json> = on_page.iter().map(|s| view(&state, s)).collect();
+    let mut response = axum::Json(Json::Array(views)).into_response();
+    if let (true, Some(last)) = (more, on_page.last()) {
+        let link = page::next_link(q.get("event").map(String::as_str), page.limit, &last.name);
+        if let Ok(value) = header::HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
 }
 
 /// Show a subscription.

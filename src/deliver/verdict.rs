@@ -132,7 +132,7 @@ pub fn classify(
                 Pressure::Normal
             },
             retry_after,
-            error: format!("HTTP {status}"),
+            error: unexpected(status, success),
         },
         Ok(Reply::Smtp { code, text }) => {
             // SMTP codes are 2xx..5xx, inside StatusCode's 100..=999.
@@ -248,6 +248,16 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     )
 }
 
+/// The error of a status that is not a success code: with configured `success_code`s it
+/// says what was expected, since a 2xx retried is otherwise a puzzle ("HTTP 204, expected 200").
+fn unexpected(status: StatusCode, success: &SuccessCodes) -> String {
+    if *success == SuccessCodes::default_2xx() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}, expected {success}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +350,31 @@ mod tests {
                 Verdict::Retryable { .. }
             ),
             "without final_statuses a 4xx is retried, as before"
+        );
+    }
+
+    #[test]
+    fn a_status_outside_configured_success_codes_says_what_was_expected() {
+        let none = FinalStatuses::default();
+        let t = Duration::from_secs(1);
+        let error = |v: Verdict| match v {
+            Verdict::Retryable { error, .. } => error,
+            other => panic!("{other:?}"),
+        };
+        let only_200 = crate::subscription::tests::success_codes("200");
+        assert_eq!(
+            error(classify(reply(204), &only_200, &none, t)),
+            "HTTP 204 No Content, expected 200"
+        );
+        let list = crate::subscription::tests::success_codes("[200, '3xx']");
+        assert_eq!(
+            error(classify(reply(500), &list, &none, t)),
+            "HTTP 500 Internal Server Error, expected 200 or 3xx"
+        );
+        // The default (any 2xx) needs no reminder.
+        assert_eq!(
+            error(classify(reply(500), &SuccessCodes::default_2xx(), &none, t)),
+            "HTTP 500 Internal Server Error"
         );
     }
 

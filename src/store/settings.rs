@@ -46,6 +46,18 @@ pub enum StorageLocation {
     Postgres(PostgresSettings),
 }
 
+impl StorageLocation {
+    /// Where the queue lives, for the start line: a path, `memory`, or the URL with its
+    /// password as `***`.
+    pub fn describe(&self) -> String {
+        match self {
+            StorageLocation::File(path) => format!("sqlite:{}", path.display()),
+            StorageLocation::Memory => "sqlite:memory".into(),
+            StorageLocation::Postgres(pg) => pg.url.redacted(),
+        }
+    }
+}
+
 /// Commit durability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
@@ -299,6 +311,14 @@ mod tests {
         assert!(!pg.prepared_statements);
         assert_eq!((s.ttl, s.queue_capacity), (Duration::from_secs(3600), 10));
         assert!(!format!("{s:?}").contains(":pw@"), "{s:?}");
+        assert_eq!(s.location.describe(), "postgres://app:***@db:5432/relay");
+        assert_eq!(
+            parse("storage: {path: /var/lib/q.db}")
+                .0
+                .location
+                .describe(),
+            "sqlite:/var/lib/q.db"
+        );
 
         let (_, issues) = parse(
             "storage: {path: x.db, sync: normal, max_size: 1MiB, reserve: 0, postgres: {url: 'postgres://app:pw@db/relay', schema: Bad-Name, pool: 0, tls: {mode: prefer, ca: /nonexistent.pem}, prepared_statements: maybe, extra: 1}}",

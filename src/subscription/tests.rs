@@ -28,6 +28,15 @@ pub(crate) fn final_statuses(list: &str) -> FinalStatuses {
     s.http().unwrap().final_statuses.clone()
 }
 
+/// The `success_code` of a push subscription that sets it to `codes` (YAML).
+pub(crate) fn success_codes(codes: &str) -> SuccessCodes {
+    let s = parse(&format!(
+        "{{name: a, url: 'http://h/', events: [x], success_code: {codes}}}"
+    ))
+    .unwrap();
+    s.http().unwrap().success.clone()
+}
+
 /// A valid push subscription for `events`.
 pub(crate) fn sub(name: &str, events: &[&str]) -> Subscription {
     let list = events
@@ -61,6 +70,12 @@ fn schedule_length_sets_default_retries() {
 
 #[test]
 fn success_code_forms() {
+    assert_eq!(success_codes("200").to_string(), "200");
+    assert_eq!(success_codes("'2xx'").to_string(), "2xx");
+    assert_eq!(
+        success_codes("[200, 202, '3xx']").to_string(),
+        "200, 202 or 3xx"
+    );
     let s = parse("{name: a, url: 'http://h/', events: [x], success_code: 200}").unwrap();
     assert!(s.http().unwrap().success.contains(200) && !s.http().unwrap().success.contains(204));
     let s = parse("{name: a, url: 'http://h/', events: [x], success_code: [200, '3xx']}").unwrap();
