@@ -91,7 +91,8 @@ async fn pages_follow_the_link_header_to_the_end() {
     let (status, body) = relay
         .api(Method::GET, "/v1/subscriptions?after=nobody", None)
         .await;
-    assert_eq!(status, 422, "{body}");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
     assert_eq!(body["error"]["fields"][0]["field"], "after");
     relay.stop().await;
 }

@@ -180,7 +180,8 @@ const INVALID: &str = "The body is not an object, sets a read-only field, or has
             body = Vec<SubscriptionView>,
             headers(("Link" = String, description = "`<next page>; rel=\"next\"`, when more follow."))),
         Unauthorized,
-        (status = 422, description = "An unknown query parameter, a `limit` out of range, or an `after` that names no listed subscription (`invalid_query`); `fields` names each.", body = ErrorBody),
+        (status = 404, description = "`after` names no listed subscription: it was deleted since, or never listed (`not_found`); start again without it.", body = ErrorBody),
+        (status = 422, description = "An unknown query parameter or a `limit` out of range (`invalid_query`); `fields` names each.", body = ErrorBody),
     )
 )]
 pub async fn list(
@@ -215,11 +216,14 @@ pub async fn list(
         .iter()
         .map(|s| (s.name.as_str(), s.id.as_str()))
         .collect();
+    // The cursor is a subscription, so one that is gone is a 404, as its own address is.
     let Some((range, more)) = page.window(&keys) else {
-        return Err(error.field(
-            "after",
-            "names no listed subscription (deleted since?); start again without it",
-        ));
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "after names no listed subscription (deleted since?); start again without it",
+        )
+        .field("after", "no listed subscription by this name or id"));
     };
     let on_page = &listed[range];
     let views: Vec<Json> = on_page.iter().map(|s| view(&state, s)).collect();
