@@ -12,7 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::responses::{
-    StoreUnavailable, Unauthorized, UnknownSubscription, unavailable, unknown_subscription,
+    StoreUnavailable, Unauthorized, UnknownSubscription, push_subscription, unavailable,
 };
 use super::{ApiState, too_soon};
 use crate::inbound::body::{BadBody, BodyTooLarge, malformed, read_body, require_json};
@@ -308,20 +308,9 @@ pub(super) async fn replay_range(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    let sub = state
-        .catalog
-        .find(&key)
-        .ok_or_else(|| unknown_subscription(&key))?;
-    if sub.push().is_none() {
-        return Err(HttpError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "{:?} is a pull subscription; replay delivers to push subscriptions only",
-                sub.name
-            ),
-        ));
-    }
+    let sub = push_subscription(&state.catalog, &key, |name| {
+        format!("{name:?} is a pull subscription; replay delivers to push subscriptions only")
+    })?;
     let body = read_body(body, state.max_body, "limits.max_body").await?;
     require_json(&headers)?;
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| malformed(&e))?;

@@ -40,6 +40,24 @@ pub(super) fn unknown_subscription(name: &str) -> HttpError {
     )
 }
 
+/// The push subscription `key` (id or name): `404` when unknown, `409` (`conflict`,
+/// saying `why`) for a pull subscription.
+pub(super) fn push_subscription(
+    catalog: &crate::catalog::Catalog,
+    key: &str,
+    why: impl FnOnce(&str) -> String,
+) -> Result<std::sync::Arc<crate::subscription::Subscription>, HttpError> {
+    let sub = catalog.find(key).ok_or_else(|| unknown_subscription(key))?;
+    if sub.push().is_none() {
+        return Err(HttpError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            why(&sub.name),
+        ));
+    }
+    Ok(sub)
+}
+
 /// `401` on the api listener.
 #[derive(IntoResponses)]
 #[response(

@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::super::ApiState;
 use super::super::responses::{
-    StoreUnavailable, Unauthorized, UnknownSubscription, unavailable, unknown_subscription,
+    StoreUnavailable, Unauthorized, UnknownSubscription, push_subscription, unavailable,
+    unknown_subscription,
 };
 use super::schema::Subscription as SubscriptionView;
 use super::view;
@@ -67,17 +68,9 @@ pub async fn resume(
 }
 
 async fn set(state: ApiState, key: String, paused: bool) -> Result<Response, HttpError> {
-    let sub = state
-        .catalog
-        .find(&key)
-        .ok_or_else(|| unknown_subscription(&key))?;
-    if sub.push().is_none() {
-        return Err(HttpError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "a pull subscription has no delivery state to pause or resume",
-        ));
-    }
+    let sub = push_subscription(&state.catalog, &key, |_| {
+        "a pull subscription has no delivery state to pause or resume".into()
+    })?;
     // On its own task: a client that gives up does not leave the store and the relay apart.
     let dispatcher = state.dispatcher.clone();
     let name = sub.name.clone();
