@@ -562,10 +562,48 @@ unknown_top: 1
         );
     }
 
+    /// Every host a subscription delivers to, the SMTP ones included.
+    fn destinations(c: &Config) -> Vec<String> {
+        use crate::subscription::Channel;
+        c.subscriptions
+            .iter()
+            .filter_map(|s| match &s.channel {
+                Channel::Http { http, .. } => http.url.host_str().map(str::to_string),
+                Channel::Email { email, .. } => Some(email.smtp.host.clone()),
+                Channel::Pull(_) => None,
+            })
+            .collect()
+    }
+
+    fn is_loopback(host: &str) -> bool {
+        host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The examples run as they stand, so they must never reach beyond this machine.
     #[test]
-    fn the_example_config_is_valid() {
-        let text = include_str!("../config.example.yaml");
-        let c = Config::from_yaml(text, "config.example.yaml", &|_| None).unwrap();
-        assert!(!c.subscriptions.is_empty());
+    fn the_examples_are_valid_and_only_talk_to_loopback() {
+        for (name, text) in [
+            ("config.example.yaml", include_str!("../config.example.yaml")),
+            ("examples/minimal.yaml", include_str!("../examples/minimal.yaml")),
+        ] {
+            let c = Config::from_yaml(text, name, &|_| None).unwrap();
+            assert!(!c.subscriptions.is_empty(), "{name}");
+            assert!(c.delivery.proxy.is_none(), "{name}: a proxy");
+            let away: Vec<_> = destinations(&c)
+                .into_iter()
+                .filter(|h| !is_loopback(h))
+                .collect();
+            assert!(away.is_empty(), "{name} delivers beyond loopback: {away:?}");
+        }
+    }
+
+    #[test]
+    fn the_minimal_example_is_short() {
+        let lines = include_str!("../examples/minimal.yaml").lines().count();
+        assert!(lines < 20, "examples/minimal.yaml has {lines} lines");
     }
 }
