@@ -17,11 +17,11 @@ ENV RUSTFLAGS="-C target-feature=+crt-static" \
     TARGET=x86_64-unknown-linux-gnu
 # Dependencies first, in their own layer: rebuilt only when Cargo.toml or Cargo.lock change.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src bench \
+RUN mkdir -p src bench/e2e \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && echo 'fn main() {}' > bench/e2e.rs \
-    && cp bench/e2e.rs bench/matching.rs \
+    && echo 'fn main() {}' > bench/e2e/main.rs \
+    && cp bench/e2e/main.rs bench/matching.rs \
     && cargo build --release --locked --target "$TARGET" \
     && rm -rf src bench
 COPY src src

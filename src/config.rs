@@ -587,8 +587,14 @@ unknown_top: 1
     #[test]
     fn the_examples_are_valid_and_only_talk_to_loopback() {
         for (name, text) in [
-            ("config.example.yaml", include_str!("../config.example.yaml")),
-            ("examples/minimal.yaml", include_str!("../examples/minimal.yaml")),
+            (
+                "config.example.yaml",
+                include_str!("../config.example.yaml"),
+            ),
+            (
+                "examples/minimal.yaml",
+                include_str!("../examples/minimal.yaml"),
+            ),
         ] {
             let c = Config::from_yaml(text, name, &|_| None).unwrap();
             assert!(!c.subscriptions.is_empty(), "{name}");
