@@ -229,6 +229,43 @@ async fn mail_arrives_with_headers_and_the_exact_body() {
     relay.stop().await;
 }
 
+/// The transfer encoding the docs promise (docs/delivery.md, "E-mail delivery"): 7bit for
+/// ASCII in short lines, quoted-printable for ASCII with a long line, base64 for anything
+/// beyond ASCII; each body decodes to the data, plus the line break SMTP ends a text with.
+#[tokio::test]
+#[ignore = "needs python3 with aiosmtpd (pip install aiosmtpd); .ci/run installs it and runs ignored tests"]
+async fn the_transfer_encoding_follows_the_data() {
+    let smtp = SmtpServer::start(0, "ok", None);
+    let relay = TestRelay::start(&email_sub("mail", &smtp.smtp(), "")).await;
+    let long = format!(r#"{{"note":"{}"}}"#, "x".repeat(100));
+    let cases = [
+        (r#"{"invoice":"in_42","amount":1200}"#.to_string(), "7bit"),
+        (long, "quoted-printable"),
+        (r#"{"note":"café"}"#.to_string(), "base64"),
+    ];
+    for (n, (data, encoding)) in cases.iter().enumerate() {
+        let body = format!(r#"{{"type":"invoice.paid","id":"evt-{n}","data":{data}}}"#);
+        let (status, answer) = relay.post_raw(&body, "application/json").await;
+        assert_eq!(status, 202, "{answer}");
+        let m = parse_message(&smtp.wait_message(n + 1).await.raw);
+        assert_eq!(
+            m["headers"]["content-transfer-encoding"], *encoding,
+            "{data}"
+        );
+        let got: Vec<u8> = m["body"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
+        // SMTP ends every message with a line break: 7bit and quoted-printable bodies
+        // carry it, base64 decodes to the data alone.
+        let end = if *encoding == "base64" { "" } else { "\r\n" };
+        assert_eq!(String::from_utf8(got).unwrap(), format!("{data}{end}"));
+    }
+    relay.stop().await;
+}
+
 #[tokio::test]
 #[ignore = "needs python3 with aiosmtpd (pip install aiosmtpd); .ci/run installs it and runs ignored tests"]
 async fn a_451_is_retried_and_the_second_attempt_delivered() {
