@@ -166,6 +166,16 @@ fn parse_message(raw: &[u8]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The decoded body of a message parsed by [`parse_message`].
+fn body_bytes(m: &Value) -> Vec<u8> {
+    m["body"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap() as u8)
+        .collect()
+}
+
 fn email_sub(name: &str, smtp: &str, extra: &str) -> String {
     format!(
         "subscriptions:
@@ -213,12 +223,7 @@ async fn mail_arrives_with_headers_and_the_exact_body() {
     assert!(!h("date").is_empty(), "{m}");
     assert_eq!(m["content_type"], "application/json");
     // The data exactly as received: its bytes, long line and escapes included.
-    let data: Vec<u8> = m["body"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b.as_u64().unwrap() as u8)
-        .collect();
+    let data = body_bytes(&m);
     let expected = format!(
         r#"{{"amount": 12.50, "note":"caf\u00e9 ü","long":"{}"}}"#,
         "x".repeat(1200)
@@ -252,12 +257,7 @@ async fn the_transfer_encoding_follows_the_data() {
             m["headers"]["content-transfer-encoding"], *encoding,
             "{data}"
         );
-        let got: Vec<u8> = m["body"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b.as_u64().unwrap() as u8)
-            .collect();
+        let got = body_bytes(&m);
         // SMTP ends every message with a line break: 7bit and quoted-printable bodies
         // carry it, base64 decodes to the data alone.
         let end = if *encoding == "base64" { "" } else { "\r\n" };
@@ -430,12 +430,7 @@ async fn a_raw_xml_event_is_mailed_as_its_xml() {
     let got = smtp.wait_message(1).await;
     let m = parse_message(&got.raw);
     assert_eq!(m["content_type"], "application/xml");
-    let body: Vec<u8> = m["body"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b.as_u64().unwrap() as u8)
-        .collect();
+    let body = body_bytes(&m);
     assert_eq!(String::from_utf8(body).unwrap(), xml);
     relay.stop().await;
 }
