@@ -387,3 +387,160 @@ fn the_link_check_finds_missing_files_and_anchors() {
         ]
     );
 }
+
+/// The text of a Markdown section: from its `## heading` line to the next `## ` heading.
+fn section<'a>(text: &'a str, heading: &str) -> &'a str {
+    let start = text
+        .find(&format!("\n## {heading}\n"))
+        .unwrap_or_else(|| panic!("no section ## {heading}"));
+    let body = &text[start + heading.len() + 5..];
+    &body[..body.find("\n## ").unwrap_or(body.len())]
+}
+
+/// A count written as a digit string or an English word up to twelve.
+fn count(word: &str) -> Option<usize> {
+    const WORDS: [&str; 13] = [
+        "no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+        "eleven", "twelve",
+    ];
+    word.parse()
+        .ok()
+        .or_else(|| WORDS.iter().position(|w| w.eq_ignore_ascii_case(word)))
+}
+
+/// The counts a text states right before `noun` ("six subscriptions", "4 HTTP push"),
+/// each with the words that carry it; a word that is no count ("the subscriptions") is
+/// no claim.
+fn stated_counts(text: &str, noun: &str) -> Vec<(usize, String)> {
+    let pattern = format!(r"(?i)\b(\w+) {}\b", regex::escape(noun));
+    regex::Regex::new(&pattern)
+        .unwrap()
+        .captures_iter(&text.replace('\n', " "))
+        .filter_map(|c| count(&c[1]).map(|n| (n, c[0].to_string())))
+        .collect()
+}
+
+/// What the README's description of the example config gets wrong about `config`.
+fn example_description_errors(description: &str, config: &hookrelay::Config) -> Vec<String> {
+    use hookrelay::subscription::Channel;
+    let subs = &config.subscriptions;
+    let kind = |f: fn(&Channel) -> bool| subs.iter().filter(|s| f(&s.channel)).count();
+    let kinds = [
+        ("subscriptions", subs.len()),
+        ("HTTP push", kind(|c| matches!(c, Channel::Http { .. }))),
+        ("e-mail", kind(|c| matches!(c, Channel::Email { .. }))),
+        ("pull", kind(|c| matches!(c, Channel::Pull(_)))),
+    ];
+    let mut errors = Vec::new();
+    for (noun, actual) in kinds {
+        let stated = stated_counts(description, noun);
+        if stated.is_empty() {
+            errors.push(format!("states no count of {noun} (the file has {actual})"));
+        }
+        for (n, words) in stated {
+            if n != actual {
+                errors.push(format!("says {words:?}, the file has {actual}"));
+            }
+        }
+    }
+    for s in subs {
+        if !description.contains(&format!("`{}`", s.name)) {
+            errors.push(format!("does not name the subscription `{}`", s.name));
+        }
+    }
+    let listen = &config.listen;
+    for addr in [listen.app, listen.api, listen.ops] {
+        if !description.contains(&format!("`{addr}`")) {
+            errors.push(format!("does not give the listener `{addr}`"));
+        }
+    }
+    if config.reload.watch && !description.contains("`reload`") {
+        errors.push("does not mention `reload`, which watches the file".to_string());
+    }
+    errors
+}
+
+#[test]
+fn the_readme_describes_the_example_config_as_it_is() {
+    let config =
+        hookrelay::Config::from_yaml(&read("config.example.yaml"), "config.example.yaml", &|_| {
+            None
+        })
+        .unwrap();
+    let readme = read("README.md");
+    let errors = example_description_errors(section(&readme, "The example configuration"), &config);
+    assert!(
+        errors.is_empty(),
+        "README.md, \"The example configuration\":\n{}",
+        errors.join("\n")
+    );
+}
+
+#[test]
+fn the_example_check_catches_a_stale_description() {
+    // Six subscriptions, as config.example.yaml had when the README said four.
+    let yaml = "reload: {watch: true}
+subscriptions:
+  - {name: billing, url: 'http://127.0.0.1:9000/b', events: ['*']}
+  - {name: documents, url: 'http://127.0.0.1:9000/d', events: ['*']}
+  - {name: audit, url: 'http://127.0.0.1:9000/a', events: ['*']}
+  - {name: registrar-notify, url: 'http://127.0.0.1:9000/r', events: ['*']}
+  - name: registrar-mail
+    mode: email
+    events: ['*']
+    email: {to: [a@example.com], from: b@example.com, smtp: {host: 127.0.0.1, port: 1025, tls: none}}
+  - {name: registrar-poll, mode: pull, events: ['*']}
+";
+    let config = hookrelay::Config::from_yaml(yaml, "sample", &|_| None).unwrap();
+    let stale = "It listens on `127.0.0.1:8787`, `127.0.0.1:8788` and `0.0.0.0:9464`.\n\
+                 Three of its four subscriptions push (`billing`, `documents`, `audit`,\n\
+                 `registrar-notify`, `registrar-mail`, `registrar-poll`): three HTTP push,\n\
+                 no e-mail and one pull; the subscriptions are described above.";
+    assert_eq!(
+        example_description_errors(stale, &config),
+        [
+            "says \"four subscriptions\", the file has 6",
+            "says \"three HTTP push\", the file has 4",
+            "says \"no e-mail\", the file has 1",
+            "does not mention `reload`, which watches the file",
+        ]
+    );
+}
+
+#[test]
+fn the_readme_links_every_document() {
+    let readme = read("README.md");
+    let list = section(&readme, "Documentation");
+    let linked: BTreeSet<String> = relative_links(list)
+        .into_iter()
+        .map(|l| l.split('#').next().unwrap().to_string())
+        .collect();
+    let mut expected: Vec<String> = std::fs::read_dir(format!("{ROOT}/docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".md"))
+        .map(|n| format!("docs/{n}"))
+        .collect();
+    assert!(expected.len() >= 4, "{expected:?}");
+    expected.extend(
+        [
+            "ARCHITECTURE.md",
+            "CHANGELOG.md",
+            "SECURITY.md",
+            "helm/hookrelay/README.md",
+        ]
+        .map(String::from),
+    );
+    let missing: Vec<_> = expected.iter().filter(|f| !linked.contains(*f)).collect();
+    assert!(
+        missing.is_empty(),
+        "README.md's Documentation list does not link {missing:?}"
+    );
+    let license = section(&readme, "License");
+    for file in ["LICENSE-APACHE", "LICENSE-MIT"] {
+        assert!(
+            relative_links(license).iter().any(|l| l == file),
+            "the License section does not link {file}"
+        );
+    }
+}

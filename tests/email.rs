@@ -166,6 +166,16 @@ fn parse_message(raw: &[u8]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The decoded body of a message parsed by [`parse_message`].
+fn body_bytes(m: &Value) -> Vec<u8> {
+    m["body"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap() as u8)
+        .collect()
+}
+
 fn email_sub(name: &str, smtp: &str, extra: &str) -> String {
     format!(
         "subscriptions:
@@ -213,12 +223,7 @@ async fn mail_arrives_with_headers_and_the_exact_body() {
     assert!(!h("date").is_empty(), "{m}");
     assert_eq!(m["content_type"], "application/json");
     // The data exactly as received: its bytes, long line and escapes included.
-    let data: Vec<u8> = m["body"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b.as_u64().unwrap() as u8)
-        .collect();
+    let data = body_bytes(&m);
     let expected = format!(
         r#"{{"amount": 12.50, "note":"caf\u00e9 ü","long":"{}"}}"#,
         "x".repeat(1200)
@@ -226,6 +231,38 @@ async fn mail_arrives_with_headers_and_the_exact_body() {
     assert_eq!(String::from_utf8(data).unwrap(), expected);
     relay.wait_outcome("mail", "delivered", 1.0).await;
     assert_eq!(relay.attempts("mail", "success").await, Some(1.0));
+    relay.stop().await;
+}
+
+/// The transfer encoding the docs promise (docs/delivery.md, "E-mail delivery"): 7bit for
+/// ASCII in short lines, quoted-printable for ASCII with a long line, base64 for anything
+/// beyond ASCII; each body decodes to the data, plus the line break SMTP ends a text with.
+#[tokio::test]
+#[ignore = "needs python3 with aiosmtpd (pip install aiosmtpd); .ci/run installs it and runs ignored tests"]
+async fn the_transfer_encoding_follows_the_data() {
+    let smtp = SmtpServer::start(0, "ok", None);
+    let relay = TestRelay::start(&email_sub("mail", &smtp.smtp(), "")).await;
+    let long = format!(r#"{{"note":"{}"}}"#, "x".repeat(100));
+    let cases = [
+        (r#"{"invoice":"in_42","amount":1200}"#.to_string(), "7bit"),
+        (long, "quoted-printable"),
+        (r#"{"note":"café"}"#.to_string(), "base64"),
+    ];
+    for (n, (data, encoding)) in cases.iter().enumerate() {
+        let body = format!(r#"{{"type":"invoice.paid","id":"evt-{n}","data":{data}}}"#);
+        let (status, answer) = relay.post_raw(&body, "application/json").await;
+        assert_eq!(status, 202, "{answer}");
+        let m = parse_message(&smtp.wait_message(n + 1).await.raw);
+        assert_eq!(
+            m["headers"]["content-transfer-encoding"], *encoding,
+            "{data}"
+        );
+        let got = body_bytes(&m);
+        // SMTP ends every message with a line break: 7bit and quoted-printable bodies
+        // carry it, base64 decodes to the data alone.
+        let end = if *encoding == "base64" { "" } else { "\r\n" };
+        assert_eq!(String::from_utf8(got).unwrap(), format!("{data}{end}"));
+    }
     relay.stop().await;
 }
 
@@ -393,12 +430,7 @@ async fn a_raw_xml_event_is_mailed_as_its_xml() {
     let got = smtp.wait_message(1).await;
     let m = parse_message(&got.raw);
     assert_eq!(m["content_type"], "application/xml");
-    let body: Vec<u8> = m["body"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b.as_u64().unwrap() as u8)
-        .collect();
+    let body = body_bytes(&m);
     assert_eq!(String::from_utf8(body).unwrap(), xml);
     relay.stop().await;
 }

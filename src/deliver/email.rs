@@ -27,7 +27,8 @@ pub type MailAttempt = Result<Mail, String>;
 pub struct Mail(Message);
 
 /// The mail for attempt `attempt` (1-based) of `delivery`: the delivery's data, exactly, as
-/// the body (base64 transfer encoding keeps every byte), with its content type.
+/// the body, with its content type. lettre picks the transfer encoding from the bytes: 7bit
+/// for ASCII in short lines, quoted-printable for ASCII with a long line, base64 otherwise.
 pub fn message(
     settings: &EmailSettings,
     delivery: &Delivery,
