@@ -1,10 +1,12 @@
 //! The management API on `listen.api`: subscriptions (in [`subscriptions`]), release of dead
-//! letters, dead letters one by one, attempt histories (`attempts`) and replay (`replay`).
+//! letters, dead letters one by one, attempt histories (`attempts`), replay (`replay`) and
+//! the queue figures per subscription (`queue`).
 //! Guarded by `api.token` when set.
 
 mod attempts;
 pub mod notifications;
 pub mod openapi;
+mod queue;
 mod replay;
 mod responses;
 pub mod settings;
@@ -96,6 +98,7 @@ fn guarded() -> OpenApiRouter<ApiState> {
         .routes(routes!(attempts::attempts))
         .routes(routes!(replay::replay_event))
         .routes(routes!(replay::replay_range))
+        .routes(routes!(queue::queue))
 }
 
 /// The routes open to all.

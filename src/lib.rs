@@ -19,10 +19,13 @@
 //!   connection limits, error shape, body helpers, bearer check, request limits); [`ops`] serves the probes and the Prometheus
 //!   [`metrics`]; [`server`] wires it all to bound listeners and a shutdown future.
 //!   [`time`], [`secret`], [`media_type`] and [`json_depth`] are shared leaves.
+//! - [`cli`] is the operator CLI (`hookrelay subscriptions list`...): a client of the HTTP
+//!   API that imports nothing of the relay.
 
 pub mod api;
 pub mod backoff;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod deliver;
 

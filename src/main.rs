@@ -1,4 +1,5 @@
-//! The `hookrelay` binary: `hookrelay --config PATH` runs the relay, `hookrelay check` validates.
+//! The `hookrelay` binary: `hookrelay --config PATH` runs the relay, `hookrelay check` validates,
+//! and the operator commands (`events`, `deliveries`, `subscriptions`...) talk to a running one.
 
 use std::path::PathBuf;
 
@@ -56,10 +57,15 @@ enum Command {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         tolerance: std::time::Duration,
     },
+    #[command(flatten)]
+    Operator(hookrelay::cli::Operator),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Operator(op)) = cli.command {
+        return hookrelay::cli::run(op);
+    }
     if let Some(Command::Verify {
         secret_env,
         id,
@@ -100,7 +106,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Verify { .. } => unreachable!("handled before the config is read"),
+        Command::Verify { .. } | Command::Operator(_) => {
+            unreachable!("handled before the config is read")
+        }
     }
 }
 

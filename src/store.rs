@@ -237,8 +237,10 @@ pub enum Outcome {
 /// Undelivered work of one subscription.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
-    /// Pending plus in-flight deliveries.
+    /// Pending plus in-flight deliveries (and ordered ones waiting for their key).
     pub depth: u64,
+    /// Of them, those claimed for an attempt now.
+    pub in_flight: u64,
     /// Acceptance time of the oldest of them (ms since the epoch).
     pub oldest_ms: Option<i64>,
     /// Deliveries kept as dead letters.
@@ -653,7 +655,7 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
-    /// Per-subscription queue figures, for gauges.
+    /// Per-subscription queue figures, for gauges and `GET /v1/queue`.
     async fn stats(&self) -> Result<HashMap<String, QueueStats>, StoreError>;
 
     /// An event and its deliveries, unless unknown or pruned.

@@ -530,6 +530,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("api", "GET", "/v1/deliveries/{id}/attempts"),
     ("api", "POST", "/v1/events/{id}/replay"),
     ("api", "POST", "/v1/subscriptions/{id}/replay"),
+    ("api", "GET", "/v1/queue"),
     ("api", "GET", "/v1/openapi.json"),
     ("ops", "GET", "/healthz"),
     ("ops", "GET", "/readyz"),

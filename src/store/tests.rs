@@ -277,6 +277,9 @@ async fn claims_in_order_and_schedules_retries(b: Backend) {
     let claimed = s.claim_due("a", 1000, 10, Duration::ZERO).await.unwrap();
     let ids: Vec<_> = claimed.iter().map(|d| d.event_id.to_string()).collect();
     assert_eq!(ids, ["e1", "e2"]);
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats["a"].depth, stats["a"].in_flight), (2, 2));
+    assert_eq!((stats["b"].depth, stats["b"].in_flight), (1, 0));
     assert_eq!(&claimed[0].data[..], b"{\"k\":1}");
     assert!(
         s.claim_due("a", 1000, 10, Duration::ZERO)
@@ -324,6 +327,7 @@ async fn claims_in_order_and_schedules_retries(b: Backend) {
         stats["a"],
         QueueStats {
             depth: 0,
+            in_flight: 0,
             oldest_ms: None,
             dead_letters: 1,
             orphaned: 0,

@@ -12,7 +12,7 @@ use crate::store::{
     DeliveryInfo, DeliveryQuery, EventStatus, QueueStats, StoreError, attributes, state_code,
 };
 
-/// Per-subscription queue figures, for gauges.
+/// Per-subscription queue figures, for gauges and `GET /v1/queue`.
 pub(super) async fn stats(db: &Db) -> Result<HashMap<String, QueueStats>, StoreError> {
     let conn = db.conn().await?;
     let rows = conn
@@ -21,6 +21,9 @@ pub(super) async fn stats(db: &Db) -> Result<HashMap<String, QueueStats>, StoreE
                 "SELECT subscription,
                     count(*) FILTER (WHERE state IN ",
                 states!(Pending, InFlight, Waiting),
+                "),
+                    count(*) FILTER (WHERE state = ",
+                state_code!(InFlight),
                 "),
                     min(received_at) FILTER (WHERE state IN ",
                 states!(Pending, InFlight, Waiting),
@@ -44,9 +47,10 @@ pub(super) async fn stats(db: &Db) -> Result<HashMap<String, QueueStats>, StoreE
         .map(|r| {
             let stats = QueueStats {
                 depth: r.get::<_, i64>(1) as u64,
-                oldest_ms: r.get(2),
-                dead_letters: r.get::<_, i64>(3) as u64,
-                orphaned: r.get::<_, i64>(4) as u64,
+                in_flight: r.get::<_, i64>(2) as u64,
+                oldest_ms: r.get(3),
+                dead_letters: r.get::<_, i64>(4) as u64,
+                orphaned: r.get::<_, i64>(5) as u64,
             };
             (r.get(0), stats)
         })

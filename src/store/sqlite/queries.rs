@@ -9,12 +9,14 @@ use super::rows::{INFO_COLUMNS, info, raw_meta};
 use super::{history, sql_error};
 use crate::store::{DeliveryInfo, DeliveryQuery, EventStatus, QueueStats, StoreError, state_code};
 
-/// Per-subscription queue figures, for gauges.
+/// Per-subscription queue figures, for gauges and `GET /v1/queue`.
 pub(super) fn stats(conn: &Connection) -> Result<HashMap<String, QueueStats>, StoreError> {
     let mut out: HashMap<String, QueueStats> = HashMap::new();
     let mut live = conn
         .prepare_cached(concat!(
-            "SELECT subscription, count(*), min(received_at) FROM deliveries
+            "SELECT subscription, count(*), count(*) FILTER (WHERE state = ",
+            state_code!(InFlight),
+            "), min(received_at) FROM deliveries
              WHERE state IN ",
             states!(Pending, InFlight, Waiting),
             " GROUP BY subscription"
@@ -25,14 +27,16 @@ pub(super) fn stats(conn: &Connection) -> Result<HashMap<String, QueueStats>, St
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
-                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
             ))
         })
         .map_err(sql_error)?;
     for row in rows {
-        let (name, depth, oldest) = row.map_err(sql_error)?;
+        let (name, depth, in_flight, oldest) = row.map_err(sql_error)?;
         let e = out.entry(name).or_default();
         e.depth = depth as u64;
+        e.in_flight = in_flight as u64;
         e.oldest_ms = oldest;
     }
     let mut dead = conn
