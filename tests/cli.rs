@@ -85,21 +85,27 @@ fn check_prints_one_line_per_subscription_without_secrets() {
     assert!(!stdout.contains("pa55word"));
 }
 
-#[test]
-fn check_reports_every_problem_and_exits_1() {
+/// `check` on `yaml`: its exit code and stderr, with the temp file's path written `FILE`.
+fn check_stderr(yaml: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        &dir,
-        "subscriptions:\n  - {name: a, url: 'http://127.0.0.1:9000/', events: [x], retries: 42}\n  - {name: b, url: '${HR_TEST_UNSET}', events: [x], timeout: 50ms}\n  - {name: c, url: 'http://127.0.0.1:9000/', events: [x], success_code: 700, colour: red}\n",
-    );
+    let path = write_config(&dir, yaml);
     let out = Command::new(bin())
         .args(["check", "--config"])
         .arg(&path)
         .env_remove("HR_TEST_UNSET")
+        .env_remove("HR_TEST_UNSET_T")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&*path.to_string_lossy(), "FILE");
+    (out.status.code(), stderr)
+}
+
+#[test]
+fn check_reports_every_problem_and_exits_1() {
+    let (code, stderr) = check_stderr(
+        "subscriptions:\n  - {name: a, url: 'http://127.0.0.1:9000/', events: [x], retries: 42}\n  - {name: b, url: '${HR_TEST_UNSET}', events: [x], timeout: 50ms}\n  - {name: c, url: 'http://127.0.0.1:9000/', events: [x], success_code: 700, colour: red}\n",
+    );
+    assert_eq!(code, Some(1));
     for expected in [
         "subscriptions[0].retries: 42 is out of range 0..=20",
         "subscriptions[1].url: environment variable HR_TEST_UNSET is not set",
@@ -116,19 +122,12 @@ fn check_reports_every_problem_and_exits_1() {
 
 #[test]
 fn check_reports_yaml_syntax_errors_with_line_and_column() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(&dir, "listen:\n  app: 127.0.0.1:1\n subscriptions: [\n");
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let needle = format!("{}:", path.display());
+    let (code, stderr) = check_stderr("listen:\n  app: 127.0.0.1:1\n subscriptions: [\n");
+    assert_eq!(code, Some(1));
+    let needle = "FILE:";
     let line = stderr
         .lines()
-        .find(|l| l.starts_with(&needle))
+        .find(|l| l.starts_with(needle))
         .unwrap_or_else(|| panic!("{stderr}"));
     let mut parts = line[needle.len()..].split(':');
     let (l, c) = (parts.next().unwrap(), parts.next().unwrap());
@@ -136,20 +135,6 @@ fn check_reports_yaml_syntax_errors_with_line_and_column() {
         l.parse::<usize>().unwrap() >= 2 && c.parse::<usize>().is_ok(),
         "{line}"
     );
-}
-
-/// `check` on `yaml`: its exit code and stderr, with the temp file's path written `FILE`.
-fn check_stderr(yaml: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(&dir, yaml);
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .env_remove("HR_TEST_UNSET_T")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).replace(&*path.to_string_lossy(), "FILE");
-    (out.status.code(), stderr)
 }
 
 #[test]

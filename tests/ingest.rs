@@ -160,13 +160,14 @@ async fn an_envelope_with_several_problems_lists_them_all_in_one_422() {
         body["error"]["message"],
         "event [1]: type: missing; id: must be a string matching [A-Za-z0-9._:-]{1,128}; data: missing"
     );
-    let fields: Vec<&str> = body["error"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["field"].as_str().unwrap())
-        .collect();
-    assert_eq!(fields, ["[1].type", "[1].id", "[1].data"]);
+    assert_eq!(
+        body["error"]["fields"],
+        json!([
+            {"field": "[1].type", "reason": "missing"},
+            {"field": "[1].id", "reason": "must be a string matching [A-Za-z0-9._:-]{1,128}"},
+            {"field": "[1].data", "reason": "missing"},
+        ])
+    );
     r.stop().await;
 }
 
