@@ -19,7 +19,7 @@ use crate::inbound::limits::Limits;
 use crate::ingest::settings::IngestSettings;
 use crate::store::settings::StorageSettings;
 use crate::subscription::{Subscription, push_slots};
-use crate::yaml::{Issue, Issues, Section, as_list, as_string, index};
+use crate::yaml::{Issue, Issues, Positions, Section, as_list, as_string, index};
 
 /// Top-level keys.
 const KEYS: &[&str] = &[
@@ -35,6 +35,35 @@ const KEYS: &[&str] = &[
     "reload",
     "subscriptions",
 ];
+
+/// Default listener addresses: `app` (events in), `api` (management), `ops` (metrics, probes).
+pub const DEFAULT_LISTEN: [(&str, &str); 3] = [
+    ("app", "127.0.0.1:8787"),
+    ("api", "127.0.0.1:8788"),
+    ("ops", "0.0.0.0:9464"),
+];
+
+/// The listeners, the ways to name the config file and where the docs are, for `--help`.
+pub fn help_text() -> String {
+    let what = [
+        "events from the app (POST /v1/events)",
+        "management API (/v1/subscriptions, /v1/deliveries)",
+        "metrics and probes (/metrics, /healthz, /readyz)",
+    ];
+    let mut text = String::from("Listeners (defaults; change them under listen: in the config):\n");
+    for ((name, addr), what) in DEFAULT_LISTEN.iter().zip(what) {
+        text.push_str(&format!("  {name:<4} {addr:<15} {what}\n"));
+    }
+    text.push_str(
+        "\nConfiguration: --config PATH or the HOOKRELAY_CONFIG environment variable (no default\n\
+         path); `hookrelay check --config PATH` validates a file and exits.\n\
+         \nDocumentation, in the repository:\n  \
+         docs/configuration.md  every key, its default and allowed values\n  \
+         docs/operations.md     running, metrics, probes, logs\n  \
+         docs/api.md            the HTTP routes",
+    );
+    text
+}
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -112,7 +141,7 @@ pub enum LogFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}: {source}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -131,14 +160,34 @@ pub enum ConfigError {
         /// serde_yaml's message.
         message: String,
     },
-    /// Structurally valid YAML with invalid content: every issue found.
-    #[error("{origin}: {} problem(s):\n{}", .issues.len(), .issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    /// Structurally valid YAML with invalid content (or repeated keys): every issue found.
+    #[error("{origin}: {} problem(s):\n{}", .issues.len(), .issues.iter().map(|i| format!("  {}", located(origin, i))).collect::<Vec<_>>().join("\n"))]
     Invalid {
         /// File name.
         origin: String,
-        /// Every problem, each with its path.
+        /// Every problem, each with its path and, where known, its position.
         issues: Vec<Issue>,
     },
+}
+
+impl ConfigError {
+    /// One line per problem, each with its `FILE:LINE:COLUMN` where known.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { origin, issues } => {
+                issues.iter().map(|i| located(origin, i)).collect()
+            }
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// `FILE:LINE:COLUMN: path: reason`, as compilers write it, so editors can jump there.
+fn located(origin: &str, issue: &Issue) -> String {
+    match issue.position {
+        Some(p) => format!("{origin}:{p}: {issue}"),
+        None => format!("{origin}: {issue}"),
+    }
 }
 
 impl Config {
@@ -159,18 +208,36 @@ impl Config {
         origin: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut tree: Value = serde_yaml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
-            ConfigError::Syntax {
-                origin: origin.to_string(),
-                line,
-                column,
-                message: e.to_string(),
+        // `None` when the event reader refuses the text: serde_yaml then reports the syntax.
+        let positions = Positions::read(text).ok();
+        let mut tree: Value = match serde_yaml::from_str(text) {
+            Ok(tree) => tree,
+            // serde_yaml stops at the first repeated key; the positions list each at its line.
+            Err(_)
+                if positions
+                    .as_ref()
+                    .is_some_and(|p| !p.duplicates().is_empty()) =>
+            {
+                return Err(ConfigError::Invalid {
+                    origin: origin.to_string(),
+                    issues: positions
+                        .map(|p| p.duplicates().to_vec())
+                        .unwrap_or_default(),
+                });
             }
-        })?;
+            Err(e) => {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((0, 0));
+                return Err(ConfigError::Syntax {
+                    origin: origin.to_string(),
+                    line,
+                    column,
+                    message: e.to_string(),
+                });
+            }
+        };
         let mut issues = Issues::default();
         if matches!(tree, Value::Null) {
             tree = Value::Mapping(Default::default());
@@ -187,7 +254,16 @@ impl Config {
             Some(c) if issues.is_empty() => Ok(c),
             _ => Err(ConfigError::Invalid {
                 origin: origin.to_string(),
-                issues: issues.0,
+                issues: match &positions {
+                    Some(p) => {
+                        let mut placed: Vec<Issue> =
+                            issues.0.into_iter().map(|i| p.place(i)).collect();
+                        // In the file's order, as a reader fixes them (stable: ties keep theirs).
+                        placed.sort_by_key(|i| i.position.map(|p| (p.line, p.column)));
+                        placed
+                    }
+                    None => issues.0,
+                },
             }),
         }
     }
@@ -209,10 +285,11 @@ impl Config {
                 default.parse().expect("valid default")
             })
         };
+        let [(_, app), (_, api), (_, ops)] = DEFAULT_LISTEN;
         let listen = Listen {
-            app: addr("app", "127.0.0.1:8787", issues),
-            api: addr("api", "127.0.0.1:8788", issues),
-            ops: addr("ops", "0.0.0.0:9464", issues),
+            app: addr("app", app, issues),
+            api: addr("api", api, issues),
+            ops: addr("ops", ops, issues),
         };
         let ports: Vec<u16> = [listen.app, listen.api, listen.ops]
             .iter()
@@ -466,6 +543,33 @@ ingest: {allow_unauthenticated: true}",
             );
         }
         assert_eq!(found.len(), expected.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn problems_carry_the_position_of_their_value_or_key() {
+        let err = load("listen:\n  app: nonsense\n  colour: red\nsubscriptions:\n  - {name: a}\n")
+            .unwrap_err();
+        let lines = err.problems();
+        assert!(
+            lines[0].starts_with("test.yaml:2:8: listen.app: \"nonsense\" is not"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].starts_with("test.yaml:3:3: listen.colour: unknown field"),
+            "{lines:#?}"
+        );
+        // A missing key is reported at the mapping that lacks it.
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("test.yaml:5:5: subscriptions[0].events: missing")),
+            "{lines:#?}"
+        );
+        let repeated = load("log: {level: info, level: debug}\n").unwrap_err();
+        assert_eq!(
+            repeated.problems(),
+            ["test.yaml:1:20: log.level: duplicate key (first at line 1)"]
+        );
     }
 
     #[test]

@@ -58,14 +58,30 @@ pub enum EventError {
         /// What the parser saw.
         message: String,
     },
-    /// JSON, but not a valid envelope (422).
-    #[error("{message}")]
-    Invalid {
-        /// The offending field (`type`, or `headers.hookrelay-event-type` for a raw event).
-        field: Cow<'static, str>,
-        /// What is wrong.
-        message: String,
-    },
+    /// JSON, but not a valid envelope (422): every problem found, in the body's order.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<Problem>),
+}
+
+/// One thing wrong with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The offending field (`type`, `envelope` for the body as a whole, or
+    /// `headers.hookrelay-event-type` for a raw event).
+    pub field: Cow<'static, str>,
+    /// What is wrong, e.g. `missing`.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `envelope` is no member: its reasons read as sentences of their own.
+        if self.field == "envelope" {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
 }
 
 /// The envelope's members, values left unparsed; a JSON object is required.
@@ -91,10 +107,13 @@ impl Event {
             Err(_) => {
                 return Err(invalid(
                     "envelope",
-                    "the body must be a JSON object with type and data",
+                    "the body must be a JSON object with type and data".into(),
                 ));
             }
         };
+        // Every problem is collected; an empty Vec does not allocate, so a valid envelope
+        // costs nothing more than when the first problem ended the parse.
+        let mut problems: Vec<Problem> = Vec::new();
         let (mut event_type, mut id, mut data) = (None, None, None);
         for (key, value) in members {
             // Names compared unescaped: `"typ\u0065"` is `type` too.
@@ -103,41 +122,44 @@ impl Event {
                 "id" => ("id", &mut id),
                 "data" => ("data", &mut data),
                 other => {
-                    return Err(EventError::Invalid {
-                        field: Cow::Borrowed("envelope"),
-                        message: format!("unknown member {other:?} (expected type, id, data)"),
-                    });
+                    problems.push(problem(
+                        "envelope",
+                        format!("unknown member {other:?} (expected type, id, data)"),
+                    ));
+                    continue;
                 }
             };
             // Parsers disagree on which of two values wins: refuse rather than guess.
-            if slot.replace(value).is_some() {
-                return Err(invalid(member, &format!("{member}: given more than once")));
+            if slot.replace(value).is_some() && !problems.iter().any(|p| p.field == member) {
+                problems.push(problem(member, "given more than once".into()));
             }
         }
-        let token = |field: &'static str, raw: &RawValue| -> Result<String, EventError> {
-            match serde_json::from_str::<String>(raw.get()) {
-                Ok(t) if is_id_or_type(&t) => Ok(t),
-                _ => Err(invalid(
-                    field,
-                    &format!("{field}: must be a string matching [A-Za-z0-9._:-]{{1,128}}"),
-                )),
-            }
-        };
         let event_type = match event_type {
-            None => return Err(invalid("type", "type: missing")),
-            Some(raw) => token("type", raw)?,
+            None => {
+                problems.push(problem("type", "missing".into()));
+                None
+            }
+            Some(raw) => token("type", raw, &mut problems),
         };
         let id = match id {
-            None => new_id(),
-            Some(raw) => token("id", raw)?,
+            None => None,
+            Some(raw) => token("id", raw, &mut problems),
         };
         let raw = match data {
-            None => return Err(invalid("data", "data: missing")),
-            Some(raw) if raw.get() == "null" => {
-                return Err(invalid("data", "data: must not be null"));
+            None => {
+                problems.push(problem("data", "missing".into()));
+                None
             }
-            Some(raw) => raw,
+            Some(raw) if raw.get() == "null" => {
+                problems.push(problem("data", "must not be null".into()));
+                None
+            }
+            Some(raw) => Some(raw),
         };
+        let (Some(event_type), Some(raw), true) = (event_type, raw, problems.is_empty()) else {
+            return Err(EventError::Invalid(problems));
+        };
+        let id = id.unwrap_or_else(new_id);
         // `raw` borrows from `body`: slice the shared buffer instead of copying.
         let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
         let data = body.slice(start..start + raw.get().len());
@@ -168,9 +190,7 @@ impl Event {
         if json_depth::exceeds(&self.data, max_depth) {
             return Err(invalid(
                 field,
-                &format!(
-                    "{field}: nests arrays and objects deeper than limits.max_depth ({max_depth})"
-                ),
+                format!("nests arrays and objects deeper than limits.max_depth ({max_depth})"),
             ));
         }
         Ok(())
@@ -219,9 +239,11 @@ pub fn raw_header(headers: &HeaderMap) -> Option<&str> {
 impl Event {
     /// A raw event: `body` as is, described by the `hookrelay-*` headers and its content type.
     pub fn from_raw(headers: &HeaderMap, body: Bytes) -> Result<Event, EventError> {
-        let bad = |name: &str, message: String| EventError::Invalid {
-            field: Cow::Owned(format!("headers.{name}")),
-            message: format!("headers.{name}: {message}"),
+        let bad = |name: &str, reason: String| {
+            EventError::Invalid(vec![Problem {
+                field: Cow::Owned(format!("headers.{name}")),
+                reason,
+            }])
         };
         // One value at most; header-safe text.
         let single = |name: &str| -> Result<Option<&str>, EventError> {
@@ -335,11 +357,33 @@ impl<'de> Deserialize<'de> for MembersMap<'de> {
     }
 }
 
-fn invalid(field: &'static str, message: &str) -> EventError {
-    EventError::Invalid {
-        field: Cow::Borrowed(field),
-        message: message.to_string(),
+/// An id or type member's text, or a problem recorded.
+fn token(field: &'static str, raw: &RawValue, problems: &mut Vec<Problem>) -> Option<String> {
+    match serde_json::from_str::<String>(raw.get()) {
+        Ok(t) if is_id_or_type(&t) => Some(t),
+        _ => {
+            // A repeated member is already reported; its values are not judged.
+            if !problems.iter().any(|p| p.field == field) {
+                problems.push(problem(
+                    field,
+                    "must be a string matching [A-Za-z0-9._:-]{1,128}".into(),
+                ));
+            }
+            None
+        }
     }
+}
+
+fn problem(field: &'static str, reason: String) -> Problem {
+    Problem {
+        field: Cow::Borrowed(field),
+        reason,
+    }
+}
+
+/// A refusal with one problem.
+fn invalid(field: &'static str, reason: String) -> EventError {
+    EventError::Invalid(vec![problem(field, reason)])
 }
 
 /// serde_json appends " at line L column C"; the HTTP error reports the position separately.
@@ -398,12 +442,42 @@ mod tests {
         ];
         for (body, field) in cases {
             match parse(body) {
-                Err(EventError::Invalid { field: f, .. }) => assert_eq!(f, *field, "{body}"),
+                Err(EventError::Invalid(p)) => assert_eq!(p[0].field, *field, "{body}"),
                 other => panic!("{body}: {other:?}"),
             }
         }
         let long = format!(r#"{{"type":"{}","data":1}}"#, "a".repeat(129));
         assert!(parse(&long).is_err());
+    }
+
+    #[test]
+    fn every_problem_of_an_envelope_is_listed() {
+        let found = |body: &str| match parse(body) {
+            Err(e @ EventError::Invalid(_)) => {
+                let EventError::Invalid(p) = &e else {
+                    unreachable!()
+                };
+                let fields: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+                (fields, e.to_string())
+            }
+            other => panic!("{body}: {other:?}"),
+        };
+        let (fields, message) = found(r#"{"id":"a b","colour":1,"data":null}"#);
+        assert_eq!(
+            fields,
+            [
+                r#"unknown member "colour" (expected type, id, data)"#,
+                "type: missing",
+                "id: must be a string matching [A-Za-z0-9._:-]{1,128}",
+                "data: must not be null",
+            ]
+        );
+        assert_eq!(message, fields.join("; "));
+        // A member given three times is one problem, and its values are not judged.
+        let (fields, _) = found(r#"{"type":1,"type":2,"type":3}"#);
+        assert_eq!(fields, ["type: given more than once", "data: missing"]);
+        let (fields, _) = found("{}");
+        assert_eq!(fields, ["type: missing", "data: missing"]);
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -511,8 +585,8 @@ mod tests {
         ];
         for (pairs, expected) in cases {
             match Event::from_raw(&headers(&pairs), Bytes::new()) {
-                Err(EventError::Invalid { field, .. }) => {
-                    assert!(field.starts_with(expected), "{pairs:?}: {field}")
+                Err(EventError::Invalid(p)) => {
+                    assert!(p[0].field.starts_with(expected), "{pairs:?}: {p:?}")
                 }
                 other => panic!("{pairs:?}: {other:?}"),
             }

@@ -169,8 +169,8 @@ fn count_refusal(metrics: &Metrics, reason: &str) {
         Unauthorized,
         BodyTooLarge,
         (status = 415, description = "The content type is not JSON and there is no `hookrelay-event-type` header (`unsupported_media_type`).", body = ErrorBody),
-        (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names the member (missing, invalid, given twice, or `data` nested deeper than `limits.max_depth`), `headers.<name>` for a raw event's header, `body` for a raw JSON body deeper than `limits.max_depth`.", body = ErrorBody,
-            example = json!({"error": {"code": "invalid_event", "message": "type: missing", "fields": [{"field": "type", "reason": "missing"}]}})),
+        (status = 422, description = "JSON, but not a valid envelope (`invalid_event`); `fields` names every member at fault, all at once (missing, invalid, given twice, unknown (`envelope`), or `data` nested deeper than `limits.max_depth`), `headers.<name>` for a raw event's header, `body` for a raw JSON body deeper than `limits.max_depth`.", body = ErrorBody,
+            example = json!({"error": {"code": "invalid_event", "message": "type: missing; data: must not be null", "fields": [{"field": "type", "reason": "missing"}, {"field": "data", "reason": "must not be null"}]}})),
         StoreRefused,
         LoopDetected,
     )
@@ -517,21 +517,23 @@ fn event_error(e: EventError, prefix: &str) -> HttpError {
         EventError::Malformed { .. } => {
             HttpError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
         }
-        EventError::Invalid { field, message } => {
-            let reason = message
-                .strip_prefix(&format!("{field}: "))
-                .unwrap_or(&message)
-                .to_string();
-            let (field, message) = if prefix.is_empty() {
-                (field.to_string(), message)
+        EventError::Invalid(ref problems) => {
+            let message = if prefix.is_empty() {
+                e.to_string()
             } else {
-                (
-                    format!("{prefix}.{field}"),
-                    format!("event {prefix}: {message}"),
-                )
+                format!("event {prefix}: {e}")
             };
-            HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_event", message)
-                .field(field, reason)
+            let mut error =
+                HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_event", message);
+            for p in problems {
+                let field = if prefix.is_empty() {
+                    p.field.to_string()
+                } else {
+                    format!("{prefix}.{}", p.field)
+                };
+                error = error.field(field, p.reason.clone());
+            }
+            error
         }
     }
 }

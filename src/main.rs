@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hookrelay::config::{Config, LogFormat};
+use hookrelay::config::{Config, ConfigError, LogFormat, help_text};
 use hookrelay::signing::SigningKey;
 use hookrelay::subscription::{
     Auth, Channel, Concurrency, DeliveryOrder, Encoding, EventPattern, Subscription,
@@ -21,10 +21,11 @@ use hookrelay::{Relay, yaml::fmt_duration};
 #[derive(Parser)]
 #[command(
     version,
-    about = "A webhook relay sidecar: events in from the app, delivered durably to subscribers."
+    about = "A webhook relay sidecar: events in from the app, delivered durably to subscribers.",
+    after_help = help_text()
 )]
 struct Cli {
-    /// Configuration file.
+    /// Configuration file (YAML; see docs/configuration.md). No default: required to run.
     #[arg(long, short, env = "HOOKRELAY_CONFIG", global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -82,6 +83,10 @@ fn main() -> ExitCode {
     };
     let config = match Config::load(&path) {
         Ok(c) => c,
+        Err(e @ ConfigError::Read { .. }) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("error: invalid configuration\n{e}");
             return ExitCode::FAILURE;

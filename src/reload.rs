@@ -213,9 +213,7 @@ impl Reloader {
             .with_label_values(&["failure"])
             .inc();
         let problems: Vec<String> = match e {
-            ReloadError::Config(ConfigError::Invalid { issues, .. }) => {
-                issues.iter().map(ToString::to_string).collect()
-            }
+            ReloadError::Config(c) => c.problems(),
             other => vec![other.to_string()],
         };
         tracing::error!(

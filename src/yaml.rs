@@ -1,11 +1,15 @@
 //! Typed reads from a parsed YAML tree that record every problem with its path instead of
 //! stopping at the first one (serde stops at the first error; operators want them all).
 
+pub mod positions;
+
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use serde_yaml::{Mapping, Value};
+
+pub use positions::{Position, Positions};
 
 /// One problem found in a configuration or subscription document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +18,19 @@ pub struct Issue {
     pub path: String,
     /// What is wrong with it, e.g. `42 is out of range 0..=20`.
     pub reason: String,
+    /// Whether the problem is the key itself (unknown, repeated) or its value.
+    pub target: Target,
+    /// Where in the text, when the document was read with positions.
+    pub position: Option<Position>,
+}
+
+/// What part of an entry an issue is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The key, e.g. an unknown field.
+    Key,
+    /// The value, or a missing value.
+    Value,
 }
 
 impl fmt::Display for Issue {
@@ -55,7 +72,17 @@ impl Issues {
         self.0.push(Issue {
             path: path.to_string(),
             reason: reason.into(),
+            target: Target::Value,
+            position: None,
         });
+    }
+
+    /// Records one problem with the key at `path` rather than its value.
+    pub fn push_key(&mut self, path: &str, reason: impl Into<String>) {
+        self.push(path, reason);
+        if let Some(last) = self.0.last_mut() {
+            last.target = Target::Key;
+        }
     }
 
     /// True when nothing was recorded.
@@ -106,10 +133,7 @@ impl<'a> Section<'a> {
                 for key in m.keys() {
                     match key.as_str() {
                         Some(k) if known.contains(&k) => {}
-                        Some(k) => issues.push(
-                            &join(path, k),
-                            format!("unknown field (expected one of: {})", known.join(", ")),
-                        ),
+                        Some(k) => issues.push_key(&join(path, k), unknown_field(k, known)),
                         None => {
                             issues.push(path, format!("keys must be strings, found {}", kind(key)))
                         }
@@ -218,6 +242,21 @@ impl<'a> Section<'a> {
             None => default,
             Some(v) => as_size(v, &self.at(key), &range, issues).unwrap_or(default),
         }
+    }
+}
+
+/// Names the nearest known key when `key` looks like a typo of it.
+fn unknown_field(key: &str, known: &[&str]) -> String {
+    let expected = known.join(", ");
+    // Within a third of the length (at least one edit): `retires`, `time_out`, `Retries`.
+    let nearest = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(&key.to_lowercase(), k), *k))
+        .filter(|(d, k)| *d <= (k.chars().count() / 3).max(1))
+        .min_by_key(|(d, _)| *d);
+    match nearest {
+        Some((_, k)) => format!("unknown field, did you mean {k}? (expected one of: {expected})"),
+        None => format!("unknown field (expected one of: {expected})"),
     }
 }
 
@@ -449,6 +488,23 @@ mod tests {
                 "subscriptions[2].timeout: 50ms is out of range 100ms..=1m",
             ]
         );
+    }
+
+    #[test]
+    fn a_mistyped_key_names_the_nearest_known_one() {
+        let v = yaml("retires: 1\nTimeout: 2s\nrt: 3\n");
+        let mut issues = Issues::default();
+        Section::new(Some(&v), "s", &["retries", "timeout"], &mut issues);
+        let text: Vec<String> = issues.0.iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            text,
+            vec![
+                "s.retires: unknown field, did you mean retries? (expected one of: retries, timeout)",
+                "s.Timeout: unknown field, did you mean timeout? (expected one of: retries, timeout)",
+                "s.rt: unknown field (expected one of: retries, timeout)",
+            ]
+        );
+        assert!(issues.0.iter().all(|i| i.target == Target::Key));
     }
 
     #[test]

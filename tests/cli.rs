@@ -85,21 +85,27 @@ fn check_prints_one_line_per_subscription_without_secrets() {
     assert!(!stdout.contains("pa55word"));
 }
 
-#[test]
-fn check_reports_every_problem_and_exits_1() {
+/// `check` on `yaml`: its exit code and stderr, with the temp file's path written `FILE`.
+fn check_stderr(yaml: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        &dir,
-        "subscriptions:\n  - {name: a, url: 'http://127.0.0.1:9000/', events: [x], retries: 42}\n  - {name: b, url: '${HR_TEST_UNSET}', events: [x], timeout: 50ms}\n  - {name: c, url: 'http://127.0.0.1:9000/', events: [x], success_code: 700, colour: red}\n",
-    );
+    let path = write_config(&dir, yaml);
     let out = Command::new(bin())
         .args(["check", "--config"])
         .arg(&path)
         .env_remove("HR_TEST_UNSET")
+        .env_remove("HR_TEST_UNSET_T")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&*path.to_string_lossy(), "FILE");
+    (out.status.code(), stderr)
+}
+
+#[test]
+fn check_reports_every_problem_and_exits_1() {
+    let (code, stderr) = check_stderr(
+        "subscriptions:\n  - {name: a, url: 'http://127.0.0.1:9000/', events: [x], retries: 42}\n  - {name: b, url: '${HR_TEST_UNSET}', events: [x], timeout: 50ms}\n  - {name: c, url: 'http://127.0.0.1:9000/', events: [x], success_code: 700, colour: red}\n",
+    );
+    assert_eq!(code, Some(1));
     for expected in [
         "subscriptions[0].retries: 42 is out of range 0..=20",
         "subscriptions[1].url: environment variable HR_TEST_UNSET is not set",
@@ -116,19 +122,12 @@ fn check_reports_every_problem_and_exits_1() {
 
 #[test]
 fn check_reports_yaml_syntax_errors_with_line_and_column() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(&dir, "listen:\n  app: 127.0.0.1:1\n subscriptions: [\n");
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let needle = format!("{}:", path.display());
+    let (code, stderr) = check_stderr("listen:\n  app: 127.0.0.1:1\n subscriptions: [\n");
+    assert_eq!(code, Some(1));
+    let needle = "FILE:";
     let line = stderr
         .lines()
-        .find(|l| l.starts_with(&needle))
+        .find(|l| l.starts_with(needle))
         .unwrap_or_else(|| panic!("{stderr}"));
     let mut parts = line[needle.len()..].split(':');
     let (l, c) = (parts.next().unwrap(), parts.next().unwrap());
@@ -136,6 +135,87 @@ fn check_reports_yaml_syntax_errors_with_line_and_column() {
         l.parse::<usize>().unwrap() >= 2 && c.parse::<usize>().is_ok(),
         "{line}"
     );
+}
+
+#[test]
+fn check_positions_wrong_values_and_mistyped_keys_and_names_the_key_meant() {
+    let (code, stderr) = check_stderr(
+        "listen:\n  app: 127.0.0.1:1\n  ops: [1]\nsubscriptions:\n  - name: a\n    url: 'http://10.0.0.1/'\n    events: [x]\n    retires: 3\n    timeout: '${HR_TEST_UNSET_T}'\n",
+    );
+    assert_eq!(code, Some(1));
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines[..2],
+        ["error: invalid configuration", "FILE: 4 problem(s):"]
+    );
+    assert_eq!(
+        lines[2],
+        "  FILE:3:8: listen.ops: expected a string, found a list"
+    );
+    assert!(
+        lines[3].starts_with(
+            "  FILE:8:5: subscriptions[0].retires: unknown field, did you mean retries? (expected one of: name, mode,"
+        ),
+        "{stderr}"
+    );
+    // In the file's order: the unset variable, then the text it left, which is no duration.
+    assert_eq!(
+        lines[4..],
+        [
+            "  FILE:9:14: subscriptions[0].timeout: environment variable HR_TEST_UNSET_T is not set (use ${HR_TEST_UNSET_T:-default} for a default)",
+            "  FILE:9:14: subscriptions[0].timeout: expected a duration such as 10s, 500ms or 1h, found \"${HR_TEST_UNSET_T}\"",
+        ]
+    );
+}
+
+#[test]
+fn check_reports_each_duplicate_key_once_at_its_own_line() {
+    let (code, stderr) = check_stderr(
+        "log:\n  level: info\n  format: text\n  level: debug\nsubscriptions: []\nsubscriptions: []\n",
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        "error: invalid configuration\nFILE: 2 problem(s):\n  FILE:4:3: log.level: duplicate key (first at line 2)\n  FILE:6:1: subscriptions: duplicate key (first at line 5)\n"
+    );
+}
+
+#[test]
+fn check_of_a_missing_file_says_it_cannot_read_it_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.yaml");
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: cannot read {}: No such file or directory (os error 2)\n",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn help_names_the_default_ports_the_config_and_the_docs() {
+    let out = Command::new(bin()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "app  127.0.0.1:8787",
+        "--config PATH",
+        "api  127.0.0.1:8788",
+        "ops  0.0.0.0:9464",
+        "HOOKRELAY_CONFIG",
+        "docs/configuration.md",
+        "docs/operations.md",
+        "docs/api.md",
+    ] {
+        assert!(help.contains(expected), "missing {expected:?} in\n{help}");
+    }
 }
 
 #[test]

@@ -123,6 +123,55 @@ async fn invalid_envelopes_are_422_naming_the_field() {
 }
 
 #[tokio::test]
+async fn an_envelope_with_several_problems_lists_them_all_in_one_422() {
+    let r = relay().await;
+    let (status, body) = r
+        .post_raw(
+            r#"{"id": "has space", "colour": "red", "data": null}"#,
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["error"],
+        json!({
+            "code": "invalid_event",
+            "message": "unknown member \"colour\" (expected type, id, data); type: missing; id: must be a string matching [A-Za-z0-9._:-]{1,128}; data: must not be null",
+            "fields": [
+                {"field": "envelope", "reason": "unknown member \"colour\" (expected type, id, data)"},
+                {"field": "type", "reason": "missing"},
+                {"field": "id", "reason": "must be a string matching [A-Za-z0-9._:-]{1,128}"},
+                {"field": "data", "reason": "must not be null"},
+            ]
+        })
+    );
+    // In a batch each field names its element.
+    let resp = r
+        .http
+        .post(format!("http://{}/v1/events/batch", r.addrs.app))
+        .header("content-type", "application/json")
+        .body(r#"[{"type": "t", "data": 1}, {"id": 7}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "event [1]: type: missing; id: must be a string matching [A-Za-z0-9._:-]{1,128}; data: missing"
+    );
+    assert_eq!(
+        body["error"]["fields"],
+        json!([
+            {"field": "[1].type", "reason": "missing"},
+            {"field": "[1].id", "reason": "must be a string matching [A-Za-z0-9._:-]{1,128}"},
+            {"field": "[1].data", "reason": "missing"},
+        ])
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
     let r = relay().await;
     let resp = r
