@@ -1,179 +1,53 @@
-//! The e-mail channel against a real SMTP server on 127.0.0.1: Python's `aiosmtpd` (from
-//! PyPI), run as a child process that records every message it accepts.
+//! The e-mail channel against a real SMTP server on 127.0.0.1 (`common::smtp`, in-process),
+//! with each received message read back by an independent MIME parser (`mail-parser`).
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::collections::HashMap;
 
-use common::{TestRelay, poll};
+use common::TestRelay;
+use common::smtp::{DataReply, SmtpServer};
+use mail_parser::{MessageParser, MimeHeaders};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
-/// The SMTP server: `dir` gets `<n>.eml` (the message as received) and `<n>.json` (envelope,
-/// login) per accepted message; DATA is answered `451` for the first `fail_first` messages,
-/// then `250`, or always `550` when `reject` is given; with a user and password, AUTH is
-/// required (and allowed without TLS, on 127.0.0.1 only). Prints its port.
-const SERVER: &str = r#"
-import asyncio, json, logging, os, sys
-from aiosmtpd.smtp import SMTP, AuthResult
-
-out, fail_first, reject = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "reject"
-user = sys.argv[4] if len(sys.argv) > 4 else None
-password = sys.argv[5] if len(sys.argv) > 5 else None
-seen = {"data": 0, "accepted": 0, "login": None}
-logging.disable(logging.CRITICAL)
-
-class Handler:
-    async def handle_DATA(self, server, session, envelope):
-        seen["data"] += 1
-        with open(os.path.join(out, "data_commands"), "w") as f:
-            f.write(str(seen["data"]))
-        if reject:
-            return "550 5.7.1 refused for good"
-        if seen["data"] <= fail_first:
-            return "451 4.3.0 try again later"
-        seen["accepted"] += 1
-        n = seen["accepted"]
-        with open(os.path.join(out, f"{n}.json.tmp"), "w") as f:
-            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos, "login": seen["login"]}, f)
-        with open(os.path.join(out, f"{n}.eml"), "wb") as f:
-            f.write(envelope.original_content)
-        os.rename(os.path.join(out, f"{n}.json.tmp"), os.path.join(out, f"{n}.json"))
-        return "250 OK"
-
-def authenticator(server, session, envelope, mechanism, auth_data):
-    ok = auth_data.login.decode() == user and auth_data.password.decode() == password
-    if ok:
-        seen["login"] = user
-    return AuthResult(success=ok)
-
-def factory():
-    if user is None:
-        return SMTP(Handler())
-    return SMTP(Handler(), authenticator=authenticator, auth_required=True, auth_require_tls=False)
-
-async def main():
-    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    await server.serve_forever()
-
-asyncio.run(main())
-"#;
-
-/// A running SMTP server; killed when dropped.
-struct SmtpServer {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+/// A received message as its reader sees it.
+#[derive(Debug)]
+struct Parsed {
+    /// Each header by its lowercased name: the value as sent, unfolded.
+    headers: HashMap<String, String>,
+    /// `type/subtype`, lowercased, without parameters.
+    content_type: String,
+    /// The body with its transfer encoding undone: the bytes the sender meant.
+    body: Vec<u8>,
 }
 
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Parsed {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
     }
 }
 
-/// One accepted message: the parsed envelope and the raw message.
-struct Received {
-    envelope: Value,
-    raw: Vec<u8>,
-}
-
-impl SmtpServer {
-    /// Starts the server; fails (never skips) when python3 cannot import aiosmtpd.
-    fn start(fail_first: u32, mode: &str, auth: Option<(&str, &str)>) -> SmtpServer {
-        let found = Command::new("python3")
-            .args(["-c", "import aiosmtpd"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "python3 cannot import aiosmtpd (pip install aiosmtpd); .ci/run installs it"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new("python3");
-        cmd.args(["-W", "ignore", "-c", SERVER])
-            .arg(dir.path())
-            .arg(fail_first.to_string())
-            .arg(mode);
-        if let Some((user, password)) = auth {
-            cmd.args([user, password]);
-        }
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("the SMTP server did not print its port: {line:?}"));
-        SmtpServer { child, port, dir }
+/// Parses a received message with `mail-parser`: headers and the decoded body.
+fn parse_message(raw: &[u8]) -> Parsed {
+    let m = MessageParser::default()
+        .parse(raw)
+        .expect("a parsable message");
+    let headers = m
+        .headers_raw()
+        .map(|(name, value)| {
+            let unfolded = value.replace("\r\n", "").replace('\n', "");
+            (name.to_ascii_lowercase(), unfolded.trim().to_string())
+        })
+        .collect();
+    let content_type = m.content_type().map_or(String::new(), |ct| {
+        format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or_default()).to_ascii_lowercase()
+    });
+    Parsed {
+        headers,
+        content_type,
+        body: m.root_part().contents().to_vec(),
     }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// DATA commands seen so far (accepted or not).
-    fn data_commands(&self) -> u32 {
-        read_number(&self.path("data_commands"))
-    }
-
-    /// Waits for the `n`th accepted message.
-    async fn wait_message(&self, n: usize) -> Received {
-        let json = self.path(&format!("{n}.json"));
-        poll(|| async { json.exists() }).await;
-        Received {
-            envelope: serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap(),
-            raw: std::fs::read(self.path(&format!("{n}.eml"))).unwrap(),
-        }
-    }
-
-    /// The SMTP server's part of a subscription's YAML.
-    fn smtp(&self) -> String {
-        format!("{{host: 127.0.0.1, port: {}, tls: none}}", self.port)
-    }
-}
-
-fn read_number(path: &Path) -> u32 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Parses a received message with Python's `email` package: headers and the decoded body.
-fn parse_message(raw: &[u8]) -> Value {
-    let script = "import email, json, sys\n\
-        from email import policy\n\
-        m = email.message_from_bytes(sys.stdin.buffer.read(), policy=policy.compat32)\n\
-        print(json.dumps({'headers': {k.lower(): str(v) for k, v in m.items()},\n\
-        'content_type': m.get_content_type(), 'body': list(m.get_payload(decode=True))}))\n";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), raw).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The decoded body of a message parsed by [`parse_message`].
-fn body_bytes(m: &Value) -> Vec<u8> {
-    m["body"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b.as_u64().unwrap() as u8)
-        .collect()
 }
 
 fn email_sub(name: &str, smtp: &str, extra: &str) -> String {
@@ -193,9 +67,8 @@ fn email_sub(name: &str, smtp: &str, extra: &str) -> String {
 }
 
 #[tokio::test]
-#[ignore = "needs python3 with aiosmtpd (pip install aiosmtpd); .ci/run installs it and runs ignored tests"]
 async fn mail_arrives_with_headers_and_the_exact_body() {
-    let smtp = SmtpServer::start(0, "ok", None);
+    let smtp = SmtpServer::start(DataReply::ACCEPT, None);
     let relay = TestRelay::start(&email_sub("mail", &smtp.smtp(), "")).await;
     let body = r#"{"type":"invoice.paid","id":"evt-1","data":{"amount": 12.50, "note":"caf\u00e9 ü","long":"__LONG__"}}"#
         .replace("__LONG__", &"x".repeat(1200));
@@ -203,13 +76,10 @@ async fn mail_arrives_with_headers_and_the_exact_body() {
     assert_eq!(status, 202, "{answer}");
 
     let got = smtp.wait_message(1).await;
-    assert_eq!(got.envelope["mail_from"], "relay@example.net");
-    assert_eq!(
-        got.envelope["rcpt_tos"],
-        json!(["billing@example.com", "ops@example.org"])
-    );
+    assert_eq!(got.mail_from, "relay@example.net");
+    assert_eq!(got.rcpt_tos, ["billing@example.com", "ops@example.org"]);
     let m = parse_message(&got.raw);
-    let h = |name: &str| m["headers"][name].as_str().unwrap_or("").to_string();
+    let h = |name: &str| m.header(name);
     assert_eq!(h("from"), "Hookrelay <relay@example.net>");
     assert_eq!(
         h("to"),
@@ -219,11 +89,11 @@ async fn mail_arrives_with_headers_and_the_exact_body() {
     assert_eq!(h("x-hookrelay-event-id"), "evt-1");
     assert_eq!(h("x-hookrelay-event-type"), "invoice.paid");
     assert_eq!(h("x-hookrelay-attempt"), "1");
-    assert!(h("message-id").starts_with('<'), "{m}");
-    assert!(!h("date").is_empty(), "{m}");
-    assert_eq!(m["content_type"], "application/json");
+    assert!(h("message-id").starts_with('<'), "{m:?}");
+    assert!(!h("date").is_empty(), "{m:?}");
+    assert_eq!(m.content_type, "application/json");
     // The data exactly as received: its bytes, long line and escapes included.
-    let data = body_bytes(&m);
+    let data = m.body;
     let expected = format!(
         r#"{{"amount": 12.50, "note":"caf\u00e9 ü","long":"{}"}}"#,
         "x".repeat(1200)
@@ -238,9 +108,8 @@ async fn mail_arrives_with_headers_and_the_exact_body() {
 /// ASCII in short lines, quoted-printable for ASCII with a long line, base64 for anything
 /// beyond ASCII; each body decodes to the data, plus the line break SMTP ends a text with.
 #[tokio::test]
-#[ignore = "needs python3 with aiosmtpd (pip install aiosmtpd); .ci/run installs it and runs ignored tests"]
 async fn the_transfer_encoding_follows_the_data() {
-    let smtp = SmtpServer::start(0, "ok", None);
+    let smtp = SmtpServer::start(DataReply::ACCEPT, None);
     let relay = TestRelay::start(&email_sub("mail", &smtp.smtp(), "")).await;
     let long = format!(r#"{{"note":"{}"}}"#, "x".repeat(100));
     let cases = [
@@ -253,31 +122,26 @@ async fn the_transfer_encoding_follows_the_data() {
         let (status, answer) = relay.post_raw(&body, "application/json").await;
         assert_eq!(status, 202, "{answer}");
         let m = parse_message(&smtp.wait_message(n + 1).await.raw);
-        assert_eq!(
-            m["headers"]["content-transfer-encoding"], *encoding,
-            "{data}"
-        );
-        let got = body_bytes(&m);
+        assert_eq!(m.header("content-transfer-encoding"), *encoding, "{data}");
         // SMTP ends every message with a line break: 7bit and quoted-printable bodies
         // carry it, base64 decodes to the data alone.
         let end = if *encoding == "base64" { "" } else { "\r\n" };
-        assert_eq!(String::from_utf8(got).unwrap(), format!("{data}{end}"));
+        assert_eq!(String::from_utf8(m.body).unwrap(), format!("{data}{end}"));
     }
     relay.stop().await;
 }
 
 #[tokio::test]
-#[ignore = "needs python3 with aiosmtpd (pip install aiosmtpd); .ci/run installs it and runs ignored tests"]
 async fn a_451_is_retried_and_the_second_attempt_delivered() {
-    let smtp = SmtpServer::start(1, "ok", None);
+    let smtp = SmtpServer::start(DataReply::FailFirst(1), None);
     let relay = TestRelay::start(&email_sub("flaky", &smtp.smtp(), "")).await;
     relay
         .post(&json!({"type": "invoice.sent", "id": "evt-2", "data": {"n": 1}}))
         .await;
     let got = smtp.wait_message(1).await;
     let m = parse_message(&got.raw);
-    assert_eq!(m["headers"]["x-hookrelay-attempt"], "2");
-    assert_eq!(m["headers"]["x-hookrelay-event-id"], "evt-2");
+    assert_eq!(m.header("x-hookrelay-attempt"), "2");
+    assert_eq!(m.header("x-hookrelay-event-id"), "evt-2");
     relay.wait_outcome("flaky", "delivered", 1.0).await;
     assert_eq!(relay.attempts("flaky", "smtp_error").await, Some(1.0));
     assert_eq!(relay.attempts("flaky", "success").await, Some(1.0));
@@ -286,9 +150,8 @@ async fn a_451_is_retried_and_the_second_attempt_delivered() {
 }
 
 #[tokio::test]
-#[ignore = "needs python3 with aiosmtpd (pip install aiosmtpd); .ci/run installs it and runs ignored tests"]
 async fn a_550_fails_at_once_as_a_dead_letter() {
-    let smtp = SmtpServer::start(0, "reject", None);
+    let smtp = SmtpServer::start(DataReply::Reject, None);
     // Retries are left, but a permanent refusal does not use them.
     let relay = TestRelay::start(&email_sub("refused", &smtp.smtp(), "    retries: 3\n")).await;
     relay
@@ -308,9 +171,8 @@ async fn a_550_fails_at_once_as_a_dead_letter() {
 }
 
 #[tokio::test]
-#[ignore = "needs python3 with aiosmtpd (pip install aiosmtpd); .ci/run installs it and runs ignored tests"]
 async fn smtp_auth_with_username_and_password() {
-    let smtp = SmtpServer::start(0, "ok", Some(("relay", "pw-s3cret")));
+    let smtp = SmtpServer::start(DataReply::ACCEPT, Some(("relay", "pw-s3cret")));
     let relay = TestRelay::start(&email_sub(
         "authed",
         &format!(
@@ -325,15 +187,14 @@ async fn smtp_auth_with_username_and_password() {
         .await;
     // The server takes no mail without AUTH.
     let got = smtp.wait_message(1).await;
-    assert_eq!(got.envelope["login"], "relay");
+    assert_eq!(got.login.as_deref(), Some("relay"));
     relay.wait_outcome("authed", "delivered", 1.0).await;
     relay.stop().await;
 }
 
 #[tokio::test]
-#[ignore = "needs python3 with aiosmtpd (pip install aiosmtpd); .ci/run installs it and runs ignored tests"]
 async fn api_email_subscriptions_pass_the_destination_guard_and_hide_the_password() {
-    let smtp = SmtpServer::start(0, "ok", Some(("relay", "pw-s3cret")));
+    let smtp = SmtpServer::start(DataReply::ACCEPT, Some(("relay", "pw-s3cret")));
     let relay =
         TestRelay::start("api: {allowed_destinations: ['10.0.0.0/8', '127.0.0.1/32']}").await;
     let doc = |host: &str| {
@@ -375,15 +236,14 @@ async fn api_email_subscriptions_pass_the_destination_guard_and_hide_the_passwor
         .await;
     // The server requires AUTH: the mail arriving proves the kept password was used.
     let got = smtp.wait_message(1).await;
-    assert_eq!(got.envelope["login"], "relay");
+    assert_eq!(got.login.as_deref(), Some("relay"));
     relay.wait_outcome("api-mail", "delivered", 1.0).await;
     relay.stop().await;
 }
 
 #[tokio::test]
-#[ignore = "needs python3 with aiosmtpd (pip install aiosmtpd); .ci/run installs it and runs ignored tests"]
 async fn a_name_resolving_outside_the_allow_list_is_refused_at_connect() {
-    let smtp = SmtpServer::start(0, "ok", None);
+    let smtp = SmtpServer::start(DataReply::ACCEPT, None);
     let relay = TestRelay::start("api: {allowed_destinations: ['10.0.0.0/8']}").await;
     // Accepted when registered (the name could resolve into 10/8), refused once resolved.
     let (status, created) = relay
@@ -410,9 +270,8 @@ async fn a_name_resolving_outside_the_allow_list_is_refused_at_connect() {
 }
 
 #[tokio::test]
-#[ignore = "needs python3 with aiosmtpd (pip install aiosmtpd); .ci/run installs it and runs ignored tests"]
 async fn a_raw_xml_event_is_mailed_as_its_xml() {
-    let smtp = SmtpServer::start(0, "ok", None);
+    let smtp = SmtpServer::start(DataReply::ACCEPT, None);
     let relay = TestRelay::start(&email_sub("mail", &smtp.smtp(), "")).await;
     let xml =
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><notify><domain>příklad.cz</domain></notify>";
@@ -429,8 +288,7 @@ async fn a_raw_xml_event_is_mailed_as_its_xml() {
     assert_eq!(r.status(), 202);
     let got = smtp.wait_message(1).await;
     let m = parse_message(&got.raw);
-    assert_eq!(m["content_type"], "application/xml");
-    let body = body_bytes(&m);
-    assert_eq!(String::from_utf8(body).unwrap(), xml);
+    assert_eq!(m.content_type, "application/xml");
+    assert_eq!(String::from_utf8(m.body).unwrap(), xml);
     relay.stop().await;
 }

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 mod backend;
 pub mod proxy;
 pub mod replicas;
+pub mod smtp;
 #[allow(unused_imports)]
 pub use backend::{Backend, TestDb, test_database_addr, test_database_url};
 
