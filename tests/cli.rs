@@ -286,11 +286,7 @@ async fn sigterm_lets_the_attempt_in_flight_finish_then_exits_0() {
     assert_eq!(status, 202);
     rx.wait_for(1).await;
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    common::signal(child.id(), libc::SIGTERM);
     let end = Instant::now() + DEADLINE;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -429,13 +425,7 @@ async fn sighup_reloads_and_logs_what_it_could_not_apply() {
     let mut relay = Binary::start(cmd);
     // Not watching: only SIGHUP reloads.
     assert_eq!(relay.started["reload"], "SIGHUP");
-    let hup = |pid: u32| {
-        let kill = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-    };
+    let hup = |pid: u32| common::signal(pid, libc::SIGHUP);
     let next = |lines: &std::sync::mpsc::Receiver<Value>, message: &str| -> Value {
         std::iter::from_fn(|| lines.recv_timeout(DEADLINE).ok())
             .find(|l| l["message"] == message)

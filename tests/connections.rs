@@ -240,12 +240,22 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
         ),
     )
     .unwrap();
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.arg("--config").arg(&config).env_remove("RUST_LOG");
     // A file limit far below limits.max_connections, so accept itself fails (EMFILE).
-    let mut cmd = std::process::Command::new("sh");
-    cmd.args(["-c", "ulimit -n 64 && exec \"$0\" --config \"$1\""])
-        .arg(common::bin())
-        .arg(&config)
-        .env_remove("RUST_LOG");
+    // SAFETY: setrlimit(2) is async-signal-safe and changes only the child's own limits.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
     let mut relay = common::Binary::start(cmd);
     let app: SocketAddr = relay.app.parse().unwrap();
     let mut held = Vec::new();

@@ -837,10 +837,7 @@ api: {{token: '${{API_TOKEN}}'}}
 
 /// SIGTERM, so the relay logs its shutdown too.
 fn sigterm(pid: u32) {
-    std::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    common::signal(pid, libc::SIGTERM);
 }
 
 #[tokio::test]

@@ -29,6 +29,19 @@ pub fn bin() -> String {
     std::env::var("HOOKRELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hookrelay").to_string())
 }
 
+/// Sends `signal` (`libc::SIGTERM`, `libc::SIGHUP`...) to a child process: kill(2) itself,
+/// since a `kill` program is not on every machine.
+pub fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a child's pid has no memory effects.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {signal}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 /// The relay binary running as a child process, with its JSON log lines.
 pub struct Binary {
     pub child: std::process::Child,

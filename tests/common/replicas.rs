@@ -86,9 +86,7 @@ impl Replica {
 
     /// Sends SIGTERM (a graceful stop) without waiting.
     pub fn terminate(&self) {
-        let pid = self.binary.child.id() as libc::pid_t;
-        // SAFETY: kill(2) on our own child's pid has no memory effects.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        super::signal(self.binary.child.id(), libc::SIGTERM);
     }
 
     /// SIGKILL, and waits for the process to be gone.
