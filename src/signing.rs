@@ -32,7 +32,8 @@ impl SigningKey {
                 "must start with {SECRET_PREFIX} (the Standard Webhooks format)"
             ));
         };
-        // Unpadded base64 is accepted too, as the reference libraries do.
+        // Unpadded base64 is accepted too, as the Python reference library does (the Rust
+        // one and svix refuse it; docs/delivery.md says to pad secrets for them).
         let padded = match encoded.len() % 4 {
             2 => format!("{encoded}=="),
             3 => format!("{encoded}="),
