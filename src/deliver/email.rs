@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
 use lettre::message::{Body, Message};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
@@ -27,8 +27,10 @@ pub type MailAttempt = Result<Mail, String>;
 pub struct Mail(Message);
 
 /// The mail for attempt `attempt` (1-based) of `delivery`: the delivery's data, exactly, as
-/// the body, with its content type. lettre picks the transfer encoding from the bytes: 7bit
-/// for ASCII in short lines, quoted-printable for ASCII with a long line, base64 otherwise.
+/// the body, with its content type, always in base64: it decodes to the data byte for byte.
+/// (lettre would pick 7bit for short ASCII, which sends a pretty-printed event's bare line
+/// feeds as they are: servers refuse or rewrite those, and the trailing CRLF SMTP adds
+/// would become part of the data.)
 pub fn message(
     settings: &EmailSettings,
     delivery: &Delivery,
@@ -57,9 +59,11 @@ pub fn message(
     }
     let content_type =
         ContentType::parse(delivery.content_type()).map_err(|e| format!("content type: {e}"))?;
+    let body = Body::new_with_encoding(delivery.data.to_vec(), ContentTransferEncoding::Base64)
+        .map_err(|_| "cannot encode the body in base64".to_string())?;
     builder
         .header(content_type)
-        .body(Body::new(delivery.data.to_vec()))
+        .body(body)
         .map(Mail)
         .map_err(|e| format!("cannot build the mail: {e}"))
 }
