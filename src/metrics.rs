@@ -361,15 +361,23 @@ impl Metrics {
             .expect("unique metric");
 
         let build_info = IntGaugeVec::new(
-            Opts::new("hookrelay_build_info", "Build information; always 1."),
-            &["version"],
+            Opts::new(
+                "hookrelay_build_info",
+                "Build information: version, git commit and rustc version; always 1.",
+            ),
+            &["version", "commit", "rustc"],
         )
         .expect("valid metric");
         registry
             .register(Box::new(build_info.clone()))
             .expect("unique metric");
+        // Set by build.rs; "unknown" when the build had no git or rustc to ask.
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("HOOKRELAY_COMMIT"),
+                env!("HOOKRELAY_RUSTC"),
+            ])
             .set(1);
         // Process metrics (CPU, RSS, open fds) where the platform supports them.
         let process = prometheus::process_collector::ProcessCollector::for_self();
@@ -549,6 +557,6 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
-        assert!(text.contains("hookrelay_build_info{version=\""));
+        assert!(text.contains("hookrelay_build_info{commit=\""));
     }
 }

@@ -400,7 +400,7 @@ async fn metrics_exist_from_start_and_count() {
             "{name}{labels:?} at start"
         );
     }
-    assert!(m.contains("hookrelay_build_info{version=\""));
+    assert!(m.contains("hookrelay_build_info{commit=\""));
     assert!(m.contains("process_resident_memory_bytes"));
 
     relay.post(&json!({"type": "t", "data": {}})).await;
