@@ -130,6 +130,10 @@ pub struct MetricSet {
     pub connections: IntGaugeVec,
     /// Inbound connections closed at once because the listener had its most open.
     pub connections_refused: IntCounterVec,
+    /// Requests answered, by listener and status.
+    pub http_requests: IntCounterVec,
+    /// Seconds from an ingest post's arrival to its answer.
+    pub ingest_duration: Histogram,
 }
 
 impl Metrics {
@@ -177,6 +181,11 @@ impl Metrics {
             "hookrelay_config_reloads_total",
             "Config reloads (SIGHUP or a changed file), by result.",
             &["result"],
+        );
+        let http_requests = counter(
+            "hookrelay_http_requests_total",
+            "Requests answered, by listener and status (the code, or its class for codes the relay does not answer itself).",
+            &["listener", "status"],
         );
         let connections_refused = counter(
             "hookrelay_connections_refused_total",
@@ -260,6 +269,15 @@ impl Metrics {
             "Duration of one store transaction (group commit), fsync included.",
             vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ],
+        );
+        // A durable write: a group commit's fsync (sub-millisecond to tens of ms) plus the
+        // queue before it, up to the store's busy answer.
+        let ingest_duration = histogram(
+            "hookrelay_ingest_duration_seconds",
+            "Seconds from an ingest post's arrival (POST /v1/events and /v1/events/batch) to its answer, refusals included.",
+            vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ],
         );
         let store_batch_size = histogram(
@@ -427,6 +445,8 @@ impl Metrics {
             subscription_state,
             connections,
             connections_refused,
+            http_requests,
+            ingest_duration,
         }))
     }
 
@@ -554,6 +574,7 @@ mod tests {
             "hookrelay_events_received_total{outcome=\"accepted\"} 0",
             "hookrelay_config_reloads_total{result=\"failure\"} 0",
             "hookrelay_subscriptions{source=\"api\"} 0",
+            "hookrelay_ingest_duration_seconds_count 0",
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }

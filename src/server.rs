@@ -26,6 +26,7 @@ use crate::deliver::http_post::DeliverError;
 use crate::dispatch::Dispatcher;
 use crate::inbound::error::json_errors;
 use crate::inbound::listener::{self, ConnectionMetrics};
+use crate::inbound::requests::RequestCounters;
 use crate::ingest::{self, IngestState};
 use crate::metrics::{FinalOutcome, Metrics};
 use crate::ops::{self, OpsState, Readiness};
@@ -283,6 +284,9 @@ impl Relay {
             ("ops", self.ops, ops),
         ];
         for (name, listener, router) in listeners {
+            // Outermost: every answer is counted once, as the client got it.
+            let router =
+                router.layer(RequestCounters::new(metrics.http_requests.clone(), name).layer());
             let counted = ConnectionMetrics {
                 open: metrics.connections.with_label_values(&[name]),
                 refused: metrics.connections_refused.with_label_values(&[name]),
