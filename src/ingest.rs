@@ -136,14 +136,10 @@ async fn count_layer_refusals(metrics: Metrics, req: Request, next: Next) -> Res
     response
 }
 
-/// Counts a refused request: `hookrelay_events_rejected_total{reason}` and the received
-/// events `rejected`.
+/// Counts a refused request, once: `hookrelay_events_rejected_total{reason}` (the received
+/// events count only events that got in, accepted or duplicate).
 fn count_refusal(metrics: &Metrics, reason: &str) {
     metrics.events_rejected.with_label_values(&[reason]).inc();
-    metrics
-        .events_received
-        .with_label_values(&["rejected"])
-        .inc();
 }
 
 /// Post one event.

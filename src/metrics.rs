@@ -53,8 +53,9 @@ impl FinalOutcome {
         }
     }
 }
-/// Outcomes of an ingest request (`hookrelay_events_received_total{outcome}`).
-pub const RECEIVE_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
+/// Outcomes of an ingested event (`hookrelay_events_received_total{outcome}`); refused
+/// requests are counted once, in `hookrelay_events_rejected_total`.
+pub const RECEIVE_OUTCOMES: [&str; 2] = ["accepted", "duplicate"];
 /// Reasons an event was refused (`hookrelay_events_rejected_total{reason}`).
 pub const REJECT_REASONS: [&str; 5] = ["busy", "invalid", "loop", "too_large", "unauthorized"];
 /// Results of a config reload (`hookrelay_config_reloads_total{result}`).
@@ -79,7 +80,7 @@ impl std::ops::Deref for Metrics {
 /// Every metric, registered once.
 pub struct MetricSet {
     registry: Registry,
-    /// Ingest requests by outcome.
+    /// Ingested events by outcome.
     pub events_received: IntCounterVec,
     /// Refused events by reason.
     pub events_rejected: IntCounterVec,
