@@ -28,7 +28,7 @@ use crate::inbound::error::json_errors;
 use crate::inbound::listener::{self, ConnectionMetrics};
 use crate::inbound::requests::RequestCounters;
 use crate::ingest::{self, IngestState};
-use crate::metrics::{FinalOutcome, Metrics};
+use crate::metrics::{FinalOutcome, Metrics, SeriesSet};
 use crate::ops::{self, OpsState, Readiness};
 use crate::reload::Reloader;
 use crate::store::settings::StorageLocation;
@@ -151,10 +151,10 @@ impl Relay {
                 other => ServerError::NameConflict(other.to_string()),
             })?;
         let api_subs = loaded.subscriptions.clone();
-        metrics.init_subscription(SHARED_METRIC_LABEL);
+        metrics.init_subscription(SHARED_METRIC_LABEL, SeriesSet::SHARED);
         for sub in config_subs.iter().chain(&api_subs) {
             if sub.own_metrics {
-                metrics.init_subscription(&sub.name);
+                metrics.init_subscription(&sub.name, SeriesSet::of(&sub.channel));
             }
         }
         let all: Vec<Arc<Subscription>> = config_subs.iter().chain(&api_subs).cloned().collect();
