@@ -22,6 +22,8 @@ fn main() {
     ]
     .into_iter()
     .flatten()
+    // A missing path would make cargo rerun this (and rebuild the crate) every time.
+    .filter(|path| std::path::Path::new(path).exists())
     {
         println!("cargo:rerun-if-changed={path}");
     }
