@@ -530,6 +530,11 @@ impl Metrics {
         }
     }
 
+    /// Creates the own series of `sub` (under its name), those its channel can have.
+    pub fn init_own_series(&self, sub: &Subscription) {
+        self.init_subscription(&sub.name, SeriesSet::of(&sub.channel));
+    }
+
     /// The attempt counters of a subscription counting under `label`, one per result of
     /// `series`.
     pub fn attempt_counters(&self, label: &str, series: SeriesSet) -> AttemptCounters {
@@ -602,6 +607,9 @@ impl Metrics {
                 self.dead_letters
                     .with_label_values(&[label])
                     .set(s.dead_letters as i64);
+            } else {
+                // A scrape that read the catalog before a kind change may have set it.
+                let _ = self.dead_letters.remove_label_values(&[label]);
             }
             match s.oldest_ms {
                 Some(ms) => self
