@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 
 use crate::dispatch::{Dispatcher, Lane};
 use crate::matching::Matcher;
-use crate::metrics::{FinalOutcome, Metrics, SeriesSet};
+use crate::metrics::{FinalOutcome, Metrics};
 use crate::store::{Store, StoreError};
 use crate::subscription::{self, SHARED_METRIC_LABEL, Source, Subscription};
 use crate::time::now_ms;
@@ -277,8 +277,7 @@ impl Catalog {
             return Err(e.into());
         }
         if sub.own_metrics {
-            self.metrics
-                .init_subscription(&sub.name, SeriesSet::of(&sub.channel));
+            self.metrics.init_own_series(&sub);
         }
         self.dispatcher.add(sub.clone());
         let version = {
@@ -335,8 +334,7 @@ impl Catalog {
             return Err(CatalogError::from(e).into());
         }
         if sub.own_metrics {
-            self.metrics
-                .init_subscription(&sub.name, SeriesSet::of(&sub.channel));
+            self.metrics.init_own_series(&sub);
         }
         if *sub.ordering() == subscription::DeliveryOrder::None
             && *old.ordering() != subscription::DeliveryOrder::None
@@ -504,14 +502,12 @@ impl Catalog {
             self.dispatcher.remove(name);
         }
         for sub in next.iter().filter(|s| change.added.contains(&s.name)) {
-            self.metrics
-                .init_subscription(&sub.name, SeriesSet::of(&sub.channel));
+            self.metrics.init_own_series(sub);
             self.dispatcher.add(sub.clone());
         }
         for sub in next.iter().filter(|s| change.changed.contains(&s.name)) {
             // Its kind may have changed: the old kind's series go.
-            self.metrics
-                .init_subscription(&sub.name, SeriesSet::of(&sub.channel));
+            self.metrics.init_own_series(sub);
             self.dispatcher.add(sub.clone());
         }
         let version = {

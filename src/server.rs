@@ -154,7 +154,7 @@ impl Relay {
         metrics.init_subscription(SHARED_METRIC_LABEL, SeriesSet::SHARED);
         for sub in config_subs.iter().chain(&api_subs) {
             if sub.own_metrics {
-                metrics.init_subscription(&sub.name, SeriesSet::of(&sub.channel));
+                metrics.init_own_series(sub);
             }
         }
         let all: Vec<Arc<Subscription>> = config_subs.iter().chain(&api_subs).cloned().collect();

@@ -237,3 +237,44 @@ async fn a_deleted_subscription_leaves_no_series() {
     assert!(!names_by_subscription(&m).contains_key("own"), "{m}");
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_a_kind_changes_its_series() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let path = dir.path().join("config.yaml");
+    let head = format!(
+        "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\n\
+         storage: {{path: '{}'}}\nsubscriptions:\n",
+        dir.path().join("relay.db").display()
+    );
+    let push = "  - {name: s, url: 'http://127.0.0.1:9/', events: ['*']}\n";
+    std::fs::write(&path, format!("{head}{push}")).unwrap();
+    let relay = TestRelay::start_from_file(&path, dir.clone()).await;
+    let m = relay.metrics().await;
+    assert!(names_by_subscription(&m)["s"].contains("hookrelay_delivery_attempts_total"));
+
+    // Renamed over, as an editor would.
+    let tmp = path.with_extension("tmp");
+    let pull = "  - {name: s, mode: pull, events: ['*']}\n";
+    std::fs::write(&tmp, format!("{head}{pull}")).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    relay
+        .wait_metric(
+            "hookrelay_config_reloads_total",
+            &[("result", "success")],
+            1.0,
+        )
+        .await;
+    let m = relay.metrics().await;
+    assert_eq!(
+        names_by_subscription(&m)["s"],
+        set(&[
+            "hookrelay_events_matched_total",
+            "hookrelay_deliveries_total",
+            "hookrelay_queue_depth",
+            "hookrelay_pull_redelivered_total",
+        ]),
+        "{m}"
+    );
+    relay.stop().await;
+}

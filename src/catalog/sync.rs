@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::load::admit;
 use super::{Catalog, CatalogError};
-use crate::metrics::SeriesSet;
 use crate::subscription::{self, Subscription};
 
 /// What a resync changed, by subscription name.
@@ -107,8 +106,7 @@ impl Catalog {
         }
         for (sub, old) in &start {
             if sub.own_metrics {
-                self.metrics
-                    .init_subscription(&sub.name, SeriesSet::of(&sub.channel));
+                self.metrics.init_own_series(sub);
             }
             if let Some(old) = old
                 && *sub.ordering() == subscription::DeliveryOrder::None
