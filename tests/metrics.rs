@@ -50,6 +50,16 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| n.to_string()).collect()
 }
 
+/// The names a pull subscription's series have.
+fn pull_series() -> BTreeSet<String> {
+    set(&[
+        "hookrelay_events_matched_total",
+        "hookrelay_deliveries_total",
+        "hookrelay_queue_depth",
+        "hookrelay_pull_redelivered_total",
+    ])
+}
+
 /// `hookrelay_http_requests_total` of one listener and status in `text`.
 fn requests(text: &str, listener: &str, status: &str) -> Option<f64> {
     sample(
@@ -90,16 +100,7 @@ async fn series_per_subscription_kind() {
     ]);
     assert_eq!(by_sub["hooks"], push, "{idle}");
     assert_eq!(by_sub["mail"], push, "{idle}");
-    assert_eq!(
-        by_sub["queue"],
-        set(&[
-            "hookrelay_events_matched_total",
-            "hookrelay_deliveries_total",
-            "hookrelay_queue_depth",
-            "hookrelay_pull_redelivered_total",
-        ]),
-        "{idle}"
-    );
+    assert_eq!(by_sub["queue"], pull_series(), "{idle}");
     let attempts = "hookrelay_delivery_attempts_total";
     assert_eq!(
         label_values(&idle, attempts, "hooks", "result"),
@@ -219,16 +220,7 @@ async fn a_deleted_subscription_leaves_no_series() {
         .await;
     assert_eq!(status, 201);
     let m = relay.metrics().await;
-    assert_eq!(
-        names_by_subscription(&m)["own"],
-        set(&[
-            "hookrelay_events_matched_total",
-            "hookrelay_deliveries_total",
-            "hookrelay_queue_depth",
-            "hookrelay_pull_redelivered_total",
-        ]),
-        "{m}"
-    );
+    assert_eq!(names_by_subscription(&m)["own"], pull_series(), "{m}");
     let (status, _) = relay
         .api(Method::DELETE, "/v1/subscriptions/own", None)
         .await;
@@ -266,15 +258,6 @@ async fn a_reload_that_changes_a_kind_changes_its_series() {
         )
         .await;
     let m = relay.metrics().await;
-    assert_eq!(
-        names_by_subscription(&m)["s"],
-        set(&[
-            "hookrelay_events_matched_total",
-            "hookrelay_deliveries_total",
-            "hookrelay_queue_depth",
-            "hookrelay_pull_redelivered_total",
-        ]),
-        "{m}"
-    );
+    assert_eq!(names_by_subscription(&m)["s"], pull_series(), "{m}");
     relay.stop().await;
 }
