@@ -24,9 +24,13 @@ RUN mkdir -p src bench/e2e \
     && cp bench/e2e/main.rs bench/matching.rs \
     && cargo build --release --locked --target "$TARGET" \
     && rm -rf src bench
+COPY build.rs build.rs
 COPY src src
 COPY bench bench
 COPY docker docker
+# There is no .git here: hookrelay_build_info's commit label comes from this argument
+# (docker build --build-arg HOOKRELAY_COMMIT=$(git rev-parse --short HEAD) .), else "unknown".
+ARG HOOKRELAY_COMMIT
 # touch: the stub sources above are newer than the real ones' checkout times.
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --target "$TARGET" \

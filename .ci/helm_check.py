@@ -46,11 +46,11 @@ METRICS = {
     "hookrelay_orphaned_deliveries", "hookrelay_rate_limited_total",
     "hookrelay_pull_redelivered_total", "hookrelay_build_info",
     "hookrelay_config_reloads_total", "hookrelay_config_last_reload_success_timestamp_seconds",
-    "hookrelay_subscriptions",
+    "hookrelay_subscriptions", "hookrelay_http_requests_total",
 }
 HISTOGRAMS = {
     "hookrelay_delivery_duration_seconds", "hookrelay_store_commit_duration_seconds",
-    "hookrelay_store_batch_size",
+    "hookrelay_store_batch_size", "hookrelay_ingest_duration_seconds",
 }
 for _h in HISTOGRAMS:
     METRICS |= {f"{_h}_bucket", f"{_h}_sum", f"{_h}_count"}
@@ -66,8 +66,7 @@ ALERTS = {
     "HookrelayQueueBacklogGrowing": (
         "deriv(hookrelay_queue_depth[15m]) > 0 and hookrelay_queue_depth > 1000", "15m", "warning"),
     "HookrelayOldestPendingTooOld": (
-        "hookrelay_oldest_pending_timestamp_seconds > 0 and time() - "
-        "hookrelay_oldest_pending_timestamp_seconds > 3600", "5m", "warning"),
+        "time() - hookrelay_oldest_pending_timestamp_seconds > 3600", "5m", "warning"),
     "HookrelayDeadLetters": ("hookrelay_dead_letters > 0", "5m", "info"),
     "HookrelayIngestBusy": (
         'rate(hookrelay_events_rejected_total{reason="busy"}[5m]) > 0', "5m", "critical"),

@@ -277,7 +277,7 @@ impl Catalog {
             return Err(e.into());
         }
         if sub.own_metrics {
-            self.metrics.init_subscription(&sub.name);
+            self.metrics.init_own_series(&sub);
         }
         self.dispatcher.add(sub.clone());
         let version = {
@@ -334,7 +334,7 @@ impl Catalog {
             return Err(CatalogError::from(e).into());
         }
         if sub.own_metrics {
-            self.metrics.init_subscription(&sub.name);
+            self.metrics.init_own_series(&sub);
         }
         if *sub.ordering() == subscription::DeliveryOrder::None
             && *old.ordering() != subscription::DeliveryOrder::None
@@ -502,10 +502,12 @@ impl Catalog {
             self.dispatcher.remove(name);
         }
         for sub in next.iter().filter(|s| change.added.contains(&s.name)) {
-            self.metrics.init_subscription(&sub.name);
+            self.metrics.init_own_series(sub);
             self.dispatcher.add(sub.clone());
         }
         for sub in next.iter().filter(|s| change.changed.contains(&s.name)) {
+            // Its kind may have changed: the old kind's series go.
+            self.metrics.init_own_series(sub);
             self.dispatcher.add(sub.clone());
         }
         let version = {

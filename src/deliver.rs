@@ -24,7 +24,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Service, ServiceBuilder};
 
-use crate::metrics::{ATTEMPT_RESULTS, Metrics};
+use crate::metrics::{Metrics, SeriesSet};
 use crate::subscription::{FinalStatuses, HttpSettings, PushSettings, SuccessCodes};
 use allowance::{Allowance, AllowanceLayer};
 use auth::AuthLayer;
@@ -52,6 +52,7 @@ pub type AttemptService<R> = BoxCloneService<R, Verdict, BoxError>;
 /// credentials added last.
 pub fn http_stack(
     label: &str,
+    series: SeriesSet,
     push: &PushSettings,
     http: &HttpSettings,
     sender: http_post::Sender,
@@ -64,12 +65,13 @@ pub fn http_stack(
         .option_layer(http.auth.as_ref().map(AuthLayer::new))
         .service(send);
     let policy = (http.success.clone(), http.final_statuses.clone());
-    stack(label, push, policy, transport, caps, metrics)
+    stack(label, series, push, policy, transport, caps, metrics)
 }
 
 /// The stack of an e-mail subscription: its `mailer` sends.
 pub fn email_stack(
     label: &str,
+    series: SeriesSet,
     push: &PushSettings,
     mailer: Arc<Mailer>,
     caps: Caps,
@@ -82,13 +84,15 @@ pub fn email_stack(
     // SMTP replies are judged by their class (5xx is final already); `success_code` and
     // `final_statuses` are HTTP's.
     let policy = (SuccessCodes::default_2xx(), FinalStatuses::default());
-    stack(label, push, policy, send, caps, metrics)
+    stack(label, series, push, policy, send, caps, metrics)
 }
 
 /// The layers every push channel shares, around its `transport`; `policy` is what counts as
-/// delivered and what as final.
+/// delivered and what as final. Its attempts count under `label`, in the results `series`
+/// (the channel's) holds.
 fn stack<R, T>(
     label: &str,
+    series: SeriesSet,
     push: &PushSettings,
     (success, finals): (SuccessCodes, FinalStatuses),
     transport: T,
@@ -121,7 +125,7 @@ where
             success,
             finals,
             timeout: push.timeout,
-            attempts: ATTEMPT_RESULTS.map(|r| metrics.attempts.with_label_values(&[label, r])),
+            attempts: metrics.attempt_counters(label, series),
             duration: metrics.attempt_duration.with_label_values(&[label]),
         })))
         // Per attempt, covering connect, send and reading the status.

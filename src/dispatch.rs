@@ -32,7 +32,7 @@ use crate::deliver::http_post::{self, Clients, DeliverError};
 use crate::deliver::rate_limit::Relays;
 use crate::deliver::settings::DeliverySettings;
 use crate::deliver::{self, AttemptService, Caps, via};
-use crate::metrics::{FinalOutcome, Metrics};
+use crate::metrics::{FinalOutcome, Metrics, SeriesSet};
 use crate::store::{Delivery, PauseState, Store, StoreError};
 use crate::subscription::{Channel, DeliveryOrder, PushSettings, Source, Subscription, push_slots};
 pub use control::ControlState;
@@ -179,6 +179,7 @@ impl Dispatcher {
                 let sender = shared.clients.sender(policy(&sub), &http.url);
                 let service = deliver::http_stack(
                     label,
+                    SeriesSet::of(&sub.channel),
                     push,
                     http,
                     sender,
@@ -200,6 +201,7 @@ impl Dispatcher {
                 ));
                 let service = deliver::email_stack(
                     label,
+                    SeriesSet::of(&sub.channel),
                     push,
                     mailer,
                     self.caps(&sub, push),

@@ -5,13 +5,15 @@ mod schema;
 pub mod settings;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use prometheus::Histogram;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -67,12 +69,31 @@ pub fn router(state: IngestState, token: Option<Secret>) -> Router {
             count_refusal(&metrics, "unauthorized")
         }));
     }
+    let timed = metrics.ingest_duration.clone();
     router
         .with_state(Arc::new(state))
         // Counts the body limits' refusals like the handlers' own.
         .layer(axum::middleware::from_fn(move |req, next| {
             count_layer_refusals(metrics.clone(), req, next)
         }))
+        // Around the token check and the body limits, so their refusals are timed too;
+        // routes only: an unknown path is no ingest post.
+        .route_layer(axum::middleware::from_fn(move |req, next| {
+            time_posts(timed.clone(), req, next)
+        }))
+}
+
+/// Observes `hookrelay_ingest_duration_seconds` for the two ingest posts, from their
+/// arrival to their answer (a request whose client left before it is not observed).
+async fn time_posts(histogram: Histogram, req: Request, next: Next) -> Response {
+    let posted = req.method() == Method::POST
+        && matches!(req.uri().path(), "/v1/events" | "/v1/events/batch");
+    let started = Instant::now();
+    let response = next.run(req).await;
+    if posted {
+        histogram.observe(started.elapsed().as_secs_f64());
+    }
+    response
 }
 
 /// The app listener's routes, each with its OpenAPI description (a route cannot be added
@@ -115,14 +136,10 @@ async fn count_layer_refusals(metrics: Metrics, req: Request, next: Next) -> Res
     response
 }
 
-/// Counts a refused request: `hookrelay_events_rejected_total{reason}` and the received
-/// events `rejected`.
+/// Counts a refused request, once: `hookrelay_events_rejected_total{reason}` (the received
+/// events count only events that got in, accepted or duplicate).
 fn count_refusal(metrics: &Metrics, reason: &str) {
     metrics.events_rejected.with_label_values(&[reason]).inc();
-    metrics
-        .events_received
-        .with_label_values(&["rejected"])
-        .inc();
 }
 
 /// Post one event.

@@ -1,17 +1,21 @@
 //! Every Prometheus metric the relay exports, registered in one place. Label values come from
 //! bounded sets: subscription names and fixed outcome words, never event ids.
 
+mod series;
+
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::store::QueueStats;
+use crate::subscription::Subscription;
+pub use series::SeriesSet;
 
 /// The `state` values of `hookrelay_subscription_state`.
 pub const DELIVERY_STATES: [&str; 4] = ["active", "open", "half_open", "paused"];
 
-/// Results of one attempt (`hookrelay_delivery_attempts_total{result}`).
+/// Results of one attempt (`hookrelay_delivery_attempts_total{result}`), of any channel.
 /// `connect_error` stays last: it is the label of errors nothing else claims.
 pub const ATTEMPT_RESULTS: [&str; 5] = [
     "success",
@@ -53,8 +57,29 @@ impl FinalOutcome {
         }
     }
 }
-/// Outcomes of an ingest request (`hookrelay_events_received_total{outcome}`).
-pub const RECEIVE_OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
+/// `hookrelay_delivery_attempts_total` of one subscription, resolved once: a counter per
+/// result its channel can have.
+#[derive(Clone)]
+pub struct AttemptCounters(Vec<(&'static str, IntCounter)>);
+
+impl AttemptCounters {
+    /// Counts one attempt with the `result` label; a result the channel cannot have counts
+    /// as the last one (`connect_error`, the label of errors nothing else claims).
+    pub fn inc(&self, result: &str) {
+        let counter = self
+            .0
+            .iter()
+            .find(|(label, _)| *label == result)
+            .or(self.0.last());
+        if let Some((_, counter)) = counter {
+            counter.inc();
+        }
+    }
+}
+
+/// Outcomes of an ingested event (`hookrelay_events_received_total{outcome}`); refused
+/// requests are counted once, in `hookrelay_events_rejected_total`.
+pub const RECEIVE_OUTCOMES: [&str; 2] = ["accepted", "duplicate"];
 /// Reasons an event was refused (`hookrelay_events_rejected_total{reason}`).
 pub const REJECT_REASONS: [&str; 5] = ["busy", "invalid", "loop", "too_large", "unauthorized"];
 /// Results of a config reload (`hookrelay_config_reloads_total{result}`).
@@ -79,7 +104,7 @@ impl std::ops::Deref for Metrics {
 /// Every metric, registered once.
 pub struct MetricSet {
     registry: Registry,
-    /// Ingest requests by outcome.
+    /// Ingested events by outcome.
     pub events_received: IntCounterVec,
     /// Refused events by reason.
     pub events_rejected: IntCounterVec,
@@ -93,7 +118,8 @@ pub struct MetricSet {
     pub attempt_duration: HistogramVec,
     /// Undelivered deliveries, per subscription.
     pub queue_depth: IntGaugeVec,
-    /// Acceptance time of the oldest undelivered delivery (0 when none), per subscription.
+    /// Acceptance time of the oldest undelivered delivery, per subscription; no series
+    /// while none waits.
     pub oldest_pending: GaugeVec,
     /// Dead letters kept, per subscription.
     pub dead_letters: IntGaugeVec,
@@ -130,6 +156,10 @@ pub struct MetricSet {
     pub connections: IntGaugeVec,
     /// Inbound connections closed at once because the listener had its most open.
     pub connections_refused: IntCounterVec,
+    /// Requests answered, by listener and status.
+    pub http_requests: IntCounterVec,
+    /// Seconds from an ingest post's arrival to its answer.
+    pub ingest_duration: Histogram,
 }
 
 impl Metrics {
@@ -177,6 +207,11 @@ impl Metrics {
             "hookrelay_config_reloads_total",
             "Config reloads (SIGHUP or a changed file), by result.",
             &["result"],
+        );
+        let http_requests = counter(
+            "hookrelay_http_requests_total",
+            "Requests answered, by listener and status (the code, or its class for codes the relay does not answer itself).",
+            &["listener", "status"],
         );
         let connections_refused = counter(
             "hookrelay_connections_refused_total",
@@ -227,7 +262,7 @@ impl Metrics {
         let oldest_pending = GaugeVec::new(
             Opts::new(
                 "hookrelay_oldest_pending_timestamp_seconds",
-                "Unix time the oldest undelivered delivery was accepted; 0 when the queue is empty.",
+                "Unix time the oldest undelivered delivery was accepted; no series while none is undelivered.",
             ),
             &["subscription"],
         )
@@ -260,6 +295,15 @@ impl Metrics {
             "Duration of one store transaction (group commit), fsync included.",
             vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ],
+        );
+        // A durable write: a group commit's fsync (sub-millisecond to tens of ms) plus the
+        // queue before it, up to the store's busy answer.
+        let ingest_duration = histogram(
+            "hookrelay_ingest_duration_seconds",
+            "Seconds from an ingest post's arrival (POST /v1/events and /v1/events/batch) to its answer, refusals included.",
+            vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ],
         );
         let store_batch_size = histogram(
@@ -361,15 +405,23 @@ impl Metrics {
             .expect("unique metric");
 
         let build_info = IntGaugeVec::new(
-            Opts::new("hookrelay_build_info", "Build information; always 1."),
-            &["version"],
+            Opts::new(
+                "hookrelay_build_info",
+                "Build information: version, git commit and rustc version; always 1.",
+            ),
+            &["version", "commit", "rustc"],
         )
         .expect("valid metric");
         registry
             .register(Box::new(build_info.clone()))
             .expect("unique metric");
+        // Set by build.rs; "unknown" when the build had no git or rustc to ask.
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("HOOKRELAY_COMMIT"),
+                env!("HOOKRELAY_RUSTC"),
+            ])
             .set(1);
         // Process metrics (CPU, RSS, open fds) where the platform supports them.
         let process = prometheus::process_collector::ProcessCollector::for_self();
@@ -419,6 +471,8 @@ impl Metrics {
             subscription_state,
             connections,
             connections_refused,
+            http_requests,
+            ingest_duration,
         }))
     }
 
@@ -432,21 +486,65 @@ impl Metrics {
         self.finals(label, outcome).inc_by(n);
     }
 
-    /// Creates every per-subscription series at zero, so dashboards show zeros, not gaps.
-    pub fn init_subscription(&self, name: &str) {
-        self.events_matched.with_label_values(&[name]);
+    /// Creates at zero every series `series` holds under `label`, so dashboards show zeros,
+    /// not gaps, and removes the label's others (left from a kind it had before).
+    pub fn init_subscription(&self, label: &str, series: SeriesSet) {
+        self.events_matched.with_label_values(&[label]);
         for result in ATTEMPT_RESULTS {
-            self.attempts.with_label_values(&[name, result]);
+            if series.attempts.contains(&result) {
+                self.attempts.with_label_values(&[label, result]);
+            } else {
+                let _ = self.attempts.remove_label_values(&[label, result]);
+            }
         }
         for outcome in FinalOutcome::ALL {
-            self.finals(name, outcome);
+            if series.outcomes.contains(&outcome) {
+                self.finals(label, outcome);
+            } else {
+                let _ = self
+                    .deliveries
+                    .remove_label_values(&[label, outcome.label()]);
+            }
         }
-        self.attempt_duration.with_label_values(&[name]);
-        self.queue_depth.with_label_values(&[name]);
-        self.oldest_pending.with_label_values(&[name]);
-        self.dead_letters.with_label_values(&[name]);
-        self.rate_limited.with_label_values(&[name]);
-        self.pull_redelivered.with_label_values(&[name]);
+        self.queue_depth.with_label_values(&[label]);
+        if series.pushed {
+            self.attempt_duration.with_label_values(&[label]);
+            self.dead_letters.with_label_values(&[label]);
+        } else {
+            let _ = self.attempt_duration.remove_label_values(&[label]);
+            let _ = self.dead_letters.remove_label_values(&[label]);
+            let _ = self.concurrency_limit.remove_label_values(&[label]);
+            for state in DELIVERY_STATES {
+                let _ = self.subscription_state.remove_label_values(&[label, state]);
+            }
+        }
+        if series.rate_limited {
+            self.rate_limited.with_label_values(&[label]);
+        } else {
+            let _ = self.rate_limited.remove_label_values(&[label]);
+        }
+        if series.pulled {
+            self.pull_redelivered.with_label_values(&[label]);
+        } else {
+            let _ = self.pull_redelivered.remove_label_values(&[label]);
+        }
+    }
+
+    /// Creates the own series of `sub` (under its name), those its channel can have.
+    pub fn init_own_series(&self, sub: &Subscription) {
+        self.init_subscription(&sub.name, SeriesSet::of(&sub.channel));
+    }
+
+    /// The attempt counters of a subscription counting under `label`, one per result of
+    /// `series`.
+    pub fn attempt_counters(&self, label: &str, series: SeriesSet) -> AttemptCounters {
+        AttemptCounters(
+            series
+                .attempts
+                .iter()
+                .map(|r| (*r, self.attempts.with_label_values(&[label, r])))
+                .collect(),
+        )
     }
 
     /// Removes every per-subscription series of `label` (a deleted subscription's).
@@ -472,24 +570,28 @@ impl Metrics {
         }
     }
 
-    /// Sets the queue gauges from store figures; `subs` pairs each subscription's name with
-    /// its metric label, and subscriptions sharing a label are summed.
+    /// Sets the queue gauges from store figures for the subscriptions in force; those
+    /// sharing a label are summed. The oldest-pending gauge of a label with nothing
+    /// undelivered is removed (not 0); dead letters show only for labels that can have them.
     pub fn set_queue_stats<'a>(
         &self,
-        subs: impl Iterator<Item = (&'a str, &'a str)>,
+        subs: impl Iterator<Item = &'a Subscription>,
         stats: &std::collections::HashMap<String, QueueStats>,
     ) {
         self.orphaned
             .set(stats.values().map(|s| s.orphaned as i64).sum());
-        let mut by_label: std::collections::HashMap<&str, QueueStats> = Default::default();
+        let mut by_label: std::collections::HashMap<&str, (QueueStats, SeriesSet)> =
+            Default::default();
         // Always set, so it drops to zero when the last API subscription goes.
         by_label.insert(
             crate::subscription::SHARED_METRIC_LABEL,
-            QueueStats::default(),
+            (QueueStats::default(), SeriesSet::SHARED),
         );
-        for (name, label) in subs {
-            let s = stats.get(name).copied().unwrap_or_default();
-            let total = by_label.entry(label).or_default();
+        for sub in subs {
+            let s = stats.get(&sub.name).copied().unwrap_or_default();
+            let (total, _) = by_label
+                .entry(sub.metric_label())
+                .or_insert_with(|| (QueueStats::default(), SeriesSet::of_label(sub)));
             total.depth += s.depth;
             total.dead_letters += s.dead_letters;
             total.oldest_ms = match (total.oldest_ms, s.oldest_ms) {
@@ -497,16 +599,27 @@ impl Metrics {
                 (a, b) => a.or(b),
             };
         }
-        for (label, s) in by_label {
+        for (label, (s, series)) in by_label {
             self.queue_depth
                 .with_label_values(&[label])
                 .set(s.depth as i64);
-            self.dead_letters
-                .with_label_values(&[label])
-                .set(s.dead_letters as i64);
-            self.oldest_pending
-                .with_label_values(&[label])
-                .set(s.oldest_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
+            if series.pushed {
+                self.dead_letters
+                    .with_label_values(&[label])
+                    .set(s.dead_letters as i64);
+            } else {
+                // A scrape that read the catalog before a kind change may have set it.
+                let _ = self.dead_letters.remove_label_values(&[label]);
+            }
+            match s.oldest_ms {
+                Some(ms) => self
+                    .oldest_pending
+                    .with_label_values(&[label])
+                    .set(ms as f64 / 1000.0),
+                None => {
+                    let _ = self.oldest_pending.remove_label_values(&[label]);
+                }
+            }
         }
     }
 
@@ -529,26 +642,162 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::subscription::tests::parse;
+
+    /// The names of the series labelled `subscription="<label>"`, each with its other labels.
+    fn series_of(text: &str, label: &str) -> Vec<String> {
+        let needle = format!("subscription=\"{label}\"");
+        let mut out: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&needle))
+            .map(|l| {
+                l.rsplit_once(' ')
+                    .map_or(l, |(series, _)| series)
+                    .to_string()
+            })
+            .filter(|l| !l.contains("_bucket{"))
+            .collect();
+        out.sort();
+        out
+    }
 
     #[test]
-    fn subscription_series_exist_from_start() {
+    fn each_kind_gets_only_its_own_series() {
         let m = Metrics::new();
-        m.init_subscription("billing");
+        let http = parse("{name: h, url: 'http://h/', events: [x]}").unwrap();
+        let limited =
+            parse("{name: r, url: 'http://h/', events: [x], rate_limit: {per_second: 5}}").unwrap();
+        let mail = parse(
+            "{name: m, mode: email, events: [x], email: {to: [a@example.org], from: r@example.org, smtp: {host: 127.0.0.1, port: 2525, tls: none}}}",
+        )
+        .unwrap();
+        let pull = parse("{name: p, mode: pull, events: [x]}").unwrap();
+        for sub in [&http, &limited, &mail, &pull] {
+            m.init_subscription(&sub.name, SeriesSet::of(&sub.channel));
+        }
+        let text = m.render();
+        let http = series_of(&text, "h");
+        assert_eq!(
+            http,
+            [
+                "hookrelay_dead_letters{subscription=\"h\"}",
+                "hookrelay_deliveries_total{outcome=\"delivered\",subscription=\"h\"}",
+                "hookrelay_deliveries_total{outcome=\"expired\",subscription=\"h\"}",
+                "hookrelay_deliveries_total{outcome=\"failed\",subscription=\"h\"}",
+                "hookrelay_delivery_attempts_total{result=\"connect_error\",subscription=\"h\"}",
+                "hookrelay_delivery_attempts_total{result=\"http_error\",subscription=\"h\"}",
+                "hookrelay_delivery_attempts_total{result=\"success\",subscription=\"h\"}",
+                "hookrelay_delivery_attempts_total{result=\"timeout\",subscription=\"h\"}",
+                "hookrelay_delivery_duration_seconds_count{subscription=\"h\"}",
+                "hookrelay_delivery_duration_seconds_sum{subscription=\"h\"}",
+                "hookrelay_events_matched_total{subscription=\"h\"}",
+                "hookrelay_queue_depth{subscription=\"h\"}",
+            ],
+            "{text}"
+        );
+        assert!(
+            series_of(&text, "r")
+                .iter()
+                .any(|s| s.starts_with("hookrelay_rate_limited_total"))
+        );
+        let mail = series_of(&text, "m");
+        assert!(mail.iter().any(|s| s.contains("smtp_error")), "{mail:?}");
+        assert!(!mail.iter().any(|s| s.contains("http_error")), "{mail:?}");
+        assert_eq!(
+            series_of(&text, "p"),
+            [
+                "hookrelay_deliveries_total{outcome=\"delivered\",subscription=\"p\"}",
+                "hookrelay_deliveries_total{outcome=\"expired\",subscription=\"p\"}",
+                "hookrelay_events_matched_total{subscription=\"p\"}",
+                "hookrelay_pull_redelivered_total{subscription=\"p\"}",
+                "hookrelay_queue_depth{subscription=\"p\"}",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_changed_kind_loses_the_series_of_the_old_one() {
+        let m = Metrics::new();
+        let http = parse("{name: s, url: 'http://h/', events: [x]}").unwrap();
+        let pull = parse("{name: s, mode: pull, events: [x]}").unwrap();
+        m.init_subscription("s", SeriesSet::of(&http.channel));
+        m.concurrency_limit.with_label_values(&["s"]).set(4);
+        m.init_subscription("s", SeriesSet::of(&pull.channel));
+        let text = m.render();
+        for gone in [
+            "hookrelay_delivery_attempts_total",
+            "hookrelay_delivery_duration_seconds",
+            "hookrelay_dead_letters",
+            "hookrelay_delivery_concurrency_limit",
+            "outcome=\"failed\"",
+        ] {
+            assert!(
+                !series_of(&text, "s").iter().any(|s| s.contains(gone)),
+                "{gone} left\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn oldest_pending_is_absent_while_nothing_waits() {
+        let m = Metrics::new();
+        let sub = parse("{name: b, url: 'http://h/', events: [x]}").unwrap();
+        m.init_subscription("b", SeriesSet::of(&sub.channel));
+        let waiting = QueueStats {
+            depth: 1,
+            oldest_ms: Some(1_500),
+            ..QueueStats::default()
+        };
+        let stats = [("b".to_string(), waiting)].into();
+        m.set_queue_stats(std::iter::once(&sub), &stats);
+        assert!(
+            m.render()
+                .contains("hookrelay_oldest_pending_timestamp_seconds{subscription=\"b\"} 1.5")
+        );
+        m.set_queue_stats(std::iter::once(&sub), &Default::default());
+        let text = m.render();
+        assert!(
+            !text.contains("hookrelay_oldest_pending_timestamp_seconds{"),
+            "{text}"
+        );
+        assert!(text.contains("hookrelay_queue_depth{subscription=\"b\"} 0"));
+    }
+
+    #[test]
+    fn attempts_of_a_result_the_channel_cannot_have_count_as_connect_errors() {
+        let m = Metrics::new();
+        let sub = parse("{name: h, url: 'http://h/', events: [x]}").unwrap();
+        let counters = m.attempt_counters("h", SeriesSet::of(&sub.channel));
+        counters.inc("http_error");
+        counters.inc("smtp_error");
+        let text = m.render();
+        assert!(text.contains(
+            "hookrelay_delivery_attempts_total{result=\"http_error\",subscription=\"h\"} 1"
+        ));
+        assert!(text.contains(
+            "hookrelay_delivery_attempts_total{result=\"connect_error\",subscription=\"h\"} 1"
+        ));
+        assert!(!text.contains("smtp_error"), "{text}");
+    }
+
+    #[test]
+    fn shared_and_global_series_exist_from_start() {
+        let m = Metrics::new();
+        m.init_subscription("_api", SeriesSet::SHARED);
         let text = m.render();
         for line in [
-            "hookrelay_events_matched_total{subscription=\"billing\"} 0",
-            "hookrelay_delivery_attempts_total{result=\"timeout\",subscription=\"billing\"} 0",
-            "hookrelay_deliveries_total{outcome=\"failed\",subscription=\"billing\"} 0",
-            "hookrelay_queue_depth{subscription=\"billing\"} 0",
-            "hookrelay_rate_limited_total{subscription=\"billing\"} 0",
-            "hookrelay_oldest_pending_timestamp_seconds{subscription=\"billing\"} 0",
-            "hookrelay_delivery_duration_seconds_count{subscription=\"billing\"} 0",
+            "hookrelay_delivery_attempts_total{result=\"smtp_error\",subscription=\"_api\"} 0",
+            "hookrelay_deliveries_total{outcome=\"cancelled\",subscription=\"_api\"} 0",
+            "hookrelay_pull_redelivered_total{subscription=\"_api\"} 0",
+            "hookrelay_rate_limited_total{subscription=\"_api\"} 0",
             "hookrelay_events_received_total{outcome=\"accepted\"} 0",
             "hookrelay_config_reloads_total{result=\"failure\"} 0",
             "hookrelay_subscriptions{source=\"api\"} 0",
+            "hookrelay_ingest_duration_seconds_count 0",
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
-        assert!(text.contains("hookrelay_build_info{version=\""));
+        assert!(!text.contains("outcome=\"rejected\""), "{text}");
+        assert!(text.contains("hookrelay_build_info{commit=\""));
     }
 }

@@ -26,8 +26,9 @@ use crate::deliver::http_post::DeliverError;
 use crate::dispatch::Dispatcher;
 use crate::inbound::error::json_errors;
 use crate::inbound::listener::{self, ConnectionMetrics};
+use crate::inbound::requests::RequestCounters;
 use crate::ingest::{self, IngestState};
-use crate::metrics::{FinalOutcome, Metrics};
+use crate::metrics::{FinalOutcome, Metrics, SeriesSet};
 use crate::ops::{self, OpsState, Readiness};
 use crate::reload::Reloader;
 use crate::store::settings::StorageLocation;
@@ -150,10 +151,10 @@ impl Relay {
                 other => ServerError::NameConflict(other.to_string()),
             })?;
         let api_subs = loaded.subscriptions.clone();
-        metrics.init_subscription(SHARED_METRIC_LABEL);
+        metrics.init_subscription(SHARED_METRIC_LABEL, SeriesSet::SHARED);
         for sub in config_subs.iter().chain(&api_subs) {
             if sub.own_metrics {
-                metrics.init_subscription(&sub.name);
+                metrics.init_own_series(sub);
             }
         }
         let all: Vec<Arc<Subscription>> = config_subs.iter().chain(&api_subs).cloned().collect();
@@ -283,6 +284,9 @@ impl Relay {
             ("ops", self.ops, ops),
         ];
         for (name, listener, router) in listeners {
+            // Outermost: every answer is counted once, as the client got it.
+            let router =
+                router.layer(RequestCounters::new(metrics.http_requests.clone(), name).layer());
             let counted = ConnectionMetrics {
                 open: metrics.connections.with_label_values(&[name]),
                 refused: metrics.connections_refused.with_label_values(&[name]),

@@ -163,6 +163,19 @@ async fn the_dashboard_and_alerts_query_only_exported_metrics() {
     let relay =
         TestRelay::start("subscriptions: [{name: a, url: 'http://127.0.0.1:9/', events: ['*']}]")
             .await;
+    // A delivery that waits (nothing answers on port 9): gauges of nothing have no series.
+    let (status, _) = relay
+        .post(&serde_json::json!({"type": "t", "data": {}}))
+        .await;
+    assert_eq!(status, 202);
+    let oldest = "hookrelay_oldest_pending_timestamp_seconds";
+    common::poll(|| async {
+        relay
+            .metric(oldest, &[("subscription", "a")])
+            .await
+            .is_some()
+    })
+    .await;
     let exported: BTreeSet<String> = relay
         .metrics()
         .await

@@ -5,21 +5,12 @@
 
 mod common;
 
-use common::{Receiver, TestRelay};
+use common::{Receiver, TestRelay, free_port};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 /// A name the tests map to 127.0.0.1.
 const LOOP_HOST: &str = "loop.hookrelay.test";
-
-/// A port that was free a moment ago, for a listener the config must name in advance.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A relay whose app listener is on `app`, with `LOOP_HOST` mapped to 127.0.0.1.
 fn config(app: u16, subscriptions: &str) -> String {

@@ -106,7 +106,7 @@ impl Catalog {
         }
         for (sub, old) in &start {
             if sub.own_metrics {
-                self.metrics.init_subscription(&sub.name);
+                self.metrics.init_own_series(sub);
             }
             if let Some(old) = old
                 && *sub.ordering() == subscription::DeliveryOrder::None

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use prometheus::{Histogram, IntCounter};
+use prometheus::Histogram;
 use tower::{BoxError, Layer, Service};
 
 use super::verdict::{Reply, Verdict, classify};
-use crate::metrics::ATTEMPT_RESULTS;
+use crate::metrics::AttemptCounters;
 use crate::subscription::{FinalStatuses, SuccessCodes};
 
 /// Classifies each attempt once and records its result and duration.
@@ -26,8 +26,8 @@ pub struct ClassifyConfig {
     pub finals: FinalStatuses,
     /// The attempt timeout, named in the error of a timed-out attempt.
     pub timeout: Duration,
-    /// `hookrelay_delivery_attempts_total`, one counter per result, in `ATTEMPT_RESULTS` order.
-    pub attempts: [IntCounter; ATTEMPT_RESULTS.len()],
+    /// `hookrelay_delivery_attempts_total`, one counter per result the channel can have.
+    pub attempts: AttemptCounters,
     /// `hookrelay_delivery_duration_seconds` of the subscription.
     pub duration: Histogram,
 }
@@ -72,11 +72,7 @@ where
             let result = future.await.map_err(Into::into);
             let attempt = classify(result, &config.success, &config.finals, config.timeout);
             config.duration.observe(started.elapsed().as_secs_f64());
-            let i = ATTEMPT_RESULTS
-                .iter()
-                .position(|l| *l == attempt.result_label())
-                .unwrap_or(ATTEMPT_RESULTS.len() - 1);
-            config.attempts[i].inc();
+            config.attempts.inc(attempt.result_label());
             Ok(attempt)
         })
     }

@@ -396,6 +396,16 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
+/// A port on 127.0.0.1 that was free a moment ago (bound, then let go): for a listener a
+/// config must name in advance, or an address where nothing answers.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `cond` until it is true or the deadline passes; returns whether it became true.
 pub async fn deadline<F, Fut>(mut cond: F) -> bool
 where
