@@ -351,10 +351,11 @@ impl Catalog {
             state.version += 1;
             state.version
         };
+        self.publish(version).await;
+        // After the publish, as for a delete: a scrape until then still uses the old label.
         if old.own_metrics && !sub.own_metrics {
             self.metrics.remove_subscription(&old.name);
         }
-        self.publish(version).await;
         // Long polls on the old version see the change and end.
         self.dispatcher.wake(&sub.name);
         tracing::info!(

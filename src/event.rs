@@ -115,41 +115,61 @@ impl Event {
         // costs nothing more than when the first problem ended the parse.
         let mut problems: Vec<Problem> = Vec::new();
         let (mut event_type, mut id, mut data) = (None, None, None);
+        // type, id, data given more than once; unknown members seen. The answer stays small
+        // however many members a hostile body holds: each is looked at once.
+        let mut repeated = [false; 3];
+        let mut unknown = 0usize;
         for (key, value) in members {
             // Names compared unescaped: `"typ\u0065"` is `type` too.
-            let (member, slot) = match key.as_ref() {
-                "type" => ("type", &mut event_type),
-                "id" => ("id", &mut id),
-                "data" => ("data", &mut data),
+            let (index, member, slot) = match key.as_ref() {
+                "type" => (0, "type", &mut event_type),
+                "id" => (1, "id", &mut id),
+                "data" => (2, "data", &mut data),
                 other => {
-                    problems.push(problem(
-                        "envelope",
-                        format!("unknown member {other:?} (expected type, id, data)"),
-                    ));
+                    unknown += 1;
+                    if unknown <= MAX_UNKNOWN_LISTED {
+                        problems.push(problem(
+                            "envelope",
+                            format!(
+                                "unknown member {:?} (expected type, id, data)",
+                                clip_name(other)
+                            ),
+                        ));
+                    }
                     continue;
                 }
             };
             // Parsers disagree on which of two values wins: refuse rather than guess.
-            if slot.replace(value).is_some() && !problems.iter().any(|p| p.field == member) {
+            if slot.replace(value).is_some() && !repeated[index] {
+                repeated[index] = true;
                 problems.push(problem(member, "given more than once".into()));
             }
         }
+        if unknown > MAX_UNKNOWN_LISTED {
+            problems.push(problem(
+                "envelope",
+                format!("and {} more unknown members", unknown - MAX_UNKNOWN_LISTED),
+            ));
+        }
+        // A repeated member is already reported; its values are not judged.
         let event_type = match event_type {
             None => {
                 problems.push(problem("type", "missing".into()));
                 None
             }
+            Some(_) if repeated[0] => None,
             Some(raw) => token("type", raw, &mut problems),
         };
         let id = match id {
-            None => None,
-            Some(raw) => token("id", raw, &mut problems),
+            Some(raw) if !repeated[1] => token("id", raw, &mut problems),
+            _ => None,
         };
         let raw = match data {
             None => {
                 problems.push(problem("data", "missing".into()));
                 None
             }
+            Some(_) if repeated[2] => None,
             Some(raw) if raw.get() == "null" => {
                 problems.push(problem("data", "must not be null".into()));
                 None
@@ -362,15 +382,23 @@ fn token(field: &'static str, raw: &RawValue, problems: &mut Vec<Problem>) -> Op
     match serde_json::from_str::<String>(raw.get()) {
         Ok(t) if is_id_or_type(&t) => Some(t),
         _ => {
-            // A repeated member is already reported; its values are not judged.
-            if !problems.iter().any(|p| p.field == field) {
-                problems.push(problem(
-                    field,
-                    "must be a string matching [A-Za-z0-9._:-]{1,128}".into(),
-                ));
-            }
+            problems.push(problem(
+                field,
+                "must be a string matching [A-Za-z0-9._:-]{1,128}".into(),
+            ));
             None
         }
+    }
+}
+
+/// Unknown members named one by one in an answer; the rest are counted.
+const MAX_UNKNOWN_LISTED: usize = 8;
+
+/// A member name as an answer echoes it: at most 64 characters.
+fn clip_name(name: &str) -> Cow<'_, str> {
+    match name.char_indices().nth(64) {
+        Some((end, _)) => Cow::Owned(format!("{}...", &name[..end])),
+        None => Cow::Borrowed(name),
     }
 }
 
@@ -478,6 +506,42 @@ mod tests {
         assert_eq!(fields, ["type: given more than once", "data: missing"]);
         let (fields, _) = found("{}");
         assert_eq!(fields, ["type: missing", "data: missing"]);
+    }
+
+    #[test]
+    fn a_hostile_envelope_gets_a_short_answer() {
+        // Thousands of unknown members and repeats: eight named, the rest counted, each
+        // repeat reported once, long names clipped.
+        let mut body = String::from("{");
+        for i in 0..5000 {
+            body.push_str(&format!(r#""m{i}":0,"id":0,"#));
+        }
+        body.push_str(&format!(r#""{}":0,"type":"a","data":1}}"#, "n".repeat(500)));
+        let Err(EventError::Invalid(p)) = parse(&body) else {
+            panic!("accepted")
+        };
+        let fields: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+        assert_eq!(fields.len(), 10, "{fields:?}");
+        assert_eq!(
+            fields[0],
+            r#"unknown member "m0" (expected type, id, data)"#
+        );
+        assert_eq!(fields[2], "id: given more than once");
+        assert_eq!(fields[9], "and 4993 more unknown members");
+        let long = parse(&format!(
+            r#"{{"{}":0,"type":"a","data":1}}"#,
+            "n".repeat(500)
+        ));
+        let Err(EventError::Invalid(p)) = long else {
+            panic!("accepted")
+        };
+        assert_eq!(
+            p[0].to_string(),
+            format!(
+                "unknown member \"{}...\" (expected type, id, data)",
+                "n".repeat(64)
+            )
+        );
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

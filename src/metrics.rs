@@ -160,6 +160,9 @@ pub struct MetricSet {
     pub http_requests: IntCounterVec,
     /// Seconds from an ingest post's arrival to its answer.
     pub ingest_duration: Histogram,
+    /// Labels whose per-subscription series exist. Held while a scrape sets the queue gauges
+    /// from the catalog it read, so a subscription removed meanwhile is not re-created.
+    live: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Metrics {
@@ -473,6 +476,7 @@ impl Metrics {
             connections_refused,
             http_requests,
             ingest_duration,
+            live: Default::default(),
         }))
     }
 
@@ -486,9 +490,18 @@ impl Metrics {
         self.finals(label, outcome).inc_by(n);
     }
 
+    fn live_labels(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        // The set stays whole whatever panicked while holding it.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Creates at zero every series `series` holds under `label`, so dashboards show zeros,
     /// not gaps, and removes the label's others (left from a kind it had before).
     pub fn init_subscription(&self, label: &str, series: SeriesSet) {
+        let mut live = self.live_labels();
+        if !live.contains(label) {
+            live.insert(label.to_string());
+        }
         self.events_matched.with_label_values(&[label]);
         for result in ATTEMPT_RESULTS {
             if series.attempts.contains(&result) {
@@ -549,6 +562,8 @@ impl Metrics {
 
     /// Removes every per-subscription series of `label` (a deleted subscription's).
     pub fn remove_subscription(&self, label: &str) {
+        let mut live = self.live_labels();
+        live.remove(label);
         let _ = self.events_matched.remove_label_values(&[label]);
         for result in ATTEMPT_RESULTS {
             let _ = self.attempts.remove_label_values(&[label, result]);
@@ -599,7 +614,12 @@ impl Metrics {
                 (a, b) => a.or(b),
             };
         }
+        let live = self.live_labels();
         for (label, (s, series)) in by_label {
+            // Read before a removal that has happened since: leave it removed.
+            if !live.contains(label) {
+                continue;
+            }
             self.queue_depth
                 .with_label_values(&[label])
                 .set(s.depth as i64);
@@ -761,6 +781,27 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("hookrelay_queue_depth{subscription=\"b\"} 0"));
+    }
+
+    #[test]
+    fn a_scrape_with_an_older_catalog_does_not_bring_back_a_removed_subscription() {
+        let m = Metrics::new();
+        let sub = parse("{name: gone, url: 'http://h/', events: [x]}").unwrap();
+        m.init_subscription("gone", SeriesSet::of(&sub.channel));
+        let stats = [(
+            "gone".to_string(),
+            QueueStats {
+                depth: 3,
+                oldest_ms: Some(1_000),
+                ..QueueStats::default()
+            },
+        )]
+        .into();
+        // The scrape read the catalog with `gone` in it; the removal came before its gauges.
+        m.remove_subscription("gone");
+        m.set_queue_stats(std::iter::once(&sub), &stats);
+        let text = m.render();
+        assert!(!text.contains("subscription=\"gone\""), "{text}");
     }
 
     #[test]

@@ -166,6 +166,10 @@ fn parse_base(text: &str) -> Result<Url, String> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err("must not have a query or fragment".into());
     }
+    // Errors print the URL; the token comes from the environment anyway.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry a user name or password".into());
+    }
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
         url.set_path(&path);
@@ -232,6 +236,13 @@ impl Client {
         url
     }
 
+    /// The next page's URL: the relay's link is a path from its root, which is taken below
+    /// the base (a proxy's path prefix kept); one elsewhere never gets the token.
+    fn next_page(&self, link: &str) -> Option<Url> {
+        let url = self.base.join(link.trim_start_matches('/')).ok()?;
+        (url.origin() == self.base.origin()).then_some(url)
+    }
+
     /// GETs `url`.
     pub async fn get(&self, url: Url) -> Result<Answer, CliError> {
         self.send(Method::GET, url, None).await
@@ -259,7 +270,7 @@ impl Client {
         }
         let response = req.send().await.map_err(|e| self.failed(&url, e))?;
         let status = response.status();
-        let next = next_link(response.headers()).and_then(|link| url.join(&link).ok());
+        let next = next_link(response.headers()).and_then(|link| self.next_page(&link));
         let text = response.text().await.map_err(|e| self.failed(&url, e))?;
         let parsed = serde_json::from_str::<Value>(&text);
         if !status.is_success() {
@@ -404,6 +415,20 @@ mod tests {
         assert!(parse_base("ftp://relay.example").is_err());
         assert!(parse_base("http://relay.example/?x=1").is_err());
         assert!(parse_base("http://").is_err());
+        assert!(parse_base("http://u:p@relay.example").is_err());
+    }
+
+    #[test]
+    fn a_next_page_stays_below_the_base_and_on_its_origin() {
+        let client = Client::new(parse_base("https://h/hookrelay").unwrap(), API).unwrap();
+        let next = client
+            .next_page("/v1/subscriptions?limit=2&after=b")
+            .unwrap();
+        assert_eq!(
+            next.as_str(),
+            "https://h/hookrelay/v1/subscriptions?limit=2&after=b"
+        );
+        assert_eq!(client.next_page("https://elsewhere/v1/subscriptions"), None);
     }
 
     #[test]
