@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::{Marker, ScanError};
+use yaml_rust2::scanner::{Marker, ScanError, TScalarStyle};
 
 use super::{Issue, Target, index, join};
 
@@ -49,6 +49,9 @@ impl Positions {
     pub fn read(text: &str) -> Result<Positions, ScanError> {
         let mut walk = Walk {
             text,
+            line_starts: std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
             ..Walk::default()
         };
         Parser::new_from_str(text).load(&mut walk, false)?;
@@ -115,6 +118,8 @@ enum Frame {
 #[derive(Default)]
 struct Walk<'t> {
     text: &'t str,
+    /// Byte offset of each line's start: marks count characters, the text is bytes.
+    line_starts: Vec<usize>,
     stack: Vec<Frame>,
     positions: Positions,
     /// Block collections opened since the last scalar or bracket: yaml-rust2 marks a block
@@ -133,6 +138,15 @@ enum Role {
 }
 
 impl Walk<'_> {
+    /// The character a mark points at.
+    fn char_at(&self, mark: Marker) -> Option<char> {
+        let start = *self.line_starts.get(mark.line().checked_sub(1)?)?;
+        self.text[start..]
+            .chars()
+            .take_while(|c| *c != '\n')
+            .nth(mark.col())
+    }
+
     /// What the next node is.
     fn role(&mut self) -> Role {
         match self.stack.last_mut() {
@@ -211,7 +225,7 @@ impl MarkedEventReceiver for Walk<'_> {
         if self.done {
             return;
         }
-        let at = Position::from(mark);
+        let mut at = Position::from(mark);
         let collection = match &ev {
             Event::MappingStart(..) => Some(true),
             Event::SequenceStart(..) => Some(false),
@@ -233,8 +247,22 @@ impl MarkedEventReceiver for Walk<'_> {
             return;
         }
         // Scalars and brackets are marked where they are; block collections are not.
-        let block = collection.is_some()
-            && !matches!(self.text.as_bytes().get(mark.index()), Some(b'{' | b'['));
+        let block = collection.is_some() && !matches!(self.char_at(mark), Some('{' | '['));
+        // A key with nothing after it (`url:`) is marked at the next token, maybe lines on:
+        // its own key's place is where the missing value is.
+        if let (
+            Event::Scalar(text, TScalarStyle::Plain, ..),
+            Some(Frame::Mapping {
+                path,
+                key: Some(key),
+                ..
+            }),
+        ) = (&ev, self.stack.last())
+            && text.is_empty()
+            && let Some(key_at) = self.positions.keys.get(&join(path, key))
+        {
+            at = *key_at;
+        }
         if !block {
             for path in self.pending.drain(..) {
                 self.positions.values.insert(path, at);
@@ -320,6 +348,24 @@ subscriptions:
         assert_eq!(at(&p, "listen", Target::Value), Some((2, 3)));
         assert_eq!(at(&p, "subscriptions", Target::Value), Some((4, 5)));
         assert_eq!(at(&p, "subscriptions[0]", Target::Value), Some((4, 5)));
+    }
+
+    #[test]
+    fn a_key_without_a_value_is_placed_at_its_key() {
+        let p = Positions::read("a:\n  url:\n  events: [x]\nb: 1\nlast:\n").unwrap();
+        assert_eq!(at(&p, "a.url", Target::Value), Some((2, 3)));
+        assert_eq!(at(&p, "a.events", Target::Value), Some((3, 11)));
+        assert_eq!(at(&p, "last", Target::Value), Some((5, 1)));
+    }
+
+    #[test]
+    fn characters_beyond_ascii_do_not_shift_collections() {
+        // Marks count characters; the byte offset of `[` is past the multi-byte ones.
+        let p = Positions::read("# café ‹›\nfrom: \"Zoë\"\nevents: []\nheaders: {}\nnext: 1\n")
+            .unwrap();
+        assert_eq!(at(&p, "events", Target::Value), Some((3, 9)));
+        assert_eq!(at(&p, "headers", Target::Value), Some((4, 10)));
+        assert_eq!(at(&p, "next", Target::Value), Some((5, 7)));
     }
 
     #[test]
