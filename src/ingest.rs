@@ -5,7 +5,6 @@ mod schema;
 pub mod settings;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -13,7 +12,6 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use prometheus::Histogram;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -69,29 +67,30 @@ pub fn router(state: IngestState, token: Option<Secret>) -> Router {
             count_refusal(&metrics, "unauthorized")
         }));
     }
-    let timed = metrics.ingest_duration.clone();
     router
         .with_state(Arc::new(state))
-        // Counts the body limits' refusals like the handlers' own.
+        // One middleware around the token check and the body limits, so their refusals
+        // are timed and counted too.
         .layer(axum::middleware::from_fn(move |req, next| {
-            count_layer_refusals(metrics.clone(), req, next)
-        }))
-        // Around the token check and the body limits, so their refusals are timed too;
-        // routes only: an unknown path is no ingest post.
-        .route_layer(axum::middleware::from_fn(move |req, next| {
-            time_posts(timed.clone(), req, next)
+            observe(metrics.clone(), req, next)
         }))
 }
 
-/// Observes `hookrelay_ingest_duration_seconds` for the two ingest posts, from their
-/// arrival to their answer (a request whose client left before it is not observed).
-async fn time_posts(histogram: Histogram, req: Request, next: Next) -> Response {
+/// Observes `hookrelay_ingest_duration_seconds` for the two ingest posts, and counts the
+/// `413`s answered by the body-limit layer (the handlers count their own, in JSON).
+async fn observe(metrics: Metrics, req: Request, next: Next) -> Response {
     let posted = req.method() == Method::POST
         && matches!(req.uri().path(), "/v1/events" | "/v1/events/batch");
-    let started = Instant::now();
+    // Observed when dropped: a request cut off by limits.request_timeout (or left by its
+    // client) counts with the time it had, not as nothing.
+    let _timer = posted.then(|| metrics.ingest_duration.start_timer());
     let response = next.run(req).await;
-    if posted {
-        histogram.observe(started.elapsed().as_secs_f64());
+    let from_layer = !response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && from_layer {
+        count_refusal(&metrics, "too_large");
     }
     response
 }
@@ -121,19 +120,6 @@ pub(crate) fn openapi() -> OpenApi {
         body.required = Some(utoipa::openapi::Required::False);
     }
     doc
-}
-
-/// Counts `413`s answered by the body-limit layer (the handlers count their own, in JSON).
-async fn count_layer_refusals(metrics: Metrics, req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
-    let from_layer = !response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && from_layer {
-        count_refusal(&metrics, "too_large");
-    }
-    response
 }
 
 /// Counts a refused request, once: `hookrelay_events_rejected_total{reason}` (the received

@@ -261,3 +261,33 @@ async fn a_reload_that_changes_a_kind_changes_its_series() {
     assert_eq!(names_by_subscription(&m)["s"], pull_series(), "{m}");
     relay.stop().await;
 }
+
+/// A post whose body never finishes is cut off by `limits.request_timeout` (408) and still
+/// observed by the ingest histogram, with the time it had.
+#[tokio::test]
+async fn a_post_cut_off_by_the_request_timeout_is_timed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = TestRelay::start("limits: {request_timeout: 300ms}\nsubscriptions: []\n").await;
+    let mut s = tokio::net::TcpStream::connect(relay.addrs.app)
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /v1/events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"type\":",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(common::DEADLINE, s.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no answer before the deadline");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let m = relay.metrics().await;
+    assert_eq!(
+        sample(&m, "hookrelay_ingest_duration_seconds_count", &[]),
+        Some(1.0),
+        "{m}"
+    );
+    let sum = sample(&m, "hookrelay_ingest_duration_seconds_sum", &[]).unwrap();
+    assert!(sum >= 0.29, "timed {sum}s");
+    assert_eq!(requests(&m, "app", "408"), Some(1.0), "{m}");
+}
