@@ -502,28 +502,43 @@ impl Metrics {
         if !live.contains(label) {
             live.insert(label.to_string());
         }
+        self.prune(label, series);
         self.events_matched.with_label_values(&[label]);
+        self.queue_depth.with_label_values(&[label]);
+        for result in series.attempts {
+            self.attempts.with_label_values(&[label, result]);
+        }
+        for outcome in series.outcomes {
+            self.finals(label, *outcome);
+        }
+        if series.pushed {
+            self.attempt_duration.with_label_values(&[label]);
+            self.dead_letters.with_label_values(&[label]);
+        }
+        if series.rate_limited {
+            self.rate_limited.with_label_values(&[label]);
+        }
+        if series.pulled {
+            self.pull_redelivered.with_label_values(&[label]);
+        }
+    }
+
+    /// Removes the per-subscription series of `label` that `series` does not hold: the one
+    /// list of them, for a kind change and (with [`SeriesSet::NONE`]) a removal.
+    fn prune(&self, label: &str, series: SeriesSet) {
         for result in ATTEMPT_RESULTS {
-            if series.attempts.contains(&result) {
-                self.attempts.with_label_values(&[label, result]);
-            } else {
+            if !series.attempts.contains(&result) {
                 let _ = self.attempts.remove_label_values(&[label, result]);
             }
         }
         for outcome in FinalOutcome::ALL {
-            if series.outcomes.contains(&outcome) {
-                self.finals(label, outcome);
-            } else {
+            if !series.outcomes.contains(&outcome) {
                 let _ = self
                     .deliveries
                     .remove_label_values(&[label, outcome.label()]);
             }
         }
-        self.queue_depth.with_label_values(&[label]);
-        if series.pushed {
-            self.attempt_duration.with_label_values(&[label]);
-            self.dead_letters.with_label_values(&[label]);
-        } else {
+        if !series.pushed {
             let _ = self.attempt_duration.remove_label_values(&[label]);
             let _ = self.dead_letters.remove_label_values(&[label]);
             let _ = self.concurrency_limit.remove_label_values(&[label]);
@@ -531,14 +546,10 @@ impl Metrics {
                 let _ = self.subscription_state.remove_label_values(&[label, state]);
             }
         }
-        if series.rate_limited {
-            self.rate_limited.with_label_values(&[label]);
-        } else {
+        if !series.rate_limited {
             let _ = self.rate_limited.remove_label_values(&[label]);
         }
-        if series.pulled {
-            self.pull_redelivered.with_label_values(&[label]);
-        } else {
+        if !series.pulled {
             let _ = self.pull_redelivered.remove_label_values(&[label]);
         }
     }
@@ -564,25 +575,10 @@ impl Metrics {
     pub fn remove_subscription(&self, label: &str) {
         let mut live = self.live_labels();
         live.remove(label);
+        self.prune(label, SeriesSet::NONE);
         let _ = self.events_matched.remove_label_values(&[label]);
-        for result in ATTEMPT_RESULTS {
-            let _ = self.attempts.remove_label_values(&[label, result]);
-        }
-        for outcome in FinalOutcome::ALL {
-            let _ = self
-                .deliveries
-                .remove_label_values(&[label, outcome.label()]);
-        }
-        let _ = self.attempt_duration.remove_label_values(&[label]);
         let _ = self.queue_depth.remove_label_values(&[label]);
         let _ = self.oldest_pending.remove_label_values(&[label]);
-        let _ = self.dead_letters.remove_label_values(&[label]);
-        let _ = self.rate_limited.remove_label_values(&[label]);
-        let _ = self.concurrency_limit.remove_label_values(&[label]);
-        let _ = self.pull_redelivered.remove_label_values(&[label]);
-        for state in DELIVERY_STATES {
-            let _ = self.subscription_state.remove_label_values(&[label, state]);
-        }
     }
 
     /// Sets the queue gauges from store figures for the subscriptions in force; those

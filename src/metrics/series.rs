@@ -48,6 +48,15 @@ impl SeriesSet {
         pulled: true,
     };
 
+    /// None at all: a removed subscription's.
+    pub const NONE: SeriesSet = SeriesSet {
+        attempts: &[],
+        outcomes: &[],
+        pushed: false,
+        rate_limited: false,
+        pulled: false,
+    };
+
     /// The series a subscription of this channel can have.
     pub fn of(channel: &Channel) -> SeriesSet {
         let push = |attempts: &'static [&'static str], rate_limited: bool| SeriesSet {
