@@ -17,11 +17,12 @@ pub const DELIVERY_STATES: [&str; 4] = ["active", "open", "half_open", "paused"]
 
 /// Results of one attempt (`hookrelay_delivery_attempts_total{result}`), of any channel.
 /// `connect_error` stays last: it is the label of errors nothing else claims.
-pub const ATTEMPT_RESULTS: [&str; 5] = [
+pub const ATTEMPT_RESULTS: [&str; 6] = [
     "success",
     "http_error",
     "smtp_error",
     "timeout",
+    "auth_error",
     "connect_error",
 ];
 
@@ -131,6 +132,8 @@ pub struct MetricSet {
     pub concurrency_limit: IntGaugeVec,
     /// Pull notifications handed out again after they were pulled and not acknowledged.
     pub pull_redelivered: IntCounterVec,
+    /// OAuth2 token requests, per subscription and result (`ok`, `error`).
+    pub oauth2_token_requests: IntCounterVec,
     /// Seconds per store transaction, commit included.
     pub store_commit_duration: Histogram,
     /// Jobs per store transaction.
@@ -222,6 +225,11 @@ impl Metrics {
             "hookrelay_rate_limited_total",
             "Attempts delayed by the subscription's rate limit.",
             &["subscription"],
+        );
+        let oauth2_token_requests = counter(
+            "hookrelay_oauth2_token_requests_total",
+            "OAuth2 token requests, by subscription and result (ok, error).",
+            &["subscription", "result"],
         );
         let attempt_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -459,6 +467,7 @@ impl Metrics {
             rate_limited,
             concurrency_limit,
             pull_redelivered,
+            oauth2_token_requests,
             store_commit_duration,
             store_batch_size,
             store_writable,
@@ -565,6 +574,11 @@ impl Metrics {
         let _ = self.rate_limited.remove_label_values(&[label]);
         let _ = self.concurrency_limit.remove_label_values(&[label]);
         let _ = self.pull_redelivered.remove_label_values(&[label]);
+        for result in ["ok", "error"] {
+            let _ = self
+                .oauth2_token_requests
+                .remove_label_values(&[label, result]);
+        }
         for state in DELIVERY_STATES {
             let _ = self.subscription_state.remove_label_values(&[label, state]);
         }

@@ -1,10 +1,13 @@
 //! The HTTP push channel's settings: URL, success statuses, credentials, extra headers,
 //! signing keys and body encoding.
 
+use std::sync::Arc;
+
 use http::{HeaderName, HeaderValue};
 use reqwest::Url;
 use serde_yaml::Value;
 
+use super::oauth2::parse_oauth2;
 use super::{Auth, Encoding, FinalStatuses, SuccessCodes};
 use crate::secret::{Secret, TOKEN_RULE, is_token};
 use crate::signing::SigningKey;
@@ -182,12 +185,23 @@ pub(super) fn parse_auth(s: &Section<'_>, issues: &mut Issues) -> Option<Auth> {
     if !s.has("auth") {
         return None;
     }
-    let a = s.section("auth", &["basic", "bearer"], issues);
-    match (a.get("basic"), a.get("bearer")) {
-        (Some(_), Some(_)) => {
-            issues.push(a.path(), "use either basic or bearer, not both");
-            None
+    let a = s.section("auth", &["basic", "bearer", "oauth2"], issues);
+    let given = ["basic", "bearer", "oauth2"].map(|k| a.has(k));
+    match given.iter().filter(|g| **g).count() {
+        0 => {
+            issues.push(a.path(), "needs basic, bearer or oauth2");
+            return None;
         }
+        1 => {}
+        _ => {
+            issues.push(a.path(), "use one of basic, bearer or oauth2");
+            return None;
+        }
+    }
+    if a.has("oauth2") {
+        return parse_oauth2(&a, issues).map(|o| Auth::OAuth2(Arc::new(o)));
+    }
+    match (a.get("basic"), a.get("bearer")) {
         (Some(_), None) => {
             let b = a.section("basic", &["username", "password"], issues);
             let username = b
@@ -223,10 +237,7 @@ pub(super) fn parse_auth(s: &Section<'_>, issues: &mut Issues) -> Option<Auth> {
             }
             Some(Auth::Bearer(Secret::new(token)))
         }
-        (None, None) => {
-            issues.push(a.path(), "needs basic or bearer");
-            None
-        }
+        _ => None,
     }
 }
 
