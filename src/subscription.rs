@@ -5,6 +5,7 @@
 mod control;
 pub mod email;
 mod http_push;
+mod http_url;
 mod oauth2;
 mod parse;
 mod spec;

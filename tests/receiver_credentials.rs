@@ -34,6 +34,21 @@ fn bearer(r: &common::Received) -> String {
         .unwrap_or_default()
 }
 
+/// A receiver that takes every token until told to refuse `tok-1` with a `401`.
+async fn revoking_receiver() -> (Receiver, Arc<AtomicBool>) {
+    let revoked = Arc::new(AtomicBool::new(false));
+    let flag = revoked.clone();
+    let rx = Receiver::judging(move |r| {
+        if flag.load(Ordering::SeqCst) && bearer(r) == "Bearer tok-1" {
+            Answer::status(401)
+        } else {
+            Answer::status(200)
+        }
+    })
+    .await;
+    (rx, revoked)
+}
+
 async fn post(relay: &TestRelay, n: usize) {
     let (status, answer) = relay.post(&json!({"type": "t", "data": {"n": n}})).await;
     assert_eq!(status, 202, "{answer}");
@@ -114,18 +129,7 @@ async fn an_expired_token_is_refreshed() {
 #[tokio::test]
 async fn a_401_refreshes_once_within_the_attempt() {
     let endpoint = TokenEndpoint::issuing(None).await;
-    let revoked = Arc::new(AtomicBool::new(false));
-    let rx = {
-        let revoked = revoked.clone();
-        Receiver::judging(move |r| {
-            if revoked.load(Ordering::SeqCst) && bearer(r) == "Bearer tok-1" {
-                Answer::status(401)
-            } else {
-                Answer::status(200)
-            }
-        })
-        .await
-    };
+    let (rx, revoked) = revoking_receiver().await;
     let relay = TestRelay::start(&config(&rx, &endpoint, "")).await;
     post(&relay, 1).await;
     rx.wait_for(1).await;
@@ -317,18 +321,7 @@ async fn api_oauth2_secrets_are_redacted_kept_and_sealed() {
 #[tokio::test]
 async fn secrets_never_reach_the_logs_at_trace() {
     let endpoint = TokenEndpoint::issuing(Some(1)).await;
-    let revoked = Arc::new(AtomicBool::new(false));
-    let rx = {
-        let revoked = revoked.clone();
-        Receiver::judging(move |r| {
-            if revoked.load(Ordering::SeqCst) && bearer(r) == "Bearer tok-1" {
-                Answer::status(401)
-            } else {
-                Answer::status(200)
-            }
-        })
-        .await
-    };
+    let (rx, revoked) = revoking_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hookrelay.yaml");
     std::fs::write(

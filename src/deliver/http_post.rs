@@ -133,11 +133,7 @@ impl Sender {
         }
         let mut response = self.client.execute(req).await?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let retry_after = retry_after(response.headers());
         let mut body = Vec::new();
         let mut truncated = false;
         while let Some(chunk) = response.chunk().await? {
@@ -212,15 +208,19 @@ pub fn request(
     req
 }
 
+/// A response's `Retry-After`, in seconds or as a date.
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
 /// Sends one POST on `client`.
 async fn send(client: reqwest::Client, req: reqwest::Request) -> Result<Reply, BoxError> {
     let mut response = client.execute(req).await?;
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+    let retry_after = retry_after(response.headers());
     // Read a little of the body so the connection goes back to the pool; stop early on big ones.
     let mut read = 0;
     while read < DRAIN_LIMIT {

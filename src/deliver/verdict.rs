@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 use tower::BoxError;
 
-use super::oauth2::TokenError;
+use super::token_error::TokenError;
 use crate::backoff::Pressure;
 use crate::subscription::{FinalStatuses, SuccessCodes};
 

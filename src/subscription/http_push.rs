@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
-use reqwest::Url;
 use serde_yaml::Value;
 
+pub(super) use super::http_url::parse_url;
 use super::oauth2::parse_oauth2;
 use super::{Auth, Encoding, FinalStatuses, SuccessCodes};
 use crate::secret::{Secret, TOKEN_RULE, is_token};
@@ -23,33 +23,6 @@ const RESERVED_HEADERS: &[&str] = &[
     "user-agent",
 ];
 const RESERVED_PREFIXES: &[&str] = &["webhook-", "hookrelay-"];
-
-pub(super) fn parse_url(text: &str, path: &str, issues: &mut Issues) -> Option<Url> {
-    let url = match Url::parse(text) {
-        Ok(u) => u,
-        Err(e) => {
-            issues.push(path, format!("{text:?} is not a URL: {e}"));
-            return None;
-        }
-    };
-    if !matches!(url.scheme(), "http" | "https") {
-        issues.push(
-            path,
-            format!("scheme {:?} is not http or https", url.scheme()),
-        );
-        return None;
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        // Credentials in a URL end up in logs; auth keeps them secret.
-        issues.push(path, "must not carry credentials; use auth.basic instead");
-        return None;
-    }
-    if url.host().is_none() {
-        issues.push(path, "has no host");
-        return None;
-    }
-    Some(url)
-}
 
 pub(super) fn parse_success(v: &Value, path: &str, issues: &mut Issues) -> Option<SuccessCodes> {
     let one = |v: &Value, path: &str, issues: &mut Issues| -> Option<(u16, u16)> {

@@ -5,7 +5,7 @@ use reqwest::Url;
 use serde_yaml::Value;
 use url::Host;
 
-use super::http_push::parse_url;
+use super::http_url::parse_url;
 use crate::secret::Secret;
 use crate::yaml::{Issues, Section, as_list, as_string, describe, index};
 
