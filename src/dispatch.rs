@@ -33,7 +33,7 @@ use crate::deliver::oauth2::{TokenCounters, TokenSource};
 use crate::deliver::rate_limit::Relays;
 use crate::deliver::settings::DeliverySettings;
 use crate::deliver::{self, AttemptService, Caps, via};
-use crate::metrics::{FinalOutcome, Metrics, SeriesSet};
+use crate::metrics::{FinalOutcome, Metrics, OAUTH2_REQUEST_RESULTS, SeriesSet};
 use crate::store::{Delivery, PauseState, Store, StoreError};
 use crate::subscription::{
     Auth, Channel, DeliveryOrder, HttpSettings, PushSettings, Source, Subscription, push_slots,
@@ -233,21 +233,18 @@ impl Dispatcher {
         };
         let shared = &self.shared;
         let label = sub.metric_label();
-        let counter = |result| {
+        let [ok, failed] = OAUTH2_REQUEST_RESULTS.map(|result| {
             shared
                 .metrics
                 .oauth2_token_requests
                 .with_label_values(&[label, result])
-        };
+        });
         Some(Arc::new(TokenSource::new(
             settings.clone(),
             shared.clients.sender(policy(sub), &settings.token_url),
             push.timeout * 3 / 4,
             &sub.name,
-            TokenCounters {
-                ok: counter("ok"),
-                failed: counter("error"),
-            },
+            TokenCounters { ok, failed },
         )))
     }
 

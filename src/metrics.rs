@@ -26,6 +26,9 @@ pub const ATTEMPT_RESULTS: [&str; 6] = [
     "connect_error",
 ];
 
+/// Results of an OAuth2 token request (`hookrelay_oauth2_token_requests_total{result}`).
+pub const OAUTH2_REQUEST_RESULTS: [&str; 2] = ["ok", "error"];
+
 /// How a delivery ended, as `hookrelay_deliveries_total{outcome}` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinalOutcome {
@@ -537,6 +540,16 @@ impl Metrics {
         } else {
             let _ = self.pull_redelivered.remove_label_values(&[label]);
         }
+        for result in OAUTH2_REQUEST_RESULTS {
+            if series.oauth2 {
+                self.oauth2_token_requests
+                    .with_label_values(&[label, result]);
+            } else {
+                let _ = self
+                    .oauth2_token_requests
+                    .remove_label_values(&[label, result]);
+            }
+        }
     }
 
     /// Creates the own series of `sub` (under its name), those its channel can have.
@@ -574,7 +587,7 @@ impl Metrics {
         let _ = self.rate_limited.remove_label_values(&[label]);
         let _ = self.concurrency_limit.remove_label_values(&[label]);
         let _ = self.pull_redelivered.remove_label_values(&[label]);
-        for result in ["ok", "error"] {
+        for result in OAUTH2_REQUEST_RESULTS {
             let _ = self
                 .oauth2_token_requests
                 .remove_label_values(&[label, result]);
@@ -686,7 +699,11 @@ mod tests {
         )
         .unwrap();
         let pull = parse("{name: p, mode: pull, events: [x]}").unwrap();
-        for sub in [&http, &limited, &mail, &pull] {
+        let oauth2 = parse(
+            "{name: o, url: 'https://h/', events: [x], auth: {oauth2: {token_url: 'https://i/t', client_id: c, client_secret: s}}}",
+        )
+        .unwrap();
+        for sub in [&http, &limited, &mail, &pull, &oauth2] {
             m.init_subscription(&sub.name, SeriesSet::of(&sub.channel));
         }
         let text = m.render();
@@ -714,6 +731,14 @@ mod tests {
                 .iter()
                 .any(|s| s.starts_with("hookrelay_rate_limited_total"))
         );
+        let oauth2 = series_of(&text, "o");
+        for series in [
+            "hookrelay_delivery_attempts_total{result=\"auth_error\",subscription=\"o\"}",
+            "hookrelay_oauth2_token_requests_total{result=\"error\",subscription=\"o\"}",
+            "hookrelay_oauth2_token_requests_total{result=\"ok\",subscription=\"o\"}",
+        ] {
+            assert!(oauth2.iter().any(|s| s == series), "{series} in {oauth2:?}");
+        }
         let mail = series_of(&text, "m");
         assert!(mail.iter().any(|s| s.contains("smtp_error")), "{mail:?}");
         assert!(!mail.iter().any(|s| s.contains("http_error")), "{mail:?}");
