@@ -11,9 +11,11 @@ pub mod classify;
 pub mod destination;
 pub mod email;
 pub mod http_post;
+pub mod oauth2;
 pub mod payload;
 pub mod rate_limit;
 pub mod settings;
+pub mod token_error;
 pub mod verdict;
 pub mod via;
 
@@ -30,6 +32,7 @@ use allowance::{Allowance, AllowanceLayer};
 use auth::AuthLayer;
 use classify::{ClassifyConfig, ClassifyLayer};
 use email::{MailAttempt, Mailer};
+use oauth2::{OAuth2Layer, TokenSource};
 use rate_limit::{RateLimitLayer, Relays};
 use verdict::{Reply, Verdict};
 
@@ -49,20 +52,23 @@ pub struct Caps {
 pub type AttemptService<R> = BoxCloneService<R, Verdict, BoxError>;
 
 /// The stack of an HTTP push subscription: `sender` sends, with the subscription's
-/// credentials added last.
+/// credentials added last (`token`: the lane's OAuth2 tokens, for `auth.oauth2`).
 pub fn http_stack(
     label: &str,
     series: SeriesSet,
     push: &PushSettings,
     http: &HttpSettings,
-    sender: http_post::Sender,
+    (sender, token): (http_post::Sender, Option<Arc<TokenSource>>),
     caps: Caps,
     metrics: &Metrics,
 ) -> AttemptService<reqwest::Request> {
     let send = tower::service_fn(move |req| sender.clone().send(req));
     let transport = ServiceBuilder::new()
         // Credentials last, marked sensitive so no layer can log them.
-        .option_layer(http.auth.as_ref().map(AuthLayer::new))
+        .option_layer(http.auth.as_ref().and_then(AuthLayer::new))
+        // Inside the timeout and the classification, which so cover the token fetch and
+        // name its failures (`auth_error`).
+        .option_layer(token.map(OAuth2Layer))
         .service(send);
     let policy = (http.success.clone(), http.final_statuses.clone());
     stack(label, series, push, policy, transport, caps, metrics)

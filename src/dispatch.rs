@@ -29,12 +29,15 @@ use crate::deliver::allowance::Allowance;
 use crate::deliver::destination::{DestinationGuard, Lookup, Policy};
 use crate::deliver::email::{self, Mailer};
 use crate::deliver::http_post::{self, Clients, DeliverError};
+use crate::deliver::oauth2::{TokenCounters, TokenSource};
 use crate::deliver::rate_limit::Relays;
 use crate::deliver::settings::DeliverySettings;
 use crate::deliver::{self, AttemptService, Caps, via};
-use crate::metrics::{FinalOutcome, Metrics, SeriesSet};
+use crate::metrics::{FinalOutcome, Metrics, OAUTH2_REQUEST_RESULTS, SeriesSet};
 use crate::store::{Delivery, PauseState, Store, StoreError};
-use crate::subscription::{Channel, DeliveryOrder, PushSettings, Source, Subscription, push_slots};
+use crate::subscription::{
+    Auth, Channel, DeliveryOrder, HttpSettings, PushSettings, Source, Subscription, push_slots,
+};
 pub use control::ControlState;
 use control::{Control, Paused};
 use feeder::Feeder;
@@ -177,12 +180,13 @@ impl Dispatcher {
             }
             Channel::Http { push, http } => {
                 let sender = shared.clients.sender(policy(&sub), &http.url);
+                let token = self.token_source(&sub, push, http);
                 let service = deliver::http_stack(
                     label,
                     SeriesSet::of(&sub.channel),
                     push,
                     http,
-                    sender,
+                    (sender, token),
                     self.caps(&sub, push),
                     &shared.metrics,
                 );
@@ -213,6 +217,35 @@ impl Dispatcher {
                 });
             }
         }
+    }
+
+    /// The OAuth2 tokens of an HTTP subscription with `auth.oauth2`, for the life of its lane.
+    /// Each fetch gets three quarters of the attempt timeout, so a slow token endpoint ends
+    /// as an `auth_error` that names it rather than as a plain timeout.
+    fn token_source(
+        &self,
+        sub: &Subscription,
+        push: &PushSettings,
+        http: &HttpSettings,
+    ) -> Option<Arc<TokenSource>> {
+        let Some(Auth::OAuth2(settings)) = &http.auth else {
+            return None;
+        };
+        let shared = &self.shared;
+        let label = sub.metric_label();
+        let [ok, failed] = OAUTH2_REQUEST_RESULTS.map(|result| {
+            shared
+                .metrics
+                .oauth2_token_requests
+                .with_label_values(&[label, result])
+        });
+        Some(Arc::new(TokenSource::new(
+            settings.clone(),
+            shared.clients.sender(policy(sub), &settings.token_url),
+            push.timeout * 3 / 4,
+            &sub.name,
+            TokenCounters { ok, failed },
+        )))
     }
 
     /// The concurrency a push subscription is held to: its own `max_in_flight` for a config

@@ -281,6 +281,7 @@ fn summary(sub: &Subscription) -> String {
     let auth = match http.and_then(|h| h.auth.as_ref()) {
         Some(Auth::Basic { username, .. }) => format!(" auth=basic({username})"),
         Some(Auth::Bearer(_)) => " auth=bearer".to_string(),
+        Some(Auth::OAuth2(o)) => format!(" auth=oauth2({})", o.client_id),
         None => String::new(),
     };
     let signed = match http.map_or(0, |h| h.signing.len()) {

@@ -17,13 +17,17 @@ pub const DELIVERY_STATES: [&str; 4] = ["active", "open", "half_open", "paused"]
 
 /// Results of one attempt (`hookrelay_delivery_attempts_total{result}`), of any channel.
 /// `connect_error` stays last: it is the label of errors nothing else claims.
-pub const ATTEMPT_RESULTS: [&str; 5] = [
+pub const ATTEMPT_RESULTS: [&str; 6] = [
     "success",
     "http_error",
     "smtp_error",
     "timeout",
+    "auth_error",
     "connect_error",
 ];
+
+/// Results of an OAuth2 token request (`hookrelay_oauth2_token_requests_total{result}`).
+pub const OAUTH2_REQUEST_RESULTS: [&str; 2] = ["ok", "error"];
 
 /// How a delivery ended, as `hookrelay_deliveries_total{outcome}` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +135,8 @@ pub struct MetricSet {
     pub concurrency_limit: IntGaugeVec,
     /// Pull notifications handed out again after they were pulled and not acknowledged.
     pub pull_redelivered: IntCounterVec,
+    /// OAuth2 token requests, per subscription and result (`ok`, `error`).
+    pub oauth2_token_requests: IntCounterVec,
     /// Seconds per store transaction, commit included.
     pub store_commit_duration: Histogram,
     /// Jobs per store transaction.
@@ -225,6 +231,11 @@ impl Metrics {
             "hookrelay_rate_limited_total",
             "Attempts delayed by the subscription's rate limit.",
             &["subscription"],
+        );
+        let oauth2_token_requests = counter(
+            "hookrelay_oauth2_token_requests_total",
+            "OAuth2 token requests, by subscription and result (ok, error).",
+            &["subscription", "result"],
         );
         let attempt_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -462,6 +473,7 @@ impl Metrics {
             rate_limited,
             concurrency_limit,
             pull_redelivered,
+            oauth2_token_requests,
             store_commit_duration,
             store_batch_size,
             store_writable,
@@ -521,6 +533,12 @@ impl Metrics {
         if series.pulled {
             self.pull_redelivered.with_label_values(&[label]);
         }
+        if series.oauth2 {
+            for result in OAUTH2_REQUEST_RESULTS {
+                self.oauth2_token_requests
+                    .with_label_values(&[label, result]);
+            }
+        }
     }
 
     /// Removes the per-subscription series of `label` that `series` does not hold: the one
@@ -551,6 +569,13 @@ impl Metrics {
         }
         if !series.pulled {
             let _ = self.pull_redelivered.remove_label_values(&[label]);
+        }
+        if !series.oauth2 {
+            for result in OAUTH2_REQUEST_RESULTS {
+                let _ = self
+                    .oauth2_token_requests
+                    .remove_label_values(&[label, result]);
+            }
         }
     }
 
@@ -688,7 +713,11 @@ mod tests {
         )
         .unwrap();
         let pull = parse("{name: p, mode: pull, events: [x]}").unwrap();
-        for sub in [&http, &limited, &mail, &pull] {
+        let oauth2 = parse(
+            "{name: o, url: 'https://h/', events: [x], auth: {oauth2: {token_url: 'https://i/t', client_id: c, client_secret: s}}}",
+        )
+        .unwrap();
+        for sub in [&http, &limited, &mail, &pull, &oauth2] {
             m.init_subscription(&sub.name, SeriesSet::of(&sub.channel));
         }
         let text = m.render();
@@ -716,6 +745,14 @@ mod tests {
                 .iter()
                 .any(|s| s.starts_with("hookrelay_rate_limited_total"))
         );
+        let oauth2 = series_of(&text, "o");
+        for series in [
+            "hookrelay_delivery_attempts_total{result=\"auth_error\",subscription=\"o\"}",
+            "hookrelay_oauth2_token_requests_total{result=\"error\",subscription=\"o\"}",
+            "hookrelay_oauth2_token_requests_total{result=\"ok\",subscription=\"o\"}",
+        ] {
+            assert!(oauth2.iter().any(|s| s == series), "{series} in {oauth2:?}");
+        }
         let mail = series_of(&text, "m");
         assert!(mail.iter().any(|s| s.contains("smtp_error")), "{mail:?}");
         assert!(!mail.iter().any(|s| s.contains("http_error")), "{mail:?}");

@@ -5,6 +5,8 @@
 mod control;
 pub mod email;
 mod http_push;
+mod http_url;
+mod oauth2;
 mod parse;
 mod spec;
 #[cfg(test)]
@@ -24,6 +26,7 @@ use crate::secret::Secret;
 use crate::signing::SigningKey;
 pub use control::{CircuitSettings, OnGone};
 pub use email::EmailSettings;
+pub use oauth2::{ClientAuthStyle, OAuth2Settings};
 pub use parse::valid_name;
 pub use spec::{Spec, keep_secrets, open_secrets, unkept_secrets};
 
@@ -343,6 +346,8 @@ pub enum Auth {
     },
     /// `Authorization: Bearer <token>`.
     Bearer(Secret),
+    /// `Authorization: Bearer` with tokens from an OAuth2 token endpoint.
+    OAuth2(Arc<OAuth2Settings>),
 }
 
 impl fmt::Debug for Auth {
@@ -354,6 +359,12 @@ impl fmt::Debug for Auth {
                 .field("password", &"<redacted>")
                 .finish(),
             Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Auth::OAuth2(o) => f
+                .debug_struct("OAuth2")
+                .field("token_url", &o.token_url.as_str())
+                .field("client_id", &o.client_id)
+                .field("client_secret", &"<redacted>")
+                .finish(),
         }
     }
 }

@@ -160,9 +160,13 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn the_dashboard_and_alerts_query_only_exported_metrics() {
-    let relay =
-        TestRelay::start("subscriptions: [{name: a, url: 'http://127.0.0.1:9/', events: ['*']}]")
-            .await;
+    // Some series exist only for subscriptions that use the feature (OAuth2 tokens).
+    let relay = TestRelay::start(
+        "subscriptions: [{name: a, url: 'http://127.0.0.1:9/', events: ['*']},
+           {name: b, url: 'http://127.0.0.1:9/', events: ['*'], auth: {oauth2: {
+             token_url: 'http://127.0.0.1:9/t', client_id: c, client_secret: s}}}]",
+    )
+    .await;
     // A delivery that waits (nothing answers on port 9): gauges of nothing have no series.
     let (status, _) = relay
         .post(&serde_json::json!({"type": "t", "data": {}}))

@@ -17,8 +17,8 @@ pub struct AuthLayer {
 }
 
 impl AuthLayer {
-    /// The layer for `auth`.
-    pub fn new(auth: &Auth) -> Self {
+    /// The layer for `auth`; `None` for OAuth2, whose header comes from `oauth2::OAuth2Layer`.
+    pub fn new(auth: &Auth) -> Option<Self> {
         let text = match auth {
             Auth::Basic { username, password } => {
                 let raw = format!("{username}:{}", password.expose());
@@ -28,12 +28,13 @@ impl AuthLayer {
                 )
             }
             Auth::Bearer(token) => format!("Bearer {}", token.expose()),
+            Auth::OAuth2(_) => return None,
         };
         // Validated at load; an impossible value degrades to no header rather than a panic.
         let mut value =
             HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
         value.set_sensitive(true);
-        AuthLayer { value }
+        Some(AuthLayer { value })
     }
 }
 

@@ -16,7 +16,7 @@ use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tower::BoxError;
 
-use crate::subscription::Subscription;
+use crate::subscription::{Auth, Subscription};
 
 /// Networks refused by default: link-local (where cloud metadata services live) and the
 /// AWS IPv6 metadata address. IPv4-mapped IPv6 forms are folded to IPv4 before the check.
@@ -115,6 +115,11 @@ impl DestinationGuard {
         if let Some(http) = sub.http() {
             self.check_url(&http.url)
                 .map_err(|r| ("url".to_string(), r))?;
+            // The token endpoint is a destination too: it gets the client's secret.
+            if let Some(Auth::OAuth2(o)) = &http.auth {
+                self.check_url(&o.token_url)
+                    .map_err(|r| ("auth.oauth2.token_url".to_string(), r))?;
+            }
         }
         if let Some(email) = sub.email() {
             self.check_host(&email.smtp.host, email.smtp.port)

@@ -124,6 +124,44 @@ impl Sender {
         }
         send(self.client, req).await
     }
+
+    /// Sends `req` and reads the answer's body, up to `limit` bytes: for requests whose
+    /// answer matters, such as an OAuth2 token request.
+    pub async fn exchange(&self, req: reqwest::Request, limit: usize) -> Result<Answer, BoxError> {
+        if self.own {
+            return Err(OWN_LISTENER.into());
+        }
+        let mut response = self.client.execute(req).await?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let mut body = Vec::new();
+        let mut truncated = false;
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > limit {
+                truncated = true;
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+            truncated,
+        })
+    }
+}
+
+/// A response read whole by [`Sender::exchange`].
+pub struct Answer {
+    /// Its status.
+    pub status: http::StatusCode,
+    /// Its `Retry-After`, when given in seconds or as a date.
+    pub retry_after: Option<Duration>,
+    /// Its body, up to the limit.
+    pub body: Vec<u8>,
+    /// Whether the body was longer than the limit (and so cut).
+    pub truncated: bool,
 }
 
 /// The POST of attempt number `attempt` (1-based) of a delivery.
@@ -170,15 +208,19 @@ pub fn request(
     req
 }
 
+/// A response's `Retry-After`, in seconds or as a date.
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
 /// Sends one POST on `client`.
 async fn send(client: reqwest::Client, req: reqwest::Request) -> Result<Reply, BoxError> {
     let mut response = client.execute(req).await?;
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+    let retry_after = retry_after(response.headers());
     // Read a little of the body so the connection goes back to the pool; stop early on big ones.
     let mut read = 0;
     while read < DRAIN_LIMIT {

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 use tower::BoxError;
 
+use super::token_error::TokenError;
 use crate::backoff::Pressure;
 use crate::subscription::{FinalStatuses, SuccessCodes};
 
@@ -40,7 +41,8 @@ pub enum Verdict {
     Delivered(StatusCode),
     /// Worth retrying later.
     Retryable {
-        /// Metric label: `http_error`, `smtp_error`, `timeout` or `connect_error`.
+        /// Metric label: `http_error`, `smtp_error`, `timeout`, `auth_error` or
+        /// `connect_error`.
         result: &'static str,
         /// Status, when the receiver answered.
         status: Option<StatusCode>,
@@ -76,6 +78,11 @@ impl Verdict {
     /// a 5xx, or SMTP's "try later". Any other answer shows a live receiver.
     pub fn is_overload(&self) -> bool {
         match self {
+            // The receiver was not reached: its token could not be had.
+            Verdict::Retryable {
+                result: "auth_error",
+                ..
+            } => false,
             Verdict::Retryable { status: None, .. } => true,
             Verdict::Retryable {
                 result: "smtp_error",
@@ -161,6 +168,17 @@ pub fn classify(
             retry_after: None,
             error: format!("no response within {}", crate::yaml::fmt_duration(timeout)),
         },
+        Err(ref e) if let Some(t) = e.downcast_ref::<TokenError>() => Verdict::Retryable {
+            result: "auth_error",
+            status: None,
+            // The token endpoint's overload is worth backing off from like a receiver's.
+            pressure: match t.status() {
+                Some(s) if s == 429 || s >= 500 => Pressure::Overloaded,
+                _ => Pressure::Normal,
+            },
+            retry_after: t.retry_after(),
+            error: clip(t.to_string()),
+        },
         Err(e) => {
             let timed_out = e
                 .downcast_ref::<reqwest::Error>()
@@ -197,7 +215,7 @@ pub fn stack_error(e: BoxError) -> Verdict {
 }
 
 /// An error and its causes on one line, without URLs (which may carry tokens in queries).
-fn describe_error(e: BoxError) -> String {
+pub(super) fn describe_error(e: BoxError) -> String {
     let e = match e.downcast::<reqwest::Error>() {
         Ok(re) => return chain(&re.without_url()),
         Err(other) => other,
@@ -221,7 +239,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// `text` cut to the longest `last_error` kept, without NUL (a peer's reply can hold one,
 /// and PostgreSQL's text cannot).
-fn clip(mut text: String) -> String {
+pub(super) fn clip(mut text: String) -> String {
     if text.contains('\0') {
         text = text.replace('\0', "\u{fffd}");
     }
@@ -267,6 +285,47 @@ mod tests {
             status: StatusCode::from_u16(code).unwrap(),
             retry_after: None,
         })
+    }
+
+    #[test]
+    fn a_token_failure_is_a_retryable_auth_error_that_is_no_overload() {
+        let judge = |e: TokenError| {
+            classify(
+                Err(e.into()),
+                &SuccessCodes::default(),
+                &FinalStatuses::default(),
+                Duration::from_secs(1),
+            )
+        };
+        let refused = TokenError::Refused {
+            status: 400,
+            error: "invalid_client".into(),
+            description: None,
+            retry_after: None,
+        };
+        let v = judge(refused);
+        assert_eq!(
+            v,
+            Verdict::Retryable {
+                result: "auth_error",
+                status: None,
+                pressure: Pressure::Normal,
+                retry_after: None,
+                error: "oauth2: token endpoint answered 400 invalid_client".into(),
+            }
+        );
+        assert!(!v.is_overload());
+        let busy = judge(TokenError::Status {
+            status: 503,
+            retry_after: Some(Duration::from_secs(7)),
+        });
+        assert!(
+            matches!(busy, Verdict::Retryable { pressure: Pressure::Overloaded,
+            retry_after: Some(d), .. } if d == Duration::from_secs(7))
+        );
+        // Through the attempt's stack a token error arrives boxed once more.
+        let boxed: BoxError = Box::new(TokenError::Unreachable("refused".into()));
+        assert_eq!(stack_error(boxed).result_label(), "auth_error");
     }
 
     #[test]

@@ -298,9 +298,10 @@ impl Control {
 }
 
 /// Whether a verdict counts against the breaker: a sign of overload
-/// ([`Verdict::is_overload`]); any other answer shows a live receiver.
+/// ([`Verdict::is_overload`]) or a token that could not be had (a dead token endpoint fails
+/// every attempt alike); any other answer shows a live receiver.
 fn is_failure(verdict: &Verdict) -> bool {
-    verdict.is_overload()
+    verdict.is_overload() || verdict.result_label() == "auth_error"
 }
 
 #[cfg(test)]
@@ -330,6 +331,16 @@ mod tests {
         }
         assert!(!is_failure(&retryable(Some(400))));
         assert!(!is_failure(&Verdict::Delivered(StatusCode::OK)));
+        // A dead token endpoint opens the circuit, though the receiver was not reached.
+        let auth = Verdict::Retryable {
+            result: "auth_error",
+            status: None,
+            pressure: Pressure::Normal,
+            retry_after: None,
+            error: "oauth2: token endpoint answered 503".into(),
+        };
+        assert!(!auth.is_overload());
+        assert!(is_failure(&auth));
     }
 
     #[tokio::test]

@@ -2,10 +2,18 @@
 //! so no code path creates a series its kind cannot produce.
 
 use super::{ATTEMPT_RESULTS, FinalOutcome};
-use crate::subscription::{Channel, Subscription};
+use crate::subscription::{Auth, Channel, Subscription};
 
 /// The results an HTTP push attempt can have (no SMTP reply); `connect_error` last.
 const HTTP_RESULTS: [&str; 4] = ["success", "http_error", "timeout", "connect_error"];
+/// With `auth.oauth2`, also `auth_error`: its token could not be had.
+const OAUTH2_RESULTS: [&str; 5] = [
+    "success",
+    "http_error",
+    "timeout",
+    "auth_error",
+    "connect_error",
+];
 /// The results an e-mail attempt can have (no HTTP status); `connect_error` last.
 const EMAIL_RESULTS: [&str; 4] = ["success", "smtp_error", "timeout", "connect_error"];
 /// The outcomes a push delivery can reach under its own label (`cancelled` is counted under
@@ -36,6 +44,8 @@ pub struct SeriesSet {
     pub rate_limited: bool,
     /// `hookrelay_pull_redelivered_total`: a pull queue.
     pub pulled: bool,
+    /// `hookrelay_oauth2_token_requests_total`: pushed over HTTP with `auth.oauth2`.
+    pub oauth2: bool,
 }
 
 impl SeriesSet {
@@ -46,6 +56,7 @@ impl SeriesSet {
         pushed: true,
         rate_limited: true,
         pulled: true,
+        oauth2: true,
     };
 
     /// None at all: a removed subscription's.
@@ -55,6 +66,7 @@ impl SeriesSet {
         pushed: false,
         rate_limited: false,
         pulled: false,
+        oauth2: false,
     };
 
     /// The series a subscription of this channel can have.
@@ -65,8 +77,15 @@ impl SeriesSet {
             pushed: true,
             rate_limited,
             pulled: false,
+            oauth2: false,
         };
         match channel {
+            Channel::Http { push: p, http } if matches!(http.auth, Some(Auth::OAuth2(_))) => {
+                SeriesSet {
+                    oauth2: true,
+                    ..push(&OAUTH2_RESULTS, p.rate_limit.is_some())
+                }
+            }
             Channel::Http { push: p, .. } => push(&HTTP_RESULTS, p.rate_limit.is_some()),
             Channel::Email { push: p, .. } => push(&EMAIL_RESULTS, p.rate_limit.is_some()),
             Channel::Pull(_) => SeriesSet {
@@ -75,6 +94,7 @@ impl SeriesSet {
                 pushed: false,
                 rate_limited: false,
                 pulled: true,
+                oauth2: false,
             },
         }
     }

@@ -116,7 +116,7 @@ pub struct AttemptView<'a> {
     #[schema(required = true, example = 503)]
     status: Option<u16>,
     /// The `result` label of `hookrelay_delivery_attempts_total`: `success`, `http_error`,
-    /// `smtp_error`, `timeout` or `connect_error`.
+    /// `smtp_error`, `timeout`, `auth_error` or `connect_error`.
     #[schema(example = "http_error")]
     result: &'a str,
     /// Why it failed (short, free of secrets); `null` when delivered.

@@ -1,10 +1,13 @@
 //! The HTTP push channel's settings: URL, success statuses, credentials, extra headers,
 //! signing keys and body encoding.
 
+use std::sync::Arc;
+
 use http::{HeaderName, HeaderValue};
-use reqwest::Url;
 use serde_yaml::Value;
 
+pub(super) use super::http_url::parse_url;
+use super::oauth2::parse_oauth2;
 use super::{Auth, Encoding, FinalStatuses, SuccessCodes};
 use crate::secret::{Secret, TOKEN_RULE, is_token};
 use crate::signing::SigningKey;
@@ -20,33 +23,6 @@ const RESERVED_HEADERS: &[&str] = &[
     "user-agent",
 ];
 const RESERVED_PREFIXES: &[&str] = &["webhook-", "hookrelay-"];
-
-pub(super) fn parse_url(text: &str, path: &str, issues: &mut Issues) -> Option<Url> {
-    let url = match Url::parse(text) {
-        Ok(u) => u,
-        Err(e) => {
-            issues.push(path, format!("{text:?} is not a URL: {e}"));
-            return None;
-        }
-    };
-    if !matches!(url.scheme(), "http" | "https") {
-        issues.push(
-            path,
-            format!("scheme {:?} is not http or https", url.scheme()),
-        );
-        return None;
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        // Credentials in a URL end up in logs; auth keeps them secret.
-        issues.push(path, "must not carry credentials; use auth.basic instead");
-        return None;
-    }
-    if url.host().is_none() {
-        issues.push(path, "has no host");
-        return None;
-    }
-    Some(url)
-}
 
 pub(super) fn parse_success(v: &Value, path: &str, issues: &mut Issues) -> Option<SuccessCodes> {
     let one = |v: &Value, path: &str, issues: &mut Issues| -> Option<(u16, u16)> {
@@ -182,12 +158,23 @@ pub(super) fn parse_auth(s: &Section<'_>, issues: &mut Issues) -> Option<Auth> {
     if !s.has("auth") {
         return None;
     }
-    let a = s.section("auth", &["basic", "bearer"], issues);
-    match (a.get("basic"), a.get("bearer")) {
-        (Some(_), Some(_)) => {
-            issues.push(a.path(), "use either basic or bearer, not both");
-            None
+    let a = s.section("auth", &["basic", "bearer", "oauth2"], issues);
+    let given = ["basic", "bearer", "oauth2"].map(|k| a.has(k));
+    match given.iter().filter(|g| **g).count() {
+        0 => {
+            issues.push(a.path(), "needs basic, bearer or oauth2");
+            return None;
         }
+        1 => {}
+        _ => {
+            issues.push(a.path(), "use one of basic, bearer or oauth2");
+            return None;
+        }
+    }
+    if a.has("oauth2") {
+        return parse_oauth2(&a, issues).map(|o| Auth::OAuth2(Arc::new(o)));
+    }
+    match (a.get("basic"), a.get("bearer")) {
         (Some(_), None) => {
             let b = a.section("basic", &["username", "password"], issues);
             let username = b
@@ -223,10 +210,7 @@ pub(super) fn parse_auth(s: &Section<'_>, issues: &mut Issues) -> Option<Auth> {
             }
             Some(Auth::Bearer(Secret::new(token)))
         }
-        (None, None) => {
-            issues.push(a.path(), "needs basic or bearer");
-            None
-        }
+        _ => None,
     }
 }
 

@@ -104,6 +104,14 @@ const SECRETS: &[(&[Step], Hide)] = &[
     ),
     // A string, or `{"token": ...}`.
     (&[Step::Key("auth"), Step::Key("bearer")], Hide::Empty),
+    (
+        &[
+            Step::Key("auth"),
+            Step::Key("oauth2"),
+            Step::Key("client_secret"),
+        ],
+        Hide::Remove,
+    ),
 ];
 
 /// Calls `f` on every value at `path` in `doc`.
@@ -183,7 +191,8 @@ impl fmt::Debug for Spec {
 }
 
 /// Fills secrets omitted from `doc` (a password left out of `auth.basic`, an empty
-/// `auth.bearer` object, a header whose value is `{}`, a `pull.token` left out) from
+/// `auth.bearer` object, an `auth.oauth2.client_secret` left out for the same endpoint and
+/// client, a header whose value is `{}`, a `pull.token` left out) from
 /// `stored`, so a client can send back what it was shown; `"token": null` removes the pull
 /// token. A merge patch already carries the stored token (or removed it on purpose), so it
 /// passes `refill_pull_token: false`.
@@ -282,10 +291,24 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json, refill_pull_token: bool) {
     {
         *bearer = serde_json::json!({ "token": token });
     }
+    // An OAuth2 client secret left out keeps the stored one only for the same token
+    // endpoint and client: a changed `token_url` must not get the stored secret.
+    let stored_oauth2 = stored_auth.and_then(|a| a.get("oauth2"));
+    if let Some(oauth2) = auth.get_mut("oauth2").and_then(Json::as_object_mut)
+        && !oauth2.contains_key("client_secret")
+        && let Some(stored) = stored_oauth2
+        && ["token_url", "client_id"]
+            .iter()
+            .all(|k| oauth2.get(*k).is_some() && oauth2.get(*k) == stored.get(*k))
+        && let Some(secret) = stored.get("client_secret")
+    {
+        oauth2.insert("client_secret".into(), secret.clone());
+    }
 }
 
 /// Where `doc`, after [`keep_secrets`], still asks to keep a secret that was never stored: a
-/// `{}` header value, signing secret or bearer, or a basic or SMTP password left out.
+/// `{}` header value, signing secret or bearer, or a basic or SMTP password or OAuth2 client
+/// secret left out.
 pub fn unkept_secrets(doc: &Json) -> Vec<String> {
     let empty = |v: &Json| v.as_object().is_some_and(|o| o.is_empty());
     let mut found = Vec::new();
@@ -312,6 +335,11 @@ pub fn unkept_secrets(doc: &Json) -> Vec<String> {
         && basic.get("password").is_none_or(Json::is_null)
     {
         found.push("auth.basic.password".into());
+    }
+    if let Some(oauth2) = auth.and_then(|a| a.get("oauth2")).and_then(Json::as_object)
+        && oauth2.get("client_secret").is_none_or(Json::is_null)
+    {
+        found.push("auth.oauth2.client_secret".into());
     }
     let smtp = doc.get("email").and_then(|e| e.get("smtp"));
     if smtp
@@ -356,7 +384,9 @@ mod tests {
             "url": "https://example.com/hook",
             "headers": {"X-Api-Key": "header-secret", "X-Other": "header-secret-2"},
             "auth": {"basic": {"username": "u", "password": "basic-secret"},
-                     "bearer": {"token": "bearer-secret"}},
+                     "bearer": {"token": "bearer-secret"},
+                     "oauth2": {"token_url": "https://idp.example/token", "client_id": "c",
+                                "client_secret": "oauth2-secret"}},
             "signing": {"secrets": ["whsec-secret-1", "whsec-secret-2"]},
             "email": {"to": ["a@example.com"], "smtp": {"host": "mail", "username": "u",
                       "password": "smtp-secret"}},
@@ -369,6 +399,7 @@ mod tests {
         "header-secret",
         "basic-secret",
         "bearer-secret",
+        "oauth2-secret",
         "whsec-secret",
         "smtp-secret",
         "pull-secret",
@@ -420,6 +451,30 @@ mod tests {
         let mut sent_back = Spec(doc.clone()).redacted();
         keep_secrets(&mut sent_back, &doc, true);
         assert_eq!(sent_back, doc);
+    }
+
+    #[test]
+    fn an_oauth2_secret_is_kept_only_for_the_same_endpoint_and_client() {
+        let stored = every_secret();
+        let shown = Spec(stored.clone()).redacted();
+        assert!(shown["auth"]["oauth2"].get("client_secret").is_none());
+        for (key, other) in [
+            ("token_url", "https://attacker.example/token"),
+            ("client_id", "d"),
+        ] {
+            let mut doc = shown.clone();
+            doc["auth"]["oauth2"][key] = other.into();
+            keep_secrets(&mut doc, &stored, true);
+            assert!(
+                doc["auth"]["oauth2"].get("client_secret").is_none(),
+                "{key}"
+            );
+            assert!(unkept_secrets(&doc).contains(&"auth.oauth2.client_secret".to_string()));
+        }
+        let mut doc = shown.clone();
+        doc["auth"]["oauth2"]["client_secret"] = "new-secret".into();
+        keep_secrets(&mut doc, &stored, true);
+        assert_eq!(doc["auth"]["oauth2"]["client_secret"], "new-secret");
     }
 
     #[test]

@@ -502,3 +502,67 @@ fn encodings() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn oauth2_settings_parse_with_defaults() {
+    let s = parse(
+        "{name: a, url: 'https://h/', events: [x], auth: {oauth2: {
+           token_url: 'https://idp.example/token', client_id: relay, client_secret: s3cret,
+           scopes: [webhooks.write, b], audience: 'https://h'}}}",
+    )
+    .unwrap();
+    let Some(Auth::OAuth2(o)) = &s.http().unwrap().auth else {
+        panic!("not oauth2");
+    };
+    assert_eq!(o.token_url.as_str(), "https://idp.example/token");
+    assert_eq!(o.client_id, "relay");
+    assert_eq!(o.client_secret.expose(), "s3cret");
+    assert_eq!(o.scopes, ["webhooks.write", "b"]);
+    assert_eq!(o.audience.as_deref(), Some("https://h"));
+    assert_eq!(o.style, ClientAuthStyle::Basic);
+    let shown = format!("{s:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("client_secret: \"<redacted>\""), "{shown}");
+    // Plain http to a loopback token endpoint is fine (a sidecar's local IdP proxy).
+    parse(
+        "{name: a, url: 'https://h/', events: [x], auth: {oauth2: {
+           token_url: 'http://127.0.0.1:8080/t', client_id: c, client_secret: s,
+           auth_style: body}}}",
+    )
+    .unwrap();
+}
+
+#[test]
+fn oauth2_problems_are_named_by_path() {
+    let errors = parse(
+        "{name: a, url: 'https://h/', events: [x], auth: {oauth2: {
+           token_url: 'http://idp.example/token', client_id: '', scopes: [ok, 'a b'],
+           auth_style: post, realm: x}}}",
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors,
+        [
+            "subscriptions[0].auth.oauth2.realm: unknown field (expected one of: token_url, client_id, client_secret, scopes, audience, auth_style)",
+            "subscriptions[0].auth.oauth2.token_url: must be https (http only to a loopback address)",
+            "subscriptions[0].auth.oauth2.client_id: must not be empty or hold control characters",
+            "subscriptions[0].auth.oauth2.client_secret: missing",
+            "subscriptions[0].auth.oauth2.scopes[1]: \"a b\" is not a scope (no spaces, quotes or backslashes)",
+            "subscriptions[0].auth.oauth2.auth_style: \"post\" is not basic or body",
+        ]
+    );
+    let errors = parse(
+        "{name: a, url: 'https://h/', events: [x], auth: {bearer: t, oauth2: {
+           token_url: 'https://i/t', client_id: c, client_secret: s}}}",
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors,
+        ["subscriptions[0].auth: use one of basic, bearer or oauth2"]
+    );
+    let errors = parse("{name: a, url: 'https://h/', events: [x], auth: {}}").unwrap_err();
+    assert_eq!(
+        errors,
+        ["subscriptions[0].auth: needs basic, bearer or oauth2"]
+    );
+}

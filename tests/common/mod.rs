@@ -20,6 +20,7 @@ mod backend;
 pub mod proxy;
 pub mod replicas;
 pub mod smtp;
+pub mod token_endpoint;
 #[allow(unused_imports)]
 pub use backend::{Backend, TestDb, test_database_addr, test_database_url};
 
@@ -483,10 +484,13 @@ pub struct Receiver {
     got: Arc<Mutex<Vec<Received>>>,
 }
 
+/// How a receiver answers a request, seeing it (and its 0-based number).
+type Judge = Arc<dyn Fn(usize, &Received) -> Answer + Send + Sync>;
+
 #[derive(Clone)]
 struct ReceiverState {
     got: Arc<Mutex<Vec<Received>>>,
-    script: Script,
+    judge: Judge,
 }
 
 impl Receiver {
@@ -505,14 +509,23 @@ impl Receiver {
         Receiver::listen(("127.0.0.1", 0), script).await
     }
 
+    /// A receiver answering each request by what it holds (its headers, say).
+    pub async fn judging(judge: impl Fn(&Received) -> Answer + Send + Sync + 'static) -> Receiver {
+        Receiver::serve(("127.0.0.1", 0), Arc::new(move |_, r: &Received| judge(r))).await
+    }
+
     async fn listen(
         addr: (&str, u16),
         script: impl Fn(usize) -> Answer + Send + Sync + 'static,
     ) -> Receiver {
+        Receiver::serve(addr, Arc::new(move |n, _: &Received| script(n))).await
+    }
+
+    async fn serve(addr: (&str, u16), judge: Judge) -> Receiver {
         let got = Arc::new(Mutex::new(Vec::new()));
         let state = ReceiverState {
             got: got.clone(),
-            script: Arc::new(script),
+            judge,
         };
         let app = axum::Router::new().fallback(receive).with_state(state);
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
@@ -552,17 +565,18 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let received = Received {
+        path: uri.path().to_string(),
+        headers,
+        body,
+        at: Instant::now(),
+    };
     let n = {
         let mut got = state.got.lock().unwrap();
-        got.push(Received {
-            path: uri.path().to_string(),
-            headers,
-            body,
-            at: Instant::now(),
-        });
+        got.push(received.clone());
         got.len() - 1
     };
-    let answer = (state.script)(n);
+    let answer = (state.judge)(n, &received);
     if !answer.delay.is_zero() {
         tokio::time::sleep(answer.delay).await;
     }

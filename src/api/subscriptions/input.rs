@@ -304,9 +304,30 @@ fn auth(replace: bool) -> Json {
         }),
         &["bearer"],
     );
-    json!({"description": "Credentials sent with every attempt: `basic` or `bearer`. On PUT, \
+    let oauth2 = object(
+        json!({
+            "oauth2": object(json!({
+                "token_url": {"type": "string", "format": "uri", "description": "The token \
+                    endpoint: https, or http to a loopback address; checked by the destination guard."},
+                "client_id": {"type": "string", "minLength": 1, "description": "The client's id; not secret."},
+                "client_secret": {"type": "string", "minLength": 1, "writeOnly": true, "description": "A \
+                    secret, never shown; on PUT, leaving it out keeps the stored one while \
+                    `token_url` and `client_id` are unchanged."},
+                "scopes": {"type": "array", "items": pattern(r#"^[!#-\[\]-~]+$"#,
+                    "An RFC 6749 scope-token."), "description": "Sent space-separated as `scope`."},
+                "audience": {"type": "string", "minLength": 1, "description": "Sent as the `audience` form field."},
+                "auth_style": {"type": "string", "enum": ["basic", "body"], "description": "`basic` \
+                    (default): `Authorization: Basic`; `body`: `client_id` and `client_secret` form fields."},
+            }), if replace { &["token_url", "client_id"] } else { &["token_url", "client_id", "client_secret"] }),
+            "basic": absent,
+            "bearer": absent,
+        }),
+        &["oauth2"],
+    );
+    json!({"description": "Credentials sent with every attempt: `basic`, `bearer` or `oauth2` \
+        (client credentials: the relay fetches and refreshes the bearer token). On PUT, \
         `bearer` sent as `{}` (as shown) keeps the stored token.",
-        "oneOf": [basic, bearer], "example": {"bearer": "crm-s3cret"}})
+        "oneOf": [basic, bearer, oauth2], "example": {"bearer": "crm-s3cret"}})
 }
 
 fn encoding() -> Json {
