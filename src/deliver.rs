@@ -14,6 +14,7 @@ pub mod http_post;
 pub mod payload;
 pub mod rate_limit;
 pub mod settings;
+pub mod tls;
 pub mod verdict;
 pub mod via;
 

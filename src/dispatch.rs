@@ -34,7 +34,9 @@ use crate::deliver::settings::DeliverySettings;
 use crate::deliver::{self, AttemptService, Caps, via};
 use crate::metrics::{FinalOutcome, Metrics};
 use crate::store::{Delivery, PauseState, Store, StoreError};
-use crate::subscription::{Channel, DeliveryOrder, PushSettings, Source, Subscription, push_slots};
+use crate::subscription::{
+    Channel, DeliveryOrder, PushSettings, Source, Subscription, TlsSettings, push_slots,
+};
 pub use control::ControlState;
 use control::{Control, Paused};
 use feeder::Feeder;
@@ -176,7 +178,10 @@ impl Dispatcher {
                 );
             }
             Channel::Http { push, http } => {
-                let sender = shared.clients.sender(policy(&sub), &http.url);
+                self.watch_certificate(&sub, http.tls.as_deref());
+                let sender = shared
+                    .clients
+                    .sender(policy(&sub), &http.url, http.tls.as_ref());
                 let service = deliver::http_stack(
                     label,
                     push,
@@ -341,6 +346,22 @@ impl Dispatcher {
         (wake, stop, control)
     }
 
+    /// Publishes when `sub`'s client certificate expires (subscriptions with their own series)
+    /// and warns when that is within 30 days or past.
+    fn watch_certificate(&self, sub: &Subscription, tls: Option<&TlsSettings>) {
+        let gauge = &self.shared.metrics.client_cert_expiry;
+        match tls.and_then(|t| t.not_after) {
+            Some(at) if sub.own_metrics => gauge.with_label_values(&[&sub.name]).set(at as f64),
+            _ => {
+                let _ = gauge.remove_label_values(&[&sub.name]);
+            }
+        }
+        let now = crate::time::now_ms() / 1000;
+        if let Some(warning) = tls.and_then(|t| t.expiry_warning(now)) {
+            tracing::warn!(subscription = %sub.name, "{warning}");
+        }
+    }
+
     /// Stops the lane of a removed subscription; attempts already sent finish.
     pub fn remove(&self, name: &str) {
         let removed = self
@@ -348,6 +369,11 @@ impl Dispatcher {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
+        let _ = self
+            .shared
+            .metrics
+            .client_cert_expiry
+            .remove_label_values(&[name]);
         if let Some(p) = removed {
             p.stop.cancel();
             if p.control.is_some() {

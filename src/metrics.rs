@@ -130,6 +130,8 @@ pub struct MetricSet {
     pub connections: IntGaugeVec,
     /// Inbound connections closed at once because the listener had its most open.
     pub connections_refused: IntCounterVec,
+    /// When a subscription's TLS client certificate expires (own series only).
+    pub client_cert_expiry: GaugeVec,
 }
 
 impl Metrics {
@@ -234,6 +236,17 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(oldest_pending.clone()))
+            .expect("unique metric");
+        let client_cert_expiry = GaugeVec::new(
+            Opts::new(
+                "hookrelay_client_certificate_expiry_timestamp_seconds",
+                "Unix time the subscription's TLS client certificate expires.",
+            ),
+            &["subscription"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(client_cert_expiry.clone()))
             .expect("unique metric");
         let dead_letters = IntGaugeVec::new(
             Opts::new(
@@ -419,6 +432,7 @@ impl Metrics {
             subscription_state,
             connections,
             connections_refused,
+            client_cert_expiry,
         }))
     }
 
@@ -467,6 +481,7 @@ impl Metrics {
         let _ = self.rate_limited.remove_label_values(&[label]);
         let _ = self.concurrency_limit.remove_label_values(&[label]);
         let _ = self.pull_redelivered.remove_label_values(&[label]);
+        let _ = self.client_cert_expiry.remove_label_values(&[label]);
         for state in DELIVERY_STATES {
             let _ = self.subscription_state.remove_label_values(&[label, state]);
         }

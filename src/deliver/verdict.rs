@@ -196,13 +196,61 @@ pub fn stack_error(e: BoxError) -> Verdict {
     )
 }
 
-/// An error and its causes on one line, without URLs (which may carry tokens in queries).
+/// An error and its causes on one line, without URLs (which may carry tokens in queries);
+/// a failed TLS handshake is said in words first, with what to change.
 fn describe_error(e: BoxError) -> String {
+    if let Some(hint) = tls_hint(e.as_ref()) {
+        return clip(hint);
+    }
     let e = match e.downcast::<reqwest::Error>() {
         Ok(re) => return chain(&re.without_url()),
         Err(other) => other,
     };
     chain(e.as_ref())
+}
+
+/// Which side of a TLS handshake refused the other, when a rustls error is in `e`'s chain
+/// (reqwest wraps it in an `io::Error`).
+fn tls_hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::{AlertDescription as Alert, CertificateError, Error as Tls};
+    let mut next = Some(e);
+    let found = loop {
+        let err = next?;
+        let tls = err.downcast_ref::<Tls>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<Tls>())
+        });
+        if let Some(tls) = tls {
+            break tls;
+        }
+        next = err.source();
+    };
+    Some(match found {
+        // Under TLS 1.3 the client learns of a refused certificate from the first alert.
+        Tls::AlertReceived(
+            Alert::CertificateRequired
+            | Alert::UnknownCA
+            | Alert::BadCertificate
+            | Alert::CertificateUnknown
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::UnsupportedCertificate
+            | Alert::AccessDenied,
+        ) => format!("tls: the receiver refused the client certificate ({found})"),
+        Tls::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => format!(
+            "tls: the receiver's certificate is not for this host ({found}); set tls.server_name"
+        ),
+        Tls::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            format!("tls: the receiver's certificate is not trusted ({found}); set tls.ca")
+        }
+        Tls::InvalidCertificate(_) => {
+            format!("tls: the receiver's certificate is not trusted ({found})")
+        }
+        other => format!("tls: the handshake failed ({other})"),
+    })
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {

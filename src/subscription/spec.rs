@@ -104,6 +104,8 @@ const SECRETS: &[(&[Step], Hide)] = &[
     ),
     // A string, or `{"token": ...}`.
     (&[Step::Key("auth"), Step::Key("bearer")], Hide::Empty),
+    // Inline PEM of the client certificate's private key.
+    (&[Step::Key("tls"), Step::Key("client_key")], Hide::Remove),
 ];
 
 /// Calls `f` on every value at `path` in `doc`.
@@ -260,6 +262,15 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json, refill_pull_token: bool) {
             }
         }
     }
+    // A client key left out keeps the stored one while a certificate is given; the key check
+    // catches a key kept for a new certificate it does not fit.
+    if let Some(tls) = doc.get_mut("tls").and_then(Json::as_object_mut)
+        && !tls.contains_key("client_key")
+        && tls.get("client_cert").is_some_and(|c| !c.is_null())
+        && let Some(key) = stored.get("tls").and_then(|t| t.get("client_key"))
+    {
+        tls.insert("client_key".into(), key.clone());
+    }
     let stored_auth = stored.get("auth");
     let Some(auth) = doc.get_mut("auth").and_then(Json::as_object_mut) else {
         return;
@@ -285,7 +296,8 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json, refill_pull_token: bool) {
 }
 
 /// Where `doc`, after [`keep_secrets`], still asks to keep a secret that was never stored: a
-/// `{}` header value, signing secret or bearer, or a basic or SMTP password left out.
+/// `{}` header value, signing secret or bearer, a basic or SMTP password or a TLS client key
+/// left out.
 pub fn unkept_secrets(doc: &Json) -> Vec<String> {
     let empty = |v: &Json| v.as_object().is_some_and(|o| o.is_empty());
     let mut found = Vec::new();
@@ -322,6 +334,16 @@ pub fn unkept_secrets(doc: &Json) -> Vec<String> {
             .is_none_or(Json::is_null)
     {
         found.push("email.smtp.password".into());
+    }
+    let tls = doc.get("tls");
+    if tls
+        .and_then(|t| t.get("client_cert"))
+        .is_some_and(|c| !c.is_null())
+        && tls
+            .and_then(|t| t.get("client_key"))
+            .is_none_or(Json::is_null)
+    {
+        found.push("tls.client_key".into());
     }
     found
 }
@@ -361,6 +383,8 @@ mod tests {
             "email": {"to": ["a@example.com"], "smtp": {"host": "mail", "username": "u",
                       "password": "smtp-secret"}},
             "pull": {"token": "pull-secret"},
+            "tls": {"client_cert": "-----BEGIN CERTIFICATE-----",
+                    "client_key": "-----BEGIN PRIVATE KEY-----tls-key-secret"},
             "filter": {"data.kind": "not-a-secret"}
         })
     }
@@ -372,6 +396,7 @@ mod tests {
         "whsec-secret",
         "smtp-secret",
         "pull-secret",
+        "tls-key-secret",
     ];
 
     fn ring(keys: &[(&str, u8)]) -> Keyring {
@@ -386,7 +411,7 @@ mod tests {
     fn a_null_secret_member_shows_as_null_and_unkept_ones_are_named() {
         let doc = serde_json::json!({"auth": {"basic": {"username": "u"}, "bearer": null},
             "headers": {"x-a": {}, "x-b": "v"}, "signing": {"secrets": ["whsec_x", {}]},
-            "email": {"smtp": {"username": "relay"}}});
+            "email": {"smtp": {"username": "relay"}}, "tls": {"client_cert": "c"}});
         let shown = Spec(doc.clone()).redacted();
         assert_eq!(shown["auth"]["bearer"], Json::Null);
         assert_eq!(
@@ -395,7 +420,8 @@ mod tests {
                 "headers.x-a",
                 "signing.secrets[1]",
                 "auth.basic.password",
-                "email.smtp.password"
+                "email.smtp.password",
+                "tls.client_key"
             ]
         );
         assert!(unkept_secrets(&every_secret()).is_empty());

@@ -11,7 +11,7 @@ mod policy;
 pub(crate) fn parse(yaml: &str) -> Result<Subscription, Vec<String>> {
     let v: Value = serde_yaml::from_str(yaml).unwrap();
     let mut issues = Issues::default();
-    let s = Subscription::parse(&v, "subscriptions[0]", &mut issues);
+    let s = Subscription::parse(&v, "subscriptions[0]", &Files::CONFIG, &mut issues);
     if issues.is_empty() {
         Ok(s.unwrap())
     } else {
