@@ -209,19 +209,21 @@ fn describe_error(e: BoxError) -> String {
     chain(e.as_ref())
 }
 
-/// Which side of a TLS handshake refused the other, when a rustls error is in `e`'s chain
-/// (reqwest wraps it in an `io::Error`).
+/// The rustls error `err` is, or holds inside `io::Error`s (reqwest wraps it in two).
+fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    rustls_error(err.downcast_ref::<std::io::Error>()?.get_ref()?)
+}
+
+/// Which side of a TLS handshake refused the other, when a rustls error is in `e`'s chain.
 fn tls_hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     use rustls::{AlertDescription as Alert, CertificateError, Error as Tls};
     let mut next = Some(e);
     let found = loop {
         let err = next?;
-        let tls = err.downcast_ref::<Tls>().or_else(|| {
-            err.downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-                .and_then(|inner| inner.downcast_ref::<Tls>())
-        });
-        if let Some(tls) = tls {
+        if let Some(tls) = rustls_error(err) {
             break tls;
         }
         next = err.source();

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 mod backend;
 pub mod proxy;
 pub mod replicas;
+pub mod tls;
 #[allow(unused_imports)]
 pub use backend::{Backend, TestDb, test_database_addr, test_database_url};
 
@@ -485,18 +486,23 @@ impl Receiver {
         addr: (&str, u16),
         script: impl Fn(usize) -> Answer + Send + Sync + 'static,
     ) -> Receiver {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let state = ReceiverState {
-            got: got.clone(),
-            script: Arc::new(script),
-        };
-        let app = axum::Router::new().fallback(receive).with_state(state);
+        let (app, got) = Receiver::app(Arc::new(script));
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Receiver { addr, got }
+    }
+
+    /// The router that records requests and answers by `script`, and what it records.
+    fn app(script: Script) -> (axum::Router, Arc<Mutex<Vec<Received>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let state = ReceiverState {
+            got: got.clone(),
+            script,
+        };
+        (axum::Router::new().fallback(receive).with_state(state), got)
     }
 
     /// Its URL with `path`.
