@@ -111,3 +111,37 @@ impl ServerCertVerifier for PinnedName {
         self.inner.requires_raw_public_keys()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subscription::TlsSources;
+
+    #[test]
+    fn reqwest_takes_the_config_with_alpn_and_the_client_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let tls = TlsSettings {
+            chain: vec![cert.der().clone()],
+            key: Some(Arc::new(
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )),
+            roots: vec![cert.der().clone()],
+            server_name: Some(ServerName::try_from("a.test").unwrap()),
+            not_after: None,
+            digest: [0; 32],
+            sources: TlsSources::default(),
+        };
+        let config = client_config(&tls).unwrap();
+        assert!(config.client_auth_cert_resolver.has_certs());
+        assert_eq!(config.alpn_protocols[0], b"h2");
+        // A rustls other than reqwest's would make this fail ("Unknown TLS backend").
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .build()
+            .unwrap();
+    }
+}

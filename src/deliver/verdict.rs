@@ -325,6 +325,40 @@ mod tests {
         assert!(clip("é".repeat(ERROR_LIMIT)).len() <= ERROR_LIMIT);
     }
 
+    #[test]
+    fn tls_failures_say_which_side_refused_and_what_to_set() {
+        use rustls::{AlertDescription, CertificateError, Error as Tls};
+        // reqwest's shape: the rustls error inside an io::Error inside another.
+        let wrapped = |e: Tls| -> Result<Reply, BoxError> {
+            let inner = std::io::Error::other(e);
+            Err(Box::new(std::io::Error::other(inner)))
+        };
+        let error = |r| match stack_error(match r {
+            Err(e) => e,
+            Ok(_) => unreachable!(),
+        }) {
+            Verdict::Retryable { result, error, .. } => (result, error),
+            other => panic!("{other:?}"),
+        };
+        let (result, text) = error(wrapped(Tls::AlertReceived(AlertDescription::UnknownCA)));
+        assert_eq!(result, "connect_error");
+        assert_eq!(
+            text,
+            "tls: the receiver refused the client certificate (received fatal alert: UnknownCA)"
+        );
+        let (_, text) = error(wrapped(Tls::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        )));
+        assert!(text.ends_with("; set tls.ca"), "{text}");
+        let (_, text) = error(wrapped(Tls::InvalidCertificate(
+            CertificateError::NotValidForName,
+        )));
+        assert!(text.ends_with("; set tls.server_name"), "{text}");
+        // Not TLS: the chain as before.
+        let (_, text) = error(Err("refused".into()));
+        assert_eq!(text, "refused");
+    }
+
     fn smtp(code: u16) -> Result<Reply, BoxError> {
         Ok(Reply::Smtp {
             code,

@@ -6,6 +6,7 @@ use super::*;
 use crate::yaml::Issues;
 
 mod policy;
+mod tls;
 
 /// A subscription entry validated as `subscriptions[0]`, or its problems.
 pub(crate) fn parse(yaml: &str) -> Result<Subscription, Vec<String>> {
