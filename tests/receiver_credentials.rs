@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::tls::{Leaf, Role, TestCa, TlsReceiver, unix_now};
-use common::{TestRelay, deadline, poll};
+use common::{Binary, DEADLINE, TestRelay, api_request, bin, deadline, poll};
 use serde_json::{Value, json};
 
 /// A pending delivery's `last_error` for `subscription` (the newest first).
@@ -233,4 +233,92 @@ async fn the_client_certificate_expiry_is_a_metric() {
     relay.wait_outcome("a", "delivered", 1.0).await;
     poll(|| async { rx.receiver.count() == 1 }).await;
     relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_client_key_never_reaches_the_logs_or_the_api_at_trace() {
+    let (server_ca, client_ca) = (TestCa::new("servers"), TestCa::new("clients"));
+    let rx = TlsReceiver::start(
+        &server_ca.leaf(&["127.0.0.1"], Role::Server),
+        Some(&client_ca),
+    )
+    .await;
+    let (file_client, api_client) = (
+        client_ca.leaf(&["relay"], Role::Client),
+        client_ca.leaf(&["api"], Role::Client),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_leaf(dir.path(), "client", &file_client);
+    std::fs::write(dir.path().join("ca.crt"), &server_ca.cert_pem).unwrap();
+    let config = dir.path().join("config.yaml");
+    // The config's key comes inline from the environment; the API's inline in the document.
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {{app: '127.0.0.1:0', api: '127.0.0.1:0', ops: '127.0.0.1:0'}}\n\
+             storage: {{path: '{}'}}\nlog: {{format: json}}\n\
+             subscriptions:\n  - {{name: file, url: '{}', events: ['*'], tls: {{client_cert: client.crt, client_key: '${{KEY_PEM}}', ca: ca.crt}}}}\n",
+            dir.path().join("relay.db").display(),
+            rx.url("127.0.0.1", "/file")
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("--config")
+        .arg(&config)
+        .env("KEY_PEM", &file_client.key_pem)
+        .env("RUST_LOG", "trace");
+    let mut relay = Binary::start(cmd);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let doc = json!({"name": "api", "url": rx.url("127.0.0.1", "/api"), "events": ["*"],
+        "tls": {"client_cert": api_client.cert_pem, "client_key": api_client.key_pem,
+                "ca": server_ca.cert_pem}});
+    let (status, shown, _) = api_request(
+        &http,
+        relay.api,
+        reqwest::Method::POST,
+        "/v1/subscriptions",
+        Some(doc),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{shown}");
+    assert!(shown["tls"].get("client_key").is_none(), "{shown}");
+    assert!(shown["tls"]["client_cert"].is_string());
+    // Sent back as shown, the stored key is kept.
+    let mut back = shown.clone();
+    for key in ["id", "source", "created_at", "updated_at"] {
+        back.as_object_mut().unwrap().remove(key);
+    }
+    let (status, body, _) = api_request(
+        &http,
+        relay.api,
+        reqwest::Method::PUT,
+        "/v1/subscriptions/api",
+        Some(back),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    assert_eq!(relay.post(&event()).await, 202);
+    let got = rx.receiver.wait_for(2).await;
+    let mut paths: Vec<&str> = got.iter().map(|r| r.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/api", "/file"]);
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+    let lines: Vec<String> = std::iter::from_fn(|| relay.lines.recv_timeout(DEADLINE / 10).ok())
+        .map(|l| l.to_string())
+        .collect();
+    assert!(lines.len() > 10, "too few lines at trace: {lines:?}");
+    // The base64 body of each key: any line of it would be a leak.
+    for key in [&file_client.key_pem, &api_client.key_pem] {
+        for part in key.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(
+                !lines.iter().any(|l| l.contains(part)),
+                "a key line reached the log"
+            );
+        }
+    }
 }
