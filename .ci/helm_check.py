@@ -46,7 +46,7 @@ METRICS = {
     "hookrelay_orphaned_deliveries", "hookrelay_rate_limited_total",
     "hookrelay_pull_redelivered_total", "hookrelay_build_info",
     "hookrelay_config_reloads_total", "hookrelay_config_last_reload_success_timestamp_seconds",
-    "hookrelay_subscriptions",
+    "hookrelay_subscriptions", "hookrelay_client_certificate_expiry_timestamp_seconds",
 }
 HISTOGRAMS = {
     "hookrelay_delivery_duration_seconds", "hookrelay_store_commit_duration_seconds",

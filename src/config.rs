@@ -265,7 +265,11 @@ impl Config {
             let mut digest = std::collections::hash_map::DefaultHasher::new();
             text.hash(&mut digest);
             // A rotated certificate file changes the config under the same text.
-            for tls in c.subscriptions.iter().filter_map(|s| s.http()?.tls.as_ref()) {
+            for tls in c
+                .subscriptions
+                .iter()
+                .filter_map(|s| s.http()?.tls.as_ref())
+            {
                 tls.digest.hash(&mut digest);
             }
             c.source_digest = digest.finish();

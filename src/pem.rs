@@ -99,8 +99,13 @@ mod tests {
             key_matches(&chain, &other, "k2.pem", "c.pem"),
             Err("k2.pem does not match the certificate in c.pem".into())
         );
-        let encrypted = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        assert!(private_key(encrypted.as_bytes(), "k.pem").unwrap_err().contains("encrypted"));
+        let encrypted =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert!(
+            private_key(encrypted.as_bytes(), "k.pem")
+                .unwrap_err()
+                .contains("encrypted")
+        );
         assert_eq!(
             private_key(cert.pem().as_bytes(), "c.pem").unwrap_err(),
             "c.pem holds no private key"

@@ -7,9 +7,9 @@ pub mod email;
 mod http_push;
 mod parse;
 mod spec;
-mod tls;
 #[cfg(test)]
 pub(crate) mod tests;
+mod tls;
 
 use std::fmt;
 use std::sync::Arc;

@@ -51,7 +51,9 @@ fn check_validates_tls_files_and_warns_of_a_certificate_near_its_end() {
     let check = |key: &str| {
         let path = write_config(
             &dir,
-            &format!("subscriptions:\n  - {{name: a, url: 'https://127.0.0.1:9000/', events: [x], tls: {{client_cert: client.crt, client_key: {key}, ca: ca.crt, server_name: receiver.test}}}}\n"),
+            &format!(
+                "subscriptions:\n  - {{name: a, url: 'https://127.0.0.1:9000/', events: [x], tls: {{client_cert: client.crt, client_key: {key}, ca: ca.crt, server_name: receiver.test}}}}\n"
+            ),
         );
         let out = Command::new(bin())
             .args(["check", "--config"])
@@ -65,7 +67,8 @@ fn check_validates_tls_files_and_warns_of_a_certificate_near_its_end() {
     let (ok, text) = check("client.key");
     assert!(ok, "{text}");
     assert!(
-        text.contains(" tls(client_cert until ") && text.contains("ca(1) server_name=receiver.test)"),
+        text.contains(" tls(client_cert until ")
+            && text.contains("ca(1) server_name=receiver.test)"),
         "{text}"
     );
     assert!(

@@ -160,9 +160,16 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn the_dashboard_and_alerts_query_only_exported_metrics() {
-    let relay =
-        TestRelay::start("subscriptions: [{name: a, url: 'http://127.0.0.1:9/', events: ['*']}]")
-            .await;
+    // A client certificate, so its expiry gauge has a series too.
+    let ca = common::tls::TestCa::new("docs");
+    let client = ca.leaf(&["relay"], common::tls::Role::Client);
+    let relay = TestRelay::start(&format!(
+        "subscriptions: [{{name: a, url: 'http://127.0.0.1:9/', events: ['*']}}, \
+         {{name: b, url: 'https://127.0.0.1:9/', events: ['*'], tls: {{client_cert: {}, client_key: {}}}}}]",
+        serde_json::to_string(&client.cert_pem).unwrap(),
+        serde_json::to_string(&client.key_pem).unwrap(),
+    ))
+    .await;
     let exported: BTreeSet<String> = relay
         .metrics()
         .await

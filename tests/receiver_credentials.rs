@@ -60,7 +60,11 @@ async fn mtls_delivers_with_the_right_certificate() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    write_leaf(dir.path(), "client", &client_ca.leaf(&["relay"], Role::Client));
+    write_leaf(
+        dir.path(),
+        "client",
+        &client_ca.leaf(&["relay"], Role::Client),
+    );
     std::fs::write(dir.path().join("ca.crt"), &server_ca.cert_pem).unwrap();
     let d = dir.path().display();
     let relay = TestRelay::start(&format!(
@@ -126,7 +130,10 @@ async fn a_wrong_client_certificate_fails_the_handshake_and_a_rotated_file_fixes
 
     // Rotated in place (the config text unchanged): the watcher reloads, the delivery goes.
     let good = client_ca.leaf(&["relay"], Role::Client);
-    for (name, text) in [("client.key", &good.key_pem), ("client.crt", &good.cert_pem)] {
+    for (name, text) in [
+        ("client.key", &good.key_pem),
+        ("client.crt", &good.cert_pem),
+    ] {
         let tmp = etc.join(format!("{name}.tmp"));
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, etc.join(name)).unwrap();
@@ -166,7 +173,10 @@ async fn a_private_ca_is_trusted_instead_of_the_system_roots() {
         wait_error(
             &relay,
             name,
-            &["tls: the receiver's certificate is not trusted", "set tls.ca"],
+            &[
+                "tls: the receiver's certificate is not trusted",
+                "set tls.ca",
+            ],
         )
         .await;
     }

@@ -8,10 +8,10 @@ use serde_json::Value as Json;
 use serde_yaml::Value;
 
 use super::control::{parse_circuit, parse_on_gone};
-use super::tls::{Files, parse_tls};
 use super::http_push::{
     parse_auth, parse_encoding, parse_final, parse_headers, parse_signing, parse_success, parse_url,
 };
+use super::tls::{Files, parse_tls};
 use super::{
     AckMode, Channel, Concurrency, DeliveryOrder, EmailSettings, EventPattern, HttpSettings,
     PullSettings, PushSettings, RateLimit, SHARED_METRIC_LABEL, Source, Spec, Subscription,

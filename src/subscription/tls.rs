@@ -139,7 +139,12 @@ struct Material {
 }
 
 /// Reads `tls.<key>`: inline PEM (starts with `-----BEGIN`) or a path.
-fn material(t: &Section<'_>, key: &str, files: &Files<'_>, issues: &mut Issues) -> Option<Material> {
+fn material(
+    t: &Section<'_>,
+    key: &str,
+    files: &Files<'_>,
+    issues: &mut Issues,
+) -> Option<Material> {
     let text = t.string(key, issues)?;
     if text.trim_start().starts_with("-----BEGIN") {
         return Some(Material {
@@ -211,18 +216,18 @@ pub(super) fn parse_tls(
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let server_name = t.string("server_name", issues).and_then(|name| {
-        match ServerName::try_from(name.clone()) {
-            Ok(n) => Some(n),
-            Err(_) => {
-                issues.push(
-                    &t.at("server_name"),
-                    format!("{name:?} is not a DNS name or IP address"),
-                );
-                None
-            }
-        }
-    });
+    let server_name =
+        t.string("server_name", issues)
+            .and_then(|name| match ServerName::try_from(name.clone()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    issues.push(
+                        &t.at("server_name"),
+                        format!("{name:?} is not a DNS name or IP address"),
+                    );
+                    None
+                }
+            });
     if issues.0.len() != before {
         return None;
     }

@@ -71,8 +71,7 @@ impl TestCa {
         params
             .distinguished_name
             .push(DnType::CommonName, format!("{role:?}"));
-        params.not_after =
-            rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(not_after as u64);
+        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(not_after as u64);
         params.extended_key_usages = vec![match role {
             Role::Server => ExtendedKeyUsagePurpose::ServerAuth,
             Role::Client => ExtendedKeyUsagePurpose::ClientAuth,
@@ -130,7 +129,9 @@ impl TlsReceiver {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
         let (app, got) = Receiver::app(Arc::new(|_| Answer::status(200)));
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let handshakes = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));

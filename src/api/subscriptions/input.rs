@@ -318,7 +318,8 @@ fn tls() -> Json {
             &format!("{what}, as PEM text (file paths are for the config file only)."),
         )
     };
-    let mut key = pem("The client certificate's private key (PKCS#8, PKCS#1 or SEC1, not encrypted)");
+    let mut key =
+        pem("The client certificate's private key (PKCS#8, PKCS#1 or SEC1, not encrypted)");
     key["writeOnly"] = true.into();
     key["description"] = format!(
         "{} A secret, never shown; on PUT, leaving it out keeps the stored one.",

@@ -20,9 +20,10 @@ fn pair() -> (String, String) {
 
 /// `tls: {tls}` on an https subscription, parsed with files relative to `base`.
 fn parse_in(base: &Path, url: &str, tls: &str) -> Result<Subscription, Vec<String>> {
-    let v: Value =
-        serde_yaml::from_str(&format!("{{name: a, url: '{url}', events: [x], tls: {tls}}}"))
-            .unwrap();
+    let v: Value = serde_yaml::from_str(&format!(
+        "{{name: a, url: '{url}', events: [x], tls: {tls}}}"
+    ))
+    .unwrap();
     let mut issues = Issues::default();
     let files = Files {
         base: Some(base),
@@ -105,13 +106,16 @@ fn each_problem_is_reported_at_its_path() {
             "subscriptions[0].tls.client_key: {d}/other.key does not match the certificate in {d}/c.crt"
         )]
     );
-    let encrypted = "'-----BEGIN ENCRYPTED PRIVATE KEY-----\n\n MIIB\n\n -----END ENCRYPTED PRIVATE KEY-----'";
+    let encrypted =
+        "'-----BEGIN ENCRYPTED PRIVATE KEY-----\n\n MIIB\n\n -----END ENCRYPTED PRIVATE KEY-----'";
     assert_eq!(
         errors(
             "https://h/",
             &format!("{{client_cert: c.crt, client_key: {encrypted}}}")
         ),
-        ["subscriptions[0].tls.client_key: encrypted keys are not supported (decrypt it with openssl pkey)"]
+        [
+            "subscriptions[0].tls.client_key: encrypted keys are not supported (decrypt it with openssl pkey)"
+        ]
     );
     assert_eq!(
         errors("https://h/", "{server_name: 'x y'}"),
@@ -119,7 +123,9 @@ fn each_problem_is_reported_at_its_path() {
     );
     assert_eq!(
         errors("https://h/", "{verify: false}"),
-        ["subscriptions[0].tls.verify: unknown field (expected one of: client_cert, client_key, ca, server_name)"]
+        [
+            "subscriptions[0].tls.verify: unknown field (expected one of: client_cert, client_key, ca, server_name)"
+        ]
     );
 }
 
@@ -127,7 +133,8 @@ fn each_problem_is_reported_at_its_path() {
 fn api_documents_take_inline_pem_only() {
     let (cert, _) = pair();
     let mut issues = Issues::default();
-    let doc = serde_json::json!({"url": "https://h/", "events": ["x"], "tls": {"ca": "/etc/passwd"}});
+    let doc =
+        serde_json::json!({"url": "https://h/", "events": ["x"], "tls": {"ca": "/etc/passwd"}});
     assert!(Subscription::from_api(doc, "id", (1, 1), &mut issues).is_none());
     assert_eq!(
         issues.0[0].to_string(),
