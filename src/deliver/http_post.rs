@@ -46,9 +46,12 @@ pub enum DeliverError {
 pub struct Clients {
     settings: DeliverySettings,
     lookup: Lookup,
-    built: Mutex<HashMap<(Policy, Option<u16>), Arc<reqwest::Client>>>,
+    built: Mutex<SharedClients>,
     with_tls: Mutex<HashMap<TlsKey, Weak<reqwest::Client>>>,
 }
+
+/// The clients without TLS settings, by policy and port.
+type SharedClients = HashMap<(Policy, Option<u16>), Arc<reqwest::Client>>;
 
 /// A TLS client's key: policy, port and the digest of the TLS material.
 type TlsKey = (Policy, Option<u16>, [u8; 32]);
@@ -142,9 +145,7 @@ impl Clients {
         Ok(client)
     }
 
-    fn cache(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(Policy, Option<u16>), Arc<reqwest::Client>>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, SharedClients> {
         self.built.lock().unwrap_or_else(|p| p.into_inner())
     }
 
