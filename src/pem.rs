@@ -68,6 +68,17 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
     i64::try_from(at.as_secs()).ok()
 }
 
+/// A self-signed certificate for `a.test` and its key, for tests.
+#[cfg(test)]
+pub(crate) fn test_pair() -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["a.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert, key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,11 +96,7 @@ mod tests {
 
     #[test]
     fn keys_are_read_checked_and_encrypted_ones_refused() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["a.test".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let (cert, key) = test_pair();
         let chain = certificates(cert.pem().as_bytes(), "c.pem").unwrap();
         let der = private_key(key.serialize_pem().as_bytes(), "k.pem").unwrap();
         assert_eq!(key_matches(&chain, &der, "k.pem", "c.pem"), Ok(()));

@@ -44,6 +44,18 @@ fn write_leaf(dir: &Path, name: &str, leaf: &Leaf) {
     std::fs::write(dir.join(format!("{name}.key")), &leaf.key_pem).unwrap();
 }
 
+/// A receiver on 127.0.0.1 with a certificate from the first CA, requiring a client
+/// certificate from the second.
+async fn mtls_receiver() -> (TestCa, TestCa, TlsReceiver) {
+    let (server_ca, client_ca) = (TestCa::new("servers"), TestCa::new("clients"));
+    let rx = TlsReceiver::start(
+        &server_ca.leaf(&["127.0.0.1"], Role::Server),
+        Some(&client_ca),
+    )
+    .await;
+    (server_ca, client_ca, rx)
+}
+
 fn event() -> Value {
     json!({"type": "t", "data": {"n": 1}})
 }
@@ -53,12 +65,7 @@ const FAST_RETRIES: &str = "retries: 20, backoff: {initial: 50ms, max: 200ms}";
 
 #[tokio::test]
 async fn mtls_delivers_with_the_right_certificate() {
-    let (server_ca, client_ca) = (TestCa::new("servers"), TestCa::new("clients"));
-    let rx = TlsReceiver::start(
-        &server_ca.leaf(&["127.0.0.1"], Role::Server),
-        Some(&client_ca),
-    )
-    .await;
+    let (server_ca, client_ca, rx) = mtls_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     write_leaf(
         dir.path(),
@@ -86,16 +93,8 @@ async fn mtls_delivers_with_the_right_certificate() {
 
 #[tokio::test]
 async fn a_wrong_client_certificate_fails_the_handshake_and_a_rotated_file_fixes_it() {
-    let (server_ca, client_ca, stranger) = (
-        TestCa::new("servers"),
-        TestCa::new("clients"),
-        TestCa::new("strangers"),
-    );
-    let rx = TlsReceiver::start(
-        &server_ca.leaf(&["127.0.0.1"], Role::Server),
-        Some(&client_ca),
-    )
-    .await;
+    let (server_ca, client_ca, rx) = mtls_receiver().await;
+    let stranger = TestCa::new("strangers");
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let etc = dir.path().join("etc");
     std::fs::create_dir(&etc).unwrap();
@@ -213,12 +212,7 @@ async fn server_name_overrides_the_checked_name() {
 
 #[tokio::test]
 async fn the_client_certificate_expiry_is_a_metric() {
-    let (server_ca, client_ca) = (TestCa::new("servers"), TestCa::new("clients"));
-    let rx = TlsReceiver::start(
-        &server_ca.leaf(&["127.0.0.1"], Role::Server),
-        Some(&client_ca),
-    )
-    .await;
+    let (server_ca, client_ca, rx) = mtls_receiver().await;
     let expires = unix_now() + 10 * 86_400;
     let client = client_ca.leaf_until(&["relay"], Role::Client, expires);
     // Inline PEM, as YAML block scalars.
@@ -247,12 +241,7 @@ async fn the_client_certificate_expiry_is_a_metric() {
 
 #[tokio::test]
 async fn the_client_key_never_reaches_the_logs_or_the_api_at_trace() {
-    let (server_ca, client_ca) = (TestCa::new("servers"), TestCa::new("clients"));
-    let rx = TlsReceiver::start(
-        &server_ca.leaf(&["127.0.0.1"], Role::Server),
-        Some(&client_ca),
-    )
-    .await;
+    let (server_ca, client_ca, rx) = mtls_receiver().await;
     let (file_client, api_client) = (
         client_ca.leaf(&["relay"], Role::Client),
         client_ca.leaf(&["api"], Role::Client),

@@ -119,11 +119,7 @@ mod tests {
 
     #[test]
     fn reqwest_takes_the_config_with_alpn_and_the_client_certificate() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["a.test".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let (cert, key) = crate::pem::test_pair();
         let tls = TlsSettings {
             chain: vec![cert.der().clone()],
             key: Some(Arc::new(

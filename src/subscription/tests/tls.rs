@@ -10,11 +10,7 @@ use crate::yaml::Issues;
 
 /// A certificate for `a.test` and its key, as PEM.
 fn pair() -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["a.test".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let (cert, key) = crate::pem::test_pair();
     (cert.pem(), key.serialize_pem())
 }
 
