@@ -185,7 +185,8 @@ impl fmt::Debug for Spec {
 }
 
 /// Fills secrets omitted from `doc` (a password left out of `auth.basic`, an empty
-/// `auth.bearer` object, a header whose value is `{}`, a `pull.token` left out) from
+/// `auth.bearer` object, a header whose value is `{}`, a `pull.token` or `tls.client_key`
+/// left out) from
 /// `stored`, so a client can send back what it was shown; `"token": null` removes the pull
 /// token. A merge patch already carries the stored token (or removed it on purpose), so it
 /// passes `refill_pull_token: false`.
