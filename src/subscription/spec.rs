@@ -450,6 +450,19 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_key_is_kept_only_beside_a_certificate() {
+        let stored = json!({"tls": {"client_cert": "c", "client_key": "k"}});
+        let mut with_cert = json!({"tls": {"client_cert": "c2"}});
+        keep_secrets(&mut with_cert, &stored, true);
+        assert_eq!(with_cert["tls"]["client_key"], "k");
+        // Without a certificate there is nothing for the key to serve: not refilled.
+        let mut ca_only = json!({"tls": {"ca": "r"}});
+        keep_secrets(&mut ca_only, &stored, true);
+        assert_eq!(ca_only, json!({"tls": {"ca": "r"}}));
+        assert!(unkept_secrets(&ca_only).is_empty());
+    }
+
+    #[test]
     fn sealed_specs_hold_no_secret_and_open_to_the_original() {
         let doc = every_secret();
         let keys = ring(&[("k1", 1)]);
