@@ -48,6 +48,7 @@ METRICS = {
     "hookrelay_config_reloads_total", "hookrelay_config_last_reload_success_timestamp_seconds",
     "hookrelay_subscriptions", "hookrelay_http_requests_total",
     "hookrelay_oauth2_token_requests_total",
+    "hookrelay_client_certificate_expiry_timestamp_seconds",
 }
 HISTOGRAMS = {
     "hookrelay_delivery_duration_seconds", "hookrelay_store_commit_duration_seconds",

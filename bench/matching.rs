@@ -27,7 +27,13 @@ fn registry(n: usize) -> Matcher<Arc<str>> {
             format!("{{name: s{i}, url: 'http://127.0.0.1:9/', events: ['type.{i}']{filter}}}");
         let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
         let mut issues = Issues::default();
-        let sub = Subscription::parse(&v, "bench", &mut issues).expect("valid subscription");
+        let sub = Subscription::parse(
+            &v,
+            "bench",
+            &hookrelay::subscription::Files::CONFIG,
+            &mut issues,
+        )
+        .expect("valid subscription");
         subs.push(Arc::new(sub));
     }
     Matcher::by_name(subs)

@@ -429,7 +429,7 @@ impl Catalog {
         let mut next = Vec::with_capacity(new.len());
         for sub in new {
             match old.iter().find(|o| o.name == sub.name) {
-                Some(o) if o.spec == sub.spec => next.push(o.clone()),
+                Some(o) if o.same_run(&sub) => next.push(o.clone()),
                 Some(_) => {
                     change.changed.push(sub.name.clone());
                     next.push(Arc::new(sub));

@@ -18,7 +18,7 @@ use crate::deliver::settings::DeliverySettings;
 use crate::inbound::limits::Limits;
 use crate::ingest::settings::IngestSettings;
 use crate::store::settings::StorageSettings;
-use crate::subscription::{Subscription, push_slots};
+use crate::subscription::{Files, Subscription, push_slots};
 use crate::yaml::{Issue, Issues, Positions, Section, as_list, as_string, index};
 
 /// Top-level keys.
@@ -197,15 +197,31 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_yaml(&text, &path.display().to_string(), &|name| {
+        // Files the config names (TLS material) are relative to its directory.
+        let files = Files {
+            base: path.parent(),
+            allowed: true,
+        };
+        Config::from_yaml_in(&text, &path.display().to_string(), &files, &|name| {
             std::env::var(name).ok()
         })
     }
 
-    /// Validates a configuration document; `origin` names it in messages.
+    /// Validates a configuration document; `origin` names it in messages, and the files it
+    /// names resolve against the working directory.
     pub fn from_yaml(
         text: &str,
         origin: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Config::from_yaml_in(text, origin, &Files::CONFIG, lookup)
+    }
+
+    /// [`Config::from_yaml`] with the files it names resolved as `files` says.
+    pub fn from_yaml_in(
+        text: &str,
+        origin: &str,
+        files: &Files<'_>,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         // `None` when the event reader refuses the text: serde_yaml then reports the syntax.
@@ -243,11 +259,19 @@ impl Config {
             tree = Value::Mapping(Default::default());
         }
         env::expand_tree(&mut tree, "", lookup, &mut issues);
-        let mut config = Config::validate(&tree, &mut issues);
+        let mut config = Config::validate(&tree, files, &mut issues);
         if let Some(c) = config.as_mut() {
             use std::hash::{Hash, Hasher};
             let mut digest = std::collections::hash_map::DefaultHasher::new();
             text.hash(&mut digest);
+            // A rotated certificate file changes the config under the same text.
+            for tls in c
+                .subscriptions
+                .iter()
+                .filter_map(|s| s.http()?.tls.as_ref())
+            {
+                tls.digest.hash(&mut digest);
+            }
             c.source_digest = digest.finish();
         }
         match config {
@@ -268,7 +292,20 @@ impl Config {
         }
     }
 
-    fn validate(tree: &Value, issues: &mut Issues) -> Option<Config> {
+    /// The files besides the config file whose change changes the config (TLS material).
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .subscriptions
+            .iter()
+            .filter_map(|s| s.http()?.tls.as_ref())
+            .flat_map(|t| t.sources.files().cloned())
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    fn validate(tree: &Value, files: &Files<'_>, issues: &mut Issues) -> Option<Config> {
         let root = Section::new(Some(tree), "", KEYS, issues);
         if !matches!(tree, Value::Mapping(_)) {
             return None;
@@ -365,7 +402,7 @@ impl Config {
                         format!("{n:?} is used by an earlier subscription"),
                     );
                 }
-                if let Some(sub) = Subscription::parse(item, &path, issues) {
+                if let Some(sub) = Subscription::parse(item, &path, files, issues) {
                     if sub
                         .http()
                         .is_some_and(|h| targets_listener(&h.url, &listen.addrs()))

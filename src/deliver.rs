@@ -15,6 +15,7 @@ pub mod oauth2;
 pub mod payload;
 pub mod rate_limit;
 pub mod settings;
+pub mod tls;
 pub mod token_error;
 pub mod verdict;
 pub mod via;

@@ -36,7 +36,8 @@ use crate::deliver::{self, AttemptService, Caps, via};
 use crate::metrics::{FinalOutcome, Metrics, OAUTH2_REQUEST_RESULTS, SeriesSet};
 use crate::store::{Delivery, PauseState, Store, StoreError};
 use crate::subscription::{
-    Auth, Channel, DeliveryOrder, HttpSettings, PushSettings, Source, Subscription, push_slots,
+    Auth, Channel, DeliveryOrder, HttpSettings, PushSettings, Source, Subscription, TlsSettings,
+    push_slots,
 };
 pub use control::ControlState;
 use control::{Control, Paused};
@@ -179,7 +180,10 @@ impl Dispatcher {
                 );
             }
             Channel::Http { push, http } => {
-                let sender = shared.clients.sender(policy(&sub), &http.url);
+                self.watch_certificate(&sub, http.tls.as_deref());
+                let sender = shared
+                    .clients
+                    .sender(policy(&sub), &http.url, http.tls.as_ref());
                 let token = self.token_source(&sub, push, http);
                 let service = deliver::http_stack(
                     label,
@@ -241,7 +245,9 @@ impl Dispatcher {
         });
         Some(Arc::new(TokenSource::new(
             settings.clone(),
-            shared.clients.sender(policy(sub), &settings.token_url),
+            shared
+                .clients
+                .sender(policy(sub), &settings.token_url, None),
             push.timeout * 3 / 4,
             &sub.name,
             TokenCounters { ok, failed },
@@ -374,6 +380,26 @@ impl Dispatcher {
             old.stop.cancel();
         }
         (wake, stop, control)
+    }
+
+    /// Publishes when `sub`'s client certificate expires (subscriptions with their own series)
+    /// and warns when that is within 30 days or past.
+    fn watch_certificate(&self, sub: &Subscription, tls: Option<&TlsSettings>) {
+        // Only where its SeriesSet holds the gauge; otherwise `Metrics::prune` removes it.
+        if sub.own_metrics
+            && SeriesSet::of(&sub.channel).client_cert
+            && let Some(at) = tls.and_then(|t| t.not_after)
+        {
+            self.shared
+                .metrics
+                .client_cert_expiry
+                .with_label_values(&[&sub.name])
+                .set(at as f64);
+        }
+        let now = crate::time::now_ms() / 1000;
+        if let Some(warning) = tls.and_then(|t| t.expiry_warning(now)) {
+            tracing::warn!(subscription = %sub.name, "{warning}");
+        }
     }
 
     /// Stops the lane of a removed subscription; attempts already sent finish.

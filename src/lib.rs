@@ -18,7 +18,7 @@
 //! - [`inbound`] is the HTTP edge the three listeners share (the accept loop with its
 //!   connection limits, error shape, body helpers, bearer check, request limits); [`ops`] serves the probes and the Prometheus
 //!   [`metrics`]; [`server`] wires it all to bound listeners and a shutdown future.
-//!   [`time`], [`secret`], [`media_type`] and [`json_depth`] are shared leaves.
+//!   [`time`], [`secret`], [`pem`], [`media_type`] and [`json_depth`] are shared leaves.
 //! - [`cli`] is the operator CLI (`hookrelay subscriptions list`...): a client of the HTTP
 //!   API that imports nothing of the relay.
 
@@ -40,6 +40,7 @@ pub mod matching;
 pub mod media_type;
 pub mod metrics;
 pub mod ops;
+pub mod pem;
 
 pub mod reload;
 pub mod secret;

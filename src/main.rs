@@ -94,8 +94,13 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
+            let now = hookrelay::time::now_ms() / 1000;
             for sub in &config.subscriptions {
                 println!("{}", summary(sub));
+                // A certificate near its end is a warning, not an error: the config stays valid.
+                if let Some(w) = sub.http().and_then(|h| h.tls.as_ref()?.expiry_warning(now)) {
+                    println!("warning: subscriptions.{}: {w}", sub.name);
+                }
             }
             println!(
                 "{}: OK, {} subscription(s)",
@@ -298,8 +303,12 @@ fn summary(sub: &Subscription) -> String {
         Some(Encoding::Envelope) => " encoding=envelope".to_string(),
         Some(Encoding::Form { field }) => format!(" encoding=form({field})"),
     };
+    let tls = http
+        .and_then(|h| h.tls.as_ref())
+        .map(|t| format!(" {}", t.summary()))
+        .unwrap_or_default();
     format!(
-        "{}: {} -> {} retries={} timeout={} max_in_flight={}{}{encoding}{rate}{auth}{signed}{ordered}{filter}",
+        "{}: {} -> {} retries={} timeout={} max_in_flight={}{}{encoding}{rate}{auth}{tls}{signed}{ordered}{filter}",
         sub.name,
         events.join(","),
         target,

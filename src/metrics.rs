@@ -166,6 +166,8 @@ pub struct MetricSet {
     pub http_requests: IntCounterVec,
     /// Seconds from an ingest post's arrival to its answer.
     pub ingest_duration: Histogram,
+    /// When a subscription's TLS client certificate expires (own series only).
+    pub client_cert_expiry: GaugeVec,
     /// Labels whose per-subscription series exist. Held while a scrape sets the queue gauges
     /// from the catalog it read, so a subscription removed meanwhile is not re-created.
     live: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -283,6 +285,17 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(oldest_pending.clone()))
+            .expect("unique metric");
+        let client_cert_expiry = GaugeVec::new(
+            Opts::new(
+                "hookrelay_client_certificate_expiry_timestamp_seconds",
+                "Unix time the subscription's TLS client certificate expires.",
+            ),
+            &["subscription"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(client_cert_expiry.clone()))
             .expect("unique metric");
         let dead_letters = IntGaugeVec::new(
             Opts::new(
@@ -488,6 +501,7 @@ impl Metrics {
             connections_refused,
             http_requests,
             ingest_duration,
+            client_cert_expiry,
             live: Default::default(),
         }))
     }
@@ -576,6 +590,9 @@ impl Metrics {
                     .oauth2_token_requests
                     .remove_label_values(&[label, result]);
             }
+        }
+        if !series.client_cert {
+            let _ = self.client_cert_expiry.remove_label_values(&[label]);
         }
     }
 
@@ -789,6 +806,34 @@ mod tests {
                 "{gone} left\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn the_certificate_expiry_gauge_goes_where_the_series_set_has_none() {
+        let m = Metrics::new();
+        let sub = parse("{name: c, url: 'https://h/', events: [x]}").unwrap();
+        let plain = SeriesSet::of(&sub.channel);
+        assert!(!plain.client_cert && !SeriesSet::SHARED.client_cert);
+        let with_cert = SeriesSet {
+            client_cert: true,
+            ..plain
+        };
+        let gauge = "hookrelay_client_certificate_expiry_timestamp_seconds{subscription=\"c\"}";
+        let set = || m.client_cert_expiry.with_label_values(&["c"]).set(1e9);
+        // Not created at zero; kept while the set has it.
+        m.init_subscription("c", with_cert);
+        assert!(!m.render().contains(gauge));
+        set();
+        m.init_subscription("c", with_cert);
+        assert!(m.render().contains(gauge));
+        // The certificate dropped: pruned by the new set.
+        m.init_subscription("c", plain);
+        assert!(!m.render().contains(gauge));
+        // Removed with the subscription.
+        m.init_subscription("c", with_cert);
+        set();
+        m.remove_subscription("c");
+        assert!(!m.render().contains(gauge));
     }
 
     #[test]

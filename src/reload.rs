@@ -94,7 +94,9 @@ impl Reloader {
     pub fn spawn(self, stop: CancellationToken) -> &'static str {
         let changed = Arc::new(Notify::new());
         let watcher = if self.running.reload.watch {
-            watch(&self.path, changed.clone())
+            let mut paths = vec![self.path.clone()];
+            paths.extend(self.running.watched_files());
+            watch(&paths, changed.clone())
         } else {
             None
         };
@@ -224,21 +226,33 @@ impl Reloader {
     }
 }
 
-/// Watches the directory of `path` and notifies `changed` on events about the file (or the
-/// symlink it goes through); `None`, with a warning, when no watcher can be had.
-fn watch(path: &Path, changed: Arc<Notify>) -> Option<Box<dyn Watcher + Send>> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file = path.file_name()?.to_os_string();
-    let link = path.to_path_buf();
+/// Watches the directories of `paths` (the config file, then the TLS files it names) and
+/// notifies `changed` on events about one of them (or the symlink it goes through); `None`,
+/// with a warning, when no watcher can be had.
+fn watch(paths: &[PathBuf], changed: Arc<Notify>) -> Option<Box<dyn Watcher + Send>> {
+    let mut dirs: Vec<PathBuf> = paths
+        .iter()
+        .map(|path| match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let links: Vec<(PathBuf, OsString)> = paths
+        .iter()
+        .filter_map(|p| Some((p.clone(), p.file_name()?.to_os_string())))
+        .collect();
     let handler = move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if matches!(event.kind, EventKind::Access(_)) {
             return;
         }
-        let names = watched_names(&link, &file);
+        // Read again on every event: a ConfigMap swap moves where the symlinks point.
+        let names: Vec<OsString> = links
+            .iter()
+            .flat_map(|(link, file)| watched_names(link, file))
+            .collect();
         if event
             .paths
             .iter()
@@ -261,9 +275,11 @@ fn watch(path: &Path, changed: Arc<Notify>) -> Option<Box<dyn Watcher + Send>> {
             }
         }
     };
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config file's directory; reload with SIGHUP");
-        return None;
+    for dir in &dirs {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config file's directory; reload with SIGHUP");
+            return None;
+        }
     }
     Some(watcher)
 }

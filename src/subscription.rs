@@ -11,6 +11,7 @@ mod parse;
 mod spec;
 #[cfg(test)]
 pub(crate) mod tests;
+mod tls;
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub use email::EmailSettings;
 pub use oauth2::{ClientAuthStyle, OAuth2Settings};
 pub use parse::valid_name;
 pub use spec::{Spec, keep_secrets, open_secrets, unkept_secrets};
+pub use tls::{Files, TlsSettings, TlsSources};
 
 /// Metric label shared by API subscriptions without their own series.
 pub const SHARED_METRIC_LABEL: &str = "_api";
@@ -147,6 +149,8 @@ pub struct HttpSettings {
     pub signing: Vec<SigningKey>,
     /// How each attempt's body carries the event.
     pub encoding: Encoding,
+    /// Client certificate, private CA and checked name (`https` URLs only).
+    pub tls: Option<Arc<TlsSettings>>,
 }
 
 impl Subscription {
@@ -169,6 +173,13 @@ impl Subscription {
             }
             Channel::Pull(_) => "(pull)".to_string(),
         }
+    }
+
+    /// True when a running lane can stay as it is for `other`: the same document and the
+    /// same TLS material (a certificate file rotated under the same YAML differs).
+    pub fn same_run(&self, other: &Subscription) -> bool {
+        let digest = |s: &Subscription| s.http().and_then(|h| h.tls.as_ref()).map(|t| t.digest);
+        self.spec == other.spec && digest(self) == digest(other)
     }
 
     /// How attempts are made, for a push subscription (HTTP or e-mail).

@@ -34,6 +34,63 @@ fn check_accepts_the_example_config() {
 }
 
 #[test]
+fn check_validates_tls_files_and_warns_of_a_certificate_near_its_end() {
+    use common::tls::{Role, TestCa, unix_now};
+    let ca = TestCa::new("clients");
+    let soon = ca.leaf_until(&["relay"], Role::Client, unix_now() + 10 * 86_400);
+    let other = ca.leaf(&["relay"], Role::Client);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("client.crt", &soon.cert_pem),
+        ("client.key", &soon.key_pem),
+        ("other.key", &other.key_pem),
+        ("ca.crt", &ca.cert_pem),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let check = |key: &str| {
+        let path = write_config(
+            &dir,
+            &format!(
+                "subscriptions:\n  - {{name: a, url: 'https://127.0.0.1:9000/', events: [x], tls: {{client_cert: client.crt, client_key: {key}, ca: ca.crt, server_name: receiver.test}}}}\n"
+            ),
+        );
+        let out = Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = check("client.key");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(" tls(client_cert until ")
+            && text.contains("ca(1) server_name=receiver.test)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: subscriptions.a: tls.client_cert: expires at ")
+            && (text.contains("in 9 day(s)") || text.contains("in 10 day(s)")),
+        "{text}"
+    );
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+
+    // A key of another certificate: both files named, exit 1.
+    let (ok, text) = check("other.key");
+    assert!(!ok, "{text}");
+    let d = dir.path().display();
+    assert!(
+        text.contains(&format!(
+            "subscriptions[0].tls.client_key: {d}/other.key does not match the certificate in {d}/client.crt"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
 fn check_prints_email_subscriptions_without_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(

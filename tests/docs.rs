@@ -160,12 +160,19 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn the_dashboard_and_alerts_query_only_exported_metrics() {
-    // Some series exist only for subscriptions that use the feature (OAuth2 tokens).
-    let relay = TestRelay::start(
-        "subscriptions: [{name: a, url: 'http://127.0.0.1:9/', events: ['*']},
-           {name: b, url: 'http://127.0.0.1:9/', events: ['*'], auth: {oauth2: {
-             token_url: 'http://127.0.0.1:9/t', client_id: c, client_secret: s}}}]",
-    )
+    // Some series exist only for subscriptions that use the feature (OAuth2 tokens, a TLS
+    // client certificate's expiry).
+    let ca = common::tls::TestCa::new("docs");
+    let client = ca.leaf(&["relay"], common::tls::Role::Client);
+    let relay = TestRelay::start(&format!(
+        "subscriptions: [{{name: a, url: 'http://127.0.0.1:9/', events: ['*']}},
+           {{name: b, url: 'http://127.0.0.1:9/', events: ['*'], auth: {{oauth2: {{
+             token_url: 'http://127.0.0.1:9/t', client_id: c, client_secret: s}}}}}},
+           {{name: c, url: 'https://127.0.0.1:9/', events: ['*'],
+             tls: {{client_cert: {}, client_key: {}}}}}]",
+        serde_json::to_string(&client.cert_pem).unwrap(),
+        serde_json::to_string(&client.key_pem).unwrap(),
+    ))
     .await;
     // A delivery that waits (nothing answers on port 9): gauges of nothing have no series.
     let (status, _) = relay

@@ -4,7 +4,7 @@
 //! Standard Webhooks and `hookrelay-via` headers, and sending it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -21,7 +21,7 @@ use super::verdict::{Reply, parse_retry_after};
 use super::via;
 use crate::signing::signature_header;
 use crate::store::Delivery;
-use crate::subscription::HttpSettings;
+use crate::subscription::{HttpSettings, TlsSettings};
 
 /// `user-agent` of every attempt.
 pub const USER_AGENT: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION"));
@@ -34,16 +34,27 @@ pub enum DeliverError {
     /// reqwest refused the client settings (proxy, TLS).
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The subscription's TLS material does not make a client configuration.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// The delivery clients, one per policy and destination port: reqwest's resolver is given a
 /// name only, and whether an address is one of the relay's listeners depends on the port.
-/// Subscriptions to the same port share a client and its connection pool.
+/// Subscriptions to the same port share a client and its connection pool; those with `tls`
+/// settings share one per TLS identity too, kept only while a lane uses it.
 pub struct Clients {
     settings: DeliverySettings,
     lookup: Lookup,
-    built: Mutex<HashMap<(Policy, Option<u16>), reqwest::Client>>,
+    built: Mutex<SharedClients>,
+    with_tls: Mutex<HashMap<TlsKey, Weak<reqwest::Client>>>,
 }
+
+/// The clients without TLS settings, by policy and port.
+type SharedClients = HashMap<(Policy, Option<u16>), Arc<reqwest::Client>>;
+
+/// A TLS client's key: policy, port and the digest of the TLS material.
+type TlsKey = (Policy, Option<u16>, [u8; 32]);
 
 impl Clients {
     /// The clients for `settings`, resolving through `lookup`. One client is built now, so
@@ -53,42 +64,99 @@ impl Clients {
             settings: settings.clone(),
             lookup,
             built: Mutex::default(),
+            with_tls: Mutex::default(),
         };
-        let first = clients.build(Policy::OwnListeners, None)?;
-        clients.cache().insert((Policy::OwnListeners, None), first);
+        let first = clients.build(Policy::OwnListeners, None, None)?;
+        clients
+            .cache()
+            .insert((Policy::OwnListeners, None), Arc::new(first));
         Ok(clients)
     }
 
-    /// What sends the attempts of a subscription to `url` under `policy`.
-    pub fn sender(&self, policy: Policy, url: &Url) -> Sender {
+    /// What sends the attempts of a subscription to `url` under `policy`, with its `tls`
+    /// settings if it has any.
+    pub fn sender(&self, policy: Policy, url: &Url, tls: Option<&Arc<TlsSettings>>) -> Sender {
         // Behind a proxy the destination is resolved there; `hookrelay-via` still holds.
         let port = match self.settings.proxy {
             Some(_) => None,
             None => url.port_or_known_default(),
         };
-        let key = (policy, port);
-        let cached = self.cache().get(&key).cloned();
-        let client = cached.unwrap_or_else(|| {
-            let client = self.build(policy, port).unwrap_or_else(|e| {
-                // The same settings built a client at start; should this one fail anyway,
-                // the shared one still refuses own listeners by address, less exactly.
-                tracing::error!(error = %e, "cannot build a delivery client; using the shared one");
-                self.cache()[&(Policy::OwnListeners, None)].clone()
-            });
-            self.cache().entry(key).or_insert(client).clone()
-        });
         // Literal addresses are not resolved, so the resolver never sees them.
         let wide = policy == Policy::Guarded;
         let own = port.is_some() && literal_targets_listener(url, self.lookup.guard(), wide);
-        Sender { client, own }
+        let client = match tls {
+            Some(tls) => match self.tls_client(policy, port, tls) {
+                Ok(client) => client,
+                // Never the shared client: it would send without the client certificate or
+                // trust the public roots despite `ca`. Every attempt fails visibly instead.
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build a TLS delivery client");
+                    return Sender {
+                        client: self.cache()[&(Policy::OwnListeners, None)].clone(),
+                        own,
+                        refused: Some(Arc::from(format!("tls: cannot build the client: {e}"))),
+                    };
+                }
+            },
+            None => self.shared_client(policy, port),
+        };
+        Sender {
+            client,
+            own,
+            refused: None,
+        }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(Policy, Option<u16>), reqwest::Client>> {
+    /// The client without TLS settings for `policy` and `port`.
+    fn shared_client(&self, policy: Policy, port: Option<u16>) -> Arc<reqwest::Client> {
+        let key = (policy, port);
+        let cached = self.cache().get(&key).cloned();
+        cached.unwrap_or_else(|| {
+            let client = match self.build(policy, port, None) {
+                Ok(client) => Arc::new(client),
+                Err(e) => {
+                    // The same settings built a client at start; should this one fail
+                    // anyway, the shared one still refuses own listeners by address, less
+                    // exactly.
+                    tracing::error!(error = %e, "cannot build a delivery client; using the shared one");
+                    self.cache()[&(Policy::OwnListeners, None)].clone()
+                }
+            };
+            self.cache().entry(key).or_insert(client).clone()
+        })
+    }
+
+    /// The client for `tls`'s identity, shared by lanes with the same material and port.
+    fn tls_client(
+        &self,
+        policy: Policy,
+        port: Option<u16>,
+        tls: &TlsSettings,
+    ) -> Result<Arc<reqwest::Client>, DeliverError> {
+        let key = (policy, port, tls.digest);
+        let mut map = self.with_tls.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, client| client.strong_count() > 0);
+        if let Some(client) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(client);
+        }
+        let config = super::tls::client_config(tls).map_err(DeliverError::Tls)?;
+        let client = Arc::new(self.build(policy, port, Some(config))?);
+        map.insert(key, Arc::downgrade(&client));
+        Ok(client)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, SharedClients> {
         self.built.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A client: no redirects, no proxy unless configured, every resolved address checked.
-    fn build(&self, policy: Policy, port: Option<u16>) -> Result<reqwest::Client, DeliverError> {
+    /// A client: no redirects, no proxy unless configured, every resolved address checked;
+    /// with `tls`, that rustls configuration instead of reqwest's own.
+    fn build(
+        &self,
+        policy: Policy,
+        port: Option<u16>,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<reqwest::Client, DeliverError> {
         let resolver = DeliveryResolver {
             lookup: self.lookup.clone(),
             policy,
@@ -104,6 +172,10 @@ impl Clients {
             Some(url) => builder.proxy(reqwest::Proxy::all(url.as_str())?),
             None => builder.no_proxy(),
         };
+        let builder = match tls {
+            Some(config) => builder.tls_backend_preconfigured(config),
+            None => builder,
+        };
         Ok(builder.build()?)
     }
 }
@@ -111,9 +183,11 @@ impl Clients {
 /// Sends a subscription's attempts.
 #[derive(Clone)]
 pub struct Sender {
-    client: reqwest::Client,
+    client: Arc<reqwest::Client>,
     /// The URL names one of the relay's listeners by address: every attempt fails.
     own: bool,
+    /// Why no client could be built for this subscription: every attempt fails with it.
+    refused: Option<Arc<str>>,
 }
 
 impl Sender {
@@ -122,7 +196,10 @@ impl Sender {
         if self.own {
             return Err(OWN_LISTENER.into());
         }
-        send(self.client, req).await
+        if let Some(why) = self.refused {
+            return Err(why.to_string().into());
+        }
+        send(&self.client, req).await
     }
 
     /// Sends `req` and reads the answer's body, up to `limit` bytes: for requests whose
@@ -217,7 +294,7 @@ fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
 }
 
 /// Sends one POST on `client`.
-async fn send(client: reqwest::Client, req: reqwest::Request) -> Result<Reply, BoxError> {
+async fn send(client: &reqwest::Client, req: reqwest::Request) -> Result<Reply, BoxError> {
     let mut response = client.execute(req).await?;
     let status = response.status();
     let retry_after = retry_after(response.headers());

@@ -24,7 +24,7 @@ use tower::{BoxError, Layer, Service, ServiceExt};
 
 use super::http_post::Sender;
 pub use super::token_error::TokenError;
-use super::verdict::{Reply, clip, describe_error};
+use super::verdict::{Reply, clip, describe_cause};
 use crate::secret::is_token;
 use crate::subscription::{ClientAuthStyle, OAuth2Settings};
 
@@ -173,7 +173,7 @@ impl TokenSource {
             .sender
             .exchange(request(&self.settings), BODY_LIMIT)
             .await
-            .map_err(|e| TokenError::Unreachable(describe_error(e)))?;
+            .map_err(|e| TokenError::Unreachable(describe_cause(e)))?;
         if !answer.status.is_success() {
             return Err(refusal(answer.status, answer.retry_after, &answer.body));
         }

@@ -214,13 +214,69 @@ pub fn stack_error(e: BoxError) -> Verdict {
     )
 }
 
-/// An error and its causes on one line, without URLs (which may carry tokens in queries).
-pub(super) fn describe_error(e: BoxError) -> String {
+/// An error and its causes on one line, without URLs (which may carry tokens in queries);
+/// a failed TLS handshake is said in words first, with what to change.
+fn describe_error(e: BoxError) -> String {
+    if let Some(hint) = tls_hint(e.as_ref()) {
+        return clip(hint);
+    }
+    describe_cause(e)
+}
+
+/// [`describe_error`] without the TLS hint, for the OAuth2 token endpoint (its sender has
+/// no `tls` settings, so the hint's advice about them would mislead).
+pub(super) fn describe_cause(e: BoxError) -> String {
     let e = match e.downcast::<reqwest::Error>() {
         Ok(re) => return chain(&re.without_url()),
         Err(other) => other,
     };
     chain(e.as_ref())
+}
+
+/// The rustls error `err` is, or holds inside `io::Error`s (reqwest wraps it in two).
+fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    rustls_error(err.downcast_ref::<std::io::Error>()?.get_ref()?)
+}
+
+/// Which side of a TLS handshake refused the other, when a rustls error is in `e`'s chain.
+fn tls_hint(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::{AlertDescription as Alert, CertificateError, Error as Tls};
+    let mut next = Some(e);
+    let found = loop {
+        let err = next?;
+        if let Some(tls) = rustls_error(err) {
+            break tls;
+        }
+        next = err.source();
+    };
+    Some(match found {
+        // Under TLS 1.3 the client learns of a refused certificate from the first alert.
+        Tls::AlertReceived(
+            Alert::CertificateRequired
+            | Alert::UnknownCA
+            | Alert::BadCertificate
+            | Alert::CertificateUnknown
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::UnsupportedCertificate
+            | Alert::AccessDenied,
+        ) => format!("tls: the receiver refused the client certificate ({found})"),
+        Tls::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => format!(
+            "tls: the receiver's certificate is not for this host ({found}); set tls.server_name"
+        ),
+        Tls::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            format!("tls: the receiver's certificate is not trusted ({found}); set tls.ca")
+        }
+        Tls::InvalidCertificate(_) => {
+            format!("tls: the receiver's certificate is not trusted ({found})")
+        }
+        other => format!("tls: the handshake failed ({other})"),
+    })
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -332,6 +388,40 @@ mod tests {
     fn an_error_text_is_bounded_and_holds_no_nul() {
         assert_eq!(clip("550 no\0such".into()), "550 no\u{fffd}such");
         assert!(clip("é".repeat(ERROR_LIMIT)).len() <= ERROR_LIMIT);
+    }
+
+    #[test]
+    fn tls_failures_say_which_side_refused_and_what_to_set() {
+        use rustls::{AlertDescription, CertificateError, Error as Tls};
+        // reqwest's shape: the rustls error inside an io::Error inside another.
+        let wrapped = |e: Tls| -> Result<Reply, BoxError> {
+            let inner = std::io::Error::other(e);
+            Err(Box::new(std::io::Error::other(inner)))
+        };
+        let error = |r| match stack_error(match r {
+            Err(e) => e,
+            Ok(_) => unreachable!(),
+        }) {
+            Verdict::Retryable { result, error, .. } => (result, error),
+            other => panic!("{other:?}"),
+        };
+        let (result, text) = error(wrapped(Tls::AlertReceived(AlertDescription::UnknownCA)));
+        assert_eq!(result, "connect_error");
+        assert_eq!(
+            text,
+            "tls: the receiver refused the client certificate (received fatal alert: UnknownCA)"
+        );
+        let (_, text) = error(wrapped(Tls::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        )));
+        assert!(text.ends_with("; set tls.ca"), "{text}");
+        let (_, text) = error(wrapped(Tls::InvalidCertificate(
+            CertificateError::NotValidForName,
+        )));
+        assert!(text.ends_with("; set tls.server_name"), "{text}");
+        // Not TLS: the chain as before.
+        let (_, text) = error(Err("refused".into()));
+        assert_eq!(text, "refused");
     }
 
     fn smtp(code: u16) -> Result<Reply, BoxError> {

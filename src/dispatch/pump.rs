@@ -413,7 +413,13 @@ mod tests {
             "{{name: a, url: 'http://h/', events: [x], retries: {retries}, backoff: {{schedule: [1s, 10s]}}}}"
         );
         let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
-        let sub = Subscription::parse(&v, "", &mut Default::default()).unwrap();
+        let sub = Subscription::parse(
+            &v,
+            "",
+            &crate::subscription::Files::CONFIG,
+            &mut Default::default(),
+        )
+        .unwrap();
         sub.push().unwrap().clone()
     }
 

@@ -46,6 +46,9 @@ pub struct SeriesSet {
     pub pulled: bool,
     /// `hookrelay_oauth2_token_requests_total`: pushed over HTTP with `auth.oauth2`.
     pub oauth2: bool,
+    /// `hookrelay_client_certificate_expiry_timestamp_seconds`: pushed over HTTP with a TLS
+    /// client certificate. Not created at zero: set at lane add, to the certificate's expiry.
+    pub client_cert: bool,
 }
 
 impl SeriesSet {
@@ -57,6 +60,8 @@ impl SeriesSet {
         rate_limited: true,
         pulled: true,
         oauth2: true,
+        // Own series only: a certificate's expiry is not summed under a shared label.
+        client_cert: false,
     };
 
     /// None at all: a removed subscription's.
@@ -67,6 +72,7 @@ impl SeriesSet {
         rate_limited: false,
         pulled: false,
         oauth2: false,
+        client_cert: false,
     };
 
     /// The series a subscription of this channel can have.
@@ -78,15 +84,22 @@ impl SeriesSet {
             rate_limited,
             pulled: false,
             oauth2: false,
+            client_cert: false,
         };
         match channel {
-            Channel::Http { push: p, http } if matches!(http.auth, Some(Auth::OAuth2(_))) => {
+            Channel::Http { push: p, http } => {
+                let oauth2 = matches!(http.auth, Some(Auth::OAuth2(_)));
+                let attempts: &'static [&'static str] = if oauth2 {
+                    &OAUTH2_RESULTS
+                } else {
+                    &HTTP_RESULTS
+                };
                 SeriesSet {
-                    oauth2: true,
-                    ..push(&OAUTH2_RESULTS, p.rate_limit.is_some())
+                    oauth2,
+                    client_cert: http.tls.as_ref().is_some_and(|t| t.not_after.is_some()),
+                    ..push(attempts, p.rate_limit.is_some())
                 }
             }
-            Channel::Http { push: p, .. } => push(&HTTP_RESULTS, p.rate_limit.is_some()),
             Channel::Email { push: p, .. } => push(&EMAIL_RESULTS, p.rate_limit.is_some()),
             Channel::Pull(_) => SeriesSet {
                 attempts: &[],
@@ -95,6 +108,7 @@ impl SeriesSet {
                 rate_limited: false,
                 pulled: true,
                 oauth2: false,
+                client_cert: false,
             },
         }
     }

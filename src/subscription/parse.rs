@@ -11,6 +11,7 @@ use super::control::{parse_circuit, parse_on_gone};
 use super::http_push::{
     parse_auth, parse_encoding, parse_final, parse_headers, parse_signing, parse_success, parse_url,
 };
+use super::tls::{Files, parse_tls};
 use super::{
     AckMode, Channel, Concurrency, DeliveryOrder, EmailSettings, EventPattern, HttpSettings,
     PullSettings, PushSettings, RateLimit, SHARED_METRIC_LABEL, Source, Spec, Subscription,
@@ -45,6 +46,7 @@ const KEYS: &[&str] = &[
     "circuit",
     "on_gone",
     "paused",
+    "tls",
 ];
 
 /// Keys that only push subscriptions may have.
@@ -65,6 +67,7 @@ const PUSH_KEYS: &[&str] = &[
     "circuit",
     "on_gone",
     "paused",
+    "tls",
 ];
 
 /// Push keys that make no sense for e-mail (HTTP only).
@@ -77,6 +80,7 @@ const HTTP_KEYS: &[&str] = &[
     "signing",
     "encoding",
     "on_gone",
+    "tls",
 ];
 
 /// Extra keys of a subscription registered through the API.
@@ -92,15 +96,21 @@ pub fn valid_name(name: &str) -> bool {
 
 /// Where a document being validated comes from.
 enum Origin<'a> {
-    Config,
+    Config(Files<'a>),
     Api { id: &'a str, changed: (i64, i64) },
 }
 
 impl Subscription {
-    /// Validates one subscription entry of the config, recording every problem under `path`.
-    pub fn parse(v: &Value, path: &str, issues: &mut Issues) -> Option<Subscription> {
+    /// Validates one subscription entry of the config, recording every problem under `path`;
+    /// `files` says where the file paths it names (TLS material) resolve.
+    pub fn parse(
+        v: &Value,
+        path: &str,
+        files: &Files<'_>,
+        issues: &mut Issues,
+    ) -> Option<Subscription> {
         let spec = serde_json::to_value(v).unwrap_or(Json::Null);
-        Subscription::validate(v, spec, path, Origin::Config, issues)
+        Subscription::validate(v, spec, path, Origin::Config(*files), issues)
     }
 
     /// Validates a subscription sent to the API (field paths are relative to the document).
@@ -130,7 +140,7 @@ impl Subscription {
     ) -> Option<Subscription> {
         let before = issues.0.len();
         let keys: Vec<&str> = match origin {
-            Origin::Config => KEYS.to_vec(),
+            Origin::Config(_) => KEYS.to_vec(),
             Origin::Api { .. } => KEYS.iter().chain(API_KEYS).copied().collect(),
         };
         let s = Section::new(Some(v), path, &keys, issues);
@@ -161,7 +171,7 @@ impl Subscription {
             );
         }
         let own_metrics = match origin {
-            Origin::Config => true,
+            Origin::Config(_) => true,
             Origin::Api { .. } => s.boolean("metrics", false, issues),
         };
 
@@ -266,13 +276,24 @@ impl Subscription {
         let circuit = parse_circuit(&s, issues);
         let on_gone = parse_on_gone(&s, issues);
         let paused = s.boolean("paused", false, issues);
+        let files = match origin {
+            Origin::Config(files) => files,
+            Origin::Api { .. } => Files::INLINE_ONLY,
+        };
+        let tls = parse_tls(&s, &files, issues).map(Arc::new);
+        if let Some(u) = &url
+            && s.has("tls")
+            && u.scheme() != "https"
+        {
+            issues.push(&s.at("tls"), "applies to https URLs only");
+        }
 
         if issues.0.len() != before {
             return None;
         }
         let name = name?;
         let (id, source, changed) = match origin {
-            Origin::Config => (name.clone(), Source::Config, None),
+            Origin::Config(_) => (name.clone(), Source::Config, None),
             Origin::Api { id, changed } => (id.to_string(), Source::Api, Some(changed)),
         };
         let push = PushSettings {
@@ -298,6 +319,7 @@ impl Subscription {
                     headers,
                     signing,
                     encoding,
+                    tls,
                 }),
             },
             (None, Some(email), None) => Channel::Email { push, email },

@@ -112,6 +112,8 @@ const SECRETS: &[(&[Step], Hide)] = &[
         ],
         Hide::Remove,
     ),
+    // Inline PEM of the client certificate's private key.
+    (&[Step::Key("tls"), Step::Key("client_key")], Hide::Remove),
 ];
 
 /// Calls `f` on every value at `path` in `doc`.
@@ -192,7 +194,7 @@ impl fmt::Debug for Spec {
 
 /// Fills secrets omitted from `doc` (a password left out of `auth.basic`, an empty
 /// `auth.bearer` object, an `auth.oauth2.client_secret` left out for the same endpoint and
-/// client, a header whose value is `{}`, a `pull.token` left out) from
+/// client, a header whose value is `{}`, a `pull.token` or `tls.client_key` left out) from
 /// `stored`, so a client can send back what it was shown; `"token": null` removes the pull
 /// token. A merge patch already carries the stored token (or removed it on purpose), so it
 /// passes `refill_pull_token: false`.
@@ -269,6 +271,15 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json, refill_pull_token: bool) {
             }
         }
     }
+    // A client key left out keeps the stored one while a certificate is given; the key check
+    // catches a key kept for a new certificate it does not fit.
+    if let Some(tls) = doc.get_mut("tls").and_then(Json::as_object_mut)
+        && !tls.contains_key("client_key")
+        && tls.get("client_cert").is_some_and(|c| !c.is_null())
+        && let Some(key) = stored.get("tls").and_then(|t| t.get("client_key"))
+    {
+        tls.insert("client_key".into(), key.clone());
+    }
     let stored_auth = stored.get("auth");
     let Some(auth) = doc.get_mut("auth").and_then(Json::as_object_mut) else {
         return;
@@ -307,8 +318,8 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json, refill_pull_token: bool) {
 }
 
 /// Where `doc`, after [`keep_secrets`], still asks to keep a secret that was never stored: a
-/// `{}` header value, signing secret or bearer, or a basic or SMTP password or OAuth2 client
-/// secret left out.
+/// `{}` header value, signing secret or bearer, or a basic or SMTP password, OAuth2 client
+/// secret or TLS client key left out.
 pub fn unkept_secrets(doc: &Json) -> Vec<String> {
     let empty = |v: &Json| v.as_object().is_some_and(|o| o.is_empty());
     let mut found = Vec::new();
@@ -351,6 +362,16 @@ pub fn unkept_secrets(doc: &Json) -> Vec<String> {
     {
         found.push("email.smtp.password".into());
     }
+    let tls = doc.get("tls");
+    if tls
+        .and_then(|t| t.get("client_cert"))
+        .is_some_and(|c| !c.is_null())
+        && tls
+            .and_then(|t| t.get("client_key"))
+            .is_none_or(Json::is_null)
+    {
+        found.push("tls.client_key".into());
+    }
     found
 }
 
@@ -391,6 +412,8 @@ mod tests {
             "email": {"to": ["a@example.com"], "smtp": {"host": "mail", "username": "u",
                       "password": "smtp-secret"}},
             "pull": {"token": "pull-secret"},
+            "tls": {"client_cert": "-----BEGIN CERTIFICATE-----",
+                    "client_key": "-----BEGIN PRIVATE KEY-----tls-key-secret"},
             "filter": {"data.kind": "not-a-secret"}
         })
     }
@@ -403,6 +426,7 @@ mod tests {
         "whsec-secret",
         "smtp-secret",
         "pull-secret",
+        "tls-key-secret",
     ];
 
     fn ring(keys: &[(&str, u8)]) -> Keyring {
@@ -417,7 +441,7 @@ mod tests {
     fn a_null_secret_member_shows_as_null_and_unkept_ones_are_named() {
         let doc = serde_json::json!({"auth": {"basic": {"username": "u"}, "bearer": null},
             "headers": {"x-a": {}, "x-b": "v"}, "signing": {"secrets": ["whsec_x", {}]},
-            "email": {"smtp": {"username": "relay"}}});
+            "email": {"smtp": {"username": "relay"}}, "tls": {"client_cert": "c"}});
         let shown = Spec(doc.clone()).redacted();
         assert_eq!(shown["auth"]["bearer"], Json::Null);
         assert_eq!(
@@ -426,7 +450,8 @@ mod tests {
                 "headers.x-a",
                 "signing.secrets[1]",
                 "auth.basic.password",
-                "email.smtp.password"
+                "email.smtp.password",
+                "tls.client_key"
             ]
         );
         assert!(unkept_secrets(&every_secret()).is_empty());
@@ -475,6 +500,19 @@ mod tests {
         doc["auth"]["oauth2"]["client_secret"] = "new-secret".into();
         keep_secrets(&mut doc, &stored, true);
         assert_eq!(doc["auth"]["oauth2"]["client_secret"], "new-secret");
+    }
+
+    #[test]
+    fn a_tls_key_is_kept_only_beside_a_certificate() {
+        let stored = json!({"tls": {"client_cert": "c", "client_key": "k"}});
+        let mut with_cert = json!({"tls": {"client_cert": "c2"}});
+        keep_secrets(&mut with_cert, &stored, true);
+        assert_eq!(with_cert["tls"]["client_key"], "k");
+        // Without a certificate there is nothing for the key to serve: not refilled.
+        let mut ca_only = json!({"tls": {"ca": "r"}});
+        keep_secrets(&mut ca_only, &stored, true);
+        assert_eq!(ca_only, json!({"tls": {"ca": "r"}}));
+        assert!(unkept_secrets(&ca_only).is_empty());
     }
 
     #[test]

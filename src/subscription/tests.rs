@@ -6,12 +6,13 @@ use super::*;
 use crate::yaml::Issues;
 
 mod policy;
+mod tls;
 
 /// A subscription entry validated as `subscriptions[0]`, or its problems.
 pub(crate) fn parse(yaml: &str) -> Result<Subscription, Vec<String>> {
     let v: Value = serde_yaml::from_str(yaml).unwrap();
     let mut issues = Issues::default();
-    let s = Subscription::parse(&v, "subscriptions[0]", &mut issues);
+    let s = Subscription::parse(&v, "subscriptions[0]", &Files::CONFIG, &mut issues);
     if issues.is_empty() {
         Ok(s.unwrap())
     } else {

@@ -20,6 +20,7 @@ mod backend;
 pub mod proxy;
 pub mod replicas;
 pub mod smtp;
+pub mod tls;
 pub mod token_endpoint;
 #[allow(unused_imports)]
 pub use backend::{Backend, TestDb, test_database_addr, test_database_url};
@@ -522,18 +523,23 @@ impl Receiver {
     }
 
     async fn serve(addr: (&str, u16), judge: Judge) -> Receiver {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let state = ReceiverState {
-            got: got.clone(),
-            judge,
-        };
-        let app = axum::Router::new().fallback(receive).with_state(state);
+        let (app, got) = Receiver::app(judge);
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Receiver { addr, got }
+    }
+
+    /// The router that records requests and answers by `judge`, and what it records.
+    fn app(judge: Judge) -> (axum::Router, Arc<Mutex<Vec<Received>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let state = ReceiverState {
+            got: got.clone(),
+            judge,
+        };
+        (axum::Router::new().fallback(receive).with_state(state), got)
     }
 
     /// Its URL with `path`.

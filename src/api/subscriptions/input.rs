@@ -205,6 +205,8 @@ fn push(replace: bool) -> Json {
     );
     p.insert("encoding".into(), nullable(reference("EncodingInput")));
     p.insert("signing".into(), nullable(variant("Signing", replace)));
+    // One schema for POST and PUT: a key left out is told apart by the validator.
+    p.insert("tls".into(), nullable(reference("TlsInput")));
     on_gone(&mut p);
     with_description(
         object(Json::Object(p), &["url", "events"]),
@@ -328,6 +330,38 @@ fn auth(replace: bool) -> Json {
         (client credentials: the relay fetches and refreshes the bearer token). On PUT, \
         `bearer` sent as `{}` (as shown) keeps the stored token.",
         "oneOf": [basic, bearer, oauth2], "example": {"bearer": "crm-s3cret"}})
+}
+
+fn tls() -> Json {
+    let pem = |what: &str| {
+        pattern(
+            r"^\s*-----BEGIN ",
+            &format!("{what}, as PEM text (file paths are for the config file only)."),
+        )
+    };
+    let mut key =
+        pem("The client certificate's private key (PKCS#8, PKCS#1 or SEC1, not encrypted)");
+    key["writeOnly"] = true.into();
+    key["description"] = format!(
+        "{} A secret, never shown; on PUT, leaving it out keeps the stored one.",
+        key["description"].as_str().unwrap_or_default()
+    )
+    .into();
+    json!({"type": "object", "additionalProperties": false,
+        "description": "TLS to the receiver (`https` URLs only): a client certificate and its \
+            key (mutual TLS, given together; on PUT the key may be left out to keep the \
+            stored one), a CA trusted instead of the system roots, and \
+            the name the receiver's certificate is checked against instead of the URL's host. \
+            Verification cannot be turned off.",
+        "properties": {
+            "client_cert": pem("The client certificate, then its chain"),
+            "client_key": key,
+            "ca": pem("The certificates trusted instead of the system roots"),
+            "server_name": {"type": "string", "minLength": 1,
+                "description": "A DNS name or IP address checked against the receiver's certificate; the SNI stays the URL's host."},
+        },
+        "example": {"ca": "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n",
+            "server_name": "registry.internal"}})
 }
 
 fn encoding() -> Json {
@@ -498,7 +532,8 @@ component!(
     SubscriptionReplacement,
     json!({"description": "A subscription document, as PUT takes it: as POST's, except that \
         secrets may be sent back as the API shows them to keep the stored ones (`{}` for a \
-        header value, a signing secret or `auth.bearer`; a basic or SMTP password left out). \
+        header value, a signing secret or `auth.bearer`; a basic or SMTP password or \
+        `tls.client_key` left out). \
         Keeping a secret that is not stored is `409`.",
         "oneOf": [reference("PushSubscriptionReplacement"),
             reference("EmailSubscriptionReplacement"), reference("PullSubscriptionInput")]}),
@@ -517,7 +552,8 @@ component!(
     SuccessCodeInput,
     AuthReplacement,
     EncodingInput,
-    SigningReplacement
+    SigningReplacement,
+    TlsInput
 );
 component!(
     /// An e-mail subscription's document on PUT.
@@ -555,7 +591,8 @@ component!(
     SuccessCodeInput,
     AuthInput,
     EncodingInput,
-    SigningInput
+    SigningInput,
+    TlsInput
 );
 component!(
     /// An e-mail subscription's document.
@@ -613,6 +650,11 @@ component!(
     /// Standard Webhooks signing.
     SigningInput,
     signing(false)
+);
+component!(
+    /// TLS to the receiver.
+    TlsInput,
+    tls()
 );
 component!(
     /// An e-mail subscription's settings.

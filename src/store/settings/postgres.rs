@@ -279,21 +279,7 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// `storage.postgres.lease` when not set.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
-/// The certificates of a PEM file of roots; an error says why it cannot serve.
-pub fn read_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let shown = path.display();
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let certs: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&pem)
-        .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{shown} is not PEM: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{shown} holds no certificate"));
-    }
-    Ok(certs)
-}
+pub use crate::pem::read_ca;
 
 #[cfg(test)]
 mod tests {

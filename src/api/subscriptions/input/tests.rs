@@ -17,6 +17,7 @@ fn every_component_is_registered_and_served_as_written() {
         ("AuthInput", auth(false)),
         ("EncodingInput", encoding()),
         ("SigningInput", signing(false)),
+        ("TlsInput", tls()),
         ("EmailSettingsInput", email_settings(false)),
         ("PullSettingsInput", pull_settings()),
         ("PushSubscriptionReplacement", push(true)),
