@@ -22,7 +22,7 @@ pub fn read_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
 pub fn certificates(pem: &[u8], shown: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{shown} is not PEM: {e}"))?;
+        .map_err(|e| format!("{shown} is not PEM: {}", problem(&e)))?;
     if certs.is_empty() {
         return Err(format!("{shown} holds no certificate"));
     }
@@ -38,9 +38,24 @@ pub fn private_key(pem: &[u8], shown: &str) -> Result<PrivateKeyDer<'static>, St
     }
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => format!("{shown} holds no private key"),
-        // The error's text never quotes the key's bytes.
-        other => format!("{shown} is not a PEM private key: {other}"),
+        other => format!("{shown} is not a PEM private key: {}", problem(&other)),
     })
+}
+
+/// What is wrong with PEM text, in words of our own: the parser's own messages quote the
+/// offending line or marker, which for a key flattened onto one line is the whole key.
+fn problem(e: &rustls_pki_types::pem::Error) -> &'static str {
+    use rustls_pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => {
+            "a BEGIN line without its END line (newlines lost or escaped?)"
+        }
+        Error::IllegalSectionStart { .. } => "a malformed BEGIN line",
+        Error::Base64Decode(_) => "the text between BEGIN and END is not base64",
+        Error::SectionTooLarge => "a section larger than 256 MB",
+        Error::NoItemsFound => "nothing usable found",
+        _ => "unreadable",
+    }
 }
 
 /// Whether `key` (read from `key_shown`) is the private key of the first certificate of
@@ -92,6 +107,29 @@ mod tests {
         // 2031-05-17T00:00:00Z
         assert_eq!(not_after(cert.der()), Some(1_936_742_400));
         assert_eq!(not_after(&CertificateDer::from(vec![1, 2, 3])), None);
+    }
+
+    #[test]
+    fn a_malformed_key_is_never_quoted_in_the_error() {
+        let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+        // The key flattened onto one line, newlines escaped or turned into spaces.
+        for flat in [key.replace('\n', "\\n"), key.replace('\n', " ")] {
+            let e = private_key(flat.as_bytes(), "inline tls.client_key").unwrap_err();
+            assert!(
+                e.starts_with("inline tls.client_key is not a PEM private key"),
+                "{e}"
+            );
+            for chunk in body.as_bytes().chunks(16) {
+                let chunk = std::str::from_utf8(chunk).unwrap();
+                assert!(!e.contains(chunk), "{e}");
+            }
+            // Nor as the parser's byte list.
+            assert!(
+                !e.contains(&format!("{:?}", &body.as_bytes()[..8])[1..20]),
+                "{e}"
+            );
+        }
     }
 
     #[test]

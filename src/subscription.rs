@@ -29,7 +29,7 @@ pub use control::{CircuitSettings, OnGone};
 pub use email::EmailSettings;
 pub use oauth2::{ClientAuthStyle, OAuth2Settings};
 pub use parse::valid_name;
-pub use spec::{Spec, keep_secrets, open_secrets, unkept_secrets};
+pub use spec::{Spec, forget_moved_secrets, keep_secrets, open_secrets, unkept_secrets};
 pub use tls::{Files, TlsSettings, TlsSources};
 
 /// Metric label shared by API subscriptions without their own series.

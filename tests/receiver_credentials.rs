@@ -94,9 +94,32 @@ async fn one_token_fetch_serves_many_deliveries() {
     relay.stop().await;
 }
 
+/// An endpoint whose tokens expire at once: attempts waiting on a fetch share its token
+/// instead of each fetching in turn behind the one before.
+#[tokio::test]
+async fn tokens_that_expire_at_once_are_still_shared_by_the_waiters() {
+    let endpoint = TokenEndpoint::start_slow(Duration::from_millis(300), |_| TokenAnswer::Issue {
+        expires_in: Some(0),
+    })
+    .await;
+    let rx = Receiver::ok().await;
+    let relay = TestRelay::start(&config(&rx, &endpoint, "max_in_flight: 16, paused: true,")).await;
+    for n in 0..50 {
+        post(&relay, n).await;
+    }
+    let (status, body) = relay
+        .api(Method::POST, "/v1/subscriptions/reg/resume", None)
+        .await;
+    assert!(status < 300, "{status} {body}");
+    rx.wait_for(50).await;
+    // One fetch per second at most (the floor), plus the waves of waiters: never one each.
+    assert!(endpoint.count() <= 10, "{} fetches", endpoint.count());
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn an_expired_token_is_refreshed() {
-    // Used for 0.9s of its 1s (a tenth before it expires).
+    // Used for a second (the floor; a tenth before expiry would be 0.9s).
     let endpoint = TokenEndpoint::issuing(Some(1)).await;
     let rx = Receiver::ok().await;
     let relay = TestRelay::start(&config(&rx, &endpoint, "")).await;
@@ -298,6 +321,33 @@ async fn api_oauth2_secrets_are_redacted_kept_and_sealed() {
             .contains("auth.oauth2.client_secret"),
         "{body}"
     );
+    // Nor by a merge patch, which starts from the stored document with its secret.
+    let (status, body) = relay
+        .api(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{id}"),
+            Some(json!({"auth": {"oauth2": {"token_url": "http://127.0.0.1:1/elsewhere"}}})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["fields"]
+            .to_string()
+            .contains("auth.oauth2.client_secret"),
+        "{body}"
+    );
+    // The same patch giving the secret again is a change like any other.
+    let (status, body) = relay
+        .api(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{id}"),
+            Some(
+                json!({"auth": {"oauth2": {"token_url": "http://127.0.0.1:1/elsewhere",
+                "client_secret": CLIENT_SECRET}}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     // The token endpoint passes the destination guard.
     let (status, body) = relay
         .api(

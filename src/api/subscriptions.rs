@@ -14,7 +14,7 @@ use super::ApiState;
 use super::responses::{StoreUnavailable, Unauthorized, UnknownSubscription, unknown_subscription};
 use crate::inbound::body::{BadBody, BodyTooLarge, NotJson, malformed, read_body, require_json};
 use crate::inbound::error::{ErrorBody, HttpError};
-use crate::subscription::{Subscription, keep_secrets, unkept_secrets};
+use crate::subscription::{Subscription, forget_moved_secrets, keep_secrets, unkept_secrets};
 use crate::time::{new_id, now_ms};
 use crate::yaml::Issues;
 
@@ -357,6 +357,7 @@ pub async fn patch(
     update(state, key, false, move |stored| {
         let mut doc = stored.clone();
         json_patch::merge(&mut doc, &patch);
+        forget_moved_secrets(&mut doc, stored, &patch);
         object(doc)
     })
     .await

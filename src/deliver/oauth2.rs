@@ -32,6 +32,10 @@ use crate::subscription::{ClientAuthStyle, OAuth2Settings};
 const BODY_LIMIT: usize = 64 * 1024;
 /// Longest refresh margin before a token's expiry.
 const MAX_MARGIN: Duration = Duration::from_secs(30);
+/// Shortest time a fetched token is used before another fetch.
+const MIN_FRESH: Duration = Duration::from_secs(1);
+/// Longest lifetime believed (`expires_in` beyond it is cut to it).
+const MAX_LIFETIME_SECS: u64 = 365 * 86_400;
 /// Longest `error` and `error_description` kept from a refusal.
 const ERROR_CODE_LIMIT: usize = 64;
 const DESCRIPTION_LIMIT: usize = 120;
@@ -132,15 +136,16 @@ impl TokenSource {
         let mut last = self.gate.lock().await;
         let count = self.fetches.load(Ordering::Acquire);
         if count != seen {
-            if let Some((at, error)) = &*last
-                && *at == count
-            {
-                return Err(error.clone());
-            }
-            if let Some(t) = self.current.load_full()
-                && t.fresh(Instant::now())
-            {
-                return Ok((t, true));
+            match &*last {
+                Some((at, error)) if *at == count => return Err(error.clone()),
+                // The fetch that ended meanwhile succeeded: its token, however short its
+                // life, so waiters never fetch one after another.
+                None => {
+                    if let Some(t) = self.current.load_full() {
+                        return Ok((t, true));
+                    }
+                }
+                Some(_) => {}
             }
         }
         let fetched = match tokio::time::timeout(self.fetch_timeout, self.fetch()).await {
@@ -267,7 +272,10 @@ fn parse_token(body: &[u8], now: Instant) -> Result<(Token, Option<u64>), TokenE
     let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| malformed("access_token is not a token"))?;
     header.set_sensitive(true);
-    let fresh_until = expires_in.map(|secs| now + fresh_for(Duration::from_secs(secs)));
+    // Clamped: an absurd lifetime must not overflow the clock (a year is plenty).
+    let fresh_until = expires_in.and_then(|secs| {
+        now.checked_add(fresh_for(Duration::from_secs(secs.min(MAX_LIFETIME_SECS))))
+    });
     Ok((
         Token {
             header,
@@ -278,9 +286,10 @@ fn parse_token(body: &[u8], now: Instant) -> Result<(Token, Option<u64>), TokenE
 }
 
 /// How long a token of `lifetime` is used: up to 30 s (a tenth of short ones) less, so it
-/// is replaced before a receiver sees it expire.
+/// is replaced before a receiver sees it expire; at least a second, so an endpoint that
+/// hands out expired tokens is asked at most once a second (a `401` still refreshes).
 fn fresh_for(lifetime: Duration) -> Duration {
-    lifetime - MAX_MARGIN.min(lifetime / 10)
+    (lifetime - MAX_MARGIN.min(lifetime / 10)).max(MIN_FRESH)
 }
 
 /// A failing answer: its RFC 6749 §5.2 error when it has one, else only its status.
@@ -477,7 +486,24 @@ mod tests {
             Duration::from_secs(3570)
         );
         assert_eq!(fresh_for(Duration::from_secs(10)), Duration::from_secs(9));
-        assert_eq!(fresh_for(Duration::ZERO), Duration::ZERO);
+        // An endpoint handing out expired tokens is asked at most once a second.
+        assert_eq!(fresh_for(Duration::ZERO), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_absurd_lifetime_does_not_overflow_the_clock() {
+        let now = Instant::now();
+        for body in [
+            &br#"{"access_token":"t","expires_in":18446744073709551615}"#[..],
+            br#"{"access_token":"t","expires_in":1e300}"#,
+        ] {
+            let (t, _) = parse_token(body, now).unwrap();
+            let until = t.fresh_until.expect("a lifetime");
+            assert!(
+                until <= now + Duration::from_secs(MAX_LIFETIME_SECS),
+                "{until:?}"
+            );
+        }
     }
 
     #[test]

@@ -192,6 +192,37 @@ impl fmt::Debug for Spec {
     }
 }
 
+/// After a merge patch, which starts from the stored document with its secrets: a secret
+/// whose destination the patch moved without giving it again is dropped, as a PUT would not
+/// keep it (the OAuth2 client secret when `token_url` or `client_id` changed, the SMTP
+/// password when `host` or `username` did), so it is never sent somewhere new; the change
+/// is then refused as keeping a secret the subscription does not have.
+pub fn forget_moved_secrets(doc: &mut Json, stored: &Json, patch: &Json) {
+    for (at, moved_by, secret) in [
+        (
+            ["auth", "oauth2"],
+            ["token_url", "client_id"],
+            "client_secret",
+        ),
+        (["email", "smtp"], ["host", "username"], "password"),
+    ] {
+        let section = |d: &Json| d.get(at[0]).and_then(|v| v.get(at[1])).cloned();
+        let given = section(patch).is_some_and(|p| p.get(secret).is_some());
+        let (Some(now), Some(before)) = (section(doc), section(stored)) else {
+            continue;
+        };
+        if !given
+            && moved_by.iter().any(|k| now.get(*k) != before.get(*k))
+            && let Some(obj) = doc
+                .get_mut(at[0])
+                .and_then(|v| v.get_mut(at[1]))
+                .and_then(Json::as_object_mut)
+        {
+            obj.remove(secret);
+        }
+    }
+}
+
 /// Fills secrets omitted from `doc` (a password left out of `auth.basic`, an empty
 /// `auth.bearer` object, an `auth.oauth2.client_secret` left out for the same endpoint and
 /// client, a header whose value is `{}`, a `pull.token` or `tls.client_key` left out) from
@@ -235,7 +266,7 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json, refill_pull_token: bool) {
         }
     }
     // An SMTP password left out (as the API shows it) keeps the stored one while the
-    // username stays the same.
+    // host and username stay the same: never sent to another server.
     let stored_smtp = stored.get("email").and_then(|e| e.get("smtp"));
     if let Some(smtp) = doc
         .get_mut("email")
@@ -244,6 +275,7 @@ pub fn keep_secrets(doc: &mut Json, stored: &Json, refill_pull_token: bool) {
         && !smtp.contains_key("password")
         && smtp.get("username").is_some()
         && smtp.get("username") == stored_smtp.and_then(|s| s.get("username"))
+        && smtp.get("host") == stored_smtp.and_then(|s| s.get("host"))
         && let Some(password) = stored_smtp.and_then(|s| s.get("password"))
     {
         smtp.insert("password".into(), password.clone());

@@ -371,6 +371,36 @@ fn email_subscriptions() {
 }
 
 #[test]
+fn a_patch_that_moves_a_secret_drops_it_unless_it_gives_it_again() {
+    let stored = serde_json::json!({"mode": "email",
+        "email": {"smtp": {"host": "h", "username": "u", "password": "pw"}}});
+    for (patch, kept) in [
+        (
+            serde_json::json!({"email": {"smtp": {"host": "evil"}}}),
+            false,
+        ),
+        (
+            serde_json::json!({"email": {"smtp": {"username": "v"}}}),
+            false,
+        ),
+        (
+            serde_json::json!({"email": {"smtp": {"host": "evil", "password": "new"}}}),
+            true,
+        ),
+        (serde_json::json!({"retries": 3}), true),
+    ] {
+        let mut doc = stored.clone();
+        json_patch::merge(&mut doc, &patch);
+        crate::subscription::forget_moved_secrets(&mut doc, &stored, &patch);
+        assert_eq!(
+            doc["email"]["smtp"].get("password").is_some(),
+            kept,
+            "{patch}"
+        );
+    }
+}
+
+#[test]
 fn smtp_password_is_kept_while_the_username_stays() {
     let stored = serde_json::json!({"mode": "email", "email": {"smtp": {"host": "h", "username": "u", "password": "pw"}}});
     let mut doc = Spec(stored.clone()).redacted();
@@ -381,6 +411,11 @@ fn smtp_password_is_kept_while_the_username_stays() {
         serde_json::json!({"mode": "email", "email": {"smtp": {"host": "h", "username": "v"}}});
     keep_secrets(&mut other, &stored, true);
     assert!(other["email"]["smtp"].get("password").is_none());
+    // Nor to another server.
+    let mut moved =
+        serde_json::json!({"mode": "email", "email": {"smtp": {"host": "evil", "username": "u"}}});
+    keep_secrets(&mut moved, &stored, true);
+    assert!(moved["email"]["smtp"].get("password").is_none());
 }
 
 #[test]

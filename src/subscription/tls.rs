@@ -146,7 +146,8 @@ fn material(
     issues: &mut Issues,
 ) -> Option<Material> {
     let text = t.string(key, issues)?;
-    if text.trim_start().starts_with("-----BEGIN") {
+    // PEM anywhere in it (after a `Bag Attributes` header, say) makes it inline text.
+    if text.contains("-----BEGIN") {
         return Some(Material {
             pem: text.into_bytes(),
             shown: format!("inline tls.{key}"),
@@ -170,6 +171,15 @@ fn material(
             shown: path.display().to_string(),
             path: Some(path),
         }),
+        // A key is never echoed: a value that is neither PEM nor a file may be the key in
+        // another encoding (base64 of the PEM, say).
+        Err(e) if key == "client_key" => {
+            issues.push(
+                &t.at(key),
+                format!("neither PEM text nor a readable file ({})", e.kind()),
+            );
+            None
+        }
         Err(e) => {
             issues.push(&t.at(key), format!("cannot read {}: {e}", path.display()));
             None
