@@ -275,10 +275,18 @@ fn watch(paths: &[PathBuf], changed: Arc<Notify>) -> Option<Box<dyn Watcher + Se
             }
         }
     };
+    let config_dir = paths.first().map(|p| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    });
     for dir in &dirs {
         if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config file's directory; reload with SIGHUP");
-            return None;
+            if Some(dir) == config_dir.as_ref() {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config file's directory; reload with SIGHUP");
+                return None;
+            }
+            // A certificate's directory: the config file is still watched.
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a certificate's directory; its changes apply on SIGHUP or a config change");
         }
     }
     Some(watcher)
