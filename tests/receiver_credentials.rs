@@ -54,11 +54,11 @@ async fn post(relay: &TestRelay, n: usize) {
     assert_eq!(status, 202, "{answer}");
 }
 
-#[tokio::test]
-async fn one_token_fetch_serves_many_deliveries() {
-    // A slow endpoint, so the first attempts all wait for the one fetch.
-    let endpoint = TokenEndpoint::start_slow(Duration::from_millis(300), |_| TokenAnswer::Issue {
-        expires_in: Some(3600),
+/// Fifty events queued while paused, then resumed with 16 in flight: the first attempts all
+/// wait on one fetch from a slow endpoint issuing tokens of `expires_in`.
+async fn fifty_at_once(expires_in: Option<u64>) -> (TokenEndpoint, Receiver, TestRelay) {
+    let endpoint = TokenEndpoint::start_slow(Duration::from_millis(300), move |_| {
+        TokenAnswer::Issue { expires_in }
     })
     .await;
     let rx = Receiver::ok().await;
@@ -70,6 +70,12 @@ async fn one_token_fetch_serves_many_deliveries() {
         .api(Method::POST, "/v1/subscriptions/reg/resume", None)
         .await;
     assert!(status < 300, "{status} {body}");
+    (endpoint, rx, relay)
+}
+
+#[tokio::test]
+async fn one_token_fetch_serves_many_deliveries() {
+    let (endpoint, rx, relay) = fifty_at_once(Some(3600)).await;
     let got = rx.wait_for(50).await;
     assert!(got.iter().all(|r| bearer(r) == "Bearer tok-1"));
     assert_eq!(endpoint.count(), 1);
@@ -98,19 +104,7 @@ async fn one_token_fetch_serves_many_deliveries() {
 /// instead of each fetching in turn behind the one before.
 #[tokio::test]
 async fn tokens_that_expire_at_once_are_still_shared_by_the_waiters() {
-    let endpoint = TokenEndpoint::start_slow(Duration::from_millis(300), |_| TokenAnswer::Issue {
-        expires_in: Some(0),
-    })
-    .await;
-    let rx = Receiver::ok().await;
-    let relay = TestRelay::start(&config(&rx, &endpoint, "max_in_flight: 16, paused: true,")).await;
-    for n in 0..50 {
-        post(&relay, n).await;
-    }
-    let (status, body) = relay
-        .api(Method::POST, "/v1/subscriptions/reg/resume", None)
-        .await;
-    assert!(status < 300, "{status} {body}");
+    let (endpoint, rx, relay) = fifty_at_once(Some(0)).await;
     rx.wait_for(50).await;
     // One fetch per second at most (the floor), plus the waves of waiters: never one each.
     assert!(endpoint.count() <= 10, "{} fetches", endpoint.count());
