@@ -134,6 +134,13 @@ def replay_range_ok(body):
     return low is None or high is None or low < high
 
 
+def tls_ok(body):
+    """No `tls` member: its PEM text must parse and fit together (certificate and key), and
+    it needs an https URL; a schema states none of that, and tests/receiver_tls.rs covers it
+    with real certificates."""
+    return body.get("tls") is None
+
+
 def subscription_rules(context, body):
     operation = getattr(context, "operation", None)
     if operation is None or not operation.path.startswith("/v1/subscriptions"):
@@ -148,6 +155,7 @@ def subscription_rules(context, body):
         and filter_ok(body.get("filter"))
         and headers_ok(body)
         and final_statuses_ok(body)
+        and tls_ok(body)
     )
 
 

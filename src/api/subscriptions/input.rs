@@ -348,20 +348,18 @@ fn tls() -> Json {
     )
     .into();
     json!({"type": "object", "additionalProperties": false,
-        "description": "TLS to the receiver (`https` URLs only): a client certificate and its \
-            key (mutual TLS, given together; on PUT the key may be left out to keep the \
-            stored one), a CA trusted instead of the system roots, and \
-            the name the receiver's certificate is checked against instead of the URL's host. \
-            Verification cannot be turned off.",
-        "properties": {
-            "client_cert": pem("The client certificate, then its chain"),
-            "client_key": key,
-            "ca": pem("The certificates trusted instead of the system roots"),
-            "server_name": {"type": "string", "minLength": 1,
-                "description": "A DNS name or IP address checked against the receiver's certificate; the SNI stays the URL's host."},
-        },
-        "example": {"ca": "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n",
-            "server_name": "registry.internal"}})
+    "description": "TLS to the receiver (`https` URLs only): a client certificate and its \
+        key (mutual TLS, given together; on PUT the key may be left out to keep the \
+        stored one), a CA trusted instead of the system roots, and \
+        the name the receiver's certificate is checked against instead of the URL's host. \
+        Verification cannot be turned off.",
+    "properties": {
+        "client_cert": pem("The client certificate, then its chain"),
+        "client_key": key,
+        "ca": pem("The certificates trusted instead of the system roots"),
+        "server_name": {"type": "string", "minLength": 1,
+            "description": "A DNS name or IP address checked against the receiver's certificate; the SNI stays the URL's host."},
+    }})
 }
 
 fn encoding() -> Json {
