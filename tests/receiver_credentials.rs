@@ -241,6 +241,17 @@ async fn an_unreachable_token_endpoint_is_an_auth_error() {
 }
 
 /// A relay with encryption keys and the API open to 127.0.0.1; returns it and its database.
+/// A change refused for keeping a client secret the subscription does not have.
+fn secret_not_kept(status: u16, body: &serde_json::Value) {
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["fields"]
+            .to_string()
+            .contains("auth.oauth2.client_secret"),
+        "{body}"
+    );
+}
+
 async fn api_relay() -> (TestRelay, std::path::PathBuf) {
     let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
     TestRelay::start_with_storage(
@@ -308,13 +319,7 @@ async fn api_oauth2_secrets_are_redacted_kept_and_sealed() {
     let (status, body) = relay
         .api(Method::PUT, &format!("/v1/subscriptions/{id}"), Some(moved))
         .await;
-    assert_eq!(status, 409, "{body}");
-    assert!(
-        body["error"]["fields"]
-            .to_string()
-            .contains("auth.oauth2.client_secret"),
-        "{body}"
-    );
+    secret_not_kept(status, &body);
     // Nor by a merge patch, which starts from the stored document with its secret.
     let (status, body) = relay
         .api(
@@ -323,13 +328,7 @@ async fn api_oauth2_secrets_are_redacted_kept_and_sealed() {
             Some(json!({"auth": {"oauth2": {"token_url": "http://127.0.0.1:1/elsewhere"}}})),
         )
         .await;
-    assert_eq!(status, 409, "{body}");
-    assert!(
-        body["error"]["fields"]
-            .to_string()
-            .contains("auth.oauth2.client_secret"),
-        "{body}"
-    );
+    secret_not_kept(status, &body);
     // The same patch giving the secret again is a change like any other.
     let (status, body) = relay
         .api(
