@@ -63,6 +63,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    hookrelay::memory::no_huge_pages();
+    hookrelay::memory::purge_promptly();
     let cli = Cli::parse();
     if let Some(Command::Operator(op)) = cli.command {
         return hookrelay::cli::run(op);
