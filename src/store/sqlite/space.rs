@@ -128,6 +128,9 @@ impl Space {
                 .create(true)
                 .truncate(true)
                 .open(path)?;
+            if allocate(&out, self.reserve) {
+                return out.sync_all();
+            }
             let chunk = vec![0u8; 64 * 1024];
             let mut left = self.reserve;
             while left > 0 {
@@ -154,6 +157,18 @@ pub(super) fn default_max_size(db: &Path) -> Option<u64> {
 
 /// Gives pruned pages back to the volume (files created with incremental auto-vacuum),
 /// then moves the WAL into the database and truncates it, giving its space back too.
+/// Asks the file system for `len` bytes of blocks at once (ext4, XFS, tmpfs): writing the
+/// zeros made laying a fresh reserve the slowest step of starting (about 150 ms). `false`
+/// where it cannot, and the zeros are written instead.
+fn allocate(file: &std::fs::File, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return false;
+    };
+    // SAFETY: the descriptor is open for writing for the duration of the call.
+    unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) == 0 }
+}
+
 fn checkpoint(conn: &Connection) {
     // Each step frees one page, so every step is taken.
     let vacuum = conn.prepare("PRAGMA incremental_vacuum").and_then(|mut s| {
@@ -202,7 +217,15 @@ mod tests {
         let db = dir.path().join("q.db");
         let space = Space::open(Some(&db), 128 * 1024);
         let reserve = dir.path().join("q.db-reserve");
-        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 128 * 1024);
+        let meta = std::fs::metadata(&reserve).unwrap();
+        assert_eq!(meta.len(), 128 * 1024);
+        // Blocks held, not a sparse file: deleting it must free space.
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 >= 128 * 1024,
+            "{} blocks",
+            meta.blocks()
+        );
         assert!(!space.full_flag().load(Ordering::Relaxed));
         let conn = Connection::open(&db).unwrap();
         space.after_failure(&conn, true);
