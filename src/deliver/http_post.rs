@@ -81,6 +81,13 @@ impl Clients {
             Some(_) => None,
             None => url.port_or_known_default(),
         };
+        if url.scheme() == "https"
+            && tls.is_none_or(|t| t.roots.is_empty())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // Read once; off the async workers, before the first handshake needs them.
+            runtime.spawn_blocking(super::tls::load_system_roots);
+        }
         // Literal addresses are not resolved, so the resolver never sees them.
         let wide = policy == Policy::Guarded;
         let own = port.is_some() && literal_targets_listener(url, self.lookup.guard(), wide);
@@ -172,10 +179,11 @@ impl Clients {
             Some(url) => builder.proxy(reqwest::Proxy::all(url.as_str())?),
             None => builder.no_proxy(),
         };
-        let builder = match tls {
-            Some(config) => builder.tls_backend_preconfigured(config),
-            None => builder,
+        let config = match tls {
+            Some(config) => config,
+            None => super::tls::default_config().map_err(DeliverError::Tls)?,
         };
+        let builder = builder.tls_backend_preconfigured(config);
         Ok(builder.build()?)
     }
 }

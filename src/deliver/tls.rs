@@ -1,8 +1,10 @@
 //! The rustls client configuration of a subscription with `tls` settings: its client
 //! certificate, its private CA (instead of the system roots) and its checked server name.
-//! reqwest takes it preconfigured, as it has no option for a server-name override.
+//! reqwest takes it preconfigured, as it has no option for a server-name override. Clients
+//! without `tls` settings take `default_config`, whose system roots are read once, when first
+//! needed, for every client.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -12,26 +14,106 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 
 use crate::subscription::TlsSettings;
 
+/// The crypto provider of every delivery client.
+static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+    LazyLock::new(|| Arc::new(aws_lc_rs::default_provider()));
+
+/// The client configuration of subscriptions without `tls`: the system's roots, as
+/// reqwest's own, but read once for all clients (reqwest read them for each client it
+/// built: 26 ms and a root store each, at every start, even with no https receiver).
+pub fn default_config() -> Result<ClientConfig, String> {
+    Ok(finish(
+        builder(Arc::new(SystemRoots))?.with_no_client_auth(),
+    ))
+}
+
 /// The client configuration for `tls`; an error says why it cannot be built.
 pub fn client_config(tls: &TlsSettings) -> Result<ClientConfig, String> {
-    let provider = Arc::new(aws_lc_rs::default_provider());
-    let verifier = verifier(tls, &provider)?;
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let mut config = match &tls.key {
+    let builder = builder(verifier(tls, &PROVIDER)?)?;
+    let config = match &tls.key {
         Some(key) => builder
             .with_client_auth_cert(tls.chain.clone(), key.clone_key())
             .map_err(|e| format!("tls.client_cert: {e}"))?,
         None => builder.with_no_client_auth(),
     };
+    Ok(finish(config))
+}
+
+fn builder(
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, String> {
+    Ok(ClientConfig::builder_with_provider(PROVIDER.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier))
+}
+
+fn finish(mut config: ClientConfig) -> ClientConfig {
     // reqwest sets ALPN only on configs it builds itself; without it HTTP/2 is lost.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // SNI stays the URL's host (none for an IP address); `server_name` is for checking only.
     config.enable_sni = true;
-    Ok(config)
+    config
+}
+
+/// Reads the system's roots now, on the calling thread, unless done: a blocking thread
+/// calls it when an https subscription starts, so no handshake waits on the file reads.
+pub fn load_system_roots() {
+    let _ = system_roots();
+}
+
+/// The verifier over the system's roots, built once.
+fn system_roots() -> Result<&'static rustls_platform_verifier::Verifier, rustls::Error> {
+    static ROOTS: OnceLock<Result<rustls_platform_verifier::Verifier, rustls::Error>> =
+        OnceLock::new();
+    ROOTS
+        .get_or_init(|| rustls_platform_verifier::Verifier::new(PROVIDER.clone()))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// The system's roots, read on first use and shared by every client.
+#[derive(Debug)]
+struct SystemRoots;
+
+impl ServerCertVerifier for SystemRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        system_roots()?.verify_server_cert(end_entity, intermediates, name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        system_roots()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        system_roots()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        // The provider's, which is what the platform verifier answers too, without reading
+        // the roots (rustls asks while building the ClientHello).
+        PROVIDER
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// The private CA's roots, else the system's (as reqwest's default), checked against
@@ -41,10 +123,7 @@ fn verifier(
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ServerCertVerifier>, String> {
     let inner: Arc<dyn ServerCertVerifier> = if tls.roots.is_empty() {
-        Arc::new(
-            rustls_platform_verifier::Verifier::new(provider.clone())
-                .map_err(|e| format!("tls: the system's roots: {e}"))?,
-        )
+        Arc::new(SystemRoots)
     } else {
         let mut roots = RootCertStore::empty();
         for root in &tls.roots {
@@ -139,5 +218,20 @@ mod tests {
             .tls_backend_preconfigured(config)
             .build()
             .unwrap();
+    }
+
+    #[test]
+    fn the_default_config_checks_against_the_system_roots() {
+        let config = default_config().unwrap();
+        assert_eq!(config.alpn_protocols[0], b"h2");
+        // A self-signed certificate is no system root's: refused, not waved through.
+        let (cert, _) = crate::pem::test_pair();
+        let name = ServerName::try_from("a.test").unwrap();
+        let verdict = SystemRoots.verify_server_cert(cert.der(), &[], &name, &[], UnixTime::now());
+        assert!(verdict.is_err(), "{verdict:?}");
+        assert_eq!(
+            SystemRoots.supported_verify_schemes(),
+            system_roots().unwrap().supported_verify_schemes()
+        );
     }
 }
