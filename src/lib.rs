@@ -38,6 +38,7 @@ pub mod ingest;
 pub mod json_depth;
 pub mod matching;
 pub mod media_type;
+pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod pem;

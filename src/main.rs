@@ -63,6 +63,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    hookrelay::memory::no_huge_pages();
+    hookrelay::memory::purge_promptly();
     let cli = Cli::parse();
     if let Some(Command::Operator(op)) = cli.command {
         return hookrelay::cli::run(op);
@@ -190,7 +192,11 @@ fn describe(e: &anyhow::Error) -> String {
 
 fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     init_logging(&config);
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(hookrelay::memory::collect_if_due)
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let relay = Relay::bind(config).await?.reload_from(path);
         relay.run(shutdown_signal()).await?;

@@ -41,6 +41,16 @@
 //! ingest of a live subscription's events (`BENCH_BURST_SECS`) and its deliveries through the
 //! relay, and in process against the store: single-event accepts and claims of 100 (with their
 //! outcomes). Both take `--store postgres` to run PostgreSQL after SQLite.
+//!
+//! `cargo bench --bench e2e -- --versus` runs nginx (`proxy_pass`, one worker, no durability)
+//! and hookrelay (`sync: full`) side by side under the same wrk load: `-t1`,
+//! `BENCH_VERSUS_CONNECTIONS` (default 32) connections for `BENCH_VERSUS_SECS` (default 15),
+//! at fan-out 1 and 10 (nginx with nine `mirror`s more), a fresh nginx, relay and database
+//! each time, `BENCH_ROUNDS` (default 3) rounds. It prints hookrelay/nginx ratios (accepted/s
+//! at fan-out 1, deliveries/s at 10) and their medians as a markdown table, issue 19's targets
+//! beside them; `--store postgres` adds PostgreSQL. Missing nginx or wrk is installed with
+//! apt-get.
+//!
 //! The load generator and receiver share the machine with the relay, as a sidecar's app would.
 
 mod dead_receiver;
@@ -48,6 +58,7 @@ mod footprint;
 mod harness;
 mod queued;
 mod throughput;
+mod versus;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -92,6 +103,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if args.iter().any(|a| a == "--versus") {
+        versus::run(&runtime, postgres);
+        return;
+    }
     if args.iter().any(|a| a == "--dead-receiver") {
         runtime.block_on(dead_receiver::case("full"));
         if postgres {

@@ -9,6 +9,13 @@ use rusqlite::{Connection, OpenFlags, params};
 use crate::store::settings::{StorageLocation, StorageSettings, SyncMode};
 use crate::store::{Cause, DeliveryState, StoreError, state_code};
 
+/// The write connection's page cache, KiB. What a write touches (the tails of the tables, the
+/// due index's live part) fits; the rest is a read from the OS's cache away. 32 MiB made the
+/// relay 20 MB larger after a backlog of 100,000 deliveries, for no measured speed.
+const WRITER_CACHE_KIB: u32 = 8192;
+/// The read connection's page cache, KiB: status and the gauges' counts, read once each.
+const READER_CACHE_KIB: u32 = 1024;
+
 /// The schema this build writes; older files are migrated forward on open.
 pub const SCHEMA_VERSION: i64 = 7;
 /// How long a statement waits for a lock held by another connection.
@@ -191,7 +198,7 @@ pub(super) fn open_connection(settings: &StorageSettings) -> Result<Connection, 
          PRAGMA journal_mode = {journal};
          PRAGMA synchronous = {sync};
          PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -32768;
+         PRAGMA cache_size = -{WRITER_CACHE_KIB};
 "
     ))
     .map_err(failed(""))?;
@@ -231,6 +238,7 @@ pub(super) fn open_reader(
     )
     .and_then(|r| {
         r.busy_timeout(BUSY_TIMEOUT)?;
+        r.execute_batch(&format!("PRAGMA cache_size = -{READER_CACHE_KIB}"))?;
         Ok(r)
     })
     .map_err(|e| StoreError::Open {
