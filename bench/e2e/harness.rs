@@ -82,17 +82,7 @@ pub struct Relay {
 impl Relay {
     /// Starts relay `index` of a case (the relays of one case share its store).
     pub fn start(dir: &Path, index: usize, store: &str, subs: &str) -> Relay {
-        let storage = match store {
-            "postgres" => format!(
-                "postgres: {{url: '{}', schema: {}{}}}",
-                database_url(),
-                bench_schema(dir),
-                std::env::var("BENCH_POSTGRES")
-                    .map(|keys| format!(", {keys}"))
-                    .unwrap_or_default()
-            ),
-            sync => format!("path: '{}', sync: {sync}", dir.join("bench.db").display()),
-        };
+        let storage = storage(dir, store);
         let config = dir.join(format!("bench-{index}.yaml"));
         std::fs::write(
             &config,
@@ -132,6 +122,22 @@ impl Relay {
     /// (peak RSS bytes, CPU seconds) from /proc.
     pub fn usage(&self) -> (u64, f64) {
         process_usage(self.child.id())
+    }
+}
+
+/// The `storage` keys of a case's relays: `full` and `normal` are SQLite's `sync` (the file
+/// in `dir`), `postgres` the case's schema on the server (plus `BENCH_POSTGRES`'s keys).
+pub fn storage(dir: &Path, store: &str) -> String {
+    match store {
+        "postgres" => format!(
+            "postgres: {{url: '{}', schema: {}{}}}",
+            database_url(),
+            bench_schema(dir),
+            std::env::var("BENCH_POSTGRES")
+                .map(|keys| format!(", {keys}"))
+                .unwrap_or_default()
+        ),
+        sync => format!("path: '{}', sync: {sync}", dir.join("bench.db").display()),
     }
 }
 
@@ -322,4 +328,42 @@ pub async fn load(
         refused.load(Ordering::Relaxed),
         latencies,
     )
+}
+
+/// Posts exactly `count` events of `kind` over the load generator's connections, as fast as
+/// the relay takes them (a refused one is posted again); returns the seconds it took.
+pub async fn post_count(app: &str, kind: &str, epoch: Instant, count: u64) -> f64 {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicU64::new(0));
+    let url = format!("http://{app}/v1/events");
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (http, url, next, kind) = (http.clone(), url.clone(), next.clone(), kind.to_string());
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                loop {
+                    let r = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(payload(epoch, &kind))
+                        .send()
+                        .await;
+                    if r.is_ok_and(|r| r.status() == 202) {
+                        break;
+                    }
+                    // Full (503) or a dropped connection: the relay sheds load; try again.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    start.elapsed().as_secs_f64()
 }

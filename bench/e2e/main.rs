@@ -29,6 +29,19 @@
 //! for a receiver that refuses connections, `BENCH_DEAD_SETTLE_SECS` (default 15) after they
 //! were queued; with `--store postgres`, on PostgreSQL too.
 //!
+//! `cargo bench --bench e2e -- --footprint` starts the relay with the default settings (one
+//! subscription, `sync: full`) and reports the time from the spawn to `/readyz` answering 200
+//! (median of 5 starts on a fresh store, and of 5 restarts on the same one), its memory
+//! (VmRSS, RssAnon, RssFile) and threads after 3 s idle, then with 10 subscriptions the peak
+//! RSS while `BENCH_BACKLOG` (default 100,000) deliveries queue up behind a receiver holding
+//! every request and drain, and the RSS 5 s after the drain against the idle one.
+//!
+//! `cargo bench --bench e2e -- --queued` measures, on an empty store and again with
+//! `BENCH_QUEUED` (default 1,000,000) deliveries queued for 10 paused subscriptions, burst
+//! ingest of a live subscription's events (`BENCH_BURST_SECS`) and its deliveries through the
+//! relay, and in process against the store: single-event accepts and claims of 100 (with their
+//! outcomes). Both take `--store postgres` to run PostgreSQL after SQLite.
+//!
 //! `cargo bench --bench e2e -- --versus` runs nginx (`proxy_pass`, one worker, no durability)
 //! and hookrelay (`sync: full`) side by side under the same wrk load: `-t1`,
 //! `BENCH_VERSUS_CONNECTIONS` (default 32) connections for `BENCH_VERSUS_SECS` (default 15),
@@ -41,7 +54,9 @@
 //! The load generator and receiver share the machine with the relay, as a sidecar's app would.
 
 mod dead_receiver;
+mod footprint;
 mod harness;
+mod queued;
 mod throughput;
 mod versus;
 
@@ -97,6 +112,23 @@ fn main() {
         if postgres {
             runtime.block_on(dead_receiver::case("postgres"));
         }
+        return;
+    }
+    let stores: &[&str] = if postgres {
+        &["full", "postgres"]
+    } else {
+        &["full"]
+    };
+    if args.iter().any(|a| a == "--footprint") {
+        stores
+            .iter()
+            .for_each(|s| runtime.block_on(footprint::case(s)));
+        return;
+    }
+    if args.iter().any(|a| a == "--queued") {
+        stores
+            .iter()
+            .for_each(|s| runtime.block_on(queued::case(s)));
         return;
     }
     let only = std::env::var("BENCH_ONLY").ok();
