@@ -26,6 +26,9 @@ pub(super) type AcceptRequest = (
 /// `$13` is this relay's `replicas` row. A delivery waits behind an unfinished one of its
 /// key, stored before or earlier in the group; a tombstone gives its state first. A handed-
 /// off delivery is this relay's first claim of it (token 1), with a lease if in flight.
+/// The lookup of events stored before takes only the ids not inserted now: a generic plan
+/// made while `events` was small hashes them and scans `events`, and an empty hash (no
+/// duplicate, the usual case) ends that scan at its first row instead of the whole table.
 const INSERT: &str = concat!(
     "WITH input AS (
     SELECT t.*, t.ord = min(t.ord) OVER (PARTITION BY t.id) AS first
@@ -83,7 +86,7 @@ const INSERT: &str = concat!(
 SELECT 1, seq, NULL::int8, id, NULL::text FROM ins
 UNION ALL SELECT 2, event_seq, id, subscription, NULL FROM dl
 UNION ALL SELECT 3, NULL, NULL, e.id, e.subscriptions FROM {s}.events e
-    WHERE e.id IN (SELECT id FROM input)"
+    WHERE e.id IN (SELECT id FROM input WHERE NOT first OR id NOT IN (SELECT id FROM ins))"
 );
 
 /// An ordering key as a `text` value: PostgreSQL's text cannot hold NUL, which a key (a
