@@ -10,12 +10,11 @@
 //! - the time to build the index, and what one subscription change (add, update, remove)
 //!   costs the catalog in memory before it is swapped in.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hookrelay::matching::Matcher;
+use hookrelay::matching::{Matcher, Place};
 use hookrelay::subscription::{Source, Subscription};
 use hookrelay::yaml::Issues;
 use serde_json::value::RawValue;
@@ -43,7 +42,10 @@ fn registry(n: usize) -> Matcher<Arc<str>> {
             } else {
                 ""
             };
-            Arc::new(parse(&format!("s{i}"), &format!("events: ['type.{i}']{filter}")))
+            Arc::new(parse(
+                &format!("s{i}"),
+                &format!("events: ['type.{i}']{filter}"),
+            ))
         })
         .collect();
     Matcher::by_name(subs)
@@ -80,7 +82,9 @@ fn mixed_filter(i: usize) -> &'static str {
         0..=9 => "",
         10 | 11 => ", filter: {field: amount, from: 10, to: 1000}",
         12 | 13 => ", filter: {field: currency, in: [EUR, USD]}",
-        14 => ", filter: {all: [{field: status, equals: paid}, {field: customer.tier, in: [gold, silver]}]}",
+        14 => {
+            ", filter: {all: [{field: status, equals: paid}, {field: customer.tier, in: [gold, silver]}]}"
+        }
         15 => ", filter: {any: [{field: region, equals: eu}, {not: {field: test, equals: true}}]}",
         16 => ", filter: {field: customer.id, exists: true}",
         17 => ", filter: {field: note, contains: urgent, ignore_case: true}",
@@ -161,8 +165,16 @@ fn probes() -> Vec<Probe> {
     out.push(envelope("orders.created.5000".into(), passes));
     out.push(envelope("payments.refunded".into(), fails));
     out.push(envelope("nothing.here".into(), passes));
-    out.push(Probe::Raw(exact_type(18), passes.as_bytes().to_vec(), eu.clone()));
-    out.push(Probe::Raw(exact_type(38), fails.as_bytes().to_vec(), vec![]));
+    out.push(Probe::Raw(
+        exact_type(18),
+        passes.as_bytes().to_vec(),
+        eu.clone(),
+    ));
+    out.push(Probe::Raw(
+        exact_type(38),
+        fails.as_bytes().to_vec(),
+        vec![],
+    ));
     out.push(Probe::Raw("audit.logged".into(), b"{}".to_vec(), eu));
     out
 }
@@ -184,51 +196,44 @@ fn time_per_call(mut f: impl FnMut() -> usize) -> (Duration, usize) {
     }
 }
 
-/// What the catalog keeps and does in memory per change (`State::snapshot`, `lanes`,
-/// `Matcher::new`, the swap; the builder thread's hop left out): the subscriptions in force
-/// and each one's target, looked up by name as `Dispatcher::lane` does.
+/// What the catalog does in memory per change: the index in its state edited
+/// (`Matcher::insert`, `remove`) under a mutex, a copy of it swapped in (`publish`), and the
+/// replaced version dropped.
 struct Catalogish {
-    api: BTreeMap<String, Arc<Subscription>>,
-    lanes: Mutex<HashMap<String, Arc<str>>>,
+    index: Mutex<Matcher<Arc<str>>>,
     matcher: ArcSwap<Matcher<Arc<str>>>,
 }
 
 impl Catalogish {
     fn new(n: usize) -> Catalogish {
-        let mut c = Catalogish {
-            api: BTreeMap::new(),
-            lanes: Mutex::new(HashMap::new()),
-            matcher: ArcSwap::from_pointee(Matcher::by_name(vec![])),
-        };
-        for i in 0..n {
-            c.put(Arc::new(api_sub(i, 0)));
+        let subs = (0..n).map(|i| {
+            let sub = Arc::new(api_sub(i, 0));
+            let name: Arc<str> = Arc::from(sub.name.as_str());
+            (sub, name)
+        });
+        let index = Matcher::new(subs);
+        Catalogish {
+            matcher: ArcSwap::from_pointee(index.clone()),
+            index: Mutex::new(index),
         }
-        c.publish();
-        c
     }
 
     fn put(&mut self, sub: Arc<Subscription>) {
         let lane: Arc<str> = Arc::from(sub.name.as_str());
-        self.lanes.lock().unwrap().insert(sub.name.clone(), lane);
-        self.api.insert(sub.id.clone(), sub);
+        let place = Place::api(&sub);
+        self.index.lock().unwrap().insert(place, sub, lane);
     }
 
     fn remove(&mut self, id: &str) {
-        if let Some(sub) = self.api.remove(id) {
-            self.lanes.lock().unwrap().remove(&sub.name);
-        }
+        let place = Place::Api(Arc::from(id));
+        self.index.lock().unwrap().remove(&place);
     }
 
     fn publish(&self) {
-        let subs: Vec<Arc<Subscription>> = self.api.values().cloned().collect();
-        let entries: Vec<_> = subs
-            .into_iter()
-            .filter_map(|s| {
-                let lane = self.lanes.lock().unwrap().get(&s.name).cloned()?;
-                Some((s, lane))
-            })
-            .collect();
-        let old = self.matcher.swap(Arc::new(Matcher::new(entries)));
+        let old = {
+            let index = self.index.lock().unwrap();
+            self.matcher.swap(Arc::new(index.clone()))
+        };
         drop(old);
     }
 }
@@ -314,8 +319,8 @@ fn main() {
         );
     }
     for n in [10, 10_000] {
-        let subs: Vec<_> = registry(n).all().to_vec();
-        let (per, _) = time_per_call(|| Matcher::by_name(subs.clone()).all().len());
+        let subs: Vec<_> = registry(n).all().cloned().collect();
+        let (per, _) = time_per_call(|| Matcher::by_name(subs.clone()).len());
         println!(
             "index build, {n} subscriptions: {:.3} ms",
             per.as_secs_f64() * 1e3
