@@ -1,6 +1,7 @@
 //! Matching: which subscriptions an event goes to. An index by event type (exact types, prefix
-//! globs probed only at the prefix lengths that exist, wildcards) narrows the candidates, so
-//! matching never scans subscriptions whose types cannot match; then their filters decide.
+//! globs probed only at the lengths and last bytes that exist, wildcards) narrows the
+//! candidates, so matching never scans subscriptions whose types cannot match; then their
+//! filters decide.
 //!
 //! The index is made of persistent collections (`imbl`): a change copies only the few nodes
 //! on its path and shares the rest with the version it came from, so it costs about the same
@@ -41,6 +42,23 @@ struct Entry<T> {
     target: T,
 }
 
+/// The prefixes of one length: which bytes they end with (most end with `.`).
+#[derive(Debug, Clone, Copy)]
+struct PrefixLen {
+    len: usize,
+    last: [u64; 4],
+}
+
+impl PrefixLen {
+    /// Whether some prefix of this length may be `event_type`'s.
+    fn may_start(&self, event_type: &[u8]) -> bool {
+        let Some(&b) = self.len.checked_sub(1).and_then(|i| event_type.get(i)) else {
+            return true;
+        };
+        self.last[usize::from(b / 64)] & (1 << (b % 64)) != 0
+    }
+}
+
 /// The entries one pattern selects, ascending by place.
 type Bucket<T> = Vector<Arc<Entry<T>>>;
 
@@ -59,11 +77,12 @@ pub struct Matcher<T> {
     entries: OrdMap<Place, Arc<Entry<T>>>,
     exact: ByKey<T>,
     prefixes: ByKey<T>,
-    /// How many prefixes there are of each length.
-    prefix_counts: OrdMap<usize, usize>,
-    /// The lengths in `prefix_counts`, ascending, so a lookup probes only lengths that exist
-    /// (rewritten only when a length comes or goes).
-    prefix_lens: Arc<[usize]>,
+    /// How many prefixes there are of each length and last byte.
+    prefix_counts: OrdMap<(usize, u8), usize>,
+    /// The lengths in `prefix_counts`, ascending, each with its last bytes, so a lookup
+    /// probes only lengths that exist and where the type's byte is one a prefix ends with
+    /// (rewritten only when a pair comes or goes).
+    prefix_lens: Arc<[PrefixLen]>,
     wildcard: Bucket<T>,
 }
 
@@ -135,11 +154,7 @@ impl<T: Clone> Matcher<T> {
                 }
                 EventPattern::Prefix(p) => {
                     if put_keyed(&mut self.prefixes, p, &entry) {
-                        let count = self.prefix_counts.get(&p.len()).copied().unwrap_or(0);
-                        self.prefix_counts.insert(p.len(), count + 1);
-                        if count == 0 {
-                            self.prefix_lens = self.prefix_counts.keys().copied().collect();
-                        }
+                        self.count_prefix(p, true);
                     }
                 }
             }
@@ -162,21 +177,46 @@ impl<T: Clone> Matcher<T> {
                 }
                 EventPattern::Prefix(p) => {
                     if take_keyed(&mut self.prefixes, p, place) {
-                        let len = p.len();
-                        match self.prefix_counts.get(&len).copied() {
-                            Some(1) | None => {
-                                self.prefix_counts.remove(&len);
-                                self.prefix_lens = self.prefix_counts.keys().copied().collect();
-                            }
-                            Some(k) => {
-                                self.prefix_counts.insert(len, k - 1);
-                            }
-                        }
+                        self.count_prefix(p, false);
                     }
                 }
             }
         }
         true
+    }
+
+    /// Counts a prefix whose bucket came (`added`) or went; the lengths to probe are rewritten
+    /// when a length and last byte come or go (bounded by the distinct pairs, not by n).
+    fn count_prefix(&mut self, prefix: &str, added: bool) {
+        // An empty prefix (which validation refuses) is probed at every type.
+        let key = (prefix.len(), prefix.as_bytes().last().copied().unwrap_or(0));
+        let count = self.prefix_counts.get(&key).copied().unwrap_or(0);
+        match (added, count) {
+            (true, _) => {
+                self.prefix_counts.insert(key, count + 1);
+            }
+            (false, 0) => return,
+            (false, 1) => {
+                self.prefix_counts.remove(&key);
+            }
+            (false, _) => {
+                self.prefix_counts.insert(key, count - 1);
+                return;
+            }
+        }
+        if added && count > 0 {
+            return;
+        }
+        let mut lens: Vec<PrefixLen> = Vec::new();
+        for &(len, b) in self.prefix_counts.keys() {
+            if lens.last().is_none_or(|l| l.len != len) {
+                lens.push(PrefixLen { len, last: [0; 4] });
+            }
+            if let Some(l) = lens.last_mut() {
+                l.last[usize::from(b / 64)] |= 1 << (b % 64);
+            }
+        }
+        self.prefix_lens = lens.into();
     }
 
     /// Removes every config subscription; they come back with [`Matcher::insert`] at their new
@@ -222,7 +262,8 @@ impl<T: Clone> Matcher<T> {
     ) -> Vec<T> {
         let candidates = self.candidate_entries(event_type);
         let mut parsed: Option<Option<Json>> = None;
-        candidates
+        let mut out = Vec::with_capacity(candidates.len());
+        let matched = candidates
             .into_iter()
             .filter(|e| {
                 let filter = &e.sub.filter;
@@ -236,8 +277,9 @@ impl<T: Clone> Matcher<T> {
                 };
                 filter.matches(&Subject { data, attributes })
             })
-            .map(|e| e.target.clone())
-            .collect()
+            .map(|e| e.target.clone());
+        out.extend(matched);
+        out
     }
 }
 
@@ -282,11 +324,14 @@ impl<T> Matcher<T> {
         if let Some(bucket) = self.exact.get(event_type) {
             add(bucket);
         }
-        for &len in self.prefix_lens.iter() {
-            if len > event_type.len() {
+        for l in self.prefix_lens.iter() {
+            if l.len > event_type.len() {
                 break;
             }
-            if let Some(bucket) = event_type.get(..len).and_then(|p| self.prefixes.get(p)) {
+            if !l.may_start(event_type.as_bytes()) {
+                continue;
+            }
+            if let Some(bucket) = event_type.get(..l.len).and_then(|p| self.prefixes.get(p)) {
                 add(bucket);
             }
         }
@@ -385,14 +430,8 @@ mod tests {
         assert_eq!(r.candidates("nothing").len(), 1);
     }
 
-    /// Whether `pattern` selects `event_type`, said the plain way.
-    fn selects(pattern: &EventPattern, event_type: &str) -> bool {
-        match pattern {
-            EventPattern::Any => true,
-            EventPattern::Exact(t) => t == event_type,
-            EventPattern::Prefix(p) => event_type.starts_with(p.as_str()),
-        }
-    }
+    /// The subscriptions a test has put in, by place.
+    type InForce = BTreeMap<Place, Arc<Subscription>>;
 
     /// A small xorshift, so the sequence of changes is the same on every run.
     struct Dice(u64);
@@ -406,8 +445,12 @@ mod tests {
         }
     }
 
-    const PATTERNS: [&str; 9] = ["a.x", "a.y", "b.x", "a.*", "a.x.*", "b.*", "*", "c", "a.x"];
-    const PROBES: [&str; 10] = ["a.x", "a.y", "b.x", "a.x.1", "a.z", "b", "c", "d", "a.", ""];
+    const PATTERNS: [&str; 11] = [
+        "a.x", "a.y", "b.x", "a.*", "a.x.*", "b.*", "*", "c", "a.x", "a-*", "ab*",
+    ];
+    const PROBES: [&str; 13] = [
+        "a.x", "a.y", "b.x", "a.x.1", "a.z", "b", "c", "d", "a.", "", "a-1", "abc", "a.xy",
+    ];
 
     /// A random subscription at `place`: one or two patterns, maybe the same twice (which
     /// validation refuses, but the index must not count it twice).
@@ -434,7 +477,7 @@ mod tests {
     }
 
     /// Checks `index` against a fresh build of `current` and against the patterns themselves.
-    fn check(index: &Matcher<Arc<str>>, current: &BTreeMap<Place, Arc<Subscription>>) {
+    fn check(index: &Matcher<Arc<str>>, current: &InForce) {
         let fresh = Matcher::by_name(current.values().cloned().collect());
         let all = |m: &Matcher<Arc<str>>| names(m.all().collect());
         assert_eq!(all(index), all(&fresh));
@@ -442,7 +485,7 @@ mod tests {
         for probe in PROBES {
             let expected: Vec<String> = current
                 .values()
-                .filter(|s| s.events.iter().any(|p| selects(p, probe)))
+                .filter(|s| s.events.iter().any(|p| p.matches(probe)))
                 .map(|s| s.name.clone())
                 .collect();
             assert_eq!(names(index.candidates(probe)), expected, "{probe:?}");
@@ -461,8 +504,8 @@ mod tests {
     fn changes_give_the_candidates_of_a_fresh_build() {
         let mut dice = Dice(0x9E37_79B9_7F4A_7C15);
         let mut index: Matcher<Arc<str>> = Matcher::default();
-        let mut current: BTreeMap<Place, Arc<Subscription>> = BTreeMap::new();
-        let mut kept: Option<(Matcher<Arc<str>>, BTreeMap<Place, Arc<Subscription>>)> = None;
+        let mut current: InForce = BTreeMap::new();
+        let mut kept: Option<(Matcher<Arc<str>>, InForce)> = None;
         for step in 0..3000 {
             let key = dice.below(30);
             let place = if key < 8 {
