@@ -2,12 +2,11 @@
 //! registry that ingest matches against (swapped atomically, so matching never waits for a
 //! change), keeps API subscriptions in the store, and starts and stops their pumps.
 //!
-//! A change is stored first, then its pump started (or stopped), then the registry rebuilt,
-//! so the next matched event already sees it. Rebuilds are coalesced: when many creates
-//! arrive at once, one rebuild publishes them all.
+//! A change is stored first, then its pump started (or stopped), then the registry's index
+//! updated and swapped in, so the next matched event already sees it. The index is
+//! persistent: a change edits it in O(log n) and publishes a copy that shares every node.
 
 mod load;
-mod rebuild;
 mod sync;
 
 pub use load::load;
@@ -20,14 +19,13 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::dispatch::{Dispatcher, Lane};
-use crate::matching::Matcher;
+use crate::matching::{Matcher, Place};
 use crate::metrics::{FinalOutcome, Metrics};
 use crate::store::{Store, StoreError};
 use crate::subscription::{self, SHARED_METRIC_LABEL, Source, Subscription};
 use crate::time::now_ms;
 pub use load::Policy;
 use load::stored;
-use rebuild::Builder;
 
 /// API subscriptions that may have their own metric series; the rest share `_api`.
 pub const MAX_OWN_METRICS: usize = 100;
@@ -100,9 +98,6 @@ pub struct Catalog {
     state: Mutex<State>,
     /// Serialises replace and delete, so the store and memory apply them in one order.
     edits: tokio::sync::Mutex<()>,
-    /// Serialises rebuilds of the registry.
-    publishing: tokio::sync::Mutex<()>,
-    builder: Builder,
     /// `State::version` of the registry in force.
     published: AtomicU64,
     store: Arc<dyn Store>,
@@ -138,17 +133,32 @@ struct State {
     /// stay taken, and they can be deleted.
     left_out: HashMap<String, String>,
     version: u64,
+    /// The index of `config` and `api` with their lanes, as of `version`: edited with each
+    /// change, then published as a copy.
+    index: Matcher<Arc<Lane>>,
 }
 
 impl State {
-    fn snapshot(&self) -> (Vec<Arc<Subscription>>, u64) {
-        let subs = self
-            .config
-            .iter()
-            .chain(self.api.values())
-            .cloned()
-            .collect();
-        (subs, self.version)
+    /// Puts an API subscription into the index with its lane (one without is left out).
+    fn index_api(&mut self, sub: &Arc<Subscription>, lane: Option<Arc<Lane>>) {
+        match lane {
+            Some(lane) => self.index.insert(Place::api(sub), sub.clone(), lane),
+            None => {
+                no_lane(sub);
+                self.index.remove(&Place::api(sub));
+            }
+        }
+    }
+
+    /// Replaces the config's subscriptions in the index, each with its lane.
+    fn index_config(&mut self, lanes: Vec<Option<Arc<Lane>>>) {
+        self.index.clear_config();
+        for (i, (sub, lane)) in self.config.iter().zip(lanes).enumerate() {
+            match lane {
+                Some(lane) => self.index.insert(Place::Config(i), sub.clone(), lane),
+                None => no_lane(sub),
+            }
+        }
     }
 
     fn find(&self, id_or_name: &str) -> Option<Arc<Subscription>> {
@@ -181,6 +191,7 @@ impl Catalog {
             creating: 0,
             left_out: HashMap::new(),
             version: 0,
+            index: Matcher::default(),
         };
         let ApiLoaded {
             subscriptions: api,
@@ -199,14 +210,13 @@ impl Catalog {
             state.taken.insert(name.clone(), id.clone());
             state.left_out.insert(id, name);
         }
-        let (subs, version) = state.snapshot();
+        let subs = state.config.iter().chain(state.api.values()).cloned();
+        state.index = Matcher::new(lanes(&dispatcher, subs.collect()));
         let catalog = Catalog {
-            matcher: ArcSwap::from_pointee(Matcher::new(lanes(&dispatcher, subs))),
+            matcher: ArcSwap::from_pointee(state.index.clone()),
+            published: AtomicU64::new(state.version),
             state: Mutex::new(state),
             edits: tokio::sync::Mutex::new(()),
-            publishing: tokio::sync::Mutex::new(()),
-            builder: Builder::start(),
-            published: AtomicU64::new(version),
             store,
             policy,
             dispatcher,
@@ -280,14 +290,16 @@ impl Catalog {
             self.metrics.init_own_series(&sub);
         }
         self.dispatcher.add(sub.clone());
+        let lane = self.dispatcher.lane(&sub.name);
         let version = {
             let mut state = self.lock();
             state.creating -= 1;
             state.api.insert(sub.id.clone(), sub.clone());
+            state.index_api(&sub, lane);
             state.version += 1;
             state.version
         };
-        self.publish(version).await;
+        self.publish(version);
         self.count();
         tracing::info!(
             subscription = sub.name.as_str(),
@@ -342,16 +354,18 @@ impl Catalog {
             self.unorder(vec![sub.name.clone()]).await;
         }
         self.dispatcher.add(sub.clone());
+        let lane = self.dispatcher.lane(&sub.name);
         let version = {
             let mut state = self.lock();
             if old.own_metrics && !sub.own_metrics {
                 state.own_metrics -= 1;
             }
             state.api.insert(sub.id.clone(), sub.clone());
+            state.index_api(&sub, lane);
             state.version += 1;
             state.version
         };
-        self.publish(version).await;
+        self.publish(version);
         // After the publish, as for a delete: a scrape until then still uses the old label.
         if old.own_metrics && !sub.own_metrics {
             self.metrics.remove_subscription(&old.name);
@@ -388,13 +402,14 @@ impl Catalog {
         let version = {
             let mut state = self.lock();
             state.api.remove(&sub.id);
+            state.index.remove(&Place::api(&sub));
             state.taken.remove(&sub.id);
             state.taken.remove(&sub.name);
             state.own_metrics -= usize::from(sub.own_metrics);
             state.version += 1;
             state.version
         };
-        self.publish(version).await;
+        self.publish(version);
         self.count();
         // Long polls on it see it gone and end.
         if let Some(arrivals) = arrivals {
@@ -511,16 +526,18 @@ impl Catalog {
             self.metrics.init_own_series(sub);
             self.dispatcher.add(sub.clone());
         }
+        let config_lanes = next.iter().map(|s| self.dispatcher.lane(&s.name)).collect();
         let version = {
             let mut state = self.lock();
             for name in &change.removed {
                 state.taken.remove(name);
             }
             state.config = next;
+            state.index_config(config_lanes);
             state.version += 1;
             state.version
         };
-        self.publish(version).await;
+        self.publish(version);
         self.count();
         for name in &change.removed {
             self.metrics.remove_subscription(name);
@@ -584,44 +601,46 @@ impl Catalog {
         }
     }
 
-    /// Makes the registry reflect at least `version`; one rebuild serves every change made
-    /// while the previous one ran.
-    async fn publish(&self, version: u64) {
-        let _publishing = self.publishing.lock().await;
-        if self.published.load(Ordering::Acquire) >= version {
-            return;
-        }
-        let (subs, latest) = self.lock().snapshot();
-        let entries = lanes(&self.dispatcher, subs);
-        let Some(registry) = self.builder.build(entries).await else {
-            // Only when the builder thread is gone, which a panic in it would cause.
-            tracing::error!(
-                "the registry could not be rebuilt; the change applies after a restart"
-            );
-            return;
+    /// Makes the registry reflect at least `version`: a copy of the state's index (cheap: it
+    /// shares every node) swapped in. Under the state lock, so copies are swapped in version
+    /// order and a change made meanwhile is in the copy or publishes its own.
+    fn publish(&self, version: u64) {
+        let old = {
+            let state = self.lock();
+            if self.published.load(Ordering::Acquire) >= version {
+                return;
+            }
+            let old = self.matcher.swap(Arc::new(state.index.clone()));
+            self.published.store(state.version, Ordering::Release);
+            old
         };
-        let old = self.matcher.swap(registry);
-        self.builder.dispose(old);
-        self.published.store(latest, Ordering::Release);
+        // Outside the lock. It frees only the nodes the changes since replaced (a reader that
+        // still holds it frees them instead), so it no longer needs a thread of its own.
+        drop(old);
     }
 }
 
-/// A subscription in force and the dispatch lane its matches go to.
-pub(crate) type Entry = (Arc<Subscription>, Arc<Lane>);
-
 /// Pairs each subscription with its lane. Every subscription in force has one (its lane is
-/// added before the matcher is rebuilt); one without would match nothing, so it is logged.
-fn lanes(dispatcher: &Dispatcher, subs: Vec<Arc<Subscription>>) -> Vec<Entry> {
+/// added before the index is updated); one without would match nothing, so it is logged.
+fn lanes(
+    dispatcher: &Dispatcher,
+    subs: Vec<Arc<Subscription>>,
+) -> Vec<(Arc<Subscription>, Arc<Lane>)> {
     subs.into_iter()
         .filter_map(|sub| match dispatcher.lane(&sub.name) {
             Some(lane) => Some((sub, lane)),
             None => {
-                tracing::error!(
-                    subscription = sub.name.as_str(),
-                    "subscription has no dispatch lane; left out of matching"
-                );
+                no_lane(&sub);
                 None
             }
         })
         .collect()
+}
+
+/// Logs a subscription left out of matching for want of a lane.
+fn no_lane(sub: &Subscription) {
+    tracing::error!(
+        subscription = sub.name.as_str(),
+        "subscription has no dispatch lane; left out of matching"
+    );
 }

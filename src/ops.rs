@@ -158,7 +158,7 @@ async fn metrics(State(state): State<OpsState>) -> Response {
     match state.store.stats().await {
         Ok(stats) => {
             let registry = state.catalog.matcher();
-            let subs = registry.all().iter().map(|s| &**s);
+            let subs = registry.all().map(|s| &**s);
             state.metrics.set_queue_stats(subs, &stats);
         }
         Err(e) => tracing::warn!(error = %e, "cannot read queue figures for /metrics"),

@@ -307,7 +307,7 @@ impl Relay {
             api = %addrs.api,
             ops = %addrs.ops,
             store = %config.storage.location.describe(),
-            subscriptions = catalog.matcher().all().len(),
+            subscriptions = catalog.matcher().len(),
             reload,
             "hookrelay listening"
         );

@@ -878,7 +878,7 @@ async fn ten_thousand_subscriptions_and_matching_stays_indexed() {
     let relay = Arc::new(TestRelay::start("").await);
     let url = rx.url("/");
     let total = 10_000;
-    // Many at once, as a bulk import would: rebuilds of the index are coalesced.
+    // Many at once, as a bulk import would: each edits the index, none rebuilds it.
     let workers = 128;
     let mut tasks = Vec::new();
     for w in 0..workers {

@@ -205,11 +205,11 @@ pub async fn list(
     }
     let registry = state.catalog.matcher();
     let listed: Vec<&Subscription> = match q.get("event") {
-        None => registry.all().iter().map(|s| &**s).collect(),
+        None => registry.all().map(|s| &**s).collect(),
         Some(event_type) => registry
             .candidates(event_type)
             .into_iter()
-            .map(|i| &*registry.all()[i])
+            .map(|s| &**s)
             .collect(),
     };
     let keys: Vec<(&str, &str)> = listed

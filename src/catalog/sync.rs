@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::load::admit;
 use super::{Catalog, CatalogError};
+use crate::matching::Place;
 use crate::subscription::{self, Subscription};
 
 /// What a resync changed, by subscription name.
@@ -116,15 +117,21 @@ impl Catalog {
             }
             self.dispatcher.add(sub.clone());
         }
+        let start_lanes: Vec<_> = start
+            .iter()
+            .map(|(sub, _)| self.dispatcher.lane(&sub.name))
+            .collect();
         let version = {
             let mut state = self.lock();
             for sub in &stop {
                 state.api.remove(&sub.id);
+                state.index.remove(&Place::api(sub));
                 state.taken.remove(&sub.id);
                 state.taken.remove(&sub.name);
                 state.own_metrics -= usize::from(sub.own_metrics);
             }
-            for (sub, old) in &start {
+            for ((sub, old), lane) in start.iter().zip(start_lanes) {
+                state.index_api(sub, lane);
                 if let Some(old) = old {
                     state.own_metrics -= usize::from(old.own_metrics);
                 }
@@ -146,7 +153,7 @@ impl Catalog {
             state.version
         };
         self.forget_left_out(&seen);
-        self.publish(version).await;
+        self.publish(version);
         self.count();
         for waiters in waiters {
             waiters.notify_waiters();
