@@ -10,8 +10,8 @@ use crate::store::settings::{StorageLocation, StorageSettings, SyncMode};
 use crate::store::{Cause, DeliveryState, StoreError, state_code};
 
 /// The write connection's page cache, KiB. What a write touches (the tails of the tables, the
-/// due index's live part) fits; the rest is a read from the OS's cache away. 32 MiB made the
-/// relay 20 MB larger after a backlog of 100,000 deliveries, for no measured speed.
+/// due index's live part) fits; the rest is a read from the OS's cache away. 32 MiB doubled
+/// peak RSS under wrk's 32 connections (56 against 29 MB) for 1-13% more accepted/s.
 const WRITER_CACHE_KIB: u32 = 8192;
 /// The read connection's page cache, KiB: status and the gauges' counts, read once each.
 const READER_CACHE_KIB: u32 = 1024;
