@@ -23,13 +23,17 @@ static PROVIDER: LazyLock<Arc<CryptoProvider>> =
 /// built: 26 ms and a root store each, at every start, even with no https receiver).
 pub fn default_config() -> Result<ClientConfig, String> {
     Ok(finish(
-        builder(Arc::new(SystemRoots))?.with_no_client_auth(),
+        builder(Arc::new(Checker {
+            roots: Roots::System,
+            name: None,
+        }))?
+        .with_no_client_auth(),
     ))
 }
 
 /// The client configuration for `tls`; an error says why it cannot be built.
 pub fn client_config(tls: &TlsSettings) -> Result<ClientConfig, String> {
-    let builder = builder(verifier(tls, &PROVIDER)?)?;
+    let builder = builder(verifier(tls)?)?;
     let config = match &tls.key {
         Some(key) => builder
             .with_client_auth_cert(tls.chain.clone(), key.clone_key())
@@ -73,11 +77,33 @@ fn system_roots() -> Result<&'static rustls_platform_verifier::Verifier, rustls:
         .map_err(Clone::clone)
 }
 
-/// The system's roots, read on first use and shared by every client.
+/// Which roots a receiver's certificate chains to.
 #[derive(Debug)]
-struct SystemRoots;
+enum Roots {
+    /// The system's, read on first use and shared by every client.
+    System,
+    /// A private CA's (`tls.ca`).
+    Private(Arc<WebPkiServerVerifier>),
+}
 
-impl ServerCertVerifier for SystemRoots {
+/// Checks a receiver's certificate against its roots, and against a fixed name instead of
+/// the URL's host when `tls.server_name` is set.
+#[derive(Debug)]
+struct Checker {
+    roots: Roots,
+    name: Option<ServerName<'static>>,
+}
+
+impl Checker {
+    fn inner(&self) -> Result<&dyn ServerCertVerifier, rustls::Error> {
+        Ok(match &self.roots {
+            Roots::System => system_roots()?,
+            Roots::Private(verifier) => verifier.as_ref(),
+        })
+    }
+}
+
+impl ServerCertVerifier for Checker {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -86,7 +112,9 @@ impl ServerCertVerifier for SystemRoots {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        system_roots()?.verify_server_cert(end_entity, intermediates, name, ocsp, now)
+        let name = self.name.as_ref().unwrap_or(name);
+        self.inner()?
+            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
     }
 
     fn verify_tls12_signature(
@@ -95,7 +123,7 @@ impl ServerCertVerifier for SystemRoots {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        system_roots()?.verify_tls12_signature(message, cert, dss)
+        self.inner()?.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -104,12 +132,12 @@ impl ServerCertVerifier for SystemRoots {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        system_roots()?.verify_tls13_signature(message, cert, dss)
+        self.inner()?.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        // The provider's, which is what the platform verifier answers too, without reading
-        // the roots (rustls asks while building the ClientHello).
+        // The provider's, which every verifier here answers, without reading the system's
+        // roots (rustls asks while building the ClientHello).
         PROVIDER
             .signature_verification_algorithms
             .supported_schemes()
@@ -118,12 +146,9 @@ impl ServerCertVerifier for SystemRoots {
 
 /// The private CA's roots, else the system's (as reqwest's default), checked against
 /// `server_name` when one is set.
-fn verifier(
-    tls: &TlsSettings,
-    provider: &Arc<CryptoProvider>,
-) -> Result<Arc<dyn ServerCertVerifier>, String> {
-    let inner: Arc<dyn ServerCertVerifier> = if tls.roots.is_empty() {
-        Arc::new(SystemRoots)
+fn verifier(tls: &TlsSettings) -> Result<Arc<dyn ServerCertVerifier>, String> {
+    let roots = if tls.roots.is_empty() {
+        Roots::System
     } else {
         let mut roots = RootCertStore::empty();
         for root in &tls.roots {
@@ -131,64 +156,16 @@ fn verifier(
                 .add(root.clone())
                 .map_err(|e| format!("tls.ca: {e}"))?;
         }
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| format!("tls.ca: {e}"))?
+        Roots::Private(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), PROVIDER.clone())
+                .build()
+                .map_err(|e| format!("tls.ca: {e}"))?,
+        )
     };
-    Ok(match &tls.server_name {
-        Some(name) => Arc::new(PinnedName {
-            inner,
-            name: name.clone(),
-        }),
-        None => inner,
-    })
-}
-
-/// Checks the receiver's certificate against a fixed name instead of the URL's host.
-#[derive(Debug)]
-struct PinnedName {
-    inner: Arc<dyn ServerCertVerifier>,
-    name: ServerName<'static>,
-}
-
-impl ServerCertVerifier for PinnedName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-
-    fn requires_raw_public_keys(&self) -> bool {
-        self.inner.requires_raw_public_keys()
-    }
+    Ok(Arc::new(Checker {
+        roots,
+        name: tls.server_name.clone(),
+    }))
 }
 
 #[cfg(test)]
@@ -227,10 +204,14 @@ mod tests {
         // A self-signed certificate is no system root's: refused, not waved through.
         let (cert, _) = crate::pem::test_pair();
         let name = ServerName::try_from("a.test").unwrap();
-        let verdict = SystemRoots.verify_server_cert(cert.der(), &[], &name, &[], UnixTime::now());
+        let system = Checker {
+            roots: Roots::System,
+            name: None,
+        };
+        let verdict = system.verify_server_cert(cert.der(), &[], &name, &[], UnixTime::now());
         assert!(verdict.is_err(), "{verdict:?}");
         assert_eq!(
-            SystemRoots.supported_verify_schemes(),
+            system.supported_verify_schemes(),
             system_roots().unwrap().supported_verify_schemes()
         );
     }
