@@ -3,11 +3,12 @@
 //! `BENCH_DEAD_EVENTS` (default 100,000) events queued for a subscription whose receiver
 //! refuses connections, once its retries come due.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::env_u64;
-use crate::harness::{Relay, Sink, bench_schema, drop_schema, load, metrics_text, queue_depth};
+use crate::harness::{
+    Relay, Sink, bench_schema, drop_schema, live_burst, load, metrics_text, queue_depth,
+};
 
 /// What one phase measured.
 struct Phase {
@@ -32,25 +33,13 @@ async fn dead_attempts(http: &reqwest::Client, ops: &str) -> f64 {
 
 /// Live events posted as fast as the load generator can for `secs`, delivered as they come.
 async fn phase(relay: &Relay, sink: &Sink, http: &reqwest::Client, secs: Duration) -> Phase {
-    let (_, cpu_before) = relay.usage();
     let attempts_before = dead_attempts(http, &relay.ops).await;
-    let delivered_before = sink.delivered.load(Ordering::Relaxed);
-    let t0 = Instant::now();
-    let (accepted, _, _) = load(
-        std::slice::from_ref(&relay.app),
-        "live.event",
-        sink.epoch,
-        t0 + secs,
-        0,
-    )
-    .await;
-    let took = t0.elapsed().as_secs_f64();
-    let delivered = sink.delivered.load(Ordering::Relaxed) - delivered_before;
+    let b = live_burst(relay, sink, secs).await;
     Phase {
-        accepted_per_s: accepted as f64 / took,
-        delivered_per_s: delivered as f64 / took,
+        accepted_per_s: b.accepted_per_s,
+        delivered_per_s: b.delivered_per_s,
         dead_attempts: dead_attempts(http, &relay.ops).await - attempts_before,
-        cpu_s: relay.usage().1 - cpu_before,
+        cpu_s: b.cpu_s,
     }
 }
 

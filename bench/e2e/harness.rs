@@ -267,11 +267,7 @@ pub async fn load(
     until: Instant,
     rate: u64,
 ) -> (u64, u64, Vec<u32>) {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(CONNECTIONS)
-        .build()
-        .unwrap();
+    let http = load_client();
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let issued = Arc::new(AtomicU64::new(0));
@@ -333,11 +329,7 @@ pub async fn load(
 /// Posts exactly `count` events of `kind` over the load generator's connections, as fast as
 /// the relay takes them (a refused one is posted again); returns the seconds it took.
 pub async fn post_count(app: &str, kind: &str, epoch: Instant, count: u64) -> f64 {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(CONNECTIONS)
-        .build()
-        .unwrap();
+    let http = load_client();
     let next = Arc::new(AtomicU64::new(0));
     let url = format!("http://{app}/v1/events");
     let start = Instant::now();
@@ -366,4 +358,44 @@ pub async fn post_count(app: &str, kind: &str, epoch: Instant, count: u64) -> f6
         w.await.unwrap();
     }
     start.elapsed().as_secs_f64()
+}
+
+/// The load generator's HTTP client: keep-alive for every connection.
+fn load_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build()
+        .unwrap()
+}
+
+/// What a burst of live events did.
+pub struct LiveBurst {
+    pub accepted_per_s: f64,
+    pub delivered_per_s: f64,
+    /// Accept latencies, sorted, in microseconds.
+    pub latencies: Vec<u32>,
+    pub cpu_s: f64,
+}
+
+/// `live.event`s posted as fast as the load generator can for `secs`, delivered as they come.
+pub async fn live_burst(relay: &Relay, sink: &Sink, secs: Duration) -> LiveBurst {
+    let cpu_before = relay.usage().1;
+    let delivered_before = sink.delivered.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let (accepted, _, latencies) = load(
+        std::slice::from_ref(&relay.app),
+        "live.event",
+        sink.epoch,
+        t0 + secs,
+        0,
+    )
+    .await;
+    let took = t0.elapsed().as_secs_f64();
+    LiveBurst {
+        accepted_per_s: accepted as f64 / took,
+        delivered_per_s: (sink.delivered.load(Ordering::Relaxed) - delivered_before) as f64 / took,
+        latencies,
+        cpu_s: relay.usage().1 - cpu_before,
+    }
 }

@@ -4,7 +4,6 @@
 //! other subscriptions queued. Issue 19's target: within 10% of the empty store.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,7 +17,7 @@ use hookrelay::time::{new_id, now_ms};
 
 use crate::env_u64;
 use crate::harness::{
-    Relay, Sink, bench_schema, database_url, drop_schema, load, metrics_text, percentile,
+    Relay, Sink, bench_schema, database_url, drop_schema, live_burst, metrics_text, percentile,
     post_count, queue_depth,
 };
 
@@ -52,24 +51,13 @@ struct Burst {
 
 /// Live events posted as fast as the load generator can for `secs`, delivered as they come.
 async fn burst(relay: &Relay, sink: &Sink, secs: Duration) -> Burst {
-    let cpu_before = relay.usage().1;
-    let delivered_before = sink.delivered.load(Ordering::Relaxed);
-    let t0 = Instant::now();
-    let (accepted, _, lat) = load(
-        std::slice::from_ref(&relay.app),
-        "live.event",
-        sink.epoch,
-        t0 + secs,
-        0,
-    )
-    .await;
-    let took = t0.elapsed().as_secs_f64();
+    let b = live_burst(relay, sink, secs).await;
     Burst {
-        accepted_per_s: accepted as f64 / took,
-        delivered_per_s: (sink.delivered.load(Ordering::Relaxed) - delivered_before) as f64 / took,
-        accept_p50_ms: percentile(&lat, 0.5),
-        accept_p99_ms: percentile(&lat, 0.99),
-        cpu_s: relay.usage().1 - cpu_before,
+        accepted_per_s: b.accepted_per_s,
+        delivered_per_s: b.delivered_per_s,
+        accept_p50_ms: percentile(&b.latencies, 0.5),
+        accept_p99_ms: percentile(&b.latencies, 0.99),
+        cpu_s: b.cpu_s,
     }
 }
 
