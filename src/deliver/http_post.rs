@@ -81,12 +81,8 @@ impl Clients {
             Some(_) => None,
             None => url.port_or_known_default(),
         };
-        if url.scheme() == "https"
-            && tls.is_none_or(|t| t.roots.is_empty())
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            // Read once; off the async workers, before the first handshake needs them.
-            runtime.spawn_blocking(super::tls::load_system_roots);
+        if url.scheme() == "https" && tls.is_none_or(|t| t.roots.is_empty()) {
+            super::tls::load_system_roots_soon();
         }
         // Literal addresses are not resolved, so the resolver never sees them.
         let wide = policy == Policy::Guarded;

@@ -4,6 +4,7 @@
 //! without `tls` settings take `default_config`, whose system roots are read once, when first
 //! needed, for every client.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use rustls::client::WebPkiServerVerifier;
@@ -61,10 +62,21 @@ fn finish(mut config: ClientConfig) -> ClientConfig {
     config
 }
 
-/// Reads the system's roots now, on the calling thread, unless done: a blocking thread
-/// calls it when an https subscription starts, so no handshake waits on the file reads.
-pub fn load_system_roots() {
-    let _ = system_roots();
+/// Reads the system's roots on a blocking thread, once, when the first https subscription
+/// starts, so no handshake waits on the file reads; says so at once if there are none.
+pub fn load_system_roots_soon() {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if STARTED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn_blocking(|| {
+        if let Err(e) = system_roots() {
+            tracing::error!(error = %e, "cannot read the system's CA roots: https deliveries without tls.ca fail");
+        }
+    });
 }
 
 /// The verifier over the system's roots, built once.
@@ -210,9 +222,11 @@ mod tests {
         };
         let verdict = system.verify_server_cert(cert.der(), &[], &name, &[], UnixTime::now());
         assert!(verdict.is_err(), "{verdict:?}");
-        assert_eq!(
-            system.supported_verify_schemes(),
-            system_roots().unwrap().supported_verify_schemes()
-        );
+        if let Ok(roots) = system_roots() {
+            assert_eq!(
+                system.supported_verify_schemes(),
+                roots.supported_verify_schemes()
+            );
+        }
     }
 }

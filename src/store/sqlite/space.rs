@@ -155,20 +155,29 @@ pub(super) fn default_max_size(db: &Path) -> Option<u64> {
     volume_size(dir).map(|total| total / 10 * 8)
 }
 
-/// Gives pruned pages back to the volume (files created with incremental auto-vacuum),
-/// then moves the WAL into the database and truncates it, giving its space back too.
 /// Asks the file system for `len` bytes of blocks at once (ext4, XFS, tmpfs): writing the
 /// zeros made laying a fresh reserve the slowest step of starting (about 150 ms). `false`
-/// where it cannot, and the zeros are written instead.
+/// where it cannot, or where the blocks are not really held (OpenZFS answers success and
+/// reserves nothing), and the zeros are written instead.
+#[cfg(target_os = "linux")]
 fn allocate(file: &std::fs::File, len: u64) -> bool {
     use std::os::fd::AsRawFd;
-    let Ok(len) = libc::off_t::try_from(len) else {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(size) = libc::off_t::try_from(len) else {
         return false;
     };
     // SAFETY: the descriptor is open for writing for the duration of the call.
-    unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) == 0 }
+    let allocated = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size) == 0 };
+    allocated && file.metadata().is_ok_and(|m| m.blocks() * 512 >= len)
 }
 
+#[cfg(not(target_os = "linux"))]
+fn allocate(_: &std::fs::File, _: u64) -> bool {
+    false
+}
+
+/// Gives pruned pages back to the volume (files created with incremental auto-vacuum),
+/// then moves the WAL into the database and truncates it, giving its space back too.
 fn checkpoint(conn: &Connection) {
     // Each step frees one page, so every step is taken.
     let vacuum = conn.prepare("PRAGMA incremental_vacuum").and_then(|mut s| {
