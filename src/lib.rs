@@ -18,7 +18,8 @@
 //! - [`inbound`] is the HTTP edge the three listeners share (the accept loop with its
 //!   connection limits, error shape, body helpers, bearer check, request limits); [`ops`] serves the probes and the Prometheus
 //!   [`metrics`]; [`server`] wires it all to bound listeners and a shutdown future.
-//!   [`time`], [`secret`], [`pem`], [`media_type`] and [`json_depth`] are shared leaves.
+//!   [`time`], [`secret`], [`pem`], [`media_type`], [`json_depth`] and [`memory`] are
+//!   shared leaves.
 //! - [`cli`] is the operator CLI (`hookrelay subscriptions list`...): a client of the HTTP
 //!   API that imports nothing of the relay.
 
