@@ -295,12 +295,7 @@ pub async fn load(
                     tokio::time::sleep_until(at.into()).await;
                 }
                 let sent = Instant::now();
-                let r = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(payload(epoch, &kind))
-                    .send()
-                    .await;
+                let r = post_event(&http, &url, epoch, &kind).await;
                 match r {
                     Ok(r) if r.status() == 202 => {
                         accepted.fetch_add(1, Ordering::Relaxed);
@@ -339,12 +334,7 @@ pub async fn post_count(app: &str, kind: &str, epoch: Instant, count: u64) -> f6
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < count {
                 loop {
-                    let r = http
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(payload(epoch, &kind))
-                        .send()
-                        .await;
+                    let r = post_event(&http, &url, epoch, &kind).await;
                     if r.is_ok_and(|r| r.status() == 202) {
                         break;
                     }
@@ -398,4 +388,18 @@ pub async fn live_burst(relay: &Relay, sink: &Sink, secs: Duration) -> LiveBurst
         latencies,
         cpu_s: relay.usage().1 - cpu_before,
     }
+}
+
+/// Posts one event of `kind` to `url`.
+async fn post_event(
+    http: &reqwest::Client,
+    url: &str,
+    epoch: Instant,
+    kind: &str,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(url)
+        .header("content-type", "application/json")
+        .body(payload(epoch, kind))
+        .send()
+        .await
 }
