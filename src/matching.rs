@@ -5,9 +5,11 @@
 //!
 //! The index is made of persistent collections (`imbl`): a change copies only the few nodes
 //! on its path and shares the rest with the version it came from, so it costs about the same
-//! at 10 subscriptions as at 10,000, and a reader keeps the version it loaded.
+//! at 10 subscriptions as at 10,000, and a reader keeps the version it loaded. Each version
+//! remembers the candidates of the types it has seen (`Memo`), since apps send few types.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use imbl::shared_ptr::DefaultSharedPtr;
 use imbl::{GenericHashMap, OrdMap, Vector};
@@ -62,6 +64,44 @@ impl PrefixLen {
 /// The entries one pattern selects, ascending by place.
 type Bucket<T> = Vector<Arc<Entry<T>>>;
 
+/// The entries that may match one event type, in order.
+type Candidates<T> = Arc<[Arc<Entry<T>>]>;
+
+/// Most event types whose candidates one version remembers; past it, it starts over.
+const MEMO_TYPES: usize = 1024;
+
+/// The candidates of the event types one version of the index has looked up: probing the
+/// buckets and merging them took most of matching's time. SipHash, not foldhash: the keys
+/// are the senders' event types. Never copied: a changed index starts with none.
+#[derive(Debug)]
+struct Memo<T>(RwLock<HashMap<Box<str>, Candidates<T>>>);
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Memo(RwLock::default())
+    }
+}
+
+impl<T> Memo<T> {
+    fn get(&self, event_type: &str) -> Option<Candidates<T>> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(event_type).cloned()
+    }
+
+    fn put(&self, event_type: &str, candidates: Candidates<T>) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        // Many types (ids in them, say): start over rather than grow or pick what to drop.
+        if map.len() >= MEMO_TYPES {
+            map.clear();
+        }
+        map.insert(event_type.into(), candidates);
+    }
+
+    fn forget(&mut self) {
+        self.0.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
 /// Buckets by type or prefix. foldhash, not SipHash: a lookup hashes the event type once per
 /// prefix length, and the keys are the operators' patterns, not the senders' input.
 type ByKey<T> = GenericHashMap<Arc<str>, Bucket<T>, foldhash::fast::RandomState, DefaultSharedPtr>;
@@ -84,6 +124,7 @@ pub struct Matcher<T> {
     /// (rewritten only when a pair comes or goes).
     prefix_lens: Arc<[PrefixLen]>,
     wildcard: Bucket<T>,
+    memo: Memo<T>,
 }
 
 // Not derived: that would ask `T: Clone`, and the entries are shared, never cloned.
@@ -96,6 +137,7 @@ impl<T> Clone for Matcher<T> {
             prefix_counts: self.prefix_counts.clone(),
             prefix_lens: self.prefix_lens.clone(),
             wildcard: self.wildcard.clone(),
+            memo: Memo::default(),
         }
     }
 }
@@ -109,6 +151,7 @@ impl<T> Default for Matcher<T> {
             prefix_counts: OrdMap::new(),
             prefix_lens: Arc::new([]),
             wildcard: Vector::new(),
+            memo: Memo::default(),
         }
     }
 }
@@ -141,6 +184,7 @@ impl<T: Clone> Matcher<T> {
     /// Puts `sub` at `place`, replacing the one there. O(log n).
     pub fn insert(&mut self, place: Place, sub: Arc<Subscription>, target: T) {
         self.remove(&place);
+        self.memo.forget();
         let entry = Arc::new(Entry {
             place: place.clone(),
             sub,
@@ -167,6 +211,7 @@ impl<T: Clone> Matcher<T> {
         let Some(entry) = self.entries.remove(place) else {
             return false;
         };
+        self.memo.forget();
         for pattern in &entry.sub.events {
             match pattern {
                 EventPattern::Any => {
@@ -260,11 +305,19 @@ impl<T: Clone> Matcher<T> {
         parse: impl Fn() -> Option<Json>,
         attributes: &[(String, String)],
     ) -> Vec<T> {
-        let candidates = self.candidate_entries(event_type);
+        let candidates = self.memo.get(event_type).unwrap_or_else(|| {
+            let found: Candidates<T> = self
+                .candidate_entries(event_type)
+                .into_iter()
+                .cloned()
+                .collect();
+            self.memo.put(event_type, found.clone());
+            found
+        });
         let mut parsed: Option<Option<Json>> = None;
         let mut out = Vec::with_capacity(candidates.len());
         let matched = candidates
-            .into_iter()
+            .iter()
             .filter(|e| {
                 let filter = &e.sub.filter;
                 if filter.is_everything() {
@@ -307,8 +360,8 @@ impl<T> Matcher<T> {
             .collect()
     }
 
-    fn candidate_entries<'a>(&'a self, event_type: &str) -> Vec<&'a Entry<T>> {
-        let mut out: Vec<&Entry<T>> = Vec::new();
+    fn candidate_entries<'a>(&'a self, event_type: &str) -> Vec<&'a Arc<Entry<T>>> {
+        let mut out: Vec<&Arc<Entry<T>>> = Vec::new();
         // Each bucket is in order: only several need sorting together.
         let mut buckets = 0;
         let mut add = |bucket: &'a Bucket<T>| {
@@ -316,7 +369,7 @@ impl<T> Matcher<T> {
                 buckets += 1;
                 // By chunk: a bucket of up to 64 is one slice.
                 for chunk in bucket.leaves() {
-                    out.extend(chunk.iter().map(|e| &**e));
+                    out.extend(chunk.iter());
                 }
             }
         };
@@ -339,7 +392,7 @@ impl<T> Matcher<T> {
             // Stable sort: it merges the buckets' sorted runs instead of sorting afresh.
             out.sort_by(|a, b| a.place.cmp(&b.place));
             // A subscription with two patterns that both select the type is there twice.
-            out.dedup_by(|a, b| std::ptr::eq(*a, *b));
+            out.dedup_by(|a, b| Arc::ptr_eq(*a, *b));
         }
         out
     }
@@ -403,6 +456,43 @@ mod tests {
 
     fn names(subs: Vec<&Arc<Subscription>>) -> Vec<String> {
         subs.into_iter().map(|s| s.name.clone()).collect()
+    }
+
+    #[test]
+    fn remembered_candidates_follow_every_change() {
+        let mut r = Matcher::by_name(vec![Arc::new(sub("a", &["x"]))]);
+        let data = RawValue::from_string("{}".into()).unwrap();
+        let matching = |r: &Matcher<Arc<str>>| -> Vec<String> {
+            r.matching("x", &data)
+                .iter()
+                .map(|n| n.to_string())
+                .collect()
+        };
+        assert_eq!(matching(&r), ["a"]);
+        // Changed in place (the catalog's working copy) and as a published clone.
+        r.insert(
+            Place::Config(1),
+            Arc::new(sub("b", &["x.*", "x"])),
+            "b".into(),
+        );
+        assert_eq!(matching(&r), ["a", "b"]);
+        let published = r.clone();
+        assert_eq!(matching(&published), ["a", "b"]);
+        r.remove(&Place::Config(0));
+        assert_eq!(matching(&r), ["b"]);
+        assert_eq!(matching(&published), ["a", "b"]);
+    }
+
+    #[test]
+    fn remembers_a_bounded_number_of_types() {
+        let r = Matcher::by_name(vec![Arc::new(sub("all", &["*"]))]);
+        let data = RawValue::from_string("{}".into()).unwrap();
+        for i in 0..MEMO_TYPES + 10 {
+            assert_eq!(r.matching(&format!("t.{i}"), &data).len(), 1);
+            let kept = r.memo.0.read().unwrap().len();
+            assert!((1..=MEMO_TYPES).contains(&kept), "{kept} types kept");
+        }
+        assert_eq!(r.memo.0.read().unwrap().len(), 10);
     }
 
     #[test]
