@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::env_u64;
-use crate::harness::{BIN, Sink, bench_schema, drop_schema, post_count, queue_depth, storage};
+use crate::harness::{Sink, bench_schema, bin, drop_schema, post_count, queue_depth, storage};
 
 /// Starts timed per kind of start; the median is reported.
 const STARTS: usize = 5;
@@ -60,7 +60,7 @@ fn spawn(dir: &Path, store: &str, subs: &str, n: usize) -> Spawned {
     )
     .unwrap();
     let log = dir.join(format!("relay-{n}.log"));
-    let child = Command::new(BIN)
+    let child = Command::new(bin())
         .arg("--config")
         .arg(&config)
         .env_remove("RUST_LOG")

@@ -13,7 +13,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use tokio::sync::Notify;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
+/// The release build of this checkout.
+const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
+
+/// The relay binary the cases start: `BENCH_BIN` when set (the static build the image
+/// ships, say), else the release build of this checkout.
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("BENCH_BIN").unwrap_or_else(|| BIN.into())
+}
+
 /// Concurrent connections of the load generator.
 pub const CONNECTIONS: usize = 256;
 /// Event payload size.
@@ -91,7 +99,7 @@ impl Relay {
             ),
         )
         .unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "hookrelay=info")
