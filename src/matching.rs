@@ -69,36 +69,59 @@ type Candidates<T> = Arc<[Arc<Entry<T>>]>;
 
 /// Most event types whose candidates one version remembers; past it, it starts over.
 const MEMO_TYPES: usize = 1024;
+/// Most candidates it holds over all types (8 bytes each): a registry of many wildcards
+/// would otherwise hold that many per type.
+const MEMO_ENTRIES: usize = 131_072;
 
 /// The candidates of the event types one version of the index has looked up: probing the
 /// buckets and merging them took most of matching's time. SipHash, not foldhash: the keys
 /// are the senders' event types. Never copied: a changed index starts with none.
 #[derive(Debug)]
-struct Memo<T>(RwLock<HashMap<Box<str>, Candidates<T>>>);
+struct Memo<T>(RwLock<MemoMap<T>>);
+
+#[derive(Debug)]
+struct MemoMap<T> {
+    by_type: HashMap<Box<str>, Candidates<T>>,
+    /// Candidates held, over all types.
+    entries: usize,
+}
 
 impl<T> Default for Memo<T> {
     fn default() -> Self {
-        Memo(RwLock::default())
+        Memo(RwLock::new(MemoMap {
+            by_type: HashMap::new(),
+            entries: 0,
+        }))
     }
 }
 
 impl<T> Memo<T> {
     fn get(&self, event_type: &str) -> Option<Candidates<T>> {
-        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
-        map.get(event_type).cloned()
+        let memo = self.0.read().unwrap_or_else(|e| e.into_inner());
+        memo.by_type.get(event_type).cloned()
     }
 
     fn put(&self, event_type: &str, candidates: Candidates<T>) {
-        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
-        // Many types (ids in them, say): start over rather than grow or pick what to drop.
-        if map.len() >= MEMO_TYPES {
-            map.clear();
+        if candidates.len() > MEMO_ENTRIES {
+            return;
         }
-        map.insert(event_type.into(), candidates);
+        let mut memo = self.0.write().unwrap_or_else(|e| e.into_inner());
+        // Many types (ids in them, say): start over rather than grow or pick what to drop.
+        if memo.by_type.len() >= MEMO_TYPES || memo.entries + candidates.len() > MEMO_ENTRIES {
+            memo.by_type.clear();
+            memo.entries = 0;
+        }
+        memo.entries += candidates.len();
+        if let Some(old) = memo.by_type.insert(event_type.into(), candidates) {
+            // Two lookups of a new type raced; the first one's list goes.
+            memo.entries -= old.len();
+        }
     }
 
     fn forget(&mut self) {
-        self.0.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
+        let memo = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        memo.by_type.clear();
+        memo.entries = 0;
     }
 }
 
@@ -484,15 +507,43 @@ mod tests {
     }
 
     #[test]
-    fn remembers_a_bounded_number_of_types() {
+    fn remembers_a_bounded_number_of_types_and_candidates() {
         let r = Matcher::by_name(vec![Arc::new(sub("all", &["*"]))]);
         let data = RawValue::from_string("{}".into()).unwrap();
+        let held = |r: &Matcher<Arc<str>>| {
+            let memo = r.memo.0.read().unwrap();
+            (memo.by_type.len(), memo.entries)
+        };
         for i in 0..MEMO_TYPES + 10 {
             assert_eq!(r.matching(&format!("t.{i}"), &data).len(), 1);
-            let kept = r.memo.0.read().unwrap().len();
-            assert!((1..=MEMO_TYPES).contains(&kept), "{kept} types kept");
+            let (types, entries) = held(&r);
+            assert!((1..=MEMO_TYPES).contains(&types), "{types} types kept");
+            assert_eq!(entries, types);
         }
-        assert_eq!(r.memo.0.read().unwrap().len(), 10);
+        assert_eq!(held(&r), (10, 10));
+        // Long lists (many wildcards): fewer types fit, the candidates held stay bounded.
+        let entry = Arc::new(Entry {
+            place: Place::Config(0),
+            sub: Arc::new(sub("w", &["*"])),
+            target: (),
+        });
+        let memo = Memo::default();
+        let held = || {
+            let m = memo.0.read().unwrap();
+            (m.by_type.len(), m.entries)
+        };
+        let per_type = MEMO_ENTRIES / 3;
+        for i in 0..5 {
+            memo.put(&format!("t.{i}"), vec![entry.clone(); per_type].into());
+            let (types, entries) = held();
+            assert!(entries <= MEMO_ENTRIES, "{entries} candidates held");
+            assert_eq!(entries, types * per_type);
+        }
+        assert_eq!(held(), (2, 2 * per_type));
+        assert!(memo.get("t.4").is_some() && memo.get("t.2").is_none());
+        // A list longer than the whole bound is not kept.
+        memo.put("huge", vec![entry; MEMO_ENTRIES + 1].into());
+        assert!(memo.get("huge").is_none());
     }
 
     #[test]
