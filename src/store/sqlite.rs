@@ -16,8 +16,8 @@
 //! - `retired`: tombstones of deleted and removed subscriptions; `rows`: row mappers.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -64,7 +64,7 @@ use writer::{Job, Writer};
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     /// The read-only connection for queries that change nothing (file databases only).
-    reader: Option<Arc<Mutex<Connection>>>,
+    reader: Option<Arc<tokio::sync::Mutex<Connection>>>,
     /// Highest event `seq` the pruning scan has passed.
     prune_cursor: Arc<AtomicI64>,
     outcomes: Outcomes,

@@ -1,7 +1,7 @@
 //! The database file: its schema (migrations) and opening it, refusing a foreign, corrupt or
 //! newer file, checking its integrity, then migrating it forward.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, params};
@@ -238,7 +238,7 @@ pub(super) fn open_connection(settings: &StorageSettings) -> Result<Connection, 
 /// it read while the writer writes; an in-memory database has one connection only (`None`).
 pub(super) fn open_reader(
     settings: &StorageSettings,
-) -> Result<Option<Arc<Mutex<Connection>>>, StoreError> {
+) -> Result<Option<Arc<tokio::sync::Mutex<Connection>>>, StoreError> {
     let StorageLocation::File(path) = &settings.location else {
         return Ok(None);
     };
@@ -256,7 +256,7 @@ pub(super) fn open_reader(
         context: "cannot open a read connection".into(),
         source: Some(Arc::new(e)),
     })?;
-    Ok(Some(Arc::new(Mutex::new(reader))))
+    Ok(Some(Arc::new(tokio::sync::Mutex::new(reader))))
 }
 
 /// Opens `path` as a store would, for tests of refusals.

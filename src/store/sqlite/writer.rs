@@ -225,12 +225,12 @@ impl SqliteStore {
         let Some(reader) = self.reader.clone() else {
             return self.run(false, f).await;
         };
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|e| StoreError::unavailable_from("read task failed", e))?
+        // Queued here, not on blocking threads: reads waiting for the one connection each
+        // held a thread (and its C heap arena) until the others were done.
+        let conn = reader.lock_owned().await;
+        tokio::task::spawn_blocking(move || f(&conn))
+            .await
+            .map_err(|e| StoreError::unavailable_from("read task failed", e))?
     }
 
     /// Runs `f` in the writer's next transaction and returns its result once committed.
