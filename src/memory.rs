@@ -10,22 +10,24 @@ use std::time::{Duration, Instant};
 /// against 19 MB without, on a host set to `madvise`).
 pub fn no_huge_pages() {
     #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only this process's flag.
-    // (unsigned long arguments, as the kernel reads them; it refuses non-zero extras).
-    let done = unsafe {
-        libc::prctl(
-            libc::PR_SET_THP_DISABLE,
-            1 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    if done != 0 {
-        eprintln!(
-            "warning: transparent huge pages stay on: {}",
-            std::io::Error::last_os_error()
-        );
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only this process's
+        // flag (unsigned long arguments, as the kernel reads them; it refuses non-zero extras).
+        let done = unsafe {
+            libc::prctl(
+                libc::PR_SET_THP_DISABLE,
+                1 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if done != 0 {
+            eprintln!(
+                "warning: transparent huge pages stay on: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
 
