@@ -60,11 +60,14 @@ use retired::Retired;
 use space::{Space, default_max_size};
 use writer::{Job, Writer};
 
+/// The read-only connection, locked before a read takes a blocking thread.
+type Reader = Arc<tokio::sync::Mutex<Connection>>;
+
 /// The SQLite store.
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     /// The read-only connection for queries that change nothing (file databases only).
-    reader: Option<Arc<tokio::sync::Mutex<Connection>>>,
+    reader: Option<Reader>,
     /// Highest event `seq` the pruning scan has passed.
     prune_cursor: Arc<AtomicI64>,
     outcomes: Outcomes,

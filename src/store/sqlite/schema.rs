@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, params};
 
+use super::Reader;
+
 use crate::store::settings::{StorageLocation, StorageSettings, SyncMode};
 use crate::store::{Cause, DeliveryState, StoreError, state_code};
 
@@ -236,9 +238,7 @@ pub(super) fn open_connection(settings: &StorageSettings) -> Result<Connection, 
 
 /// The read-only connection of a file database, for queries that change nothing. WAL lets
 /// it read while the writer writes; an in-memory database has one connection only (`None`).
-pub(super) fn open_reader(
-    settings: &StorageSettings,
-) -> Result<Option<Arc<tokio::sync::Mutex<Connection>>>, StoreError> {
+pub(super) fn open_reader(settings: &StorageSettings) -> Result<Option<Reader>, StoreError> {
     let StorageLocation::File(path) = &settings.location else {
         return Ok(None);
     };
